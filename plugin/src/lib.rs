@@ -17,4 +17,13 @@
 //! - [`relay`]: the relay's token check and forwarding logic (sans-IO).
 //! - [`sim`]: a deterministic network simulator with RFC 4787 NAT models.
 
+pub mod config;
+pub mod crypto;
 pub mod endpoint;
+pub mod link;
+pub mod mesh;
+pub mod nat;
+pub mod proto;
+pub mod relay;
+pub mod sim;
+pub mod stun;

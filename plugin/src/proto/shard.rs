@@ -1,0 +1,1 @@
+//! Messages between a client and its shard, carried on renet channels (serde + bincode 2).
