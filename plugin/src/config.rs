@@ -1,1 +1,87 @@
-//! (being written)
+//! Every timing constant and limit of a link, in one place, with the reason for its default.
+//!
+//! See `docs/ARCHITECTURE.md` ("Timing") for the field data behind these numbers.
+
+use std::time::Duration;
+
+/// Timing and limits of one link. `LinkConfig::default()` suits a real-time game on the
+/// public internet; tests shorten nothing — they run the defaults in virtual time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkConfig {
+    /// Pause between probe rounds while punching (each round probes every candidate once).
+    /// 50 ms is RFC 8445's pacing `Ta`; a round per `Ta` opens both NATs' filters within
+    /// one RTT of each other, which simultaneous open needs.
+    pub probe_interval: Duration,
+    /// Stop punching if no direct pair validated in this long, and stay on the relay. 5 s
+    /// covers ~100 rounds; field data (Tailscale, WebRTC) shows pairs that punch at all do so
+    /// within 2 s.
+    pub punch_timeout: Duration,
+    /// While relayed, try punching again this often: NAT state and peers' addresses change.
+    pub repunch_interval: Duration,
+    /// Ping an idle path this often so NAT bindings stay open. RFC 4787 REQ-5 asks NATs for
+    /// ≥ 2 min, but measured home routers and carrier NATs drop idle UDP after 30 s or less;
+    /// 10 s stays under all but the most aggressive ones (RFC 8445 suggests `Tr` ≥ 15 s for
+    /// idle ICE; we trade a few bytes for fewer dead sessions).
+    pub keepalive_interval: Duration,
+    /// A path whose oldest unanswered datagram is this old is declared failed (the link falls
+    /// back to the relay). The effective value is `max(path_timeout, 4 × smoothed RTT)`.
+    /// 400 ms keeps failover under 1 s with margin for the re-send on the relay.
+    pub path_timeout: Duration,
+    /// Ping after this much silence following a send, to tell a dead path from a one-way flow.
+    pub path_ping_after: Duration,
+    /// The link is declared lost when the peer has not answered anything for this long.
+    pub link_timeout: Duration,
+    /// Re-bind at the relay this often (refreshes the relay's binding and the NAT mapping
+    /// toward it, and keeps the relay warm while a direct path is in use).
+    pub relay_refresh_interval: Duration,
+    /// First retransmission timeout of a relay bind (doubles per try).
+    pub relay_bind_rto: Duration,
+    /// Give up one bind attempt after this many tries (the next refresh tries again).
+    pub relay_bind_tries: u32,
+    /// How many predicted ports to probe beyond a sequential allocator's last known mapping.
+    pub prediction_span: u16,
+    /// At most this many remote candidates (probes per round are bounded by it).
+    pub max_candidates: usize,
+    /// Resend time of renet's reliable channels. Below renet's 300 ms default because the
+    /// link measures its own RTT and games want fast recovery on a fresh path.
+    pub reliable_resend: Duration,
+    /// Send keepalives and relay refreshes at all. Off only to demonstrate NAT timeouts (TC-05).
+    pub keepalive: bool,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_millis(50),
+            punch_timeout: Duration::from_secs(5),
+            repunch_interval: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            path_timeout: Duration::from_millis(400),
+            path_ping_after: Duration::from_millis(150),
+            link_timeout: Duration::from_secs(10),
+            relay_refresh_interval: Duration::from_secs(15),
+            relay_bind_rto: Duration::from_millis(250),
+            relay_bind_tries: 6,
+            prediction_span: 8,
+            max_candidates: 24,
+            reliable_resend: Duration::from_millis(200),
+            keepalive: true,
+        }
+    }
+}
+
+/// Settings of the mesh (one socket, many links) beyond the per-link [`LinkConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// Per-link timing.
+    pub link: LinkConfig,
+    /// Re-learn the public address from the STUN server this often, to notice a new NAT
+    /// mapping (a NAT reboot or a network switch) even on an idle mesh.
+    pub stun_refresh_interval: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self { link: LinkConfig::default(), stun_refresh_interval: Duration::from_secs(20) }
+    }
+}
