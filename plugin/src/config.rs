@@ -82,6 +82,9 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { link: LinkConfig::default(), stun_refresh_interval: Duration::from_secs(20) }
+        Self {
+            link: LinkConfig::default(),
+            stun_refresh_interval: Duration::from_secs(20),
+        }
     }
 }

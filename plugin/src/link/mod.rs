@@ -1,1 +1,1022 @@
-//! (being written)
+//! One peer pair: relay first, punch in parallel, switch to the first validated direct path,
+//! keep the relay warm, fall back fast, re-punch when an address changes.
+//!
+//! A [`Link`] is a sans-IO state machine. It is driven by the [`crate::mesh::Mesh`] that owns
+//! the socket, which routes datagrams to it by link id:
+//!
+//! - [`Link::handle_peer`] for peer datagrams, [`Link::handle_relay`] for relay bind-acks,
+//!   [`Link::handle_timeout`] when [`Link::poll_timeout`] passes;
+//! - [`Link::poll_transmit`] and [`Link::poll_event`] for output.
+//!
+//! renet's channels ride above whichever path is in use: a reliable message lost on a dying
+//! path is re-sent on the next one, and renet's sequence numbers drop the duplicates, so a
+//! path switch loses and duplicates nothing.
+
+mod candidate;
+
+pub use candidate::{Candidate, CandidateKind, NatHint, predict};
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use renet::{ChannelConfig, ConnectionConfig, RenetClient, SendType};
+use serde::{Deserialize, Serialize};
+
+use crate::config::LinkConfig;
+use crate::crypto::{LinkCrypto, LinkKey, OpenError};
+use crate::endpoint::Transmit;
+use crate::proto::peer::{LinkId, PeerKind, Side};
+use crate::relay::{BindAck, BindKey, BindRequest, RelayToken};
+
+/// The renet channel for the application's reliable, ordered messages.
+pub const CHANNEL_RELIABLE: u8 = 0;
+/// The renet channel for the application's unreliable messages (latest-state updates).
+pub const CHANNEL_UNRELIABLE: u8 = 1;
+/// Internal reliable channel for link control (candidate updates).
+const CHANNEL_CONTROL: u8 = 2;
+/// Buffer of the reliable application channel (unacked + queued bytes).
+const RELIABLE_MEMORY: usize = 5 << 20;
+const CONTROL_MEMORY: usize = 1 << 20;
+
+/// Everything a peer needs to open a link; the shard sends it in a `PeerIntro`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkParams {
+    /// The link's id, unique within the shard.
+    pub link: LinkId,
+    /// Our side of the link.
+    pub side: Side,
+    /// The shared per-link key.
+    pub key: LinkKey,
+    /// The peer's candidate addresses.
+    pub remote: Vec<Candidate>,
+    /// What the shard knows of the peer's NAT (for port prediction).
+    pub remote_nat: NatHint,
+    /// The relay to use until (and besides) a direct path, if the shard runs one.
+    pub relay: Option<RelayParams>,
+}
+
+/// Where and how to bind at the relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayParams {
+    /// The relay's public address.
+    pub addr: SocketAddr,
+    /// The shard-issued token for our side of the link.
+    pub token: RelayToken,
+    /// Key that authenticates our binds and the relay's acks.
+    pub bind_key: BindKey,
+}
+
+/// The path the link currently sends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// No usable path yet (or any more).
+    None,
+    /// Through the relay at this address.
+    Relayed {
+        /// The relay's address.
+        relay: SocketAddr,
+    },
+    /// Straight to the peer at this address.
+    Direct {
+        /// The peer's validated address.
+        remote: SocketAddr,
+    },
+}
+
+impl Path {
+    /// `"relayed"`, `"direct"` or `"none"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Path::None => "none",
+            Path::Relayed { .. } => "relayed",
+            Path::Direct { .. } => "direct",
+        }
+    }
+}
+
+/// Something the application or the mesh should know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The path we send on changed (the first one means "connected").
+    Path(Path),
+    /// The peer has not answered anything for `link_timeout`: the session is dead for now.
+    Lost,
+    /// A lost link heard from its peer again.
+    Recovered,
+    /// The relay saw us at a different public address than before (our NAT mapping changed).
+    ObservedAddressChanged(SocketAddr),
+    /// The direct path died: the mesh should re-check our public address.
+    DirectPathFailed(SocketAddr),
+    /// The peer's renet layer sent something undecodable; the link is unusable.
+    Broken,
+}
+
+/// Counters of one link, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Datagrams sent straight to the peer.
+    pub direct_sent: u64,
+    /// Bytes sent straight to the peer.
+    pub direct_bytes_sent: u64,
+    /// Datagrams sent to the relay (data, keepalives, binds).
+    pub relay_sent: u64,
+    /// Bytes sent to the relay.
+    pub relay_bytes_sent: u64,
+    /// Authenticated datagrams received directly.
+    pub direct_received: u64,
+    /// Authenticated datagrams received through the relay.
+    pub relay_received: u64,
+    /// Authenticated bytes received (both paths).
+    pub bytes_received: u64,
+    /// Probes sent.
+    pub probes_sent: u64,
+    /// Datagrams for this link that failed authentication or the replay check.
+    pub rejected: u64,
+    /// Direct paths that failed and fell back.
+    pub failovers: u64,
+}
+
+/// Liveness of one path: when we last heard on it, and the oldest send not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    last_send: Instant,
+    last_recv: Option<Instant>,
+    unanswered_since: Option<Instant>,
+    last_ping: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_send: now,
+            last_recv: None,
+            unanswered_since: None,
+            last_ping: None,
+        }
+    }
+    fn sent(&mut self, now: Instant) {
+        self.last_send = now;
+        self.unanswered_since.get_or_insert(now);
+    }
+    fn received(&mut self, now: Instant) {
+        self.last_recv = Some(now);
+        self.unanswered_since = None;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DirectPath {
+    addr: SocketAddr,
+    kind: CandidateKind,
+    live: Liveness,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BindAttempt {
+    counter: u64,
+    tries: u32,
+    next_retry: Instant,
+}
+
+#[derive(Debug)]
+struct RelayState {
+    params: RelayParams,
+    last_counter: u64,
+    bound: bool,
+    peer_bound: bool,
+    cookie: [u8; 8],
+    attempt: Option<BindAttempt>,
+    next_refresh: Instant,
+    observed: Option<SocketAddr>,
+    live: Liveness,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Remote {
+    cand: Candidate,
+    validated: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Punch {
+    until: Instant,
+    next_round: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Connected,
+    Lost,
+}
+
+/// Internal control messages on the control channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Control {
+    /// The sender's current candidates (sent when its public address changes).
+    Candidates(Vec<Candidate>),
+}
+
+/// Maps `Instant`s to a wall clock (µs since the Unix epoch) for relay bind counters, which
+/// must grow across restarts of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockAnchor {
+    /// A moment on the monotonic clock…
+    pub instant: Instant,
+    /// …and the Unix time in microseconds at that moment.
+    pub unix_micros: u64,
+}
+
+impl ClockAnchor {
+    /// Unix microseconds at `now`.
+    pub fn unix_micros(&self, now: Instant) -> u64 {
+        self.unix_micros + now.saturating_duration_since(self.instant).as_micros() as u64
+    }
+}
+
+/// One peer pair. See the module docs.
+pub struct Link {
+    cfg: LinkConfig,
+    id: LinkId,
+    side: Side,
+    clock: ClockAnchor,
+    crypto: LinkCrypto,
+    renet: RenetClient,
+    renet_time: Instant,
+    remote: Vec<Remote>,
+    remote_nat: NatHint,
+    local: Vec<Candidate>,
+    relay: Option<RelayState>,
+    direct: Option<DirectPath>,
+    punch: Option<Punch>,
+    next_repunch: Option<Instant>,
+    probes: VecDeque<(u64, SocketAddr, Instant)>,
+    next_probe_id: u64,
+    pings: VecDeque<(u64, Instant)>,
+    live: Liveness,
+    state: State,
+    reported: Path,
+    srtt: Option<Duration>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<LinkEvent>,
+    dirty: bool,
+    now: Instant,
+    stats: LinkStats,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("id", &self.id)
+            .field("side", &self.side)
+            .field("path", &self.path())
+            .finish()
+    }
+}
+
+/// The renet channel layout both ends of every link use (renet is symmetric when a client's
+/// send and receive channel lists are the same).
+fn channels(cfg: &LinkConfig) -> Vec<ChannelConfig> {
+    let reliable = SendType::ReliableOrdered {
+        resend_time: cfg.reliable_resend,
+    };
+    vec![
+        ChannelConfig {
+            channel_id: CHANNEL_RELIABLE,
+            max_memory_usage_bytes: RELIABLE_MEMORY,
+            send_type: reliable.clone(),
+        },
+        ChannelConfig {
+            channel_id: CHANNEL_UNRELIABLE,
+            max_memory_usage_bytes: 1 << 20,
+            send_type: SendType::Unreliable,
+        },
+        ChannelConfig {
+            channel_id: CHANNEL_CONTROL,
+            max_memory_usage_bytes: CONTROL_MEMORY,
+            send_type: reliable,
+        },
+    ]
+}
+
+impl Link {
+    /// Open a link at `now`: binds at the relay and starts probing at once.
+    /// `local` are our own candidates, sent to the peer again if they change.
+    pub fn new(
+        now: Instant,
+        params: LinkParams,
+        local: Vec<Candidate>,
+        cfg: LinkConfig,
+        clock: ClockAnchor,
+    ) -> Self {
+        let channels = channels(&cfg);
+        let mut renet = RenetClient::new(ConnectionConfig {
+            available_bytes_per_tick: 60_000,
+            server_channels_config: channels.clone(),
+            client_channels_config: channels,
+        });
+        renet.set_connected();
+        let mut remote: Vec<Remote> = Vec::new();
+        let predicted = predict(&params.remote, &params.remote_nat, cfg.prediction_span);
+        for c in params.remote.iter().chain(predicted.iter()) {
+            if c.kind != CandidateKind::Relayed && !remote.iter().any(|r| r.cand.addr == c.addr) {
+                remote.push(Remote {
+                    cand: *c,
+                    validated: false,
+                });
+            }
+        }
+        remote.truncate(cfg.max_candidates);
+        let relay = params.relay.map(|p| RelayState {
+            params: p,
+            last_counter: 0,
+            bound: false,
+            peer_bound: false,
+            cookie: [0; 8],
+            attempt: None,
+            next_refresh: now,
+            observed: None,
+            live: Liveness::new(now),
+        });
+        let mut link = Link {
+            crypto: LinkCrypto::new(&params.key, params.link, params.side),
+            id: params.link,
+            side: params.side,
+            clock,
+            renet,
+            renet_time: now,
+            remote,
+            remote_nat: params.remote_nat,
+            local,
+            relay,
+            direct: None,
+            punch: None,
+            next_repunch: None,
+            probes: VecDeque::new(),
+            next_probe_id: 1,
+            pings: VecDeque::new(),
+            live: Liveness::new(now),
+            state: State::Connecting,
+            reported: Path::None,
+            srtt: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            dirty: false,
+            now,
+            stats: LinkStats::default(),
+            cfg,
+        };
+        link.start_bind(now);
+        link.start_punch(now);
+        link.flush(now);
+        link
+    }
+
+    /// This link's id.
+    pub fn id(&self) -> LinkId {
+        self.id
+    }
+
+    /// Our side of the link.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The path we currently send on.
+    pub fn path(&self) -> Path {
+        if let Some(d) = &self.direct {
+            Path::Direct { remote: d.addr }
+        } else if let Some(r) = self.relay.as_ref().filter(|r| r.bound && r.peer_bound) {
+            Path::Relayed {
+                relay: r.params.addr,
+            }
+        } else {
+            Path::None
+        }
+    }
+
+    /// True once the peer has gone silent for `link_timeout` (until it is heard again).
+    pub fn is_lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    /// Smoothed round-trip time to the peer on the current path, if measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Our public address as the relay last saw it.
+    pub fn observed_address(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().and_then(|r| r.observed)
+    }
+
+    /// Queue an application message on `channel` ([`CHANNEL_RELIABLE`] or
+    /// [`CHANNEL_UNRELIABLE`]); it leaves at the next `handle_timeout`, which
+    /// [`Link::poll_timeout`] asks for at once. Returns false (and drops it) if the channel's
+    /// buffer is full or the channel does not exist.
+    pub fn send(&mut self, channel: u8, message: impl Into<Bytes>) -> bool {
+        let message = message.into();
+        if channel > CHANNEL_UNRELIABLE || !self.renet.can_send_message(channel, message.len()) {
+            return false;
+        }
+        self.renet.send_message(channel, message);
+        self.dirty = true;
+        true
+    }
+
+    /// Next application message received on `channel`.
+    pub fn receive(&mut self, channel: u8) -> Option<Bytes> {
+        if channel > CHANNEL_UNRELIABLE {
+            return None;
+        }
+        self.renet.receive_message(channel)
+    }
+
+    /// Our own candidates changed (e.g. a new public address): tell the peer and re-punch.
+    pub fn set_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
+        if local == self.local {
+            return;
+        }
+        self.local = local;
+        self.send_candidates();
+        self.start_punch(now);
+        self.flush(now);
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Link::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.dirty {
+            return Some(self.now);
+        }
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(r) = &self.relay {
+            if let Some(a) = r.attempt {
+                at(a.next_retry);
+            } else if self.cfg.keepalive || !r.bound {
+                at(r.next_refresh);
+            }
+        }
+        if let Some(p) = &self.punch {
+            at(p.next_round.min(p.until));
+        } else if let Some(r) = self.next_repunch {
+            at(r);
+        }
+        if let Some(d) = &self.direct {
+            if let Some(u) = d.live.unanswered_since {
+                at(u + self.path_timeout());
+                at(d.live.last_ping.filter(|p| *p >= u).unwrap_or(u) + self.cfg.path_ping_after);
+            }
+            if self.cfg.keepalive {
+                at(d.live.last_send + self.cfg.keepalive_interval);
+            }
+        } else if let Some(r) = self
+            .relay
+            .as_ref()
+            .filter(|r| r.bound && r.peer_bound && self.cfg.keepalive)
+        {
+            at(r.live.last_send + self.cfg.keepalive_interval);
+        }
+        if let (Some(u), false) = (self.live.unanswered_since, self.state == State::Lost) {
+            at(u + self.cfg.link_timeout);
+        }
+        // renet's reliable channels re-send on their own clock while anything is unacked
+        if self.path() != Path::None && self.reliable_pending() {
+            at(self.renet_time + self.cfg.reliable_resend / 2);
+        }
+        t
+    }
+
+    fn reliable_pending(&self) -> bool {
+        self.renet.channel_available_memory(CHANNEL_RELIABLE) < RELIABLE_MEMORY
+            || self.renet.channel_available_memory(CHANNEL_CONTROL) < CONTROL_MEMORY
+    }
+
+    fn path_timeout(&self) -> Duration {
+        self.cfg
+            .path_timeout
+            .max(self.srtt.map_or(Duration::ZERO, |r| r * 4))
+    }
+
+    /// Drive timers: bind retries and refreshes, probe rounds, keepalives, failure detection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.relay_timers(now);
+        self.punch_timers(now);
+        self.direct_timers(now);
+        if self.cfg.keepalive && self.direct.is_none() {
+            let idle_relay = self
+                .relay
+                .as_ref()
+                .filter(|r| {
+                    r.bound && r.peer_bound && now >= r.live.last_send + self.cfg.keepalive_interval
+                })
+                .map(|r| r.params.addr);
+            if let Some(addr) = idle_relay {
+                self.send_ping(now, addr);
+            }
+        }
+        if let Some(u) = self.live.unanswered_since
+            && self.state != State::Lost
+            && now >= u + self.cfg.link_timeout
+        {
+            self.state = State::Lost;
+            self.events.push_back(LinkEvent::Lost);
+            if let Some(d) = self.direct.take() {
+                self.stats.failovers += 1;
+                self.events.push_back(LinkEvent::DirectPathFailed(d.addr));
+            }
+            self.next_repunch = Some(now + self.cfg.repunch_interval.min(self.cfg.link_timeout));
+        }
+        self.flush(now);
+    }
+
+    fn relay_timers(&mut self, now: Instant) {
+        let keepalive = self.cfg.keepalive;
+        let Some(r) = self.relay.as_mut() else { return };
+        match r.attempt {
+            Some(a) if now >= a.next_retry => {
+                if a.tries >= self.cfg.relay_bind_tries {
+                    // This attempt failed; the relay binding is presumed gone.
+                    r.attempt = None;
+                    r.bound = false;
+                    r.next_refresh = now + self.cfg.relay_bind_rto * 8;
+                } else {
+                    let tries = a.tries + 1;
+                    r.attempt = Some(BindAttempt {
+                        counter: a.counter,
+                        tries,
+                        next_retry: now + self.cfg.relay_bind_rto * 2u32.pow(tries.min(6)),
+                    });
+                    self.send_bind(now, a.counter);
+                }
+            }
+            None if (keepalive || !r.bound) && now >= r.next_refresh => self.start_bind(now),
+            _ => {}
+        }
+    }
+
+    fn punch_timers(&mut self, now: Instant) {
+        if let Some(p) = self.punch {
+            if now >= p.until {
+                self.punch = None;
+                if self.direct.is_none() {
+                    self.next_repunch = Some(now + self.cfg.repunch_interval);
+                }
+            } else if now >= p.next_round {
+                self.probe_round(now);
+                if let Some(p) = self.punch.as_mut() {
+                    p.next_round = now + self.cfg.probe_interval;
+                }
+            }
+        } else if let Some(r) = self.next_repunch
+            && now >= r
+        {
+            self.next_repunch = None;
+            self.start_punch(now);
+        }
+    }
+
+    fn direct_timers(&mut self, now: Instant) {
+        let Some(d) = self.direct else { return };
+        if let Some(u) = d.live.unanswered_since {
+            if now >= u + self.path_timeout() {
+                self.fail_direct(now);
+                return;
+            }
+            let pinged_since = d.live.last_ping.filter(|p| *p >= u);
+            if now >= pinged_since.unwrap_or(u) + self.cfg.path_ping_after {
+                self.send_ping(now, d.addr);
+            }
+        } else if self.cfg.keepalive && now >= d.live.last_send + self.cfg.keepalive_interval {
+            self.send_ping(now, d.addr);
+        }
+    }
+
+    fn fail_direct(&mut self, now: Instant) {
+        let Some(d) = self.direct.take() else { return };
+        self.stats.failovers += 1;
+        self.events.push_back(LinkEvent::DirectPathFailed(d.addr));
+        for r in self.remote.iter_mut().filter(|r| r.cand.addr == d.addr) {
+            r.validated = false;
+        }
+        // Our own address may have changed: re-bind now so the relay follows us, and punch again.
+        if self.relay.as_ref().is_some_and(|r| r.attempt.is_none()) {
+            self.start_bind(now);
+        }
+        self.start_punch(now);
+    }
+
+    fn start_bind(&mut self, now: Instant) {
+        let Some(r) = self.relay.as_mut() else { return };
+        let counter = self.clock.unix_micros(now).max(r.last_counter + 1);
+        r.last_counter = counter;
+        r.attempt = Some(BindAttempt {
+            counter,
+            tries: 1,
+            next_retry: now + self.cfg.relay_bind_rto,
+        });
+        r.next_refresh = now + self.cfg.relay_refresh_interval;
+        self.send_bind(now, counter);
+    }
+
+    fn send_bind(&mut self, now: Instant, counter: u64) {
+        let Some(r) = self.relay.as_mut() else { return };
+        let bytes = BindRequest::encode(
+            self.id,
+            self.side,
+            &r.params.token,
+            &r.params.bind_key,
+            counter,
+            r.cookie,
+        );
+        let dst = r.params.addr;
+        self.stats.relay_sent += 1;
+        self.stats.relay_bytes_sent += bytes.len() as u64;
+        self.transmits.push_back(Transmit {
+            src: None,
+            dst,
+            payload: bytes,
+        });
+        let _ = now;
+    }
+
+    fn start_punch(&mut self, now: Instant) {
+        if self.remote.is_empty() {
+            return;
+        }
+        self.next_repunch = None;
+        let until = now + self.cfg.punch_timeout;
+        match self.punch.as_mut() {
+            Some(p) => p.until = p.until.max(until),
+            None => {
+                self.punch = Some(Punch {
+                    until,
+                    next_round: now,
+                })
+            }
+        }
+        self.probe_round(now);
+        if let Some(p) = self.punch.as_mut() {
+            p.next_round = now + self.cfg.probe_interval;
+        }
+    }
+
+    fn probe_round(&mut self, now: Instant) {
+        let targets: Vec<SocketAddr> = self.remote.iter().map(|r| r.cand.addr).collect();
+        for addr in targets {
+            self.send_probe(now, addr);
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, addr: SocketAddr) {
+        let id = self.next_probe_id;
+        self.next_probe_id += 1;
+        self.probes.push_back((id, addr, now));
+        while self.probes.len() > 4 * self.cfg.max_candidates.max(16) {
+            self.probes.pop_front();
+        }
+        let d = self.crypto.seal(PeerKind::Probe, &id.to_be_bytes());
+        self.stats.probes_sent += 1;
+        self.raw_send(now, addr, d);
+    }
+
+    fn send_ping(&mut self, now: Instant, addr: SocketAddr) {
+        let id = self.next_probe_id;
+        self.next_probe_id += 1;
+        self.pings.push_back((id, now));
+        if self.pings.len() > 16 {
+            self.pings.pop_front();
+        }
+        if let Some(d) = self.direct.as_mut().filter(|d| d.addr == addr) {
+            d.live.last_ping = Some(now);
+        }
+        let d = self.crypto.seal(PeerKind::Keepalive, &id.to_be_bytes());
+        self.raw_send(now, addr, d);
+    }
+
+    /// Send bytes to `addr`, updating the liveness and counters of the path it belongs to.
+    fn raw_send(&mut self, now: Instant, addr: SocketAddr, bytes: Vec<u8>) {
+        let len = bytes.len() as u64;
+        if let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == addr) {
+            r.live.sent(now);
+            self.stats.relay_sent += 1;
+            self.stats.relay_bytes_sent += len;
+            self.live.sent(now);
+        } else {
+            if let Some(d) = self.direct.as_mut().filter(|d| d.addr == addr) {
+                d.live.sent(now);
+                self.live.sent(now);
+            }
+            self.stats.direct_sent += 1;
+            self.stats.direct_bytes_sent += len;
+        }
+        self.transmits.push_back(Transmit {
+            src: None,
+            dst: addr,
+            payload: bytes,
+        });
+    }
+
+    fn send_candidates(&mut self) {
+        let msg = Control::Candidates(self.local.clone());
+        if let Ok(bytes) = bincode::serde::encode_to_vec(&msg, bincode::config::standard()) {
+            self.renet.send_message(CHANNEL_CONTROL, bytes);
+            self.dirty = true;
+        }
+    }
+
+    /// A relay control datagram (bind-ack) addressed to this link arrived from `from`.
+    pub fn handle_relay(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), OpenError> {
+        self.now = now;
+        let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == from) else {
+            self.stats.rejected += 1;
+            return Err(OpenError::WrongLink);
+        };
+        let Ok(ack) = BindAck::decode_verified(bytes, &r.params.bind_key) else {
+            self.stats.rejected += 1;
+            return Err(OpenError::Auth);
+        };
+        if ack.counter > r.last_counter {
+            self.stats.rejected += 1;
+            return Err(OpenError::Replay);
+        }
+        if r.attempt.is_some_and(|a| a.counter == ack.counter) {
+            r.attempt = None;
+        }
+        let needs_confirm = ack.cookie != [0; 8] && ack.cookie != r.cookie;
+        r.bound = true;
+        r.peer_bound = ack.peer_bound;
+        r.cookie = ack.cookie;
+        r.live.received(now);
+        let changed = r.observed.is_some_and(|o| o != ack.observed);
+        r.observed = Some(ack.observed);
+        if needs_confirm {
+            // Prove we receive at this address so the relay lifts its anti-amplification cap.
+            let counter = self.clock.unix_micros(now).max(r.last_counter + 1);
+            r.last_counter = counter;
+            self.send_bind(now, counter);
+        }
+        if changed {
+            self.events
+                .push_back(LinkEvent::ObservedAddressChanged(ack.observed));
+            let mut local: Vec<Candidate> = self
+                .local
+                .iter()
+                .copied()
+                .filter(|c| c.kind != CandidateKind::ServerReflexive)
+                .collect();
+            local.push(Candidate::new(CandidateKind::ServerReflexive, ack.observed));
+            self.set_local_candidates(now, local);
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// A peer datagram for this link arrived from `from` (directly or via the relay).
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), OpenError> {
+        self.now = now;
+        let (header, body) = match self.crypto.open(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.rejected += 1;
+                return Err(e);
+            }
+        };
+        self.stats.bytes_received += bytes.len() as u64;
+        self.live.received(now);
+        match self.state {
+            State::Lost => {
+                self.state = State::Connected;
+                self.events.push_back(LinkEvent::Recovered);
+            }
+            State::Connecting => self.state = State::Connected,
+            State::Connected => {}
+        }
+        let via_relay = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
+        if via_relay {
+            self.stats.relay_received += 1;
+            if let Some(r) = self.relay.as_mut() {
+                r.live.received(now);
+                // Data from the peer through the relay proves both sides are bound.
+                if r.bound {
+                    r.peer_bound = true;
+                }
+            }
+        } else {
+            self.stats.direct_received += 1;
+            if let Some(d) = self.direct.as_mut().filter(|d| d.addr == from) {
+                d.live.received(now);
+            } else if !self.remote.iter().any(|r| r.cand.addr == from)
+                && self.remote.len() < self.cfg.max_candidates
+            {
+                // Peer-reflexive: the peer reaches us from an address nobody told us about.
+                self.remote.push(Remote {
+                    cand: Candidate::new(CandidateKind::PeerReflexive, from),
+                    validated: false,
+                });
+                if header.kind != PeerKind::Probe {
+                    self.send_probe(now, from);
+                }
+            }
+        }
+        match header.kind {
+            PeerKind::Probe => {
+                if !via_relay {
+                    let mut ack = body.get(..8).unwrap_or(&[0; 8]).to_vec();
+                    encode_addr(&mut ack, from);
+                    let d = self.crypto.seal(PeerKind::ProbeAck, &ack);
+                    self.raw_send(now, from, d);
+                    // Triggered check (RFC 8445 §7.3.1.4): probe back at once.
+                    if self.direct.is_none()
+                        && !self
+                            .probes
+                            .iter()
+                            .any(|(_, a, t)| *a == from && now - *t < self.cfg.probe_interval)
+                    {
+                        self.send_probe(now, from);
+                    }
+                }
+            }
+            PeerKind::ProbeAck => {
+                if let Some(id) = body
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    && !via_relay
+                {
+                    self.on_probe_ack(now, from, id);
+                }
+            }
+            PeerKind::Keepalive => {
+                let d = self
+                    .crypto
+                    .seal(PeerKind::KeepaliveAck, body.get(..8).unwrap_or(&[0; 8]));
+                self.raw_send(now, from, d);
+            }
+            PeerKind::KeepaliveAck => {
+                if let Some(id) = body
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    && let Some(pos) = self.pings.iter().position(|(i, _)| *i == id)
+                {
+                    let (_, sent) = self.pings.remove(pos).expect("position is valid");
+                    self.rtt_sample(now - sent);
+                }
+            }
+            PeerKind::Data => {
+                self.renet.process_packet(&body);
+                if self.renet.is_disconnected() {
+                    self.events.push_back(LinkEvent::Broken);
+                }
+                while let Some(msg) = self.renet.receive_message(CHANNEL_CONTROL) {
+                    self.on_control(now, &msg);
+                }
+            }
+            PeerKind::Control => {}
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, id: u64) {
+        let Some(pos) = self
+            .probes
+            .iter()
+            .position(|(i, a, _)| *i == id && *a == from)
+        else {
+            return;
+        };
+        let (_, _, sent) = self.probes.remove(pos).expect("position is valid");
+        self.rtt_sample(now - sent);
+        let Some(r) = self.remote.iter_mut().find(|r| r.cand.addr == from) else {
+            return;
+        };
+        r.validated = true;
+        let kind = r.cand.kind;
+        let better = match &self.direct {
+            None => true,
+            Some(d) => {
+                d.addr != from && kind == CandidateKind::Host && d.kind != CandidateKind::Host
+            }
+        };
+        if better {
+            let mut live = Liveness::new(now);
+            live.received(now);
+            self.direct = Some(DirectPath {
+                addr: from,
+                kind,
+                live,
+            });
+            self.punch = None;
+            self.next_repunch = None;
+        }
+    }
+
+    fn on_control(&mut self, now: Instant, msg: &[u8]) {
+        let Ok((Control::Candidates(cands), _)) =
+            bincode::serde::decode_from_slice::<Control, _>(msg, bincode::config::standard())
+        else {
+            return;
+        };
+        let mut added = false;
+        let predicted = predict(&cands, &self.remote_nat, self.cfg.prediction_span);
+        for c in cands
+            .iter()
+            .chain(predicted.iter())
+            .take(self.cfg.max_candidates)
+        {
+            if c.kind != CandidateKind::Relayed
+                && !self.remote.iter().any(|r| r.cand.addr == c.addr)
+            {
+                if self.remote.len() >= self.cfg.max_candidates {
+                    // Forget the oldest unvalidated guess to make room for fresher information.
+                    if let Some(i) = self.remote.iter().position(|r| !r.validated) {
+                        self.remote.remove(i);
+                    }
+                }
+                self.remote.push(Remote {
+                    cand: *c,
+                    validated: false,
+                });
+                added = true;
+            }
+        }
+        if added && self.direct.is_none() {
+            self.start_punch(now);
+        }
+    }
+
+    fn rtt_sample(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+
+    /// Move renet's packets onto the current path, and report a path change.
+    fn flush(&mut self, now: Instant) {
+        self.dirty = false;
+        self.renet
+            .update(now.saturating_duration_since(self.renet_time));
+        self.renet_time = self.renet_time.max(now);
+        let path = self.path();
+        let dst = match path {
+            Path::Direct { remote } => Some(remote),
+            Path::Relayed { relay } => Some(relay),
+            Path::None => None,
+        };
+        if let Some(dst) = dst {
+            for packet in self.renet.get_packets_to_send() {
+                let d = self.crypto.seal(PeerKind::Data, &packet);
+                self.raw_send(now, dst, d);
+            }
+        }
+        if path != self.reported {
+            self.reported = path;
+            self.events.push_back(LinkEvent::Path(path));
+        }
+    }
+}
+
+/// Append an address as `family (4|6) | port u16 BE | ip (4|16 bytes)`.
+pub(crate) fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.port().to_be_bytes());
+            out.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            out.push(6);
+            out.extend_from_slice(&a.port().to_be_bytes());
+            out.extend_from_slice(&a.ip().octets());
+        }
+    }
+}

@@ -1,1 +1,306 @@
-//! (being written)
+//! Many links over one socket.
+//!
+//! The NAT mapping belongs to a socket, so STUN, probes, relay traffic and peer data all share
+//! the client's one mesh socket. The [`Mesh`] demultiplexes each datagram by its first byte
+//! ([`crate::proto::classify`]) and routes peer traffic **by link id, never by address**:
+//! a peer that changes address keeps its link, and a datagram that reaches the wrong host
+//! (two sites on the same private range) names a link that host does not have, or fails
+//! authentication, and is dropped and counted.
+//!
+//! The driver loop is the [`crate::endpoint`] loop; the application adds links from the
+//! shard's introductions and calls [`Mesh::send`] / [`Mesh::receive`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::config::MeshConfig;
+use crate::crypto::OpenError;
+use crate::endpoint::{Endpoint, Transmit};
+use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams};
+use crate::proto::peer::{LinkId, PeerHeader};
+use crate::proto::relay::RelayKind;
+use crate::proto::{DatagramClass, classify};
+
+/// Something that happened on the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// An event of one link.
+    Link {
+        /// Which link.
+        link: LinkId,
+        /// What happened.
+        event: LinkEvent,
+    },
+    /// Our public (server-reflexive) address changed, as the relay or a STUN server saw it.
+    PublicAddress(SocketAddr),
+}
+
+/// Why a datagram on the mesh socket was dropped; each has a counter in [`MeshStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Undecodable header or unknown kind.
+    Malformed,
+    /// Names a link this mesh does not have (a stray probe from another site, a closed link).
+    UnknownLink,
+    /// Failed authentication, replay check or relay-ack verification.
+    Rejected,
+    /// A kind a client never accepts (relay binds, STUN requests without a STUN agent).
+    Unexpected,
+}
+
+/// Counters of the mesh socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams handed to the driver to send.
+    pub sent: u64,
+    /// Bytes handed to the driver to send.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Dropped: undecodable.
+    pub malformed: u64,
+    /// Dropped: unknown link id.
+    pub unknown_link: u64,
+    /// Dropped: failed authentication or replay check.
+    pub rejected: u64,
+    /// Dropped: not a kind a client accepts.
+    pub unexpected: u64,
+}
+
+impl MeshStats {
+    fn drop(&mut self, reason: DropReason) {
+        match reason {
+            DropReason::Malformed => self.malformed += 1,
+            DropReason::UnknownLink => self.unknown_link += 1,
+            DropReason::Rejected => self.rejected += 1,
+            DropReason::Unexpected => self.unexpected += 1,
+        }
+    }
+}
+
+/// Errors of the mesh API.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MeshError {
+    /// A link with this id exists already; remove it first.
+    #[error("link {0:?} already exists")]
+    DuplicateLink(LinkId),
+    /// No link with this id.
+    #[error("no link {0:?}")]
+    NoSuchLink(LinkId),
+}
+
+/// Many [`Link`]s over one socket. See the module docs.
+pub struct Mesh {
+    cfg: MeshConfig,
+    clock: ClockAnchor,
+    local: Vec<Candidate>,
+    links: BTreeMap<LinkId, Link>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<MeshEvent>,
+    stats: MeshStats,
+    now: Instant,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("local", &self.local)
+            .field("links", &self.links.len())
+            .finish()
+    }
+}
+
+impl Mesh {
+    /// A mesh whose socket has the given host addresses (our LAN candidates).
+    pub fn new(
+        now: Instant,
+        cfg: MeshConfig,
+        clock: ClockAnchor,
+        host_addrs: &[SocketAddr],
+    ) -> Self {
+        Self {
+            cfg,
+            clock,
+            local: host_addrs
+                .iter()
+                .map(|a| Candidate::new(CandidateKind::Host, *a))
+                .collect(),
+            links: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MeshStats::default(),
+            now,
+        }
+    }
+
+    /// Our own candidates (host addresses and the public address once known).
+    pub fn local_candidates(&self) -> &[Candidate] {
+        &self.local
+    }
+
+    /// Record our public address (from STUN or the relay); every link tells its peer.
+    pub fn set_public_address(&mut self, now: Instant, addr: SocketAddr) {
+        if self
+            .local
+            .iter()
+            .any(|c| c.kind == CandidateKind::ServerReflexive && c.addr == addr)
+        {
+            return;
+        }
+        self.local
+            .retain(|c| c.kind != CandidateKind::ServerReflexive);
+        self.local
+            .push(Candidate::new(CandidateKind::ServerReflexive, addr));
+        self.events.push_back(MeshEvent::PublicAddress(addr));
+        for link in self.links.values_mut() {
+            link.set_local_candidates(now, self.local.clone());
+        }
+        self.collect();
+    }
+
+    /// Open a link from the shard's introduction.
+    pub fn add_link(&mut self, now: Instant, params: LinkParams) -> Result<(), MeshError> {
+        if self.links.contains_key(&params.link) {
+            return Err(MeshError::DuplicateLink(params.link));
+        }
+        let id = params.link;
+        let link = Link::new(
+            now,
+            params,
+            self.local.clone(),
+            self.cfg.link.clone(),
+            self.clock,
+        );
+        self.links.insert(id, link);
+        self.collect();
+        Ok(())
+    }
+
+    /// Close a link (the shard un-introduced the pair).
+    pub fn remove_link(&mut self, id: LinkId) -> Result<(), MeshError> {
+        self.links
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(MeshError::NoSuchLink(id))
+    }
+
+    /// One link, to read its path, stats and RTT.
+    pub fn link(&self, id: LinkId) -> Option<&Link> {
+        self.links.get(&id)
+    }
+
+    /// All links, in id order.
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.values()
+    }
+
+    /// Queue a message to one peer (see [`Link::send`]).
+    pub fn send(
+        &mut self,
+        id: LinkId,
+        channel: u8,
+        message: impl Into<Bytes>,
+    ) -> Result<bool, MeshError> {
+        let link = self.links.get_mut(&id).ok_or(MeshError::NoSuchLink(id))?;
+        Ok(link.send(channel, message))
+    }
+
+    /// Next message received from one peer on `channel`.
+    pub fn receive(&mut self, id: LinkId, channel: u8) -> Option<Bytes> {
+        self.links.get_mut(&id)?.receive(channel)
+    }
+
+    /// Next mesh event.
+    pub fn poll_event(&mut self) -> Option<MeshEvent> {
+        self.events.pop_front()
+    }
+
+    /// Socket counters, drops by reason.
+    pub fn stats(&self) -> MeshStats {
+        self.stats
+    }
+
+    /// Pull transmits and events out of every link.
+    fn collect(&mut self) {
+        let mut public = None;
+        for (id, link) in self.links.iter_mut() {
+            while let Some(t) = link.poll_transmit() {
+                self.stats.sent += 1;
+                self.stats.bytes_sent += t.payload.len() as u64;
+                self.transmits.push_back(t);
+            }
+            while let Some(event) = link.poll_event() {
+                if let LinkEvent::ObservedAddressChanged(a) = event {
+                    public = Some(a);
+                }
+                self.events.push_back(MeshEvent::Link { link: *id, event });
+            }
+        }
+        if let Some(addr) = public {
+            self.set_public_address(self.now, addr);
+        }
+    }
+
+    fn route(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
+        match classify(data).map_err(|_| DropReason::Malformed)? {
+            DatagramClass::Peer(_) => {
+                let (_, link, _) =
+                    PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
+                let link = self.links.get_mut(&link).ok_or(DropReason::UnknownLink)?;
+                link.handle_peer(now, from, data).map_err(open_drop)
+            }
+            DatagramClass::Relay(RelayKind::BindAck) => {
+                let id = data.get(1..5).ok_or(DropReason::Malformed)?;
+                let id = LinkId(u32::from_be_bytes(
+                    id.try_into().map_err(|_| DropReason::Malformed)?,
+                ));
+                let link = self.links.get_mut(&id).ok_or(DropReason::UnknownLink)?;
+                link.handle_relay(now, from, data).map_err(open_drop)
+            }
+            DatagramClass::Relay(_) | DatagramClass::Stun => Err(DropReason::Unexpected),
+        }
+    }
+}
+
+fn open_drop(e: OpenError) -> DropReason {
+    match e {
+        OpenError::Malformed(_) => DropReason::Malformed,
+        OpenError::WrongLink | OpenError::Replay | OpenError::Auth => DropReason::Rejected,
+    }
+}
+
+impl Endpoint for Mesh {
+    fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &[u8]) {
+        self.now = now;
+        self.stats.received += 1;
+        self.stats.bytes_received += data.len() as u64;
+        if let Err(reason) = self.route(now, from, data) {
+            self.stats.drop(reason);
+        }
+        self.collect();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        for link in self.links.values_mut() {
+            if link.poll_timeout().is_some_and(|t| t <= now) {
+                link.handle_timeout(now);
+            }
+        }
+        self.collect();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.links.values().filter_map(|l| l.poll_timeout()).min()
+    }
+}
