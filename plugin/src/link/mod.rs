@@ -1020,3 +1020,6 @@ pub(crate) fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Link tests over a tiny two-host network with virtual time (no NAT: the simulator's
+//! scenarios live in `tests/`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const A: &str = "10.0.0.1:4000";
+const B: &str = "10.0.0.2:4000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Two links joined by a wire with a fixed one-way latency; `cut` drops everything.
+struct Pair {
+    now: Instant,
+    a: Link,
+    b: Link,
+    latency: Duration,
+    cut: bool,
+    in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let now = Instant::now();
+        let clock = ClockAnchor {
+            instant: now,
+            unix_micros: 1_700_000_000_000_000,
+        };
+        let key = LinkKey([3; 32]);
+        let params = |side, remote: &str| LinkParams {
+            link: LinkId(5),
+            side,
+            key: key.clone(),
+            remote: vec![Candidate::new(CandidateKind::Host, addr(remote))],
+            remote_nat: NatHint::default(),
+            relay: None,
+        };
+        let a = Link::new(
+            now,
+            params(Side::A, B),
+            vec![],
+            LinkConfig::default(),
+            clock,
+        );
+        let b = Link::new(
+            now,
+            params(Side::B, A),
+            vec![],
+            LinkConfig::default(),
+            clock,
+        );
+        Pair {
+            now,
+            a,
+            b,
+            latency: Duration::from_millis(20),
+            cut: false,
+            in_flight: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn pump(&mut self) {
+        for (from, link) in [(addr(A), &mut self.a), (addr(B), &mut self.b)] {
+            while let Some(t) = link.poll_transmit() {
+                if !self.cut {
+                    self.seq += 1;
+                    self.in_flight.insert(
+                        (self.now + self.latency, self.seq),
+                        (from, t.dst, t.payload),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Advance to the next event, at most to `limit`.
+    fn step(&mut self, limit: Instant) -> bool {
+        self.pump();
+        let next_packet = self.in_flight.keys().next().map(|k| k.0);
+        let next = [next_packet, self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next.filter(|n| *n <= limit) else {
+            self.now = limit;
+            return false;
+        };
+        self.now = self.now.max(next);
+        if next_packet == Some(next) {
+            let (_, (from, to, bytes)) = self.in_flight.pop_first().unwrap();
+            let link = if to == addr(A) {
+                &mut self.a
+            } else {
+                &mut self.b
+            };
+            let _ = link.handle_peer(self.now, from, &bytes);
+        } else {
+            let now = self.now;
+            if self.a.poll_timeout().is_some_and(|t| t <= now) {
+                self.a.handle_timeout(now);
+            }
+            if self.b.poll_timeout().is_some_and(|t| t <= now) {
+                self.b.handle_timeout(now);
+            }
+        }
+        true
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let limit = self.now + d;
+        while self.step(limit) {}
+    }
+
+    fn events(link: &mut Link) -> Vec<LinkEvent> {
+        std::iter::from_fn(|| link.poll_event()).collect()
+    }
+}
+
+#[test]
+fn punches_direct_within_two_rtts_and_delivers_reliable_in_order() {
+    let mut p = Pair::new();
+    let start = p.now;
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.a.path(), Path::Direct { remote: addr(B) });
+    assert_eq!(p.b.path(), Path::Direct { remote: addr(A) });
+    assert!(Pair::events(&mut p.a).contains(&LinkEvent::Path(Path::Direct { remote: addr(B) })));
+    assert!(
+        p.a.rtt().unwrap() >= Duration::from_millis(40)
+            && p.a.rtt().unwrap() < Duration::from_millis(50)
+    );
+    let _ = start;
+    for i in 0u32..500 {
+        assert!(p.a.send(CHANNEL_RELIABLE, i.to_be_bytes().to_vec()));
+        if i % 50 == 0 {
+            p.run_for(Duration::from_millis(10));
+        }
+    }
+    p.run_for(Duration::from_secs(1));
+    let got: Vec<u32> = std::iter::from_fn(|| p.b.receive(CHANNEL_RELIABLE))
+        .map(|b| u32::from_be_bytes(b[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+}
+
+#[test]
+fn idle_link_sends_keepalives_and_stays_up() {
+    let mut p = Pair::new();
+    p.run_for(Duration::from_secs(120));
+    assert!(!p.a.is_lost() && !p.b.is_lost());
+    assert_eq!(p.a.path(), Path::Direct { remote: addr(B) });
+    // about one keepalive (+ack) per 10 s each way, not a flood
+    let sent = p.a.stats().direct_sent;
+    assert!((8..=40).contains(&sent), "direct_sent = {sent}");
+}
+
+#[test]
+fn cut_wire_is_detected_as_failed_path_then_lost_and_recovers() {
+    let mut p = Pair::new();
+    p.run_for(Duration::from_millis(200));
+    p.cut = true;
+    let cut_at = p.now;
+    p.a.send(CHANNEL_RELIABLE, vec![1]);
+    p.run_for(Duration::from_secs(1));
+    let ev = Pair::events(&mut p.a);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LinkEvent::DirectPathFailed(_))),
+        "{ev:?}"
+    );
+    assert_eq!(p.a.path(), Path::None);
+    p.run_for(Duration::from_secs(10));
+    assert!(p.a.is_lost(), "lost after link_timeout");
+    assert!(Pair::events(&mut p.a).contains(&LinkEvent::Lost));
+    let _ = cut_at;
+    p.cut = false;
+    // the repunch timer brings it back without any help
+    p.run_for(Duration::from_secs(15));
+    assert!(!p.a.is_lost());
+    assert_eq!(p.a.path(), Path::Direct { remote: addr(B) });
+    let got: Vec<_> = std::iter::from_fn(|| p.b.receive(CHANNEL_RELIABLE)).collect();
+    assert_eq!(
+        got,
+        vec![Bytes::from(vec![1u8])],
+        "message sent during the outage arrives exactly once"
+    );
+}
+
+#[test]
+fn keepalive_off_sends_nothing_when_idle() {
+    let mut p = Pair::new();
+    p.a.cfg.keepalive = false;
+    p.b.cfg.keepalive = false;
+    p.run_for(Duration::from_millis(500));
+    let before = p.a.stats().direct_sent;
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(p.a.stats().direct_sent, before);
+}
