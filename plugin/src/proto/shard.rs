@@ -1,1 +1,219 @@
 //! Messages between a client and its shard, carried on renet channels (serde + bincode 2).
+//!
+//! Encoding is bincode 2's `standard()` configuration (little-endian, variable-length
+//! integers) with a 64 KiB limit, so a hostile length prefix cannot make the decoder
+//! allocate more than that. [`decode`] returns `Result` for any input.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::link::{Candidate, LinkParams};
+use crate::proto::peer::LinkId;
+
+/// Largest encoded shard message accepted.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// A player's id within a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlayerId(pub u64);
+
+/// Our NAT, as the client's discovery classified it (reported to the shard for introductions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatSummary {
+    /// Seed class name: `open`, `full-cone`, `restricted`, `port-restricted`, `symmetric`,
+    /// `blocked` or `unknown`.
+    pub class: String,
+    /// Mapping is address(-and-port)-dependent.
+    pub dependent_mapping: bool,
+    /// Port step of a sequential allocator, if seen.
+    pub port_delta: Option<i32>,
+    /// Public address seen by the STUN server.
+    pub public: Option<SocketAddr>,
+}
+
+/// The path a link uses, as a client reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PathState {
+    /// Connecting: no path yet.
+    Connecting,
+    /// Through the relay.
+    Relayed,
+    /// Straight to the peer.
+    Direct,
+    /// The peer is silent (link timeout).
+    Lost,
+}
+
+/// Client → shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Enter the lobby under this name.
+    Login {
+        /// Display name.
+        name: String,
+    },
+    /// Our mesh socket's candidates and NAT, for introductions.
+    MeshInfo {
+        /// Host and server-reflexive candidates.
+        candidates: Vec<Candidate>,
+        /// NAT classification.
+        nat: NatSummary,
+    },
+    /// Join a zone (lobby → game).
+    EnterZone {
+        /// Zone number.
+        zone: u32,
+    },
+    /// Our position at a client tick (the Game validates speed).
+    Move {
+        /// Client tick.
+        tick: u32,
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// A chat line for everyone in range.
+    Chat {
+        /// Text (at most 200 characters are kept).
+        text: String,
+    },
+    /// Path status of one of our links (session tracking).
+    PathReport {
+        /// The link.
+        link: LinkId,
+        /// Its path.
+        path: PathState,
+        /// Smoothed RTT in ms, if measured.
+        rtt_ms: Option<f32>,
+    },
+}
+
+/// Shard → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardMessage {
+    /// Login accepted.
+    Welcome {
+        /// Our id.
+        player: PlayerId,
+        /// The STUN/relay server for NAT discovery.
+        stun: SocketAddr,
+    },
+    /// Meet a peer: open a link with these parameters.
+    PeerIntro {
+        /// The peer's player id.
+        peer: PlayerId,
+        /// The peer's name.
+        name: String,
+        /// Everything our mesh needs for the link.
+        params: LinkParams,
+    },
+    /// Close the link to a peer (moved apart, left).
+    PeerOutro {
+        /// The link to close.
+        link: LinkId,
+    },
+    /// Authoritative position correction.
+    Correction {
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// A request was refused.
+    Refused {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+/// Why a shard message failed to decode.
+#[derive(Debug, Error)]
+pub enum MessageError {
+    /// Bytes were not a valid message (or exceeded [`MAX_MESSAGE`]).
+    #[error("undecodable shard message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// The message could not be encoded (too large).
+    #[error("unencodable shard message: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// Bytes left over after the message.
+    #[error("{0} trailing bytes after shard message")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
+/// Encode a message for a renet channel.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
+    Ok(bincode::serde::encode_to_vec(msg, config())?)
+}
+
+/// Decode a message; any input gives `Ok` or `Err`, never a panic.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
+    let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;
+    if used != bytes.len() {
+        return Err(MessageError::Trailing(bytes.len() - used));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::crypto::LinkKey;
+    use crate::link::{CandidateKind, NatHint};
+    use crate::proto::peer::Side;
+
+    #[test]
+    fn roundtrip_and_garbage_never_panics() {
+        let intro = ShardMessage::PeerIntro {
+            peer: PlayerId(7),
+            name: "ana".into(),
+            params: LinkParams {
+                link: LinkId(3),
+                side: Side::B,
+                key: LinkKey([1; 32]),
+                remote: vec![Candidate::new(
+                    CandidateKind::ServerReflexive,
+                    "203.0.113.5:4000".parse().unwrap(),
+                )],
+                remote_nat: NatHint {
+                    dependent_mapping: true,
+                    port_delta: Some(1),
+                },
+                relay: None,
+            },
+        };
+        let bytes = encode(&intro).unwrap();
+        assert_eq!(decode::<ShardMessage>(&bytes).unwrap(), intro);
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(matches!(
+            decode::<ShardMessage>(&extra),
+            Err(MessageError::Trailing(1))
+        ));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for i in 0..20_000 {
+            let mut b = bytes.clone();
+            let n = rng.random_range(0..4);
+            for _ in 0..=n {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+            }
+            b.truncate(rng.random_range(0..=b.len()));
+            let _ = decode::<ShardMessage>(&b);
+            let junk: Vec<u8> = (0..(i % 64)).map(|_| rng.random()).collect();
+            let _ = decode::<ClientMessage>(&junk);
+        }
+        // a huge length prefix is refused, not allocated
+        let mut huge = vec![4u8]; // Refused
+        huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode::<ShardMessage>(&huge).is_err());
+    }
+}
