@@ -979,3 +979,102 @@ fn relay_fuzz_random_bytes_never_panic_and_every_datagram_is_counted() {
     h.relay.handle_timeout(t + Duration::from_secs(7200));
     assert_eq!(h.stats().active_bindings, 0);
 }
+
+/// Counts heap allocations made by the current thread, to check the hot path's
+/// zero-allocation promise. (The only global allocator of this test binary; it forwards
+/// to the system allocator.)
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    // SAFETY: forwards every call unchanged to `System`; only bumps a thread-local counter.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations made by this thread so far.
+    pub fn count() -> u64 {
+        ALLOCS.with(|c| c.get())
+    }
+}
+
+#[test]
+fn relay_hot_path_does_not_allocate() {
+    let mut h = Harness::new(RelayConfig::default());
+    let t = h.at(1.0);
+    let mut a = h.client("198.51.100.1:4000", 7, Side::A);
+    let mut b = h.client("203.0.113.2:5000", 7, Side::B);
+    h.bind_validated(t, &mut a);
+    h.bind_validated(t, &mut b);
+    let da = a.data(1, 1200);
+    let db = b.data(1, 1200);
+    let junk = [0x22u8; 40];
+    let refresh = a.next_bind();
+    let replay = refresh;
+    let mut relay = std::mem::replace(
+        &mut h.relay,
+        Relay::new(
+            RelayConfig::default(),
+            h.keys.clone(),
+            ClockAnchor {
+                at: h.t0,
+                unix_secs: UNIX0,
+            },
+            [0; 32],
+        ),
+    );
+    let mut buf = ReplyBuf::default();
+    // The counter sees allocations at all.
+    let probe = alloc_count::count();
+    drop(std::hint::black_box(vec![1u8; 8]));
+    assert!(alloc_count::count() > probe);
+    let before = alloc_count::count();
+    let mut forwarded = 0;
+    for i in 0..1_000u64 {
+        let now = t + Duration::from_millis(i);
+        for (from, d) in [(a.addr, &da), (b.addr, &db)] {
+            if matches!(
+                relay.process(now, from, d, &mut buf),
+                Action::Forward { .. }
+            ) {
+                forwarded += 1;
+            }
+        }
+        relay.process(now, a.addr, &junk, &mut buf);
+    }
+    // A refresh Bind of an existing binding and a replayed one: no allocation either.
+    assert!(matches!(
+        relay.process(t, a.addr, &refresh, &mut buf),
+        Action::Reply { .. }
+    ));
+    assert_eq!(
+        relay.process(t, a.addr, &replay, &mut buf),
+        Action::Drop(DropReason::Replay)
+    );
+    relay.handle_timeout(t + Duration::from_secs(5));
+    let allocs = alloc_count::count() - before;
+    assert_eq!(forwarded, 2_000);
+    assert_eq!(allocs, 0, "the hot path allocated {allocs} times");
+}
