@@ -82,9 +82,6 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self {
-            link: LinkConfig::default(),
-            stun_refresh_interval: Duration::from_secs(20),
-        }
+        Self { link: LinkConfig::default(), stun_refresh_interval: Duration::from_secs(20) }
     }
 }

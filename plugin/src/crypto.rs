@@ -52,10 +52,7 @@ pub struct ReplayWindow {
 
 impl Default for ReplayWindow {
     fn default() -> Self {
-        Self {
-            newest: None,
-            bits: [0; (REPLAY_WINDOW / 64) as usize],
-        }
+        Self { newest: None, bits: [0; (REPLAY_WINDOW / 64) as usize] }
     }
 }
 
@@ -112,10 +109,7 @@ pub struct LinkCrypto {
 
 impl std::fmt::Debug for LinkCrypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkCrypto")
-            .field("link", &self.link)
-            .field("side", &self.side)
-            .finish()
+        f.debug_struct("LinkCrypto").field("link", &self.link).field("side", &self.side).finish()
     }
 }
 
@@ -142,13 +136,7 @@ impl LinkCrypto {
     pub fn seal(&mut self, kind: PeerKind, plaintext: &[u8]) -> Vec<u8> {
         let pn = self.next_pn;
         self.next_pn += 1;
-        let header = PeerHeader {
-            kind,
-            link: self.link,
-            side: self.side,
-            pn,
-        }
-        .encode();
+        let header = PeerHeader { kind, link: self.link, side: self.side, pn }.encode();
         let mut out = Vec::with_capacity(PEER_HEADER_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&header);
         out.extend_from_slice(plaintext);
@@ -191,10 +179,7 @@ mod tests {
 
     fn pair() -> (LinkCrypto, LinkCrypto) {
         let key = LinkKey([7; 32]);
-        (
-            LinkCrypto::new(&key, LinkId(9), Side::A),
-            LinkCrypto::new(&key, LinkId(9), Side::B),
-        )
+        (LinkCrypto::new(&key, LinkId(9), Side::A), LinkCrypto::new(&key, LinkId(9), Side::B))
     }
 
     #[test]

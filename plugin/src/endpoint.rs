@@ -41,3 +41,26 @@ pub trait Endpoint {
     /// When [`Endpoint::handle_timeout`] should next be called; `None` = only on input.
     fn poll_timeout(&self) -> Option<Instant>;
 }
+
+/// Ties a monotonic `Instant` to Unix time, so sans-IO code can reason about wall-clock
+/// values (token expiries, bind counters that must grow across restarts) from `now` alone.
+/// The driver reads the system clock once and builds the anchor; the core never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockAnchor {
+    /// A moment on the monotonic clock…
+    pub at: Instant,
+    /// …and the Unix time in microseconds at that moment.
+    pub unix_micros: u64,
+}
+
+impl ClockAnchor {
+    /// Unix microseconds at `now` (instants before the anchor count as the anchor).
+    pub fn unix_micros_at(&self, now: Instant) -> u64 {
+        self.unix_micros.saturating_add(now.saturating_duration_since(self.at).as_micros() as u64)
+    }
+
+    /// Unix seconds at `now`.
+    pub fn unix_secs_at(&self, now: Instant) -> u64 {
+        self.unix_micros_at(now) / 1_000_000
+    }
+}

@@ -54,19 +54,13 @@ pub fn predict(remote: &[Candidate], hint: &NatHint, span: u16) -> Vec<Candidate
         return Vec::new();
     }
     let mut out = Vec::new();
-    for c in remote
-        .iter()
-        .filter(|c| c.kind == CandidateKind::ServerReflexive)
-    {
+    for c in remote.iter().filter(|c| c.kind == CandidateKind::ServerReflexive) {
         for k in 1..=i32::from(span) {
             let port = i32::from(c.addr.port()) + delta * k;
             if let Ok(port) = u16::try_from(port)
                 && port >= 1024
             {
-                out.push(Candidate::new(
-                    CandidateKind::Predicted,
-                    SocketAddr::new(c.addr.ip(), port),
-                ));
+                out.push(Candidate::new(CandidateKind::Predicted, SocketAddr::new(c.addr.ip(), port)));
             }
         }
     }
@@ -79,59 +73,16 @@ mod tests {
 
     #[test]
     fn predicts_only_for_sequential_dependent_nats() {
-        let srflx = Candidate::new(
-            CandidateKind::ServerReflexive,
-            "198.51.100.7:40000".parse().unwrap(),
-        );
+        let srflx = Candidate::new(CandidateKind::ServerReflexive, "198.51.100.7:40000".parse().unwrap());
         let host = Candidate::new(CandidateKind::Host, "10.0.0.2:5000".parse().unwrap());
-        let seq = NatHint {
-            dependent_mapping: true,
-            port_delta: Some(2),
-        };
+        let seq = NatHint { dependent_mapping: true, port_delta: Some(2) };
         let p = predict(&[srflx, host], &seq, 3);
         let ports: Vec<u16> = p.iter().map(|c| c.addr.port()).collect();
         assert_eq!(ports, vec![40002, 40004, 40006]);
-        assert!(
-            p.iter()
-                .all(|c| c.kind == CandidateKind::Predicted && c.addr.ip() == srflx.addr.ip())
-        );
-        assert!(
-            predict(
-                &[srflx],
-                &NatHint {
-                    dependent_mapping: true,
-                    port_delta: None
-                },
-                3
-            )
-            .is_empty()
-        );
-        assert!(
-            predict(
-                &[srflx],
-                &NatHint {
-                    dependent_mapping: false,
-                    port_delta: Some(1)
-                },
-                3
-            )
-            .is_empty()
-        );
-        let top = Candidate::new(
-            CandidateKind::ServerReflexive,
-            "198.51.100.7:65534".parse().unwrap(),
-        );
-        assert_eq!(
-            predict(
-                &[top],
-                &NatHint {
-                    dependent_mapping: true,
-                    port_delta: Some(1)
-                },
-                5
-            )
-            .len(),
-            1
-        );
+        assert!(p.iter().all(|c| c.kind == CandidateKind::Predicted && c.addr.ip() == srflx.addr.ip()));
+        assert!(predict(&[srflx], &NatHint { dependent_mapping: true, port_delta: None }, 3).is_empty());
+        assert!(predict(&[srflx], &NatHint { dependent_mapping: false, port_delta: Some(1) }, 3).is_empty());
+        let top = Candidate::new(CandidateKind::ServerReflexive, "198.51.100.7:65534".parse().unwrap());
+        assert_eq!(predict(&[top], &NatHint { dependent_mapping: true, port_delta: Some(1) }, 5).len(), 1);
     }
 }

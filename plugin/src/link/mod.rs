@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LinkConfig;
 use crate::crypto::{LinkCrypto, LinkKey, OpenError};
+pub use crate::endpoint::ClockAnchor;
 use crate::endpoint::Transmit;
 use crate::proto::peer::{LinkId, PeerKind, Side};
-use crate::relay::{BindAck, BindKey, BindRequest, RelayToken};
+use crate::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, RelayToken};
 
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
@@ -149,12 +150,7 @@ struct Liveness {
 
 impl Liveness {
     fn new(now: Instant) -> Self {
-        Self {
-            last_send: now,
-            last_recv: None,
-            unanswered_since: None,
-            last_ping: None,
-        }
+        Self { last_send: now, last_recv: None, unanswered_since: None, last_ping: None }
     }
     fn sent(&mut self, now: Instant) {
         self.last_send = now;
@@ -175,7 +171,8 @@ struct DirectPath {
 
 #[derive(Debug, Clone, Copy)]
 struct BindAttempt {
-    counter: u64,
+    /// Counter of the attempt's first Bind; retransmissions carry fresh, higher counters.
+    first_counter: u64,
     tries: u32,
     next_retry: Instant,
 }
@@ -186,7 +183,7 @@ struct RelayState {
     last_counter: u64,
     bound: bool,
     peer_bound: bool,
-    cookie: [u8; 8],
+    cookie: BindCookie,
     attempt: Option<BindAttempt>,
     next_refresh: Instant,
     observed: Option<SocketAddr>,
@@ -217,23 +214,6 @@ enum State {
 enum Control {
     /// The sender's current candidates (sent when its public address changes).
     Candidates(Vec<Candidate>),
-}
-
-/// Maps `Instant`s to a wall clock (µs since the Unix epoch) for relay bind counters, which
-/// must grow across restarts of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClockAnchor {
-    /// A moment on the monotonic clock…
-    pub instant: Instant,
-    /// …and the Unix time in microseconds at that moment.
-    pub unix_micros: u64,
-}
-
-impl ClockAnchor {
-    /// Unix microseconds at `now`.
-    pub fn unix_micros(&self, now: Instant) -> u64 {
-        self.unix_micros + now.saturating_duration_since(self.instant).as_micros() as u64
-    }
 }
 
 /// One peer pair. See the module docs.
@@ -279,9 +259,7 @@ impl std::fmt::Debug for Link {
 /// The renet channel layout both ends of every link use (renet is symmetric when a client's
 /// send and receive channel lists are the same).
 fn channels(cfg: &LinkConfig) -> Vec<ChannelConfig> {
-    let reliable = SendType::ReliableOrdered {
-        resend_time: cfg.reliable_resend,
-    };
+    let reliable = SendType::ReliableOrdered { resend_time: cfg.reliable_resend };
     vec![
         ChannelConfig {
             channel_id: CHANNEL_RELIABLE,
@@ -322,10 +300,7 @@ impl Link {
         let predicted = predict(&params.remote, &params.remote_nat, cfg.prediction_span);
         for c in params.remote.iter().chain(predicted.iter()) {
             if c.kind != CandidateKind::Relayed && !remote.iter().any(|r| r.cand.addr == c.addr) {
-                remote.push(Remote {
-                    cand: *c,
-                    validated: false,
-                });
+                remote.push(Remote { cand: *c, validated: false });
             }
         }
         remote.truncate(cfg.max_candidates);
@@ -334,7 +309,7 @@ impl Link {
             last_counter: 0,
             bound: false,
             peer_bound: false,
-            cookie: [0; 8],
+            cookie: BindCookie::NONE,
             attempt: None,
             next_refresh: now,
             observed: None,
@@ -389,9 +364,7 @@ impl Link {
         if let Some(d) = &self.direct {
             Path::Direct { remote: d.addr }
         } else if let Some(r) = self.relay.as_ref().filter(|r| r.bound && r.peer_bound) {
-            Path::Relayed {
-                relay: r.params.addr,
-            }
+            Path::Relayed { relay: r.params.addr }
         } else {
             Path::None
         }
@@ -487,10 +460,7 @@ impl Link {
             if self.cfg.keepalive {
                 at(d.live.last_send + self.cfg.keepalive_interval);
             }
-        } else if let Some(r) = self
-            .relay
-            .as_ref()
-            .filter(|r| r.bound && r.peer_bound && self.cfg.keepalive)
+        } else if let Some(r) = self.relay.as_ref().filter(|r| r.bound && r.peer_bound && self.cfg.keepalive)
         {
             at(r.live.last_send + self.cfg.keepalive_interval);
         }
@@ -510,9 +480,7 @@ impl Link {
     }
 
     fn path_timeout(&self) -> Duration {
-        self.cfg
-            .path_timeout
-            .max(self.srtt.map_or(Duration::ZERO, |r| r * 4))
+        self.cfg.path_timeout.max(self.srtt.map_or(Duration::ZERO, |r| r * 4))
     }
 
     /// Drive timers: bind retries and refreshes, probe rounds, keepalives, failure detection.
@@ -525,9 +493,7 @@ impl Link {
             let idle_relay = self
                 .relay
                 .as_ref()
-                .filter(|r| {
-                    r.bound && r.peer_bound && now >= r.live.last_send + self.cfg.keepalive_interval
-                })
+                .filter(|r| r.bound && r.peer_bound && now >= r.live.last_send + self.cfg.keepalive_interval)
                 .map(|r| r.params.addr);
             if let Some(addr) = idle_relay {
                 self.send_ping(now, addr);
@@ -561,11 +527,11 @@ impl Link {
                 } else {
                     let tries = a.tries + 1;
                     r.attempt = Some(BindAttempt {
-                        counter: a.counter,
+                        first_counter: a.first_counter,
                         tries,
                         next_retry: now + self.cfg.relay_bind_rto * 2u32.pow(tries.min(6)),
                     });
-                    self.send_bind(now, a.counter);
+                    self.send_bind(now);
                 }
             }
             None if (keepalive || !r.bound) && now >= r.next_refresh => self.start_bind(now),
@@ -625,37 +591,33 @@ impl Link {
     }
 
     fn start_bind(&mut self, now: Instant) {
-        let Some(r) = self.relay.as_mut() else { return };
-        let counter = self.clock.unix_micros(now).max(r.last_counter + 1);
-        r.last_counter = counter;
-        r.attempt = Some(BindAttempt {
-            counter,
-            tries: 1,
-            next_retry: now + self.cfg.relay_bind_rto,
-        });
-        r.next_refresh = now + self.cfg.relay_refresh_interval;
-        self.send_bind(now, counter);
+        let Some(r) = self.relay.as_ref() else { return };
+        let first_counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
+        let refresh = self.refresh_interval(r);
+        let r = self.relay.as_mut().expect("checked above");
+        r.attempt = Some(BindAttempt { first_counter, tries: 1, next_retry: now + self.cfg.relay_bind_rto });
+        r.next_refresh = now + refresh;
+        self.send_bind(now);
     }
 
-    fn send_bind(&mut self, now: Instant, counter: u64) {
+    /// Until the peer is bound too, re-bind every second: the relay's "peer bound"
+    /// notification may be withheld (anti-amplification) or lost.
+    fn refresh_interval(&self, r: &RelayState) -> Duration {
+        if r.bound && !r.peer_bound { Duration::from_secs(1) } else { self.cfg.relay_refresh_interval }
+    }
+
+    /// Send a Bind with a fresh counter: every Bind, retransmissions included, must carry a
+    /// counter above the last one the relay accepted, or the relay takes it for a replay.
+    fn send_bind(&mut self, now: Instant) {
         let Some(r) = self.relay.as_mut() else { return };
-        let bytes = BindRequest::encode(
-            self.id,
-            self.side,
-            &r.params.token,
-            &r.params.bind_key,
-            counter,
-            r.cookie,
-        );
+        let counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
+        r.last_counter = counter;
+        let bytes =
+            BindRequest::encode(self.id, self.side, &r.params.token, &r.params.bind_key, counter, r.cookie);
         let dst = r.params.addr;
         self.stats.relay_sent += 1;
         self.stats.relay_bytes_sent += bytes.len() as u64;
-        self.transmits.push_back(Transmit {
-            src: None,
-            dst,
-            payload: bytes,
-        });
-        let _ = now;
+        self.transmits.push_back(Transmit { src: None, dst, payload: bytes.to_vec() });
     }
 
     fn start_punch(&mut self, now: Instant) {
@@ -666,12 +628,7 @@ impl Link {
         let until = now + self.cfg.punch_timeout;
         match self.punch.as_mut() {
             Some(p) => p.until = p.until.max(until),
-            None => {
-                self.punch = Some(Punch {
-                    until,
-                    next_round: now,
-                })
-            }
+            None => self.punch = Some(Punch { until, next_round: now }),
         }
         self.probe_round(now);
         if let Some(p) = self.punch.as_mut() {
@@ -728,11 +685,7 @@ impl Link {
             self.stats.direct_sent += 1;
             self.stats.direct_bytes_sent += len;
         }
-        self.transmits.push_back(Transmit {
-            src: None,
-            dst: addr,
-            payload: bytes,
-        });
+        self.transmits.push_back(Transmit { src: None, dst: addr, payload: bytes });
     }
 
     fn send_candidates(&mut self) {
@@ -744,12 +697,7 @@ impl Link {
     }
 
     /// A relay control datagram (bind-ack) addressed to this link arrived from `from`.
-    pub fn handle_relay(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &[u8],
-    ) -> Result<(), OpenError> {
+    pub fn handle_relay(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), OpenError> {
         self.now = now;
         let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == from) else {
             self.stats.rejected += 1;
@@ -763,31 +711,33 @@ impl Link {
             self.stats.rejected += 1;
             return Err(OpenError::Replay);
         }
-        if r.attempt.is_some_and(|a| a.counter == ack.counter) {
+        if r.attempt.is_some_and(|a| ack.counter >= a.first_counter) {
             r.attempt = None;
         }
-        let needs_confirm = ack.cookie != [0; 8] && ack.cookie != r.cookie;
+        let needs_confirm = !ack.validated && !ack.cookie.is_none() && ack.cookie != r.cookie;
+        let was_peer_bound = r.peer_bound;
         r.bound = true;
         r.peer_bound = ack.peer_bound;
-        r.cookie = ack.cookie;
+        if !ack.cookie.is_none() {
+            r.cookie = ack.cookie;
+        }
         r.live.received(now);
+        if r.peer_bound && !was_peer_bound {
+            r.next_refresh = now + self.cfg.relay_refresh_interval;
+        } else if !r.peer_bound && r.attempt.is_none() {
+            r.next_refresh = r.next_refresh.min(now + Duration::from_secs(1));
+        }
         let changed = r.observed.is_some_and(|o| o != ack.observed);
         r.observed = Some(ack.observed);
         if needs_confirm {
-            // Prove we receive at this address so the relay lifts its anti-amplification cap.
-            let counter = self.clock.unix_micros(now).max(r.last_counter + 1);
-            r.last_counter = counter;
-            self.send_bind(now, counter);
+            // Echo the cookie at once: proves we receive at this address, which lifts the
+            // relay's anti-amplification cap.
+            self.send_bind(now);
         }
         if changed {
-            self.events
-                .push_back(LinkEvent::ObservedAddressChanged(ack.observed));
-            let mut local: Vec<Candidate> = self
-                .local
-                .iter()
-                .copied()
-                .filter(|c| c.kind != CandidateKind::ServerReflexive)
-                .collect();
+            self.events.push_back(LinkEvent::ObservedAddressChanged(ack.observed));
+            let mut local: Vec<Candidate> =
+                self.local.iter().copied().filter(|c| c.kind != CandidateKind::ServerReflexive).collect();
             local.push(Candidate::new(CandidateKind::ServerReflexive, ack.observed));
             self.set_local_candidates(now, local);
         }
@@ -796,12 +746,7 @@ impl Link {
     }
 
     /// A peer datagram for this link arrived from `from` (directly or via the relay).
-    pub fn handle_peer(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &[u8],
-    ) -> Result<(), OpenError> {
+    pub fn handle_peer(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), OpenError> {
         self.now = now;
         let (header, body) = match self.crypto.open(bytes) {
             Ok(x) => x,
@@ -866,24 +811,18 @@ impl Link {
                 }
             }
             PeerKind::ProbeAck => {
-                if let Some(id) = body
-                    .get(..8)
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                if let Some(id) = body.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
                     && !via_relay
                 {
                     self.on_probe_ack(now, from, id);
                 }
             }
             PeerKind::Keepalive => {
-                let d = self
-                    .crypto
-                    .seal(PeerKind::KeepaliveAck, body.get(..8).unwrap_or(&[0; 8]));
+                let d = self.crypto.seal(PeerKind::KeepaliveAck, body.get(..8).unwrap_or(&[0; 8]));
                 self.raw_send(now, from, d);
             }
             PeerKind::KeepaliveAck => {
-                if let Some(id) = body
-                    .get(..8)
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                if let Some(id) = body.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
                     && let Some(pos) = self.pings.iter().position(|(i, _)| *i == id)
                 {
                     let (_, sent) = self.pings.remove(pos).expect("position is valid");
@@ -906,11 +845,7 @@ impl Link {
     }
 
     fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, id: u64) {
-        let Some(pos) = self
-            .probes
-            .iter()
-            .position(|(i, a, _)| *i == id && *a == from)
-        else {
+        let Some(pos) = self.probes.iter().position(|(i, a, _)| *i == id && *a == from) else {
             return;
         };
         let (_, _, sent) = self.probes.remove(pos).expect("position is valid");
@@ -922,18 +857,12 @@ impl Link {
         let kind = r.cand.kind;
         let better = match &self.direct {
             None => true,
-            Some(d) => {
-                d.addr != from && kind == CandidateKind::Host && d.kind != CandidateKind::Host
-            }
+            Some(d) => d.addr != from && kind == CandidateKind::Host && d.kind != CandidateKind::Host,
         };
         if better {
             let mut live = Liveness::new(now);
             live.received(now);
-            self.direct = Some(DirectPath {
-                addr: from,
-                kind,
-                live,
-            });
+            self.direct = Some(DirectPath { addr: from, kind, live });
             self.punch = None;
             self.next_repunch = None;
         }
@@ -947,24 +876,15 @@ impl Link {
         };
         let mut added = false;
         let predicted = predict(&cands, &self.remote_nat, self.cfg.prediction_span);
-        for c in cands
-            .iter()
-            .chain(predicted.iter())
-            .take(self.cfg.max_candidates)
-        {
-            if c.kind != CandidateKind::Relayed
-                && !self.remote.iter().any(|r| r.cand.addr == c.addr)
-            {
+        for c in cands.iter().chain(predicted.iter()).take(self.cfg.max_candidates) {
+            if c.kind != CandidateKind::Relayed && !self.remote.iter().any(|r| r.cand.addr == c.addr) {
                 if self.remote.len() >= self.cfg.max_candidates {
                     // Forget the oldest unvalidated guess to make room for fresher information.
                     if let Some(i) = self.remote.iter().position(|r| !r.validated) {
                         self.remote.remove(i);
                     }
                 }
-                self.remote.push(Remote {
-                    cand: *c,
-                    validated: false,
-                });
+                self.remote.push(Remote { cand: *c, validated: false });
                 added = true;
             }
         }
@@ -983,8 +903,7 @@ impl Link {
     /// Move renet's packets onto the current path, and report a path change.
     fn flush(&mut self, now: Instant) {
         self.dirty = false;
-        self.renet
-            .update(now.saturating_duration_since(self.renet_time));
+        self.renet.update(now.saturating_duration_since(self.renet_time));
         self.renet_time = self.renet_time.max(now);
         let path = self.path();
         let dst = match path {

@@ -28,10 +28,7 @@ struct Pair {
 impl Pair {
     fn new() -> Self {
         let now = Instant::now();
-        let clock = ClockAnchor {
-            instant: now,
-            unix_micros: 1_700_000_000_000_000,
-        };
+        let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
         let key = LinkKey([3; 32]);
         let params = |side, remote: &str| LinkParams {
             link: LinkId(5),
@@ -41,29 +38,9 @@ impl Pair {
             remote_nat: NatHint::default(),
             relay: None,
         };
-        let a = Link::new(
-            now,
-            params(Side::A, B),
-            vec![],
-            LinkConfig::default(),
-            clock,
-        );
-        let b = Link::new(
-            now,
-            params(Side::B, A),
-            vec![],
-            LinkConfig::default(),
-            clock,
-        );
-        Pair {
-            now,
-            a,
-            b,
-            latency: Duration::from_millis(20),
-            cut: false,
-            in_flight: BTreeMap::new(),
-            seq: 0,
-        }
+        let a = Link::new(now, params(Side::A, B), vec![], LinkConfig::default(), clock);
+        let b = Link::new(now, params(Side::B, A), vec![], LinkConfig::default(), clock);
+        Pair { now, a, b, latency: Duration::from_millis(20), cut: false, in_flight: BTreeMap::new(), seq: 0 }
     }
 
     fn pump(&mut self) {
@@ -71,10 +48,7 @@ impl Pair {
             while let Some(t) = link.poll_transmit() {
                 if !self.cut {
                     self.seq += 1;
-                    self.in_flight.insert(
-                        (self.now + self.latency, self.seq),
-                        (from, t.dst, t.payload),
-                    );
+                    self.in_flight.insert((self.now + self.latency, self.seq), (from, t.dst, t.payload));
                 }
             }
         }
@@ -84,10 +58,7 @@ impl Pair {
     fn step(&mut self, limit: Instant) -> bool {
         self.pump();
         let next_packet = self.in_flight.keys().next().map(|k| k.0);
-        let next = [next_packet, self.a.poll_timeout(), self.b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [next_packet, self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
         let Some(next) = next.filter(|n| *n <= limit) else {
             self.now = limit;
             return false;
@@ -95,11 +66,7 @@ impl Pair {
         self.now = self.now.max(next);
         if next_packet == Some(next) {
             let (_, (from, to, bytes)) = self.in_flight.pop_first().unwrap();
-            let link = if to == addr(A) {
-                &mut self.a
-            } else {
-                &mut self.b
-            };
+            let link = if to == addr(A) { &mut self.a } else { &mut self.b };
             let _ = link.handle_peer(self.now, from, &bytes);
         } else {
             let now = self.now;
@@ -132,8 +99,7 @@ fn punches_direct_within_two_rtts_and_delivers_reliable_in_order() {
     assert_eq!(p.b.path(), Path::Direct { remote: addr(A) });
     assert!(Pair::events(&mut p.a).contains(&LinkEvent::Path(Path::Direct { remote: addr(B) })));
     assert!(
-        p.a.rtt().unwrap() >= Duration::from_millis(40)
-            && p.a.rtt().unwrap() < Duration::from_millis(50)
+        p.a.rtt().unwrap() >= Duration::from_millis(40) && p.a.rtt().unwrap() < Duration::from_millis(50)
     );
     let _ = start;
     for i in 0u32..500 {
@@ -169,11 +135,7 @@ fn cut_wire_is_detected_as_failed_path_then_lost_and_recovers() {
     p.a.send(CHANNEL_RELIABLE, vec![1]);
     p.run_for(Duration::from_secs(1));
     let ev = Pair::events(&mut p.a);
-    assert!(
-        ev.iter()
-            .any(|e| matches!(e, LinkEvent::DirectPathFailed(_))),
-        "{ev:?}"
-    );
+    assert!(ev.iter().any(|e| matches!(e, LinkEvent::DirectPathFailed(_))), "{ev:?}");
     assert_eq!(p.a.path(), Path::None);
     p.run_for(Duration::from_secs(10));
     assert!(p.a.is_lost(), "lost after link_timeout");
@@ -185,11 +147,7 @@ fn cut_wire_is_detected_as_failed_path_then_lost_and_recovers() {
     assert!(!p.a.is_lost());
     assert_eq!(p.a.path(), Path::Direct { remote: addr(B) });
     let got: Vec<_> = std::iter::from_fn(|| p.b.receive(CHANNEL_RELIABLE)).collect();
-    assert_eq!(
-        got,
-        vec![Bytes::from(vec![1u8])],
-        "message sent during the outage arrives exactly once"
-    );
+    assert_eq!(got, vec![Bytes::from(vec![1u8])], "message sent during the outage arrives exactly once");
 }
 
 #[test]

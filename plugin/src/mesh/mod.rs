@@ -109,28 +109,17 @@ pub struct Mesh {
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh")
-            .field("local", &self.local)
-            .field("links", &self.links.len())
-            .finish()
+        f.debug_struct("Mesh").field("local", &self.local).field("links", &self.links.len()).finish()
     }
 }
 
 impl Mesh {
     /// A mesh whose socket has the given host addresses (our LAN candidates).
-    pub fn new(
-        now: Instant,
-        cfg: MeshConfig,
-        clock: ClockAnchor,
-        host_addrs: &[SocketAddr],
-    ) -> Self {
+    pub fn new(now: Instant, cfg: MeshConfig, clock: ClockAnchor, host_addrs: &[SocketAddr]) -> Self {
         Self {
             cfg,
             clock,
-            local: host_addrs
-                .iter()
-                .map(|a| Candidate::new(CandidateKind::Host, *a))
-                .collect(),
+            local: host_addrs.iter().map(|a| Candidate::new(CandidateKind::Host, *a)).collect(),
             links: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -146,17 +135,11 @@ impl Mesh {
 
     /// Record our public address (from STUN or the relay); every link tells its peer.
     pub fn set_public_address(&mut self, now: Instant, addr: SocketAddr) {
-        if self
-            .local
-            .iter()
-            .any(|c| c.kind == CandidateKind::ServerReflexive && c.addr == addr)
-        {
+        if self.local.iter().any(|c| c.kind == CandidateKind::ServerReflexive && c.addr == addr) {
             return;
         }
-        self.local
-            .retain(|c| c.kind != CandidateKind::ServerReflexive);
-        self.local
-            .push(Candidate::new(CandidateKind::ServerReflexive, addr));
+        self.local.retain(|c| c.kind != CandidateKind::ServerReflexive);
+        self.local.push(Candidate::new(CandidateKind::ServerReflexive, addr));
         self.events.push_back(MeshEvent::PublicAddress(addr));
         for link in self.links.values_mut() {
             link.set_local_candidates(now, self.local.clone());
@@ -170,13 +153,7 @@ impl Mesh {
             return Err(MeshError::DuplicateLink(params.link));
         }
         let id = params.link;
-        let link = Link::new(
-            now,
-            params,
-            self.local.clone(),
-            self.cfg.link.clone(),
-            self.clock,
-        );
+        let link = Link::new(now, params, self.local.clone(), self.cfg.link.clone(), self.clock);
         self.links.insert(id, link);
         self.collect();
         Ok(())
@@ -184,10 +161,7 @@ impl Mesh {
 
     /// Close a link (the shard un-introduced the pair).
     pub fn remove_link(&mut self, id: LinkId) -> Result<(), MeshError> {
-        self.links
-            .remove(&id)
-            .map(|_| ())
-            .ok_or(MeshError::NoSuchLink(id))
+        self.links.remove(&id).map(|_| ()).ok_or(MeshError::NoSuchLink(id))
     }
 
     /// One link, to read its path, stats and RTT.
@@ -201,12 +175,7 @@ impl Mesh {
     }
 
     /// Queue a message to one peer (see [`Link::send`]).
-    pub fn send(
-        &mut self,
-        id: LinkId,
-        channel: u8,
-        message: impl Into<Bytes>,
-    ) -> Result<bool, MeshError> {
+    pub fn send(&mut self, id: LinkId, channel: u8, message: impl Into<Bytes>) -> Result<bool, MeshError> {
         let link = self.links.get_mut(&id).ok_or(MeshError::NoSuchLink(id))?;
         Ok(link.send(channel, message))
     }
@@ -250,16 +219,13 @@ impl Mesh {
     fn route(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
         match classify(data).map_err(|_| DropReason::Malformed)? {
             DatagramClass::Peer(_) => {
-                let (_, link, _) =
-                    PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
+                let (_, link, _) = PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
                 let link = self.links.get_mut(&link).ok_or(DropReason::UnknownLink)?;
                 link.handle_peer(now, from, data).map_err(open_drop)
             }
             DatagramClass::Relay(RelayKind::BindAck) => {
                 let id = data.get(1..5).ok_or(DropReason::Malformed)?;
-                let id = LinkId(u32::from_be_bytes(
-                    id.try_into().map_err(|_| DropReason::Malformed)?,
-                ));
+                let id = LinkId(u32::from_be_bytes(id.try_into().map_err(|_| DropReason::Malformed)?));
                 let link = self.links.get_mut(&id).ok_or(DropReason::UnknownLink)?;
                 link.handle_relay(now, from, data).map_err(open_drop)
             }

@@ -81,14 +81,8 @@ mod tests {
         stun[4] = 0;
         assert!(classify(&stun).is_err());
         assert_eq!(classify(&[]), Err(DecodeError::Truncated));
-        assert_eq!(
-            classify(&[0x20]),
-            Ok(DatagramClass::Peer(peer::PeerKind::Probe))
-        );
-        assert_eq!(
-            classify(&[0x30]),
-            Ok(DatagramClass::Relay(relay::RelayKind::Bind))
-        );
+        assert_eq!(classify(&[0x20]), Ok(DatagramClass::Peer(peer::PeerKind::Probe)));
+        assert_eq!(classify(&[0x30]), Ok(DatagramClass::Relay(relay::RelayKind::Bind)));
         assert_eq!(classify(&[0xff]), Err(DecodeError::UnknownKind(0xff)));
         for b in 0..=255u8 {
             let _ = classify(&[b]);

@@ -19,9 +19,7 @@ pub const PEER_HEADER_LEN: usize = 14;
 pub const TAG_LEN: usize = 16;
 
 /// Identifies one link (one pair of peers) within a shard; issued by the Game server.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct LinkId(pub u32);
 
 /// Which end of a link: the shard makes one peer `A` (it probes first and nominates) and the
@@ -125,12 +123,7 @@ impl PeerHeader {
         let link = LinkId(u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")));
         let side = Side::from_byte(bytes[5])?;
         let pn = u64::from_be_bytes(bytes[6..14].try_into().expect("8 bytes"));
-        Ok(PeerHeader {
-            kind,
-            link,
-            side,
-            pn,
-        })
+        Ok(PeerHeader { kind, link, side, pn })
     }
 
     /// Only the routing fields (kind, link, side), as the relay reads them; needs 6 bytes.
@@ -150,20 +143,12 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_truncation() {
-        let h = PeerHeader {
-            kind: PeerKind::Data,
-            link: LinkId(0xdead_beef),
-            side: Side::B,
-            pn: 42,
-        };
+        let h = PeerHeader { kind: PeerKind::Data, link: LinkId(0xdead_beef), side: Side::B, pn: 42 };
         let mut d = h.encode().to_vec();
         assert_eq!(PeerHeader::decode(&d), Err(DecodeError::Truncated));
         d.extend_from_slice(&[0u8; TAG_LEN]);
         assert_eq!(PeerHeader::decode(&d), Ok(h));
-        assert_eq!(
-            PeerHeader::decode_route(&d[..6]),
-            Ok((PeerKind::Data, LinkId(0xdead_beef), Side::B))
-        );
+        assert_eq!(PeerHeader::decode_route(&d[..6]), Ok((PeerKind::Data, LinkId(0xdead_beef), Side::B)));
         d[5] = 7;
         assert!(PeerHeader::decode(&d).is_err());
     }

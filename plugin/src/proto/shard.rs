@@ -183,10 +183,7 @@ mod tests {
                     CandidateKind::ServerReflexive,
                     "203.0.113.5:4000".parse().unwrap(),
                 )],
-                remote_nat: NatHint {
-                    dependent_mapping: true,
-                    port_delta: Some(1),
-                },
+                remote_nat: NatHint { dependent_mapping: true, port_delta: Some(1) },
                 relay: None,
             },
         };
@@ -194,10 +191,7 @@ mod tests {
         assert_eq!(decode::<ShardMessage>(&bytes).unwrap(), intro);
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(matches!(
-            decode::<ShardMessage>(&extra),
-            Err(MessageError::Trailing(1))
-        ));
+        assert!(matches!(decode::<ShardMessage>(&extra), Err(MessageError::Trailing(1))));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for i in 0..20_000 {
             let mut b = bytes.clone();

@@ -1,38 +1,39 @@
-//! TEMPORARY stub so the link compiles while the relay module is written on its branch.
-#![allow(missing_docs)]
-use crate::proto::peer::{LinkId, Side};
-use std::net::SocketAddr;
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RelayToken(pub [u8; 21]);
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BindKey(pub [u8; 32]);
-impl std::fmt::Debug for BindKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BindKey(..)")
-    }
-}
-pub struct BindRequest;
-impl BindRequest {
-    pub fn encode(
-        _l: LinkId,
-        _s: Side,
-        _t: &RelayToken,
-        _k: &BindKey,
-        _c: u64,
-        _cookie: [u8; 8],
-    ) -> Vec<u8> {
-        vec![0x30]
-    }
-}
-pub struct BindAck {
-    pub counter: u64,
-    pub peer_bound: bool,
-    pub cookie: [u8; 8],
-    pub observed: SocketAddr,
-    pub link: LinkId,
-}
-impl BindAck {
-    pub fn decode_verified(_b: &[u8], _k: &BindKey) -> Result<BindAck, crate::proto::DecodeError> {
-        Err(crate::proto::DecodeError::Truncated)
-    }
-}
+//! The UDP relay: the fallback path when two peers cannot reach each other directly.
+//!
+//! The relay forwards opaque peer datagrams (DESIGN.md principle 5). A client binds its side
+//! of a link to the relay with a shard-issued [`RelayToken`](crate::proto::relay::RelayToken)
+//! (a Bind, `0x30`); once both sides are bound, a peer datagram sent to the relay is
+//! forwarded, byte for byte, to the other side's bound address. The relay reads only the
+//! 6-byte route (kind, link id, side); it cannot read or forge the AEAD payload.
+//!
+//! - [`token`]: minting (shard) and stateless verification (relay) of tokens, key rotation.
+//! - [`Relay`]: the sans-IO state machine; [`Relay::process`] is the zero-allocation hot
+//!   path for the data plane (one call per datagram, answer in an [`Action`]).
+//! - [`RelayEndpoint`]: the same behind the [`crate::endpoint::Endpoint`] trait.
+//! - [`RelayConfig`]: every constant, with its reason; [`RelayStats`]: every outcome
+//!   counted, drops by [`DropReason`].
+//!
+//! Client side (the link code): [`BindRequest::encode`](crate::proto::relay::BindRequest::encode)
+//! and [`BindAck::decode_verified`](crate::proto::relay::BindAck::decode_verified).
+//!
+//! Security policy (details in `docs/RELAY.md`): nothing is answered or forwarded before a
+//! token and a Bind mac verify; a Bind whose counter is not above the last accepted one for
+//! its (link, side) is a replay; an address that has not returned the relay's cookie is never
+//! sent more bytes than were received from it; per-link-side and per-source token buckets
+//! cut a flooding flow without touching others.
+
+pub mod config;
+mod endpoint;
+mod engine;
+pub mod quota;
+pub mod stats;
+pub mod token;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Quota, RelayConfig};
+pub use endpoint::RelayEndpoint;
+pub use engine::{Action, BindingInfo, COOKIE_SECRET_LEN, ClockAnchor, Notify, Relay, ReplyBuf};
+pub use stats::{DropReason, RelayStats};
+pub use token::{TokenError, TokenKeys, check_expiry, mint, verify_token};
