@@ -826,7 +826,8 @@ impl Sim {
         }
     }
 
-    /// Run every event up to `now + duration`, then set the clock to that time.
+    /// Run every event up to `now + duration`, then set the clock to that time. A duration
+    /// too large for the clock (e.g. `Duration::MAX`) runs until nothing is left to do.
     pub fn run_for(&mut self, duration: Duration) {
         let Some(deadline) = self.now.checked_add(duration) else {
             while self.step() {}
