@@ -33,11 +33,7 @@ impl Endpoint for Chatter {
     fn handle_timeout(&mut self, now: Instant) {
         while self.next <= now {
             for p in &self.peers {
-                self.out.push(Transmit {
-                    src: None,
-                    dst: *p,
-                    payload: vec![0x5A; 64],
-                });
+                self.out.push(Transmit { src: None, dst: *p, payload: vec![0x5A; 64] });
             }
             self.next += self.every;
         }
@@ -57,9 +53,8 @@ impl Endpoint for Chatter {
 fn scenario(hosts: usize, rate: u32, secs: u64) -> (f64, u64, u64) {
     let mut sim = Sim::new(2026);
     sim.set_core(LinkParams::with_latency(Duration::from_millis(10)));
-    let uplink = LinkParams::with_latency(Duration::from_millis(20))
-        .jitter(Duration::from_millis(5))
-        .loss(0.01);
+    let uplink =
+        LinkParams::with_latency(Duration::from_millis(20)).jitter(Duration::from_millis(5)).loss(0.01);
     let public = |i: usize| IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1 + i as u8));
     let every = Duration::from_secs(1) / rate;
     let start = sim.now();
@@ -70,23 +65,11 @@ fn scenario(hosts: usize, rate: u32, secs: u64) -> (f64, u64, u64) {
             _ => NatConfig::symmetric_random(),
         };
         let nat = sim.add_nat(cfg.public_ip(public(i)));
-        let peers = (0..hosts)
-            .filter(|j| *j != i)
-            .map(|j| SocketAddr::new(public(j), 4000))
-            .collect();
+        let peers = (0..hosts).filter(|j| *j != i).map(|j| SocketAddr::new(public(j), 4000)).collect();
         // Stagger the hosts so they do not all wake at the same instant.
         let next = start + every * (i as u32) / (hosts as u32);
-        let node = Chatter {
-            peers,
-            every,
-            next,
-            out: Vec::new(),
-            received: 0,
-        };
-        sim.add_host(
-            HostConfig::behind(nat, [192, 168, 0, 2]).uplink(uplink),
-            node,
-        );
+        let node = Chatter { peers, every, next, out: Vec::new(), received: 0 };
+        sim.add_host(HostConfig::behind(nat, [192, 168, 0, 2]).uplink(uplink), node);
     }
     let real = Instant::now();
     sim.run_for(Duration::from_secs(secs));
@@ -101,10 +84,7 @@ fn scenario(hosts: usize, rate: u32, secs: u64) -> (f64, u64, u64) {
 }
 
 fn main() {
-    let secs = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+    let secs = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(600);
     // Best of three: the figure is for an unloaded machine, and shared CI machines are not.
     for (hosts, rate) in [(2, 50), (4, 50), (10, 20)] {
         let (speed, sent, _) = (0..3)

@@ -33,19 +33,12 @@ pub struct LinkParams {
 
 impl LinkParams {
     /// A perfect link: no delay, no loss, no duplication (same as `Default`).
-    pub const IDEAL: LinkParams = LinkParams {
-        latency: Duration::ZERO,
-        jitter: Duration::ZERO,
-        loss: 0.0,
-        duplicate: 0.0,
-    };
+    pub const IDEAL: LinkParams =
+        LinkParams { latency: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, duplicate: 0.0 };
 
     /// A link with a fixed one-way `latency` and no other impairment.
     pub fn with_latency(latency: Duration) -> Self {
-        LinkParams {
-            latency,
-            ..Self::IDEAL
-        }
+        LinkParams { latency, ..Self::IDEAL }
     }
 
     /// The same link with a delay spread of `±jitter`.
@@ -130,8 +123,7 @@ mod tests {
     #[test]
     fn sim_link_jitter_stays_in_bounds_and_floors_at_zero() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let l =
-            LinkParams::with_latency(Duration::from_millis(5)).jitter(Duration::from_millis(20));
+        let l = LinkParams::with_latency(Duration::from_millis(5)).jitter(Duration::from_millis(20));
         for _ in 0..1000 {
             let d = l.sample(&mut rng).unwrap().first;
             assert!(d <= Duration::from_millis(25), "{d:?}");

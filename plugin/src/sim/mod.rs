@@ -104,9 +104,7 @@ mod topology;
 mod tests;
 
 pub use link::LinkParams;
-pub use nat::{
-    FilteringBehavior, MappingBehavior, MappingInfo, MappingScope, NatConfig, PortAllocation,
-};
+pub use nat::{FilteringBehavior, MappingBehavior, MappingInfo, MappingScope, NatConfig, PortAllocation};
 pub use stats::{DropReason, Stats, TraceEvent, TraceKind};
 pub use topology::{HostConfig, HostId, NatId, PathEnd, Realm, SimError};
 
@@ -312,8 +310,7 @@ impl Sim {
     /// # Panics
     /// If the config is invalid; see [`Sim::try_add_nat`] for the non-panicking form.
     pub fn add_nat(&mut self, config: NatConfig) -> NatId {
-        self.try_add_nat(config)
-            .unwrap_or_else(|e| panic!("Sim::add_nat: {e}"))
+        self.try_add_nat(config).unwrap_or_else(|e| panic!("Sim::add_nat: {e}"))
     }
 
     /// Add a NAT box, or say why the config cannot be used (unknown outer NAT, public IP
@@ -342,8 +339,7 @@ impl Sim {
     /// # Panics
     /// If the config is invalid; see [`Sim::try_add_host`] for the non-panicking form.
     pub fn add_host<N: Endpoint + 'static>(&mut self, config: HostConfig, node: N) -> HostId {
-        self.try_add_host(config, node)
-            .unwrap_or_else(|e| panic!("Sim::add_host: {e}"))
+        self.try_add_host(config, node).unwrap_or_else(|e| panic!("Sim::add_host: {e}"))
     }
 
     /// Add a host running `node`, or say why the config cannot be used (no address,
@@ -381,11 +377,7 @@ impl Sim {
     }
 
     fn check_nat(&self, nat: NatId) -> Result<(), SimError> {
-        if nat.index() < self.nats.len() {
-            Ok(())
-        } else {
-            Err(SimError::UnknownNat(nat))
-        }
+        if nat.index() < self.nats.len() { Ok(()) } else { Err(SimError::UnknownNat(nat)) }
     }
 
     fn check_ips_free(&self, realm: Realm, ips: &[IpAddr], me: Owner) -> Result<(), SimError> {
@@ -424,21 +416,15 @@ impl Sim {
     }
 
     fn host(&self, host: HostId) -> &Host {
-        self.hosts
-            .get(host.index())
-            .unwrap_or_else(|| panic!("{}", SimError::UnknownHost(host)))
+        self.hosts.get(host.index()).unwrap_or_else(|| panic!("{}", SimError::UnknownHost(host)))
     }
 
     fn host_mut(&mut self, host: HostId) -> &mut Host {
-        self.hosts
-            .get_mut(host.index())
-            .unwrap_or_else(|| panic!("{}", SimError::UnknownHost(host)))
+        self.hosts.get_mut(host.index()).unwrap_or_else(|| panic!("{}", SimError::UnknownHost(host)))
     }
 
     fn nat(&self, nat: NatId) -> &NatBox {
-        self.nats
-            .get(nat.index())
-            .unwrap_or_else(|| panic!("{}", SimError::UnknownNat(nat)))
+        self.nats.get(nat.index()).unwrap_or_else(|| panic!("{}", SimError::UnknownNat(nat)))
     }
 
     /// The host's default local address: its first IP and `default_port` (what
@@ -558,12 +544,7 @@ impl Sim {
     ///
     /// Its node keeps running; datagrams still in flight to its old addresses are dropped
     /// as [`DropReason::NoSuchHost`]; its old NAT's mappings stay until they time out.
-    pub fn move_host(
-        &mut self,
-        host: HostId,
-        realm: Realm,
-        ips: Vec<IpAddr>,
-    ) -> Result<(), SimError> {
+    pub fn move_host(&mut self, host: HostId, realm: Realm, ips: Vec<IpAddr>) -> Result<(), SimError> {
         if host.index() >= self.hosts.len() {
             return Err(SimError::UnknownHost(host));
         }
@@ -594,11 +575,7 @@ impl Sim {
     pub fn set_nat_public_ips(&mut self, nat: NatId, ips: Vec<IpAddr>) -> Result<(), SimError> {
         self.check_nat(nat)?;
         let outer = self.nats[nat.index()].config.outer;
-        let ips = if ips.is_empty() {
-            vec![self.auto_ip(outer)]
-        } else {
-            ips
-        };
+        let ips = if ips.is_empty() { vec![self.auto_ip(outer)] } else { ips };
         self.check_ips_free(outer, &ips, Owner::Nat(nat))?;
         let b = &mut self.nats[nat.index()];
         for ip in &b.config.public_ips {
@@ -622,8 +599,7 @@ impl Sim {
     /// # Panics
     /// If `nat` is not from this simulator.
     pub fn flush_nat(&mut self, nat: NatId) {
-        self.check_nat(nat)
-            .unwrap_or_else(|e| panic!("Sim::flush_nat: {e}"));
+        self.check_nat(nat).unwrap_or_else(|e| panic!("Sim::flush_nat: {e}"));
         self.nats[nat.index()].flush();
     }
 
@@ -664,12 +640,8 @@ impl Sim {
     /// # Panics
     /// If `host` is not from this simulator or its node is not a `T`.
     pub fn node<T: Endpoint + 'static>(&self, host: HostId) -> &T {
-        self.try_node(host).unwrap_or_else(|| {
-            panic!(
-                "Sim::node: {host} does not run a {}",
-                std::any::type_name::<T>()
-            )
-        })
+        self.try_node(host)
+            .unwrap_or_else(|| panic!("Sim::node: {host} does not run a {}", std::any::type_name::<T>()))
     }
 
     /// The node running on `host`, mutably (to call its API). Datagrams it queues are
@@ -678,12 +650,8 @@ impl Sim {
     /// # Panics
     /// If `host` is not from this simulator or its node is not a `T`.
     pub fn node_mut<T: Endpoint + 'static>(&mut self, host: HostId) -> &mut T {
-        self.try_node_mut(host).unwrap_or_else(|| {
-            panic!(
-                "Sim::node_mut: {host} does not run a {}",
-                std::any::type_name::<T>()
-            )
-        })
+        self.try_node_mut(host)
+            .unwrap_or_else(|| panic!("Sim::node_mut: {host} does not run a {}", std::any::type_name::<T>()))
     }
 
     /// The node on `host` if the host exists and runs a `T`.
@@ -730,10 +698,7 @@ impl Sim {
 
     /// Take the recorded trace, leaving recording on with an empty log.
     pub fn take_trace(&mut self) -> Vec<TraceEvent> {
-        self.trace_log
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        self.trace_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Call `hook` with every [`TraceEvent`] as it happens (e.g. print it while debugging a
@@ -792,23 +757,15 @@ impl Sim {
     fn next_event(&mut self) -> Option<NextEvent> {
         self.flush();
         let start = self.start;
-        let datagram = self
-            .queue
-            .peek()
-            .map(|Reverse((at, _, _))| start + Duration::from_nanos(*at));
+        let datagram = self.queue.peek().map(|Reverse((at, _, _))| start + Duration::from_nanos(*at));
         match (datagram, self.next_timer()) {
             (None, None) => None,
             (Some(at), None) => Some(NextEvent { at, timer: false }),
             (None, Some(at)) => Some(NextEvent { at, timer: true }),
             // Datagrams first on a tie.
-            (Some(d), Some(t)) => Some(if t < d {
-                NextEvent { at: t, timer: true }
-            } else {
-                NextEvent {
-                    at: d,
-                    timer: false,
-                }
-            }),
+            (Some(d), Some(t)) => {
+                Some(if t < d { NextEvent { at: t, timer: true } } else { NextEvent { at: d, timer: false } })
+            }
         }
     }
 
@@ -818,9 +775,7 @@ impl Sim {
         if next.timer {
             self.fire_timers();
         } else if let Some(Reverse((_, _, slot))) = self.queue.pop() {
-            let (hop, pkt) = self.slots[slot as usize]
-                .take()
-                .expect("a queued slot holds its datagram");
+            let (hop, pkt) = self.slots[slot as usize].take().expect("a queued slot holds its datagram");
             self.free.push(slot);
             self.process(hop, pkt);
         }
@@ -845,11 +800,7 @@ impl Sim {
     /// Run until `condition` holds (checked before the first and after every step) or the
     /// virtual clock would pass `deadline`. Returns whether the condition held; on `false`
     /// the clock is left at `deadline`.
-    pub fn run_until(
-        &mut self,
-        deadline: Instant,
-        mut condition: impl FnMut(&mut Sim) -> bool,
-    ) -> bool {
+    pub fn run_until(&mut self, deadline: Instant, mut condition: impl FnMut(&mut Sim) -> bool) -> bool {
         loop {
             if condition(self) {
                 return true;
@@ -919,11 +870,7 @@ impl Sim {
         for i in 0..self.hosts.len() {
             if self.deadline(i).is_some_and(|d| d <= now) {
                 let h = &mut self.hosts[i];
-                h.fires = if h.fired_at == Some(now) {
-                    h.fires + 1
-                } else {
-                    1
-                };
+                h.fires = if h.fired_at == Some(now) { h.fires + 1 } else { 1 };
                 h.fired_at = Some(now);
                 h.timer_stale = true;
                 if h.fires >= MAX_FIRES_PER_INSTANT {
@@ -937,10 +884,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, delay: Duration, hop: Hop, pkt: Packet) {
-        let at = self
-            .now
-            .checked_add(delay)
-            .and_then(|at| u64::try_from((at - self.start).as_nanos()).ok());
+        let at = self.now.checked_add(delay).and_then(|at| u64::try_from((at - self.start).as_nanos()).ok());
         match at {
             Some(at) => {
                 let seq = self.seq;
@@ -993,16 +937,8 @@ impl Sim {
         self.stats.sent += 1;
         let h = &mut self.hosts[origin.index()];
         h.stats.sent += 1;
-        let src = t
-            .src
-            .unwrap_or_else(|| SocketAddr::new(h.cfg.ips[0], h.cfg.default_port));
-        let pkt = Packet {
-            id,
-            origin,
-            src,
-            dst: t.dst,
-            payload: Bytes::from(t.payload),
-        };
+        let src = t.src.unwrap_or_else(|| SocketAddr::new(h.cfg.ips[0], h.cfg.default_port));
+        let pkt = Packet { id, origin, src, dst: t.dst, payload: Bytes::from(t.payload) };
         self.emit(TraceKind::Sent, &pkt);
         let h = &self.hosts[origin.index()];
         let reason = if src.port() == 0 || !h.cfg.ips.contains(&src.ip()) {
@@ -1035,8 +971,7 @@ impl Sim {
     fn is_blocked(&self, pkt: &Packet) -> bool {
         !self.blocks.is_empty()
             && self.blocks.iter().any(|(a, b)| {
-                (a.matches(pkt.src) && b.matches(pkt.dst))
-                    || (a.matches(pkt.dst) && b.matches(pkt.src))
+                (a.matches(pkt.src) && b.matches(pkt.dst)) || (a.matches(pkt.dst) && b.matches(pkt.src))
             })
     }
 
@@ -1079,10 +1014,7 @@ impl Sim {
                 }
                 let res = nat
                     .outbound(now, pkt.src, pkt.dst, &mut self.rng)
-                    .and_then(|ext| {
-                        nat.inbound(now, ext, pkt.dst, true)
-                            .map(|internal| (ext, internal))
-                    });
+                    .and_then(|ext| nat.inbound(now, ext, pkt.dst, true).map(|internal| (ext, internal)));
                 match res {
                     Ok((ext, internal)) => {
                         pkt.src = ext;

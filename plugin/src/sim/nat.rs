@@ -114,11 +114,7 @@ impl NatConfig {
     /// Default binding timeout: two minutes, the RFC 4787 REQ-5 minimum.
     pub const DEFAULT_BINDING_TIMEOUT: Duration = Duration::from_secs(120);
 
-    fn preset(
-        mapping: MappingBehavior,
-        filtering: FilteringBehavior,
-        alloc: PortAllocation,
-    ) -> Self {
+    fn preset(mapping: MappingBehavior, filtering: FilteringBehavior, alloc: PortAllocation) -> Self {
         NatConfig {
             public_ips: Vec::new(),
             outer: Realm::Public,
@@ -183,10 +179,7 @@ impl NatConfig {
     /// A network that blocks UDP except to and from `allow` (e.g. the shard's public IPs).
     /// Behind the firewall it translates like [`NatConfig::port_restricted`].
     pub fn udp_firewall(allow: impl IntoIterator<Item = IpAddr>) -> Self {
-        NatConfig {
-            firewall_allow: Some(allow.into_iter().collect()),
-            ..Self::port_restricted()
-        }
+        NatConfig { firewall_allow: Some(allow.into_iter().collect()), ..Self::port_restricted() }
     }
 
     /// The same NAT with `ip` as its only public address.
@@ -289,11 +282,7 @@ pub(crate) type Admitted = SocketAddr;
 impl NatBox {
     pub(crate) fn new(config: NatConfig, rng: &mut impl Rng) -> Self {
         let (lo, hi) = (*config.port_range.start(), *config.port_range.end());
-        let seq_next = if lo <= hi {
-            rng.random_range(lo..=hi)
-        } else {
-            lo
-        };
+        let seq_next = if lo <= hi { rng.random_range(lo..=hi) } else { lo };
         NatBox {
             config,
             mappings: FxHashMap::default(),
@@ -343,12 +332,8 @@ impl NatBox {
     }
 
     fn sweep(&mut self, now: Instant) {
-        let dead: Vec<u64> = self
-            .mappings
-            .iter()
-            .filter(|(_, m)| self.expired(m, now))
-            .map(|(id, _)| *id)
-            .collect();
+        let dead: Vec<u64> =
+            self.mappings.iter().filter(|(_, m)| self.expired(m, now)).map(|(id, _)| *id).collect();
         for id in dead {
             self.remove(id);
         }
@@ -431,13 +416,8 @@ impl NatBox {
         {
             return Ok(*ip);
         }
-        let pool: Vec<IpAddr> = self
-            .config
-            .public_ips
-            .iter()
-            .copied()
-            .filter(|ip| family(ip) == family(&dst))
-            .collect();
+        let pool: Vec<IpAddr> =
+            self.config.public_ips.iter().copied().filter(|ip| family(ip) == family(&dst)).collect();
         if pool.is_empty() {
             return Err(DropReason::Unroutable);
         }
@@ -469,10 +449,7 @@ impl NatBox {
         internal_port: u16,
         rng: &mut impl Rng,
     ) -> Result<u16, DropReason> {
-        let (lo, hi) = (
-            *self.config.port_range.start(),
-            *self.config.port_range.end(),
-        );
+        let (lo, hi) = (*self.config.port_range.start(), *self.config.port_range.end());
         if lo > hi || lo == 0 && hi == 0 {
             return Err(DropReason::PortsExhausted);
         }
@@ -563,11 +540,8 @@ impl NatBox {
 
     /// Live mappings in creation order.
     pub(crate) fn live_mappings(&self, now: Instant) -> Vec<MappingInfo> {
-        let mut live: Vec<(&u64, &Mapping)> = self
-            .mappings
-            .iter()
-            .filter(|(_, m)| !self.expired(m, now))
-            .collect();
+        let mut live: Vec<(&u64, &Mapping)> =
+            self.mappings.iter().filter(|(_, m)| !self.expired(m, now)).collect();
         live.sort_unstable_by_key(|(id, _)| **id);
         live.into_iter()
             .map(|(_, m)| MappingInfo {
@@ -579,10 +553,7 @@ impl NatBox {
                     c.sort_unstable();
                     c
                 },
-                expires_at: m
-                    .last_active
-                    .checked_add(self.config.binding_timeout)
-                    .unwrap_or(m.last_active),
+                expires_at: m.last_active.checked_add(self.config.binding_timeout).unwrap_or(m.last_active),
             })
             .collect()
     }

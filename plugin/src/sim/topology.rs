@@ -96,10 +96,7 @@ impl HostConfig {
 
     /// A host with one private address behind `nat`, port 4000, ideal uplink.
     pub fn behind(nat: NatId, ip: impl Into<IpAddr>) -> Self {
-        HostConfig {
-            realm: Realm::Behind(nat),
-            ..Self::public(ip)
-        }
+        HostConfig { realm: Realm::Behind(nat), ..Self::public(ip) }
     }
 
     /// The same host with `default_port` as its default socket's port.

@@ -52,10 +52,7 @@ fn sim_link_figures_match_the_configuration() {
     assert!((dup - 0.05).abs() < 0.01, "dup {dup}");
     let err = mean.abs_diff(Duration::from_millis(40));
     assert!(err < Duration::from_micros(500), "mean latency {mean:?}");
-    assert!(
-        reordered > 100,
-        "jitter of ±10 ms over 5 ms spacing reorders: {reordered}"
-    );
+    assert!(reordered > 100, "jitter of ±10 ms over 5 ms spacing reorders: {reordered}");
 
     // The counters agree with what the receiver saw.
     let st = sim.stats();
@@ -78,11 +75,7 @@ fn sim_link_without_jitter_keeps_order_and_exact_delay() {
     for (i, r) in rx.iter().enumerate() {
         let (seq, sent) = decode(&r.data);
         assert_eq!(seq, i as u64);
-        assert_eq!(
-            r.at - (start + sent),
-            Duration::from_millis(55),
-            "uplink + core"
-        );
+        assert_eq!(r.at - (start + sent), Duration::from_millis(55), "uplink + core");
     }
 }
 
@@ -106,9 +99,7 @@ fn sim_link_loss_compounds_over_both_uplinks() {
 fn busy_trace(seed: u64) -> Vec<TraceEvent> {
     let mut sim = Sim::new(seed);
     sim.record_trace(true);
-    sim.set_core(
-        LinkParams::with_latency(Duration::from_millis(10)).jitter(Duration::from_millis(5)),
-    );
+    sim.set_core(LinkParams::with_latency(Duration::from_millis(10)).jitter(Duration::from_millis(5)));
     let link = LinkParams::with_latency(Duration::from_millis(20))
         .jitter(Duration::from_millis(15))
         .loss(0.05)
@@ -116,13 +107,9 @@ fn busy_trace(seed: u64) -> Vec<TraceEvent> {
     let server = sim.add_host(HostConfig::public(S1).uplink(link), Probe::echo());
     let s = sim.host_addr(server);
     let start = sim.now();
-    for (i, cfg) in [
-        NatConfig::full_cone(),
-        NatConfig::symmetric_random(),
-        NatConfig::port_restricted(),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, cfg) in [NatConfig::full_cone(), NatConfig::symmetric_random(), NatConfig::port_restricted()]
+        .into_iter()
+        .enumerate()
     {
         let n = sim.add_nat(cfg);
         let every = Duration::from_millis(20 + i as u64);
@@ -139,24 +126,14 @@ fn busy_trace(seed: u64) -> Vec<TraceEvent> {
 fn sim_same_seed_same_trace_other_seed_other_trace() {
     let a = busy_trace(99);
     assert!(a.len() > 3000, "{}", a.len());
-    assert!(
-        a.iter()
-            .any(|e| matches!(e.kind, TraceKind::Dropped(DropReason::Loss)))
-    );
-    assert!(
-        a.iter()
-            .any(|e| matches!(e.kind, TraceKind::Dropped(DropReason::NoSuchHost)))
-    );
+    assert!(a.iter().any(|e| matches!(e.kind, TraceKind::Dropped(DropReason::Loss))));
+    assert!(a.iter().any(|e| matches!(e.kind, TraceKind::Dropped(DropReason::NoSuchHost))));
     assert_eq!(busy_trace(99), a);
     let b = busy_trace(100);
     assert_ne!(b, a);
     // The difference is in timing (jitter), not only in which datagrams were lost.
     let times = |t: &[TraceEvent]| -> Vec<Duration> {
-        t.iter()
-            .filter(|e| matches!(e.kind, TraceKind::Delivered(_)))
-            .map(|e| e.at)
-            .take(50)
-            .collect()
+        t.iter().filter(|e| matches!(e.kind, TraceKind::Delivered(_))).map(|e| e.at).take(50).collect()
     };
     assert_ne!(times(&a), times(&b));
 }

@@ -47,47 +47,23 @@ struct Probe {
 
 impl Probe {
     fn echo() -> Self {
-        Probe {
-            echo: true,
-            ..Probe::default()
-        }
+        Probe { echo: true, ..Probe::default() }
     }
 
     fn forwarder(to: SocketAddr) -> Self {
-        Probe {
-            forward_to: Some(to),
-            ..Probe::default()
-        }
+        Probe { forward_to: Some(to), ..Probe::default() }
     }
 
     /// Periodic sender starting at `first`.
-    fn periodic(
-        epoch: Instant,
-        first: Instant,
-        every: Duration,
-        count: u64,
-        dsts: Vec<SocketAddr>,
-    ) -> Self {
+    fn periodic(epoch: Instant, first: Instant, every: Duration, count: u64, dsts: Vec<SocketAddr>) -> Self {
         Probe {
-            periodic: Some(Periodic {
-                epoch,
-                next: first,
-                every,
-                remaining: count,
-                src: None,
-                dsts,
-                seq: 0,
-            }),
+            periodic: Some(Periodic { epoch, next: first, every, remaining: count, src: None, dsts, seq: 0 }),
             ..Probe::default()
         }
     }
 
     fn send(&mut self, src: Option<SocketAddr>, dst: SocketAddr, data: &[u8]) {
-        self.out.push_back(Transmit {
-            src,
-            dst,
-            payload: data.to_vec(),
-        });
+        self.out.push_back(Transmit { src, dst, payload: data.to_vec() });
     }
 
     fn froms(&self) -> Vec<SocketAddr> {
@@ -104,12 +80,7 @@ fn decode(data: &[u8]) -> (u64, Duration) {
 
 impl Endpoint for Probe {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        self.inbox.push(Rx {
-            at: now,
-            local,
-            from,
-            data: data.to_vec(),
-        });
+        self.inbox.push(Rx { at: now, local, from, data: data.to_vec() });
         if self.echo {
             self.send(Some(local), from, data);
         }
@@ -126,11 +97,7 @@ impl Endpoint for Probe {
             let mut payload = p.seq.to_be_bytes().to_vec();
             payload.extend_from_slice(&((p.next - p.epoch).as_nanos() as u64).to_be_bytes());
             for d in &p.dsts {
-                sends.push(Transmit {
-                    src: p.src,
-                    dst: *d,
-                    payload: payload.clone(),
-                });
+                sends.push(Transmit { src: p.src, dst: *d, payload: payload.clone() });
             }
             p.seq += 1;
             p.remaining -= 1;
@@ -144,10 +111,7 @@ impl Endpoint for Probe {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.periodic
-            .as_ref()
-            .filter(|p| p.remaining > 0)
-            .map(|p| p.next)
+        self.periodic.as_ref().filter(|p| p.remaining > 0).map(|p| p.next)
     }
 }
 
@@ -160,13 +124,7 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
 }
 
 /// Queue one datagram on `host`'s node and let the network settle for a second.
-fn send_and_settle(
-    sim: &mut Sim,
-    host: HostId,
-    src: Option<SocketAddr>,
-    dst: SocketAddr,
-    data: &[u8],
-) {
+fn send_and_settle(sim: &mut Sim, host: HostId, src: Option<SocketAddr>, dst: SocketAddr, data: &[u8]) {
     sim.node_mut::<Probe>(host).send(src, dst, data);
     sim.run_for(Duration::from_secs(1));
 }
@@ -199,13 +157,7 @@ impl Lab {
         let client = sim.add_host(HostConfig::behind(nat, LAN2), Probe::default());
         let s1 = sim.add_host(HostConfig::public(S1), Probe::default());
         let s2 = sim.add_host(HostConfig::public(S2), Probe::default());
-        Lab {
-            sim,
-            nat,
-            client,
-            s1,
-            s2,
-        }
+        Lab { sim, nat, client, s1, s2 }
     }
 
     fn client_sends(&mut self, dst: SocketAddr) {

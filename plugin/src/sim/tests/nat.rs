@@ -30,10 +30,8 @@ fn sim_nat_eim_keeps_one_public_port_for_all_destinations() {
 
 #[test]
 fn sim_nat_adm_allocates_one_mapping_per_destination_ip() {
-    let mut lab = Lab::new(NatConfig {
-        mapping: MappingBehavior::AddressDependent,
-        ..NatConfig::full_cone()
-    });
+    let mut lab =
+        Lab::new(NatConfig { mapping: MappingBehavior::AddressDependent, ..NatConfig::full_cone() });
     lab.client_sends(s1(4000));
     lab.client_sends(s1(5000));
     lab.client_sends(s2(4000));
@@ -87,23 +85,13 @@ fn sim_nat_eif_admits_anyone_on_an_existing_mapping() {
     lab.client_sends(s1(4000));
     assert!(lab.server_sends(lab.s1, 4000, nat(4000)));
     assert!(lab.server_sends(lab.s1, 6000, nat(4000)));
-    assert!(
-        lab.server_sends(lab.s2, 4000, nat(4000)),
-        "never contacted, still admitted"
-    );
-    assert!(
-        !lab.server_sends(lab.s2, 4000, nat(4001)),
-        "no mapping on that port"
-    );
+    assert!(lab.server_sends(lab.s2, 4000, nat(4000)), "never contacted, still admitted");
+    assert!(!lab.server_sends(lab.s2, 4000, nat(4001)), "no mapping on that port");
     assert_eq!(lab.drops(DropReason::NoMapping), 1);
     assert_eq!(lab.drops(DropReason::NatFilter), 0);
     let rx = &inbox(&lab.sim, lab.client)[2];
     assert_eq!(rx.from, s2(4000));
-    assert_eq!(
-        rx.local,
-        sa(LAN2.into(), 4000),
-        "delivered to the internal address"
-    );
+    assert_eq!(rx.local, sa(LAN2.into(), 4000), "delivered to the internal address");
 }
 
 #[test]
@@ -124,10 +112,7 @@ fn sim_nat_apdf_admits_only_contacted_addresses() {
     let mut lab = Lab::new(NatConfig::port_restricted());
     lab.client_sends(s1(4000));
     assert!(lab.server_sends(lab.s1, 4000, nat(4000)));
-    assert!(
-        !lab.server_sends(lab.s1, 6000, nat(4000)),
-        "same IP, other port"
-    );
+    assert!(!lab.server_sends(lab.s1, 6000, nat(4000)), "same IP, other port");
     assert!(!lab.server_sends(lab.s2, 4000, nat(4000)));
     assert_eq!(lab.drops(DropReason::NatFilter), 2);
     lab.client_sends(s1(6000));
@@ -139,13 +124,8 @@ fn sim_nat_apdf_admits_only_contacted_addresses() {
 #[test]
 fn sim_nat_preserving_keeps_the_port_and_falls_back_on_collision() {
     let mut lab = Lab::new(NatConfig::full_cone());
-    let other = lab
-        .sim
-        .add_host(HostConfig::behind(lab.nat, LAN3), Probe::default());
-    let odd = lab.sim.add_host(
-        HostConfig::behind(lab.nat, [192, 168, 0, 4]).port(5555),
-        Probe::default(),
-    );
+    let other = lab.sim.add_host(HostConfig::behind(lab.nat, LAN3), Probe::default());
+    let odd = lab.sim.add_host(HostConfig::behind(lab.nat, [192, 168, 0, 4]).port(5555), Probe::default());
     lab.client_sends(s1(4000));
     send_and_settle(&mut lab.sim, other, None, s1(4000), b"x");
     send_and_settle(&mut lab.sim, odd, None, s1(4000), b"y");
@@ -162,11 +142,7 @@ fn sim_nat_sequential_allocation_steps_by_the_configured_amount() {
     for p in 0..6 {
         lab.client_sends(s1(5000 + p));
     }
-    let ports: Vec<u32> = lab
-        .seen_by(lab.s1)
-        .iter()
-        .map(|a| u32::from(a.port()))
-        .collect();
+    let ports: Vec<u32> = lab.seen_by(lab.s1).iter().map(|a| u32::from(a.port())).collect();
     assert_eq!(ports.len(), 6);
     for w in ports.windows(2) {
         assert!((10_000..=10_999).contains(&w[1]));
@@ -176,21 +152,14 @@ fn sim_nat_sequential_allocation_steps_by_the_configured_amount() {
 
 fn random_ports(seed: u64) -> Vec<u16> {
     let mut sim = Sim::new(seed);
-    let cfg = NatConfig {
-        port_range: 30_000..=39_999,
-        ..NatConfig::symmetric_random()
-    };
+    let cfg = NatConfig { port_range: 30_000..=39_999, ..NatConfig::symmetric_random() };
     let n = sim.add_nat(cfg.public_ip(NAT_IP));
     let c = sim.add_host(HostConfig::behind(n, LAN2), Probe::default());
     let s = sim.add_host(HostConfig::public(S1), Probe::default());
     for p in 0..20 {
         send_and_settle(&mut sim, c, None, s1(5000 + p), b"r");
     }
-    sim.node::<Probe>(s)
-        .froms()
-        .iter()
-        .map(|a| a.port())
-        .collect()
+    sim.node::<Probe>(s).froms().iter().map(|a| a.port()).collect()
 }
 
 #[test]
@@ -202,10 +171,7 @@ fn sim_nat_random_allocation_is_unpredictable_but_seeded() {
     uniq.sort_unstable();
     uniq.dedup();
     assert_eq!(uniq.len(), 20, "distinct ports");
-    let sequential = ports
-        .windows(2)
-        .filter(|w| w[1].wrapping_sub(w[0]) < 4)
-        .count();
+    let sequential = ports.windows(2).filter(|w| w[1].wrapping_sub(w[0]) < 4).count();
     assert!(sequential < 3, "not sequential: {ports:?}");
     assert_eq!(random_ports(1), ports, "same seed, same ports");
     assert_ne!(random_ports(2), ports, "other seed, other ports");
@@ -216,10 +182,7 @@ fn sim_nat_several_public_ips_are_paired_per_internal_ip() {
     let mut sim = Sim::new(3);
     let pub_a = v4(203, 0, 113, 10);
     let pub_b = v4(203, 0, 113, 11);
-    let n = sim.add_nat(NatConfig {
-        public_ips: vec![pub_a, pub_b],
-        ..NatConfig::symmetric_sequential()
-    });
+    let n = sim.add_nat(NatConfig { public_ips: vec![pub_a, pub_b], ..NatConfig::symmetric_sequential() });
     let c1 = sim.add_host(HostConfig::behind(n, LAN2), Probe::default());
     let c2 = sim.add_host(HostConfig::behind(n, LAN3), Probe::default());
     let s = sim.add_host(HostConfig::public(S1), Probe::default());
@@ -227,12 +190,7 @@ fn sim_nat_several_public_ips_are_paired_per_internal_ip() {
         send_and_settle(&mut sim, c1, None, s1(5000 + p), b"1");
         send_and_settle(&mut sim, c2, None, s1(5000 + p), b"2");
     }
-    let ips: Vec<IpAddr> = sim
-        .node::<Probe>(s)
-        .froms()
-        .iter()
-        .map(|a| a.ip())
-        .collect();
+    let ips: Vec<IpAddr> = sim.node::<Probe>(s).froms().iter().map(|a| a.ip()).collect();
     assert_eq!(ips, vec![pub_a, pub_b, pub_a, pub_b, pub_a, pub_b]);
     assert_eq!(sim.nat_public_ips(n), &[pub_a, pub_b]);
 }
@@ -242,9 +200,7 @@ fn sim_nat_several_public_ips_are_paired_per_internal_ip() {
 /// Client and a neighbour behind one full-cone NAT; the neighbour has a mapping (port 4001).
 fn hairpin_lab(hairpin: bool) -> (Lab, HostId) {
     let mut lab = Lab::new(NatConfig::full_cone().hairpinning(hairpin));
-    let other = lab
-        .sim
-        .add_host(HostConfig::behind(lab.nat, LAN3), Probe::default());
+    let other = lab.sim.add_host(HostConfig::behind(lab.nat, LAN3), Probe::default());
     lab.client_sends(s1(4000));
     send_and_settle(&mut lab.sim, other, None, s1(4000), b"x");
     assert_eq!(lab.seen_by(lab.s1)[1], nat(4001));
@@ -279,27 +235,18 @@ fn sim_nat_mapping_expires_after_the_binding_timeout() {
     let mut lab = Lab::new(NatConfig::port_restricted().binding_timeout(Duration::from_secs(30)));
     lab.client_sends(s1(4000)); // t = 1 s after
     lab.sim.run_for(Duration::from_secs(20));
-    assert!(
-        lab.server_sends(lab.s1, 4000, nat(4000)),
-        "idle 21 s < 30 s"
-    );
+    assert!(lab.server_sends(lab.s1, 4000, nat(4000)), "idle 21 s < 30 s");
     lab.sim.run_for(Duration::from_secs(30));
     assert!(lab.sim.nat_mappings(lab.nat).is_empty());
-    assert!(
-        !lab.server_sends(lab.s1, 4000, nat(4000)),
-        "idle > 30 s: expired"
-    );
+    assert!(!lab.server_sends(lab.s1, 4000, nat(4000)), "idle > 30 s: expired");
     assert_eq!(lab.drops(DropReason::NoMapping), 1);
 }
 
 #[test]
 fn sim_nat_outbound_keepalives_refresh_the_binding() {
     let mut sim = Sim::new(5);
-    let n = sim.add_nat(
-        NatConfig::port_restricted()
-            .public_ip(NAT_IP)
-            .binding_timeout(Duration::from_secs(30)),
-    );
+    let n =
+        sim.add_nat(NatConfig::port_restricted().public_ip(NAT_IP).binding_timeout(Duration::from_secs(30)));
     let now = sim.now();
     let keepalive = Probe::periodic(now, now, Duration::from_secs(20), 10, vec![s1(4000)]);
     let c = sim.add_host(HostConfig::behind(n, LAN2), keepalive);
@@ -338,11 +285,7 @@ fn inbound_only(refresh: bool) -> usize {
 fn sim_nat_inbound_refresh_is_configurable() {
     assert_eq!(inbound_only(true), 10, "inbound traffic keeps the mapping");
     // Sent at 1, 21 and 41 s after the client's datagram at 0 s... the one at 41 s is late.
-    assert_eq!(
-        inbound_only(false),
-        2,
-        "without inbound refresh it expires at 30 s"
-    );
+    assert_eq!(inbound_only(false), 2, "without inbound refresh it expires at 30 s");
 }
 
 // ----- firewall ---------------------------------------------------------------------------
@@ -374,18 +317,11 @@ fn sim_sites_with_the_same_private_range_are_isolated() {
     assert!(inbox(&sim, a3).is_empty());
     assert_eq!(sim.stats().dropped(DropReason::NoSuchHost), 1);
     send_and_settle(&mut sim, a2, None, lan3, b"lan");
-    assert_eq!(
-        inbox(&sim, a3)[0].from,
-        sa(LAN2.into(), 4000),
-        "LAN: no translation"
-    );
+    assert_eq!(inbox(&sim, a3)[0].from, sa(LAN2.into(), 4000), "LAN: no translation");
     assert!(sim.nat_mappings(site1).is_empty());
     send_and_settle(&mut sim, a3, None, sa(LAN2.into(), 4000), b"back");
     assert_eq!(inbox(&sim, a2).len(), 1);
-    assert!(
-        inbox(&sim, b2).is_empty(),
-        "site 2's 192.168.0.2 never sees site 1 traffic"
-    );
+    assert!(inbox(&sim, b2).is_empty(), "site 2's 192.168.0.2 never sees site 1 traffic");
     // Both NATs got distinct automatic public IPs.
     assert_ne!(sim.nat_public_ip(site1), sim.nat_public_ip(site2));
 }
@@ -401,10 +337,7 @@ fn sim_nat_public_ip_change_loses_every_mapping() {
     assert!(lab.sim.nat_mappings(lab.nat).is_empty());
     assert!(!lab.server_sends(lab.s1, 4000, nat(4000)), "old IP is gone");
     assert_eq!(lab.drops(DropReason::NoSuchHost), 1);
-    assert!(
-        !lab.server_sends(lab.s1, 4000, sa(new_ip, 4000)),
-        "no mapping on the new IP"
-    );
+    assert!(!lab.server_sends(lab.s1, 4000, sa(new_ip, 4000)), "no mapping on the new IP");
     assert_eq!(lab.drops(DropReason::NoMapping), 1);
     lab.client_sends(s1(4000));
     assert_eq!(lab.seen_by(lab.s1).last(), Some(&sa(new_ip, 4000)));
@@ -424,11 +357,8 @@ fn sim_nat_flush_forgets_mappings_but_keeps_the_ip() {
 fn sim_nested_nat_translates_twice() {
     let mut sim = Sim::new(4);
     let cgnat = sim.add_nat(NatConfig::symmetric_sequential().public_ip(NAT_IP));
-    let home = sim.add_nat(
-        NatConfig::port_restricted()
-            .public_ip([100, 64, 0, 2])
-            .outer(Realm::Behind(cgnat)),
-    );
+    let home =
+        sim.add_nat(NatConfig::port_restricted().public_ip([100, 64, 0, 2]).outer(Realm::Behind(cgnat)));
     let c = sim.add_host(HostConfig::behind(home, LAN2), Probe::default());
     let s = sim.add_host(HostConfig::public(S1), Probe::echo());
     send_and_settle(&mut sim, c, None, s1(4000), b"deep");
@@ -437,8 +367,5 @@ fn sim_nested_nat_translates_twice() {
     let back = inbox(&sim, c);
     assert_eq!(back.len(), 1, "the echo comes back through both NATs");
     assert_eq!(back[0].from, s1(4000));
-    assert_eq!(
-        sim.nat_mapping_for(home, sa(LAN2.into(), 4000), s1(4000)),
-        Some(sa(v4(100, 64, 0, 2), 4000))
-    );
+    assert_eq!(sim.nat_mapping_for(home, sa(LAN2.into(), 4000), s1(4000)), Some(sa(v4(100, 64, 0, 2), 4000)));
 }

@@ -25,50 +25,26 @@ fn sim_bad_transmits_are_counted_drops_not_panics() {
         (Some(sa(v4(10, 0, 0, 9), 1)), good, 1, DropReason::BadSource),
         (Some(sa(me, 0)), good, 1, DropReason::BadSource),
         (None, sa(v4(0, 0, 0, 0), 1), 1, DropReason::BadDestination),
-        (
-            None,
-            sa(v4(255, 255, 255, 255), 1),
-            1,
-            DropReason::BadDestination,
-        ),
+        (None, sa(v4(255, 255, 255, 255), 1), 1, DropReason::BadDestination),
         (None, sa(v4(224, 0, 0, 1), 1), 1, DropReason::BadDestination),
         (None, sa(v4(127, 0, 0, 1), 1), 1, DropReason::BadDestination),
         (None, sa(S1.into(), 0), 1, DropReason::BadDestination),
         (None, good, 1_000_000, DropReason::TooLarge),
-        (
-            None,
-            sa(Ipv6Addr::LOCALHOST.into(), 1),
-            1,
-            DropReason::BadDestination,
-        ),
-        (
-            None,
-            sa("2001:db8::1".parse().unwrap(), 1),
-            1,
-            DropReason::Unroutable,
-        ),
+        (None, sa(Ipv6Addr::LOCALHOST.into(), 1), 1, DropReason::BadDestination),
+        (None, sa("2001:db8::1".parse().unwrap(), 1), 1, DropReason::Unroutable),
         (None, sa(v4(198, 51, 100, 77), 1), 1, DropReason::NoSuchHost),
     ];
     for (src, dst, len, reason) in &cases {
         let before = sim.stats().dropped(*reason);
-        sim.node_mut::<Probe>(c).out.push_back(Transmit {
-            src: *src,
-            dst: *dst,
-            payload: vec![0xAB; *len],
-        });
+        sim.node_mut::<Probe>(c).out.push_back(Transmit { src: *src, dst: *dst, payload: vec![0xAB; *len] });
         sim.run_for(Duration::from_millis(10));
-        assert_eq!(
-            sim.stats().dropped(*reason),
-            before + 1,
-            "{src:?} -> {dst} ({len} B)"
-        );
+        assert_eq!(sim.stats().dropped(*reason), before + 1, "{src:?} -> {dst} ({len} B)");
     }
     assert!(inbox(&sim, s).is_empty());
     assert_eq!(sim.stats().total_dropped(), cases.len() as u64);
     assert_eq!(sim.host_stats(c).total_dropped(), cases.len() as u64);
     // The maximum size itself still goes through.
-    sim.node_mut::<Probe>(c)
-        .send(None, good, &vec![1; Sim::MAX_UDP_PAYLOAD]);
+    sim.node_mut::<Probe>(c).send(None, good, &vec![1; Sim::MAX_UDP_PAYLOAD]);
     sim.run_for(Duration::from_millis(10));
     assert_eq!(inbox(&sim, s).len(), 1);
 }
@@ -87,9 +63,7 @@ fn sim_node_mut_transmits_leave_at_the_current_time() {
     assert_eq!(rx.at, t0 + Duration::from_millis(10));
     assert_eq!(rx.from, sim.host_addr(a));
     // The echo comes back through the same call pattern.
-    assert!(sim.run_until(sim.now() + Duration::from_secs(1), |s| {
-        !inbox(s, a).is_empty()
-    }));
+    assert!(sim.run_until(sim.now() + Duration::from_secs(1), |s| { !inbox(s, a).is_empty() }));
     assert_eq!(inbox(&sim, a)[0].at, t0 + Duration::from_millis(20));
 }
 
@@ -98,28 +72,12 @@ fn sim_jumps_straight_to_the_next_event() {
     let mut sim = Sim::new(1);
     let start = sim.now();
     let b = sim.add_host(HostConfig::public(S2), Probe::default());
-    let hourly = Probe::periodic(
-        start,
-        start,
-        Duration::from_secs(3600),
-        10,
-        vec![sim.host_addr(b)],
-    );
-    sim.add_host(
-        HostConfig::public(S1).uplink(LinkParams::with_latency(Duration::from_millis(5))),
-        hourly,
-    );
+    let hourly = Probe::periodic(start, start, Duration::from_secs(3600), 10, vec![sim.host_addr(b)]);
+    sim.add_host(HostConfig::public(S1).uplink(LinkParams::with_latency(Duration::from_millis(5))), hourly);
     sim.run_for(Duration::from_secs(11 * 3600));
     assert_eq!(inbox(&sim, b).len(), 10);
-    assert_eq!(
-        inbox(&sim, b)[9].at,
-        start + Duration::from_secs(9 * 3600) + Duration::from_millis(5)
-    );
-    assert!(
-        sim.steps() <= 30,
-        "10 timers + 10 deliveries, got {}",
-        sim.steps()
-    );
+    assert_eq!(inbox(&sim, b)[9].at, start + Duration::from_secs(9 * 3600) + Duration::from_millis(5));
+    assert!(sim.steps() <= 30, "10 timers + 10 deliveries, got {}", sim.steps());
     assert_eq!(sim.elapsed(), Duration::from_secs(11 * 3600));
     assert!(!sim.step(), "nothing left");
     assert_eq!(sim.next_event_time(), None);
@@ -132,18 +90,11 @@ fn sim_run_until_reports_whether_the_condition_held() {
     let dst = sim.host_addr(b);
     sim.node_mut::<Probe>(a).send(None, dst, b"x");
     let deadline = sim.now() + Duration::from_millis(60);
-    assert!(
-        !sim.run_until(deadline, |s| !inbox(s, a).is_empty()),
-        "echo needs 100 ms"
-    );
+    assert!(!sim.run_until(deadline, |s| !inbox(s, a).is_empty()), "echo needs 100 ms");
     assert_eq!(sim.now(), deadline);
     let deadline = sim.now() + Duration::from_millis(60);
     assert!(sim.run_until(deadline, |s| !inbox(s, a).is_empty()));
-    assert_eq!(
-        sim.elapsed(),
-        Duration::from_millis(100),
-        "stops at the event, not the deadline"
-    );
+    assert_eq!(sim.elapsed(), Duration::from_millis(100), "stops at the event, not the deadline");
 }
 
 #[test]
@@ -188,8 +139,7 @@ fn sim_moving_a_host_changes_its_public_address() {
     send_and_settle(&mut sim, c, None, s_addr, b"wifi");
     assert_eq!(inbox(&sim, c).len(), 1);
     let new_ip = v4(10, 20, 0, 7);
-    sim.move_host(c, Realm::Behind(mobile), vec![new_ip])
-        .unwrap();
+    sim.move_host(c, Realm::Behind(mobile), vec![new_ip]).unwrap();
     assert_eq!(sim.host_addr(c), sa(new_ip, 4000));
     // The server still answers the old address: the Wi-Fi NAT has no host there any more.
     let old = sim.node::<Probe>(s).froms()[0];
@@ -209,8 +159,7 @@ fn sim_in_flight_datagrams_to_a_moved_host_are_dropped() {
     let dst = sim.host_addr(b);
     sim.node_mut::<Probe>(a).send(None, dst, b"x");
     sim.run_for(Duration::from_millis(10));
-    sim.move_host(b, Realm::Public, vec![v4(198, 51, 100, 50)])
-        .unwrap();
+    sim.move_host(b, Realm::Public, vec![v4(198, 51, 100, 50)]).unwrap();
     sim.run_for(Duration::from_secs(1));
     assert!(inbox(&sim, b).is_empty());
     assert_eq!(sim.stats().dropped(DropReason::NoSuchHost), 1);
@@ -240,14 +189,8 @@ fn sim_trace_hook_sees_every_hop() {
         ]
     );
     let line = log.borrow()[1].to_string();
-    assert!(
-        line.contains("203.0.113.1:4000") && line.contains("translated by nat0"),
-        "{line}"
-    );
-    assert!(
-        sim.trace().is_empty(),
-        "recording is separate from the hook"
-    );
+    assert!(line.contains("203.0.113.1:4000") && line.contains("translated by nat0"), "{line}");
+    assert!(sim.trace().is_empty(), "recording is separate from the hook");
 }
 
 /// A node whose deadline never moves forward.
@@ -273,10 +216,7 @@ fn sim_a_node_stuck_in_the_past_cannot_stall_the_run() {
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.elapsed(), Duration::from_secs(1));
     assert!(sim.node::<Stuck>(h).1 >= 1);
-    assert!(
-        sim.try_node::<Probe>(h).is_none(),
-        "wrong type is None, not a panic"
-    );
+    assert!(sim.try_node::<Probe>(h).is_none(), "wrong type is None, not a panic");
 }
 
 #[test]
@@ -285,13 +225,7 @@ fn sim_topology_errors_are_reported() {
     let n = sim.add_nat(NatConfig::full_cone().public_ip(NAT_IP));
     sim.add_host(HostConfig::public(S1), Probe::default());
     let taken = sim.try_add_host(HostConfig::public(S1), Probe::default());
-    assert_eq!(
-        taken,
-        Err(SimError::AddressInUse {
-            ip: S1.into(),
-            realm: Realm::Public
-        })
-    );
+    assert_eq!(taken, Err(SimError::AddressInUse { ip: S1.into(), realm: Realm::Public }));
     assert!(matches!(
         sim.try_add_host(HostConfig::public(NAT_IP), Probe::default()),
         Err(SimError::AddressInUse { .. })
@@ -305,10 +239,7 @@ fn sim_topology_errors_are_reported() {
         Err(SimError::BadAddress(v4(0, 0, 0, 0)))
     );
     // The same private address is fine in another realm.
-    assert!(
-        sim.try_add_host(HostConfig::behind(n, S1), Probe::default())
-            .is_ok()
-    );
+    assert!(sim.try_add_host(HostConfig::behind(n, S1), Probe::default()).is_ok());
     assert!(matches!(
         sim.try_add_nat(NatConfig::full_cone().public_ip(S1)),
         Err(SimError::AddressInUse { .. })
