@@ -141,7 +141,8 @@ fn free_port_with_next() -> u16 {
 
 /// Wait until a STUN server answers a Binding request at `addr` (bounded).
 fn wait_ready(addr: SocketAddr, guard: &mut ProcGuard) {
-    let sock = UdpSocket::bind((IP1, 0)).unwrap();
+    let any: IpAddr = if addr.is_ipv4() { ip(IP1) } else { ip("::1") };
+    let sock = UdpSocket::bind((any, 0)).unwrap();
     let mut d = UdpDriver::new(
         Binding::new(
             addr,
@@ -548,4 +549,85 @@ fn third_party_clients_against_a_server_without_alternate_ip() {
     );
     let drops = server.stop();
     assert!(drops.change_unavailable >= 1, "{drops:?}");
+}
+
+/// IPv6: our Binding client against coturn on ::1, and coturn's client against our server.
+#[test]
+fn ipv6_binding_both_directions() {
+    let Some(turnserver) = need("turnserver", "coturn") else {
+        return;
+    };
+    let Some(natdiscovery) = need("turnutils_natdiscovery", "coturn") else {
+        return;
+    };
+    let v6 = ip("::1");
+    let port = || {
+        UdpSocket::bind((v6, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let p = port();
+    let pid = std::env::temp_dir().join(format!("p2pmodel-turnserver-v6-{p}.pid"));
+    let child = Command::new(turnserver)
+        .args([
+            "-n",
+            "--listening-ip",
+            "::1",
+            "--listening-port",
+            &p.to_string(),
+        ])
+        .args([
+            "--no-tcp",
+            "--no-tls",
+            "--no-dtls",
+            "--no-tcp-relay",
+            "--no-cli",
+            "--log-file",
+            "stdout",
+        ])
+        .arg("--pidfile")
+        .arg(&pid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start turnserver");
+    let mut guard = ProcGuard(child);
+    let server = SocketAddr::new(v6, p);
+    wait_ready(server, &mut guard);
+    let sock = UdpSocket::bind((v6, 0)).unwrap();
+    let local = sock.local_addr().unwrap();
+    let mut d = UdpDriver::new(
+        Binding::new(server, RetransmitConfig::default()),
+        vec![sock],
+    )
+    .unwrap();
+    assert!(
+        d.run_until(
+            |b| b.tx.outcome().is_some(),
+            Instant::now() + Duration::from_secs(5)
+        )
+        .unwrap()
+    );
+    assert_eq!(
+        d.endpoint().tx.outcome().unwrap().clone().unwrap().mapped,
+        local
+    );
+    drop(guard);
+    let _ = std::fs::remove_file(pid);
+
+    let p = port();
+    let _ours = OurServer::start(StunServerConfig::single(SocketAddr::new(v6, p)));
+    let out = run_client(
+        Command::new(natdiscovery).args(["-m", "-L", "::1", "-p", &p.to_string(), "::1"]),
+        Duration::from_secs(30),
+    );
+    eprintln!("turnutils_natdiscovery output:\n{out}");
+    let reflexive = line_value(&out, "UDP reflexive addr:");
+    let local = line_value(&out, "Local addr: :");
+    assert!(!reflexive.is_empty(), "no reflexive address in output");
+    assert_eq!(reflexive[0], local[0]);
+    assert!(out.contains("No NAT!"));
 }

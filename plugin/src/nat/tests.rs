@@ -36,7 +36,7 @@ enum FilterKind {
 enum Alloc {
     Preserve,
     Sequential { next: u16, step: u16 },
-    Random(ChaCha8Rng),
+    Random(Box<ChaCha8Rng>),
 }
 
 struct FakeNat {
@@ -111,7 +111,7 @@ impl FakeNat {
 
 enum Path {
     Direct,
-    Nat(FakeNat),
+    Nat(Box<FakeNat>),
     Blocked,
 }
 
@@ -185,7 +185,7 @@ fn run(
 }
 
 fn run_nat(nat: FakeNat) -> (NatReport, Duration, NatDiscovery) {
-    run(Path::Nat(nat), sa(LOCAL), server_config())
+    run(Path::Nat(Box::new(nat)), sa(LOCAL), server_config())
 }
 
 fn give_up() -> Duration {
@@ -260,7 +260,7 @@ fn symmetric_random() {
     let (r, _, d) = run_nat(FakeNat::new(
         MapKind::Apdm,
         FilterKind::Apdf,
-        Alloc::Random(rng),
+        Alloc::Random(Box::new(rng)),
     ));
     assert_eq!(r.class, NatClass::Symmetric);
     assert_eq!(r.mapping, Mapping::AddressAndPortDependent);
@@ -324,7 +324,11 @@ fn blocked() {
 #[test]
 fn server_without_alternate_address_gives_unknown_behaviour_but_a_public_address() {
     let (r, took, _) = run(
-        Path::Nat(FakeNat::new(MapKind::Eim, FilterKind::Eif, Alloc::Preserve)),
+        Path::Nat(Box::new(FakeNat::new(
+            MapKind::Eim,
+            FilterKind::Eif,
+            Alloc::Preserve,
+        ))),
         sa(LOCAL),
         StunServerConfig::single(sa("198.51.100.1:3478")),
     );

@@ -408,7 +408,7 @@ impl Message {
         out.extend_from_slice(&typ.to_be_bytes());
         out.extend_from_slice(&(value.len() as u16).to_be_bytes());
         out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -525,7 +525,7 @@ fn decode_attr(
             }
         }
         UNKNOWN_ATTRIBUTES => {
-            if v.len() % 2 != 0 {
+            if !v.len().is_multiple_of(2) {
                 return Err(bad(typ, "UNKNOWN-ATTRIBUTES length must be even"));
             }
             Attribute::UnknownAttributes(
