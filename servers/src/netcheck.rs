@@ -96,25 +96,12 @@ pub fn run(args: &NetcheckArgs) -> Result<(), NetcheckError> {
 /// Run the discovery on a real socket and return the report (what `run` prints).
 pub fn check(args: &NetcheckArgs) -> Result<NatReport, NetcheckError> {
     let server = resolve(&args.stun, args.bind)?;
-    let sock = UdpSocket::bind(args.bind).map_err(|source| DriverError::Bind {
-        addr: args.bind,
-        source,
-    })?;
+    let sock = UdpSocket::bind(args.bind).map_err(|source| DriverError::Bind { addr: args.bind, source })?;
     let local = host_candidate(&sock, server)?;
     let now = Instant::now();
-    let disc = NatDiscovery::new(
-        now,
-        server,
-        None,
-        local,
-        NatDiscoveryConfig::default(),
-        &mut rand::rng(),
-    );
+    let disc = NatDiscovery::new(now, server, None, local, NatDiscoveryConfig::default(), &mut rand::rng());
     let mut driver = UdpDriver::new(disc, vec![sock])?;
-    driver.run_until(
-        NatDiscovery::is_done,
-        now + Duration::from_secs(args.timeout),
-    )?;
+    driver.run_until(NatDiscovery::is_done, now + Duration::from_secs(args.timeout))?;
     Ok(driver.endpoint().report())
 }
 
@@ -138,19 +125,12 @@ pub fn to_human(r: &NatReport) -> String {
 }
 
 fn resolve(host: &str, bind: SocketAddr) -> Result<SocketAddr, NetcheckError> {
-    let addrs = host
-        .to_socket_addrs()
-        .map_err(|source| NetcheckError::Resolve {
-            host: host.to_owned(),
-            source,
-        })?;
+    let addrs =
+        host.to_socket_addrs().map_err(|source| NetcheckError::Resolve { host: host.to_owned(), source })?;
     addrs
         .into_iter()
         .find(|a| a.is_ipv4() == bind.is_ipv4())
-        .ok_or_else(|| NetcheckError::NoAddress {
-            host: host.to_owned(),
-            bind,
-        })
+        .ok_or_else(|| NetcheckError::NoAddress { host: host.to_owned(), bind })
 }
 
 /// Our socket's address with a concrete IP: if bound to a wildcard, ask the routing table
@@ -172,18 +152,11 @@ pub fn stun_config(args: &StunServeArgs) -> Result<StunServerConfig, NetcheckErr
             "--alt-ip needs a concrete --bind address (OTHER-ADDRESS must be reachable)",
         ));
     }
-    if args
-        .alt_ip
-        .is_some_and(|ip| ip.is_ipv4() != args.bind.is_ipv4())
-    {
-        return Err(NetcheckError::Config(
-            "--bind and --alt-ip must be the same IP family",
-        ));
+    if args.alt_ip.is_some_and(|ip| ip.is_ipv4() != args.bind.is_ipv4()) {
+        return Err(NetcheckError::Config("--bind and --alt-ip must be the same IP family"));
     }
     if args.port == 0 || args.alt_port == args.port {
-        return Err(NetcheckError::Config(
-            "--port must be non-zero and differ from --alt-port",
-        ));
+        return Err(NetcheckError::Config("--port must be non-zero and differ from --alt-port"));
     }
     Ok(StunServerConfig {
         primary: SocketAddr::new(args.bind, args.port),
@@ -275,14 +248,9 @@ mod tests {
         let (p1, p2) = loop {
             let a = UdpSocket::bind("127.0.0.1:0").unwrap();
             let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let (p1, p2) = (
-                a.local_addr().unwrap().port(),
-                b.local_addr().unwrap().port(),
-            );
+            let (p1, p2) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
             drop((a, b));
-            if UdpSocket::bind(("127.0.0.2", p1)).is_ok()
-                && UdpSocket::bind(("127.0.0.2", p2)).is_ok()
-            {
+            if UdpSocket::bind(("127.0.0.2", p1)).is_ok() && UdpSocket::bind(("127.0.0.2", p2)).is_ok() {
                 break (p1, p2);
             }
         };
@@ -302,10 +270,7 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(r.public, Some(r.local));
         assert_eq!(r.class.to_string(), "open");
-        assert_eq!(
-            r.other,
-            Some(SocketAddr::new("127.0.0.2".parse().unwrap(), p2))
-        );
+        assert_eq!(r.other, Some(SocketAddr::new("127.0.0.2".parse().unwrap(), p2)));
         assert_eq!(r.filtering.to_string(), "endpoint-independent");
     }
 
@@ -325,9 +290,6 @@ mod tests {
         assert_eq!(r.class.to_string(), "blocked");
         let took = start.elapsed();
         let expect = NatDiscoveryConfig::default().retransmit.give_up_after();
-        assert!(
-            took >= expect && took < expect + Duration::from_secs(2),
-            "{took:?}"
-        );
+        assert!(took >= expect && took < expect + Duration::from_secs(2), "{took:?}");
     }
 }

@@ -116,11 +116,7 @@ impl<E: Endpoint> UdpDriver<E> {
                 while !stop.load(Ordering::Relaxed) {
                     match reader.recv_from(&mut buf) {
                         Ok((n, from)) => {
-                            let msg = Incoming {
-                                local,
-                                from,
-                                data: buf[..n].to_vec(),
-                            };
+                            let msg = Incoming { local, from, data: buf[..n].to_vec() };
                             if tx.send(msg).is_err() {
                                 return;
                             }
@@ -132,15 +128,7 @@ impl<E: Endpoint> UdpDriver<E> {
                 }
             }));
         }
-        Ok(UdpDriver {
-            endpoint,
-            sockets,
-            locals,
-            rx,
-            stop,
-            readers,
-            stats: DriverStats::default(),
-        })
+        Ok(UdpDriver { endpoint, sockets, locals, rx, stop, readers, stats: DriverStats::default() })
     }
 
     /// The actual local addresses, in the order given (ports resolved if 0 was asked).
@@ -182,8 +170,7 @@ impl<E: Endpoint> UdpDriver<E> {
 
     fn deliver(&mut self, m: Incoming) {
         self.stats.received += 1;
-        self.endpoint
-            .handle_datagram(Instant::now(), m.local, m.from, &m.data);
+        self.endpoint.handle_datagram(Instant::now(), m.local, m.from, &m.data);
     }
 
     /// Run until `done(endpoint)` is true (returns `Ok(true)`) or `deadline` passes
@@ -248,19 +235,9 @@ mod tests {
     }
 
     impl Endpoint for Echo {
-        fn handle_datagram(
-            &mut self,
-            _now: Instant,
-            local: SocketAddr,
-            from: SocketAddr,
-            data: &[u8],
-        ) {
+        fn handle_datagram(&mut self, _now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
             self.got.push((local, data.to_vec()));
-            self.out.push(Transmit {
-                src: Some(local),
-                dst: from,
-                payload: data.to_vec(),
-            });
+            self.out.push(Transmit { src: Some(local), dst: from, payload: data.to_vec() });
         }
         fn handle_timeout(&mut self, now: Instant) {
             if self.wake.is_some_and(|w| w <= now) {
@@ -283,19 +260,13 @@ mod tests {
         let [a, b] = [d.local_addrs()[0], d.local_addrs()[1]];
         assert_ne!(a.port(), 0);
         let client = UdpSocket::bind(any).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         client.send_to(b"one", b).unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         assert!(d.run_until(|e| !e.got.is_empty(), deadline).unwrap());
         let mut buf = [0u8; 16];
         let (n, from) = client.recv_from(&mut buf).unwrap();
-        assert_eq!(
-            (&buf[..n], from),
-            (&b"one"[..], b),
-            "echo must come from the second socket"
-        );
+        assert_eq!((&buf[..n], from), (&b"one"[..], b), "echo must come from the second socket");
         assert_eq!(d.endpoint().got[0].0, b);
         client.send_to(b"two", a).unwrap();
         assert!(d.run_until(|e| e.got.len() == 2, deadline).unwrap());
@@ -309,21 +280,12 @@ mod tests {
         let mut d = UdpDriver::bind(Echo::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
         let start = Instant::now();
         d.endpoint_mut().wake = Some(start + Duration::from_millis(30));
-        assert!(
-            d.run_until(|e| e.timeouts == 1, start + Duration::from_secs(2))
-                .unwrap()
-        );
+        assert!(d.run_until(|e| e.timeouts == 1, start + Duration::from_secs(2)).unwrap());
         assert!(start.elapsed() >= Duration::from_millis(30));
         let t = Instant::now();
-        assert!(
-            !d.run_until(|_| false, t + Duration::from_millis(120))
-                .unwrap()
-        );
+        assert!(!d.run_until(|_| false, t + Duration::from_millis(120)).unwrap());
         let waited = t.elapsed();
-        assert!(
-            waited >= Duration::from_millis(120) && waited < Duration::from_secs(1),
-            "{waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(120) && waited < Duration::from_secs(1), "{waited:?}");
     }
 
     #[test]

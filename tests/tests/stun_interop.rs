@@ -21,12 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::nat::{
-    Filtering, Mapping, NatClass, NatDiscovery, NatDiscoveryConfig, NatReport,
-};
+use bevy_p2pmodel::nat::{Filtering, Mapping, NatClass, NatDiscovery, NatDiscoveryConfig, NatReport};
 use bevy_p2pmodel::stun::{
-    BindingRequest, ChangeRequest, RetransmitConfig, StunDrops, StunServer, StunServerConfig,
-    TransactionId,
+    BindingRequest, ChangeRequest, RetransmitConfig, StunDrops, StunServer, StunServerConfig, TransactionId,
 };
 use p2pmodel_servers::udp_driver::UdpDriver;
 use rand::SeedableRng;
@@ -70,12 +67,8 @@ impl Drop for ProcGuard {
 
 /// Run a client to completion with a hard timeout; returns stdout + stderr.
 fn run_client(cmd: &mut Command, timeout: Duration) -> String {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client");
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
     let mut guard = ProcGuard(child);
     let mut out = guard.0.stdout.take().unwrap();
     let mut err = guard.0.stderr.take().unwrap();
@@ -106,14 +99,9 @@ fn run_client(cmd: &mut Command, timeout: Duration) -> String {
 fn free_port_pair() -> (u16, u16) {
     for _ in 0..100 {
         let socks: Vec<UdpSocket> = (0..2).map(|_| UdpSocket::bind((IP1, 0)).unwrap()).collect();
-        let (p1, p2) = (
-            socks[0].local_addr().unwrap().port(),
-            socks[1].local_addr().unwrap().port(),
-        );
+        let (p1, p2) = (socks[0].local_addr().unwrap().port(), socks[1].local_addr().unwrap().port());
         drop(socks);
-        let ok = [(IP1, p1), (IP1, p2), (IP2, p1), (IP2, p2)]
-            .iter()
-            .all(|a| UdpSocket::bind(a).is_ok());
+        let ok = [(IP1, p1), (IP1, p2), (IP2, p1), (IP2, p2)].iter().all(|a| UdpSocket::bind(a).is_ok());
         if ok && p2 != p1 + 1 && p1 != p2 + 1 {
             return (p1, p2);
         }
@@ -129,9 +117,7 @@ fn free_port_with_next() -> u16 {
         let p = s.local_addr().unwrap().port();
         drop(s);
         if p < 65000
-            && [(IP1, p), (IP1, p + 1), (IP2, p), (IP2, p + 1)]
-                .iter()
-                .all(|a| UdpSocket::bind(a).is_ok())
+            && [(IP1, p), (IP1, p + 1), (IP2, p), (IP2, p + 1)].iter().all(|a| UdpSocket::bind(a).is_ok())
         {
             return p;
         }
@@ -146,21 +132,12 @@ fn wait_ready(addr: SocketAddr, guard: &mut ProcGuard) {
     let mut d = UdpDriver::new(
         Binding::new(
             addr,
-            RetransmitConfig {
-                rto: Duration::from_millis(100),
-                max_transmits: 30,
-                final_wait_rtos: 1,
-            },
+            RetransmitConfig { rto: Duration::from_millis(100), max_transmits: 30, final_wait_rtos: 1 },
         ),
         vec![sock],
     )
     .unwrap();
-    let ok = d
-        .run_until(
-            |b| b.tx.outcome().is_some(),
-            Instant::now() + Duration::from_secs(5),
-        )
-        .unwrap();
+    let ok = d.run_until(|b| b.tx.outcome().is_some(), Instant::now() + Duration::from_secs(5)).unwrap();
     if !ok || !matches!(d.endpoint().tx.outcome(), Some(Ok(_))) {
         let status = guard.0.try_wait().unwrap();
         panic!("server at {addr} never answered (exit status {status:?})");
@@ -206,26 +183,10 @@ fn discover(server: SocketAddr) -> NatReport {
     let sock = UdpSocket::bind((IP1, 0)).unwrap();
     let local = sock.local_addr().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let d = NatDiscovery::new(
-        Instant::now(),
-        server,
-        None,
-        local,
-        NatDiscoveryConfig::default(),
-        &mut rng,
-    );
+    let d = NatDiscovery::new(Instant::now(), server, None, local, NatDiscoveryConfig::default(), &mut rng);
     let mut driver = UdpDriver::new(d, vec![sock]).unwrap();
-    let done = driver
-        .run_until(
-            NatDiscovery::is_done,
-            Instant::now() + Duration::from_secs(20),
-        )
-        .unwrap();
-    assert!(
-        done,
-        "discovery did not finish: {:?}",
-        driver.endpoint().observations()
-    );
+    let done = driver.run_until(NatDiscovery::is_done, Instant::now() + Duration::from_secs(20)).unwrap();
+    assert!(done, "discovery did not finish: {:?}", driver.endpoint().observations());
     let r = driver.endpoint().report();
     eprintln!("our discovery against {server}: {r:?}");
     r
@@ -246,30 +207,18 @@ impl OurServer {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let far = Instant::now() + Duration::from_secs(120);
-            driver
-                .run_until(|_| s.load(Ordering::Relaxed), far)
-                .unwrap();
+            driver.run_until(|_| s.load(Ordering::Relaxed), far).unwrap();
             let drops = driver.endpoint().drops();
-            eprintln!(
-                "our server: answered {}, drops {drops:?}",
-                driver.endpoint().answered()
-            );
+            eprintln!("our server: answered {}, drops {drops:?}", driver.endpoint().answered());
             drops
         });
-        OurServer {
-            stop,
-            thread: Some(thread),
-        }
+        OurServer { stop, thread: Some(thread) }
     }
 
     /// Stop the server and return what it dropped.
     fn stop(mut self) -> StunDrops {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .unwrap()
-            .join()
-            .expect("server thread panicked")
+        self.thread.take().unwrap().join().expect("server thread panicked")
     }
 }
 
@@ -283,9 +232,7 @@ impl Drop for OurServer {
 }
 
 fn line_value<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-        .collect()
+    out.lines().filter_map(|l| l.split_once(key).map(|(_, v)| v.trim())).collect()
 }
 
 #[test]
@@ -297,21 +244,8 @@ fn our_discovery_against_coturn_turnserver() {
     let pid = std::env::temp_dir().join(format!("p2pmodel-turnserver-{p1}.pid"));
     let child = Command::new(turnserver)
         .args(["-n", "--listening-ip", IP1, "--listening-ip", IP2])
-        .args([
-            "--listening-port",
-            &p1.to_string(),
-            "--alt-listening-port",
-            &p2.to_string(),
-        ])
-        .args([
-            "--no-tcp",
-            "--no-tls",
-            "--no-dtls",
-            "--no-tcp-relay",
-            "--no-cli",
-            "--log-file",
-            "stdout",
-        ])
+        .args(["--listening-port", &p1.to_string(), "--alt-listening-port", &p2.to_string()])
+        .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay", "--no-cli", "--log-file", "stdout"])
         .arg("--pidfile")
         .arg(&pid)
         .stdin(Stdio::null())
@@ -327,25 +261,9 @@ fn our_discovery_against_coturn_turnserver() {
     // are coturn's RFC 5780 addresses.
     let sock = UdpSocket::bind((IP1, 0)).unwrap();
     let local = sock.local_addr().unwrap();
-    let mut d = UdpDriver::new(
-        Binding::new(primary, RetransmitConfig::default()),
-        vec![sock],
-    )
-    .unwrap();
-    assert!(
-        d.run_until(
-            |b| b.tx.outcome().is_some(),
-            Instant::now() + Duration::from_secs(5)
-        )
-        .unwrap()
-    );
-    let resp = d
-        .endpoint()
-        .tx
-        .outcome()
-        .unwrap()
-        .clone()
-        .expect("coturn answered");
+    let mut d = UdpDriver::new(Binding::new(primary, RetransmitConfig::default()), vec![sock]).unwrap();
+    assert!(d.run_until(|b| b.tx.outcome().is_some(), Instant::now() + Duration::from_secs(5)).unwrap());
+    let resp = d.endpoint().tx.outcome().unwrap().clone().expect("coturn answered");
     assert_eq!(resp.mapped, local);
     assert_eq!(resp.response_origin, Some(primary));
     assert_eq!(resp.other_address, Some(SocketAddr::new(ip(IP2), p2)));
@@ -354,11 +272,7 @@ fn our_discovery_against_coturn_turnserver() {
     assert_eq!(r.public, Some(r.local));
     assert_eq!(r.class, NatClass::Open);
     assert_eq!(r.mapping, Mapping::NoNat);
-    assert_eq!(
-        r.filtering,
-        Filtering::EndpointIndependent,
-        "coturn honoured CHANGE-REQUEST"
-    );
+    assert_eq!(r.filtering, Filtering::EndpointIndependent, "coturn honoured CHANGE-REQUEST");
     let _ = std::fs::remove_file(pid);
 }
 
@@ -369,16 +283,7 @@ fn our_discovery_against_vovida_stund() {
     };
     let (p1, p2) = free_port_pair();
     let child = Command::new(stund)
-        .args([
-            "-h",
-            IP1,
-            "-a",
-            IP2,
-            "-p",
-            &p1.to_string(),
-            "-o",
-            &p2.to_string(),
-        ])
+        .args(["-h", IP1, "-a", IP2, "-p", &p1.to_string(), "-o", &p2.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -390,17 +295,9 @@ fn our_discovery_against_vovida_stund() {
 
     let r = discover(primary);
     assert_eq!(r.public, Some(r.local));
-    assert_eq!(
-        r.other,
-        Some(SocketAddr::new(ip(IP2), p2)),
-        "learnt from RFC 3489 CHANGED-ADDRESS"
-    );
+    assert_eq!(r.other, Some(SocketAddr::new(ip(IP2), p2)), "learnt from RFC 3489 CHANGED-ADDRESS");
     assert_eq!(r.class, NatClass::Open);
-    assert_eq!(
-        r.filtering,
-        Filtering::EndpointIndependent,
-        "stund honoured CHANGE-REQUEST"
-    );
+    assert_eq!(r.filtering, Filtering::EndpointIndependent, "stund honoured CHANGE-REQUEST");
 }
 
 #[test]
@@ -409,11 +306,7 @@ fn coturn_natdiscovery_against_our_server() {
         return;
     };
     let (p1, p2) = free_port_pair();
-    let _server = OurServer::start(StunServerConfig::rfc5780(
-        SocketAddr::new(ip(IP1), p1),
-        p2,
-        ip(IP2),
-    ));
+    let _server = OurServer::start(StunServerConfig::rfc5780(SocketAddr::new(ip(IP1), p1), p2, ip(IP2)));
     let out = run_client(
         Command::new(natdiscovery).args(["-m", "-f", "-L", IP1, "-p", &p1.to_string(), IP1]),
         Duration::from_secs(30),
@@ -428,14 +321,8 @@ fn coturn_natdiscovery_against_our_server() {
         assert!(refl.starts_with("127.0.0.1:"));
     }
     // It saw our RFC 5780 attributes …
-    assert!(
-        out.contains(&format!("Other addr: : {IP2}:{p2}")),
-        "OTHER-ADDRESS missing"
-    );
-    assert!(
-        out.contains(&format!("Response origin: : {IP2}:{p2}")),
-        "change IP+port not honoured"
-    );
+    assert!(out.contains(&format!("Other addr: : {IP2}:{p2}")), "OTHER-ADDRESS missing");
+    assert!(out.contains(&format!("Response origin: : {IP2}:{p2}")), "change IP+port not honoured");
     // … and both verdicts are the loopback truth.
     assert!(out.contains("No NAT! (Endpoint Independent Mapping)"));
     assert!(out.contains("NAT with Endpoint Independent Filtering!"));
@@ -447,11 +334,7 @@ fn vovida_stun_client_against_our_server() {
         return;
     };
     let (p1, p2) = free_port_pair();
-    let server = OurServer::start(StunServerConfig::rfc5780(
-        SocketAddr::new(ip(IP1), p1),
-        p2,
-        ip(IP2),
-    ));
+    let server = OurServer::start(StunServerConfig::rfc5780(SocketAddr::new(ip(IP1), p1), p2, ip(IP2)));
     let src = free_port_with_next();
     let out = run_client(
         Command::new(stun).args([&format!("{IP1}:{p1}"), "-v", "-p", &src.to_string()]),
@@ -459,10 +342,7 @@ fn vovida_stun_client_against_our_server() {
     );
     eprintln!("stun output:\n{out}");
     let mapped = line_value(&out, "MappedAddress =");
-    assert!(
-        mapped.contains(&format!("{IP1}:{src}").as_str()),
-        "mapped address of test I wrong: {mapped:?}"
-    );
+    assert!(mapped.contains(&format!("{IP1}:{src}").as_str()), "mapped address of test I wrong: {mapped:?}");
     for m in &mapped {
         // Tests use the source port and its successor; every mapping must be one of them.
         assert!(
@@ -471,25 +351,13 @@ fn vovida_stun_client_against_our_server() {
         );
     }
     assert!(line_value(&out, "ChangedAddress =").contains(&format!("{IP2}:{p2}").as_str()));
-    for t in [
-        "test I = 1",
-        "test II = 1",
-        "test III = 1",
-        "test I(2) = 1",
-        "is nat  = 0",
-        "preserver port = 1",
-    ] {
+    for t in
+        ["test I = 1", "test II = 1", "test III = 1", "test I(2) = 1", "is nat  = 0", "preserver port = 1"]
+    {
         assert!(out.contains(t), "missing `{t}`");
     }
-    assert!(
-        out.contains("Primary: Open"),
-        "Vovida did not classify loopback as Open"
-    );
-    assert_eq!(
-        server.stop(),
-        StunDrops::default(),
-        "every classic request was answered"
-    );
+    assert!(out.contains("Primary: Open"), "Vovida did not classify loopback as Open");
+    assert_eq!(server.stop(), StunDrops::default(), "every classic request was answered");
 }
 
 /// A server with an alternate port but no alternate IP cannot answer "change IP". It omits
@@ -514,15 +382,9 @@ fn third_party_clients_against_a_server_without_alternate_ip() {
         Duration::from_secs(30),
     );
     eprintln!("turnutils_natdiscovery output:\n{out}");
-    assert!(
-        !out.contains("Other addr"),
-        "OTHER-ADDRESS advertised without an alternate IP"
-    );
+    assert!(!out.contains("Other addr"), "OTHER-ADDRESS advertised without an alternate IP");
     assert!(out.contains("No NAT! (Endpoint Independent Mapping)"));
-    assert!(
-        !out.contains("Filtering!"),
-        "natdiscovery claimed a filtering verdict it cannot have measured"
-    );
+    assert!(!out.contains("Filtering!"), "natdiscovery claimed a filtering verdict it cannot have measured");
 
     let src = free_port_with_next();
     let out = run_client(
@@ -531,22 +393,13 @@ fn third_party_clients_against_a_server_without_alternate_ip() {
     );
     eprintln!("stun output:\n{out}");
     assert!(out.contains("test I = 1"));
-    assert!(
-        out.contains("test II = 0"),
-        "change-IP request must go unanswered"
-    );
-    assert!(
-        out.contains("test III = 1"),
-        "change-port request must be answered"
-    );
+    assert!(out.contains("test II = 0"), "change-IP request must go unanswered");
+    assert!(out.contains("test III = 1"), "change-port request must be answered");
     assert!(
         line_value(&out, "SourceAddress =").contains(&format!("{IP1}:{p2}").as_str()),
         "change-port reply must come from the alternate port"
     );
-    assert!(
-        !out.contains("Primary: Open") && !out.contains("Full Cone"),
-        "Vovida was told a lie"
-    );
+    assert!(!out.contains("Primary: Open") && !out.contains("Full Cone"), "Vovida was told a lie");
     let drops = server.stop();
     assert!(drops.change_unavailable >= 1, "{drops:?}");
 }
@@ -561,32 +414,12 @@ fn ipv6_binding_both_directions() {
         return;
     };
     let v6 = ip("::1");
-    let port = || {
-        UdpSocket::bind((v6, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let port = || UdpSocket::bind((v6, 0)).unwrap().local_addr().unwrap().port();
     let p = port();
     let pid = std::env::temp_dir().join(format!("p2pmodel-turnserver-v6-{p}.pid"));
     let child = Command::new(turnserver)
-        .args([
-            "-n",
-            "--listening-ip",
-            "::1",
-            "--listening-port",
-            &p.to_string(),
-        ])
-        .args([
-            "--no-tcp",
-            "--no-tls",
-            "--no-dtls",
-            "--no-tcp-relay",
-            "--no-cli",
-            "--log-file",
-            "stdout",
-        ])
+        .args(["-n", "--listening-ip", "::1", "--listening-port", &p.to_string()])
+        .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay", "--no-cli", "--log-file", "stdout"])
         .arg("--pidfile")
         .arg(&pid)
         .stdin(Stdio::null())
@@ -599,22 +432,9 @@ fn ipv6_binding_both_directions() {
     wait_ready(server, &mut guard);
     let sock = UdpSocket::bind((v6, 0)).unwrap();
     let local = sock.local_addr().unwrap();
-    let mut d = UdpDriver::new(
-        Binding::new(server, RetransmitConfig::default()),
-        vec![sock],
-    )
-    .unwrap();
-    assert!(
-        d.run_until(
-            |b| b.tx.outcome().is_some(),
-            Instant::now() + Duration::from_secs(5)
-        )
-        .unwrap()
-    );
-    assert_eq!(
-        d.endpoint().tx.outcome().unwrap().clone().unwrap().mapped,
-        local
-    );
+    let mut d = UdpDriver::new(Binding::new(server, RetransmitConfig::default()), vec![sock]).unwrap();
+    assert!(d.run_until(|b| b.tx.outcome().is_some(), Instant::now() + Duration::from_secs(5)).unwrap());
+    assert_eq!(d.endpoint().tx.outcome().unwrap().clone().unwrap().mapped, local);
     drop(guard);
     let _ = std::fs::remove_file(pid);
 

@@ -241,9 +241,7 @@ pub struct ClassifyConfig {
 
 impl Default for ClassifyConfig {
     fn default() -> Self {
-        ClassifyConfig {
-            max_sequential_delta: 16,
-        }
+        ClassifyConfig { max_sequential_delta: 16 }
     }
 }
 
@@ -302,54 +300,32 @@ pub fn classify_with(obs: &Observations, cfg: &ClassifyConfig) -> NatReport {
         (Mapping::AddressDependent | Mapping::AddressAndPortDependent, _) => NatClass::Symmetric,
         (Mapping::EndpointIndependent, Filtering::EndpointIndependent) => NatClass::FullCone,
         (Mapping::EndpointIndependent, Filtering::AddressDependent) => NatClass::Restricted,
-        (Mapping::EndpointIndependent, Filtering::AddressAndPortDependent) => {
-            NatClass::PortRestricted
-        }
+        (Mapping::EndpointIndependent, Filtering::AddressAndPortDependent) => NatClass::PortRestricted,
         _ => NatClass::Unknown,
     };
     report
 }
 
-fn allocation(
-    obs: &Observations,
-    m1: SocketAddr,
-    mapping: Mapping,
-    cfg: &ClassifyConfig,
-) -> PortAllocation {
+fn allocation(obs: &Observations, m1: SocketAddr, mapping: Mapping, cfg: &ClassifyConfig) -> PortAllocation {
     let preserving = m1.port() == obs.local.port();
-    let dependent = matches!(
-        mapping,
-        Mapping::AddressDependent | Mapping::AddressAndPortDependent
-    );
+    let dependent = matches!(mapping, Mapping::AddressDependent | Mapping::AddressAndPortDependent);
     if !dependent {
         // One mapping serves every destination: only preservation is observable.
-        return if preserving {
-            PortAllocation::Preserving
-        } else {
-            PortAllocation::Unknown
-        };
+        return if preserving { PortAllocation::Preserving } else { PortAllocation::Unknown };
     }
     // Distinct mappings in the order the NAT created them.
     let mut seq: Vec<SocketAddr> = Vec::new();
-    let probes = [obs.primary, obs.alt_ip, obs.alt_ip_port]
-        .into_iter()
-        .chain(obs.extra.iter().map(|(_, p)| *p));
+    let probes =
+        [obs.primary, obs.alt_ip, obs.alt_ip_port].into_iter().chain(obs.extra.iter().map(|(_, p)| *p));
     for m in probes.filter_map(|p| p.mapped()) {
         if !seq.contains(&m) {
             seq.push(m);
         }
     }
     if seq.len() < 3 {
-        return if preserving {
-            PortAllocation::Preserving
-        } else {
-            PortAllocation::Unknown
-        };
+        return if preserving { PortAllocation::Preserving } else { PortAllocation::Unknown };
     }
-    let deltas: Vec<i32> = seq
-        .windows(2)
-        .map(|w| i32::from(w[1].port()) - i32::from(w[0].port()))
-        .collect();
+    let deltas: Vec<i32> = seq.windows(2).map(|w| i32::from(w[1].port()) - i32::from(w[0].port())).collect();
     let same_sign = deltas.iter().all(|d| *d > 0) || deltas.iter().all(|d| *d < 0);
     let small = deltas.iter().all(|d| d.abs() <= cfg.max_sequential_delta);
     if same_sign && small {
@@ -378,11 +354,7 @@ mod tests {
     }
 
     fn obs() -> Observations {
-        Observations::new(
-            sa("10.0.0.2:5000"),
-            sa("192.0.2.1:3478"),
-            Some(sa("192.0.2.2:3479")),
-        )
+        Observations::new(sa("10.0.0.2:5000"), sa("192.0.2.1:3478"), Some(sa("192.0.2.2:3479")))
     }
 
     fn m(s: &str) -> Probe {
@@ -403,15 +375,7 @@ mod tests {
         let names: Vec<String> = all.iter().map(|c| c.to_string()).collect();
         assert_eq!(
             names,
-            [
-                "open",
-                "full-cone",
-                "restricted",
-                "port-restricted",
-                "symmetric",
-                "blocked",
-                "unknown"
-            ]
+            ["open", "full-cone", "restricted", "port-restricted", "symmetric", "blocked", "unknown"]
         );
     }
 
@@ -435,11 +399,7 @@ mod tests {
         let r = classify(&o);
         assert_eq!(
             (r.class, r.mapping, r.filtering),
-            (
-                NatClass::Open,
-                Mapping::NoNat,
-                Filtering::EndpointIndependent
-            )
+            (NatClass::Open, Mapping::NoNat, Filtering::EndpointIndependent)
         );
         // Same port, different IP: that is a port-preserving NAT, not open.
         o.primary = m("203.0.113.7:5000");
@@ -449,36 +409,16 @@ mod tests {
     #[test]
     fn cone_classes_follow_filtering() {
         let cases = [
-            (
-                m("203.0.113.7:5000"),
-                Probe::NotRun,
-                Filtering::EndpointIndependent,
-                NatClass::FullCone,
-            ),
-            (
-                Probe::NoResponse,
-                m("203.0.113.7:5000"),
-                Filtering::AddressDependent,
-                NatClass::Restricted,
-            ),
+            (m("203.0.113.7:5000"), Probe::NotRun, Filtering::EndpointIndependent, NatClass::FullCone),
+            (Probe::NoResponse, m("203.0.113.7:5000"), Filtering::AddressDependent, NatClass::Restricted),
             (
                 Probe::NoResponse,
                 Probe::NoResponse,
                 Filtering::AddressAndPortDependent,
                 NatClass::PortRestricted,
             ),
-            (
-                Probe::Error(420),
-                Probe::NoResponse,
-                Filtering::Unknown,
-                NatClass::Unknown,
-            ),
-            (
-                Probe::NoResponse,
-                Probe::Pending,
-                Filtering::Unknown,
-                NatClass::Unknown,
-            ),
+            (Probe::Error(420), Probe::NoResponse, Filtering::Unknown, NatClass::Unknown),
+            (Probe::NoResponse, Probe::Pending, Filtering::Unknown, NatClass::Unknown),
         ];
         for (f2, f3, filtering, class) in cases {
             let mut o = obs();
@@ -506,23 +446,14 @@ mod tests {
         o.filter_ip_port = Probe::NoResponse;
         o.filter_port = Probe::NoResponse;
         let r = classify(&o);
-        assert_eq!(
-            (r.mapping, r.class),
-            (Mapping::AddressDependent, NatClass::Symmetric)
-        );
+        assert_eq!((r.mapping, r.class), (Mapping::AddressDependent, NatClass::Symmetric));
         // Only two distinct mappings: allocation cannot be judged.
         assert_eq!(r.allocation, PortAllocation::Unknown);
         o.alt_ip_port = m("203.0.113.7:40002");
         o.filter_ip_port = m("203.0.113.7:40000");
         let r = classify(&o);
-        assert_eq!(
-            (r.mapping, r.class),
-            (Mapping::AddressAndPortDependent, NatClass::Symmetric)
-        );
-        assert_eq!(
-            (r.allocation, r.port_delta),
-            (PortAllocation::Sequential { delta: 1 }, Some(1))
-        );
+        assert_eq!((r.mapping, r.class), (Mapping::AddressAndPortDependent, NatClass::Symmetric));
+        assert_eq!((r.allocation, r.port_delta), (PortAllocation::Sequential { delta: 1 }, Some(1)));
     }
 
     #[test]
@@ -552,39 +483,22 @@ mod tests {
             o.extra = p[3..].iter().map(|x| (sa("192.0.2.1:3479"), *x)).collect();
             classify(&o).allocation
         };
-        assert_eq!(
-            base(&[40000, 40002, 40004, 40006]),
-            PortAllocation::Sequential { delta: 2 }
-        );
-        assert_eq!(
-            base(&[40010, 40009, 40008]),
-            PortAllocation::Sequential { delta: -1 }
-        );
+        assert_eq!(base(&[40000, 40002, 40004, 40006]), PortAllocation::Sequential { delta: 2 });
+        assert_eq!(base(&[40010, 40009, 40008]), PortAllocation::Sequential { delta: -1 });
         // Gaps from other traffic: most common step wins.
-        assert_eq!(
-            base(&[40000, 40001, 40005, 40006]),
-            PortAllocation::Sequential { delta: 1 }
-        );
+        assert_eq!(base(&[40000, 40001, 40005, 40006]), PortAllocation::Sequential { delta: 1 });
         assert_eq!(base(&[40000, 51234, 33333, 60001]), PortAllocation::Random);
-        assert_eq!(
-            base(&[40000, 40001, 40000 - 3, 40100]),
-            PortAllocation::Random
-        );
+        assert_eq!(base(&[40000, 40001, 40000 - 3, 40100]), PortAllocation::Random);
         // A NAT that preserved the first port then had to pick others, randomly.
         assert_eq!(base(&[5000, 61000, 12000]), PortAllocation::Random);
         // Large but regular steps exceed the bound.
         assert_eq!(base(&[40000, 40100, 40200]), PortAllocation::Random);
-        let wide = ClassifyConfig {
-            max_sequential_delta: 100,
-        };
+        let wide = ClassifyConfig { max_sequential_delta: 100 };
         let mut o = obs();
         o.primary = m("203.0.113.7:40000");
         o.alt_ip = m("203.0.113.7:40100");
         o.alt_ip_port = m("203.0.113.7:40200");
-        assert_eq!(
-            classify_with(&o, &wide).allocation,
-            PortAllocation::Sequential { delta: 100 }
-        );
+        assert_eq!(classify_with(&o, &wide).allocation, PortAllocation::Sequential { delta: 100 });
     }
 
     #[test]

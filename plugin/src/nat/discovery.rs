@@ -25,9 +25,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::classify::{ClassifyConfig, NatReport, Observations, Probe, classify_with};
 use crate::endpoint::{Endpoint, Transmit};
-use crate::stun::{
-    BindingError, BindingRequest, ChangeRequest, Message, RetransmitConfig, TransactionId,
-};
+use crate::stun::{BindingError, BindingRequest, ChangeRequest, Message, RetransmitConfig, TransactionId};
 
 /// Tunables of the discovery, with the reason for each default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,20 +212,8 @@ impl NatDiscovery {
             (_, None, _) | (_, _, None) => Phase::Done,
             (Phase::Primary, Some(other), Some(_)) => {
                 let port_changed = SocketAddr::new(server.ip(), other.port());
-                self.start(
-                    now,
-                    Slot::FilterIpPort,
-                    server,
-                    ChangeRequest::IP_AND_PORT,
-                    Some(other),
-                );
-                self.start(
-                    now,
-                    Slot::FilterPort,
-                    server,
-                    ChangeRequest::PORT,
-                    Some(port_changed),
-                );
+                self.start(now, Slot::FilterIpPort, server, ChangeRequest::IP_AND_PORT, Some(other));
+                self.start(now, Slot::FilterPort, server, ChangeRequest::PORT, Some(port_changed));
                 Phase::Filtering
             }
             (Phase::Filtering, Some(other), Some(m1)) => {
@@ -276,10 +262,7 @@ impl Endpoint for NatDiscovery {
             self.ignored += 1;
             return;
         };
-        let matched = self
-            .txs
-            .iter_mut()
-            .any(|(_, tx)| tx.handle_message(now, from, &msg));
+        let matched = self.txs.iter_mut().any(|(_, tx)| tx.handle_message(now, from, &msg));
         if matched {
             self.advance(now);
         } else {
@@ -299,9 +282,6 @@ impl Endpoint for NatDiscovery {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.txs
-            .iter()
-            .filter_map(|(_, tx)| tx.poll_timeout())
-            .min()
+        self.txs.iter().filter_map(|(_, tx)| tx.poll_timeout()).min()
     }
 }

@@ -28,7 +28,7 @@ pub mod discovery;
 mod tests;
 
 pub use classify::{
-    ClassifyConfig, Filtering, Mapping, NatClass, NatReport, Observations, PortAllocation, Probe,
-    classify, classify_with,
+    ClassifyConfig, Filtering, Mapping, NatClass, NatReport, Observations, PortAllocation, Probe, classify,
+    classify_with,
 };
 pub use discovery::{NatDiscovery, NatDiscoveryConfig};

@@ -99,10 +99,7 @@ impl FakeNat {
         let internal = *self.reverse.get(&to.port())?;
         let allowed = match self.filtering {
             FilterKind::Eif => true,
-            FilterKind::Adf => self
-                .sent_to
-                .iter()
-                .any(|(p, r)| *p == to.port() && r.ip() == from.ip()),
+            FilterKind::Adf => self.sent_to.iter().any(|(p, r)| *p == to.port() && r.ip() == from.ip()),
             FilterKind::Apdf => self.sent_to.contains(&(to.port(), from)),
         };
         allowed.then_some(internal)
@@ -118,32 +115,17 @@ enum Path {
 const LOCAL: &str = "10.0.0.2:5000";
 
 fn server_config() -> StunServerConfig {
-    StunServerConfig::rfc5780(
-        sa("198.51.100.1:3478"),
-        3479,
-        "198.51.100.2".parse().unwrap(),
-    )
+    StunServerConfig::rfc5780(sa("198.51.100.1:3478"), 3479, "198.51.100.2".parse().unwrap())
 }
 
 /// Run discovery to completion in virtual time; return the report and the virtual time used.
-fn run(
-    mut path: Path,
-    local: SocketAddr,
-    server: StunServerConfig,
-) -> (NatReport, Duration, NatDiscovery) {
+fn run(mut path: Path, local: SocketAddr, server: StunServerConfig) -> (NatReport, Duration, NatDiscovery) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut srv = StunServer::new(server.clone());
     let srv_addrs = srv.local_addrs();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut d = NatDiscovery::new(
-        now,
-        server.primary,
-        None,
-        local,
-        NatDiscoveryConfig::default(),
-        &mut rng,
-    );
+    let mut d = NatDiscovery::new(now, server.primary, None, local, NatDiscoveryConfig::default(), &mut rng);
     for _ in 0..10_000 {
         let mut progressed = false;
         while let Some(t) = d.poll_transmit() {
@@ -176,9 +158,7 @@ fn run(
         if d.is_done() {
             return (d.report(), now - t0, d);
         }
-        now = d
-            .poll_timeout()
-            .expect("unfinished discovery must have a deadline");
+        now = d.poll_timeout().expect("unfinished discovery must have a deadline");
         d.handle_timeout(now);
     }
     panic!("discovery did not finish");
@@ -201,11 +181,7 @@ fn no_nat_is_open() {
     assert_eq!(r.public, Some(local));
     assert_eq!(r.mapping, Mapping::NoNat);
     assert_eq!(r.filtering, Filtering::EndpointIndependent);
-    assert_eq!(
-        r.other,
-        Some(sa("198.51.100.2:3479")),
-        "learnt from OTHER-ADDRESS"
-    );
+    assert_eq!(r.other, Some(sa("198.51.100.2:3479")), "learnt from OTHER-ADDRESS");
     assert_eq!(took, Duration::ZERO, "nothing had to time out");
 }
 
@@ -214,10 +190,7 @@ fn full_cone() {
     let (r, took, _) = run_nat(FakeNat::new(MapKind::Eim, FilterKind::Eif, Alloc::Preserve));
     assert_eq!(r.class, NatClass::FullCone);
     assert_eq!(r.public, Some(sa("203.0.113.7:5000")));
-    assert_eq!(
-        (r.mapping, r.filtering),
-        (Mapping::EndpointIndependent, Filtering::EndpointIndependent)
-    );
+    assert_eq!((r.mapping, r.filtering), (Mapping::EndpointIndependent, Filtering::EndpointIndependent));
     assert_eq!(r.allocation, PortAllocation::Preserving);
     assert_eq!(took, Duration::ZERO);
 }
@@ -233,35 +206,21 @@ fn restricted_cone() {
 
 #[test]
 fn port_restricted_cone() {
-    let (r, took, _) = run_nat(FakeNat::new(
-        MapKind::Eim,
-        FilterKind::Apdf,
-        Alloc::Sequential {
-            next: 61000,
-            step: 1,
-        },
-    ));
+    let (r, took, _) =
+        run_nat(FakeNat::new(MapKind::Eim, FilterKind::Apdf, Alloc::Sequential { next: 61000, step: 1 }));
     assert_eq!(r.class, NatClass::PortRestricted);
     assert_eq!(r.class.to_string(), "port-restricted");
     assert_eq!(r.public, Some(sa("203.0.113.7:61000")));
     assert_eq!(r.filtering, Filtering::AddressAndPortDependent);
     // One mapping only: whether the allocator is sequential cannot be seen.
     assert_eq!(r.allocation, PortAllocation::Unknown);
-    assert_eq!(
-        took,
-        give_up(),
-        "the two filtering tests time out in parallel"
-    );
+    assert_eq!(took, give_up(), "the two filtering tests time out in parallel");
 }
 
 #[test]
 fn symmetric_random() {
     let rng = ChaCha8Rng::seed_from_u64(99);
-    let (r, _, d) = run_nat(FakeNat::new(
-        MapKind::Apdm,
-        FilterKind::Apdf,
-        Alloc::Random(Box::new(rng)),
-    ));
+    let (r, _, d) = run_nat(FakeNat::new(MapKind::Apdm, FilterKind::Apdf, Alloc::Random(Box::new(rng))));
     assert_eq!(r.class, NatClass::Symmetric);
     assert_eq!(r.mapping, Mapping::AddressAndPortDependent);
     assert_eq!(r.allocation, PortAllocation::Random);
@@ -280,14 +239,8 @@ fn symmetric_random() {
 
 #[test]
 fn symmetric_sequential_reports_the_delta() {
-    let (r, _, _) = run_nat(FakeNat::new(
-        MapKind::Apdm,
-        FilterKind::Apdf,
-        Alloc::Sequential {
-            next: 40000,
-            step: 2,
-        },
-    ));
+    let (r, _, _) =
+        run_nat(FakeNat::new(MapKind::Apdm, FilterKind::Apdf, Alloc::Sequential { next: 40000, step: 2 }));
     assert_eq!(r.class, NatClass::Symmetric);
     assert_eq!(r.allocation, PortAllocation::Sequential { delta: 2 });
     assert_eq!(r.port_delta, Some(2));
@@ -296,18 +249,9 @@ fn symmetric_sequential_reports_the_delta() {
 
 #[test]
 fn address_dependent_mapping_is_symmetric() {
-    let (r, _, _) = run_nat(FakeNat::new(
-        MapKind::Adm,
-        FilterKind::Adf,
-        Alloc::Sequential {
-            next: 40000,
-            step: 1,
-        },
-    ));
-    assert_eq!(
-        (r.mapping, r.class),
-        (Mapping::AddressDependent, NatClass::Symmetric)
-    );
+    let (r, _, _) =
+        run_nat(FakeNat::new(MapKind::Adm, FilterKind::Adf, Alloc::Sequential { next: 40000, step: 1 }));
+    assert_eq!((r.mapping, r.class), (Mapping::AddressDependent, NatClass::Symmetric));
     assert_eq!(r.filtering, Filtering::AddressDependent);
 }
 
@@ -324,19 +268,12 @@ fn blocked() {
 #[test]
 fn server_without_alternate_address_gives_unknown_behaviour_but_a_public_address() {
     let (r, took, _) = run(
-        Path::Nat(Box::new(FakeNat::new(
-            MapKind::Eim,
-            FilterKind::Eif,
-            Alloc::Preserve,
-        ))),
+        Path::Nat(Box::new(FakeNat::new(MapKind::Eim, FilterKind::Eif, Alloc::Preserve))),
         sa(LOCAL),
         StunServerConfig::single(sa("198.51.100.1:3478")),
     );
     assert_eq!(r.public, Some(sa("203.0.113.7:5000")));
-    assert_eq!(
-        (r.mapping, r.filtering, r.class),
-        (Mapping::Unknown, Filtering::Unknown, NatClass::Unknown)
-    );
+    assert_eq!((r.mapping, r.filtering, r.class), (Mapping::Unknown, Filtering::Unknown, NatClass::Unknown));
     assert_eq!(took, Duration::ZERO);
 }
 
@@ -345,14 +282,7 @@ fn stray_datagrams_are_ignored_not_fatal() {
     let t0 = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let server = sa("198.51.100.1:3478");
-    let mut d = NatDiscovery::new(
-        t0,
-        server,
-        None,
-        sa(LOCAL),
-        NatDiscoveryConfig::default(),
-        &mut rng,
-    );
+    let mut d = NatDiscovery::new(t0, server, None, sa(LOCAL), NatDiscoveryConfig::default(), &mut rng);
     let first = d.poll_transmit().unwrap();
     d.handle_datagram(t0, sa(LOCAL), server, b"\x20not stun");
     d.handle_datagram(t0, sa(LOCAL), server, &first.payload); // our own request echoed

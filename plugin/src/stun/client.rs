@@ -37,11 +37,7 @@ pub struct RetransmitConfig {
 
 impl Default for RetransmitConfig {
     fn default() -> Self {
-        RetransmitConfig {
-            rto: Duration::from_millis(250),
-            max_transmits: 7,
-            final_wait_rtos: 16,
-        }
+        RetransmitConfig { rto: Duration::from_millis(250), max_transmits: 7, final_wait_rtos: 16 }
     }
 }
 
@@ -198,20 +194,12 @@ impl BindingRequest {
             return None;
         }
         self.send_pending = false;
-        Some(Transmit {
-            src: None,
-            dst: self.server,
-            payload: self.payload.clone(),
-        })
+        Some(Transmit { src: None, dst: self.server, payload: self.payload.clone() })
     }
 
     /// When [`BindingRequest::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.outcome.is_some() {
-            None
-        } else {
-            self.deadline
-        }
+        if self.outcome.is_some() { None } else { self.deadline }
     }
 
     /// Advance the retransmission schedule to `now`.
@@ -226,9 +214,7 @@ impl BindingRequest {
             self.send(now);
         } else {
             self.deadline = None;
-            self.outcome = Some(Err(BindingError::TimedOut {
-                transmits: self.transmits,
-            }));
+            self.outcome = Some(Err(BindingError::TimedOut { transmits: self.transmits }));
         }
     }
 
@@ -255,10 +241,7 @@ impl BindingRequest {
             },
             Class::ErrorResponse => {
                 let (code, reason) = msg.error_code().unwrap_or((0, ""));
-                Err(BindingError::ErrorResponse {
-                    code,
-                    reason: reason.to_owned(),
-                })
+                Err(BindingError::ErrorResponse { code, reason: reason.to_owned() })
             }
             Class::Request | Class::Indication => return false,
         };
@@ -303,20 +286,13 @@ mod tests {
             sends.push(0);
         }
         loop {
-            let now = tx
-                .poll_timeout()
-                .expect("pending transaction has a deadline");
+            let now = tx.poll_timeout().expect("pending transaction has a deadline");
             tx.handle_timeout(now);
             if tx.poll_transmit().is_some() {
                 sends.push((now - t0).as_millis());
             }
             if let Some(out) = tx.outcome() {
-                assert_eq!(
-                    out,
-                    &Err(BindingError::TimedOut {
-                        transmits: cfg.max_transmits
-                    })
-                );
+                assert_eq!(out, &Err(BindingError::TimedOut { transmits: cfg.max_transmits }));
                 return (sends, (now - t0).as_millis());
             }
         }
@@ -327,15 +303,9 @@ mod tests {
         let (sends, gave_up) = schedule(RetransmitConfig::default());
         assert_eq!(sends, vec![0, 250, 750, 1750, 3750, 7750, 15750]);
         assert_eq!(gave_up, 15750 + 16 * 250);
-        assert_eq!(
-            RetransmitConfig::default().give_up_after(),
-            Duration::from_millis(19750)
-        );
-        let short = RetransmitConfig {
-            rto: Duration::from_millis(100),
-            max_transmits: 3,
-            final_wait_rtos: 2,
-        };
+        assert_eq!(RetransmitConfig::default().give_up_after(), Duration::from_millis(19750));
+        let short =
+            RetransmitConfig { rto: Duration::from_millis(100), max_transmits: 3, final_wait_rtos: 2 };
         assert_eq!(schedule(short), (vec![0, 100, 300], 500));
         assert_eq!(short.give_up_after(), Duration::from_millis(500));
     }
@@ -351,10 +321,7 @@ mod tests {
             RetransmitConfig::default(),
         );
         tx.handle_timeout(t0);
-        assert!(
-            tx.poll_transmit().is_some(),
-            "the first transmission is ready at once"
-        );
+        assert!(tx.poll_transmit().is_some(), "the first transmission is ready at once");
         assert!(tx.poll_transmit().is_none());
         for ms in [1, 100, 249] {
             tx.handle_timeout(t0 + Duration::from_millis(ms));
@@ -366,11 +333,7 @@ mod tests {
     fn gets_mapped_other_and_origin_from_our_server() {
         let t0 = Instant::now();
         let primary = sa("192.0.2.1:3478");
-        let mut srv = StunServer::new(StunServerConfig::rfc5780(
-            primary,
-            3479,
-            "192.0.2.2".parse().unwrap(),
-        ));
+        let mut srv = StunServer::new(StunServerConfig::rfc5780(primary, 3479, "192.0.2.2".parse().unwrap()));
         let me = sa("203.0.113.9:5555");
         let mut tx = BindingRequest::new(
             t0,
@@ -390,11 +353,7 @@ mod tests {
         assert_eq!(resp.other_address, Some(sa("192.0.2.2:3479")));
         assert_eq!(resp.response_origin, Some(primary));
         assert_eq!(resp.rtt, Duration::from_millis(30));
-        assert_eq!(
-            tx.poll_timeout(),
-            None,
-            "a finished transaction needs no timer"
-        );
+        assert_eq!(tx.poll_timeout(), None, "a finished transaction needs no timer");
     }
 
     #[test]
@@ -402,16 +361,9 @@ mod tests {
         let t0 = Instant::now();
         let server = sa("192.0.2.1:3478");
         let tid = TransactionId::new([2; 12]);
-        let mut tx = BindingRequest::new(
-            t0,
-            server,
-            tid,
-            ChangeRequest::NONE,
-            RetransmitConfig::default(),
-        );
+        let mut tx = BindingRequest::new(t0, server, tid, ChangeRequest::NONE, RetransmitConfig::default());
         let mut resp = Message::new(Class::SuccessResponse, METHOD_BINDING, tid);
-        resp.attributes
-            .push(Attribute::XorMappedAddress(sa("1.1.1.1:1")));
+        resp.attributes.push(Attribute::XorMappedAddress(sa("1.1.1.1:1")));
         // Right id, wrong source (an off-path attacker guessing ids would also need this).
         assert!(!tx.handle_message(t0, sa("192.0.2.66:3478"), &resp));
         // Wrong id, right source.
@@ -429,27 +381,14 @@ mod tests {
         let t0 = Instant::now();
         let server = sa("192.0.2.1:3478");
         let tid = TransactionId::new([4; 12]);
-        let mut tx = BindingRequest::new(
-            t0,
-            server,
-            tid,
-            ChangeRequest::IP_AND_PORT,
-            RetransmitConfig::default(),
-        )
-        .expect_from(sa("192.0.2.2:3479"));
+        let mut tx =
+            BindingRequest::new(t0, server, tid, ChangeRequest::IP_AND_PORT, RetransmitConfig::default())
+                .expect_from(sa("192.0.2.2:3479"));
         let mut resp = Message::new(Class::SuccessResponse, METHOD_BINDING, tid);
-        resp.attributes
-            .push(Attribute::MappedAddress(sa("1.1.1.1:1")));
-        assert!(
-            !tx.handle_message(t0, server, &resp),
-            "server ignored the change flags"
-        );
+        resp.attributes.push(Attribute::MappedAddress(sa("1.1.1.1:1")));
+        assert!(!tx.handle_message(t0, server, &resp), "server ignored the change flags");
         assert!(tx.handle_message(t0, sa("192.0.2.2:3479"), &resp));
-        assert_eq!(
-            tx.outcome().unwrap().as_ref().unwrap().mapped,
-            sa("1.1.1.1:1"),
-            "MAPPED fallback"
-        );
+        assert_eq!(tx.outcome().unwrap().as_ref().unwrap().mapped, sa("1.1.1.1:1"), "MAPPED fallback");
     }
 
     #[test]
@@ -457,38 +396,16 @@ mod tests {
         let t0 = Instant::now();
         let server = sa("192.0.2.1:3478");
         let tid = TransactionId::new([5; 12]);
-        let mut tx = BindingRequest::new(
-            t0,
-            server,
-            tid,
-            ChangeRequest::NONE,
-            RetransmitConfig::default(),
-        );
+        let mut tx = BindingRequest::new(t0, server, tid, ChangeRequest::NONE, RetransmitConfig::default());
         let mut err = Message::new(Class::ErrorResponse, METHOD_BINDING, tid);
-        err.attributes.push(Attribute::ErrorCode {
-            code: 420,
-            reason: "Unknown Attribute".into(),
-        });
+        err.attributes.push(Attribute::ErrorCode { code: 420, reason: "Unknown Attribute".into() });
         assert!(tx.handle_message(t0, server, &err));
         assert_eq!(
             tx.outcome(),
-            Some(&Err(BindingError::ErrorResponse {
-                code: 420,
-                reason: "Unknown Attribute".into()
-            }))
+            Some(&Err(BindingError::ErrorResponse { code: 420, reason: "Unknown Attribute".into() }))
         );
-        let mut tx = BindingRequest::new(
-            t0,
-            server,
-            tid,
-            ChangeRequest::NONE,
-            RetransmitConfig::default(),
-        );
-        assert!(tx.handle_message(
-            t0,
-            server,
-            &Message::new(Class::SuccessResponse, METHOD_BINDING, tid)
-        ));
+        let mut tx = BindingRequest::new(t0, server, tid, ChangeRequest::NONE, RetransmitConfig::default());
+        assert!(tx.handle_message(t0, server, &Message::new(Class::SuccessResponse, METHOD_BINDING, tid)));
         assert_eq!(tx.outcome(), Some(&Err(BindingError::NoMappedAddress)));
     }
 }

@@ -166,20 +166,11 @@ pub struct ChangeRequest {
 
 impl ChangeRequest {
     /// No change: respond from where the request arrived.
-    pub const NONE: ChangeRequest = ChangeRequest {
-        change_ip: false,
-        change_port: false,
-    };
+    pub const NONE: ChangeRequest = ChangeRequest { change_ip: false, change_port: false };
     /// Change only the port (RFC 5780 filtering test III).
-    pub const PORT: ChangeRequest = ChangeRequest {
-        change_ip: false,
-        change_port: true,
-    };
+    pub const PORT: ChangeRequest = ChangeRequest { change_ip: false, change_port: true };
     /// Change IP and port (RFC 5780 filtering test II).
-    pub const IP_AND_PORT: ChangeRequest = ChangeRequest {
-        change_ip: true,
-        change_port: true,
-    };
+    pub const IP_AND_PORT: ChangeRequest = ChangeRequest { change_ip: true, change_port: true };
 
     /// True if either flag is set.
     pub fn any(&self) -> bool {
@@ -246,11 +237,7 @@ pub struct Message {
 impl Message {
     /// A Binding request with an optional CHANGE-REQUEST, FINGERPRINT-protected.
     pub fn binding_request(transaction_id: TransactionId, change: ChangeRequest) -> Self {
-        let attributes = if change.any() {
-            vec![Attribute::ChangeRequest(change)]
-        } else {
-            Vec::new()
-        };
+        let attributes = if change.any() { vec![Attribute::ChangeRequest(change)] } else { Vec::new() };
         Message {
             class: Class::Request,
             method: METHOD_BINDING,
@@ -348,11 +335,8 @@ impl Message {
         let mut out = Vec::with_capacity(64);
         let m = self.method & 0x0FFF;
         let c = self.class.bits();
-        let typ = (m & 0x000F)
-            | ((c & 0b01) << 4)
-            | ((m & 0x0070) << 1)
-            | ((c & 0b10) << 7)
-            | ((m & 0x0F80) << 2);
+        let typ =
+            (m & 0x000F) | ((c & 0b01) << 4) | ((m & 0x0070) << 1) | ((c & 0b10) << 7) | ((m & 0x0F80) << 2);
         out.extend_from_slice(&typ.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.transaction_id.0);
@@ -392,10 +376,9 @@ impl Message {
                 v.extend_from_slice(truncate_utf8(reason, 763).as_bytes());
                 (ERROR_CODE, v)
             }
-            Attribute::UnknownAttributes(types) => (
-                UNKNOWN_ATTRIBUTES,
-                types.iter().flat_map(|t| t.to_be_bytes()).collect(),
-            ),
+            Attribute::UnknownAttributes(types) => {
+                (UNKNOWN_ATTRIBUTES, types.iter().flat_map(|t| t.to_be_bytes()).collect())
+            }
             Attribute::ResponsePort(p) => {
                 let mut v = p.to_be_bytes().to_vec();
                 v.extend_from_slice(&[0, 0]);
@@ -442,9 +425,7 @@ impl Message {
             let atyp = u16::from_be_bytes([hdr[0], hdr[1]]);
             let alen = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
             let vstart = pos + 4;
-            let value = buf
-                .get(vstart..vstart + alen)
-                .ok_or(StunDecodeError::Truncated)?;
+            let value = buf.get(vstart..vstart + alen).ok_or(StunDecodeError::Truncated)?;
             let padded = (alen + 3) & !3;
             if vstart + padded > buf.len() {
                 return Err(StunDecodeError::Truncated);
@@ -486,11 +467,7 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 /// Decode a known attribute; `Ok(None)` for a type this codec does not know.
-fn decode_attr(
-    typ: u16,
-    v: &[u8],
-    tid: &TransactionId,
-) -> Result<Option<Attribute>, StunDecodeError> {
+fn decode_attr(typ: u16, v: &[u8], tid: &TransactionId) -> Result<Option<Attribute>, StunDecodeError> {
     use attr_type::*;
     let a = match typ {
         MAPPED_ADDRESS => Attribute::MappedAddress(decode_addr(typ, v)?),
@@ -500,14 +477,9 @@ fn decode_attr(
         OTHER_ADDRESS => Attribute::OtherAddress(decode_addr(typ, v)?),
         XOR_MAPPED_ADDRESS => Attribute::XorMappedAddress(xor_addr(decode_addr(typ, v)?, tid)),
         CHANGE_REQUEST => {
-            let b: [u8; 4] = v
-                .try_into()
-                .map_err(|_| bad(typ, "CHANGE-REQUEST length must be 4"))?;
+            let b: [u8; 4] = v.try_into().map_err(|_| bad(typ, "CHANGE-REQUEST length must be 4"))?;
             let f = u32::from_be_bytes(b);
-            Attribute::ChangeRequest(ChangeRequest {
-                change_ip: f & 0x4 != 0,
-                change_port: f & 0x2 != 0,
-            })
+            Attribute::ChangeRequest(ChangeRequest { change_ip: f & 0x4 != 0, change_port: f & 0x2 != 0 })
         }
         ERROR_CODE => {
             if v.len() < 4 {
@@ -519,19 +491,14 @@ fn decode_attr(
                 return Err(bad(typ, "ERROR-CODE outside 300..=699"));
             }
             let reason = String::from_utf8_lossy(&v[4..]).into_owned();
-            Attribute::ErrorCode {
-                code: class * 100 + number,
-                reason,
-            }
+            Attribute::ErrorCode { code: class * 100 + number, reason }
         }
         UNKNOWN_ATTRIBUTES => {
             if !v.len().is_multiple_of(2) {
                 return Err(bad(typ, "UNKNOWN-ATTRIBUTES length must be even"));
             }
             Attribute::UnknownAttributes(
-                v.chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect(),
+                v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect(),
             )
         }
         RESPONSE_PORT => {
@@ -541,10 +508,7 @@ fn decode_attr(
             Attribute::ResponsePort(u16::from_be_bytes([v[0], v[1]]))
         }
         SOFTWARE => Attribute::Software(String::from_utf8_lossy(v).into_owned()),
-        USERNAME | MESSAGE_INTEGRITY => Attribute::Opaque {
-            typ,
-            value: v.to_vec(),
-        },
+        USERNAME | MESSAGE_INTEGRITY => Attribute::Opaque { typ, value: v.to_vec() },
         _ => return Ok(None),
     };
     Ok(Some(a))
@@ -619,11 +583,7 @@ pub fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
                 k += 1;
             }
             t[i] = c;
@@ -672,10 +632,7 @@ mod tests {
         assert_eq!(m.method, METHOD_BINDING);
         assert!(m.fingerprint);
         assert_eq!(m.mapped_address(), Some(sa("192.0.2.1:32853")));
-        assert!(
-            m.attributes
-                .contains(&Attribute::Software("test vector".into()))
-        );
+        assert!(m.attributes.contains(&Attribute::Software("test vector".into())));
         // Flip one bit anywhere before the fingerprint: the CRC check must catch it.
         let mut bad = v.clone();
         bad[30] ^= 0x01;
@@ -698,10 +655,7 @@ mod tests {
         .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap())
         .collect();
         let m = Message::decode(&v).unwrap();
-        assert_eq!(
-            m.mapped_address(),
-            Some(sa("[2001:db8:1234:5678:11:2233:4455:6677]:32853"))
-        );
+        assert_eq!(m.mapped_address(), Some(sa("[2001:db8:1234:5678:11:2233:4455:6677]:32853")));
     }
 
     #[test]
@@ -722,15 +676,9 @@ mod tests {
                 Attribute::ChangeRequest(ChangeRequest::IP_AND_PORT),
                 Attribute::ResponsePort(4242),
                 Attribute::Software("p2pmodel é".into()),
-                Attribute::ErrorCode {
-                    code: 420,
-                    reason: "Unknown Attribute".into(),
-                },
+                Attribute::ErrorCode { code: 420, reason: "Unknown Attribute".into() },
                 Attribute::UnknownAttributes(vec![0x0003, 0x0027, 0x1234]),
-                Attribute::Opaque {
-                    typ: attr_type::USERNAME,
-                    value: b"abc".to_vec(),
-                },
+                Attribute::Opaque { typ: attr_type::USERNAME, value: b"abc".to_vec() },
             ];
             m.fingerprint = true;
             let bytes = m.encode();
@@ -741,12 +689,7 @@ mod tests {
 
     #[test]
     fn message_type_bits_roundtrip_for_all_classes_and_methods() {
-        for class in [
-            Class::Request,
-            Class::Indication,
-            Class::SuccessResponse,
-            Class::ErrorResponse,
-        ] {
+        for class in [Class::Request, Class::Indication, Class::SuccessResponse, Class::ErrorResponse] {
             for method in [0x001u16, 0x003, 0x0FFF, 0x0A5] {
                 let m = Message::new(class, method, TransactionId::new([1; 12]));
                 let d = Message::decode(&m.encode()).unwrap();
@@ -755,18 +698,9 @@ mod tests {
         }
         // Known wire values: Binding request 0x0001, success 0x0101, error 0x0111.
         let tid = TransactionId::new([0; 12]);
-        assert_eq!(
-            Message::new(Class::Request, 1, tid).encode()[..2],
-            [0x00, 0x01]
-        );
-        assert_eq!(
-            Message::new(Class::SuccessResponse, 1, tid).encode()[..2],
-            [0x01, 0x01]
-        );
-        assert_eq!(
-            Message::new(Class::ErrorResponse, 1, tid).encode()[..2],
-            [0x01, 0x11]
-        );
+        assert_eq!(Message::new(Class::Request, 1, tid).encode()[..2], [0x00, 0x01]);
+        assert_eq!(Message::new(Class::SuccessResponse, 1, tid).encode()[..2], [0x01, 0x01]);
+        assert_eq!(Message::new(Class::ErrorResponse, 1, tid).encode()[..2], [0x01, 0x11]);
     }
 
     #[test]
@@ -832,17 +766,11 @@ mod tests {
         let mut b = Message::new(Class::Request, 1, tid).encode();
         b.extend_from_slice(&[0x00, 0x01, 0x00, 0x08, 0, 3, 0, 1, 1, 2, 3, 4]);
         b[2..4].copy_from_slice(&12u16.to_be_bytes());
-        assert!(matches!(
-            Message::decode(&b),
-            Err(BadAttribute { typ: 1, .. })
-        ));
+        assert!(matches!(Message::decode(&b), Err(BadAttribute { typ: 1, .. })));
         let mut b = Message::new(Class::Request, 1, tid).encode();
         b.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0, 2, 0, 1, 1, 2, 3, 4]);
         b[2..4].copy_from_slice(&12u16.to_be_bytes());
-        assert!(matches!(
-            Message::decode(&b),
-            Err(BadAttribute { typ: 0x20, .. })
-        ));
+        assert!(matches!(Message::decode(&b), Err(BadAttribute { typ: 0x20, .. })));
         // Attribute after FINGERPRINT.
         let mut b = good.clone();
         b.extend_from_slice(&[0x80, 0x22, 0x00, 0x00]);
@@ -851,14 +779,8 @@ mod tests {
         assert!(Message::decode(&b).is_err());
         // Error code class out of range.
         let mut m = Message::new(Class::ErrorResponse, 1, tid);
-        m.attributes.push(Attribute::ErrorCode {
-            code: 799,
-            reason: String::new(),
-        });
-        assert!(matches!(
-            Message::decode(&m.encode()),
-            Err(BadAttribute { typ: 0x0009, .. })
-        ));
+        m.attributes.push(Attribute::ErrorCode { code: 799, reason: String::new() });
+        assert!(matches!(Message::decode(&m.encode()), Err(BadAttribute { typ: 0x0009, .. })));
     }
 
     /// 100k random, truncated and bit-flipped inputs: decode returns, never panics, and
@@ -872,18 +794,12 @@ mod tests {
             Attribute::XorMappedAddress("[2001:db8::7]:5".parse().unwrap()),
             Attribute::MappedAddress("1.2.3.4:5".parse().unwrap()),
             Attribute::OtherAddress("5.6.7.8:9".parse().unwrap()),
-            Attribute::ErrorCode {
-                code: 420,
-                reason: "x".into(),
-            },
+            Attribute::ErrorCode { code: 420, reason: "x".into() },
             Attribute::UnknownAttributes(vec![1, 2, 3]),
             Attribute::Software("abc".into()),
         ];
         full.fingerprint = true;
-        let seeds = [
-            full.encode(),
-            Message::binding_request(tid, ChangeRequest::IP_AND_PORT).encode(),
-        ];
+        let seeds = [full.encode(), Message::binding_request(tid, ChangeRequest::IP_AND_PORT).encode()];
         let mut accepted = 0;
         for i in 0..100_000 {
             let input: Vec<u8> = match i % 4 {

@@ -49,22 +49,12 @@ pub struct StunServerConfig {
 impl StunServerConfig {
     /// A server on `primary` only: plain Binding, no RFC 5780 tests.
     pub fn single(primary: SocketAddr) -> Self {
-        StunServerConfig {
-            primary,
-            alt_port: None,
-            alt_ip: None,
-            software: None,
-        }
+        StunServerConfig { primary, alt_port: None, alt_ip: None, software: None }
     }
 
     /// A full RFC 5780 server on `ip1:port1`, `ip1:port2`, `ip2:port1`, `ip2:port2`.
     pub fn rfc5780(primary: SocketAddr, alt_port: u16, alt_ip: IpAddr) -> Self {
-        StunServerConfig {
-            primary,
-            alt_port: Some(alt_port),
-            alt_ip: Some(alt_ip),
-            software: None,
-        }
+        StunServerConfig { primary, alt_port: Some(alt_port), alt_ip: Some(alt_ip), software: None }
     }
 }
 
@@ -99,12 +89,7 @@ pub struct StunServer {
 impl StunServer {
     /// A server with `config`; bind a socket on each of [`StunServer::local_addrs`].
     pub fn new(config: StunServerConfig) -> Self {
-        StunServer {
-            config,
-            out: VecDeque::new(),
-            drops: StunDrops::default(),
-            answered: 0,
-        }
+        StunServer { config, out: VecDeque::new(), drops: StunDrops::default(), answered: 0 }
     }
 
     /// The configuration this server was built with.
@@ -141,29 +126,18 @@ impl StunServer {
     /// The other IP of the pair, if configured, given one of ours.
     fn other_ip(&self, ip: IpAddr) -> Option<IpAddr> {
         let alt = self.config.alt_ip?;
-        Some(if ip == alt {
-            self.config.primary.ip()
-        } else {
-            alt
-        })
+        Some(if ip == alt { self.config.primary.ip() } else { alt })
     }
 
     /// The other port of the pair, if configured, given one of ours.
     fn other_port(&self, port: u16) -> Option<u16> {
         let alt = self.config.alt_port?;
-        Some(if port == alt {
-            self.config.primary.port()
-        } else {
-            alt
-        })
+        Some(if port == alt { self.config.primary.port() } else { alt })
     }
 
     /// OTHER-ADDRESS for a request that arrived on `local`: both IP and port changed.
     fn other_address(&self, local: SocketAddr) -> Option<SocketAddr> {
-        Some(SocketAddr::new(
-            self.other_ip(local.ip())?,
-            self.other_port(local.port())?,
-        ))
+        Some(SocketAddr::new(self.other_ip(local.ip())?, self.other_port(local.port())?))
     }
 
     fn push(&mut self, t: Transmit) {
@@ -188,20 +162,13 @@ impl StunServer {
             420 => "Unknown Attribute",
             _ => "Bad Request",
         };
-        resp.attributes.push(Attribute::ErrorCode {
-            code,
-            reason: reason.into(),
-        });
+        resp.attributes.push(Attribute::ErrorCode { code, reason: reason.into() });
         if !unknown.is_empty() {
             let listed = unknown[..unknown.len().min(MAX_UNKNOWN_LISTED)].to_vec();
             resp.attributes.push(Attribute::UnknownAttributes(listed));
         }
         resp.fingerprint = req.fingerprint;
-        self.push(Transmit {
-            src: Some(local),
-            dst: to,
-            payload: resp.encode(),
-        });
+        self.push(Transmit { src: Some(local), dst: to, payload: resp.encode() });
     }
 }
 
@@ -239,16 +206,8 @@ impl Endpoint for StunServer {
         }
 
         let change = req.change_request().unwrap_or(ChangeRequest::NONE);
-        let ip = if change.change_ip {
-            self.other_ip(local.ip())
-        } else {
-            Some(local.ip())
-        };
-        let port = if change.change_port {
-            self.other_port(local.port())
-        } else {
-            Some(local.port())
-        };
+        let ip = if change.change_ip { self.other_ip(local.ip()) } else { Some(local.ip()) };
+        let port = if change.change_port { self.other_port(local.port()) } else { Some(local.port()) };
         let src = match (ip, port) {
             (Some(ip), Some(port)) => SocketAddr::new(ip, port),
             _ if modern => {
@@ -287,11 +246,7 @@ impl Endpoint for StunServer {
                 resp.attributes.push(Attribute::ChangedAddress(o));
             }
         }
-        self.push(Transmit {
-            src: Some(src),
-            dst: from,
-            payload: resp.encode(),
-        });
+        self.push(Transmit { src: Some(src), dst: from, payload: resp.encode() });
     }
 
     fn handle_timeout(&mut self, _now: Instant) {}
@@ -315,19 +270,10 @@ mod tests {
     }
 
     fn server() -> StunServer {
-        StunServer::new(StunServerConfig::rfc5780(
-            sa("192.0.2.1:3478"),
-            3479,
-            "192.0.2.2".parse().unwrap(),
-        ))
+        StunServer::new(StunServerConfig::rfc5780(sa("192.0.2.1:3478"), 3479, "192.0.2.2".parse().unwrap()))
     }
 
-    fn ask(
-        s: &mut StunServer,
-        local: &str,
-        from: &str,
-        req: &Message,
-    ) -> Option<(Transmit, Message)> {
+    fn ask(s: &mut StunServer, local: &str, from: &str, req: &Message) -> Option<(Transmit, Message)> {
         s.handle_datagram(Instant::now(), sa(local), sa(from), &req.encode());
         let t = s.poll_transmit()?;
         assert!(s.poll_transmit().is_none(), "one request, one response");
@@ -340,12 +286,7 @@ mod tests {
         let mut s = server();
         assert_eq!(
             s.local_addrs(),
-            vec![
-                sa("192.0.2.1:3478"),
-                sa("192.0.2.1:3479"),
-                sa("192.0.2.2:3478"),
-                sa("192.0.2.2:3479")
-            ]
+            vec![sa("192.0.2.1:3478"), sa("192.0.2.1:3479"), sa("192.0.2.2:3478"), sa("192.0.2.2:3479")]
         );
         let client = "203.0.113.5:40000";
         for (local, other) in [
@@ -355,21 +296,13 @@ mod tests {
             ("192.0.2.2:3479", "192.0.2.1:3478"),
         ] {
             let tid = TransactionId::new([1; 12]);
-            let (t, m) = ask(
-                &mut s,
-                local,
-                client,
-                &Message::binding_request(tid, ChangeRequest::NONE),
-            )
-            .unwrap();
+            let (t, m) =
+                ask(&mut s, local, client, &Message::binding_request(tid, ChangeRequest::NONE)).unwrap();
             assert_eq!(t.src, Some(sa(local)));
             assert_eq!(t.dst, sa(client));
             assert_eq!(m.class, Class::SuccessResponse);
             assert_eq!(m.transaction_id, tid);
-            assert!(
-                m.attributes
-                    .contains(&Attribute::XorMappedAddress(sa(client)))
-            );
+            assert!(m.attributes.contains(&Attribute::XorMappedAddress(sa(client))));
             assert!(m.attributes.contains(&Attribute::MappedAddress(sa(client))));
             assert_eq!(m.response_origin(), Some(sa(local)));
             assert_eq!(m.other_address(), Some(sa(other)));
@@ -385,13 +318,7 @@ mod tests {
         for (change, src) in [
             (ChangeRequest::NONE, "192.0.2.1:3478"),
             (ChangeRequest::PORT, "192.0.2.1:3479"),
-            (
-                ChangeRequest {
-                    change_ip: true,
-                    change_port: false,
-                },
-                "192.0.2.2:3478",
-            ),
+            (ChangeRequest { change_ip: true, change_port: false }, "192.0.2.2:3478"),
             (ChangeRequest::IP_AND_PORT, "192.0.2.2:3479"),
         ] {
             let req = Message::binding_request(TransactionId::new([2; 12]), change);
@@ -414,24 +341,14 @@ mod tests {
         assert_eq!(t.src, Some(sa("192.0.2.1:3478")));
         assert_eq!(m.class, Class::ErrorResponse);
         assert_eq!(m.error_code().map(|e| e.0), Some(420));
-        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![
-            attr_type::CHANGE_REQUEST
-        ])));
+        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![attr_type::CHANGE_REQUEST])));
         // Port-only change is possible with an alternate port.
         let req = Message::binding_request(TransactionId::new([4; 12]), ChangeRequest::PORT);
         let (t, m) = ask(&mut s, "192.0.2.1:3478", "203.0.113.5:1", &req).unwrap();
-        assert_eq!(
-            (t.src, m.class),
-            (Some(sa("192.0.2.1:3479")), Class::SuccessResponse)
-        );
-        assert_eq!(
-            m.other_address(),
-            None,
-            "no OTHER-ADDRESS without an alternate IP"
-        );
+        assert_eq!((t.src, m.class), (Some(sa("192.0.2.1:3479")), Class::SuccessResponse));
+        assert_eq!(m.other_address(), None, "no OTHER-ADDRESS without an alternate IP");
         // Classic RFC 3489 request: silence, counted.
-        let mut classic =
-            Message::binding_request(TransactionId([0x11; 16]), ChangeRequest::IP_AND_PORT);
+        let mut classic = Message::binding_request(TransactionId([0x11; 16]), ChangeRequest::IP_AND_PORT);
         classic.fingerprint = false;
         assert!(ask(&mut s, "192.0.2.1:3478", "203.0.113.5:1", &classic).is_none());
         assert_eq!(s.drops().change_unavailable, 1);
@@ -469,19 +386,9 @@ mod tests {
         let n = bad_fp.len();
         bad_fp[n - 1] ^= 1;
         s.handle_datagram(now, l, f, &bad_fp);
-        s.handle_datagram(
-            now,
-            l,
-            f,
-            &Message::new(Class::SuccessResponse, 1, tid).encode(),
-        );
+        s.handle_datagram(now, l, f, &Message::new(Class::SuccessResponse, 1, tid).encode());
         s.handle_datagram(now, l, f, &Message::new(Class::Indication, 1, tid).encode());
-        s.handle_datagram(
-            now,
-            l,
-            f,
-            &Message::new(Class::Request, 0x003, tid).encode(),
-        );
+        s.handle_datagram(now, l, f, &Message::new(Class::Request, 0x003, tid).encode());
         s.handle_datagram(
             now,
             sa("192.0.2.9:3478"),
@@ -508,15 +415,9 @@ mod tests {
         let mut req = Message::binding_request(TransactionId::new([6; 12]), ChangeRequest::NONE);
         req.attributes.push(Attribute::ResponsePort(5555));
         let (t, m) = ask(&mut s, "192.0.2.1:3478", "203.0.113.5:9", &req).unwrap();
-        assert_eq!(
-            t.dst,
-            sa("203.0.113.5:9"),
-            "never reflected to another port"
-        );
+        assert_eq!(t.dst, sa("203.0.113.5:9"), "never reflected to another port");
         assert_eq!(m.error_code().map(|e| e.0), Some(420));
-        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![
-            attr_type::RESPONSE_PORT
-        ])));
+        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![attr_type::RESPONSE_PORT])));
         // Many unknown comprehension-required attributes: the list is capped.
         let mut b = Message::new(Class::Request, 1, TransactionId::new([7; 12])).encode();
         for t in 0x7000u16..0x7010 {
@@ -525,16 +426,9 @@ mod tests {
         }
         let len = (b.len() - 20) as u16;
         b[2..4].copy_from_slice(&len.to_be_bytes());
-        s.handle_datagram(
-            Instant::now(),
-            sa("192.0.2.1:3478"),
-            sa("203.0.113.5:9"),
-            &b,
-        );
+        s.handle_datagram(Instant::now(), sa("192.0.2.1:3478"), sa("203.0.113.5:9"), &b);
         let m = Message::decode(&s.poll_transmit().unwrap().payload).unwrap();
-        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![
-            0x7000, 0x7001, 0x7002, 0x7003
-        ])));
+        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![0x7000, 0x7001, 0x7002, 0x7003])));
     }
 
     #[test]
@@ -547,33 +441,20 @@ mod tests {
         let req = Message::binding_request(TransactionId::new([8; 12]), ChangeRequest::NONE);
         let (_, m) = ask(&mut s, "[2001:db8::1]:3478", "[2001:db8:ffff::5]:1", &req).unwrap();
         let len = m.encode().len();
-        assert_eq!(
-            len, MAX_RESPONSE_LEN,
-            "IPv6 with every attribute is the worst case"
-        );
+        assert_eq!(len, MAX_RESPONSE_LEN, "IPv6 with every attribute is the worst case");
         let mut v4 = server();
         let mut bare = Message::binding_request(TransactionId::new([8; 12]), ChangeRequest::NONE);
         bare.fingerprint = false; // the smallest possible request: 20 bytes
         let (t, _) = ask(&mut v4, "192.0.2.1:3478", "203.0.113.5:1", &bare).unwrap();
-        assert!(
-            t.payload.len() <= 20 + 4 * 12,
-            "IPv4 response {} bytes",
-            t.payload.len()
-        );
+        assert!(t.payload.len() <= 20 + 4 * 12, "IPv4 response {} bytes", t.payload.len());
     }
 
     #[test]
     fn queue_is_bounded_when_the_driver_does_not_poll() {
         let mut s = server();
-        let req =
-            Message::binding_request(TransactionId::new([9; 12]), ChangeRequest::NONE).encode();
+        let req = Message::binding_request(TransactionId::new([9; 12]), ChangeRequest::NONE).encode();
         for _ in 0..MAX_QUEUED + 10 {
-            s.handle_datagram(
-                Instant::now(),
-                sa("192.0.2.1:3478"),
-                sa("203.0.113.5:1"),
-                &req,
-            );
+            s.handle_datagram(Instant::now(), sa("192.0.2.1:3478"), sa("203.0.113.5:1"), &req);
         }
         assert_eq!(s.drops().queue_full, 10);
         assert_eq!(std::iter::from_fn(|| s.poll_transmit()).count(), MAX_QUEUED);
