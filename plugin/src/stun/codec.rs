@@ -716,6 +716,24 @@ mod tests {
         assert_eq!(&b[32..36], &crc.to_be_bytes());
     }
 
+    /// The exact bytes quoted in docs/STUN-NAT.md.
+    #[test]
+    fn documented_request_bytes() {
+        let id: [u8; 12] = std::array::from_fn(|i| i as u8);
+        let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(Message::binding_request(TransactionId::new(id), ChangeRequest::NONE).encode()),
+            "000100082112a442000102030405060708090a0b802800045b0ff6fc"
+        );
+        assert_eq!(
+            hex(
+                Message::binding_request(TransactionId::new(id), ChangeRequest::IP_AND_PORT)
+                    .encode()
+            ),
+            "000100102112a442000102030405060708090a0b000300040000000680280004dbc88c4a"
+        );
+    }
+
     #[test]
     fn decodes_rfc3489_message_without_cookie() {
         // Vovida-style request: random 128-bit id, CHANGE-REQUEST 0.

@@ -123,6 +123,14 @@ impl StunServer {
         self.answered
     }
 
+    /// True if `addr` is one of [`StunServer::local_addrs`] (without allocating).
+    fn is_local(&self, addr: SocketAddr) -> bool {
+        let c = &self.config;
+        let ip_ok = addr.ip() == c.primary.ip() || Some(addr.ip()) == c.alt_ip;
+        let port_ok = addr.port() == c.primary.port() || Some(addr.port()) == c.alt_port;
+        ip_ok && port_ok
+    }
+
     /// The other IP of the pair, if configured, given one of ours.
     fn other_ip(&self, ip: IpAddr) -> Option<IpAddr> {
         let alt = self.config.alt_ip?;
@@ -174,7 +182,7 @@ impl StunServer {
 
 impl Endpoint for StunServer {
     fn handle_datagram(&mut self, _now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        if !self.local_addrs().contains(&local) {
+        if !self.is_local(local) {
             self.drops.unknown_local += 1;
             return;
         }
@@ -458,5 +466,51 @@ mod tests {
         }
         assert_eq!(s.drops().queue_full, 10);
         assert_eq!(std::iter::from_fn(|| s.poll_transmit()).count(), MAX_QUEUED);
+    }
+
+    /// Whatever arrives, the server never panics, only ever answers the sender, from one
+    /// of its own addresses, within the amplification bound.
+    #[test]
+    fn random_and_mutated_input_never_panics_or_amplifies() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xA3F1);
+        let mut s = server();
+        let locals = s.local_addrs();
+        let from = sa("203.0.113.5:4000");
+        let seeds = [
+            Message::binding_request(TransactionId::new([1; 12]), ChangeRequest::IP_AND_PORT)
+                .encode(),
+            Message::binding_request(TransactionId([9; 16]), ChangeRequest::PORT).encode(),
+        ];
+        let mut answered = 0;
+        for i in 0..20_000 {
+            let input: Vec<u8> = if i % 2 == 0 {
+                let mut b = seeds[i % 4 / 2].clone();
+                for _ in 0..rng.random_range(0..3) {
+                    let p = rng.random_range(0..b.len());
+                    b[p] = rng.random();
+                }
+                b
+            } else {
+                let n = rng.random_range(0..64);
+                (0..n).map(|_| rng.random()).collect()
+            };
+            let local = locals[i % locals.len()];
+            s.handle_datagram(Instant::now(), local, from, &input);
+            while let Some(t) = s.poll_transmit() {
+                answered += 1;
+                assert_eq!(t.dst, from);
+                assert!(locals.contains(&t.src.unwrap()));
+                assert!(
+                    t.payload.len() <= MAX_RESPONSE_LEN,
+                    "{} bytes",
+                    t.payload.len()
+                );
+            }
+        }
+        assert!(
+            answered > 1000,
+            "the mutated requests must exercise the answering path"
+        );
     }
 }
