@@ -29,7 +29,7 @@ use crate::crypto::{LinkCrypto, LinkKey, OpenError};
 pub use crate::endpoint::ClockAnchor;
 use crate::endpoint::Transmit;
 use crate::proto::peer::{LinkId, PeerKind, Side};
-use crate::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, RelayToken};
+use crate::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
 
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
@@ -183,6 +183,8 @@ struct RelayState {
     last_counter: u64,
     bound: bool,
     peer_bound: bool,
+    /// The relay has seen our cookie come back: it no longer caps what it sends us.
+    validated: bool,
     cookie: BindCookie,
     attempt: Option<BindAttempt>,
     next_refresh: Instant,
@@ -309,6 +311,7 @@ impl Link {
             last_counter: 0,
             bound: false,
             peer_bound: false,
+            validated: false,
             cookie: BindCookie::NONE,
             attempt: None,
             next_refresh: now,
@@ -617,7 +620,12 @@ impl Link {
         let dst = r.params.addr;
         self.stats.relay_sent += 1;
         self.stats.relay_bytes_sent += bytes.len() as u64;
-        self.transmits.push_back(Transmit { src: None, dst, payload: bytes.to_vec() });
+        let mut payload = bytes.to_vec();
+        if !r.validated {
+            // Earn an anti-amplification allowance for the first relayed data (see MAX_PADDED_BIND).
+            payload.resize(MAX_PADDED_BIND, 0);
+        }
+        self.transmits.push_back(Transmit { src: None, dst, payload });
     }
 
     fn start_punch(&mut self, now: Instant) {
@@ -718,6 +726,7 @@ impl Link {
         let was_peer_bound = r.peer_bound;
         r.bound = true;
         r.peer_bound = ack.peer_bound;
+        r.validated = ack.validated;
         if !ack.cookie.is_none() {
             r.cookie = ack.cookie;
         }

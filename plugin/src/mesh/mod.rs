@@ -15,15 +15,19 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
 use crate::config::MeshConfig;
 use crate::crypto::OpenError;
 use crate::endpoint::{Endpoint, Transmit};
 use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams};
+use crate::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
 use crate::proto::peer::{LinkId, PeerHeader};
 use crate::proto::relay::RelayKind;
 use crate::proto::{DatagramClass, classify};
+use crate::stun::{BindingRequest, ChangeRequest, RetransmitConfig, TransactionId};
 
 /// Something that happened on the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,8 @@ pub enum MeshEvent {
     },
     /// Our public (server-reflexive) address changed, as the relay or a STUN server saw it.
     PublicAddress(SocketAddr),
+    /// NAT discovery finished (see [`Mesh::start_nat_discovery`]).
+    Nat(NatReport),
 }
 
 /// Why a datagram on the mesh socket was dropped; each has a counter in [`MeshStats`].
@@ -105,6 +111,18 @@ pub struct Mesh {
     events: VecDeque<MeshEvent>,
     stats: MeshStats,
     now: Instant,
+    stun: Option<StunAgent>,
+}
+
+/// The mesh's STUN side: one RFC 5780 discovery, then periodic Binding refreshes that notice
+/// a changed public address on an idle mesh.
+struct StunAgent {
+    server: SocketAddr,
+    discovery: Option<NatDiscovery>,
+    report: Option<NatReport>,
+    refresh: Option<BindingRequest>,
+    next_refresh: Instant,
+    rng: ChaCha8Rng,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -125,7 +143,32 @@ impl Mesh {
             events: VecDeque::new(),
             stats: MeshStats::default(),
             now,
+            stun: None,
         }
+    }
+
+    /// Learn our public address and NAT class from `server` (a STUN server with an alternate
+    /// address, such as the shard's punch server), then keep checking the public address
+    /// every `stun_refresh_interval`. Emits [`MeshEvent::Nat`] when the tests finish.
+    pub fn start_nat_discovery(&mut self, now: Instant, server: SocketAddr, seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let local = self.local.iter().find(|c| c.kind == CandidateKind::Host).map(|c| c.addr);
+        let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let discovery = NatDiscovery::new(now, server, None, local, NatDiscoveryConfig::default(), &mut rng);
+        self.stun = Some(StunAgent {
+            server,
+            discovery: Some(discovery),
+            report: None,
+            refresh: None,
+            next_refresh: now + self.cfg.stun_refresh_interval,
+            rng,
+        });
+        self.collect();
+    }
+
+    /// The NAT discovery's verdict, once finished.
+    pub fn nat_report(&self) -> Option<&NatReport> {
+        self.stun.as_ref()?.report.as_ref()
     }
 
     /// Our own candidates (host addresses and the public address once known).
@@ -195,9 +238,39 @@ impl Mesh {
         self.stats
     }
 
-    /// Pull transmits and events out of every link.
+    /// Pull transmits and events out of every link and the STUN agent.
     fn collect(&mut self) {
         let mut public = None;
+        let mut direct_failed = false;
+        if let Some(agent) = self.stun.as_mut() {
+            if let Some(d) = agent.discovery.as_mut() {
+                while let Some(t) = d.poll_transmit() {
+                    self.stats.sent += 1;
+                    self.stats.bytes_sent += t.payload.len() as u64;
+                    self.transmits.push_back(t);
+                }
+                if d.is_done() {
+                    let report = d.report();
+                    agent.discovery = None;
+                    public = report.public;
+                    agent.report = Some(report.clone());
+                    self.events.push_back(MeshEvent::Nat(report));
+                }
+            }
+            if let Some(r) = agent.refresh.as_mut() {
+                while let Some(t) = r.poll_transmit() {
+                    self.stats.sent += 1;
+                    self.stats.bytes_sent += t.payload.len() as u64;
+                    self.transmits.push_back(t);
+                }
+                if let Some(outcome) = r.outcome() {
+                    if let Ok(resp) = outcome {
+                        public = Some(resp.mapped);
+                    }
+                    agent.refresh = None;
+                }
+            }
+        }
         for (id, link) in self.links.iter_mut() {
             while let Some(t) = link.poll_transmit() {
                 self.stats.sent += 1;
@@ -205,18 +278,73 @@ impl Mesh {
                 self.transmits.push_back(t);
             }
             while let Some(event) = link.poll_event() {
-                if let LinkEvent::ObservedAddressChanged(a) = event {
-                    public = Some(a);
+                match event {
+                    LinkEvent::ObservedAddressChanged(a) => public = Some(a),
+                    LinkEvent::DirectPathFailed(_) => direct_failed = true,
+                    _ => {}
                 }
                 self.events.push_back(MeshEvent::Link { link: *id, event });
             }
+        }
+        if direct_failed && let Some(agent) = self.stun.as_mut() {
+            // Our address may have changed: ask the STUN server now rather than at the next refresh.
+            agent.next_refresh = agent.next_refresh.min(self.now);
         }
         if let Some(addr) = public {
             self.set_public_address(self.now, addr);
         }
     }
 
-    fn route(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
+    fn stun_timers(&mut self, now: Instant) {
+        let Some(agent) = self.stun.as_mut() else { return };
+        if let Some(d) = agent.discovery.as_mut() {
+            if d.poll_timeout().is_some_and(|t| t <= now) {
+                d.handle_timeout(now);
+            }
+            return;
+        }
+        if let Some(r) = agent.refresh.as_mut() {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        } else if now >= agent.next_refresh && self.cfg.link.keepalive {
+            let tid = TransactionId::random(&mut agent.rng);
+            let retransmit = RetransmitConfig { max_transmits: 4, ..RetransmitConfig::default() };
+            agent.refresh =
+                Some(BindingRequest::new(now, agent.server, tid, ChangeRequest::NONE, retransmit));
+            agent.next_refresh = now + self.cfg.stun_refresh_interval;
+        }
+    }
+
+    fn stun_timeout(&self) -> Option<Instant> {
+        let agent = self.stun.as_ref()?;
+        if let Some(d) = &agent.discovery {
+            return d.poll_timeout();
+        }
+        match &agent.refresh {
+            Some(r) => r.poll_timeout(),
+            None if self.cfg.link.keepalive => Some(agent.next_refresh),
+            None => None,
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+        let Some(agent) = self.stun.as_mut() else { return false };
+        if let Some(d) = agent.discovery.as_mut() {
+            let before = d.ignored();
+            d.handle_datagram(now, local, from, data);
+            return d.ignored() == before;
+        }
+        agent.refresh.as_mut().is_some_and(|r| r.handle_datagram(now, from, data))
+    }
+
+    fn route(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
         match classify(data).map_err(|_| DropReason::Malformed)? {
             DatagramClass::Peer(_) => {
                 let (_, link, _) = PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
@@ -229,7 +357,14 @@ impl Mesh {
                 let link = self.links.get_mut(&id).ok_or(DropReason::UnknownLink)?;
                 link.handle_relay(now, from, data).map_err(open_drop)
             }
-            DatagramClass::Relay(_) | DatagramClass::Stun => Err(DropReason::Unexpected),
+            DatagramClass::Stun => {
+                if self.handle_stun(now, local, from, data) {
+                    Ok(())
+                } else {
+                    Err(DropReason::Unexpected)
+                }
+            }
+            DatagramClass::Relay(_) => Err(DropReason::Unexpected),
         }
     }
 }
@@ -242,11 +377,11 @@ fn open_drop(e: OpenError) -> DropReason {
 }
 
 impl Endpoint for Mesh {
-    fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &[u8]) {
+    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
         self.now = now;
         self.stats.received += 1;
         self.stats.bytes_received += data.len() as u64;
-        if let Err(reason) = self.route(now, from, data) {
+        if let Err(reason) = self.route(now, local, from, data) {
             self.stats.drop(reason);
         }
         self.collect();
@@ -254,6 +389,7 @@ impl Endpoint for Mesh {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.stun_timers(now);
         for link in self.links.values_mut() {
             if link.poll_timeout().is_some_and(|t| t <= now) {
                 link.handle_timeout(now);
@@ -267,6 +403,6 @@ impl Endpoint for Mesh {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.links.values().filter_map(|l| l.poll_timeout()).min()
+        self.links.values().filter_map(|l| l.poll_timeout()).chain(self.stun_timeout()).min()
     }
 }

@@ -68,6 +68,11 @@ pub const TOKEN_LEN: usize = 21;
 pub const BIND_KEY_LEN: usize = 32;
 /// Length of a Bind datagram (fixed).
 pub const BIND_LEN: usize = 1 + 4 + 1 + TOKEN_LEN + 8 + COOKIE_LEN + MAC_LEN;
+/// A Bind may be followed by zero bytes up to this total length. A client pads its binds
+/// until the relay has validated its address: the padding counts toward the relay's 1×
+/// anti-amplification allowance (as QUIC pads its Initial packets), so the relay may
+/// forward the first relayed data to it before the cookie round trip completes.
+pub const MAX_PADDED_BIND: usize = 1200;
 /// Offset of the Bind's mac (= the length of the part it authenticates).
 const BIND_MAC_AT: usize = BIND_LEN - MAC_LEN;
 /// Length of the BindAck fields before the observed address.
@@ -243,8 +248,11 @@ impl BindRequest {
         if bytes.len() < BIND_LEN {
             return Err(DecodeError::Truncated);
         }
-        if bytes.len() > BIND_LEN {
-            return Err(DecodeError::Invalid("bind longer than its fixed length"));
+        if bytes.len() > MAX_PADDED_BIND {
+            return Err(DecodeError::Invalid("bind longer than the padding limit"));
+        }
+        if bytes[BIND_LEN..].iter().any(|b| *b != 0) {
+            return Err(DecodeError::Invalid("bind padding must be zero bytes"));
         }
         if bytes[0] != RelayKind::Bind as u8 {
             return Err(DecodeError::UnknownKind(bytes[0]));
@@ -256,7 +264,7 @@ impl BindRequest {
         let mut cookie = [0u8; COOKIE_LEN];
         cookie.copy_from_slice(&bytes[35..43]);
         let mut mac = [0u8; MAC_LEN];
-        mac.copy_from_slice(&bytes[BIND_MAC_AT..]);
+        mac.copy_from_slice(&bytes[BIND_MAC_AT..BIND_LEN]);
         Ok(BindRequest { link, side, token, counter, cookie: BindCookie(cookie), mac })
     }
 

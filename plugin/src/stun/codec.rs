@@ -726,10 +726,7 @@ mod tests {
             "000100082112a442000102030405060708090a0b802800045b0ff6fc"
         );
         assert_eq!(
-            hex(
-                Message::binding_request(TransactionId::new(id), ChangeRequest::IP_AND_PORT)
-                    .encode()
-            ),
+            hex(Message::binding_request(TransactionId::new(id), ChangeRequest::IP_AND_PORT).encode()),
             "000100102112a442000102030405060708090a0b000300040000000680280004dbc88c4a"
         );
     }

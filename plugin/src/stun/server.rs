@@ -478,8 +478,7 @@ mod tests {
         let locals = s.local_addrs();
         let from = sa("203.0.113.5:4000");
         let seeds = [
-            Message::binding_request(TransactionId::new([1; 12]), ChangeRequest::IP_AND_PORT)
-                .encode(),
+            Message::binding_request(TransactionId::new([1; 12]), ChangeRequest::IP_AND_PORT).encode(),
             Message::binding_request(TransactionId([9; 16]), ChangeRequest::PORT).encode(),
         ];
         let mut answered = 0;
@@ -501,16 +500,9 @@ mod tests {
                 answered += 1;
                 assert_eq!(t.dst, from);
                 assert!(locals.contains(&t.src.unwrap()));
-                assert!(
-                    t.payload.len() <= MAX_RESPONSE_LEN,
-                    "{} bytes",
-                    t.payload.len()
-                );
+                assert!(t.payload.len() <= MAX_RESPONSE_LEN, "{} bytes", t.payload.len());
             }
         }
-        assert!(
-            answered > 1000,
-            "the mutated requests must exercise the answering path"
-        );
+        assert!(answered > 1000, "the mutated requests must exercise the answering path");
     }
 }
