@@ -507,9 +507,15 @@ mod tests {
         bad[30] ^= 1;
         assert!(!BindRequest::decode(&bad).unwrap().verify_mac(&k));
         assert_eq!(BindRequest::decode(&b[..58]), Err(DecodeError::Truncated));
-        let mut long = b.to_vec();
-        long.push(0);
-        assert!(BindRequest::decode(&long).is_err());
+        // zero padding up to MAX_PADDED_BIND is accepted and ignored; anything else is not
+        let mut padded = b.to_vec();
+        padded.resize(MAX_PADDED_BIND, 0);
+        assert_eq!(BindRequest::decode(&padded).unwrap(), r);
+        padded.push(0);
+        assert!(BindRequest::decode(&padded).is_err());
+        let mut junk = b.to_vec();
+        junk.push(1);
+        assert!(BindRequest::decode(&junk).is_err());
         let mut side = b;
         side[5] = 2;
         assert!(BindRequest::decode(&side).is_err());

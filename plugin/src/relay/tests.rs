@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::endpoint::Endpoint;
 use crate::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
-use crate::proto::relay::{BIND_LEN, BindAck, BindCookie, BindKey, BindRequest, RelayToken};
+use crate::proto::relay::{BIND_LEN, BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
 
 const UNIX0: u64 = 1_700_000_000;
 const HOUR: u64 = 3600;
@@ -297,7 +297,9 @@ fn relay_rejects_expired_forged_and_unknown_key_binds() {
     let bytes = c.next_bind();
     assert_eq!(h.send(t, c.addr, &bytes[..58]), Action::Drop(DropReason::Malformed));
     let mut long = bytes.to_vec();
-    long.push(0);
+    long.push(7);
+    assert_eq!(h.send(t, c.addr, &long), Action::Drop(DropReason::Malformed));
+    long.resize(MAX_PADDED_BIND + 1, 0);
     assert_eq!(h.send(t, c.addr, &long), Action::Drop(DropReason::Malformed));
 
     // None of that created state or sent a byte.
