@@ -45,6 +45,11 @@ pub struct LinkConfig {
     /// Resend time of renet's reliable channels. Below renet's 300 ms default because the
     /// link measures its own RTT and games want fast recovery on a fresh path.
     pub reliable_resend: Duration,
+    /// Longest wait before acknowledging a message-bearing packet when we have nothing to send
+    /// (acks ride along with our own messages when we do). 20 ms is under QUIC's 25 ms
+    /// `max_ack_delay` and well under `path_ping_after`, so a one-way stream is never mistaken
+    /// for a dead path.
+    pub ack_delay: Duration,
     /// Send keepalives and relay refreshes at all. Off only to demonstrate NAT timeouts (TC-05).
     pub keepalive: bool,
 }
@@ -65,6 +70,7 @@ impl Default for LinkConfig {
             prediction_span: 8,
             max_candidates: 24,
             reliable_resend: Duration::from_millis(200),
+            ack_delay: Duration::from_millis(20),
             keepalive: true,
         }
     }

@@ -316,10 +316,25 @@ impl World {
 
     /// A new site with `kind`'s NAT (every site uses 192.168.0.0/24).
     pub fn site(&mut self, kind: NatKind) -> Site {
+        self.site_with(kind, |c| c)
+    }
+
+    /// A new site with `kind`'s NAT changed by `tweak` (binding timeout, hairpinning, …).
+    pub fn site_with(&mut self, kind: NatKind, tweak: impl FnOnce(NatConfig) -> NatConfig) -> Site {
         let public_ip = Ipv4Addr::new(198, 51, 100, self.next_public);
         self.next_public += 1;
-        let nat = kind.nat_config().map(|c| self.sim.add_nat(c.public_ip(public_ip)));
+        let nat = kind.nat_config().map(|c| self.sim.add_nat(tweak(c).public_ip(public_ip)));
         Site { nat, kind, next_host: 2, public_ip }
+    }
+
+    /// Round-trip time through the relay between two home clients (uplink + core each way).
+    pub fn relay_rtt(&self) -> Duration {
+        (home_uplink().latency + self.sim.core().latency) * 4
+    }
+
+    /// Round-trip time of a direct path between two home clients.
+    pub fn peer_rtt(&self) -> Duration {
+        (home_uplink().latency * 2 + self.sim.core().latency) * 2
     }
 
     /// A client on `site`, with NAT discovery started against the punch server.

@@ -244,6 +244,8 @@ pub struct Link {
     transmits: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
     dirty: bool,
+    /// A message-bearing renet packet arrived; its ack must leave by this time.
+    ack_due: Option<Instant>,
     now: Instant,
     stats: LinkStats,
 }
@@ -342,6 +344,7 @@ impl Link {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             dirty: false,
+            ack_due: None,
             now,
             stats: LinkStats::default(),
             cfg,
@@ -471,6 +474,9 @@ impl Link {
             at(u + self.cfg.link_timeout);
         }
         // renet's reliable channels re-send on their own clock while anything is unacked
+        if let Some(t) = self.ack_due {
+            at(t);
+        }
         if self.path() != Path::None && self.reliable_pending() {
             at(self.renet_time + self.cfg.reliable_resend / 2);
         }
@@ -677,18 +683,31 @@ impl Link {
         self.raw_send(now, addr, d);
     }
 
-    /// Send bytes to `addr`, updating the liveness and counters of the path it belongs to.
+    /// Send a datagram that the peer answers (probe, keepalive, message-bearing data).
     fn raw_send(&mut self, now: Instant, addr: SocketAddr, bytes: Vec<u8>) {
+        self.send_on_path(now, addr, bytes, true);
+    }
+
+    /// Send bytes to `addr`, updating the counters and, if the peer will answer this
+    /// datagram, the liveness of the path it belongs to. Answers themselves (acks) must not
+    /// count, or two idle peers would keep asking each other for answers forever.
+    fn send_on_path(&mut self, now: Instant, addr: SocketAddr, bytes: Vec<u8>, expects_answer: bool) {
         let len = bytes.len() as u64;
         if let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == addr) {
-            r.live.sent(now);
+            r.live.last_send = now;
+            if expects_answer {
+                r.live.sent(now);
+                self.live.sent(now);
+            }
             self.stats.relay_sent += 1;
             self.stats.relay_bytes_sent += len;
-            self.live.sent(now);
         } else {
             if let Some(d) = self.direct.as_mut().filter(|d| d.addr == addr) {
-                d.live.sent(now);
-                self.live.sent(now);
+                d.live.last_send = now;
+                if expects_answer {
+                    d.live.sent(now);
+                    self.live.sent(now);
+                }
             }
             self.stats.direct_sent += 1;
             self.stats.direct_bytes_sent += len;
@@ -770,6 +789,10 @@ impl Link {
             State::Lost => {
                 self.state = State::Connected;
                 self.events.push_back(LinkEvent::Recovered);
+                // Whatever broke the link may have changed both sides' mappings: punch afresh.
+                if self.direct.is_none() {
+                    self.start_punch(now);
+                }
             }
             State::Connecting => self.state = State::Connected,
             State::Connected => {}
@@ -807,7 +830,7 @@ impl Link {
                     let mut ack = body.get(..8).unwrap_or(&[0; 8]).to_vec();
                     encode_addr(&mut ack, from);
                     let d = self.crypto.seal(PeerKind::ProbeAck, &ack);
-                    self.raw_send(now, from, d);
+                    self.send_on_path(now, from, d, false);
                     // Triggered check (RFC 8445 §7.3.1.4): probe back at once.
                     if self.direct.is_none()
                         && !self
@@ -828,7 +851,7 @@ impl Link {
             }
             PeerKind::Keepalive => {
                 let d = self.crypto.seal(PeerKind::KeepaliveAck, body.get(..8).unwrap_or(&[0; 8]));
-                self.raw_send(now, from, d);
+                self.send_on_path(now, from, d, false);
             }
             PeerKind::KeepaliveAck => {
                 if let Some(id) = body.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
@@ -839,6 +862,9 @@ impl Link {
                 }
             }
             PeerKind::Data => {
+                if !is_renet_ack(&body) {
+                    self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+                }
                 self.renet.process_packet(&body);
                 if self.renet.is_disconnected() {
                     self.events.push_back(LinkEvent::Broken);
@@ -921,9 +947,23 @@ impl Link {
             Path::None => None,
         };
         if let Some(dst) = dst {
-            for packet in self.renet.get_packets_to_send() {
+            let packets = self.renet.get_packets_to_send();
+            let carries_messages = packets.iter().any(|p| !is_renet_ack(p));
+            for packet in packets {
+                let expects_answer = !is_renet_ack(&packet);
+                if !expects_answer {
+                    // renet acknowledges ack packets too, so sending every ack it offers would
+                    // keep an idle link ping-ponging forever. Send one only when a message
+                    // packet is owed an ack: at once when it can ride along with our own
+                    // messages, else after `ack_delay` (like QUIC's max_ack_delay).
+                    let due = self.ack_due.is_some_and(|t| carries_messages || now >= t);
+                    if !due {
+                        continue;
+                    }
+                    self.ack_due = None;
+                }
                 let d = self.crypto.seal(PeerKind::Data, &packet);
-                self.raw_send(now, dst, d);
+                self.send_on_path(now, dst, d, expects_answer);
             }
         }
         if path != self.reported {
@@ -931,6 +971,11 @@ impl Link {
             self.events.push_back(LinkEvent::Path(path));
         }
     }
+}
+
+/// renet's packet type 4 is an ack-only packet (renet 2 `Packet::Ack`).
+fn is_renet_ack(packet: &[u8]) -> bool {
+    packet.first() == Some(&4)
 }
 
 /// Append an address as `family (4|6) | port u16 BE | ip (4|16 bytes)`.

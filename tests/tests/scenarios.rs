@@ -1,0 +1,324 @@
+//! The seed scenarios TC-01…TC-07 and the extra cases, in the simulator.
+//!
+//! Every test runs the production state machines (mesh, link, STUN server, relay) over
+//! simulated NATs in virtual time, and asserts what a player would notice: which path the
+//! pair ends on, how long until the first message and until the direct path, and that a
+//! stream of sequence-numbered reliable messages arrives complete, in order, once.
+
+use std::time::Duration;
+
+use bevy_p2pmodel::link::{LinkEvent, Path};
+use bevy_p2pmodel::nat::NatClass;
+use bevy_p2pmodel::sim::PathEnd;
+use p2pmodel_tests::{NatKind, Outcome, World, run_pair};
+
+/// Messages still in flight when a run stops: at 20 msg/s, one relay RTT plus a re-send.
+const IN_FLIGHT: u32 = 8;
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn check_stream(o: &Outcome) {
+    assert!(o.sent > 100, "the stream ran: {o:?}");
+    assert!(o.stream_ok(IN_FLIGHT), "stream complete, in order, no duplicates: {o:?}");
+}
+
+/// Relay first: the first message arrives within one relay round trip (+ jitter).
+fn check_first_message(w: &World, o: &Outcome) {
+    let first = o.first_message.expect("a message arrived");
+    assert!(first <= w.relay_rtt() + Duration::from_millis(15), "first message after {} ms", ms(first));
+}
+
+fn check_direct(w: &World, o: &Outcome) {
+    assert_eq!(o.verdict(), "direct", "{o:?}");
+    let t = o.time_to_direct().expect("both ends went direct");
+    assert!(t <= w.peer_rtt() * 2 + Duration::from_millis(10), "direct after {} ms", ms(t));
+}
+
+#[test]
+fn tc01_full_cone_to_full_cone_is_direct() {
+    let (w, a, b, link) = run_pair(101, NatKind::FullCone, NatKind::FullCone, 10);
+    let o = w.outcome(a, b, link);
+    check_direct(&w, &o);
+    check_first_message(&w, &o);
+    check_stream(&o);
+    for h in [a, b] {
+        assert_eq!(w.client_ref(h).mesh.nat_report().unwrap().class, NatClass::FullCone);
+    }
+}
+
+#[test]
+fn tc02_restricted_to_port_restricted_is_direct_after_both_probe() {
+    let (w, a, b, link) = run_pair(102, NatKind::Restricted, NatKind::PortRestricted, 10);
+    let o = w.outcome(a, b, link);
+    check_direct(&w, &o);
+    check_first_message(&w, &o);
+    check_stream(&o);
+    for h in [a, b] {
+        assert!(w.client_ref(h).mesh.link(link).unwrap().stats().probes_sent > 0, "both sides probe");
+    }
+    // the port-restricted side's first probes were filtered until its peer probed it
+    assert!(w.sim.stats().dropped(bevy_p2pmodel::sim::DropReason::NatFilter) > 0);
+}
+
+#[test]
+fn tc03_symmetric_to_symmetric_is_relayed() {
+    let (w, a, b, link) = run_pair(103, NatKind::SymmetricRandom, NatKind::SymmetricRandom, 10);
+    let o = w.outcome(a, b, link);
+    assert_eq!(o.verdict(), "relayed", "{o:?}");
+    assert!(matches!(o.path_from, Path::Relayed { .. }));
+    check_first_message(&w, &o);
+    check_stream(&o);
+}
+
+#[test]
+fn tc04_full_cone_to_udp_firewall_falls_back_to_relay() {
+    let (w, a, b, link) = run_pair(104, NatKind::FullCone, NatKind::UdpFirewall, 10);
+    let o = w.outcome(a, b, link);
+    assert_eq!(o.verdict(), "relayed", "{o:?}");
+    check_first_message(&w, &o);
+    check_stream(&o);
+    assert!(w.sim.stats().dropped(bevy_p2pmodel::sim::DropReason::Firewall) > 0, "probes hit the firewall");
+}
+
+/// TC-05 setup: two port-restricted sites whose NATs forget idle UDP mappings after 20 s.
+fn tc05_world(
+    seed: u64,
+    keepalive: bool,
+) -> (World, bevy_p2pmodel::sim::HostId, bevy_p2pmodel::sim::HostId, bevy_p2pmodel::sim::NatId) {
+    let mut w = World::new(seed);
+    w.mesh_config.link.keepalive = keepalive;
+    let timeout = |c: bevy_p2pmodel::sim::NatConfig| c.binding_timeout(Duration::from_secs(20));
+    let mut sa = w.site_with(NatKind::PortRestricted, timeout);
+    let mut sb = w.site_with(NatKind::PortRestricted, timeout);
+    let a = w.client(&mut sa);
+    let b = w.client(&mut sb);
+    w.discover(&[a, b]);
+    (w, a, b, sa.nat.unwrap())
+}
+
+#[test]
+fn tc05_with_keepalive_the_session_survives_nat_binding_timeout() {
+    let (mut w, a, b, _) = tc05_world(105, true);
+    let link = w.introduce(a, b);
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(3));
+    w.client_mut(a).set_stream(None);
+    w.run(Duration::from_secs(90)); // 4.5 × the NAT's binding timeout, idle
+    let before = w.client_ref(b).links[&link].received.len();
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    let resumed = w.sim.now();
+    w.run(Duration::from_secs(3));
+    let log = &w.client_ref(a).links[&link];
+    assert!(
+        !log.events.iter().any(|(_, e)| matches!(e, LinkEvent::Lost | LinkEvent::DirectPathFailed(_))),
+        "{:?}",
+        log.events
+    );
+    let o = w.outcome(a, b, link);
+    assert_eq!(o.verdict(), "direct");
+    check_stream(&o);
+    let after = &w.client_ref(b).links[&link].received[before];
+    assert!(after.at - resumed <= w.peer_rtt(), "first message after the idle period went straight through");
+}
+
+#[test]
+fn tc05_without_keepalive_the_session_ends_is_detected_and_reestablishes() {
+    let (mut w, a, b, nat_a) = tc05_world(205, false);
+    let link = w.introduce(a, b);
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(3));
+    w.client_mut(a).set_stream(None);
+    w.run(Duration::from_secs(90)); // every NAT mapping and the relay binding expire
+    assert!(w.sim.nat_mappings(nat_a).is_empty(), "A's NAT forgot the idle mappings");
+    let sent_before = w.client_ref(a).links[&link].sent;
+    w.client_mut(a).set_stream(Some(Duration::from_millis(200)));
+    let resumed = w.sim.now();
+    w.run(Duration::from_secs(15));
+    // the session ended, and A detected it (B, silent, has nothing to detect with)
+    let lost_at = w.client_ref(a).links[&link]
+        .events
+        .iter()
+        .find_map(|(t, e)| (*e == LinkEvent::Lost && *t > resumed).then_some(*t))
+        .expect("A detects the dead session");
+    let cfg = &w.mesh_config.link;
+    assert!(
+        lost_at - resumed <= cfg.link_timeout + Duration::from_secs(1),
+        "detected in {} ms",
+        ms(lost_at - resumed)
+    );
+    let stuck = w.client_ref(b).links[&link].received.len() as u32;
+    assert!(stuck <= sent_before, "nothing sent after the timeout got through");
+    // B's side comes back (sends, which re-binds its relay mapping): the link re-establishes
+    w.client_mut(b).set_stream(Some(Duration::from_millis(200)));
+    let b_resumed = w.sim.now();
+    w.run(Duration::from_secs(10));
+    let recovered = w.client_ref(a).links[&link]
+        .events
+        .iter()
+        .find_map(|(t, e)| (*e == LinkEvent::Recovered).then_some(*t))
+        .expect("A hears B again");
+    assert!(
+        recovered - b_resumed <= Duration::from_secs(3),
+        "recovered {} ms after B resumed",
+        ms(recovered - b_resumed)
+    );
+    let o = w.outcome(a, b, link);
+    check_stream(&o); // everything A queued while the session was dead arrives, once, in order
+    assert_ne!(o.verdict(), "failed");
+}
+
+#[test]
+fn tc06_address_change_mid_stream_keeps_the_link_and_repunches() {
+    let mut w = World::new(106);
+    let mut sa = w.site(NatKind::PortRestricted);
+    let mut sb = w.site(NatKind::PortRestricted);
+    let a = w.client(&mut sa);
+    let b = w.client(&mut sb);
+    w.discover(&[a, b]);
+    let link = w.introduce(a, b);
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    w.client_mut(b).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(5));
+    assert_eq!(w.outcome(a, b, link).verdict(), "direct");
+    // Wi-Fi → mobile: A's network now reaches the internet from another public address
+    let nat = sa.nat.unwrap();
+    w.sim.set_nat_public_ip(nat, std::net::Ipv4Addr::new(198, 51, 100, 200)).unwrap();
+    let changed = w.sim.now();
+    w.run(Duration::from_secs(10));
+    for (x, y) in [(a, b), (b, a)] {
+        let log = &w.client_ref(x).links[&link];
+        assert!(!log.events.iter().any(|(_, e)| *e == LinkEvent::Lost), "link kept: {:?}", log.events);
+        let direct_again = log
+            .events
+            .iter()
+            .find_map(|(t, e)| {
+                (*t > changed && matches!(e, LinkEvent::Path(Path::Direct { .. }))).then_some(*t)
+            })
+            .expect("direct again");
+        assert!(
+            direct_again - changed <= Duration::from_secs(3),
+            "direct again after {} ms",
+            ms(direct_again - changed)
+        );
+        let o = w.outcome(x, y, link);
+        assert_eq!(o.verdict(), "direct");
+        check_stream(&o);
+    }
+    let Path::Direct { remote } = w.client_ref(b).path(link) else { unreachable!() };
+    assert_eq!(remote.ip(), std::net::Ipv4Addr::new(198, 51, 100, 200), "B follows A to its new address");
+}
+
+#[test]
+fn tc07_random_port_mapping_relays_or_goes_direct_when_the_other_side_allows() {
+    for (other, expect) in [
+        (NatKind::FullCone, "direct"),
+        (NatKind::Restricted, "direct"),
+        (NatKind::Open, "direct"),
+        (NatKind::PortRestricted, "relayed"),
+        (NatKind::SymmetricRandom, "relayed"),
+    ] {
+        let (w, a, b, link) = run_pair(107, NatKind::SymmetricRandom, other, 10);
+        let o = w.outcome(a, b, link);
+        assert_eq!(o.verdict(), expect, "symmetric-random ↔ {}: {o:?}", other.name());
+        check_first_message(&w, &o);
+        check_stream(&o);
+    }
+}
+
+#[test]
+fn killing_the_direct_path_mid_stream_fails_over_to_the_relay_within_a_second() {
+    let mut w = World::new(108);
+    let mut sa = w.site(NatKind::PortRestricted);
+    let mut sb = w.site(NatKind::FullCone);
+    let a = w.client(&mut sa);
+    let b = w.client(&mut sb);
+    w.discover(&[a, b]);
+    let link = w.introduce(a, b);
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(5));
+    assert_eq!(w.outcome(a, b, link).verdict(), "direct");
+    let (ipa, ipb) = (w.sim.nat_public_ip(sa.nat.unwrap()), w.sim.nat_public_ip(sb.nat.unwrap()));
+    w.sim.block(PathEnd::Ip(ipa), PathEnd::Ip(ipb));
+    let killed = w.sim.now();
+    w.run(Duration::from_secs(10));
+    let log = &w.client_ref(a).links[&link];
+    let relayed_at = log
+        .events
+        .iter()
+        .find_map(|(t, e)| (*t > killed && matches!(e, LinkEvent::Path(Path::Relayed { .. }))).then_some(*t))
+        .expect("fell back to the relay");
+    assert!(relayed_at - killed <= Duration::from_secs(1), "fell back after {} ms", ms(relayed_at - killed));
+    // no silence longer than 1 s at the receiver across the switch
+    let arrivals = &w.client_ref(b).links[&link].received;
+    let worst = arrivals.windows(2).map(|p| p[1].at - p[0].at).max().unwrap();
+    assert!(worst <= Duration::from_secs(1), "longest gap between arrivals {} ms", ms(worst));
+    let o = w.outcome(a, b, link);
+    assert_eq!(o.verdict(), "relayed");
+    check_stream(&o);
+}
+
+#[test]
+fn two_clients_behind_the_same_nat_talk_over_the_lan() {
+    let mut w = World::new(109);
+    // no hairpinning: the public addresses cannot reach each other from inside
+    let mut site = w.site_with(NatKind::PortRestricted, |c| c.hairpinning(false));
+    let a = w.client(&mut site);
+    let b = w.client(&mut site);
+    w.discover(&[a, b]);
+    let link = w.introduce(a, b);
+    w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(10));
+    let o = w.outcome(a, b, link);
+    assert_eq!(o.verdict(), "direct");
+    let Path::Direct { remote } = o.path_from else { unreachable!() };
+    assert_eq!(remote, w.sim.host_addr(b), "the LAN (host) candidate won");
+    check_stream(&o);
+}
+
+#[test]
+fn a_public_host_and_a_natted_host_go_direct() {
+    let (w, a, b, link) = run_pair(110, NatKind::Open, NatKind::PortRestricted, 10);
+    let o = w.outcome(a, b, link);
+    check_direct(&w, &o);
+    check_stream(&o);
+    assert_eq!(w.client_ref(a).mesh.nat_report().unwrap().class, NatClass::Open);
+}
+
+#[test]
+fn sites_reusing_one_private_range_reject_probes_that_reach_the_wrong_host() {
+    let mut w = World::new(111);
+    let mut s1 = w.site(NatKind::PortRestricted);
+    let mut s2 = w.site(NatKind::PortRestricted);
+    let x = w.client(&mut s1); // 192.168.0.2 on site 1
+    let y = w.client(&mut s1); // 192.168.0.3 on site 1 — a bystander
+    let _z = w.client(&mut s2); // 192.168.0.2 on site 2
+    let v = w.client(&mut s2); // 192.168.0.3 on site 2: X's peer
+    w.discover(&[x, y, v]);
+    assert_eq!(w.sim.host_addr(y), w.sim.host_addr(v), "the two sites really overlap");
+    let link = w.introduce(x, v);
+    w.client_mut(x).set_stream(Some(Duration::from_millis(50)));
+    w.run(Duration::from_secs(10));
+    // X's probes to V's host candidate (192.168.0.3) landed on Y, which refused them
+    let stats = w.client_ref(y).mesh.stats();
+    assert!(stats.unknown_link + stats.rejected > 0, "bystander dropped the stray probes: {stats:?}");
+    assert!(w.client_ref(y).links.is_empty(), "and delivered nothing to its application");
+    let o = w.outcome(x, v, link);
+    assert_eq!(o.verdict(), "direct");
+    let Path::Direct { remote } = o.path_from else { unreachable!() };
+    assert_ne!(remote, w.sim.host_addr(v), "not via the colliding private address");
+    check_stream(&o);
+}
+
+#[test]
+fn runs_are_deterministic_for_a_seed() {
+    let run = |seed| {
+        let (w, a, b, link) = run_pair(seed, NatKind::PortRestricted, NatKind::SymmetricSequential, 5);
+        let arrivals: Vec<_> =
+            w.client_ref(b).links[&link].received.iter().map(|r| r.at - w.sim.start()).collect();
+        (w.outcome(a, b, link).verdict(), arrivals, w.sim.stats().delivered)
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7).1, run(8).1, "a different seed gives a different run");
+}
