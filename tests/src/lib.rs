@@ -125,7 +125,9 @@ impl NatKind {
             NatKind::Restricted => NatClass::Restricted,
             NatKind::PortRestricted => NatClass::PortRestricted,
             NatKind::SymmetricRandom | NatKind::SymmetricSequential => NatClass::Symmetric,
-            NatKind::UdpFirewall => NatClass::Blocked,
+            // It lets the shard through, and behind it sits a port-restricted NAT: that is all
+            // a STUN server can see. (`blocked` is for networks where STUN gets no answer.)
+            NatKind::UdpFirewall => NatClass::PortRestricted,
         }
     }
 

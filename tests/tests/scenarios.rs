@@ -322,3 +322,42 @@ fn runs_are_deterministic_for_a_seed() {
     assert_eq!(run(7), run(7));
     assert_ne!(run(7).1, run(8).1, "a different seed gives a different run");
 }
+
+/// What each class pair must achieve (the full matrix; `docs/NAT-MATRIX.md` shows rates).
+fn expected(a: NatKind, b: NatKind) -> &'static str {
+    use NatKind::*;
+    match (a.min(b), a.max(b)) {
+        (_, UdpFirewall) => "relayed",
+        (Open | FullCone | Restricted, _) => "direct",
+        (PortRestricted, PortRestricted | SymmetricSequential) => "direct",
+        (PortRestricted, SymmetricRandom) => "relayed",
+        (SymmetricRandom, _) => "relayed",
+        (SymmetricSequential, SymmetricSequential) => "relayed or direct",
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn full_class_matrix_connects_every_pair() {
+    for a in NatKind::ALL {
+        for b in NatKind::ALL {
+            let (w, ha, hb, link) = run_pair(300, a, b, 8);
+            let o = w.outcome(ha, hb, link);
+            let want = expected(a, b);
+            assert!(
+                want.contains(o.verdict()),
+                "{} ↔ {}: {} (want {want}) {o:?}",
+                a.name(),
+                b.name(),
+                o.verdict()
+            );
+            check_first_message(&w, &o);
+            check_stream(&o);
+            if want == "direct" {
+                check_direct(&w, &o);
+            }
+            // discovery named the class of the preset
+            assert_eq!(w.client_ref(ha).mesh.nat_report().unwrap().class, a.expected_class(), "{}", a.name());
+        }
+    }
+}
