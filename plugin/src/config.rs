@@ -40,6 +40,18 @@ pub struct LinkConfig {
     pub relay_bind_tries: u32,
     /// How many predicted ports to probe beyond a sequential allocator's last known mapping.
     pub prediction_span: u16,
+    /// Start birthday-paradox punching this long into a punch that found no direct path
+    /// (only between a random-port symmetric NAT and an endpoint-independent one). Normal
+    /// probing succeeds within a few RTTs wherever it can, so 500 ms costs nothing there.
+    pub birthday_after: Duration,
+    /// Extra local sockets the symmetric side opens (0 disables). With `birthday_probes`
+    /// guesses over the 64,512 ports a NAT hands out, the chance that one guess hits one of
+    /// these mappings is 1 − e^(−sockets·probes/64512): 256 × 1024 → 98 %.
+    pub birthday_sockets: u16,
+    /// Random-port probes the endpoint-independent side sends per attempt (0 disables).
+    pub birthday_probes: u32,
+    /// Spray probes per `probe_interval` (16 per 50 ms = 320/s, ~20 kB/s of 62-byte probes).
+    pub birthday_batch: u32,
     /// At most this many remote candidates (probes per round are bounded by it).
     pub max_candidates: usize,
     /// Resend time of renet's reliable channels. Below renet's 300 ms default because the
@@ -68,6 +80,10 @@ impl Default for LinkConfig {
             relay_bind_rto: Duration::from_millis(250),
             relay_bind_tries: 6,
             prediction_span: 8,
+            birthday_after: Duration::from_millis(500),
+            birthday_sockets: 256,
+            birthday_probes: 1024,
+            birthday_batch: 16,
             max_candidates: 24,
             reliable_resend: Duration::from_millis(200),
             ack_delay: Duration::from_millis(20),

@@ -19,7 +19,7 @@ use bevy_p2pmodel::crypto::LinkKey;
 use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint, Transmit};
 use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, LinkEvent, LinkParams, NatHint, Path, RelayParams};
 use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
-use bevy_p2pmodel::nat::{Mapping, NatClass, NatReport, PortAllocation};
+use bevy_p2pmodel::nat::{NatClass, NatReport};
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::proto::{DatagramClass, classify};
 use bevy_p2pmodel::relay::{Relay, RelayConfig, RelayEndpoint, TokenKeys, mint};
@@ -390,17 +390,7 @@ impl World {
     }
 
     fn hint(report: Option<&NatReport>) -> NatHint {
-        let Some(r) = report else { return NatHint::default() };
-        NatHint {
-            dependent_mapping: matches!(
-                r.mapping,
-                Mapping::AddressDependent | Mapping::AddressAndPortDependent
-            ),
-            port_delta: match r.allocation {
-                PortAllocation::Sequential { delta } => Some(delta),
-                _ => r.port_delta,
-            },
-        }
+        report.map(NatHint::from_report).unwrap_or_default()
     }
 
     /// Introduce `a` and `b` as the Game server does: a fresh link id and key, each side's

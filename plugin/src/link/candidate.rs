@@ -44,6 +44,23 @@ pub struct NatHint {
     pub port_delta: Option<i32>,
 }
 
+impl NatHint {
+    /// The hint for a NAT that discovery classified.
+    pub fn from_report(report: &crate::nat::NatReport) -> NatHint {
+        use crate::nat::{Mapping, PortAllocation};
+        NatHint {
+            dependent_mapping: matches!(
+                report.mapping,
+                Mapping::AddressDependent | Mapping::AddressAndPortDependent
+            ),
+            port_delta: match report.allocation {
+                PortAllocation::Sequential { delta } => Some(delta),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Predicted candidates for a peer behind a sequential, destination-dependent NAT: the next
 /// `span` ports after each server-reflexive mapping, stepping by the allocator's delta.
 pub fn predict(remote: &[Candidate], hint: &NatHint, span: u16) -> Vec<Candidate> {

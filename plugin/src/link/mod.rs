@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use renet::{ChannelConfig, ConnectionConfig, RenetClient, SendType};
 use serde::{Deserialize, Serialize};
 
@@ -165,6 +167,8 @@ impl Liveness {
 #[derive(Debug, Clone, Copy)]
 struct DirectPath {
     addr: SocketAddr,
+    /// The local socket the path was validated from (`None` = the mesh socket).
+    local: Option<SocketAddr>,
     kind: CandidateKind,
     live: Liveness,
 }
@@ -200,8 +204,30 @@ struct Remote {
 
 #[derive(Debug, Clone, Copy)]
 struct Punch {
+    started: Instant,
     until: Instant,
     next_round: Instant,
+    /// The birthday-paradox stage ran (or does not apply) in this punch.
+    birthday_tried: bool,
+}
+
+/// Birthday-paradox punching between a random-port symmetric NAT and an endpoint-
+/// independent one (whose filter is port-restricted, or it would have punched already).
+#[derive(Debug, Clone, Copy)]
+struct Birthday {
+    role: BirthdayRole,
+    next: Instant,
+    sent: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BirthdayRole {
+    /// We are behind the symmetric NAT: open `birthday_sockets` extra local ports, each
+    /// probing the peer's one public mapping, so our NAT holds that many open mappings.
+    Sockets { host: SocketAddr },
+    /// We are the endpoint-independent side: spray probes at random ports of the peer's IP
+    /// until one lands on an open mapping.
+    Spray { ip: std::net::IpAddr },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +260,12 @@ pub struct Link {
     direct: Option<DirectPath>,
     punch: Option<Punch>,
     next_repunch: Option<Instant>,
-    probes: VecDeque<(u64, SocketAddr, Instant)>,
+    /// Outstanding probes: id, destination, local socket (`None` = mesh socket), sent at.
+    probes: VecDeque<(u64, SocketAddr, Option<SocketAddr>, Instant)>,
+    /// Our own NAT, as discovery saw it (decides our birthday-paradox role).
+    local_nat: NatHint,
+    birthday: Option<Birthday>,
+    rng: ChaCha8Rng,
     next_probe_id: u64,
     pings: VecDeque<(u64, Instant)>,
     live: Liveness,
@@ -285,14 +316,20 @@ fn channels(cfg: &LinkConfig) -> Vec<ChannelConfig> {
 
 impl Link {
     /// Open a link at `now`: binds at the relay and starts probing at once.
-    /// `local` are our own candidates, sent to the peer again if they change.
+    /// `local` are our own candidates (sent to the peer again if they change), `local_nat`
+    /// what discovery learned of our NAT.
     pub fn new(
         now: Instant,
         params: LinkParams,
         local: Vec<Candidate>,
+        local_nat: NatHint,
         cfg: LinkConfig,
         clock: ClockAnchor,
     ) -> Self {
+        // Spray ports are the only randomness; seed it from the link key so runs repeat.
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&params.key.0);
+        seed[0] ^= params.side.to_byte().wrapping_add(1);
         let channels = channels(&cfg);
         let mut renet = RenetClient::new(ConnectionConfig {
             available_bytes_per_tick: 60_000,
@@ -329,6 +366,9 @@ impl Link {
             renet_time: now,
             remote,
             remote_nat: params.remote_nat,
+            local_nat,
+            birthday: None,
+            rng: ChaCha8Rng::from_seed(seed),
             local,
             relay,
             direct: None,
@@ -453,8 +493,14 @@ impl Link {
                 at(r.next_refresh);
             }
         }
+        if let Some(b) = &self.birthday {
+            at(b.next);
+        }
         if let Some(p) = &self.punch {
             at(p.next_round.min(p.until));
+            if !p.birthday_tried && self.direct.is_none() {
+                at(p.started + self.cfg.birthday_after);
+            }
         } else if let Some(r) = self.next_repunch {
             at(r);
         }
@@ -549,9 +595,25 @@ impl Link {
     }
 
     fn punch_timers(&mut self, now: Instant) {
+        if let Some(p) = self.punch
+            && !p.birthday_tried
+            && self.direct.is_none()
+            && now >= p.started + self.cfg.birthday_after
+        {
+            self.birthday = self.birthday_role().map(|role| Birthday { role, next: now, sent: 0 });
+            if let Some(p) = self.punch.as_mut() {
+                p.birthday_tried = true;
+            }
+        }
+        if let Some(b) = self.birthday
+            && now >= b.next
+        {
+            self.birthday_tick(now, b);
+        }
         if let Some(p) = self.punch {
             if now >= p.until {
                 self.punch = None;
+                self.birthday = None;
                 if self.direct.is_none() {
                     self.next_repunch = Some(now + self.cfg.repunch_interval);
                 }
@@ -567,6 +629,60 @@ impl Link {
             self.next_repunch = None;
             self.start_punch(now);
         }
+    }
+
+    /// Our part in birthday-paradox punching, if the NAT pair calls for it.
+    fn birthday_role(&self) -> Option<BirthdayRole> {
+        let random = |h: &NatHint| h.dependent_mapping && h.port_delta.is_none();
+        let peer_public =
+            self.remote.iter().find(|r| r.cand.kind == CandidateKind::ServerReflexive)?.cand.addr;
+        if self.cfg.birthday_sockets > 0 && random(&self.local_nat) && !self.remote_nat.dependent_mapping {
+            let host = self.local.iter().find(|c| c.kind == CandidateKind::Host)?.addr;
+            Some(BirthdayRole::Sockets { host })
+        } else if self.cfg.birthday_probes > 0
+            && random(&self.remote_nat)
+            && !self.local_nat.dependent_mapping
+        {
+            Some(BirthdayRole::Spray { ip: peer_public.ip() })
+        } else {
+            None
+        }
+    }
+
+    fn birthday_tick(&mut self, now: Instant, mut b: Birthday) {
+        match b.role {
+            BirthdayRole::Sockets { host } => {
+                let targets: Vec<SocketAddr> = self
+                    .remote
+                    .iter()
+                    .filter(|r| r.cand.kind == CandidateKind::ServerReflexive)
+                    .map(|r| r.cand.addr)
+                    .collect();
+                for k in 0..self.cfg.birthday_sockets {
+                    let Some(port) = host.port().checked_add(BIRTHDAY_PORT_OFFSET + k) else { break };
+                    let src = SocketAddr::new(host.ip(), port);
+                    for t in &targets {
+                        self.send_probe_from(now, Some(src), *t);
+                    }
+                }
+                // Re-probe now and then: keeps our NAT's mappings alive while the peer sprays.
+                b.next = now + Duration::from_secs(1);
+            }
+            BirthdayRole::Spray { ip } => {
+                let batch = self.cfg.birthday_batch.min(self.cfg.birthday_probes.saturating_sub(b.sent));
+                for _ in 0..batch {
+                    let port = self.rng.random_range(1024..=u16::MAX);
+                    self.send_probe(now, SocketAddr::new(ip, port));
+                }
+                b.sent += batch;
+                b.next = now + self.cfg.probe_interval;
+                if b.sent >= self.cfg.birthday_probes {
+                    self.birthday = None;
+                    return;
+                }
+            }
+        }
+        self.birthday = Some(b);
     }
 
     fn direct_timers(&mut self, now: Instant) {
@@ -642,7 +758,7 @@ impl Link {
         let until = now + self.cfg.punch_timeout;
         match self.punch.as_mut() {
             Some(p) => p.until = p.until.max(until),
-            None => self.punch = Some(Punch { until, next_round: now }),
+            None => self.punch = Some(Punch { started: now, until, next_round: now, birthday_tried: false }),
         }
         self.probe_round(now);
         if let Some(p) = self.punch.as_mut() {
@@ -658,15 +774,21 @@ impl Link {
     }
 
     fn send_probe(&mut self, now: Instant, addr: SocketAddr) {
+        self.send_probe_from(now, None, addr);
+    }
+
+    fn send_probe_from(&mut self, now: Instant, src: Option<SocketAddr>, addr: SocketAddr) {
         let id = self.next_probe_id;
         self.next_probe_id += 1;
-        self.probes.push_back((id, addr, now));
-        while self.probes.len() > 4 * self.cfg.max_candidates.max(16) {
+        self.probes.push_back((id, addr, src, now));
+        let cap = (4 * self.cfg.max_candidates)
+            .max(self.cfg.birthday_probes as usize + 4 * self.cfg.birthday_sockets as usize);
+        while self.probes.len() > cap {
             self.probes.pop_front();
         }
         let d = self.crypto.seal(PeerKind::Probe, &id.to_be_bytes());
         self.stats.probes_sent += 1;
-        self.raw_send(now, addr, d);
+        self.send_on_path(now, src, addr, d, true);
     }
 
     fn send_ping(&mut self, now: Instant, addr: SocketAddr) {
@@ -683,15 +805,24 @@ impl Link {
         self.raw_send(now, addr, d);
     }
 
-    /// Send a datagram that the peer answers (probe, keepalive, message-bearing data).
+    /// Send a datagram that the peer answers (keepalive, message-bearing data), from the
+    /// socket the direct path to `addr` uses.
     fn raw_send(&mut self, now: Instant, addr: SocketAddr, bytes: Vec<u8>) {
-        self.send_on_path(now, addr, bytes, true);
+        let src = self.direct.filter(|d| d.addr == addr).and_then(|d| d.local);
+        self.send_on_path(now, src, addr, bytes, true);
     }
 
     /// Send bytes to `addr`, updating the counters and, if the peer will answer this
     /// datagram, the liveness of the path it belongs to. Answers themselves (acks) must not
     /// count, or two idle peers would keep asking each other for answers forever.
-    fn send_on_path(&mut self, now: Instant, addr: SocketAddr, bytes: Vec<u8>, expects_answer: bool) {
+    fn send_on_path(
+        &mut self,
+        now: Instant,
+        src: Option<SocketAddr>,
+        addr: SocketAddr,
+        bytes: Vec<u8>,
+        expects_answer: bool,
+    ) {
         let len = bytes.len() as u64;
         if let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == addr) {
             r.live.last_send = now;
@@ -712,7 +843,7 @@ impl Link {
             self.stats.direct_sent += 1;
             self.stats.direct_bytes_sent += len;
         }
-        self.transmits.push_back(Transmit { src: None, dst: addr, payload: bytes });
+        self.transmits.push_back(Transmit { src, dst: addr, payload: bytes });
     }
 
     fn send_candidates(&mut self) {
@@ -773,8 +904,15 @@ impl Link {
         Ok(())
     }
 
-    /// A peer datagram for this link arrived from `from` (directly or via the relay).
-    pub fn handle_peer(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), OpenError> {
+    /// A peer datagram for this link arrived from `from` (directly or via the relay) on local
+    /// socket `local` (`None` = the mesh socket; `Some` = one of our birthday sockets).
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        local: Option<SocketAddr>,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), OpenError> {
         self.now = now;
         let (header, body) = match self.crypto.open(bytes) {
             Ok(x) => x,
@@ -820,7 +958,7 @@ impl Link {
                     validated: false,
                 });
                 if header.kind != PeerKind::Probe {
-                    self.send_probe(now, from);
+                    self.send_probe_from(now, local, from);
                 }
             }
         }
@@ -830,15 +968,15 @@ impl Link {
                     let mut ack = body.get(..8).unwrap_or(&[0; 8]).to_vec();
                     encode_addr(&mut ack, from);
                     let d = self.crypto.seal(PeerKind::ProbeAck, &ack);
-                    self.send_on_path(now, from, d, false);
-                    // Triggered check (RFC 8445 §7.3.1.4): probe back at once.
+                    self.send_on_path(now, local, from, d, false);
+                    // Triggered check (RFC 8445 §7.3.1.4): probe back at once, from the socket
+                    // the probe reached.
                     if self.direct.is_none()
-                        && !self
-                            .probes
-                            .iter()
-                            .any(|(_, a, t)| *a == from && now - *t < self.cfg.probe_interval)
+                        && !self.probes.iter().any(|(_, a, l, t)| {
+                            *a == from && *l == local && now - *t < self.cfg.probe_interval
+                        })
                     {
-                        self.send_probe(now, from);
+                        self.send_probe_from(now, local, from);
                     }
                 }
             }
@@ -851,7 +989,7 @@ impl Link {
             }
             PeerKind::Keepalive => {
                 let d = self.crypto.seal(PeerKind::KeepaliveAck, body.get(..8).unwrap_or(&[0; 8]));
-                self.send_on_path(now, from, d, false);
+                self.send_on_path(now, local, from, d, false);
             }
             PeerKind::KeepaliveAck => {
                 if let Some(id) = body.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
@@ -880,16 +1018,23 @@ impl Link {
     }
 
     fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, id: u64) {
-        let Some(pos) = self.probes.iter().position(|(i, a, _)| *i == id && *a == from) else {
+        let Some(pos) = self.probes.iter().position(|(i, a, _, _)| *i == id && *a == from) else {
             return;
         };
-        let (_, _, sent) = self.probes.remove(pos).expect("position is valid");
+        let (_, _, local, sent) = self.probes.remove(pos).expect("position is valid");
         self.rtt_sample(now - sent);
-        let Some(r) = self.remote.iter_mut().find(|r| r.cand.addr == from) else {
-            return;
+        let kind = match self.remote.iter_mut().find(|r| r.cand.addr == from) {
+            Some(r) => {
+                r.validated = true;
+                r.cand.kind
+            }
+            None => {
+                // A sprayed guess that hit (birthday paradox): remember it as peer-reflexive.
+                let cand = Candidate::new(CandidateKind::PeerReflexive, from);
+                self.remote.push(Remote { cand, validated: true });
+                cand.kind
+            }
         };
-        r.validated = true;
-        let kind = r.cand.kind;
         let better = match &self.direct {
             None => true,
             Some(d) => d.addr != from && kind == CandidateKind::Host && d.kind != CandidateKind::Host,
@@ -897,8 +1042,9 @@ impl Link {
         if better {
             let mut live = Liveness::new(now);
             live.received(now);
-            self.direct = Some(DirectPath { addr: from, kind, live });
+            self.direct = Some(DirectPath { addr: from, local, kind, live });
             self.punch = None;
+            self.birthday = None;
             self.next_repunch = None;
         }
     }
@@ -963,7 +1109,8 @@ impl Link {
                     self.ack_due = None;
                 }
                 let d = self.crypto.seal(PeerKind::Data, &packet);
-                self.send_on_path(now, dst, d, expects_answer);
+                let src = self.direct.filter(|d| d.addr == dst).and_then(|d| d.local);
+                self.send_on_path(now, src, dst, d, expects_answer);
             }
         }
         if path != self.reported {
@@ -972,6 +1119,9 @@ impl Link {
         }
     }
 }
+
+/// Birthday sockets use local ports `mesh port + 1000 + k`.
+const BIRTHDAY_PORT_OFFSET: u16 = 1000;
 
 /// renet's packet type 4 is an ack-only packet (renet 2 `Packet::Ack`).
 fn is_renet_ack(packet: &[u8]) -> bool {

@@ -38,8 +38,8 @@ impl Pair {
             remote_nat: NatHint::default(),
             relay: None,
         };
-        let a = Link::new(now, params(Side::A, B), vec![], LinkConfig::default(), clock);
-        let b = Link::new(now, params(Side::B, A), vec![], LinkConfig::default(), clock);
+        let a = Link::new(now, params(Side::A, B), vec![], NatHint::default(), LinkConfig::default(), clock);
+        let b = Link::new(now, params(Side::B, A), vec![], NatHint::default(), LinkConfig::default(), clock);
         Pair { now, a, b, latency: Duration::from_millis(20), cut: false, in_flight: BTreeMap::new(), seq: 0 }
     }
 
@@ -67,7 +67,7 @@ impl Pair {
         if next_packet == Some(next) {
             let (_, (from, to, bytes)) = self.in_flight.pop_first().unwrap();
             let link = if to == addr(A) { &mut self.a } else { &mut self.b };
-            let _ = link.handle_peer(self.now, from, &bytes);
+            let _ = link.handle_peer(self.now, None, from, &bytes);
         } else {
             let now = self.now;
             if self.a.poll_timeout().is_some_and(|t| t <= now) {

@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::config::MeshConfig;
 use crate::crypto::OpenError;
 use crate::endpoint::{Endpoint, Transmit};
-use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams};
+use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams, NatHint};
 use crate::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
 use crate::proto::peer::{LinkId, PeerHeader};
 use crate::proto::relay::RelayKind;
@@ -196,7 +196,8 @@ impl Mesh {
             return Err(MeshError::DuplicateLink(params.link));
         }
         let id = params.link;
-        let link = Link::new(now, params, self.local.clone(), self.cfg.link.clone(), self.clock);
+        let local_nat = self.nat_report().map(NatHint::from_report).unwrap_or_default();
+        let link = Link::new(now, params, self.local.clone(), local_nat, self.cfg.link.clone(), self.clock);
         self.links.insert(id, link);
         self.collect();
         Ok(())
@@ -348,8 +349,12 @@ impl Mesh {
         match classify(data).map_err(|_| DropReason::Malformed)? {
             DatagramClass::Peer(_) => {
                 let (_, link, _) = PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
+                // Datagrams on the mesh socket's port are `None`; others reached a birthday socket.
+                let host_port =
+                    self.local.iter().find(|c| c.kind == CandidateKind::Host).map(|c| c.addr.port());
+                let local = (Some(local.port()) != host_port).then_some(local);
                 let link = self.links.get_mut(&link).ok_or(DropReason::UnknownLink)?;
-                link.handle_peer(now, from, data).map_err(open_drop)
+                link.handle_peer(now, local, from, data).map_err(open_drop)
             }
             DatagramClass::Relay(RelayKind::BindAck) => {
                 let id = data.get(1..5).ok_or(DropReason::Malformed)?;
