@@ -411,3 +411,95 @@ impl Endpoint for Mesh {
         self.links.values().filter_map(|l| l.poll_timeout()).chain(self.stun_timeout()).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::crypto::LinkKey;
+    use crate::proto::peer::Side;
+
+    fn mesh(now: Instant) -> Mesh {
+        let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+        Mesh::new(now, MeshConfig::default(), clock, &["10.0.0.1:4000".parse().unwrap()])
+    }
+
+    fn params(link: u32) -> LinkParams {
+        LinkParams {
+            link: LinkId(link),
+            side: Side::A,
+            key: LinkKey([9; 32]),
+            remote: vec![Candidate::new(CandidateKind::Host, "10.0.0.2:4000".parse().unwrap())],
+            remote_nat: NatHint::default(),
+            relay: None,
+        }
+    }
+
+    #[test]
+    fn garbage_is_dropped_and_counted_never_panics() {
+        let now = Instant::now();
+        let mut m = mesh(now);
+        m.add_link(now, params(1)).unwrap();
+        let local: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let from: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        // a genuine probe from the peer, to mutate
+        let mut peer = crate::crypto::LinkCrypto::new(&LinkKey([9; 32]), LinkId(1), Side::B);
+        let genuine = peer.seal(crate::proto::peer::PeerKind::Probe, &7u64.to_be_bytes());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for i in 0..50_000 {
+            let bytes: Vec<u8> = if i % 2 == 0 {
+                let mut b = genuine.clone();
+                let at = rng.random_range(0..b.len());
+                b[at] ^= 1 << rng.random_range(0..8);
+                b.truncate(rng.random_range(0..=b.len()));
+                b
+            } else {
+                (0..rng.random_range(0..80)).map(|_| rng.random()).collect()
+            };
+            m.handle_datagram(now, local, from, &bytes);
+        }
+        let s = m.stats();
+        assert_eq!(s.received, 50_000);
+        assert_eq!(s.malformed + s.unknown_link + s.rejected + s.unexpected, 50_000, "{s:?}");
+        assert!(s.rejected > 2_000, "mutated genuine datagrams fail authentication: {s:?}");
+        assert_eq!(s.sent, 1, "nothing but the link's first probe went out: {s:?}");
+        while m.poll_transmit().is_some() {}
+        // the genuine one still works afterwards: the link was not disturbed
+        m.handle_datagram(now, local, from, &genuine);
+        assert_eq!(m.stats().rejected, s.rejected, "accepted");
+        assert!(m.poll_transmit().is_some(), "answered with a probe-ack");
+    }
+
+    #[test]
+    fn routes_by_link_id_not_address_and_rejects_duplicates() {
+        let now = Instant::now();
+        let mut m = mesh(now);
+        m.add_link(now, params(1)).unwrap();
+        assert_eq!(m.add_link(now, params(1)), Err(MeshError::DuplicateLink(LinkId(1))));
+        let local: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let mut peer = crate::crypto::LinkCrypto::new(&LinkKey([9; 32]), LinkId(1), Side::B);
+        // from an address the link never heard of: still its datagram (the peer moved)
+        let roamed: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+        m.handle_datagram(
+            now,
+            local,
+            roamed,
+            &peer.seal(crate::proto::peer::PeerKind::Probe, &1u64.to_be_bytes()),
+        );
+        assert_eq!(m.stats().rejected + m.stats().unknown_link, 0);
+        let replies: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        assert!(replies.iter().any(|t| t.dst == roamed), "answered at the new address");
+        // another link id on the same address is unknown here
+        let mut other = crate::crypto::LinkCrypto::new(&LinkKey([9; 32]), LinkId(2), Side::B);
+        m.handle_datagram(
+            now,
+            local,
+            roamed,
+            &other.seal(crate::proto::peer::PeerKind::Probe, &1u64.to_be_bytes()),
+        );
+        assert_eq!(m.stats().unknown_link, 1);
+        m.remove_link(LinkId(1)).unwrap();
+        assert_eq!(m.remove_link(LinkId(1)), Err(MeshError::NoSuchLink(LinkId(1))));
+    }
+}

@@ -107,7 +107,9 @@ fn main() {
     println!("  learning handles symmetric peers whose mapping toward us we could not know.");
     println!("- `port-restricted ↔ symmetric-seq` and `symmetric-seq ↔ symmetric-seq` go direct by port");
     println!("  prediction (the shard passes the sequential allocator's delta in the NAT hint).");
-    println!("- `port-restricted ↔ symmetric-random` goes direct by birthday-paradox punching: the symmetric");
+    println!(
+        "- `port-restricted ↔ symmetric-random` goes direct by birthday-paradox punching: the symmetric"
+    );
     println!("  side opens 256 extra sockets toward the peer's one mapping, the port-restricted side sprays");
     println!("  up to 1,024 probes at random ports (theory: 1 − e^(−256·1024/64512) = 98 % per attempt).");
     println!("- `symmetric ↔ symmetric` stays relayed except when both allocate sequentially and the");
