@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 /// counted as malformed by the relay (`MSG_TRUNC`).
 pub const MAX_DATAGRAM: usize = 2048;
 /// Size of a scratch slot for datagrams the relay writes itself (BindAcks, STUN answers).
-pub const SCRATCH_LEN: usize = 512;
+pub const SCRATCH_LEN: usize = 1536;
 
 /// Convert a kernel socket address to a [`SocketAddr`].
 pub fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
