@@ -53,7 +53,7 @@ enum BenchWhat {
     Relay(p2pmodel_servers::bench::RelayBenchArgs),
 }
 
-fn load(path: &PathBuf) -> Result<ShardConfig, ExitCode> {
+fn load(path: &std::path::Path) -> Result<ShardConfig, ExitCode> {
     ShardConfig::load(path).map_err(|e| {
         eprintln!("p2pmodel: bad configuration: {e}");
         ExitCode::from(2)

@@ -43,7 +43,7 @@ impl Msg {
         self.0.extend_from_slice(&t.to_be_bytes());
         self.0.extend_from_slice(&(v.len() as u16).to_be_bytes());
         self.0.extend_from_slice(v);
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
         self

@@ -45,7 +45,7 @@ impl KeySchedule {
 
     /// The epoch at `unix_secs`.
     pub fn epoch(&self, unix_secs: u64) -> u64 {
-        if self.rotation_secs == 0 { 0 } else { unix_secs / self.rotation_secs }
+        unix_secs.checked_div(self.rotation_secs).unwrap_or(0)
     }
 
     /// The token secret of `epoch`.

@@ -476,12 +476,12 @@ impl DataPlane {
                 Err(TryRecvError::Disconnected) => break,
             }
             let mut got = false;
-            for k in 0..fds.len() {
-                match self.recv.recv(fds[k], true) {
+            for (k, &fd) in fds.iter().enumerate() {
+                match self.recv.recv(fd, true) {
                     Ok(0) => {}
                     Ok(_) => {
                         got = true;
-                        self.handle_batch(k, fds[k]);
+                        self.handle_batch(k, fd);
                     }
                     Err(e) => tracing::warn!(socket = %self.local[k], "recvmmsg failed: {e}"),
                 }
@@ -515,7 +515,7 @@ impl DataPlane {
                 continue;
             };
             if is_stun(data) {
-                self.stun_datagram(t0, k, fd, local, from, i);
+                self.stun_datagram(t0, local, from, i);
                 continue;
             }
             if k != 0 {
@@ -554,15 +554,7 @@ impl DataPlane {
         }
     }
 
-    fn stun_datagram(
-        &mut self,
-        now: Instant,
-        k: usize,
-        fd: RawFd,
-        local: SocketAddr,
-        from: SocketAddr,
-        i: usize,
-    ) {
+    fn stun_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, i: usize) {
         let Some(slot) = self.send.scratch_slot() else {
             self.plane.batch_overflow += 1;
             return;
@@ -578,7 +570,6 @@ impl DataPlane {
                 match self.local.iter().position(|&a| a == src) {
                     Some(j) => {
                         let bytes = &slot[..len];
-                        let _ = (k, fd);
                         if self.sockets[j].send_to(bytes, dst).is_ok() {
                             self.plane.stun_answered += 1;
                         } else {
