@@ -1,7 +1,13 @@
 //! Headless shard servers and operator tools for P2PModel.
 //!
+//! - [`config`]: `shard.toml`, validated, with errors that name the key.
+//! - [`relay`]: the Punch/Relay role (`p2pmodel shard relay`): data plane and control plane.
+//! - [`bench`]: `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
 //! - [`udp_driver`]: runs any sans-IO [`bevy_p2pmodel::endpoint::Endpoint`] on real UDP sockets.
 //! - [`netcheck`]: `p2pmodel netcheck` — learn the public address and NAT class from STUN servers.
 
+pub mod bench;
+pub mod config;
 pub mod netcheck;
+pub mod relay;
 pub mod udp_driver;

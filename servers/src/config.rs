@@ -1,0 +1,522 @@
+//! `shard.toml`: the configuration of every shard role, in one file.
+//!
+//! ```toml
+//! [shard]          # identity and secrets shared by every role of the shard
+//! [relay]          # the Punch/Relay role: ports, quotas, token key rotation
+//! [relay.link_quota] / [relay.source_quota]
+//! [agent] [lobby] [game]   # reserved for the shard issue: accepted and kept, not yet read
+//! ```
+//!
+//! `assets/shard.toml` is the documented example. Every key has a default except
+//! `shard.name` and the shard secret. Loading is strict: an unknown key, a wrong type or an
+//! out-of-range value is an error that names the key (`relay.link_quota.packets_per_sec`)
+//! and the problem, so a typo never silently falls back to a default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bevy_p2pmodel::relay::{Quota, RelayConfig};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Length of the shard secret in bytes (64 hex digits in the file).
+pub const SHARD_SECRET_LEN: usize = 32;
+
+/// Why `shard.toml` could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type. The message
+    /// from the TOML parser names the key and the line.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A key is present and well-typed but its value is not allowed.
+    #[error("{path}: `{key}` {problem}")]
+    Invalid {
+        /// The file (or `<string>`).
+        path: String,
+        /// The dotted key, e.g. `relay.idle_timeout_secs`.
+        key: &'static str,
+        /// What is wrong with it and what to do.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key at fault, for [`ConfigError::Invalid`].
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The whole `shard.toml`, validated.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// `[shard]`.
+    pub shard: ShardSection,
+    /// `[relay]`.
+    pub relay: RelaySection,
+    /// `[agent]`, kept as raw TOML until the shard issue defines it.
+    pub agent: Option<toml::Table>,
+    /// `[lobby]`, kept as raw TOML until the shard issue defines it.
+    pub lobby: Option<toml::Table>,
+    /// `[game]`, kept as raw TOML until the shard issue defines it.
+    pub game: Option<toml::Table>,
+}
+
+/// `[shard]`: what every role of one shard shares.
+#[derive(Clone)]
+pub struct ShardSection {
+    /// `name`: the shard's name, used in logs and metrics labels.
+    pub name: String,
+    /// The shard secret (from `secret` or `secret_file`): 32 bytes from which the relay token
+    /// keys are derived (see [`crate::relay::KeySchedule`]). Every role of the shard and
+    /// every relay of it hold the same secret.
+    pub secret: [u8; SHARD_SECRET_LEN],
+    /// `bind`: the local IP the roles' sockets bind to by default (`0.0.0.0`).
+    pub bind: IpAddr,
+    /// `public_addresses`: the IPs clients reach this host at (given to clients in
+    /// introductions). Empty: the bind address, if it is not unspecified.
+    pub public_addresses: Vec<IpAddr>,
+    /// `metrics`: where the Prometheus endpoint listens (`None`: no endpoint).
+    pub metrics: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for ShardSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardSection")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("bind", &self.bind)
+            .field("public_addresses", &self.public_addresses)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+/// `[relay]`: the Punch/Relay role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySection {
+    /// `port` (default 3478): the primary address `shard.bind:port`, where clients bind and
+    /// relay data, and where STUN is answered.
+    pub primary: SocketAddr,
+    /// `alternate_port` (default 3479; 0 = none): a second socket for STUN only (RFC 5780
+    /// style NAT classification). Relay datagrams arriving there are dropped and counted.
+    pub alternate: Option<SocketAddr>,
+    /// `alternate_ip`: an optional second local IP; STUN is then also answered on
+    /// `alternate_ip:port` and `alternate_ip:alternate_port`.
+    pub alternate_ip: Option<IpAddr>,
+    /// `socket_buffer_bytes` (default 4 MiB): SO_RCVBUF / SO_SNDBUF of each socket.
+    pub socket_buffer_bytes: usize,
+    /// `batch` (default 64): datagrams per recvmmsg / sendmmsg call.
+    pub batch: usize,
+    /// `token_key_rotation_secs` (default 86 400; 0 = never): the token key epoch length.
+    /// Must be at least `max_token_lifetime_secs` so a token outlives at most one rotation.
+    pub token_key_rotation: Duration,
+    /// `stats_log_interval_secs` (default 60; 0 = never): how often a one-line summary is
+    /// logged.
+    pub stats_log_interval: Duration,
+    /// Everything the sans-IO relay core reads (timeouts, quotas, table size).
+    pub core: RelayConfig,
+}
+
+impl RelaySection {
+    /// Every local address the data plane opens a socket on: the primary first.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mut v = vec![self.primary];
+        v.extend(self.alternate);
+        if let Some(ip) = self.alternate_ip {
+            v.push(SocketAddr::new(ip, self.primary.port()));
+            if let Some(a) = self.alternate {
+                v.push(SocketAddr::new(ip, a.port()));
+            }
+        }
+        v
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    shard: Option<RawShard>,
+    #[serde(default)]
+    relay: RawRelay,
+    agent: Option<toml::Table>,
+    lobby: Option<toml::Table>,
+    game: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShard {
+    name: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    bind: Option<String>,
+    #[serde(default)]
+    public_addresses: Vec<String>,
+    metrics: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    port: Option<i64>,
+    alternate_port: Option<i64>,
+    alternate_ip: Option<String>,
+    socket_buffer_bytes: Option<i64>,
+    batch: Option<i64>,
+    token_key_rotation_secs: Option<i64>,
+    stats_log_interval_secs: Option<i64>,
+    idle_timeout_secs: Option<i64>,
+    max_token_lifetime_secs: Option<i64>,
+    max_bindings: Option<i64>,
+    quota_burst_ms: Option<i64>,
+    cookie_bucket_secs: Option<i64>,
+    sweep_interval_ms: Option<i64>,
+    link_quota: Option<RawQuota>,
+    source_quota: Option<RawQuota>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    packets_per_sec: Option<i64>,
+    bytes_per_sec: Option<i64>,
+}
+
+struct Ctx<'a> {
+    path: &'a str,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, key: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.to_string(), key, problem: problem.into() }
+    }
+
+    /// An integer in `lo..=hi`, or `default` when absent.
+    fn int(
+        &self,
+        v: Option<i64>,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+        default: i64,
+    ) -> Result<u64, ConfigError> {
+        let v = v.unwrap_or(default);
+        if v < lo || v > hi {
+            return Err(self.invalid(key, format!("is {v}; it must be between {lo} and {hi}")));
+        }
+        Ok(v as u64)
+    }
+
+    fn ip(&self, s: &str, key: &'static str) -> Result<IpAddr, ConfigError> {
+        s.parse().map_err(|_| self.invalid(key, format!("is {s:?}, not an IP address (e.g. \"0.0.0.0\")")))
+    }
+}
+
+fn parse_hex_secret(s: &str) -> Option<[u8; SHARD_SECRET_LEN]> {
+    let s = s.trim();
+    if s.len() != SHARD_SECRET_LEN * 2 {
+        return None;
+    }
+    let mut out = [0u8; SHARD_SECRET_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl ShardConfig {
+    /// Read and validate a `shard.toml`. A relative `secret_file` is relative to the
+    /// config file's folder.
+    pub fn load(path: &Path) -> Result<ShardConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse_with_base(&text, &path.display().to_string(), path.parent())
+    }
+
+    /// Validate a `shard.toml` given as a string (`secret_file` relative to the current
+    /// folder).
+    pub fn parse(text: &str) -> Result<ShardConfig, ConfigError> {
+        Self::parse_with_base(text, "<string>", None)
+    }
+
+    fn parse_with_base(text: &str, path: &str, base: Option<&Path>) -> Result<ShardConfig, ConfigError> {
+        let cx = Ctx { path };
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })?;
+        let shard = raw.shard.ok_or_else(|| cx.invalid("shard", "is missing: add a [shard] section"))?;
+
+        let name = shard.name.ok_or_else(|| cx.invalid("shard.name", "is missing"))?;
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(
+                cx.invalid("shard.name", format!("is {name:?}; use letters, digits, '-', '_' or '.'"))
+            );
+        }
+        let secret_text = match (shard.secret, shard.secret_file) {
+            (Some(s), None) => s,
+            (None, Some(f)) => {
+                let f = match base {
+                    Some(b) if f.is_relative() => b.join(f),
+                    _ => f,
+                };
+                std::fs::read_to_string(&f).map_err(|e| {
+                    cx.invalid("shard.secret_file", format!("cannot be read ({}): {e}", f.display()))
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(cx.invalid("shard.secret", "and shard.secret_file are both set; keep one"));
+            }
+            (None, None) => {
+                return Err(cx.invalid(
+                    "shard.secret",
+                    "is missing: set secret = \"<64 hex digits>\" or secret_file (make one with `openssl rand -hex 32`)",
+                ));
+            }
+        };
+        let secret = parse_hex_secret(&secret_text)
+            .ok_or_else(|| cx.invalid("shard.secret", "must be exactly 64 hex digits (32 bytes)"))?;
+        if secret == [0u8; SHARD_SECRET_LEN] {
+            return Err(cx.invalid("shard.secret", "is all zeros; generate one with `openssl rand -hex 32`"));
+        }
+        let bind = match &shard.bind {
+            Some(s) => cx.ip(s, "shard.bind")?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let public_addresses = shard
+            .public_addresses
+            .iter()
+            .map(|s| cx.ip(s, "shard.public_addresses"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = match &shard.metrics {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+                cx.invalid("shard.metrics", format!("is {s:?}, not an IP:port (e.g. \"127.0.0.1:9100\")"))
+            })?),
+        };
+
+        let r = raw.relay;
+        let port = cx.int(r.port, "relay.port", 0, 65535, 3478)? as u16;
+        let alt_port = cx.int(r.alternate_port, "relay.alternate_port", 0, 65535, 3479)? as u16;
+        if alt_port != 0 && alt_port == port {
+            return Err(cx.invalid("relay.alternate_port", "must differ from relay.port (or be 0 for none)"));
+        }
+        let alternate_ip = match &r.alternate_ip {
+            Some(s) => Some(cx.ip(s, "relay.alternate_ip")?),
+            None => None,
+        };
+        if alternate_ip.is_some_and(|ip| ip == bind) {
+            return Err(cx.invalid("relay.alternate_ip", "must differ from shard.bind"));
+        }
+        let socket_buffer_bytes =
+            cx.int(r.socket_buffer_bytes, "relay.socket_buffer_bytes", 65_536, 1 << 30, 4 << 20)? as usize;
+        let batch = cx.int(r.batch, "relay.batch", 1, 1024, 64)? as usize;
+        let day = 86_400;
+        let max_life =
+            cx.int(r.max_token_lifetime_secs, "relay.max_token_lifetime_secs", 1, 30 * day, day)?;
+        let rotation =
+            cx.int(r.token_key_rotation_secs, "relay.token_key_rotation_secs", 0, 365 * day, day)?;
+        if rotation != 0 && rotation < max_life {
+            return Err(cx.invalid(
+                "relay.token_key_rotation_secs",
+                format!(
+                    "is {rotation}, shorter than relay.max_token_lifetime_secs ({max_life}): a token would \
+                     outlive two rotations and be refused early"
+                ),
+            ));
+        }
+        let defaults = RelayConfig::default();
+        let quota = |q: Option<RawQuota>, which: &'static str, d: Quota| -> Result<Quota, ConfigError> {
+            let (pk, bk) = match which {
+                "link" => ("relay.link_quota.packets_per_sec", "relay.link_quota.bytes_per_sec"),
+                _ => ("relay.source_quota.packets_per_sec", "relay.source_quota.bytes_per_sec"),
+            };
+            let (p, b) = q.map(|q| (q.packets_per_sec, q.bytes_per_sec)).unwrap_or((None, None));
+            Ok(Quota {
+                packets_per_sec: cx.int(p, pk, 1, i64::MAX, d.packets_per_sec as i64)?,
+                bytes_per_sec: cx.int(b, bk, 1500, i64::MAX, d.bytes_per_sec as i64)?,
+            })
+        };
+        let core = RelayConfig {
+            idle_timeout: Duration::from_secs(cx.int(
+                r.idle_timeout_secs,
+                "relay.idle_timeout_secs",
+                5,
+                3600,
+                60,
+            )?),
+            link_quota: quota(r.link_quota, "link", defaults.link_quota)?,
+            source_quota: quota(r.source_quota, "source", defaults.source_quota)?,
+            quota_burst: Duration::from_millis(cx.int(
+                r.quota_burst_ms,
+                "relay.quota_burst_ms",
+                10,
+                10_000,
+                250,
+            )?),
+            cookie_bucket: Duration::from_secs(cx.int(
+                r.cookie_bucket_secs,
+                "relay.cookie_bucket_secs",
+                5,
+                3600,
+                30,
+            )?),
+            max_token_lifetime: Duration::from_secs(max_life),
+            max_bindings: cx.int(r.max_bindings, "relay.max_bindings", 2, 1 << 26, 1 << 20)? as usize,
+            sweep_interval: Duration::from_millis(cx.int(
+                r.sweep_interval_ms,
+                "relay.sweep_interval_ms",
+                10,
+                60_000,
+                1000,
+            )?),
+        };
+        let stats_log_interval = Duration::from_secs(cx.int(
+            r.stats_log_interval_secs,
+            "relay.stats_log_interval_secs",
+            0,
+            day,
+            60,
+        )?);
+
+        Ok(ShardConfig {
+            shard: ShardSection { name, secret, bind, public_addresses, metrics },
+            relay: RelaySection {
+                primary: SocketAddr::new(bind, port),
+                alternate: (alt_port != 0).then(|| SocketAddr::new(bind, alt_port)),
+                alternate_ip,
+                socket_buffer_bytes,
+                batch,
+                token_key_rotation: Duration::from_secs(rotation),
+                stats_log_interval,
+                core,
+            },
+            agent: raw.agent,
+            lobby: raw.lobby,
+            game: raw.game,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn minimal() -> String {
+        format!("[shard]\nname = \"eu-1\"\nsecret = \"{SECRET}\"\n")
+    }
+
+    fn err_key(text: &str) -> &'static str {
+        match ShardConfig::parse(text) {
+            Err(e) => e.key().unwrap_or_else(|| panic!("expected an Invalid error, got {e}")),
+            Ok(_) => panic!("config should have been refused:\n{text}"),
+        }
+    }
+
+    #[test]
+    fn config_minimal_file_gets_documented_defaults() {
+        let c = ShardConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.shard.name, "eu-1");
+        assert_eq!(c.shard.secret[0], 0x01);
+        assert_eq!(c.relay.primary, "0.0.0.0:3478".parse().unwrap());
+        assert_eq!(c.relay.alternate, Some("0.0.0.0:3479".parse().unwrap()));
+        assert_eq!(c.relay.core, RelayConfig::default());
+        assert_eq!(c.relay.token_key_rotation, Duration::from_secs(86_400));
+        assert_eq!(c.relay.listen_addrs().len(), 2);
+        assert!(!format!("{:?}", c.shard).contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn config_example_asset_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/shard.toml");
+        let c = ShardConfig::load(&path).unwrap();
+        assert_eq!(c.shard.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let m = minimal();
+        assert_eq!(err_key("[relay]\nport = 1\n"), "shard");
+        assert_eq!(err_key(&format!("[shard]\nsecret = \"{SECRET}\"\n")), "shard.name");
+        assert_eq!(err_key("[shard]\nname = \"x\"\n"), "shard.secret");
+        assert_eq!(err_key("[shard]\nname = \"x\"\nsecret = \"abc\"\n"), "shard.secret");
+        assert_eq!(err_key(&format!("{m}bind = \"nope\"\n")), "shard.bind");
+        assert_eq!(err_key(&format!("{m}metrics = \"localhost\"\n")), "shard.metrics");
+        assert_eq!(err_key(&format!("{m}public_addresses = [\"1.2.3\"]\n")), "shard.public_addresses");
+        assert_eq!(err_key(&format!("{m}[relay]\nport = 70000\n")), "relay.port");
+        assert_eq!(
+            err_key(&format!("{m}[relay]\nport = 5000\nalternate_port = 5000\n")),
+            "relay.alternate_port"
+        );
+        assert_eq!(err_key(&format!("{m}[relay]\nbatch = 0\n")), "relay.batch");
+        assert_eq!(err_key(&format!("{m}[relay]\nidle_timeout_secs = 1\n")), "relay.idle_timeout_secs");
+        assert_eq!(
+            err_key(&format!("{m}[relay]\ntoken_key_rotation_secs = 60\n")),
+            "relay.token_key_rotation_secs"
+        );
+        assert_eq!(
+            err_key(&format!("{m}[relay.link_quota]\npackets_per_sec = 0\n")),
+            "relay.link_quota.packets_per_sec"
+        );
+        assert_eq!(
+            err_key(&format!("{m}[relay.source_quota]\nbytes_per_sec = -5\n")),
+            "relay.source_quota.bytes_per_sec"
+        );
+        let e = ShardConfig::parse(&format!("{m}[relay]\nport = 70000\n")).unwrap_err().to_string();
+        assert!(e.contains("relay.port") && e.contains("70000") && e.contains("65535"), "{e}");
+    }
+
+    #[test]
+    fn config_parse_errors_name_unknown_and_mistyped_keys() {
+        let m = minimal();
+        let e = ShardConfig::parse(&format!("{m}[relay]\nprot = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+        let e = ShardConfig::parse(&format!("{m}[relay]\nport = \"x\"\n")).unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = ShardConfig::parse("[shard\n").unwrap_err().to_string();
+        assert!(e.contains("<string>"), "{e}");
+    }
+
+    #[test]
+    fn config_reserved_role_sections_are_kept() {
+        let c = ShardConfig::parse(&format!("{}[game]\ntick_hz = 30\n[agent]\n", minimal())).unwrap();
+        assert_eq!(c.game.unwrap()["tick_hz"].as_integer(), Some(30));
+        assert!(c.agent.is_some() && c.lobby.is_none());
+    }
+
+    #[test]
+    fn config_secret_file_is_read_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("p2pm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret.hex"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(dir.join("shard.toml"), "[shard]\nname = \"a\"\nsecret_file = \"secret.hex\"\n")
+            .unwrap();
+        let c = ShardConfig::load(&dir.join("shard.toml")).unwrap();
+        assert_eq!(c.shard.secret[31], 0xef);
+        std::fs::write(dir.join("shard.toml"), "[shard]\nname = \"a\"\nsecret_file = \"missing\"\n").unwrap();
+        assert_eq!(ShardConfig::load(&dir.join("shard.toml")).unwrap_err().key(), Some("shard.secret_file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+//! The Punch/Relay role: `p2pmodel shard relay`.
+//!
+//! - [`server`]: the data plane — sockets, one thread, batched I/O around the sans-IO
+//!   [`bevy_p2pmodel::relay::Relay`]; [`RelayServer`] is its handle.
+//! - [`batch`]: `recvmmsg` / `sendmmsg` buffers, allocated once.
+//! - [`stun`]: the [`StunHook`] STUN datagrams are handed to, and a minimal Binding responder.
+//! - [`metrics`]: the Prometheus endpoint; [`histogram`]: forwarding latency buckets.
+//! - [`keys`]: token keys derived from the shard secret per time epoch (rotation).
+//! - [`app`]: the Bevy control plane (key rotation, stats log, health, signals).
+//! - [`client`]: a blocking bind client for the bench and the tests.
+
+pub mod app;
+pub mod batch;
+pub mod client;
+pub mod histogram;
+pub mod keys;
+pub mod metrics;
+pub mod server;
+pub mod stun;
+
+pub use app::{RelayControlPlugin, RelayRuntime, relay_app, run_relay};
+pub use keys::KeySchedule;
+pub use server::{PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot};
+pub use stun::StunHook;

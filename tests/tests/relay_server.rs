@@ -1,0 +1,377 @@
+//! The relay server over real loopback sockets: the running data plane, its metrics
+//! endpoint and its control plane. Every test opens its own sockets on free ports and stops
+//! its server when it ends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bevy_p2pmodel::proto::peer::{LinkId, Side};
+use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindRequest, RelayToken};
+use bevy_p2pmodel::relay::{DropReason, Quota, RelayConfig, TokenKeys, mint};
+use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::relay::client::{BindClient, peer_datagram};
+use p2pmodel_servers::relay::{RelayRuntime, RelayServer, RelayServerOptions, StatsSnapshot, relay_app};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn unix_now() -> u32 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as u32
+}
+
+fn keys() -> TokenKeys {
+    TokenKeys::new(7, [42; 32])
+}
+
+fn start_with(core: RelayConfig, metrics: bool) -> RelayServer {
+    let mut o = RelayServerOptions::new(
+        vec!["127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()],
+        core,
+        keys(),
+    );
+    o.metrics = metrics.then(|| "127.0.0.1:0".parse().unwrap());
+    RelayServer::start(o).expect("relay starts on free loopback ports")
+}
+
+fn start() -> RelayServer {
+    start_with(RelayConfig::default(), false)
+}
+
+fn sock() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s
+}
+
+fn client(link: u32, side: Side, keys: &TokenKeys) -> BindClient {
+    let (t, k) = mint(keys, LinkId(link), side, unix_now() + 600);
+    BindClient::new(LinkId(link), side, t, k)
+}
+
+/// Two validated sides of `link`.
+fn pair(relay: &RelayServer, link: u32) -> (UdpSocket, UdpSocket) {
+    let (a, b) = (sock(), sock());
+    client(link, Side::A, &keys()).bind_validated(&a, relay.primary_addr(), WAIT).unwrap();
+    client(link, Side::B, &keys()).bind_validated(&b, relay.primary_addr(), WAIT).unwrap();
+    (a, b)
+}
+
+/// Wait (bounded) until the published counters satisfy `f`.
+fn wait_for(relay: &RelayServer, what: &str, f: impl Fn(&StatsSnapshot) -> bool) -> StatsSnapshot {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = relay.snapshot();
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Everything that arrives on `s` until it has been quiet for `quiet`.
+fn drain(s: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = vec![];
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = s.recv_from(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+fn data(link: u32, side: Side, pn: u64, len: usize) -> Vec<u8> {
+    let mut b = [0u8; 1500];
+    let n = peer_datagram(LinkId(link), side, pn, len, &mut b);
+    b[..n].to_vec()
+}
+
+#[test]
+fn relay_server_forwards_only_for_valid_tokens() {
+    let relay = start();
+    let (a, b) = pair(&relay, 1);
+    let r = relay.primary_addr();
+    for pn in 0..10 {
+        a.send_to(&data(1, Side::A, pn, 100), r).unwrap();
+    }
+    let got = drain(&b, Duration::from_millis(300));
+    assert_eq!(got.len(), 10);
+    assert_eq!(got[3], data(1, Side::A, 3, 100), "forwarded unchanged");
+    b.send_to(&data(1, Side::B, 0, 80), r).unwrap();
+    // (A also got the peer-bound notification when B bound.)
+    let back: Vec<_> = drain(&a, Duration::from_millis(300)).into_iter().filter(|d| d[0] == 0x22).collect();
+    assert_eq!(back, vec![data(1, Side::B, 0, 80)], "both directions");
+
+    // Data for a link nobody bound, and data claiming the bound side from another socket.
+    let c = sock();
+    c.send_to(&data(2, Side::A, 0, 100), r).unwrap();
+    c.send_to(&data(1, Side::A, 0, 100), r).unwrap();
+    // A Bind with link 1's token presented for link 3 (token mac covers link and side).
+    let mut wrong = client(1, Side::A, &keys());
+    wrong.link = LinkId(3);
+    c.send_to(&wrong.next_bind(), r).unwrap();
+    let s = wait_for(&relay, "three drops", |s| s.dropped_total() >= 3);
+    assert_eq!(s.dropped(DropReason::UnknownBinding), 1);
+    assert_eq!(s.dropped(DropReason::WrongSource), 1);
+    assert_eq!(s.dropped(DropReason::BadToken), 1);
+    assert!(drain(&c, Duration::from_millis(100)).is_empty(), "nothing answered");
+    assert!(drain(&b, Duration::from_millis(50)).is_empty(), "nothing forwarded");
+    assert_eq!(s.forwarded_packets, 11);
+    assert_eq!(s.active_bindings, 2);
+}
+
+#[test]
+fn relay_server_rejects_expired_forged_and_replayed_tokens() {
+    let relay = start();
+    let r = relay.primary_addr();
+    let s1 = sock();
+
+    // Expired: minted with the right key, expiry in the past.
+    let (t, k) = mint(&keys(), LinkId(5), Side::A, unix_now() - 10);
+    let mut expired = BindClient::new(LinkId(5), Side::A, t, k);
+    s1.send_to(&expired.next_bind(), r).unwrap();
+    // Forged: a token mac guessed, and a valid token under a key the relay does not hold.
+    let (mut t, k) = mint(&keys(), LinkId(5), Side::A, unix_now() + 600);
+    t.mac[0] ^= 1;
+    s1.send_to(&BindClient::new(LinkId(5), Side::A, t, k).next_bind(), r).unwrap();
+    let (t, k) = mint(&TokenKeys::new(9, [1; 32]), LinkId(5), Side::A, unix_now() + 600);
+    s1.send_to(&BindClient::new(LinkId(5), Side::A, t, k).next_bind(), r).unwrap();
+    // A genuine token with a Bind mac made without the bind key (token seen on the path).
+    let (t, _) = mint(&keys(), LinkId(5), Side::A, unix_now() + 600);
+    let stolen = BindRequest::encode(
+        LinkId(5),
+        Side::A,
+        &t,
+        &bevy_p2pmodel::proto::relay::BindKey([0; 32]),
+        1,
+        BindCookie::NONE,
+    );
+    s1.send_to(&stolen, r).unwrap();
+    let s = wait_for(&relay, "four refusals", |s| s.dropped_total() >= 4);
+    assert_eq!(s.dropped(DropReason::ExpiredToken), 1);
+    assert_eq!(s.dropped(DropReason::BadToken), 1);
+    assert_eq!(s.dropped(DropReason::UnknownKey), 1);
+    assert_eq!(s.dropped(DropReason::BadMac), 1);
+    assert!(drain(&s1, Duration::from_millis(100)).is_empty(), "no answer to a refused Bind");
+
+    // Replay: a captured valid Bind, sent again from the same and from another address.
+    let mut good = client(5, Side::A, &keys());
+    let captured = good.next_bind();
+    s1.send_to(&captured, r).unwrap();
+    let got = drain(&s1, Duration::from_millis(200));
+    assert_eq!(got.len(), 1);
+    assert!(BindAck::decode_verified(&got[0], &good.key).is_ok());
+    let s2 = sock();
+    s1.send_to(&captured, r).unwrap();
+    s2.send_to(&captured, r).unwrap();
+    let s = wait_for(&relay, "two replays", |s| s.dropped(DropReason::Replay) >= 2);
+    assert_eq!(s.dropped(DropReason::Replay), 2);
+    assert!(drain(&s1, Duration::from_millis(100)).is_empty());
+    assert!(drain(&s2, Duration::from_millis(50)).is_empty());
+    assert_eq!(s.binds_accepted, 1);
+    let _ = RelayToken::from_bytes(&t.to_bytes()).unwrap();
+}
+
+#[test]
+fn relay_server_amplification_bound_holds_under_unauthenticated_flood() {
+    let relay = start();
+    let r = relay.primary_addr();
+    let flood = sock();
+    let mut sent_bytes = 0usize;
+    let mut garbage = [0u8; 200];
+    for i in 0..3000u32 {
+        let pkt: Vec<u8> = match i % 5 {
+            0 => data(i, Side::A, 0, 120),
+            1 => {
+                let mut c = client(i, Side::B, &TokenKeys::new(7, [0; 32]));
+                c.next_bind().to_vec()
+            }
+            2 => {
+                garbage[0] = (i % 256) as u8;
+                garbage[1..5].copy_from_slice(&i.to_be_bytes());
+                garbage.to_vec()
+            }
+            3 => vec![0x31; 46],
+            _ => vec![0x30; 59],
+        };
+        sent_bytes += pkt.len();
+        flood.send_to(&pkt, r).unwrap();
+    }
+    let s = wait_for(&relay, "the flood processed", |s| s.received_packets >= 3000);
+    assert_eq!(s.forwarded_packets, 0);
+    assert_eq!(s.bind_acks_sent, 0);
+    assert_eq!(s.dropped_total(), 3000);
+    assert!(drain(&flood, Duration::from_millis(200)).is_empty(), "{sent_bytes} B sent, nothing back");
+
+    // An address that bound but never returned its cookie gets at most what it sent.
+    let (a, b) = (sock(), sock());
+    client(9, Side::A, &keys()).bind_validated(&a, r, WAIT).unwrap();
+    let ack = client(9, Side::B, &keys()).bind(&b, r, WAIT).unwrap();
+    assert!(!ack.validated);
+    let b_sent = 59;
+    for pn in 0..50 {
+        a.send_to(&data(9, Side::A, pn, 200), r).unwrap();
+    }
+    let s = wait_for(&relay, "the 50 datagrams", |s| s.dropped(DropReason::Amplification) >= 50);
+    let b_got: usize = drain(&b, Duration::from_millis(200)).iter().map(Vec::len).sum();
+    assert!(b_got <= b_sent, "unvalidated address got {b_got} B after sending {b_sent} B");
+    assert_eq!(s.dropped(DropReason::Amplification), 50);
+}
+
+#[test]
+fn relay_server_quota_cuts_the_flooding_flow_while_another_continues() {
+    let core = RelayConfig {
+        link_quota: Quota { packets_per_sec: 200, bytes_per_sec: 1_000_000 },
+        quota_burst: Duration::from_millis(250),
+        ..RelayConfig::default()
+    };
+    let relay = start_with(core, false);
+    let r = relay.primary_addr();
+    let (a1, b1) = pair(&relay, 1);
+    let (a2, b2) = pair(&relay, 2);
+    let started = Instant::now();
+    for pn in 0..2000 {
+        a1.send_to(&data(1, Side::A, pn, 100), r).unwrap();
+    }
+    for pn in 0..20 {
+        a2.send_to(&data(2, Side::A, pn, 100), r).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let got2 = drain(&b2, Duration::from_millis(300)).len();
+    let got1 = drain(&b1, Duration::from_millis(50)).len();
+    let s = relay.snapshot();
+    assert_eq!(got2, 20, "the well-behaved flow keeps going");
+    // Bucket: 50 packets of burst + 200/s while the flood lasted.
+    let allowed = 50 + (200.0 * (elapsed + 0.5)) as usize;
+    assert!(got1 <= allowed, "flooding flow got {got1} > {allowed}");
+    assert!(got1 >= 50, "the burst passes: {got1}");
+    assert!(s.dropped(DropReason::LinkQuota) >= (2000 - allowed) as u64, "{s:#?}");
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn relay_server_metrics_endpoint_returns_the_counters() {
+    let relay = start_with(RelayConfig::default(), true);
+    let m = relay.metrics_addr().unwrap();
+    let (a, b) = pair(&relay, 4);
+    for pn in 0..25 {
+        a.send_to(&data(4, Side::A, pn, 64), relay.primary_addr()).unwrap();
+    }
+    a.send_to(&data(99, Side::A, 0, 64), relay.primary_addr()).unwrap();
+    assert_eq!(drain(&b, Duration::from_millis(300)).len(), 25);
+    wait_for(&relay, "counters published", |s| s.forwarded_packets == 25 && s.dropped_total() == 1);
+    let text = http_get(m, "/metrics");
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    for line in [
+        "p2pmodel_relay_forwarded_packets_total 25",
+        "p2pmodel_relay_forwarded_bytes_total 1600",
+        "p2pmodel_relay_active_bindings 2",
+        "p2pmodel_relay_dropped_packets_total{reason=\"unknown_binding\"} 1",
+        "p2pmodel_relay_dropped_packets_total{reason=\"amplification\"} 0",
+        "p2pmodel_relay_forward_latency_seconds_count 25",
+        "p2pmodel_relay_forward_latency_seconds_bucket{le=\"+Inf\"} 25",
+        "p2pmodel_relay_token_key_id 7",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    let p99 = text.lines().find(|l| l.starts_with("p2pmodel_relay_forward_latency_p99_seconds ")).unwrap();
+    let v: f64 = p99.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(v > 0.0 && v < 0.1, "{p99}");
+    assert!(http_get(m, "/health").ends_with("ok\n"));
+    assert!(http_get(m, "/nope").starts_with("HTTP/1.0 404"));
+    relay.shutdown();
+    assert!(TcpStream::connect_timeout(&m, Duration::from_millis(500)).is_err(), "endpoint closed");
+}
+
+#[test]
+fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
+    let relay = start();
+    let s = sock();
+    let mut req = [0u8; 20];
+    req[1] = 1;
+    req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    req[8..20].copy_from_slice(&[5; 12]);
+    for &port in relay.local_addrs() {
+        s.send_to(&req, port).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(from, port, "answered from the socket asked");
+        assert_eq!((n, &buf[..2], &buf[8..20]), (32, &[1u8, 1][..], &[5u8; 12][..]));
+        let xport = u16::from_be_bytes([buf[26], buf[27]]) ^ 0x2112;
+        assert_eq!(xport, s.local_addr().unwrap().port());
+    }
+    // Relay datagrams on the STUN-only port are dropped.
+    let mut c = client(1, Side::A, &keys());
+    s.send_to(&c.next_bind(), relay.local_addrs()[1]).unwrap();
+    wait_for(&relay, "wrong-port drop", |x| x.plane.not_relay_port == 1 && x.plane.stun_answered == 2);
+
+    // Rotation: a token under the new key binds; one two keys old is refused.
+    let mut k = keys();
+    k.rotate(8, [8; 32]).unwrap();
+    relay.set_keys(k.clone());
+    assert_eq!(relay.snapshot().current_key_id, 8);
+    client(1, Side::A, &k).bind(&s, relay.primary_addr(), WAIT).unwrap();
+    client(1, Side::B, &keys()).bind(&sock(), relay.primary_addr(), WAIT).unwrap();
+    k.rotate(9, [9; 32]).unwrap();
+    relay.set_keys(k);
+    let old = sock();
+    let mut c = client(2, Side::A, &keys());
+    // Keys are applied by the data-plane thread within one loop; retry the Bind until then.
+    let deadline = Instant::now() + WAIT;
+    while relay.snapshot().dropped(DropReason::UnknownKey) == 0 {
+        old.send_to(&c.next_bind(), relay.primary_addr()).unwrap();
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn relay_server_bevy_control_plane_runs_the_configured_relay() {
+    let cfg = ShardConfig::parse(
+        "[shard]\nname = \"t\"\nsecret = \"0101010101010101010101010101010101010101010101010101010101010101\"\n\
+         bind = \"127.0.0.1\"\nmetrics = \"127.0.0.1:0\"\n[relay]\nport = 0\nalternate_port = 0\n",
+    )
+    .unwrap();
+    let rt = RelayRuntime::start(&cfg).unwrap();
+    let addr = rt.server.primary_addr();
+    let metrics = rt.server.metrics_addr().unwrap();
+    let keys = rt.schedule.minting_keys(unix_now() as u64);
+    let mut app = relay_app(rt, false);
+    for _ in 0..3 {
+        app.update();
+    }
+    // Tokens minted from the shard secret (as the Game server will) bind.
+    let (t, k) = mint(&keys, LinkId(3), Side::A, unix_now() + 60);
+    BindClient::new(LinkId(3), Side::A, t, k).bind(&sock(), addr, WAIT).unwrap();
+    app.update();
+    assert!(http_get(metrics, "/metrics").contains("p2pmodel_relay_binds_accepted_total 1"));
+    drop(app);
+    assert!(UdpSocket::bind(addr).is_ok(), "the relay's socket is closed when the app ends");
+}
+
+#[test]
+fn relay_server_config_errors_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("p2pm-relay-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("shard.toml");
+    std::fs::write(&f, "[shard]\nname = \"x\"\nsecret = \"00\"\n").unwrap();
+    let e = ShardConfig::load(&f).unwrap_err();
+    assert_eq!(e.key(), Some("shard.secret"));
+    assert!(e.to_string().contains("shard.toml") && e.to_string().contains("64 hex digits"), "{e}");
+    std::fs::write(
+        &f,
+        "[shard]\nname = \"x\"\nsecret_file = \"s\"\n[relay.link_quota]\npackets_per_second = 5\n",
+    )
+    .unwrap();
+    let e = ShardConfig::load(&f).unwrap_err().to_string();
+    assert!(e.contains("packets_per_second"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
