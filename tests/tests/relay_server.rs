@@ -301,17 +301,32 @@ fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
     req[8..20].copy_from_slice(&[5; 12]);
     for &port in relay.local_addrs() {
         s.send_to(&req, port).unwrap();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 256];
         let (n, from) = s.recv_from(&mut buf).unwrap();
         assert_eq!(from, port, "answered from the socket asked");
-        assert_eq!((n, &buf[..2], &buf[8..20]), (32, &[1u8, 1][..], &[5u8; 12][..]));
-        let xport = u16::from_be_bytes([buf[26], buf[27]]) ^ 0x2112;
-        assert_eq!(xport, s.local_addr().unwrap().port());
+        // the full STUN server answers: mapped address, and the RFC 5780 other address
+        let msg = bevy_p2pmodel::stun::Message::decode(&buf[..n]).unwrap();
+        assert_eq!(&buf[..2], &[1u8, 1][..], "binding success");
+        assert_eq!(&buf[8..20], &[5u8; 12][..], "transaction id echoed");
+        let mapped = msg.attributes.iter().find_map(|a| match a {
+            bevy_p2pmodel::stun::Attribute::XorMappedAddress(x) => Some(*x),
+            _ => None,
+        });
+        assert_eq!(mapped, Some(s.local_addr().unwrap()));
     }
+    // RFC 5780 filtering test: "change port" is answered from the alternate port.
+    let tid = bevy_p2pmodel::stun::TransactionId::new([6; 12]);
+    let change = bevy_p2pmodel::stun::ChangeRequest { change_ip: false, change_port: true };
+    let req = bevy_p2pmodel::stun::Message::binding_request(tid, change).encode();
+    s.send_to(&req, relay.local_addrs()[0]).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, from) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(from, relay.local_addrs()[1], "answered from the other port");
+    assert_eq!(bevy_p2pmodel::stun::Message::decode(&buf[..n]).unwrap().transaction_id, tid);
     // Relay datagrams on the STUN-only port are dropped.
     let mut c = client(1, Side::A, &keys());
     s.send_to(&c.next_bind(), relay.local_addrs()[1]).unwrap();
-    wait_for(&relay, "wrong-port drop", |x| x.plane.not_relay_port == 1 && x.plane.stun_answered == 2);
+    wait_for(&relay, "wrong-port drop", |x| x.plane.not_relay_port == 1 && x.plane.stun_answered == 3);
 
     // Rotation: a token under the new key binds; one two keys old is refused.
     let mut k = keys();

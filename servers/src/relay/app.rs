@@ -44,6 +44,7 @@ impl RelayRuntime {
         opts.socket_buffer_bytes = config.relay.socket_buffer_bytes;
         opts.batch = config.relay.batch;
         opts.metrics = config.shard.metrics;
+
         let server = RelayServer::start(opts)?;
         let last = server.snapshot();
         Ok(RelayRuntime {

@@ -30,7 +30,7 @@ use thiserror::Error;
 use super::batch::{RecvBatch, SCRATCH_LEN, SendBatch, poll_readable};
 use super::histogram::{self, BUCKETS};
 use super::metrics::MetricsServer;
-use super::stun::{StunHook, is_stun, minimal_binding_responder};
+use super::stun::{StunHook, is_stun, stun_config_for, stun_server_hook};
 
 /// How often the data plane publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(5);
@@ -346,7 +346,7 @@ impl RelayServer {
             sockets,
             local: local.clone(),
             v6: local.iter().map(|a| a.is_ipv6()).collect(),
-            stun: opts.stun.unwrap_or_else(minimal_binding_responder),
+            stun: opts.stun.unwrap_or_else(|| stun_server_hook(stun_config_for(&local))),
             recv: RecvBatch::new(opts.batch),
             send: SendBatch::new(opts.batch * 2, false),
             reply: ReplyBuf::default(),

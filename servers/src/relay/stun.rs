@@ -30,7 +30,40 @@ const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 
-/// The built-in hook: answers a well-formed Binding request with a Binding success
+/// The full STUN server (`bevy_p2pmodel::stun::StunServer`: RFC 8489 Binding, RFC 5780
+/// CHANGE-REQUEST / OTHER-ADDRESS / RESPONSE-ORIGIN, RFC 3489 MAPPED-ADDRESS / CHANGED-ADDRESS)
+/// as the data plane's hook. `config.primary` must be the relay's primary socket address, and
+/// the alternate port / IP the other sockets the data plane opened, so a CHANGE-REQUEST is
+/// answered from the right socket. STUN is the control path, not the hot one: the server's
+/// queue allocates per answer, which is fine at STUN rates.
+pub fn stun_server_hook(config: bevy_p2pmodel::stun::StunServerConfig) -> StunHook {
+    use bevy_p2pmodel::endpoint::Endpoint;
+    let mut server = bevy_p2pmodel::stun::StunServer::new(config);
+    Box::new(move |now, local, from, req, out| {
+        server.handle_datagram(now, local, from, req);
+        let mut answer = None;
+        // One request gives at most one answer; drain anyway so nothing lingers.
+        while let Some(t) = server.poll_transmit() {
+            if answer.is_none() && t.payload.len() <= out.len() {
+                out[..t.payload.len()].copy_from_slice(&t.payload);
+                answer = Some((t.src.unwrap_or(local), t.dst, t.payload.len()));
+            }
+        }
+        answer
+    })
+}
+
+/// The STUN server layout for the data plane's bound sockets (`local[0]` is the primary):
+/// another port on the primary IP is the alternate port, another IP the alternate IP.
+pub fn stun_config_for(local: &[SocketAddr]) -> bevy_p2pmodel::stun::StunServerConfig {
+    let primary = local[0];
+    let alt_port =
+        local.iter().find(|a| a.ip() == primary.ip() && a.port() != primary.port()).map(|a| a.port());
+    let alt_ip = local.iter().find(|a| a.ip() != primary.ip()).map(|a| a.ip());
+    bevy_p2pmodel::stun::StunServerConfig { primary, alt_port, alt_ip, software: None }
+}
+
+/// The minimal hook (tests, embedded uses without RFC 5780): answers a well-formed Binding request with a Binding success
 /// carrying XOR-MAPPED-ADDRESS (32 B for IPv4, 44 B for IPv6), from the socket it arrived
 /// on. No RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS, no MAPPED-ADDRESS for RFC 3489 clients:
 /// the full STUN server (`bevy_p2pmodel::stun`) replaces this hook.
