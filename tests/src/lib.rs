@@ -396,10 +396,25 @@ impl World {
     /// Introduce `a` and `b` as the Game server does: a fresh link id and key, each side's
     /// candidates and NAT hint, relay tokens for both sides. Both get it at the same instant.
     pub fn introduce(&mut self, a: HostId, b: HostId) -> LinkId {
+        self.introduce_with_token_life(a, b, Duration::from_secs(3600))
+    }
+
+    /// Mint a relay token for `host`'s side of `link`, valid for `life` from now, and hand it
+    /// to its mesh, as the shard does before the previous token expires.
+    pub fn refresh_relay_token(&mut self, host: HostId, link: LinkId, side: Side, life: Duration) {
+        let expiry = (self.clock.unix_secs_at(self.sim.now()) + life.as_secs()) as u32;
+        let (token, bind_key) = mint(&self.keys, link, side, expiry);
+        let params = RelayParams { addr: self.punch_addr(), token, bind_key };
+        let now = self.sim.now();
+        self.client_mut(host).mesh.update_relay(now, link, params).expect("link exists");
+    }
+
+    /// [`World::introduce`] with relay tokens valid for `life`.
+    pub fn introduce_with_token_life(&mut self, a: HostId, b: HostId, life: Duration) -> LinkId {
         let link = LinkId(self.next_link);
         self.next_link += 1;
         let key = LinkKey(self.rng.random());
-        let expiry = (self.clock.unix_secs_at(self.sim.now()) + 3600) as u32;
+        let expiry = (self.clock.unix_secs_at(self.sim.now()) + life.as_secs()) as u32;
         let relay = self.punch_addr();
         let info = |w: &World, h: HostId| -> (Vec<Candidate>, NatHint) {
             let c = w.client_ref(h);

@@ -385,3 +385,41 @@ fn birthday_paradox_punches_port_restricted_to_random_symmetric() {
     assert!(direct >= seeds * 8 / 10, "{direct}/{seeds} direct");
     assert!(slowest <= Duration::from_secs(5), "slowest {} ms", ms(slowest));
 }
+
+#[test]
+fn relay_tokens_expire_unless_the_shard_refreshes_them() {
+    use bevy_p2pmodel::proto::peer::Side;
+    for refresh in [false, true] {
+        let mut w = World::new(112);
+        let mut sa = w.site(NatKind::SymmetricRandom);
+        let mut sb = w.site(NatKind::SymmetricRandom);
+        let a = w.client(&mut sa);
+        let b = w.client(&mut sb);
+        w.discover(&[a, b]);
+        let link = w.introduce_with_token_life(a, b, Duration::from_secs(30));
+        w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+        w.run(Duration::from_secs(20));
+        if refresh {
+            for (h, side) in [(a, Side::A), (b, Side::B)] {
+                w.refresh_relay_token(h, link, side, Duration::from_secs(30));
+            }
+        }
+        w.run(Duration::from_secs(25)); // past the first tokens' expiry
+        let lost = w.client_ref(a).links[&link].events.iter().any(|(_, e)| *e == LinkEvent::Lost);
+        let o = w.outcome(a, b, link);
+        if refresh {
+            assert!(!lost, "refreshed tokens keep the relayed link alive");
+            assert_eq!(o.verdict(), "relayed");
+            check_stream(&o);
+        } else {
+            assert!(lost, "an expired token ends relaying, and the session loss is detected");
+            let expired = w
+                .sim
+                .node::<p2pmodel_tests::PunchServer>(w.server)
+                .relay()
+                .stats()
+                .dropped(bevy_p2pmodel::relay::DropReason::ExpiredToken);
+            assert!(expired > 0, "the relay refused to forward on an expired token");
+        }
+    }
+}

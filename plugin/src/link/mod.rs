@@ -458,6 +458,32 @@ impl Link {
         self.renet.receive_message(channel)
     }
 
+    /// The shard issued a fresh relay token (tokens expire; the shard refreshes them over the
+    /// client's shard connection before they do). Re-binds at once with the new token; the
+    /// bind counter carries on, so the relay sees no replay. A different relay address moves
+    /// the link to that relay.
+    pub fn update_relay(&mut self, now: Instant, params: RelayParams) {
+        match self.relay.as_mut() {
+            Some(r) if r.params.addr == params.addr => r.params = params,
+            _ => {
+                self.relay = Some(RelayState {
+                    params,
+                    last_counter: self.relay.as_ref().map_or(0, |r| r.last_counter),
+                    bound: false,
+                    peer_bound: false,
+                    validated: false,
+                    cookie: BindCookie::NONE,
+                    attempt: None,
+                    next_refresh: now,
+                    observed: None,
+                    live: Liveness::new(now),
+                })
+            }
+        }
+        self.start_bind(now);
+        self.flush(now);
+    }
+
     /// Our own candidates changed (e.g. a new public address): tell the peer and re-punch.
     pub fn set_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
         if local == self.local {

@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::config::MeshConfig;
 use crate::crypto::OpenError;
 use crate::endpoint::{Endpoint, Transmit};
-use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams, NatHint};
+use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams, NatHint, RelayParams};
 use crate::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
 use crate::proto::peer::{LinkId, PeerHeader};
 use crate::proto::relay::RelayKind;
@@ -206,6 +206,13 @@ impl Mesh {
     /// Close a link (the shard un-introduced the pair).
     pub fn remove_link(&mut self, id: LinkId) -> Result<(), MeshError> {
         self.links.remove(&id).map(|_| ()).ok_or(MeshError::NoSuchLink(id))
+    }
+
+    /// Hand a link the fresh relay token the shard issued (see [`Link::update_relay`]).
+    pub fn update_relay(&mut self, now: Instant, id: LinkId, params: RelayParams) -> Result<(), MeshError> {
+        self.links.get_mut(&id).ok_or(MeshError::NoSuchLink(id))?.update_relay(now, params);
+        self.collect();
+        Ok(())
     }
 
     /// One link, to read its path, stats and RTT.
