@@ -137,6 +137,10 @@ pub struct GameSection {
     pub max_peers: usize,
     /// `relay_token_secs` (default 3600): lifetime of the relay tokens in introductions.
     pub relay_token_secs: u32,
+    /// `capacity` (default 200): players a Game server takes before the Lobby places new
+    /// players on the next one of the zone (the zone's servers are channels: players on
+    /// different servers do not see each other, so the Lobby fills them in order).
+    pub capacity: usize,
 }
 
 /// `[shard]`: what every role of one shard shares.
@@ -255,6 +259,7 @@ struct RawGame {
     hysteresis: Option<f64>,
     max_peers: Option<i64>,
     relay_token_secs: Option<i64>,
+    capacity: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -584,6 +589,7 @@ impl ShardConfig {
             interest_radius,
             hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
             max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
+            capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
             relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
         };
         if game.relay_token_secs as u64 > max_life {

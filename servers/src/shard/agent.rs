@@ -124,7 +124,7 @@ fn client_to_roles(
     let budget = agent.max_messages_per_sec as f32;
     let ids: Vec<u64> = agent.sessions.keys().copied().collect();
     for client in ids {
-        for ch in [0u8, 1u8] {
+        for ch in [2u8, 1, 0] {
             while let Some(bytes) = server.receive_message(client, ch) {
                 let Some(s) = agent.sessions.get_mut(&client) else { break };
                 let elapsed = now.duration_since(s.refill).as_secs_f32();

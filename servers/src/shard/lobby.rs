@@ -1,5 +1,5 @@
 //! The Lobby: login by name, characters in the [`Store`], zones with live population,
-//! least-loaded Game assignment, and Game failure detection (missing heartbeats) with
+//! Game assignment (fill in order up to `game.capacity`, then least-loaded), and Game failure detection (missing heartbeats) with
 //! reassignment of the dead server's players, positions kept.
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,9 +49,21 @@ pub struct LobbyState {
     pub zones: u32,
     /// The STUN/relay server clients use (told in `Welcome`).
     pub stun: SocketAddr,
+    /// Players per Game server before the next one is used.
+    pub capacity: usize,
     store: Store,
     heartbeat_timeout: Duration,
     last_flush: Instant,
+    last_check: Instant,
+}
+
+impl Drop for LobbyState {
+    /// Positions survive a clean shutdown: the store is written when the Lobby goes away.
+    fn drop(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!("character store write failed at shutdown: {e}");
+        }
+    }
 }
 
 impl LobbyState {
@@ -62,6 +74,7 @@ impl LobbyState {
         games: impl IntoIterator<Item = (u32, u32)>,
         stun: SocketAddr,
         heartbeat_timeout: Duration,
+        capacity: usize,
     ) -> LobbyState {
         let now = Instant::now();
         LobbyState {
@@ -72,9 +85,11 @@ impl LobbyState {
                 .collect(),
             zones,
             stun,
+            capacity,
             store,
             heartbeat_timeout,
             last_flush: now,
+            last_check: now,
         }
     }
 
@@ -83,18 +98,22 @@ impl LobbyState {
         self.clients.values().filter(|c| c.placed.is_some_and(|(z, _)| z == zone)).count()
     }
 
-    fn least_loaded(&self, zone: u32) -> Option<u32> {
-        self.games
-            .iter()
-            .filter(|(_, g)| g.zone == zone && g.alive)
-            .min_by_key(|(id, _)| {
-                (self.clients.values().filter(|c| c.placed.is_some_and(|(_, g)| g == **id)).count(), **id)
-            })
-            .map(|(id, _)| *id)
+    /// Players placed on Game server `game`.
+    pub fn load(&self, game: u32) -> usize {
+        self.clients.values().filter(|c| c.placed.is_some_and(|(_, g)| g == game)).count()
+    }
+
+    /// Where a new player of `zone` goes: the first live server below capacity (players
+    /// stay together), else the least-loaded live one.
+    fn pick_game(&self, zone: u32) -> Option<u32> {
+        let live = || self.games.iter().filter(|(_, g)| g.zone == zone && g.alive).map(|(id, _)| *id);
+        live()
+            .find(|id| self.load(*id) < self.capacity)
+            .or_else(|| live().min_by_key(|id| (self.load(*id), *id)))
     }
 
     fn place(&mut self, bus: &mut ShardBus, client: u64, zone: u32) {
-        let Some(game) = self.least_loaded(zone) else {
+        let Some(game) = self.pick_game(zone) else {
             let msg = ShardMessage::Refused { reason: format!("zone {zone} has no running game server") };
             bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
             return;
@@ -223,6 +242,16 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
 
 fn detect_dead_games(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
     let timeout = lobby.heartbeat_timeout;
+    // If the Lobby itself stalled (a paused process, a long frame), the silence is ours:
+    // restart the clocks rather than declare every Game server dead.
+    if lobby.last_check.elapsed() > timeout / 2 {
+        warn!(stalled = ?lobby.last_check.elapsed(), "lobby stalled; restarting heartbeat clocks");
+        let now = Instant::now();
+        for g in lobby.games.values_mut() {
+            g.last_heard = now;
+        }
+    }
+    lobby.last_check = Instant::now();
     let dead: Vec<u32> = lobby
         .games
         .iter()

@@ -149,6 +149,7 @@ pub fn add_shard(
             games.clone(),
             stun,
             config.lobby.heartbeat_timeout,
+            config.game.capacity,
         ))
         .insert_resource(GameServers {
             worlds: games.iter().map(|(g, z)| GameWorld::new(*g, *z)).collect(),
