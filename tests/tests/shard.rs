@@ -255,7 +255,7 @@ fn walk(c: &mut Client, to: (f32, f32), tick: &mut u32) {
 }
 
 #[test]
-fn shard_clients_login_get_introduced_talk_p2p_and_unintroduce_on_moving_apart() {
+fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_server_failure() {
     let store = std::env::temp_dir().join(format!("p2pm-shard-e2e-{}.json", std::process::id()));
     // cid's character was saved far away: it must never be introduced to the others.
     std::fs::write(&store, r#"{"cid":{"player":40,"zone":0,"x":500.0,"y":0.0}}"#).unwrap();
@@ -358,6 +358,26 @@ fn shard_clients_login_get_introduced_talk_p2p_and_unintroduce_on_moving_apart()
         bob.entered
     );
     assert_eq!(cid.entered[1], (500.0, 0.0));
+
+    // A party meshes across the map: ana (near the origin) and cid (at x = 500).
+    ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    let party =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            match (cs[0].link_to("cid"), cs[2].link_to("ana")) {
+                (Some(l), Some(_)) => cs[0].mesh.link(l).is_some_and(|k| k.path() != Path::None),
+                _ => false,
+            }
+        });
+    assert!(party, "party members are introduced regardless of distance");
+    let plink = ana.link_to("cid").unwrap();
+    ana.mesh.send(plink, CHANNEL_RELIABLE, b"party on".to_vec()).unwrap();
+    let heard =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs[2].p2p_received.iter().any(|m| m == "party on")
+        });
+    assert!(heard, "cid got ana's party message P2P");
+    assert!(bob.link_to("cid").is_none() && bob.link_to("ana").is_none(), "bob is in no party and far away");
 
     // The store keeps the positions for the next login.
     drop(shard);

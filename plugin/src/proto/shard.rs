@@ -89,6 +89,12 @@ pub enum ClientMessage {
         /// Smoothed RTT in ms, if measured.
         rtt_ms: Option<f32>,
     },
+    /// Join a party (empty name: leave it). Party members on the same Game server are meshed
+    /// regardless of distance.
+    JoinParty {
+        /// Party name (at most 32 bytes).
+        party: String,
+    },
 }
 
 /// Shard → client.
@@ -213,6 +219,15 @@ pub enum InternalMessage {
         candidates: Vec<Candidate>,
         /// NAT summary, if reported.
         nat: Option<NatSummary>,
+        /// The player's party, if any.
+        party: Option<String>,
+    },
+    /// Lobby → Game: the client joined (`Some`) or left (`None`) a party.
+    SetParty {
+        /// Netcode client id.
+        client: u64,
+        /// Party name.
+        party: Option<String>,
     },
     /// Game → Lobby: where players are now (persistence, failover) and the server's load.
     Positions {

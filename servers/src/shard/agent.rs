@@ -143,8 +143,12 @@ fn client_to_roles(
                         continue;
                     }
                 };
-                let lobby_phase =
-                    matches!(msg, ClientMessage::Login { .. } | ClientMessage::EnterZone { .. });
+                let lobby_phase = matches!(
+                    msg,
+                    ClientMessage::Login { .. }
+                        | ClientMessage::EnterZone { .. }
+                        | ClientMessage::JoinParty { .. }
+                );
                 let also_lobby = matches!(msg, ClientMessage::MeshInfo { .. });
                 let wrapped = InternalMessage::FromClient { client, msg };
                 match game {

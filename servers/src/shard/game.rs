@@ -46,6 +46,7 @@ struct GamePlayer {
     last_move_tick: u64,
     candidates: Vec<Candidate>,
     nat: Option<NatSummary>,
+    party: Option<String>,
     peers: usize,
 }
 
@@ -180,14 +181,29 @@ impl GameWorld {
 
     fn handle(&mut self, bus: &mut ShardBus, rules: &GameRules, m: InternalMessage) {
         match m {
-            InternalMessage::Join { client, player, name, x, y, candidates, nat, .. } => {
+            InternalMessage::SetParty { client, party } => {
+                if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
+                    g.party = party;
+                }
+            }
+            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, .. } => {
                 if self.players.contains_key(&player) {
                     self.remove_player(bus, player);
                 }
                 self.by_client.insert(client, player);
                 self.players.insert(
                     player,
-                    GamePlayer { client, name, x, y, last_move_tick: self.tick, candidates, nat, peers: 0 },
+                    GamePlayer {
+                        client,
+                        name,
+                        x,
+                        y,
+                        last_move_tick: self.tick,
+                        candidates,
+                        nat,
+                        party,
+                        peers: 0,
+                    },
                 );
                 Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
             }
@@ -246,12 +262,13 @@ impl GameWorld {
             grid.entry(((g.x / cell).floor() as i32, (g.y / cell).floor() as i32)).or_default().push(*p);
         }
         let dist = |a: &GamePlayer, b: &GamePlayer| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+        let same_party = |a: &GamePlayer, b: &GamePlayer| a.party.is_some() && a.party == b.party;
         // Un-introduce pairs that drifted beyond the hysteresis band.
         let far: Vec<_> = self
             .pairs
             .keys()
             .filter(|(a, b)| match (self.players.get(a), self.players.get(b)) {
-                (Some(x), Some(y)) => dist(x, y) > leave,
+                (Some(x), Some(y)) => dist(x, y) > leave && !same_party(x, y),
                 _ => true,
             })
             .copied()
@@ -261,6 +278,23 @@ impl GameWorld {
         }
         // Introduce new pairs within range (nearest first), capped per client.
         let mut candidates = Vec::new();
+        // Party members first (distance counts as zero), whatever the distance.
+        let mut parties: HashMap<&str, Vec<PlayerId>> = HashMap::new();
+        for (p, g) in &self.players {
+            if let Some(party) = &g.party {
+                parties.entry(party.as_str()).or_default().push(*p);
+            }
+        }
+        for members in parties.values() {
+            for (i, p) in members.iter().enumerate() {
+                for q in &members[i + 1..] {
+                    let k = if p < q { (*p, *q) } else { (*q, *p) };
+                    if !self.pairs.contains_key(&k) {
+                        candidates.push((0.0f32, k.0, k.1));
+                    }
+                }
+            }
+        }
         for (p, g) in &self.players {
             let c = ((g.x / cell).floor() as i32, (g.y / cell).floor() as i32);
             for dx in -1..=1 {
@@ -268,7 +302,7 @@ impl GameWorld {
                     for q in grid.get(&(c.0 + dx, c.1 + dy)).into_iter().flatten() {
                         if q > p && !self.pairs.contains_key(&(*p, *q)) {
                             let d = dist(g, &self.players[q]);
-                            if d <= r {
+                            if d <= r && !same_party(g, &self.players[q]) {
                                 candidates.push((d, *p, *q));
                             }
                         }
@@ -346,5 +380,99 @@ fn game_heartbeat(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
             w.last_heartbeat = Instant::now();
             bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Game(w.id) });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bevy_p2pmodel::proto::shard::ShardMessage;
+
+    fn rules() -> GameRules {
+        let cfg = crate::config::ShardConfig::parse(
+            "[shard]\nname = \"t\"\nsecret = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        GameRules {
+            cfg: cfg.game,
+            relay: Some("127.0.0.1:3478".parse().unwrap()),
+            keys: KeySchedule::new([7; 32], Duration::ZERO),
+            heartbeat: Duration::from_millis(250),
+        }
+    }
+
+    fn join(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
+        let m = InternalMessage::Join {
+            client,
+            player: PlayerId(client),
+            name: format!("p{client}"),
+            zone: 0,
+            x,
+            y: 0.0,
+            candidates: Vec::new(),
+            nat: None,
+            party: None,
+        };
+        w.handle(bus, r, m);
+    }
+
+    fn to_clients(bus: &mut ShardBus) -> Vec<(u64, ShardMessage)> {
+        bus.drain(Role::Agent)
+            .into_iter()
+            .filter_map(|m| match m {
+                InternalMessage::ToClient { client, msg } => Some((client, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mv(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
+        let msg = ClientMessage::Move { tick: 0, x, y: 0.0 };
+        w.handle(bus, r, InternalMessage::FromClient { client, msg });
+    }
+
+    #[test]
+    fn game_introduces_with_hysteresis_and_validates_speed() {
+        let r = rules(); // radius 50, hysteresis 10, max speed 10/s at 20 Hz
+        let mut bus = ShardBus::default();
+        let mut w = GameWorld::new(3, 0);
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        join(&mut w, &mut bus, &r, 2, 45.0);
+        w.step(&mut bus, &r);
+        let out = to_clients(&mut bus);
+        let intros: Vec<_> =
+            out.iter().filter(|(_, m)| matches!(m, ShardMessage::PeerIntro { .. })).collect();
+        assert_eq!(intros.len(), 2, "{out:?}");
+        if let (_, ShardMessage::PeerIntro { params, .. }) = intros[0] {
+            assert_eq!(params.link.0 >> 24, 3, "link ids carry the game number");
+            assert!(params.relay.is_some());
+        }
+        // Walk p2 to 55 (inside the hysteresis band): still linked. 10/s at 20 Hz → 0.5 per
+        // tick, plus slack; a 20-unit jump is refused with a correction.
+        mv(&mut w, &mut bus, &r, 2, 65.0);
+        assert!(matches!(to_clients(&mut bus)[..], [(2, ShardMessage::Correction { x, .. })] if x == 45.0));
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x.min(55.0));
+        }
+        assert_eq!(w.players[&PlayerId(2)].x, 55.0);
+        w.step(&mut bus, &r);
+        assert_eq!(w.pairs().count(), 1, "inside radius + hysteresis: kept");
+        to_clients(&mut bus);
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x);
+        }
+        w.step(&mut bus, &r);
+        assert_eq!(w.pairs().count(), 0, "beyond 60: un-introduced");
+        let outros =
+            to_clients(&mut bus).into_iter().filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }));
+        assert_eq!(outros.count(), 2);
+        // Garbage on the bus is counted, never a panic.
+        bus.send_raw(Role::Game(3), vec![0xff; 9]);
+        assert!(bus.drain(Role::Game(3)).is_empty());
+        assert_eq!(bus.errors, 1);
     }
 }

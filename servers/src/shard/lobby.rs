@@ -24,6 +24,8 @@ pub struct LobbyClient {
     pub placed: Option<(u32, u32)>,
     /// Last known position.
     pub pos: (f32, f32),
+    /// Party, if any.
+    pub party: Option<String>,
     mesh: Option<(Vec<Candidate>, NatSummary)>,
 }
 
@@ -135,6 +137,7 @@ impl LobbyState {
                 y: c.pos.1,
                 candidates,
                 nat,
+                party: c.party.clone(),
             },
         );
         bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
@@ -165,7 +168,7 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 let player = PlayerId(ch.player);
                 lobby.clients.insert(
                     client,
-                    LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), mesh: None },
+                    LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), party: None, mesh: None },
                 );
                 let msg = ShardMessage::Welcome { player, stun: lobby.stun };
                 bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
@@ -184,6 +187,15 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                     if let Some(c) = lobby.clients.get(&client) {
                         let msg = ShardMessage::Welcome { player: c.player, stun: lobby.stun };
                         bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                    }
+                }
+                ClientMessage::JoinParty { party } => {
+                    let party = (!party.is_empty()).then(|| party.chars().take(32).collect::<String>());
+                    if let Some(c) = lobby.clients.get_mut(&client) {
+                        c.party = party.clone();
+                        if let Some((_, g)) = c.placed {
+                            bus.send(Role::Game(g), &InternalMessage::SetParty { client, party });
+                        }
                     }
                 }
                 ClientMessage::MeshInfo { candidates, nat } => {
