@@ -5,6 +5,7 @@
 //! - [`agent`]: the only public endpoint (renet + netcode, secure mode); routes messages.
 //! - [`lobby`]: characters ([`store`]), zones, least-loaded Game assignment, failure detection.
 //! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
+//! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
 //! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
 //!
 //! [`shard_app`] assembles every role in one App (`p2pmodel shard all`); docs/SHARD.md
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod bus;
 pub mod game;
 pub mod keys;
+pub mod link;
 pub mod lobby;
 pub mod login;
 pub mod store;
