@@ -48,6 +48,16 @@ impl ShardBus {
         out
     }
 
+    /// Raw bytes queued for `role` (the remote bus forwards them unchanged).
+    pub fn drain_raw(&mut self, role: Role) -> Vec<Vec<u8>> {
+        self.queues.get_mut(&role).map(|q| q.drain(..).collect()).unwrap_or_default()
+    }
+
+    /// Roles that have messages queued.
+    pub fn pending_roles(&self) -> Vec<Role> {
+        self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(r, _)| *r).collect()
+    }
+
     /// Drop everything queued for `role` (a dead role's inbox).
     pub fn clear(&mut self, role: Role) {
         self.queues.remove(&role);

@@ -12,8 +12,7 @@
 //! ```
 //! Both sides prove they hold the secret; the connector's role is bound into its proof;
 //! every frame is authenticated and must carry the next sequence number (no replay, no
-//! reordering). A bad frame closes the link. Status: built and tested on its own; the
-//! roles do not use it yet (docs/SHARD.md §6).
+//! reordering). A bad frame closes the link. [`super::remote`] routes the bus over it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,7 +39,8 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-fn role_bytes(r: Role) -> [u8; 5] {
+/// A role as 5 bytes (kind, then the game number little-endian).
+pub fn role_bytes(r: Role) -> [u8; 5] {
     let (k, n) = match r {
         Role::Agent => (0, 0),
         Role::Lobby => (1, 0),
@@ -51,7 +51,8 @@ fn role_bytes(r: Role) -> [u8; 5] {
     b
 }
 
-fn role_from(b: [u8; 5]) -> Option<Role> {
+/// The role of [`role_bytes`] output, if valid.
+pub fn role_from(b: [u8; 5]) -> Option<Role> {
     let n = u32::from_le_bytes(b[1..].try_into().ok()?);
     match b[0] {
         0 => Some(Role::Agent),
@@ -73,7 +74,7 @@ fn bad(what: &str) -> io::Error {
 pub struct InternalLink {
     peer: Role,
     out: Sender<Vec<u8>>,
-    inbox: Receiver<Vec<u8>>,
+    inbox: Mutex<Receiver<Vec<u8>>>,
     last_heard: Arc<Mutex<Instant>>,
     closed: Arc<AtomicBool>,
     stream: TcpStream,
@@ -208,7 +209,15 @@ impl InternalLink {
             }
             c2.store(true, Ordering::Relaxed);
         })?;
-        Ok(InternalLink { peer, out, inbox, last_heard, closed, stream: s, decode_errors: AtomicU64::new(0) })
+        Ok(InternalLink {
+            peer,
+            out,
+            inbox: Mutex::new(inbox),
+            last_heard,
+            closed,
+            stream: s,
+            decode_errors: AtomicU64::new(0),
+        })
     }
 
     /// The role at the other end.
@@ -224,9 +233,19 @@ impl InternalLink {
         }
     }
 
+    /// Queue raw bytes (the remote bus's routed frames).
+    pub fn send_raw(&self, bytes: Vec<u8>) -> bool {
+        !self.is_closed() && self.out.send(bytes).is_ok()
+    }
+
+    /// The next raw payload that arrived, if any.
+    pub fn try_recv_raw(&self) -> Option<Vec<u8>> {
+        self.inbox.lock().ok()?.try_recv().ok()
+    }
+
     /// The next message that arrived, if any; undecodable ones are counted and skipped.
     pub fn try_recv(&self) -> Option<InternalMessage> {
-        while let Ok(b) = self.inbox.try_recv() {
+        while let Some(b) = self.try_recv_raw() {
             match decode::<InternalMessage>(&b) {
                 Ok(m) => return Some(m),
                 Err(_) => {

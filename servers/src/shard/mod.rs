@@ -6,6 +6,7 @@
 //! - [`lobby`]: characters ([`store`]), zones, least-loaded Game assignment, failure detection.
 //! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
 //! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
+//! - [`remote`]: the bus across processes (star at the Lobby over [`link`]s).
 //! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
 //!
 //! [`shard_app`] assembles every role in one App (`p2pmodel shard all`); docs/SHARD.md
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod link;
 pub mod lobby;
 pub mod login;
+pub mod remote;
 pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -103,6 +105,26 @@ pub fn add_shard(
     relay: Option<SocketAddr>,
     check: Option<Box<dyn AccountCheck>>,
 ) -> Result<(), ShardError> {
+    add_agent(app, config, check)?;
+    app.world_mut().resource_mut::<ShardInfo>().relay = relay;
+    let stun = relay.unwrap_or(app.world().resource::<ShardInfo>().agent);
+    add_lobby(app, config, stun)?;
+    add_games(app, config, &all_games(config), relay);
+    Ok(())
+}
+
+/// Every Game server of the shard: `(number, zone)`.
+pub fn all_games(config: &ShardConfig) -> Vec<(u32, u32)> {
+    let spz = config.game.servers_per_zone;
+    (0..config.lobby.zones * spz).map(|g| (g, g / spz)).collect()
+}
+
+/// The Agent role and the login service (inserts [`ShardInfo`] and the [`ShardBus`]).
+pub fn add_agent(
+    app: &mut App,
+    config: &ShardConfig,
+    check: Option<Box<dyn AccountCheck>>,
+) -> Result<(), ShardError> {
     let bind = config.agent.addr;
     let socket =
         UdpSocket::bind(bind).map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
@@ -133,38 +155,45 @@ pub fn add_shard(
         None => None,
     };
     let login = login_server.as_ref().map(|l| public_addr(config, l.local_addr()));
-
-    let spz = config.game.servers_per_zone;
-    let games: Vec<(u32, u32)> = (0..config.lobby.zones * spz).map(|g| (g, g / spz)).collect();
-    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?;
-    let stun = relay.unwrap_or(agent_public);
-    let hb = config.lobby.heartbeat;
-
-    app.add_plugins((RenetServerPlugin, NetcodeServerPlugin))
+    app.init_resource::<ShardBus>()
+        .add_plugins((RenetServerPlugin, NetcodeServerPlugin))
         .insert_resource(RenetServer::new(ConnectionConfig::default()))
         .insert_resource(transport)
-        .insert_resource(ShardBus::default())
-        .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, hb))
+        .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, config.lobby.heartbeat))
+        .insert_resource(ShardInfo { agent: agent_public, login, relay: None, login_server })
+        .add_plugins(AgentPlugin);
+    Ok(())
+}
+
+/// The Lobby role; `stun` is the STUN/relay address told to clients in `Welcome`.
+pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Result<(), ShardError> {
+    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?;
+    app.init_resource::<ShardBus>()
         .insert_resource(LobbyState::new(
             store,
             config.lobby.zones,
-            games.clone(),
+            all_games(config),
             stun,
             config.lobby.heartbeat_timeout,
             config.game.capacity,
         ))
+        .add_plugins(LobbyPlugin);
+    Ok(())
+}
+
+/// Game servers `games` (`(number, zone)`); `relay` is put in introductions.
+pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], relay: Option<SocketAddr>) {
+    app.init_resource::<ShardBus>()
         .insert_resource(GameServers {
             worlds: games.iter().map(|(g, z)| GameWorld::new(*g, *z)).collect(),
             rules: GameRules {
                 cfg: config.game.clone(),
                 relay,
                 keys: KeySchedule::new(config.shard.secret, config.relay.token_key_rotation),
-                heartbeat: hb,
+                heartbeat: config.lobby.heartbeat,
             },
         })
-        .insert_resource(ShardInfo { agent: agent_public, login, relay, login_server })
-        .add_plugins((AgentPlugin, LobbyPlugin, GamePlugin { tick_hz: config.game.tick_hz }));
-    Ok(())
+        .add_plugins(GamePlugin { tick_hz: config.game.tick_hz });
 }
 
 /// A headless App with every shard role, running its loop at `frame_hz` (no `run`; tests
