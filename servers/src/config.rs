@@ -113,6 +113,10 @@ pub struct LobbySection {
     pub store: Option<PathBuf>,
     /// `zones` (default 2): how many zones the shard runs.
     pub zones: u32,
+    /// `internal` (default `127.0.0.1:7110`): where the Lobby listens for internal links from
+    /// the Agent and the Game servers when the roles run as separate processes (keep it on
+    /// the internal network; links are authenticated with the shard secret).
+    pub internal: SocketAddr,
     /// `heartbeat_ms` (default 250): internal heartbeat interval.
     pub heartbeat: Duration,
     /// `heartbeat_timeout_ms` (default 1500; at most 3000): a role silent this long is dead.
@@ -244,6 +248,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawLobby {
     store: Option<PathBuf>,
+    internal: Option<String>,
     zones: Option<i64>,
     heartbeat_ms: Option<i64>,
     heartbeat_timeout_ms: Option<i64>,
@@ -577,6 +582,12 @@ impl ShardConfig {
                 _ => f,
             }),
             zones: cx.int(l.zones, "lobby.zones", 1, 1000, 2)? as u32,
+            internal: match &l.internal {
+                None => SocketAddr::from(([127, 0, 0, 1], 7110)),
+                Some(s) => s.parse().map_err(|_| {
+                    cx.invalid("lobby.internal", format!("is {s:?}, not an IP:port (e.g. \"10.0.0.2:7110\")"))
+                })?,
+            },
             heartbeat,
             heartbeat_timeout,
         };
@@ -714,6 +725,7 @@ mod tests {
             "lobby.heartbeat_timeout_ms"
         );
         assert_eq!(err_key(&format!("{m}[lobby]\nzones = 0\n")), "lobby.zones");
+        assert_eq!(err_key(&format!("{m}[lobby]\ninternal = \"lobby\"\n")), "lobby.internal");
         assert_eq!(err_key(&format!("{m}[game]\nmax_speed = -1.0\n")), "game.max_speed");
         assert_eq!(err_key(&format!("{m}[game]\nhysteresis = 500.0\n")), "game.hysteresis");
         let e = ShardConfig::parse(&format!("{m}[game]\ntick = 5\n")).unwrap_err().to_string();

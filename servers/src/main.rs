@@ -67,23 +67,26 @@ enum ShardRole {
         #[arg(long, value_name = "IP")]
         public_ip: Option<std::net::IpAddr>,
     },
-    /// The Agent alone (not yet: needs the cross-process internal link; use `shard all`).
+    /// The Agent (and login service) alone; connects to the Lobby at `lobby.internal`.
     Agent {
         /// The shard configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// The Lobby alone (not yet: needs the cross-process internal link; use `shard all`).
+    /// The Lobby alone; listens for internal links at `lobby.internal`. Start it first.
     Lobby {
         /// The shard configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// A Game server alone (not yet: needs the cross-process internal link; use `shard all`).
+    /// Game servers; connect to the Lobby at `lobby.internal`.
     Game {
         /// The shard configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Which Game servers (numbers, comma-separated; default: all of the shard).
+        #[arg(long, value_delimiter = ',')]
+        games: Vec<u32>,
     },
 }
 
@@ -110,6 +113,32 @@ fn run_relay(config: &ShardConfig) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_role(config: &std::path::Path, role: RoleArg) -> ExitCode {
+    let c = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let role = match role {
+        RoleArg::Agent => p2pmodel_servers::shard::SplitRole::Agent,
+        RoleArg::Lobby => p2pmodel_servers::shard::SplitRole::Lobby,
+        RoleArg::Games(g) => p2pmodel_servers::shard::SplitRole::Games(g),
+    };
+    match p2pmodel_servers::shard::run_role(&c, role) {
+        Ok(exit) if exit.is_success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("p2pmodel: shard role failed to start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum RoleArg {
+    Agent,
+    Lobby,
+    Games(Vec<u32>),
 }
 
 fn main() -> ExitCode {
@@ -139,13 +168,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Shard {
-            role: ShardRole::Agent { .. } | ShardRole::Lobby { .. } | ShardRole::Game { .. },
-        } => {
-            eprintln!(
-                "p2pmodel: running agent, lobby or game as separate processes needs the cross-process internal link, which is not implemented yet; run `p2pmodel shard all`"
-            );
-            ExitCode::from(2)
+        Command::Shard { role: ShardRole::Agent { config } } => run_role(&config, RoleArg::Agent),
+        Command::Shard { role: ShardRole::Lobby { config } } => run_role(&config, RoleArg::Lobby),
+        Command::Shard { role: ShardRole::Game { config, games } } => {
+            run_role(&config, RoleArg::Games(games))
         }
         Command::Token { config, client_id, name } => match load(&config) {
             Ok(c) => {

@@ -436,3 +436,78 @@ fn shard_unauthenticated_clients_reach_nothing_and_a_second_shard_is_untouched()
     let _ = std::fs::remove_file(&store_a);
     let _ = std::fs::remove_file(&store_b);
 }
+
+#[test]
+fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_process() {
+    use bevy::app::App;
+    use bevy::prelude::MinimalPlugins;
+    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
+
+    let store = std::env::temp_dir().join(format!("p2pm-shard-split-{}.json", std::process::id()));
+    let cfg = config("split", &store);
+    let (hb, timeout, secret) = (cfg.lobby.heartbeat, cfg.lobby.heartbeat_timeout, cfg.shard.secret);
+    let relay = RelayRuntime::start(&cfg).unwrap();
+    let relay_addr = relay.server.primary_addr();
+
+    // Four "processes": Lobby (listens), Agent, Game 0, Game 1 (connect to the Lobby).
+    let mut lobby = App::new();
+    lobby.add_plugins(MinimalPlugins);
+    add_lobby(&mut lobby, &cfg, relay_addr).unwrap();
+    let (remote, lobby_addr) =
+        RemoteBus::listen(vec![Role::Lobby], "127.0.0.1:0".parse().unwrap(), secret, hb, timeout).unwrap();
+    lobby.insert_resource(remote).add_plugins(RemoteBusPlugin);
+    let connect = |role: Role| RemoteBus::connect(vec![role], lobby_addr, secret, hb, timeout);
+    let mut agent = App::new();
+    agent.add_plugins(MinimalPlugins);
+    add_agent(&mut agent, &cfg, None).unwrap();
+    agent.insert_resource(connect(Role::Agent).unwrap()).add_plugins(RemoteBusPlugin);
+    let mut games: Vec<Option<App>> = (0..2u32)
+        .map(|g| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins);
+            add_games(&mut app, &cfg, &[(g, 0)], Some(relay_addr));
+            app.insert_resource(connect(Role::Game(g)).unwrap()).add_plugins(RemoteBusPlugin);
+            Some(app)
+        })
+        .collect();
+    // A process without the shard secret is refused.
+    assert!(RemoteBus::connect(vec![Role::Game(9)], lobby_addr, [1; 32], hb, timeout).is_err());
+
+    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
+    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    let step = |ana: &mut Client, games: &mut [Option<App>], lobby: &mut App, agent: &mut App| {
+        lobby.update();
+        agent.update();
+        for g in games.iter_mut().flatten() {
+            g.update();
+        }
+        ana.pump();
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ana.renet.is_connected() && Instant::now() < deadline {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    join_zone(&mut ana);
+    while ana.entered.is_empty() && Instant::now() < deadline {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    assert_eq!(ana.entered.len(), 1, "entered the zone through Agent → Lobby → Game processes");
+    let placed =
+        |lobby: &App| lobby.world().resource::<LobbyState>().clients.values().next().and_then(|c| c.placed);
+    let (_, first) = placed(&lobby).unwrap();
+
+    // Kill that Game "process": its link goes silent; the Lobby moves ana within 5 s.
+    games[first as usize] = None;
+    let killed = Instant::now();
+    while ana.entered.len() < 2 && killed.elapsed() < Duration::from_secs(5) {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    assert_eq!(ana.entered.len(), 2, "moved to the other Game server");
+    let (_, second) = placed(&lobby).unwrap();
+    assert_ne!(first, second);
+    drop(relay);
+    let _ = std::fs::remove_file(&store);
+}

@@ -240,3 +240,85 @@ pub fn run_all(config: &ShardConfig) -> Result<AppExit, Box<dyn std::error::Erro
     app.insert_resource(runtime).add_plugins(crate::relay::RelayControlPlugin);
     Ok(app.run())
 }
+
+/// One role of a shard spread over several processes (`p2pmodel shard agent|lobby|game`).
+#[derive(Debug, Clone)]
+pub enum SplitRole {
+    /// The Agent and login service.
+    Agent,
+    /// The Lobby (listens at `lobby.internal`).
+    Lobby,
+    /// These Game servers (empty: all of the shard).
+    Games(Vec<u32>),
+}
+
+/// Run one role in its own process, linked to the others over [`remote`] internal links.
+/// The relay runs separately (`p2pmodel shard relay`); clients are told its public address.
+pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dyn std::error::Error>> {
+    use bevy_p2pmodel::proto::shard::Role;
+    use remote::{RemoteBus, RemoteBusPlugin};
+    let mut app = App::new();
+    app.add_plugins(bevy::log::LogPlugin::default());
+    app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
+    let (hb, timeout, secret) = (config.lobby.heartbeat, config.lobby.heartbeat_timeout, config.shard.secret);
+    let relay = public_addr(config, config.relay.primary);
+    let lobby = config.lobby.internal;
+    match role {
+        SplitRole::Agent => {
+            add_agent(&mut app, config, None)?;
+            app.insert_resource(RemoteBus::connect(vec![Role::Agent], lobby, secret, hb, timeout)?);
+            let info = app.world().resource::<ShardInfo>();
+            println!(
+                "shard {} agent: udp {} (clients), login {:?}, lobby {lobby}",
+                config.shard.name, info.agent, info.login
+            );
+        }
+        SplitRole::Lobby => {
+            add_lobby(&mut app, config, relay)?;
+            let (bus, bound) = RemoteBus::listen(vec![Role::Lobby], lobby, secret, hb, timeout)?;
+            app.insert_resource(bus);
+            println!("shard {} lobby: internal links on tcp {bound}", config.shard.name);
+        }
+        SplitRole::Games(ids) => {
+            let games: Vec<(u32, u32)> =
+                all_games(config).into_iter().filter(|(g, _)| ids.is_empty() || ids.contains(g)).collect();
+            if games.is_empty() {
+                return Err(
+                    format!("no such game servers {ids:?}; the shard has {:?}", all_games(config)).into()
+                );
+            }
+            add_games(&mut app, config, &games, Some(relay));
+            let roles = games.iter().map(|(g, _)| Role::Game(*g)).collect();
+            app.insert_resource(RemoteBus::connect(roles, lobby, secret, hb, timeout)?);
+            println!(
+                "shard {} game servers {games:?} (number, zone): lobby {lobby}, relay {relay}",
+                config.shard.name
+            );
+        }
+    }
+    install_signal_handlers();
+    app.add_plugins(RemoteBusPlugin).add_systems(Update, exit_on_signal);
+    Ok(app.run())
+}
+
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn exit_on_signal(mut exit: MessageWriter<AppExit>) {
+    if SIGNALLED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        info!("signal received; shutting down");
+        exit.write(AppExit::Success);
+    }
+}
