@@ -417,6 +417,18 @@ fn shard_unauthenticated_clients_reach_nothing_and_a_second_shard_is_untouched()
     assert!(!connected, "a client without a token of shard A never connects");
     assert!(a.lobby().clients.is_empty(), "nothing reached the Lobby");
 
+    // An authenticated client sending garbage and floods: counted and dropped, never a panic.
+    let mut zed = login(&a, "zed");
+    assert!(run_until(&mut a, &mut [&mut zed], Duration::from_secs(5), |_, cs| cs[0].renet.is_connected()));
+    for i in 0..400u32 {
+        zed.renet.send_message(DefaultChannel::ReliableOrdered, vec![0xff; 1 + (i as usize % 50)]);
+    }
+    run_until(&mut a, &mut [&mut zed], Duration::from_millis(500), |_, _| false);
+    let agent = a.app.world().resource::<p2pmodel_servers::shard::agent::AgentState>();
+    assert!(agent.decode_errors > 0, "garbage counted");
+    assert!(agent.rate_limited > 0, "a flood beyond agent.max_messages_per_sec is dropped");
+    assert!(zed.renet.is_connected());
+
     // Shard B keeps serving while shard A loses a Game server.
     let mut bea = login(&b, "bea");
     let first = a.games().worlds[0].id;
