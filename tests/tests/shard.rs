@@ -341,7 +341,7 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
     let game = shard.games().worlds.iter().find(|w| w.players().count() == 3).map(|w| w.id).unwrap();
     let bob_pos = bob.pos;
     let killed_at = Instant::now();
-    shard.app.world_mut().resource_mut::<GameServers>().kill(game);
+    shard.app.world_mut().resource_mut::<GameServers>().pause(game); // a stalled process, state kept
     let moved =
         run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
             cs.iter().all(|c| c.entered.len() == 2)
@@ -358,6 +358,13 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
         bob.entered
     );
     assert_eq!(cid.entered[1], (500.0, 0.0));
+    // The stalled server comes back: the Lobby resets it (its players live elsewhere now).
+    shard.app.world_mut().resource_mut::<GameServers>().resume(game);
+    let reset = run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(3), |s, _| {
+        s.lobby().games[&game].alive && s.games().get(game).unwrap().players().count() == 0
+    });
+    assert!(reset, "a returning Game server is reset and rejoins the pool");
+    assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
 
     // A party meshes across the map: ana (near the origin) and cid (at x = 500).
     ana.send(&ClientMessage::JoinParty { party: "p".into() });

@@ -229,6 +229,9 @@ pub enum InternalMessage {
         /// Party name.
         party: Option<String>,
     },
+    /// Lobby → Game: you were declared dead and your players were moved; drop every player
+    /// and pair and start empty.
+    Reset,
     /// Game → Lobby: where players are now (persistence, failover) and the server's load.
     Positions {
         /// Game server number.

@@ -66,7 +66,7 @@ pub struct GameWorld {
     pub id: u32,
     /// Its zone.
     pub zone: u32,
-    /// False once killed (tests, operator): it stops processing and heart-beating.
+    /// False once killed or paused: it stops processing and heart-beating.
     pub alive: bool,
     players: BTreeMap<PlayerId, GamePlayer>,
     by_client: HashMap<u64, PlayerId>,
@@ -181,6 +181,12 @@ impl GameWorld {
 
     fn handle(&mut self, bus: &mut ShardBus, rules: &GameRules, m: InternalMessage) {
         match m {
+            InternalMessage::Reset => {
+                self.players.clear();
+                self.by_client.clear();
+                self.pairs.clear();
+                self.by_link.clear();
+            }
             InternalMessage::SetParty { client, party } => {
                 if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
                     g.party = party;
@@ -340,6 +346,20 @@ impl GameServers {
             w.alive = false;
             w.players.clear();
             w.pairs.clear();
+        }
+    }
+
+    /// Resume Game server `id` after [`GameServers::pause`] (it heart-beats again).
+    pub fn resume(&mut self, id: u32) {
+        for w in self.worlds.iter_mut().filter(|w| w.id == id) {
+            w.alive = true;
+        }
+    }
+
+    /// Freeze Game server `id` with its state, as a stalled process (tests partitions).
+    pub fn pause(&mut self, id: u32) {
+        for w in self.worlds.iter_mut().filter(|w| w.id == id) {
+            w.alive = false;
         }
     }
 

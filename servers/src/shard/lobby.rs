@@ -161,6 +161,13 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
             InternalMessage::Heartbeat { from: Role::Game(g) } => {
                 if let Some(info) = lobby.games.get_mut(&g) {
                     info.last_heard = now;
+                    if !info.alive {
+                        // Back after being declared dead (a pause, a partition): its players
+                        // live elsewhere now, so it starts empty and rejoins the pool.
+                        warn!(game = g, "game server is back; resetting it");
+                        info.alive = true;
+                        bus.send(Role::Game(g), &InternalMessage::Reset);
+                    }
                 }
             }
             InternalMessage::ClientJoined { client, name } => {
