@@ -4,7 +4,9 @@
 //! [shard]          # identity and secrets shared by every role of the shard
 //! [relay]          # the Punch/Relay role: ports, quotas, token key rotation
 //! [relay.link_quota] / [relay.source_quota]
-//! [agent] [lobby] [game]   # reserved for the shard issue: accepted and kept, not yet read
+//! [agent]          # the DMZ gateway: client port, login port, token lifetime, rate limit
+//! [lobby]          # character store, zones, failure detection
+//! [game]           # tick rate, servers per zone, movement and interest management
 //! ```
 //!
 //! `assets/shard.toml` is the documented example. Every key has a default except
@@ -72,12 +74,77 @@ pub struct ShardConfig {
     pub shard: ShardSection,
     /// `[relay]`.
     pub relay: RelaySection,
-    /// `[agent]`, kept as raw TOML until the shard issue defines it.
-    pub agent: Option<toml::Table>,
-    /// `[lobby]`, kept as raw TOML until the shard issue defines it.
-    pub lobby: Option<toml::Table>,
-    /// `[game]`, kept as raw TOML until the shard issue defines it.
-    pub game: Option<toml::Table>,
+    /// `[agent]`.
+    pub agent: AgentSection,
+    /// `[lobby]`.
+    pub lobby: LobbySection,
+    /// `[game]`.
+    pub game: GameSection,
+}
+
+/// `[agent]`: the DMZ gateway, the only endpoint clients reach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSection {
+    /// `port` (default 7000): the netcode (renet, secure mode) UDP port, `shard.bind:port`.
+    pub addr: SocketAddr,
+    /// `login_port` (default 7001; 0 = no login service): UDP port of the login service that
+    /// mints connect tokens for a name.
+    pub login: Option<SocketAddr>,
+    /// `protocol_id` (default 0x5032504d2d763031, "P2PM-v01"): netcode protocol id; a client
+    /// built for another protocol cannot connect.
+    pub protocol_id: u64,
+    /// `max_clients` (default 1024, netcode's limit).
+    pub max_clients: usize,
+    /// `token_expire_secs` (default 300): how long a minted connect token can be used to
+    /// connect.
+    pub token_expire: Duration,
+    /// `client_timeout_secs` (default 10): a silent client is dropped after this long.
+    pub client_timeout_secs: i32,
+    /// `max_messages_per_sec` (default 120): per-client message budget; excess messages are
+    /// dropped and counted (a 20 Hz client sends ~25).
+    pub max_messages_per_sec: u32,
+}
+
+/// `[lobby]`: login, characters, zones, failure detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LobbySection {
+    /// `store` (default none = in memory): the character store file (JSON map), relative to
+    /// the config file's folder.
+    pub store: Option<PathBuf>,
+    /// `zones` (default 2): how many zones the shard runs.
+    pub zones: u32,
+    /// `internal` (default `127.0.0.1:7110`): where the Lobby listens for internal links from
+    /// the Agent and the Game servers when the roles run as separate processes (keep it on
+    /// the internal network; links are authenticated with the shard secret).
+    pub internal: SocketAddr,
+    /// `heartbeat_ms` (default 250): internal heartbeat interval.
+    pub heartbeat: Duration,
+    /// `heartbeat_timeout_ms` (default 1500; at most 3000): a role silent this long is dead.
+    pub heartbeat_timeout: Duration,
+}
+
+/// `[game]`: the authoritative world.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GameSection {
+    /// `tick_hz` (default 20): fixed simulation rate.
+    pub tick_hz: u32,
+    /// `servers_per_zone` (default 2): Game servers per zone (failover needs 2).
+    pub servers_per_zone: u32,
+    /// `max_speed` (default 10.0 units/s): faster moves are refused with a `Correction`.
+    pub max_speed: f32,
+    /// `interest_radius` (default 50.0): players this close are introduced.
+    pub interest_radius: f32,
+    /// `hysteresis` (default 10.0): an introduced pair is un-introduced only beyond
+    /// `interest_radius + hysteresis`, so a pair at the edge does not flap.
+    pub hysteresis: f32,
+    /// `max_peers` (default 16): introductions per client at most.
+    pub max_peers: usize,
+    /// `relay_token_secs` (default 3600): lifetime of the relay tokens in introductions.
+    pub relay_token_secs: u32,
+    /// `capacity` (default 200): players a Game server takes before the Lobby places new
+    /// players on the next one of the zone (the zone's servers are channels: players on
+    /// different servers do not see each other, so the Lobby fills them in order).
+    pub capacity: usize,
 }
 
 /// `[shard]`: what every role of one shard shares.
@@ -157,9 +224,47 @@ struct RawFile {
     shard: Option<RawShard>,
     #[serde(default)]
     relay: RawRelay,
-    agent: Option<toml::Table>,
-    lobby: Option<toml::Table>,
-    game: Option<toml::Table>,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    lobby: RawLobby,
+    #[serde(default)]
+    game: RawGame,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    port: Option<i64>,
+    login_port: Option<i64>,
+    protocol_id: Option<i64>,
+    max_clients: Option<i64>,
+    token_expire_secs: Option<i64>,
+    client_timeout_secs: Option<i64>,
+    max_messages_per_sec: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLobby {
+    store: Option<PathBuf>,
+    internal: Option<String>,
+    zones: Option<i64>,
+    heartbeat_ms: Option<i64>,
+    heartbeat_timeout_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGame {
+    tick_hz: Option<i64>,
+    servers_per_zone: Option<i64>,
+    max_speed: Option<f64>,
+    interest_radius: Option<f64>,
+    hysteresis: Option<f64>,
+    max_peers: Option<i64>,
+    relay_token_secs: Option<i64>,
+    capacity: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +331,22 @@ impl Ctx<'_> {
         Ok(v as u64)
     }
 
+    /// A float in `lo..=hi`, or `default` when absent.
+    fn float(
+        &self,
+        v: Option<f64>,
+        key: &'static str,
+        lo: f64,
+        hi: f64,
+        default: f64,
+    ) -> Result<f32, ConfigError> {
+        let v = v.unwrap_or(default);
+        if !(lo..=hi).contains(&v) {
+            return Err(self.invalid(key, format!("is {v}; it must be between {lo} and {hi}")));
+        }
+        Ok(v as f32)
+    }
+
     fn ip(&self, s: &str, key: &'static str) -> Result<IpAddr, ConfigError> {
         s.parse().map_err(|_| self.invalid(key, format!("is {s:?}, not an IP address (e.g. \"0.0.0.0\")")))
     }
@@ -244,6 +365,19 @@ fn parse_hex_secret(s: &str) -> Option<[u8; SHARD_SECRET_LEN]> {
 }
 
 impl ShardConfig {
+    /// Move every role's sockets to `ip` (the `--bind` flag), keeping the ports.
+    pub fn set_bind(&mut self, ip: IpAddr) {
+        self.shard.bind = ip;
+        self.relay.primary.set_ip(ip);
+        if let Some(a) = &mut self.relay.alternate {
+            a.set_ip(ip);
+        }
+        self.agent.addr.set_ip(ip);
+        if let Some(l) = &mut self.agent.login {
+            l.set_ip(ip);
+        }
+    }
+
     /// Read and validate a `shard.toml`. A relative `secret_file` is relative to the
     /// config file's folder.
     pub fn load(path: &Path) -> Result<ShardConfig, ConfigError> {
@@ -399,6 +533,83 @@ impl ShardConfig {
             60,
         )?);
 
+        let a = raw.agent;
+        let agent_port = cx.int(a.port, "agent.port", 0, 65535, 7000)? as u16;
+        let login_port = cx.int(a.login_port, "agent.login_port", 0, 65535, 7001)? as u16;
+        if login_port != 0 && login_port == agent_port {
+            return Err(cx.invalid("agent.login_port", "must differ from agent.port (or be 0 for none)"));
+        }
+        let agent = AgentSection {
+            addr: SocketAddr::new(bind, agent_port),
+            login: (login_port != 0).then(|| SocketAddr::new(bind, login_port)),
+            protocol_id: cx.int(a.protocol_id, "agent.protocol_id", 0, i64::MAX, 0x5032504d2d763031)?,
+            max_clients: cx.int(a.max_clients, "agent.max_clients", 1, 1024, 1024)? as usize,
+            token_expire: Duration::from_secs(cx.int(
+                a.token_expire_secs,
+                "agent.token_expire_secs",
+                5,
+                day,
+                300,
+            )?),
+            client_timeout_secs: cx.int(a.client_timeout_secs, "agent.client_timeout_secs", 1, 600, 10)?
+                as i32,
+            max_messages_per_sec: cx.int(
+                a.max_messages_per_sec,
+                "agent.max_messages_per_sec",
+                1,
+                100_000,
+                120,
+            )? as u32,
+        };
+        let l = raw.lobby;
+        let heartbeat = Duration::from_millis(cx.int(l.heartbeat_ms, "lobby.heartbeat_ms", 10, 1000, 250)?);
+        let heartbeat_timeout = Duration::from_millis(cx.int(
+            l.heartbeat_timeout_ms,
+            "lobby.heartbeat_timeout_ms",
+            50,
+            3000,
+            1500,
+        )?);
+        if heartbeat_timeout < heartbeat * 2 {
+            return Err(cx.invalid(
+                "lobby.heartbeat_timeout_ms",
+                "must be at least twice lobby.heartbeat_ms, or one late heartbeat kills a healthy role",
+            ));
+        }
+        let lobby = LobbySection {
+            store: l.store.map(|f| match base {
+                Some(b) if f.is_relative() => b.join(f),
+                _ => f,
+            }),
+            zones: cx.int(l.zones, "lobby.zones", 1, 1000, 2)? as u32,
+            internal: match &l.internal {
+                None => SocketAddr::from(([127, 0, 0, 1], 7110)),
+                Some(s) => s.parse().map_err(|_| {
+                    cx.invalid("lobby.internal", format!("is {s:?}, not an IP:port (e.g. \"10.0.0.2:7110\")"))
+                })?,
+            },
+            heartbeat,
+            heartbeat_timeout,
+        };
+        let g = raw.game;
+        let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
+        let game = GameSection {
+            tick_hz: cx.int(g.tick_hz, "game.tick_hz", 1, 240, 20)? as u32,
+            servers_per_zone: cx.int(g.servers_per_zone, "game.servers_per_zone", 1, 64, 2)? as u32,
+            max_speed: cx.float(g.max_speed, "game.max_speed", 0.1, 1e6, 10.0)?,
+            interest_radius,
+            hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
+            max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
+            capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
+            relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
+        };
+        if game.relay_token_secs as u64 > max_life {
+            return Err(cx.invalid(
+                "game.relay_token_secs",
+                format!("is {}, longer than relay.max_token_lifetime_secs ({max_life}): relays would refuse the tokens", game.relay_token_secs),
+            ));
+        }
+
         Ok(ShardConfig {
             shard: ShardSection { name, secret, bind, public_addresses, metrics },
             relay: RelaySection {
@@ -411,9 +622,9 @@ impl ShardConfig {
                 stats_log_interval,
                 core,
             },
-            agent: raw.agent,
-            lobby: raw.lobby,
-            game: raw.game,
+            agent,
+            lobby,
+            game,
         })
     }
 }
@@ -500,10 +711,25 @@ mod tests {
     }
 
     #[test]
-    fn config_reserved_role_sections_are_kept() {
-        let c = ShardConfig::parse(&format!("{}[game]\ntick_hz = 30\n[agent]\n", minimal())).unwrap();
-        assert_eq!(c.game.unwrap()["tick_hz"].as_integer(), Some(30));
-        assert!(c.agent.is_some() && c.lobby.is_none());
+    fn config_role_sections_have_defaults_and_name_bad_keys() {
+        let m = minimal();
+        let c = ShardConfig::parse(&format!("{m}[game]\ntick_hz = 30\n[agent]\n")).unwrap();
+        assert_eq!(c.game.tick_hz, 30);
+        assert_eq!(c.agent.addr, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(c.agent.login, Some("0.0.0.0:7001".parse().unwrap()));
+        assert_eq!(c.lobby.heartbeat_timeout, Duration::from_millis(1500));
+        assert_eq!(err_key(&format!("{m}[agent]\nport = 7001\n")), "agent.login_port");
+        assert_eq!(err_key(&format!("{m}[agent]\nmax_clients = 5000\n")), "agent.max_clients");
+        assert_eq!(
+            err_key(&format!("{m}[lobby]\nheartbeat_timeout_ms = 5000\n")),
+            "lobby.heartbeat_timeout_ms"
+        );
+        assert_eq!(err_key(&format!("{m}[lobby]\nzones = 0\n")), "lobby.zones");
+        assert_eq!(err_key(&format!("{m}[lobby]\ninternal = \"lobby\"\n")), "lobby.internal");
+        assert_eq!(err_key(&format!("{m}[game]\nmax_speed = -1.0\n")), "game.max_speed");
+        assert_eq!(err_key(&format!("{m}[game]\nhysteresis = 500.0\n")), "game.hysteresis");
+        let e = ShardConfig::parse(&format!("{m}[game]\ntick = 5\n")).unwrap_err().to_string();
+        assert!(e.contains("tick"), "{e}");
     }
 
     #[test]

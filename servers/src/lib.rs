@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `shard.toml`, validated, with errors that name the key.
 //! - [`relay`]: the Punch/Relay role (`p2pmodel shard relay`): data plane and control plane.
+//! - [`shard`]: the Agent, Lobby and Game roles (`p2pmodel shard all`), login and tokens.
 //! - [`bench`]: `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
 //! - [`udp_driver`]: runs any sans-IO [`bevy_p2pmodel::endpoint::Endpoint`] on real UDP sockets.
 //! - [`netcheck`]: `p2pmodel netcheck` — learn the public address and NAT class from STUN servers.
@@ -10,4 +11,5 @@ pub mod bench;
 pub mod config;
 pub mod netcheck;
 pub mod relay;
+pub mod shard;
 pub mod udp_driver;

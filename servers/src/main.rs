@@ -25,6 +25,19 @@ enum Command {
         #[command(subcommand)]
         role: ShardRole,
     },
+    /// Mint a connect token for a client id (what a game backend with its own login does);
+    /// prints the token as hex (renetcode's ConnectToken wire format).
+    Token {
+        /// The shard configuration (the secret and the Agent's public address).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The netcode client id.
+        #[arg(long)]
+        client_id: u64,
+        /// Player name bound into the token's user data.
+        #[arg(long, default_value = "player")]
+        name: String,
+    },
     /// Measure a component's performance (not a test: prints figures and a summary line).
     Bench {
         #[command(subcommand)]
@@ -41,12 +54,39 @@ enum ShardRole {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Every role of the shard in one process (for now: the relay only; agent, lobby and
-    /// game arrive with the shard issue).
+    /// Every role of the shard in one process: relay, Agent (+ login service), Lobby and
+    /// every Game server. Prints what listens where.
     All {
         /// The shard configuration (see assets/shard.toml for every key).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Bind every role to this IP (overrides `shard.bind`).
+        #[arg(long, value_name = "IP")]
+        bind: Option<std::net::IpAddr>,
+        /// The IP clients reach this host at (overrides `shard.public_addresses`).
+        #[arg(long, value_name = "IP")]
+        public_ip: Option<std::net::IpAddr>,
+    },
+    /// The Agent (and login service) alone; connects to the Lobby at `lobby.internal`.
+    Agent {
+        /// The shard configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// The Lobby alone; listens for internal links at `lobby.internal`. Start it first.
+    Lobby {
+        /// The shard configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Game servers; connect to the Lobby at `lobby.internal`.
+    Game {
+        /// The shard configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Which Game servers (numbers, comma-separated; default: all of the shard).
+        #[arg(long, value_delimiter = ',')]
+        games: Vec<u32>,
     },
 }
 
@@ -75,6 +115,32 @@ fn run_relay(config: &ShardConfig) -> ExitCode {
     }
 }
 
+fn run_role(config: &std::path::Path, role: RoleArg) -> ExitCode {
+    let c = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let role = match role {
+        RoleArg::Agent => p2pmodel_servers::shard::SplitRole::Agent,
+        RoleArg::Lobby => p2pmodel_servers::shard::SplitRole::Lobby,
+        RoleArg::Games(g) => p2pmodel_servers::shard::SplitRole::Games(g),
+    };
+    match p2pmodel_servers::shard::run_role(&c, role) {
+        Ok(exit) if exit.is_success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("p2pmodel: shard role failed to start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum RoleArg {
+    Agent,
+    Lobby,
+    Games(Vec<u32>),
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Netcheck(args) => report(p2pmodel_servers::netcheck::run(&args)),
@@ -83,12 +149,49 @@ fn main() -> ExitCode {
             Ok(c) => run_relay(&c),
             Err(code) => code,
         },
-        Command::Shard { role: ShardRole::All { config } } => match load(&config) {
+        Command::Shard { role: ShardRole::All { config, bind, public_ip } } => match load(&config) {
+            Ok(mut c) => {
+                if let Some(ip) = bind {
+                    c.set_bind(ip);
+                }
+                if let Some(ip) = public_ip {
+                    c.shard.public_addresses = vec![ip];
+                }
+                match p2pmodel_servers::shard::run_all(&c) {
+                    Ok(exit) if exit.is_success() => ExitCode::SUCCESS,
+                    Ok(_) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("p2pmodel: shard failed to start: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(code) => code,
+        },
+        Command::Shard { role: ShardRole::Agent { config } } => run_role(&config, RoleArg::Agent),
+        Command::Shard { role: ShardRole::Lobby { config } } => run_role(&config, RoleArg::Lobby),
+        Command::Shard { role: ShardRole::Game { config, games } } => {
+            run_role(&config, RoleArg::Games(games))
+        }
+        Command::Token { config, client_id, name } => match load(&config) {
             Ok(c) => {
-                eprintln!(
-                    "p2pmodel: `shard all` runs the relay only for now; agent, lobby and game arrive with the shard issue"
-                );
-                run_relay(&c)
+                if !p2pmodel_servers::shard::keys::valid_name(&name) {
+                    eprintln!("p2pmodel: --name must be 1-32 letters, digits, '-' or '_'");
+                    return ExitCode::from(2);
+                }
+                let agent = p2pmodel_servers::shard::public_addr(&c, c.agent.addr);
+                match p2pmodel_servers::shard::minter(&c, agent).mint(client_id, &name) {
+                    Ok(t) => {
+                        let mut b = Vec::new();
+                        let _ = t.write(&mut b);
+                        println!("{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("p2pmodel: cannot mint a token: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(code) => code,
         },

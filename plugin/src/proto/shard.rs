@@ -89,6 +89,12 @@ pub enum ClientMessage {
         /// Smoothed RTT in ms, if measured.
         rtt_ms: Option<f32>,
     },
+    /// Join a party (empty name: leave it). Party members on the same Game server are meshed
+    /// regardless of distance.
+    JoinParty {
+        /// Party name (at most 32 bytes).
+        party: String,
+    },
 }
 
 /// Shard → client.
@@ -126,6 +132,112 @@ pub enum ShardMessage {
     Refused {
         /// Why, for the user.
         reason: String,
+    },
+    /// We are in a zone, on a Game server, at this position: sent on entering a zone and
+    /// again when the shard moved us to another Game server (the old one failed). Links of
+    /// the previous Game server are closed by the client; new introductions follow.
+    EnteredZone {
+        /// Zone number.
+        zone: u32,
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+}
+
+/// Which shard role an internal message comes from (heartbeats, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The DMZ gateway.
+    Agent,
+    /// The lobby.
+    Lobby,
+    /// A Game server, by its number within the shard.
+    Game(u32),
+}
+
+/// Role ↔ role messages inside a shard (Agent ↔ Lobby ↔ Game). Same encoding as the client
+/// messages ([`encode`] / [`decode`]). `client` is the Agent's netcode client id: internal
+/// roles never learn a client's address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InternalMessage {
+    /// Liveness: each role sends one every heartbeat interval to each role it talks to.
+    Heartbeat {
+        /// The sender.
+        from: Role,
+    },
+    /// Agent → Lobby: an authenticated client connected under this (token-bound) name.
+    ClientJoined {
+        /// Netcode client id.
+        client: u64,
+        /// The name bound into its connect token.
+        name: String,
+    },
+    /// Agent → Lobby / Game: the client is gone.
+    ClientLeft {
+        /// Netcode client id.
+        client: u64,
+    },
+    /// Agent → Lobby / Game: a message from a client.
+    FromClient {
+        /// Netcode client id.
+        client: u64,
+        /// The message.
+        msg: ClientMessage,
+    },
+    /// Lobby / Game → Agent: deliver to a client.
+    ToClient {
+        /// Netcode client id.
+        client: u64,
+        /// The message.
+        msg: ShardMessage,
+    },
+    /// Lobby → Agent: route this client's game-phase messages to Game `game` (`None`: back to
+    /// the lobby).
+    Route {
+        /// Netcode client id.
+        client: u64,
+        /// Game server number.
+        game: Option<u32>,
+    },
+    /// Lobby → Game: admit a player at a position.
+    Join {
+        /// Netcode client id.
+        client: u64,
+        /// Player id.
+        player: PlayerId,
+        /// Display name.
+        name: String,
+        /// Zone number.
+        zone: u32,
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+        /// Mesh candidates, if the client reported them.
+        candidates: Vec<Candidate>,
+        /// NAT summary, if reported.
+        nat: Option<NatSummary>,
+        /// The player's party, if any.
+        party: Option<String>,
+    },
+    /// Lobby → Game: the client joined (`Some`) or left (`None`) a party.
+    SetParty {
+        /// Netcode client id.
+        client: u64,
+        /// Party name.
+        party: Option<String>,
+    },
+    /// Lobby → Game: you were declared dead and your players were moved; drop every player
+    /// and pair and start empty.
+    Reset,
+    /// Game → Lobby: where players are now (persistence, failover) and the server's load.
+    Positions {
+        /// Game server number.
+        game: u32,
+        /// `(player, x, y)` of every player on it.
+        players: Vec<(PlayerId, f32, f32)>,
     },
 }
 

@@ -1,0 +1,498 @@
+//! Game servers: the authoritative world of a zone at a fixed tick, movement validation,
+//! interest management on a grid with hysteresis, and **mesh membership** — players in
+//! range are introduced (`PeerIntro`), drifted-apart pairs un-introduced (`PeerOutro`), and
+//! every pair's path (direct / relayed / lost) is tracked from the clients' `PathReport`s.
+//!
+//! One [`GameWorld`] per Game server; [`GameServers`] holds those this process runs. Each
+//! talks to other roles only through the [`ShardBus`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bevy::prelude::*;
+use bevy_p2pmodel::crypto::LinkKey;
+use bevy_p2pmodel::link::{Candidate, LinkParams, NatHint, RelayParams};
+use bevy_p2pmodel::proto::peer::{LinkId, Side};
+use bevy_p2pmodel::proto::shard::{
+    ClientMessage, InternalMessage, NatSummary, PathState, PlayerId, Role, ShardMessage,
+};
+use bevy_p2pmodel::relay::mint;
+use rand::RngCore;
+
+use super::bus::ShardBus;
+use crate::config::GameSection;
+use crate::relay::KeySchedule;
+
+/// Game rules and what introductions need.
+#[derive(Debug, Clone)]
+pub struct GameRules {
+    /// `[game]` settings.
+    pub cfg: GameSection,
+    /// The relay clients fall back to (`None`: introductions carry no relay).
+    pub relay: Option<SocketAddr>,
+    /// Relay token keys, derived from the shard secret.
+    pub keys: KeySchedule,
+    /// Heartbeat interval toward the Lobby.
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct GamePlayer {
+    client: u64,
+    name: String,
+    x: f32,
+    y: f32,
+    last_move_tick: u64,
+    candidates: Vec<Candidate>,
+    nat: Option<NatSummary>,
+    party: Option<String>,
+    peers: usize,
+}
+
+/// An introduced pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    /// The link id both were given.
+    pub link: LinkId,
+    /// The path each side reported last (`[A, B]`, A = the lower player id).
+    pub paths: [Option<PathState>; 2],
+}
+
+/// One Game server.
+#[derive(Debug)]
+pub struct GameWorld {
+    /// Its number in the shard.
+    pub id: u32,
+    /// Its zone.
+    pub zone: u32,
+    /// False once killed or paused: it stops processing and heart-beating.
+    pub alive: bool,
+    players: BTreeMap<PlayerId, GamePlayer>,
+    by_client: HashMap<u64, PlayerId>,
+    pairs: BTreeMap<(PlayerId, PlayerId), Pair>,
+    by_link: HashMap<LinkId, (PlayerId, PlayerId)>,
+    next_link: u32,
+    tick: u64,
+    last_heartbeat: Instant,
+    /// Moves refused by speed validation.
+    pub corrections: u64,
+}
+
+impl GameWorld {
+    /// An empty Game server.
+    pub fn new(id: u32, zone: u32) -> GameWorld {
+        GameWorld {
+            id,
+            zone,
+            alive: true,
+            players: BTreeMap::new(),
+            by_client: HashMap::new(),
+            pairs: BTreeMap::new(),
+            by_link: HashMap::new(),
+            next_link: 1,
+            tick: 0,
+            last_heartbeat: Instant::now(),
+            corrections: 0,
+        }
+    }
+
+    /// Introduced pairs, by player ids.
+    pub fn pairs(&self) -> impl Iterator<Item = (&(PlayerId, PlayerId), &Pair)> {
+        self.pairs.iter()
+    }
+
+    /// Players on this server: `(player, name, x, y)`.
+    pub fn players(&self) -> impl Iterator<Item = (PlayerId, &str, f32, f32)> {
+        self.players.iter().map(|(p, g)| (*p, g.name.as_str(), g.x, g.y))
+    }
+
+    fn to_client(bus: &mut ShardBus, client: u64, msg: ShardMessage) {
+        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+    }
+
+    fn remove_player(&mut self, bus: &mut ShardBus, p: PlayerId) {
+        let keys: Vec<_> = self.pairs.keys().filter(|(a, b)| *a == p || *b == p).copied().collect();
+        for k in keys {
+            self.outro(bus, k);
+        }
+        if let Some(g) = self.players.remove(&p) {
+            self.by_client.remove(&g.client);
+        }
+    }
+
+    fn outro(&mut self, bus: &mut ShardBus, k: (PlayerId, PlayerId)) {
+        if let Some(pair) = self.pairs.remove(&k) {
+            self.by_link.remove(&pair.link);
+            for p in [k.0, k.1] {
+                if let Some(g) = self.players.get_mut(&p) {
+                    g.peers = g.peers.saturating_sub(1);
+                    Self::to_client(bus, g.client, ShardMessage::PeerOutro { link: pair.link });
+                }
+            }
+        }
+    }
+
+    fn intro(&mut self, bus: &mut ShardBus, rules: &GameRules, k: (PlayerId, PlayerId)) {
+        let link = LinkId((self.id << 24) | (self.next_link & 0x00ff_ffff));
+        self.next_link = self.next_link.wrapping_add(1);
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let key = LinkKey(key);
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let expiry = (unix + rules.cfg.relay_token_secs as u64) as u32;
+        let minting = rules.keys.minting_keys(unix);
+        let (Some(a), Some(b)) = (self.players.get(&k.0).cloned(), self.players.get(&k.1).cloned()) else {
+            return;
+        };
+        for (me, other, side) in [(&a, &b, Side::A), (&b, &a, Side::B)] {
+            let relay = rules.relay.map(|addr| {
+                let (token, bind_key) = mint(&minting, link, side, expiry);
+                RelayParams { addr, token, bind_key }
+            });
+            let remote_nat = other
+                .nat
+                .as_ref()
+                .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta })
+                .unwrap_or_default();
+            let params = LinkParams {
+                link,
+                side,
+                key: key.clone(),
+                remote: other.candidates.clone(),
+                remote_nat,
+                relay,
+            };
+            let peer = if side == Side::A { k.1 } else { k.0 };
+            Self::to_client(
+                bus,
+                me.client,
+                ShardMessage::PeerIntro { peer, name: other.name.clone(), params },
+            );
+        }
+        for p in [k.0, k.1] {
+            if let Some(g) = self.players.get_mut(&p) {
+                g.peers += 1;
+            }
+        }
+        self.pairs.insert(k, Pair { link, paths: [None, None] });
+        self.by_link.insert(link, k);
+    }
+
+    fn handle(&mut self, bus: &mut ShardBus, rules: &GameRules, m: InternalMessage) {
+        match m {
+            InternalMessage::Reset => {
+                self.players.clear();
+                self.by_client.clear();
+                self.pairs.clear();
+                self.by_link.clear();
+            }
+            InternalMessage::SetParty { client, party } => {
+                if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
+                    g.party = party;
+                }
+            }
+            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, .. } => {
+                if self.players.contains_key(&player) {
+                    self.remove_player(bus, player);
+                }
+                self.by_client.insert(client, player);
+                self.players.insert(
+                    player,
+                    GamePlayer {
+                        client,
+                        name,
+                        x,
+                        y,
+                        last_move_tick: self.tick,
+                        candidates,
+                        nat,
+                        party,
+                        peers: 0,
+                    },
+                );
+                Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
+            }
+            InternalMessage::ClientLeft { client } => {
+                if let Some(p) = self.by_client.get(&client).copied() {
+                    self.remove_player(bus, p);
+                }
+            }
+            InternalMessage::FromClient { client, msg } => {
+                let Some(p) = self.by_client.get(&client).copied() else { return };
+                match msg {
+                    ClientMessage::Move { x, y, .. } => {
+                        let tick = self.tick;
+                        let Some(g) = self.players.get_mut(&p) else { return };
+                        let dt =
+                            (tick.saturating_sub(g.last_move_tick)).max(1) as f32 / rules.cfg.tick_hz as f32;
+                        let allowed = rules.cfg.max_speed * dt * 1.5 + 0.5;
+                        let d = ((x - g.x).powi(2) + (y - g.y).powi(2)).sqrt();
+                        if x.is_finite() && y.is_finite() && d <= allowed {
+                            (g.x, g.y, g.last_move_tick) = (x, y, tick);
+                        } else {
+                            self.corrections += 1;
+                            Self::to_client(bus, client, ShardMessage::Correction { x: g.x, y: g.y });
+                        }
+                    }
+                    ClientMessage::MeshInfo { candidates, nat } => {
+                        if let Some(g) = self.players.get_mut(&p) {
+                            g.candidates = candidates;
+                            g.nat = Some(nat);
+                        }
+                    }
+                    ClientMessage::PathReport { link, path, .. } => {
+                        if let Some(k) = self.by_link.get(&link).copied()
+                            && (k.0 == p || k.1 == p)
+                            && let Some(pair) = self.pairs.get_mut(&k)
+                        {
+                            pair.paths[usize::from(k.1 == p)] = Some(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        let _ = rules;
+    }
+
+    /// One fixed tick: interest management and mesh membership.
+    fn step(&mut self, bus: &mut ShardBus, rules: &GameRules) {
+        self.tick += 1;
+        let r = rules.cfg.interest_radius;
+        let leave = r + rules.cfg.hysteresis;
+        let cell = leave.max(1.0);
+        let mut grid: HashMap<(i32, i32), Vec<PlayerId>> = HashMap::new();
+        for (p, g) in &self.players {
+            grid.entry(((g.x / cell).floor() as i32, (g.y / cell).floor() as i32)).or_default().push(*p);
+        }
+        let dist = |a: &GamePlayer, b: &GamePlayer| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+        let same_party = |a: &GamePlayer, b: &GamePlayer| a.party.is_some() && a.party == b.party;
+        // Un-introduce pairs that drifted beyond the hysteresis band.
+        let far: Vec<_> = self
+            .pairs
+            .keys()
+            .filter(|(a, b)| match (self.players.get(a), self.players.get(b)) {
+                (Some(x), Some(y)) => dist(x, y) > leave && !same_party(x, y),
+                _ => true,
+            })
+            .copied()
+            .collect();
+        for k in far {
+            self.outro(bus, k);
+        }
+        // Introduce new pairs within range (nearest first), capped per client.
+        let mut candidates = Vec::new();
+        // Party members first (distance counts as zero), whatever the distance.
+        let mut parties: HashMap<&str, Vec<PlayerId>> = HashMap::new();
+        for (p, g) in &self.players {
+            if let Some(party) = &g.party {
+                parties.entry(party.as_str()).or_default().push(*p);
+            }
+        }
+        for members in parties.values() {
+            for (i, p) in members.iter().enumerate() {
+                for q in &members[i + 1..] {
+                    let k = if p < q { (*p, *q) } else { (*q, *p) };
+                    if !self.pairs.contains_key(&k) {
+                        candidates.push((0.0f32, k.0, k.1));
+                    }
+                }
+            }
+        }
+        for (p, g) in &self.players {
+            let c = ((g.x / cell).floor() as i32, (g.y / cell).floor() as i32);
+            for dx in -1..=1 {
+                for dy in -1..=1 {
+                    for q in grid.get(&(c.0 + dx, c.1 + dy)).into_iter().flatten() {
+                        if q > p && !self.pairs.contains_key(&(*p, *q)) {
+                            let d = dist(g, &self.players[q]);
+                            if d <= r && !same_party(g, &self.players[q]) {
+                                candidates.push((d, *p, *q));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, p, q) in candidates {
+            let cap = rules.cfg.max_peers;
+            if self.players[&p].peers < cap && self.players[&q].peers < cap {
+                self.intro(bus, rules, (p, q));
+            }
+        }
+        if self.tick.is_multiple_of(5) {
+            let players = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
+            bus.send(Role::Lobby, &InternalMessage::Positions { game: self.id, players });
+        }
+    }
+}
+
+/// The Game servers this process runs.
+#[derive(Resource, Debug)]
+pub struct GameServers {
+    /// The servers.
+    pub worlds: Vec<GameWorld>,
+    /// Rules shared by all of them.
+    pub rules: GameRules,
+}
+
+impl GameServers {
+    /// Stop Game server `id` as if its process died (no more heartbeats, inbox ignored).
+    pub fn kill(&mut self, id: u32) {
+        for w in self.worlds.iter_mut().filter(|w| w.id == id) {
+            w.alive = false;
+            w.players.clear();
+            w.pairs.clear();
+        }
+    }
+
+    /// Resume Game server `id` after [`GameServers::pause`] (it heart-beats again).
+    pub fn resume(&mut self, id: u32) {
+        for w in self.worlds.iter_mut().filter(|w| w.id == id) {
+            w.alive = true;
+        }
+    }
+
+    /// Freeze Game server `id` with its state, as a stalled process (tests partitions).
+    pub fn pause(&mut self, id: u32) {
+        for w in self.worlds.iter_mut().filter(|w| w.id == id) {
+            w.alive = false;
+        }
+    }
+
+    /// The server with number `id`.
+    pub fn get(&self, id: u32) -> Option<&GameWorld> {
+        self.worlds.iter().find(|w| w.id == id)
+    }
+}
+
+/// The Game role: a fixed-tick system over every [`GameWorld`] in [`GameServers`].
+pub struct GamePlugin {
+    /// Simulation rate.
+    pub tick_hz: u32,
+}
+
+impl Plugin for GamePlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(Time::<Fixed>::from_hz(self.tick_hz as f64))
+            .add_systems(FixedUpdate, game_tick)
+            .add_systems(Update, game_heartbeat);
+    }
+}
+
+fn game_tick(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
+    let GameServers { worlds, rules } = &mut *games;
+    for w in worlds.iter_mut().filter(|w| w.alive) {
+        for m in bus.drain(Role::Game(w.id)) {
+            w.handle(&mut bus, rules, m);
+        }
+        w.step(&mut bus, rules);
+    }
+}
+
+fn game_heartbeat(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
+    let every = games.rules.heartbeat;
+    for w in games.worlds.iter_mut().filter(|w| w.alive) {
+        if w.last_heartbeat.elapsed() >= every {
+            w.last_heartbeat = Instant::now();
+            bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Game(w.id) });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bevy_p2pmodel::proto::shard::ShardMessage;
+
+    fn rules() -> GameRules {
+        let cfg = crate::config::ShardConfig::parse(
+            "[shard]\nname = \"t\"\nsecret = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        GameRules {
+            cfg: cfg.game,
+            relay: Some("127.0.0.1:3478".parse().unwrap()),
+            keys: KeySchedule::new([7; 32], Duration::ZERO),
+            heartbeat: Duration::from_millis(250),
+        }
+    }
+
+    fn join(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
+        let m = InternalMessage::Join {
+            client,
+            player: PlayerId(client),
+            name: format!("p{client}"),
+            zone: 0,
+            x,
+            y: 0.0,
+            candidates: Vec::new(),
+            nat: None,
+            party: None,
+        };
+        w.handle(bus, r, m);
+    }
+
+    fn to_clients(bus: &mut ShardBus) -> Vec<(u64, ShardMessage)> {
+        bus.drain(Role::Agent)
+            .into_iter()
+            .filter_map(|m| match m {
+                InternalMessage::ToClient { client, msg } => Some((client, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mv(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
+        let msg = ClientMessage::Move { tick: 0, x, y: 0.0 };
+        w.handle(bus, r, InternalMessage::FromClient { client, msg });
+    }
+
+    #[test]
+    fn game_introduces_with_hysteresis_and_validates_speed() {
+        let r = rules(); // radius 50, hysteresis 10, max speed 10/s at 20 Hz
+        let mut bus = ShardBus::default();
+        let mut w = GameWorld::new(3, 0);
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        join(&mut w, &mut bus, &r, 2, 45.0);
+        w.step(&mut bus, &r);
+        let out = to_clients(&mut bus);
+        let intros: Vec<_> =
+            out.iter().filter(|(_, m)| matches!(m, ShardMessage::PeerIntro { .. })).collect();
+        assert_eq!(intros.len(), 2, "{out:?}");
+        if let (_, ShardMessage::PeerIntro { params, .. }) = intros[0] {
+            assert_eq!(params.link.0 >> 24, 3, "link ids carry the game number");
+            assert!(params.relay.is_some());
+        }
+        // Walk p2 to 55 (inside the hysteresis band): still linked. 10/s at 20 Hz → 0.5 per
+        // tick, plus slack; a 20-unit jump is refused with a correction.
+        mv(&mut w, &mut bus, &r, 2, 65.0);
+        assert!(matches!(to_clients(&mut bus)[..], [(2, ShardMessage::Correction { x, .. })] if x == 45.0));
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x.min(55.0));
+        }
+        assert_eq!(w.players[&PlayerId(2)].x, 55.0);
+        w.step(&mut bus, &r);
+        assert_eq!(w.pairs().count(), 1, "inside radius + hysteresis: kept");
+        to_clients(&mut bus);
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x);
+        }
+        w.step(&mut bus, &r);
+        assert_eq!(w.pairs().count(), 0, "beyond 60: un-introduced");
+        let outros =
+            to_clients(&mut bus).into_iter().filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }));
+        assert_eq!(outros.count(), 2);
+        // Garbage on the bus is counted, never a panic.
+        bus.send_raw(Role::Game(3), vec![0xff; 9]);
+        assert!(bus.drain(Role::Game(3)).is_empty());
+        assert_eq!(bus.errors, 1);
+    }
+}

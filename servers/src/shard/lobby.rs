@@ -1,0 +1,299 @@
+//! The Lobby: login by name, characters in the [`Store`], zones with live population,
+//! Game assignment (fill in order up to `game.capacity`, then least-loaded), and Game failure detection (missing heartbeats) with
+//! reassignment of the dead server's players, positions kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_p2pmodel::link::Candidate;
+use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
+
+use super::bus::ShardBus;
+use super::store::Store;
+
+/// A logged-in client as the Lobby sees it.
+#[derive(Debug, Clone)]
+pub struct LobbyClient {
+    /// Name.
+    pub name: String,
+    /// Player id.
+    pub player: PlayerId,
+    /// Zone and Game server, once in a zone.
+    pub placed: Option<(u32, u32)>,
+    /// Last known position.
+    pub pos: (f32, f32),
+    /// Party, if any.
+    pub party: Option<String>,
+    mesh: Option<(Vec<Candidate>, NatSummary)>,
+}
+
+/// A Game server as the Lobby tracks it.
+#[derive(Debug, Clone)]
+pub struct GameInfo {
+    /// Its zone.
+    pub zone: u32,
+    /// Last message heard from it.
+    pub last_heard: Instant,
+    /// Still considered alive.
+    pub alive: bool,
+}
+
+/// The Lobby's state.
+#[derive(Resource)]
+pub struct LobbyState {
+    /// Clients by netcode id.
+    pub clients: HashMap<u64, LobbyClient>,
+    /// Game servers by number.
+    pub games: BTreeMap<u32, GameInfo>,
+    /// Number of zones.
+    pub zones: u32,
+    /// The STUN/relay server clients use (told in `Welcome`).
+    pub stun: SocketAddr,
+    /// Players per Game server before the next one is used.
+    pub capacity: usize,
+    store: Store,
+    heartbeat_timeout: Duration,
+    last_flush: Instant,
+    last_check: Instant,
+}
+
+impl Drop for LobbyState {
+    /// Positions survive a clean shutdown: the store is written when the Lobby goes away.
+    fn drop(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!("character store write failed at shutdown: {e}");
+        }
+    }
+}
+
+impl LobbyState {
+    /// A Lobby for `games` (number → zone).
+    pub fn new(
+        store: Store,
+        zones: u32,
+        games: impl IntoIterator<Item = (u32, u32)>,
+        stun: SocketAddr,
+        heartbeat_timeout: Duration,
+        capacity: usize,
+    ) -> LobbyState {
+        let now = Instant::now();
+        LobbyState {
+            clients: HashMap::new(),
+            games: games
+                .into_iter()
+                .map(|(g, zone)| (g, GameInfo { zone, last_heard: now, alive: true }))
+                .collect(),
+            zones,
+            stun,
+            capacity,
+            store,
+            heartbeat_timeout,
+            last_flush: now,
+            last_check: now,
+        }
+    }
+
+    /// Players per zone.
+    pub fn population(&self, zone: u32) -> usize {
+        self.clients.values().filter(|c| c.placed.is_some_and(|(z, _)| z == zone)).count()
+    }
+
+    /// Players placed on Game server `game`.
+    pub fn load(&self, game: u32) -> usize {
+        self.clients.values().filter(|c| c.placed.is_some_and(|(_, g)| g == game)).count()
+    }
+
+    /// Where a new player of `zone` goes: the first live server below capacity (players
+    /// stay together), else the least-loaded live one.
+    fn pick_game(&self, zone: u32) -> Option<u32> {
+        let live = || self.games.iter().filter(|(_, g)| g.zone == zone && g.alive).map(|(id, _)| *id);
+        live()
+            .find(|id| self.load(*id) < self.capacity)
+            .or_else(|| live().min_by_key(|id| (self.load(*id), *id)))
+    }
+
+    fn place(&mut self, bus: &mut ShardBus, client: u64, zone: u32) {
+        let Some(game) = self.pick_game(zone) else {
+            let msg = ShardMessage::Refused { reason: format!("zone {zone} has no running game server") };
+            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+            return;
+        };
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        c.placed = Some((zone, game));
+        let (candidates, nat) = match &c.mesh {
+            Some((cands, nat)) => (cands.clone(), Some(nat.clone())),
+            None => (Vec::new(), None),
+        };
+        bus.send(
+            Role::Game(game),
+            &InternalMessage::Join {
+                client,
+                player: c.player,
+                name: c.name.clone(),
+                zone,
+                x: c.pos.0,
+                y: c.pos.1,
+                candidates,
+                nat,
+                party: c.party.clone(),
+            },
+        );
+        bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
+        info!(client, name = %c.name, zone, game, "player placed");
+    }
+}
+
+/// The Lobby role. Needs [`LobbyState`] and [`ShardBus`].
+pub struct LobbyPlugin;
+
+impl Plugin for LobbyPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(Update, (lobby_inbox, detect_dead_games).chain());
+    }
+}
+
+fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
+    let now = Instant::now();
+    for m in bus.drain(Role::Lobby) {
+        match m {
+            InternalMessage::Heartbeat { from: Role::Game(g) } => {
+                if let Some(info) = lobby.games.get_mut(&g) {
+                    info.last_heard = now;
+                    if !info.alive {
+                        // Back after being declared dead (a pause, a partition): its players
+                        // live elsewhere now, so it starts empty and rejoins the pool.
+                        warn!(game = g, "game server is back; resetting it");
+                        info.alive = true;
+                        bus.send(Role::Game(g), &InternalMessage::Reset);
+                    }
+                }
+            }
+            InternalMessage::ClientJoined { client, name } => {
+                let ch = lobby.store.load_or_create(&name);
+                let player = PlayerId(ch.player);
+                lobby.clients.insert(
+                    client,
+                    LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), party: None, mesh: None },
+                );
+                let msg = ShardMessage::Welcome { player, stun: lobby.stun };
+                bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+            }
+            InternalMessage::ClientLeft { client } => {
+                if let Some(c) = lobby.clients.remove(&client) {
+                    let zone = c.placed.map(|(z, _)| z).unwrap_or(0);
+                    lobby.store.update(&c.name, zone, c.pos.0, c.pos.1);
+                    if let Err(e) = lobby.store.flush() {
+                        warn!("character store write failed: {e}");
+                    }
+                }
+            }
+            InternalMessage::FromClient { client, msg } => match msg {
+                ClientMessage::Login { .. } => {
+                    if let Some(c) = lobby.clients.get(&client) {
+                        let msg = ShardMessage::Welcome { player: c.player, stun: lobby.stun };
+                        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                    }
+                }
+                ClientMessage::JoinParty { party } => {
+                    let party = (!party.is_empty()).then(|| party.chars().take(32).collect::<String>());
+                    if let Some(c) = lobby.clients.get_mut(&client) {
+                        c.party = party.clone();
+                        if let Some((_, g)) = c.placed {
+                            bus.send(Role::Game(g), &InternalMessage::SetParty { client, party });
+                        }
+                    }
+                }
+                ClientMessage::MeshInfo { candidates, nat } => {
+                    if let Some(c) = lobby.clients.get_mut(&client) {
+                        c.mesh = Some((candidates, nat));
+                    }
+                }
+                ClientMessage::EnterZone { zone } => {
+                    let placed = lobby.clients.get(&client).and_then(|c| c.placed);
+                    if zone >= lobby.zones {
+                        let msg = ShardMessage::Refused { reason: format!("no zone {zone}") };
+                        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                    } else if let Some((z, g)) = placed
+                        && z != zone
+                    {
+                        bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
+                        lobby.place(&mut bus, client, zone);
+                    } else if placed.is_none() {
+                        lobby.place(&mut bus, client, zone);
+                    }
+                }
+                _ => {
+                    let msg = ShardMessage::Refused { reason: "enter a zone first".into() };
+                    bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                }
+            },
+            InternalMessage::Positions { game, players } => {
+                if let Some(info) = lobby.games.get_mut(&game) {
+                    info.last_heard = now;
+                }
+                let by_player: HashMap<PlayerId, (f32, f32)> =
+                    players.into_iter().map(|(p, x, y)| (p, (x, y))).collect();
+                let mut updates = Vec::new();
+                for c in lobby.clients.values_mut() {
+                    if c.placed.is_some_and(|(_, g)| g == game)
+                        && let Some(&pos) = by_player.get(&c.player)
+                    {
+                        c.pos = pos;
+                        updates.push((c.name.clone(), c.placed.map(|(z, _)| z).unwrap_or(0), pos));
+                    }
+                }
+                for (name, zone, (x, y)) in updates {
+                    lobby.store.update(&name, zone, x, y);
+                }
+            }
+            _ => {}
+        }
+    }
+    if lobby.last_flush.elapsed() > Duration::from_secs(2) {
+        lobby.last_flush = Instant::now();
+        if let Err(e) = lobby.store.flush() {
+            warn!("character store write failed: {e}");
+        }
+    }
+}
+
+fn detect_dead_games(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
+    let timeout = lobby.heartbeat_timeout;
+    // If the Lobby itself stalled (a paused process, a long frame), the silence is ours:
+    // restart the clocks rather than declare every Game server dead.
+    if lobby.last_check.elapsed() > timeout / 2 {
+        warn!(stalled = ?lobby.last_check.elapsed(), "lobby stalled; restarting heartbeat clocks");
+        let now = Instant::now();
+        for g in lobby.games.values_mut() {
+            g.last_heard = now;
+        }
+    }
+    lobby.last_check = Instant::now();
+    let dead: Vec<u32> = lobby
+        .games
+        .iter()
+        .filter(|(_, g)| g.alive && g.last_heard.elapsed() > timeout)
+        .map(|(id, _)| *id)
+        .collect();
+    for g in dead {
+        error!(game = g, ?timeout, "game server missed its heartbeats; moving its players");
+        if let Some(info) = lobby.games.get_mut(&g) {
+            info.alive = false;
+        }
+        bus.clear(Role::Game(g));
+        let moved: Vec<(u64, u32)> = lobby
+            .clients
+            .iter()
+            .filter_map(|(id, c)| c.placed.filter(|(_, pg)| *pg == g).map(|(z, _)| (*id, z)))
+            .collect();
+        for (client, zone) in moved {
+            if let Some(c) = lobby.clients.get_mut(&client) {
+                c.placed = None;
+            }
+            bus.send(Role::Agent, &InternalMessage::Route { client, game: None });
+            lobby.place(&mut bus, client, zone);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The shard roles: Agent (DMZ gateway) → Lobby → Game, as Bevy plugins.
+//!
+//! - [`keys`]: the netcode key and client ids derived from the shard secret; token minting.
+//! - [`login`]: the login service (name → connect token) and its pluggable [`login::AccountCheck`].
+//! - [`agent`]: the only public endpoint (renet + netcode, secure mode); routes messages.
+//! - [`lobby`]: characters ([`store`]), zones, least-loaded Game assignment, failure detection.
+//! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
+//! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
+//! - [`remote`]: the bus across processes (star at the Lobby over [`link`]s).
+//! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
+//!
+//! [`shard_app`] assembles every role in one App (`p2pmodel shard all`); docs/SHARD.md
+//! describes the login flow, the internal messages and failure handling.
+//!
+//! [`InternalMessage`]: bevy_p2pmodel::proto::shard::InternalMessage
+
+pub mod agent;
+pub mod bus;
+pub mod game;
+pub mod keys;
+pub mod link;
+pub mod lobby;
+pub mod login;
+pub mod remote;
+pub mod store;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bevy::app::ScheduleRunnerPlugin;
+use bevy::prelude::*;
+use bevy_renet::netcode::{NetcodeServerPlugin, NetcodeServerTransport, ServerAuthentication, ServerConfig};
+use bevy_renet::renet::ConnectionConfig;
+use bevy_renet::{RenetServer, RenetServerPlugin};
+
+use crate::config::ShardConfig;
+use crate::relay::KeySchedule;
+use agent::{AgentPlugin, AgentState};
+use bus::ShardBus;
+use game::{GamePlugin, GameRules, GameServers, GameWorld};
+use keys::TokenMinter;
+use lobby::{LobbyPlugin, LobbyState};
+use login::{AccountCheck, FreeNames, LoginServer, OnlineNames};
+use store::Store;
+
+/// Why a shard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// A socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The character store could not be opened.
+    #[error("cannot open the character store: {0}")]
+    Store(std::io::Error),
+}
+
+/// Where a running shard listens (public addresses, as clients see them).
+#[derive(Resource)]
+pub struct ShardInfo {
+    /// The Agent (netcode) address.
+    pub agent: SocketAddr,
+    /// The login service.
+    pub login: Option<SocketAddr>,
+    /// The relay/STUN server given to clients.
+    pub relay: Option<SocketAddr>,
+    /// The login service's handle (kept alive with the app).
+    pub login_server: Option<LoginServer>,
+}
+
+/// The address clients reach a socket bound at `bound` at: the first of
+/// `shard.public_addresses`, else loopback when bound to an unspecified IP.
+pub fn public_addr(config: &ShardConfig, bound: SocketAddr) -> SocketAddr {
+    let ip = match config.shard.public_addresses.first() {
+        Some(ip) => *ip,
+        None if bound.ip().is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None => bound.ip(),
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// A token minter for `config`'s Agent at its public address `agent`.
+pub fn minter(config: &ShardConfig, agent: SocketAddr) -> TokenMinter {
+    TokenMinter::new(
+        &config.shard.secret,
+        config.agent.protocol_id,
+        vec![agent],
+        config.agent.token_expire,
+        config.agent.client_timeout_secs,
+    )
+}
+
+/// Add every shard role (Agent, Lobby, Game servers, login service) to `app`, which must
+/// already have `MinimalPlugins`. `relay` is the relay/STUN address given to clients;
+/// `check` replaces the default login check ([`FreeNames`]).
+pub fn add_shard(
+    app: &mut App,
+    config: &ShardConfig,
+    relay: Option<SocketAddr>,
+    check: Option<Box<dyn AccountCheck>>,
+) -> Result<(), ShardError> {
+    add_agent(app, config, check)?;
+    app.world_mut().resource_mut::<ShardInfo>().relay = relay;
+    let stun = relay.unwrap_or(app.world().resource::<ShardInfo>().agent);
+    add_lobby(app, config, stun)?;
+    add_games(app, config, &all_games(config), relay);
+    Ok(())
+}
+
+/// Every Game server of the shard: `(number, zone)`.
+pub fn all_games(config: &ShardConfig) -> Vec<(u32, u32)> {
+    let spz = config.game.servers_per_zone;
+    (0..config.lobby.zones * spz).map(|g| (g, g / spz)).collect()
+}
+
+/// The Agent role and the login service (inserts [`ShardInfo`] and the [`ShardBus`]).
+pub fn add_agent(
+    app: &mut App,
+    config: &ShardConfig,
+    check: Option<Box<dyn AccountCheck>>,
+) -> Result<(), ShardError> {
+    let bind = config.agent.addr;
+    let socket =
+        UdpSocket::bind(bind).map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
+    let bound =
+        socket.local_addr().map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
+    let agent_public = public_addr(config, bound);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let server_config = ServerConfig {
+        current_time: now,
+        max_clients: config.agent.max_clients,
+        protocol_id: config.agent.protocol_id,
+        public_addresses: vec![agent_public],
+        authentication: ServerAuthentication::Secure { private_key: keys::netcode_key(&config.shard.secret) },
+    };
+    let transport = NetcodeServerTransport::new(server_config, socket)
+        .map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
+
+    let online = OnlineNames::default();
+    let login_server = match config.agent.login {
+        Some(addr) => {
+            let check =
+                check.unwrap_or_else(|| Box::new(FreeNames::new(config.shard.secret, online.clone())));
+            Some(
+                LoginServer::start(addr, minter(config, agent_public), check)
+                    .map_err(|source| ShardError::Bind { what: "login", addr, source })?,
+            )
+        }
+        None => None,
+    };
+    let login = login_server.as_ref().map(|l| public_addr(config, l.local_addr()));
+    app.init_resource::<ShardBus>()
+        .add_plugins((RenetServerPlugin, NetcodeServerPlugin))
+        .insert_resource(RenetServer::new(ConnectionConfig::default()))
+        .insert_resource(transport)
+        .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, config.lobby.heartbeat))
+        .insert_resource(ShardInfo { agent: agent_public, login, relay: None, login_server })
+        .add_plugins(AgentPlugin);
+    Ok(())
+}
+
+/// The Lobby role; `stun` is the STUN/relay address told to clients in `Welcome`.
+pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Result<(), ShardError> {
+    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?;
+    app.init_resource::<ShardBus>()
+        .insert_resource(LobbyState::new(
+            store,
+            config.lobby.zones,
+            all_games(config),
+            stun,
+            config.lobby.heartbeat_timeout,
+            config.game.capacity,
+        ))
+        .add_plugins(LobbyPlugin);
+    Ok(())
+}
+
+/// Game servers `games` (`(number, zone)`); `relay` is put in introductions.
+pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], relay: Option<SocketAddr>) {
+    app.init_resource::<ShardBus>()
+        .insert_resource(GameServers {
+            worlds: games.iter().map(|(g, z)| GameWorld::new(*g, *z)).collect(),
+            rules: GameRules {
+                cfg: config.game.clone(),
+                relay,
+                keys: KeySchedule::new(config.shard.secret, config.relay.token_key_rotation),
+                heartbeat: config.lobby.heartbeat,
+            },
+        })
+        .add_plugins(GamePlugin { tick_hz: config.game.tick_hz });
+}
+
+/// A headless App with every shard role, running its loop at `frame_hz` (no `run`; tests
+/// call `update`).
+pub fn shard_app(
+    config: &ShardConfig,
+    relay: Option<SocketAddr>,
+    check: Option<Box<dyn AccountCheck>>,
+    frame_hz: f64,
+) -> Result<App, ShardError> {
+    let mut app = App::new();
+    app.add_plugins(
+        MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / frame_hz))),
+    );
+    add_shard(&mut app, config, relay, check)?;
+    Ok(app)
+}
+
+/// `p2pmodel shard all`: the relay plus every shard role in one process; prints what
+/// listens where and runs until SIGINT/SIGTERM.
+pub fn run_all(config: &ShardConfig) -> Result<AppExit, Box<dyn std::error::Error>> {
+    let mut app = App::new();
+    app.add_plugins(bevy::log::LogPlugin::default());
+    let runtime = crate::relay::RelayRuntime::start(config)?;
+    let relay_public = public_addr(config, runtime.server.primary_addr());
+    app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
+    add_shard(&mut app, config, Some(relay_public), None)?;
+    let info = app.world().resource::<ShardInfo>();
+    println!("shard {} running:", config.shard.name);
+    println!("  agent  (netcode, clients)  udp {}", info.agent);
+    match info.login {
+        Some(l) => println!("  login  (name -> token)     udp {l}"),
+        None => println!("  login  disabled (agent.login_port = 0)"),
+    }
+    println!("  relay  (relay + STUN)      udp {} (local {:?})", relay_public, runtime.server.local_addrs());
+    if let Some(m) = runtime.server.metrics_addr() {
+        println!("  metrics                    http://{m}/metrics");
+    }
+    println!(
+        "  lobby  in-process, {} zone(s); game servers: {} per zone at {} Hz",
+        config.lobby.zones, config.game.servers_per_zone, config.game.tick_hz
+    );
+    crate::relay::app::install_signal_handlers();
+    app.insert_resource(runtime).add_plugins(crate::relay::RelayControlPlugin);
+    Ok(app.run())
+}
+
+/// One role of a shard spread over several processes (`p2pmodel shard agent|lobby|game`).
+#[derive(Debug, Clone)]
+pub enum SplitRole {
+    /// The Agent and login service.
+    Agent,
+    /// The Lobby (listens at `lobby.internal`).
+    Lobby,
+    /// These Game servers (empty: all of the shard).
+    Games(Vec<u32>),
+}
+
+/// Run one role in its own process, linked to the others over [`remote`] internal links.
+/// The relay runs separately (`p2pmodel shard relay`); clients are told its public address.
+pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dyn std::error::Error>> {
+    use bevy_p2pmodel::proto::shard::Role;
+    use remote::{RemoteBus, RemoteBusPlugin};
+    let mut app = App::new();
+    app.add_plugins(bevy::log::LogPlugin::default());
+    app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
+    let (hb, timeout, secret) = (config.lobby.heartbeat, config.lobby.heartbeat_timeout, config.shard.secret);
+    let relay = public_addr(config, config.relay.primary);
+    let lobby = config.lobby.internal;
+    match role {
+        SplitRole::Agent => {
+            add_agent(&mut app, config, None)?;
+            app.insert_resource(RemoteBus::connect(vec![Role::Agent], lobby, secret, hb, timeout)?);
+            let info = app.world().resource::<ShardInfo>();
+            println!(
+                "shard {} agent: udp {} (clients), login {:?}, lobby {lobby}",
+                config.shard.name, info.agent, info.login
+            );
+        }
+        SplitRole::Lobby => {
+            add_lobby(&mut app, config, relay)?;
+            let (bus, bound) = RemoteBus::listen(vec![Role::Lobby], lobby, secret, hb, timeout)?;
+            app.insert_resource(bus);
+            println!("shard {} lobby: internal links on tcp {bound}", config.shard.name);
+        }
+        SplitRole::Games(ids) => {
+            let games: Vec<(u32, u32)> =
+                all_games(config).into_iter().filter(|(g, _)| ids.is_empty() || ids.contains(g)).collect();
+            if games.is_empty() {
+                return Err(
+                    format!("no such game servers {ids:?}; the shard has {:?}", all_games(config)).into()
+                );
+            }
+            add_games(&mut app, config, &games, Some(relay));
+            let roles = games.iter().map(|(g, _)| Role::Game(*g)).collect();
+            app.insert_resource(RemoteBus::connect(roles, lobby, secret, hb, timeout)?);
+            println!(
+                "shard {} game servers {games:?} (number, zone): lobby {lobby}, relay {relay}",
+                config.shard.name
+            );
+        }
+    }
+    install_signal_handlers();
+    app.add_plugins(RemoteBusPlugin).add_systems(Update, exit_on_signal);
+    Ok(app.run())
+}
+
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn exit_on_signal(mut exit: MessageWriter<AppExit>) {
+    if SIGNALLED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        info!("signal received; shutting down");
+        exit.write(AppExit::Success);
+    }
+}

@@ -1,0 +1,532 @@
+//! A whole shard in-process over loopback sockets: the real relay, the Agent (renet +
+//! netcode, secure mode), the login service, the Lobby and two Game servers; three clients
+//! driven without a Bevy app (a `RenetClient` + `NetcodeClientTransport` on one socket, a
+//! `Mesh` on a second socket). Only loopback addresses are used.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bevy_p2pmodel::config::MeshConfig;
+use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
+use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, Path};
+use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
+use bevy_p2pmodel::proto::peer::LinkId;
+use bevy_p2pmodel::proto::shard::{
+    ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
+};
+use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::relay::RelayRuntime;
+use p2pmodel_servers::shard::game::GameServers;
+use p2pmodel_servers::shard::lobby::LobbyState;
+use p2pmodel_servers::shard::login::{LoginError, request_token};
+use p2pmodel_servers::shard::{ShardInfo, shard_app};
+use renet::{ConnectionConfig, DefaultChannel, RenetClient};
+use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn unix() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+/// A shard config on loopback with ephemeral ports, fast movement and a store file.
+fn config(name: &str, store: &std::path::Path) -> ShardConfig {
+    ShardConfig::parse(&format!(
+        "[shard]\nname = \"{name}\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
+         [relay]\nport = 0\nalternate_port = 0\n\
+         [agent]\nport = 0\nlogin_port = {}\n\
+         [lobby]\nzones = 1\nstore = \"{}\"\nheartbeat_ms = 100\nheartbeat_timeout_ms = 1000\n\
+         [game]\nservers_per_zone = 2\nmax_speed = 2000.0\ninterest_radius = 50.0\nhysteresis = 10.0\n",
+        free_udp_port(),
+        store.display()
+    ))
+    .unwrap()
+}
+
+struct Client {
+    name: String,
+    renet: RenetClient,
+    transport: NetcodeClientTransport,
+    mesh: Mesh,
+    mesh_socket: UdpSocket,
+    mesh_local: SocketAddr,
+    last: Instant,
+    player: Option<PlayerId>,
+    /// Open links: link → peer name.
+    links: HashMap<LinkId, String>,
+    /// Every peer name ever introduced.
+    introduced: Vec<String>,
+    outros: usize,
+    entered: Vec<(f32, f32)>,
+    refused: Vec<String>,
+    p2p_received: Vec<String>,
+    pos: (f32, f32),
+}
+
+impl Client {
+    fn connect(name: &str, token: ConnectToken) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let transport = NetcodeClientTransport::new(
+            unix(),
+            ClientAuthentication::Secure { connect_token: token },
+            socket,
+        )
+        .unwrap();
+        let mesh_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        mesh_socket.set_nonblocking(true).unwrap();
+        let mesh_local = mesh_socket.local_addr().unwrap();
+        let now = Instant::now();
+        let clock = ClockAnchor { at: now, unix_micros: unix().as_micros() as u64 };
+        Client {
+            name: name.into(),
+            renet: RenetClient::new(ConnectionConfig::default()),
+            transport,
+            mesh: Mesh::new(now, MeshConfig::default(), clock, &[mesh_local]),
+            mesh_socket,
+            mesh_local,
+            last: now,
+            player: None,
+            links: HashMap::new(),
+            introduced: Vec::new(),
+            outros: 0,
+            entered: Vec::new(),
+            refused: Vec::new(),
+            p2p_received: Vec::new(),
+            pos: (0.0, 0.0),
+        }
+    }
+
+    fn send(&mut self, msg: &ClientMessage) {
+        self.renet.send_message(DefaultChannel::ReliableOrdered, encode(msg).unwrap());
+    }
+
+    /// One driver turn: the shard connection, then the mesh socket.
+    fn pump(&mut self) {
+        let now = Instant::now();
+        let _ = self.transport.update(now - self.last, &mut self.renet);
+        self.renet.update(now - self.last);
+        self.last = now;
+        while let Some(b) = self.renet.receive_message(DefaultChannel::ReliableOrdered) {
+            self.on_shard(decode::<ShardMessage>(&b).expect("shard sends valid messages"));
+        }
+        while let Some(b) = self.renet.receive_message(DefaultChannel::Unreliable) {
+            self.on_shard(decode::<ShardMessage>(&b).expect("shard sends valid messages"));
+        }
+        while let Some(t) = self.mesh.poll_transmit() {
+            assert!(t.dst.ip().is_loopback(), "only loopback traffic: {}", t.dst);
+            let _ = self.mesh_socket.send_to(&t.payload, t.dst);
+        }
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = self.mesh_socket.recv_from(&mut buf) {
+            self.mesh.handle_datagram(Instant::now(), self.mesh_local, from, &buf[..n]);
+        }
+        if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
+            self.mesh.handle_timeout(now);
+        }
+        while let Some(ev) = self.mesh.poll_event() {
+            if let MeshEvent::Link { link, event: LinkEvent::Path(p) } = ev {
+                let path = match p {
+                    Path::None => PathState::Connecting,
+                    Path::Relayed { .. } => PathState::Relayed,
+                    Path::Direct { .. } => PathState::Direct,
+                };
+                self.send(&ClientMessage::PathReport { link, path, rtt_ms: None });
+            }
+        }
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            while let Some(m) = self.mesh.receive(id, CHANNEL_RELIABLE) {
+                self.p2p_received.push(String::from_utf8_lossy(&m).into_owned());
+            }
+        }
+        let _ = self.transport.send_packets(&mut self.renet);
+    }
+
+    fn on_shard(&mut self, msg: ShardMessage) {
+        match msg {
+            ShardMessage::Welcome { player, .. } => self.player = Some(player),
+            ShardMessage::PeerIntro { name, params, .. } => {
+                let link = params.link;
+                self.mesh.add_link(Instant::now(), params).unwrap();
+                self.links.insert(link, name.clone());
+                self.introduced.push(name);
+            }
+            ShardMessage::PeerOutro { link } => {
+                if self.links.remove(&link).is_some() {
+                    let _ = self.mesh.remove_link(link);
+                }
+                self.outros += 1;
+            }
+            ShardMessage::EnteredZone { x, y, .. } => {
+                // Links of a previous Game server are gone with it.
+                for (l, _) in self.links.drain() {
+                    let _ = self.mesh.remove_link(l);
+                }
+                self.pos = (x, y);
+                self.entered.push((x, y));
+            }
+            ShardMessage::Correction { x, y } => self.pos = (x, y),
+            ShardMessage::Refused { reason } => self.refused.push(reason),
+        }
+    }
+
+    fn link_to(&self, peer: &str) -> Option<LinkId> {
+        self.links.iter().find(|(_, n)| *n == peer).map(|(l, _)| *l)
+    }
+}
+
+struct Shard {
+    app: bevy::app::App,
+    login: SocketAddr,
+}
+
+impl Shard {
+    fn start(cfg: &ShardConfig) -> Shard {
+        let relay = RelayRuntime::start(cfg).unwrap();
+        let relay_addr = relay.server.primary_addr();
+        let mut app = shard_app(cfg, Some(relay_addr), None, 100.0).unwrap();
+        app.insert_resource(relay);
+        let login = app.world().resource::<ShardInfo>().login.unwrap();
+        Shard { app, login }
+    }
+
+    fn lobby(&self) -> &LobbyState {
+        self.app.world().resource::<LobbyState>()
+    }
+
+    fn games(&self) -> &GameServers {
+        self.app.world().resource::<GameServers>()
+    }
+}
+
+/// Step the shard and every client until `done` holds or `limit` passes (real sockets need
+/// real time: this bounds a wait, it is not test logic).
+fn run_until(
+    shard: &mut Shard,
+    clients: &mut [&mut Client],
+    limit: Duration,
+    mut done: impl FnMut(&Shard, &[&mut Client]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        shard.app.update();
+        for c in clients.iter_mut() {
+            c.pump();
+        }
+        if done(shard, clients) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+fn login(shard: &Shard, name: &str) -> Client {
+    Client::connect(name, request_token(shard.login, name).unwrap())
+}
+
+fn join_zone(c: &mut Client) {
+    let nat = NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+    c.send(&ClientMessage::Login { name: c.name.clone() });
+    c.send(&ClientMessage::MeshInfo {
+        candidates: vec![Candidate::new(CandidateKind::Host, c.mesh_local)],
+        nat,
+    });
+    c.send(&ClientMessage::EnterZone { zone: 0 });
+}
+
+/// Walk toward `to` in steps the speed limit allows.
+fn walk(c: &mut Client, to: (f32, f32), tick: &mut u32) {
+    let (dx, dy) = (to.0 - c.pos.0, to.1 - c.pos.1);
+    let d = (dx * dx + dy * dy).sqrt();
+    if d < 0.01 {
+        return;
+    }
+    let step = d.min(20.0);
+    c.pos = (c.pos.0 + dx / d * step, c.pos.1 + dy / d * step);
+    *tick += 1;
+    let msg = ClientMessage::Move { tick: *tick, x: c.pos.0, y: c.pos.1 };
+    c.renet.send_message(DefaultChannel::ReliableOrdered, encode(&msg).unwrap());
+}
+
+#[test]
+fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_server_failure() {
+    let store = std::env::temp_dir().join(format!("p2pm-shard-e2e-{}.json", std::process::id()));
+    // cid's character was saved far away: it must never be introduced to the others.
+    std::fs::write(&store, r#"{"cid":{"player":40,"zone":0,"x":500.0,"y":0.0}}"#).unwrap();
+    let cfg = config("e2e-a", &store);
+    let mut shard = Shard::start(&cfg);
+    let mut ana = login(&shard, "ana");
+    let mut bob = login(&shard, "bob");
+    let mut cid = login(&shard, "cid");
+    // A name that is online cannot log in twice.
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| cs
+        .iter()
+        .all(|c| c.renet.is_connected())));
+    run_until(&mut shard, &mut [&mut ana], Duration::from_millis(100), |_, _| false);
+    assert!(matches!(request_token(shard.login, "ana"), Err(LoginError::Refused(_))));
+    for c in [&mut ana, &mut bob, &mut cid] {
+        join_zone(c);
+    }
+    let all_in =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs.iter().all(|c| c.player.is_some() && !c.entered.is_empty())
+        });
+    assert!(
+        all_in,
+        "everyone logged in and entered zone 0: players {:?} entered {:?} refused {:?}; lobby {:?} agent {:?}",
+        [ana.player, bob.player, cid.player],
+        [&ana.entered, &bob.entered, &cid.entered],
+        [&ana.refused, &bob.refused, &cid.refused],
+        shard.lobby().clients.values().map(|c| (c.name.clone(), c.placed)).collect::<Vec<_>>(),
+        shard.app.world().resource::<p2pmodel_servers::shard::agent::AgentState>().sessions.len(),
+    );
+    assert_eq!(cid.entered[0], (500.0, 0.0), "position from the store");
+    assert_eq!(shard.lobby().population(0), 3);
+
+    // ana and bob (both at the origin) are introduced and open their link.
+    let linked =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            let (a, b) = (&cs[0], &cs[1]);
+            match (a.link_to("bob"), b.link_to("ana")) {
+                (Some(l), Some(_)) => a.mesh.link(l).is_some_and(|k| k.path() != Path::None),
+                _ => false,
+            }
+        });
+    assert!(linked, "ana and bob introduced and connected");
+    let link = ana.link_to("bob").unwrap();
+    assert_eq!(bob.link_to("ana"), Some(link));
+    for i in 0..20 {
+        ana.mesh.send(link, CHANNEL_RELIABLE, format!("hi bob {i}").into_bytes()).unwrap();
+    }
+    bob.mesh.send(link, CHANNEL_RELIABLE, b"hi ana".to_vec()).unwrap();
+    let talked =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs[1].p2p_received.len() == 20 && cs[0].p2p_received.len() == 1
+        });
+    assert!(talked, "P2P messages: bob got {:?}, ana got {:?}", bob.p2p_received, ana.p2p_received);
+    assert_eq!(bob.p2p_received[19], "hi bob 19");
+    // Session tracking: the Game knows both sides' path.
+    let tracked =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(3), |s, _| {
+            s.games()
+                .worlds
+                .iter()
+                .flat_map(|w| w.pairs())
+                .any(|(_, p)| p.link == link && p.paths.iter().all(|x| x.is_some()))
+        });
+    assert!(tracked, "both path reports reached the Game server");
+    assert!(cid.introduced.is_empty(), "the far player is not introduced: {:?}", cid.introduced);
+
+    // bob walks away (beyond radius + hysteresis): both get a PeerOutro.
+    let mut tick = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (ana.outros == 0 || bob.outros == 0) && Instant::now() < deadline {
+        walk(&mut bob, (100.0, 0.0), &mut tick);
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_millis(60), |_, _| false);
+    }
+    assert!(ana.outros == 1 && bob.outros == 1, "moving apart un-introduces");
+    assert!(ana.links.is_empty() && bob.links.is_empty());
+    assert!(cid.introduced.is_empty());
+
+    // Kill the Game server everyone is on: the Lobby notices the missing heartbeats and
+    // moves them to the other Game server of the zone, with their positions, within 5 s.
+    // Positions are checkpointed to the Lobby every 5 ticks (250 ms): let one land.
+    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_millis(400), |_, _| false);
+    let game = shard.games().worlds.iter().find(|w| w.players().count() == 3).map(|w| w.id).unwrap();
+    let bob_pos = bob.pos;
+    let killed_at = Instant::now();
+    shard.app.world_mut().resource_mut::<GameServers>().pause(game); // a stalled process, state kept
+    let moved =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs.iter().all(|c| c.entered.len() == 2)
+        });
+    assert!(moved, "players re-placed within 5 s");
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let other = shard.games().worlds.iter().find(|w| w.id != game).unwrap();
+    assert_eq!(other.players().count(), 3);
+    let (bx, by) = bob.entered[1];
+    assert!(
+        (bx - bob_pos.0).abs() < 1.0 && (by - bob_pos.1).abs() < 1.0,
+        "bob kept his position: {:?} vs {bob_pos:?}",
+        bob.entered
+    );
+    assert_eq!(cid.entered[1], (500.0, 0.0));
+    // The stalled server comes back: the Lobby resets it (its players live elsewhere now).
+    shard.app.world_mut().resource_mut::<GameServers>().resume(game);
+    let reset = run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(3), |s, _| {
+        s.lobby().games[&game].alive && s.games().get(game).unwrap().players().count() == 0
+    });
+    assert!(reset, "a returning Game server is reset and rejoins the pool");
+    assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
+
+    // A party meshes across the map: ana (near the origin) and cid (at x = 500).
+    ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    let party =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            match (cs[0].link_to("cid"), cs[2].link_to("ana")) {
+                (Some(l), Some(_)) => cs[0].mesh.link(l).is_some_and(|k| k.path() != Path::None),
+                _ => false,
+            }
+        });
+    assert!(party, "party members are introduced regardless of distance");
+    let plink = ana.link_to("cid").unwrap();
+    ana.mesh.send(plink, CHANNEL_RELIABLE, b"party on".to_vec()).unwrap();
+    let heard =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs[2].p2p_received.iter().any(|m| m == "party on")
+        });
+    assert!(heard, "cid got ana's party message P2P");
+    assert!(bob.link_to("cid").is_none() && bob.link_to("ana").is_none(), "bob is in no party and far away");
+
+    // The store keeps the positions for the next login.
+    drop(shard);
+    let saved = std::fs::read_to_string(&store).unwrap();
+    assert!(saved.contains("\"bob\""), "{saved}");
+    let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_unauthenticated_clients_reach_nothing_and_a_second_shard_is_untouched() {
+    let store_a = std::env::temp_dir().join(format!("p2pm-shard-auth-a-{}.json", std::process::id()));
+    let store_b = std::env::temp_dir().join(format!("p2pm-shard-auth-b-{}.json", std::process::id()));
+    let cfg_a = config("auth-a", &store_a);
+    let mut cfg_b = config("auth-b", &store_b);
+    cfg_b.shard.secret[0] ^= 0xff; // its own secret
+    let mut a = Shard::start(&cfg_a);
+    let mut b = Shard::start(&cfg_b);
+    let agent_a = a.app.world().resource::<ShardInfo>().agent;
+
+    // Garbage sent straight at the Agent reaches nothing.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let _ = junk.send_to(&i.to_le_bytes().repeat(1 + (i as usize % 40)), agent_a);
+    }
+    // A token of shard B, pointed at shard A's Agent, does not open it.
+    let token = {
+        let mut t = request_token(b.login, "mallory").unwrap();
+        let mut addrs = [None; 32];
+        addrs[0] = Some(agent_a);
+        t.server_addresses = addrs;
+        t
+    };
+    let mut mallory = Client::connect("mallory", token);
+    let connected = run_until(&mut a, &mut [&mut mallory], Duration::from_secs(2), |_, cs| {
+        cs.iter().any(|c| c.renet.is_connected())
+    });
+    assert!(!connected, "a client without a token of shard A never connects");
+    assert!(a.lobby().clients.is_empty(), "nothing reached the Lobby");
+
+    // An authenticated client sending garbage and floods: counted and dropped, never a panic.
+    let mut zed = login(&a, "zed");
+    assert!(run_until(&mut a, &mut [&mut zed], Duration::from_secs(5), |_, cs| cs[0].renet.is_connected()));
+    for i in 0..400u32 {
+        zed.renet.send_message(DefaultChannel::ReliableOrdered, vec![0xff; 1 + (i as usize % 50)]);
+    }
+    run_until(&mut a, &mut [&mut zed], Duration::from_millis(500), |_, _| false);
+    let agent = a.app.world().resource::<p2pmodel_servers::shard::agent::AgentState>();
+    assert!(agent.decode_errors > 0, "garbage counted");
+    assert!(agent.rate_limited > 0, "a flood beyond agent.max_messages_per_sec is dropped");
+    assert!(zed.renet.is_connected());
+
+    // Shard B keeps serving while shard A loses a Game server.
+    let mut bea = login(&b, "bea");
+    let first = a.games().worlds[0].id;
+    a.app.world_mut().resource_mut::<GameServers>().kill(first);
+    assert!(run_until(&mut b, &mut [&mut bea], Duration::from_secs(5), |_, cs| cs[0].renet.is_connected()));
+    join_zone(&mut bea);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut served = false;
+    while !served && Instant::now() < deadline {
+        a.app.update(); // shard A keeps running (and detecting its dead Game server) alongside
+        served =
+            run_until(&mut b, &mut [&mut bea], Duration::from_millis(20), |_, cs| !cs[0].entered.is_empty());
+    }
+    assert!(served, "shard B admits players");
+    assert!(b.games().worlds.iter().all(|w| w.alive));
+    assert_eq!(b.lobby().games.values().filter(|g| g.alive).count(), 2, "B's Lobby saw no failure");
+    let _ = std::fs::remove_file(&store_a);
+    let _ = std::fs::remove_file(&store_b);
+}
+
+#[test]
+fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_process() {
+    use bevy::app::App;
+    use bevy::prelude::MinimalPlugins;
+    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
+
+    let store = std::env::temp_dir().join(format!("p2pm-shard-split-{}.json", std::process::id()));
+    let cfg = config("split", &store);
+    let (hb, timeout, secret) = (cfg.lobby.heartbeat, cfg.lobby.heartbeat_timeout, cfg.shard.secret);
+    let relay = RelayRuntime::start(&cfg).unwrap();
+    let relay_addr = relay.server.primary_addr();
+
+    // Four "processes": Lobby (listens), Agent, Game 0, Game 1 (connect to the Lobby).
+    let mut lobby = App::new();
+    lobby.add_plugins(MinimalPlugins);
+    add_lobby(&mut lobby, &cfg, relay_addr).unwrap();
+    let (remote, lobby_addr) =
+        RemoteBus::listen(vec![Role::Lobby], "127.0.0.1:0".parse().unwrap(), secret, hb, timeout).unwrap();
+    lobby.insert_resource(remote).add_plugins(RemoteBusPlugin);
+    let connect = |role: Role| RemoteBus::connect(vec![role], lobby_addr, secret, hb, timeout);
+    let mut agent = App::new();
+    agent.add_plugins(MinimalPlugins);
+    add_agent(&mut agent, &cfg, None).unwrap();
+    agent.insert_resource(connect(Role::Agent).unwrap()).add_plugins(RemoteBusPlugin);
+    let mut games: Vec<Option<App>> = (0..2u32)
+        .map(|g| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins);
+            add_games(&mut app, &cfg, &[(g, 0)], Some(relay_addr));
+            app.insert_resource(connect(Role::Game(g)).unwrap()).add_plugins(RemoteBusPlugin);
+            Some(app)
+        })
+        .collect();
+    // A process without the shard secret is refused.
+    assert!(RemoteBus::connect(vec![Role::Game(9)], lobby_addr, [1; 32], hb, timeout).is_err());
+
+    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
+    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    let step = |ana: &mut Client, games: &mut [Option<App>], lobby: &mut App, agent: &mut App| {
+        lobby.update();
+        agent.update();
+        for g in games.iter_mut().flatten() {
+            g.update();
+        }
+        ana.pump();
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ana.renet.is_connected() && Instant::now() < deadline {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    join_zone(&mut ana);
+    while ana.entered.is_empty() && Instant::now() < deadline {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    assert_eq!(ana.entered.len(), 1, "entered the zone through Agent → Lobby → Game processes");
+    let placed =
+        |lobby: &App| lobby.world().resource::<LobbyState>().clients.values().next().and_then(|c| c.placed);
+    let (_, first) = placed(&lobby).unwrap();
+
+    // Kill that Game "process": its link goes silent; the Lobby moves ana within 5 s.
+    games[first as usize] = None;
+    let killed = Instant::now();
+    while ana.entered.len() < 2 && killed.elapsed() < Duration::from_secs(5) {
+        step(&mut ana, &mut games, &mut lobby, &mut agent);
+    }
+    assert_eq!(ana.entered.len(), 2, "moved to the other Game server");
+    let (_, second) = placed(&lobby).unwrap();
+    assert_ne!(first, second);
+    drop(relay);
+    let _ = std::fs::remove_file(&store);
+}
