@@ -61,20 +61,48 @@ impl CpuProbe {
         matches!(self, CpuProbe::Tasks(t) if t.is_empty())
     }
 
-    /// Total CPU time in nanoseconds, `None` when no task could be read.
-    pub fn read_ns(&self) -> Option<u64> {
-        let dirs = match self {
+    fn dirs(&self) -> Vec<String> {
+        match self {
             CpuProbe::Tasks(t) => t.clone(),
             CpuProbe::Process(pid) => tasks_where(&format!("/proc/{pid}/task"), |_| true),
-        };
+        }
+    }
+
+    /// Total CPU time in nanoseconds, `None` when no task could be read.
+    pub fn read_ns(&self) -> Option<u64> {
         let mut sum = None;
-        for d in &dirs {
+        for d in &self.dirs() {
             if let Some(ns) = task_cpu_ns(d) {
                 *sum.get_or_insert(0) += ns;
             }
         }
         sum
     }
+
+    /// User and system time in nanoseconds from `stat` (tick-sampled: 10 ms resolution at
+    /// USER_HZ = 100; good for the split, not for the total).
+    pub fn read_user_sys_ns(&self) -> Option<(u64, u64)> {
+        let mut sum = None;
+        for d in &self.dirs() {
+            if let Some((u, s)) = task_user_sys_ns(d) {
+                let t = sum.get_or_insert((0, 0));
+                t.0 += u;
+                t.1 += s;
+            }
+        }
+        sum
+    }
+}
+
+/// Machine-wide CPU jiffies from the `cpu` line of `/proc/stat`: (busy, idle + iowait, steal).
+pub fn machine_jiffies() -> Option<(u64, u64, u64)> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let idle = get(3) + get(4);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6);
+    Some((busy, idle, get(7)))
 }
 
 /// The calling thread's id.
@@ -102,13 +130,18 @@ fn task_cpu_ns(dir: &str) -> Option<u64> {
     {
         return Some(ns);
     }
+    task_user_sys_ns(dir).map(|(u, s)| u + s)
+}
+
+/// `utime`, `stime` of one task directory, nanoseconds (tick resolution).
+fn task_user_sys_ns(dir: &str) -> Option<(u64, u64)> {
     let s = fs::read_to_string(format!("{dir}/stat")).ok()?;
     // Fields after "(comm) ": state is field 3, utime 14, stime 15.
     let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let (u, st) = (f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ticks * 1_000_000_000 / hz)
+    Some((u * 1_000_000_000 / hz, st * 1_000_000_000 / hz))
 }
 
 #[cfg(test)]

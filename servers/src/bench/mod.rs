@@ -81,12 +81,18 @@ pub struct TargetResult {
     pub window_s: f64,
     /// CPU time of the target (relay thread / coturn process / raw thread) in the window, ns.
     pub relay_cpu_ns: Option<u64>,
+    /// The target's (user, system) CPU time in the window, ns, tick resolution.
+    pub relay_user_sys_ns: Option<(u64, u64)>,
     /// CPU time of the load generator's sender thread in the window, ns.
     pub sender_cpu_ns: Option<u64>,
     /// CPU time of the load generator's receiver thread in the window, ns.
     pub receiver_cpu_ns: Option<u64>,
     /// CPU time of the kernel's ksoftirqd threads in the window, ns.
     pub softirq_cpu_ns: Option<u64>,
+    /// Machine-wide share of CPU time that was busy / stolen by the hypervisor in the window.
+    pub machine_busy: Option<f64>,
+    /// See `machine_busy`.
+    pub machine_steal: Option<f64>,
 }
 
 impl TargetResult {
@@ -258,6 +264,8 @@ fn measure(
     // more than `--max-in-flight` datagrams ahead of the receiver (closed loop), so the
     // sender does not spend the shared CPUs on datagrams the target's socket would drop.
     let start = Instant::now();
+    let us0 = target_cpu.and_then(|p| p.read_user_sys_ns());
+    let m0 = cpu::machine_jiffies();
     let cpu0 = probes.map(read);
     let c0 = rx.count.load(Ordering::Relaxed);
     let dur = Duration::from_secs_f64(args.seconds);
@@ -291,6 +299,13 @@ fn measure(
     std::thread::sleep(Duration::from_millis(100)); // let in-flight datagrams land
     let got = rx.count.load(Ordering::Relaxed) - c0;
     let cpu1 = probes.map(read);
+    let m1 = cpu::machine_jiffies();
+    let machine = m0.zip(m1).map(|(a, b)| {
+        let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+        let all = (busy + idle + steal).max(1) as f64;
+        (busy as f64 / all, steal as f64 / all)
+    });
+    let us1 = target_cpu.and_then(|p| p.read_user_sys_ns());
     let window_s = start.elapsed().as_secs_f64();
     let pps = got as f64 / elapsed;
     let delta = |i: usize| match (cpu0[i], cpu1[i]) {
@@ -329,9 +344,12 @@ fn measure(
         packets: got,
         window_s,
         relay_cpu_ns: delta(0),
+        relay_user_sys_ns: us0.zip(us1).map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
         sender_cpu_ns: delta(1),
         receiver_cpu_ns: delta(2),
         softirq_cpu_ns: delta(3),
+        machine_busy: machine.map(|m| m.0),
+        machine_steal: machine.map(|m| m.1),
     };
     (r, lat)
 }
@@ -536,17 +554,22 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// generator and ksoftirqd spent in the same window.
 fn cpu_line(name: &str, r: &TargetResult) {
     let share = r.relay_cpu_ns.map(|ns| ns as f64 / 1e9 / r.window_s * 100.0);
+    let user =
+        r.relay_user_sys_ns.filter(|&(u, s)| u + s > 0).map(|(u, s)| u as f64 / (u + s) as f64 * 100.0);
     println!(
-        "cpu {name:<7} relay {} ({}% of one CPU over {:.2} s, {} pkts): cpu_ns_per_pkt={} pkt_per_cpu_sec={}  | load generator: sender {} receiver {}; ksoftirqd {}",
+        "cpu {name:<7} relay {} ({}% of one CPU over {:.2} s, {} pkts, ~{}% in user space): cpu_ns_per_pkt={} pkt_per_cpu_sec={}  | load generator: sender {} receiver {}; ksoftirqd {}; machine busy {}% steal {}%",
         ms(r.relay_cpu_ns),
         opt(share, 0),
         r.window_s,
         r.packets,
+        opt(user, 0),
         opt(r.cpu_ns_per_pkt(), 0),
         opt(r.pkt_per_cpu_sec(), 0),
         ms(r.sender_cpu_ns),
         ms(r.receiver_cpu_ns),
         ms(r.softirq_cpu_ns),
+        opt(r.machine_busy.map(|b| b * 100.0), 0),
+        opt(r.machine_steal.map(|b| b * 100.0), 0),
     );
 }
 
