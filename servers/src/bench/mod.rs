@@ -14,7 +14,10 @@
 //! every payload timestamped; the added one-way latency is the measured one minus the
 //! median of the same phase sent directly, without a relay).
 
+mod cpu;
 mod turn;
+
+pub use cpu::CpuProbe;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -53,6 +56,10 @@ pub struct RelayBenchArgs {
     /// Skip coturn even if it is installed.
     #[arg(long)]
     pub no_coturn: bool,
+    /// Throughput phase: at most this many datagrams sent and not yet received (closed-loop
+    /// load; 0 = open loop, the sender blasts and the target's socket drops the excess).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: u32,
 }
 
 /// One target's figures.
@@ -68,6 +75,36 @@ pub struct TargetResult {
     pub p50_us: f64,
     /// Added one-way latency, 99th percentile, µs (latency phase).
     pub p99_us: f64,
+    /// Datagrams received through the target during the throughput phase's CPU window.
+    pub packets: u64,
+    /// Wall time of that window, seconds.
+    pub window_s: f64,
+    /// CPU time of the target (relay thread / coturn process / raw thread) in the window, ns.
+    pub relay_cpu_ns: Option<u64>,
+    /// The target's (user, system) CPU time in the window, ns, tick resolution.
+    pub relay_user_sys_ns: Option<(u64, u64)>,
+    /// CPU time of the load generator's sender thread in the window, ns.
+    pub sender_cpu_ns: Option<u64>,
+    /// CPU time of the load generator's receiver thread in the window, ns.
+    pub receiver_cpu_ns: Option<u64>,
+    /// CPU time of the kernel's ksoftirqd threads in the window, ns.
+    pub softirq_cpu_ns: Option<u64>,
+    /// Machine-wide share of CPU time that was busy / stolen by the hypervisor in the window.
+    pub machine_busy: Option<f64>,
+    /// See `machine_busy`.
+    pub machine_steal: Option<f64>,
+}
+
+impl TargetResult {
+    /// Target CPU nanoseconds per datagram delivered.
+    pub fn cpu_ns_per_pkt(&self) -> Option<f64> {
+        self.relay_cpu_ns.filter(|_| self.packets > 0).map(|ns| ns as f64 / self.packets as f64)
+    }
+
+    /// Datagrams delivered per second of target CPU time.
+    pub fn pkt_per_cpu_sec(&self) -> Option<f64> {
+        self.cpu_ns_per_pkt().filter(|&ns| ns > 0.0).map(|ns| 1e9 / ns)
+    }
 }
 
 /// How a flow's sender reaches its receiver through one target.
@@ -128,6 +165,8 @@ impl Blaster {
 struct Receiver {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
+    /// The receiver thread's id (0 until it has started).
+    tid: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<Vec<u64>>,
 }
 
@@ -141,8 +180,10 @@ fn start_receiver(
 ) -> Receiver {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let (s, c) = (stop.clone(), count.clone());
+    let tid = Arc::new(AtomicU64::new(0));
+    let (s, c, t) = (stop.clone(), count.clone(), tid.clone());
     let thread = std::thread::spawn(move || {
+        t.store(u64::from(cpu::gettid()), Ordering::Relaxed);
         let mut lat = Vec::with_capacity(1 << 20);
         let mut recv = RecvBatch::new(64);
         let mut pfds: Vec<libc::pollfd> =
@@ -179,7 +220,7 @@ fn start_receiver(
         }
         lat
     });
-    Receiver { stop, count, thread }
+    Receiver { stop, count, tid, thread }
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -189,7 +230,8 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64
 }
 
-/// Run both phases over `flows`; `ts_rx` is where the receiver finds the timestamp.
+/// Run both phases over `flows`; `ts_rx` is where the receiver finds the timestamp;
+/// `target_cpu` reads the CPU time of the target (none for the direct path).
 /// Returns the result and the raw latency samples (ns) of the latency phase.
 fn measure(
     name: &str,
@@ -197,6 +239,7 @@ fn measure(
     args: &RelayBenchArgs,
     ts_rx: usize,
     min_len: usize,
+    target_cpu: Option<&CpuProbe>,
 ) -> (TargetResult, Vec<u64>) {
     let base = Instant::now();
     let record = Arc::new(AtomicBool::new(false));
@@ -208,17 +251,37 @@ fn measure(
         record.clone(),
     );
     let mut blaster = Blaster::new();
+    while rx.tid.load(Ordering::Relaxed) == 0 {
+        std::thread::yield_now();
+    }
+    let sender_cpu = CpuProbe::this_thread();
+    let receiver_cpu = CpuProbe::thread(rx.tid.load(Ordering::Relaxed) as u32);
+    let softirq_cpu = CpuProbe::ksoftirqd();
+    let read = |p: Option<&CpuProbe>| p.and_then(|p| p.read_ns());
+    let probes = [target_cpu, Some(&sender_cpu), Some(&receiver_cpu), Some(&softirq_cpu)];
 
-    // Throughput: every flow in turn, a batch each, as fast as the sender can.
+    // Throughput: every flow in turn, a batch each, as fast as the sender can — but never
+    // more than `--max-in-flight` datagrams ahead of the receiver (closed loop), so the
+    // sender does not spend the shared CPUs on datagrams the target's socket would drop.
     let start = Instant::now();
+    let us0 = target_cpu.and_then(|p| p.read_user_sys_ns());
+    let m0 = cpu::machine_jiffies();
+    let cpu0 = probes.map(read);
+    let c0 = rx.count.load(Ordering::Relaxed);
     let dur = Duration::from_secs_f64(args.seconds);
+    let cap = u64::from(args.max_in_flight);
     let mut sent = 0u64;
     let mut next_progress = start + Duration::from_secs(1);
-    let mut last_count = 0;
-    let c0 = rx.count.load(Ordering::Relaxed);
+    let mut last_count = c0;
     while start.elapsed() < dur {
         for f in flows {
             sent += blaster.send(f, base, 32) as u64;
+        }
+        while cap > 0 && sent.saturating_sub(rx.count.load(Ordering::Relaxed) - c0) > cap {
+            if start.elapsed() >= dur {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
         if Instant::now() >= next_progress {
             let c = rx.count.load(Ordering::Relaxed);
@@ -235,7 +298,20 @@ fn measure(
     let elapsed = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(100)); // let in-flight datagrams land
     let got = rx.count.load(Ordering::Relaxed) - c0;
+    let cpu1 = probes.map(read);
+    let m1 = cpu::machine_jiffies();
+    let machine = m0.zip(m1).map(|(a, b)| {
+        let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+        let all = (busy + idle + steal).max(1) as f64;
+        (busy as f64 / all, steal as f64 / all)
+    });
+    let us1 = target_cpu.and_then(|p| p.read_user_sys_ns());
+    let window_s = start.elapsed().as_secs_f64();
     let pps = got as f64 / elapsed;
+    let delta = |i: usize| match (cpu0[i], cpu1[i]) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
 
     // Latency: paced, timestamped.
     eprint!("\r  {name:<6} latency at {} pkt/s ...                              ", args.latency_rate);
@@ -265,6 +341,15 @@ fn measure(
         delivered: if sent == 0 { 0.0 } else { got as f64 / sent as f64 },
         p50_us: percentile(&lat, 0.5) / 1e3,
         p99_us: percentile(&lat, 0.99) / 1e3,
+        packets: got,
+        window_s,
+        relay_cpu_ns: delta(0),
+        relay_user_sys_ns: us0.zip(us1).map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
+        sender_cpu_ns: delta(1),
+        receiver_cpu_ns: delta(2),
+        softirq_cpu_ns: delta(3),
+        machine_busy: machine.map(|m| m.0),
+        machine_steal: machine.map(|m| m.1),
     };
     (r, lat)
 }
@@ -317,6 +402,8 @@ fn direct(args: &RelayBenchArgs) -> io::Result<Vec<Flow>> {
 /// The raw baseline: recvmmsg → look up the destination by link id → sendmmsg. No checks.
 struct RawForwarder {
     addr: SocketAddr,
+    /// The forwarding thread's id.
+    tid: u32,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -327,7 +414,9 @@ impl RawForwarder {
         let addr = s.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            let _ = tid_tx.send(cpu::gettid());
             let fd = s.as_raw_fd();
             let mut recv = RecvBatch::new(64);
             let mut send = SendBatch::new(64, false);
@@ -351,7 +440,8 @@ impl RawForwarder {
                 send.flush(fd, &recv);
             }
         });
-        Ok(RawForwarder { addr, stop, thread: Some(thread) })
+        let tid = tid_rx.recv().map_err(io::Error::other)?;
+        Ok(RawForwarder { addr, tid, stop, thread: Some(thread) })
     }
 }
 
@@ -452,6 +542,43 @@ fn line(name: &str, r: &TargetResult) {
     );
 }
 
+fn ms(ns: Option<u64>) -> String {
+    ns.map_or("n/a".into(), |v| format!("{:.0} ms", v as f64 / 1e6))
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The CPU line of one target: what the relay spent per datagram, and what the load
+/// generator and ksoftirqd spent in the same window.
+fn cpu_line(name: &str, r: &TargetResult) {
+    let share = r.relay_cpu_ns.map(|ns| ns as f64 / 1e9 / r.window_s * 100.0);
+    let user =
+        r.relay_user_sys_ns.filter(|&(u, s)| u + s > 0).map(|(u, s)| u as f64 / (u + s) as f64 * 100.0);
+    println!(
+        "cpu {name:<7} relay {} ({}% of one CPU over {:.2} s, {} pkts, ~{}% in user space): cpu_ns_per_pkt={} pkt_per_cpu_sec={}  | load generator: sender {} receiver {}; ksoftirqd {}; machine busy {}% steal {}%",
+        ms(r.relay_cpu_ns),
+        opt(share, 0),
+        r.window_s,
+        r.packets,
+        opt(user, 0),
+        opt(r.cpu_ns_per_pkt(), 0),
+        opt(r.pkt_per_cpu_sec(), 0),
+        ms(r.sender_cpu_ns),
+        ms(r.receiver_cpu_ns),
+        ms(r.softirq_cpu_ns),
+        opt(r.machine_busy.map(|b| b * 100.0), 0),
+        opt(r.machine_steal.map(|b| b * 100.0), 0),
+    );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
 /// Run the benchmark and print the results; the last line is the `summary:` line.
 pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     if !(args.seconds > 0.0 && args.seconds <= 600.0) {
@@ -465,10 +592,16 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
 
     // Direct path: the latency floor every target's latency is measured against.
     let flows = direct(args).map_err(|e| format!("direct sockets: {e}"))?;
-    let (_, direct_lat) = measure("direct", &flows, args, RX_TS_AT_OURS, 38);
+    println!("load average before: {}", loadavg());
+    let (direct_r, direct_lat) = measure("direct", &flows, args, RX_TS_AT_OURS, 38, None);
     drop(flows);
     let floor = percentile(&direct_lat, 0.5) / 1e3;
-    println!("direct path one-way latency p50 {floor:.1} µs (subtracted below)");
+    println!(
+        "direct path (no relay): {:.0} pkt/s (the load generator's own ceiling here, sender {} + receiver {} CPU), one-way latency p50 {floor:.1} µs (subtracted below)",
+        direct_r.pps,
+        ms(direct_r.sender_cpu_ns),
+        ms(direct_r.receiver_cpu_ns)
+    );
     let added = |mut r: TargetResult| {
         r.p50_us -= floor;
         r.p99_us -= floor;
@@ -476,7 +609,12 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     };
 
     let (flows, relay) = ours(args).map_err(|e| format!("our relay setup: {e}"))?;
-    let (ours_r, _) = measure("ours", &flows, args, RX_TS_AT_OURS, 38);
+    // The data-plane thread ("relay-data-plane", `comm` keeps 15 bytes).
+    let ours_cpu = Some(CpuProbe::threads_named("relay-data-plan")).filter(|p| !p.is_empty());
+    if ours_cpu.is_none() {
+        println!("ours: data-plane thread not found in /proc/self/task: no CPU figures");
+    }
+    let (ours_r, _) = measure("ours", &flows, args, RX_TS_AT_OURS, 38, ours_cpu.as_ref());
     let ours_r = added(ours_r);
     let s = relay.snapshot();
     drop(flows);
@@ -492,7 +630,8 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
         match start_coturn(&args.turnserver, args.flows).and_then(|c| coturn_flows(&c, args).map(|f| (c, f)))
         {
             Ok((c, flows)) => {
-                let (r, _) = measure("coturn", &flows, args, RX_TS_AT_TURN, 38);
+                let probe = CpuProbe::Process(c.child.id());
+                let (r, _) = measure("coturn", &flows, args, RX_TS_AT_TURN, 38, Some(&probe));
                 drop(flows);
                 drop(c);
                 Some(added(r))
@@ -508,7 +647,8 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     let raw = RawForwarder::start(flows.iter().map(|f| f.rx.local_addr().expect("bound")).collect())
         .map_err(|e| format!("raw forwarder: {e}"))?;
     let flows: Vec<Flow> = flows.into_iter().map(|f| Flow { dst: raw.addr, ..f }).collect();
-    let (raw_r, _) = measure("raw", &flows, args, RX_TS_AT_OURS, 38);
+    let probe = CpuProbe::thread(raw.tid);
+    let (raw_r, _) = measure("raw", &flows, args, RX_TS_AT_OURS, 38, Some(&probe));
     let raw_r = added(raw_r);
     drop(raw);
 
@@ -524,6 +664,31 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
         s.dropped_total(),
         s.plane.send_errors,
         crate::relay::histogram::quantile_ns(&s.latency, 0.99).unwrap_or(0) as f64 / 1e3
+    );
+    println!(
+        "ours: {:.1} datagrams per recvmmsg on average",
+        s.forwarded_packets as f64 / s.plane.recv_batches.max(1) as f64
+    );
+    cpu_line("ours", &ours_r);
+    if let Some(c) = &coturn_r {
+        cpu_line("coturn", c);
+    }
+    cpu_line("raw", &raw_r);
+    println!("load average after: {}", loadavg());
+    let ours_ns = ours_r.cpu_ns_per_pkt();
+    let coturn_ns = coturn_r.and_then(|c| c.cpu_ns_per_pkt());
+    let raw_ns = raw_r.cpu_ns_per_pkt();
+    let ratio = |a: Option<f64>, b: Option<f64>| opt(a.zip(b).map(|(a, b)| a / b), 2);
+    println!(
+        "efficiency: ours_ns_per_pkt={} coturn_ns_per_pkt={} raw_ns_per_pkt={} ours_pkt_per_cpu_sec={} coturn_pkt_per_cpu_sec={} raw_pkt_per_cpu_sec={} coturn/ours={} ours/raw={}",
+        opt(ours_ns, 0),
+        opt(coturn_ns, 0),
+        opt(raw_ns, 0),
+        opt(ours_r.pkt_per_cpu_sec(), 0),
+        opt(coturn_r.and_then(|c| c.pkt_per_cpu_sec()), 0),
+        opt(raw_r.pkt_per_cpu_sec(), 0),
+        ratio(coturn_ns, ours_ns),
+        ratio(ours_ns, raw_ns),
     );
     let coturn_pps = coturn_r.map(|c| c.pps);
     println!(
