@@ -5,7 +5,7 @@
 # Builds the lab (every namespace is named p2pm-*, every veth lives only inside them; the
 # root namespace's links, routes and firewall are never touched), verifies each NAT preset
 # with coturn's turnutils_natdiscovery, runs `p2pmodel netcheck` against `p2pmodel shard
-# relay` behind each preset, prints one line per check and ends with
+# relay` behind each preset (and the Vovida RFC 3489 `stun` client), prints one line per check and ends with
 # `netlab: N passed, M failed` (exit 0 only when M is 0). Removes everything on exit.
 #
 # Env: P2PMODEL_BIN (skip the build), CARGO_TARGET_DIR, NETLAB_KEEP=1 (keep the lab and
@@ -265,6 +265,31 @@ check_natdiscovery() { # label ns preset local-ip
   fi
 }
 
+# The Vovida RFC 3489 client (Debian stun-client) against coturn (answers CHANGE-REQUEST)
+expect_vovida() { case "$1" in
+  full-cone) echo "Independent Mapping, Independent Filter" ;;
+  restricted) echo "Independent Mapping, Address Dependent Filter" ;;
+  port-restricted|udp-firewall) echo "Independent Mapping, Port Dependent Filter" ;;
+  symmetric) echo "Dependent Mapping" ;; public) echo "Open" ;; esac; }
+check_vovida() { # label ns preset
+  local label="$1" ns="$2" preset="$3" out want
+  command -v stun >/dev/null || { result fail "vovida-stun $label ($preset)" "stun (Debian stun-client) not installed"; return; }
+  out="$(nsx "$ns" timeout 30 stun "$SRV1:$TURN_PORT" 2>&1 | grep '^Primary:' | sed 's/^Primary: //; s/[[:space:]]*$//')"
+  want="$(expect_vovida "$preset")"
+  case "$out" in
+    "$want"*) result ok "vovida-stun $label ($preset)" "\"$out\"" ;;
+    *) result fail "vovida-stun $label ($preset)" "\"$out\" expected \"$want...\"" ;;
+  esac
+}
+
+# Not counted: the same classic (RFC 3489, no magic cookie) client against our relay's port.
+info_vovida_relay() {
+  local out
+  command -v stun >/dev/null || return
+  out="$(nsx prc-c1 timeout 30 stun "$SRV1:$RELAY_PORT" 2>&1 | grep '^Primary:' | sed 's/^Primary: //; s/[[:space:]]*$//')"
+  printf '%-4s %-34s %s\n' INFO "vovida-stun prc-c1 -> relay" "\"$out\" (classic RFC 3489 requests carry no magic cookie; not counted)" >>"$RES"
+}
+
 json_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2" 2>/dev/null; }
 
 # our netcheck against our relay (alternate_ip = SRV2)
@@ -339,13 +364,13 @@ if build_all && start_servers; then
   for s in "${SITES[@]}"; do
     read -r name preset n tmo <<<"$s"
     [ "$name" = tmo ] && continue
-    ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_netcheck "$name-c1" "$name-c1" "$preset"
+    ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_vovida "$name-c1" "$name-c1" "$preset"; check_netcheck "$name-c1" "$name-c1" "$preset"
       [ "$n" -ge 2 ] && check_netcheck "$name-c2" "$name-c2" "$preset"; true ) &
     pids+=($!)
   done
-  ( check_natdiscovery pub pub public "$PUB"; check_netcheck pub pub public ) & pids+=($!)
+  ( check_natdiscovery pub pub public "$PUB"; check_vovida pub pub public; check_netcheck pub pub public ) & pids+=($!)
   ( check_binding_timeout ) & pids+=($!)
-  ( check_overlap; check_fw_blocks ) & pids+=($!)
+  ( check_overlap; check_fw_blocks; info_vovida_relay ) & pids+=($!)
   for pid in "${pids[@]}"; do wait "$pid"; done
   for sc in "${SCENARIOS[@]}"; do "$sc"; done
 else
