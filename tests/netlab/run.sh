@@ -60,6 +60,8 @@ done
 
 WORK="$(mktemp -d /tmp/p2pm-nl-netlab.XXXXXX)"
 on_exit() {
+  local j
+  for j in $(jobs -p); do kill "$j" 2>/dev/null; done   # our own background check jobs
   if [ "${NETLAB_KEEP:-0}" = 1 ]; then log "kept lab and logs in $WORK"; return; fi
   cleanup_lab
   rm -rf "$WORK"
