@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# P2PModel netlab: the real binaries behind real Linux NAT (network namespaces + nftables).
+# Run as root: `sudo tests/netlab/run.sh`. See docs/NETLAB.md.
+#
+# Builds the lab (every namespace is named p2pm-*, every veth lives only inside them; the
+# root namespace's links, routes and firewall are never touched), verifies each NAT preset
+# with coturn's turnutils_natdiscovery, runs `p2pmodel netcheck` against `p2pmodel shard
+# relay` behind each preset (and the Vovida RFC 3489 `stun` client), prints one line per check and ends with
+# `netlab: N passed, M failed` (exit 0 only when M is 0). Removes everything on exit.
+#
+# Env: P2PMODEL_BIN (skip the build), CARGO_TARGET_DIR, NETLAB_KEEP=1 (keep the lab and
+# its logs for debugging; run `tests/netlab/run.sh --clean` afterwards).
+set -uo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+P=p2pm-nl-                                # prefix of every namespace we create
+
+# "Public internet": 198.18.0.0/15 (RFC 2544 benchmarking range), only inside the lab.
+SRV1=198.18.0.10 SRV2=198.18.0.11         # server namespace: two public IPs (RFC 5780)
+PUB=198.18.200.2 PUB2=198.18.200.3        # public host, no NAT (two IPs: it runs a STUN server too)
+RELAY_PORT=3478 RELAY_ALT=3479            # p2pmodel shard relay (STUN on both + alternate_ip)
+TURN_PORT=3488 TURN_ALT=3489              # coturn turnserver (RFC 5780 on both IPs)
+LAN=10.0.0                                # EVERY site uses 10.0.0.0/24 (overlapping ranges)
+DEFAULT_UDP_TIMEOUT=30 DEFAULT_UDP_STREAM_TIMEOUT=120
+SHORT_TIMEOUT=3                           # binding timeout of the "tmo" site
+
+# Sites: name  preset  clients  udp-binding-timeout-seconds (0 = kernel defaults)
+SITES=(
+  "fc   full-cone        1 0"
+  "rc   restricted       1 0"
+  "prc  port-restricted  2 0"
+  "sym  symmetric        1 0"
+  "fw   udp-firewall     1 0"
+  "tmo  symmetric        1 $SHORT_TIMEOUT"
+)
+
+log() { echo "netlab: $*"; }
+
+# ---------------------------------------------------------------- cleanup (idempotent)
+cleanup_lab() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P"); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+  done
+  sleep 0.2
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P"); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+    ip netns delete "$ns" 2>/dev/null
+  done
+}
+
+if [ "$(id -u)" != 0 ]; then echo "netlab: must run as root (sudo $0)" >&2; exit 2; fi
+if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
+for tool in ip nft conntrack turnserver turnutils_natdiscovery python3; do
+  command -v "$tool" >/dev/null || {
+    echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3)" >&2
+    echo "netlab: 0 passed, 1 failed"; exit 1; }
+done
+
+WORK="$(mktemp -d /tmp/p2pm-nl-netlab.XXXXXX)"
+on_exit() {
+  local j
+  for j in $(jobs -p); do kill "$j" 2>/dev/null; done   # our own background check jobs
+  if [ "${NETLAB_KEEP:-0}" = 1 ]; then log "kept lab and logs in $WORK"; return; fi
+  cleanup_lab
+  rm -rf "$WORK"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+cleanup_lab   # leftovers of a crashed run
+
+START=$(date +%s)
+
+# ---------------------------------------------------------------- the binary
+find_bin() {
+  if [ -n "${P2PMODEL_BIN:-}" ]; then echo "$P2PMODEL_BIN"; return; fi
+  (cd "$ROOT" && cargo build -q -p p2pmodel-servers >&2) || return 1
+  local dir
+  dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  echo "${dir:-$ROOT/target}/debug/p2pmodel"
+}
+BIN="$(find_bin)"
+if [ ! -x "$BIN" ]; then echo "netlab: p2pmodel binary not found ($BIN)"; echo "netlab: 0 passed, 1 failed"; exit 1; fi
+
+# ---------------------------------------------------------------- results
+RES="$WORK/results"; : >"$RES"
+# result ok|fail NAME DETAILS — one line per check (written to a file so sites can run in parallel)
+result() { printf '%-4s %-34s %s\n' "$( [ "$1" = ok ] && echo PASS || echo FAIL)" "$2" "$3" >>"$RES"; }
+
+# ---------------------------------------------------------------- topology helpers
+nsx() { local ns="$1"; shift; ip netns exec "$P$ns" "$@"; }
+mkns() {
+  ip netns add "$P$1"
+  ip -n "$P$1" link set lo up
+}
+# veth pair created directly inside the two namespaces (never in the root namespace)
+veth() { # ns1 if1 ns2 if2
+  ip -n "$P$1" link add "$2" type veth peer name "$4" netns "$P$3"
+  ip -n "$P$1" link set "$2" up
+  ip -n "$P$3" link set "$4" up
+}
+forwarding() { nsx "$1" sysctl -qw net.ipv4.ip_forward=1; }
+
+build_core() {
+  mkns inet; forwarding inet
+  # server: two public IPs on one link
+  mkns srv; veth inet srv srv eth0
+  ip -n "${P}inet" addr add 198.18.0.1/24 dev srv
+  ip -n "${P}srv" addr add "$SRV1/24" dev eth0
+  ip -n "${P}srv" addr add "$SRV2/24" dev eth0
+  ip -n "${P}srv" route add default via 198.18.0.1
+  # public host, no NAT, no firewall
+  mkns pub; veth inet pub pub eth0
+  ip -n "${P}inet" addr add 198.18.200.1/24 dev pub
+  ip -n "${P}pub" addr add "$PUB/24" dev eth0
+  ip -n "${P}pub" addr add "$PUB2/24" dev eth0
+  ip -n "${P}pub" route add default via 198.18.200.1
+}
+
+# nftables ruleset of a NAT router for one preset. WAN is "wan", LAN is "lan".
+# $2: mapping timeout (seconds) for the dynamic maps/sets of full-cone and restricted.
+preset_rules() {
+  local preset="$1" mt="$2"
+  cat <<EOF
+table ip p2pm {
+EOF
+  case "$preset" in
+  full-cone|restricted)
+    # EIM: plain masquerade (port-preserving, one mapping per internal IP:port).
+    # EIF/ADF: every outgoing packet records  public port -> internal IP . port  in @map
+    # (and for restricted, public port . remote IP in @contacted); a NEW inbound UDP
+    # flow to a recorded public port is DNATed to the internal endpoint.
+    cat <<EOF
+  map mapping { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout ${mt}s; }
+  set contacted { type inet_service . ipv4_addr; flags dynamic,timeout; timeout ${mt}s; }
+  chain learn {
+    type filter hook postrouting priority srcnat + 10; policy accept;
+    oifname "wan" meta l4proto udp ct direction original update @mapping { udp sport : ct original ip saddr . ct original proto-src }
+    oifname "wan" meta l4proto udp update @contacted { udp sport . ip daddr }
+  }
+EOF
+    if [ "$preset" = full-cone ]; then
+      echo '  chain pre { type nat hook prerouting priority dstnat; policy accept;'
+      echo '    iifname "wan" meta l4proto udp dnat ip to udp dport map @mapping; }'
+    else
+      echo '  chain pre { type nat hook prerouting priority dstnat; policy accept;'
+      echo '    iifname "wan" meta l4proto udp udp dport . ip saddr @contacted dnat ip to udp dport map @mapping; }'
+    fi
+    echo '  chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade; }'
+    ;;
+  port-restricted)   # EIM + APDF: Linux masquerade as is
+    echo '  chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade; }' ;;
+  symmetric)         # APDM with random ports
+    echo '  chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade random; }' ;;
+  udp-firewall)      # port-restricted NAT that drops every UDP flow not to the server IPs
+    echo '  chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade; }'
+    echo "  chain fw_forward { type filter hook forward priority filter; policy accept;"
+    echo "    oifname \"wan\" meta l4proto udp ip daddr != { $SRV1, $SRV2 } counter drop; }" ;;
+  esac
+  cat <<EOF
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" counter drop
+  }
+}
+EOF
+}
+
+SITE_NUM=0
+build_site() { # name preset clients timeout
+  local name="$1" preset="$2" n="$3" tmo="$4" k i
+  SITE_NUM=$((SITE_NUM + 1)); k=$SITE_NUM
+  mkns "$name-nat"; forwarding "$name-nat"
+  veth inet "$name" "$name-nat" wan
+  ip -n "${P}inet" addr add "198.18.$k.1/24" dev "$name"
+  ip -n "$P$name-nat" addr add "198.18.$k.2/24" dev wan
+  ip -n "$P$name-nat" route add default via "198.18.$k.1"
+  ip -n "$P$name-nat" link add lan type bridge
+  ip -n "$P$name-nat" link set lan up
+  ip -n "$P$name-nat" addr add "$LAN.1/24" dev lan
+  for i in $(seq 1 "$n"); do
+    mkns "$name-c$i"
+    veth "$name-nat" "lan$i" "$name-c$i" eth0
+    ip -n "$P$name-nat" link set "lan$i" master lan
+    ip -n "$P$name-c$i" addr add "$LAN.$((9 + i))/24" dev eth0
+    ip -n "$P$name-c$i" route add default via "$LAN.1"
+  done
+  local mt=$DEFAULT_UDP_STREAM_TIMEOUT
+  [ "$tmo" != 0 ] && mt=$tmo
+  preset_rules "$preset" "$mt" >"$WORK/$name.nft"
+  nsx "$name-nat" nft -f "$WORK/$name.nft" || { log "nft failed for $name"; return 1; }
+  # conntrack is loaded now (ct rules / nat); the UDP binding timeout is per namespace
+  if [ "$tmo" != 0 ]; then
+    nsx "$name-nat" sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$tmo"
+    nsx "$name-nat" sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream="$tmo"
+  fi
+}
+
+# ---------------------------------------------------------------- servers
+start_servers() {
+  cat >"$WORK/shard.toml" <<EOF
+[shard]
+name = "netlab"
+secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+bind = "$SRV1"
+public_addresses = ["$SRV1"]
+metrics = ""
+
+[relay]
+port = $RELAY_PORT
+alternate_port = $RELAY_ALT
+alternate_ip = "$SRV2"
+socket_buffer_bytes = 262144
+stats_log_interval_secs = 0
+EOF
+  nsx srv "$BIN" shard relay --config "$WORK/shard.toml" >"$WORK/relay.log" 2>&1 &
+  nsx srv turnserver -n --no-cli --no-tls --no-dtls -z --log-file "$WORK/turnserver.log" --simple-log \
+    -L "$SRV1" -L "$SRV2" --listening-port "$TURN_PORT" --alt-listening-port "$TURN_ALT" \
+    --pidfile "$WORK/turnserver.pid" --no-software-attribute >/dev/null 2>&1 &
+  # our STUN server on the public host: a non-shard destination (the firewall must block it)
+  nsx pub "$BIN" stun --bind "$PUB" --alt-ip "$PUB2" --port "$RELAY_PORT" --alt-port "$RELAY_ALT" >"$WORK/pubstun.log" 2>&1 &
+  # wait until all three answer a Binding
+  local t
+  for t in $(seq 1 50); do
+    if nsx pub python3 "$HERE/stunprobe.py" "$PUB" 0 "$SRV1" "$RELAY_PORT" 0.3 >/dev/null &&
+       nsx pub python3 "$HERE/stunprobe.py" "$PUB" 0 "$SRV2" "$TURN_PORT" 0.3 >/dev/null &&
+       nsx srv python3 "$HERE/stunprobe.py" "$SRV1" 0 "$PUB" "$RELAY_PORT" 0.3 >/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "servers did not come up; relay log:"; tail -5 "$WORK/relay.log" >&2
+  return 1
+}
+
+# ---------------------------------------------------------------- checks
+# Expected verdicts per preset: natdiscovery mapping, filtering; netcheck class
+expect_nd_map() { case "$1" in
+  full-cone|restricted|port-restricted|udp-firewall) echo "Endpoint Independent Mapping" ;;
+  symmetric) echo "Address and Port Dependent Mapping" ;;
+  public) echo "No NAT" ;; esac; }
+expect_nd_filter() { case "$1" in
+  full-cone|public) echo "Endpoint Independent Filtering" ;;
+  restricted) echo "Address Dependent Filtering" ;;
+  port-restricted|symmetric|udp-firewall) echo "Address and Port Dependent Filtering" ;; esac; }
+expect_class() { case "$1" in
+  full-cone) echo full-cone ;; restricted) echo restricted ;;
+  port-restricted|udp-firewall) echo port-restricted ;;   # the server IPs are allowed
+  symmetric) echo symmetric ;; public) echo open ;; esac; }
+
+# coturn's RFC 5780 classifier against turnserver on SRV1/SRV2
+check_natdiscovery() { # label ns preset local-ip
+  # -L: with the wildcard address natdiscovery cannot tell "No NAT" from EIM
+  local label="$1" ns="$2" preset="$3" lip="$4" out map filt em ef
+  out="$(nsx "$ns" timeout 60 turnutils_natdiscovery -m -f -L "$lip" -p "$TURN_PORT" "$SRV1" 2>&1)"
+  echo "$out" >"$WORK/natdiscovery-$label.log"
+  map="$(echo "$out" | grep -oE '(No NAT|NAT with [A-Za-z ]*Mapping|[A-Za-z ]*Dependent Mapping|Endpoint Independent Mapping)' | head -1 | sed 's/^NAT with //')"
+  filt="$(echo "$out" | grep -oE '(Endpoint Independent|Address Dependent|Address and Port Dependent) Filtering' | head -1)"
+  em="$(expect_nd_map "$preset")"; ef="$(expect_nd_filter "$preset")"
+  if [ "$map" = "$em" ] && [ "$filt" = "$ef" ]; then
+    result ok "natdiscovery $label ($preset)" "mapping=\"$map\" filtering=\"$filt\""
+  else
+    result fail "natdiscovery $label ($preset)" "mapping=\"$map\" filtering=\"$filt\" expected \"$em\" / \"$ef\" (log natdiscovery-$label.log)"
+  fi
+}
+
+# The Vovida RFC 3489 client (Debian stun-client) against coturn (answers CHANGE-REQUEST)
+expect_vovida() { case "$1" in
+  full-cone) echo "Independent Mapping, Independent Filter" ;;
+  restricted) echo "Independent Mapping, Address Dependent Filter" ;;
+  port-restricted|udp-firewall) echo "Independent Mapping, Port Dependent Filter" ;;
+  symmetric) echo "Dependent Mapping" ;; public) echo "Open" ;; esac; }
+check_vovida() { # label ns preset
+  local label="$1" ns="$2" preset="$3" out want
+  command -v stun >/dev/null || { result fail "vovida-stun $label ($preset)" "stun (Debian stun-client) not installed"; return; }
+  out="$(nsx "$ns" timeout 30 stun "$SRV1:$TURN_PORT" 2>&1 | grep '^Primary:' | sed 's/^Primary: //; s/[[:space:]]*$//')"
+  want="$(expect_vovida "$preset")"
+  case "$out" in
+    "$want"*) result ok "vovida-stun $label ($preset)" "\"$out\"" ;;
+    *) result fail "vovida-stun $label ($preset)" "\"$out\" expected \"$want...\"" ;;
+  esac
+}
+
+# Not counted: the same classic (RFC 3489, no magic cookie) client against our relay's port.
+info_vovida_relay() {
+  local out
+  command -v stun >/dev/null || return
+  out="$(nsx prc-c1 timeout 30 stun "$SRV1:$RELAY_PORT" 2>&1 | grep '^Primary:' | sed 's/^Primary: //; s/[[:space:]]*$//')"
+  printf '%-4s %-34s %s\n' INFO "vovida-stun prc-c1 -> relay" "\"$out\" (classic RFC 3489 requests carry no magic cookie; not counted)" >>"$RES"
+}
+
+json_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2" 2>/dev/null; }
+
+# our netcheck against our relay (alternate_ip = SRV2)
+check_netcheck() { # label ns preset [stun-target] [expected-class]
+  local label="$1" ns="$2" preset="$3" target="${4:-$SRV1:$RELAY_PORT}" want="${5:-}" out class t0 t1 figs
+  [ -n "$want" ] || want="$(expect_class "$preset")"
+  t0=$(date +%s%N)
+  out="$(nsx "$ns" "$BIN" netcheck --stun "$target" --json --timeout 20 2>"$WORK/netcheck-$label.err")"
+  t1=$(date +%s%N)
+  echo "$out" >"$WORK/netcheck-$label.json"
+  class="$(json_field "$out" class)"
+  figs="class=$class mapping=$(json_field "$out" mapping) filtering=$(json_field "$out" filtering) allocation=$(json_field "$out" allocation) public=$(json_field "$out" public) local=$(json_field "$out" local) in $(( (t1 - t0) / 1000000 ))ms"
+  if [ "$class" = "$want" ]; then result ok "netcheck $label ($preset)" "$figs"
+  else result fail "netcheck $label ($preset)" "$figs expected class=$want"; fi
+}
+
+# The firewall must drop UDP to anything but the servers (netcheck to the public host's
+# STUN server: blocked), while the same probe passes from an unfirewalled site.
+check_fw_blocks() {
+  check_netcheck "fw-c1->pub" fw-c1 udp-firewall "$PUB:$RELAY_PORT" blocked
+  check_netcheck "prc-c1->pub" prc-c1 port-restricted "$PUB:$RELAY_PORT" port-restricted
+}
+
+# UDP binding timeout: on the symmetric "tmo" site (random ports) a binding that lives on
+# keeps its public port; one idle longer than the timeout comes back on a new random port.
+check_binding_timeout() {
+  local a b c ct
+  a="$(nsx tmo-c1 python3 "$HERE/stunprobe.py" "$LAN.10" 40000 "$SRV1" "$RELAY_PORT")"
+  sleep 1
+  b="$(nsx tmo-c1 python3 "$HERE/stunprobe.py" "$LAN.10" 40000 "$SRV1" "$RELAY_PORT")"
+  ct="$(nsx tmo-nat conntrack -L -p udp --dport "$RELAY_PORT" 2>/dev/null | awk '{print $3}' | head -1)"
+  sleep $((SHORT_TIMEOUT + 2))
+  c="$(nsx tmo-c1 python3 "$HERE/stunprobe.py" "$LAN.10" 40000 "$SRV1" "$RELAY_PORT")"
+  if [ "$a" = "$b" ] && [ "$b" != "$c" ] && [ "${c#*:}" != timeout ] && [ "$a" != timeout ]; then
+    result ok "binding timeout tmo (${SHORT_TIMEOUT}s)" "after 1s idle: $a -> $b (kept); after $((SHORT_TIMEOUT + 2))s idle: -> $c (new mapping); conntrack ttl ${ct:-?}s"
+  else
+    result fail "binding timeout tmo (${SHORT_TIMEOUT}s)" "after 1s: $a -> $b; after $((SHORT_TIMEOUT + 2))s: -> $c; conntrack ttl ${ct:-?}s"
+  fi
+}
+
+# Every site uses 10.0.0.0/24: the two clients of the prc site share one NAT, and clients
+# on different sites with the same private address get different public addresses.
+check_overlap() {
+  local a b c
+  a="$(nsx prc-c1 python3 "$HERE/stunprobe.py" "$LAN.10" 41000 "$SRV1" "$RELAY_PORT")"
+  b="$(nsx prc-c2 python3 "$HERE/stunprobe.py" "$LAN.11" 41000 "$SRV1" "$RELAY_PORT")"
+  c="$(nsx fc-c1 python3 "$HERE/stunprobe.py" "$LAN.10" 41000 "$SRV1" "$RELAY_PORT")"
+  if [ "${a%:*}" = "${b%:*}" ] && [ "$a" != "$b" ] && [ "${a%:*}" != "${c%:*}" ] &&
+     [ "${a#*:}" = 41000 ] && [ "$a" != timeout ] && [ "$b" != timeout ] && [ "$c" != timeout ]; then
+    result ok "same private range / one NAT" "prc-c1 $LAN.10:41000->$a, prc-c2 $LAN.11:41000->$b, fc-c1 $LAN.10:41000->$c"
+  else
+    result fail "same private range / one NAT" "prc-c1->$a prc-c2->$b fc-c1->$c"
+  fi
+}
+
+# ---------------------------------------------------------------- peer scenarios (later)
+# TC-01…TC-07 need `p2pmodel-demo --headless --bot`; add each as a function here that
+# writes one `result` line, and list it in SCENARIOS. The topology above already has the
+# sites they need (fc, rc, prc with two clients, sym, fw, tmo, pub).
+SCENARIOS=()
+
+# ---------------------------------------------------------------- main
+build_all() {
+  build_core || return 1
+  local s
+  for s in "${SITES[@]}"; do build_site $s || return 1; done
+}
+if build_all && start_servers; then
+  log "lab up in $(( $(date +%s) - START ))s; running checks"
+  pids=()
+  # one background job per site; every check prints into $RES
+  for s in "${SITES[@]}"; do
+    read -r name preset n tmo <<<"$s"
+    [ "$name" = tmo ] && continue
+    ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_vovida "$name-c1" "$name-c1" "$preset"; check_netcheck "$name-c1" "$name-c1" "$preset"
+      [ "$n" -ge 2 ] && check_netcheck "$name-c2" "$name-c2" "$preset"; true ) &
+    pids+=($!)
+  done
+  ( check_natdiscovery pub pub public "$PUB"; check_vovida pub pub public; check_netcheck pub pub public ) & pids+=($!)
+  ( check_binding_timeout ) & pids+=($!)
+  ( check_overlap; check_fw_blocks; info_vovida_relay ) & pids+=($!)
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  for sc in "${SCENARIOS[@]}"; do "$sc"; done
+else
+  result fail "lab setup" "could not build the topology or start the servers (see messages above)"
+fi
+
+sort -k2 "$RES"
+passed=$(grep -c '^PASS' "$RES"); failed=$(grep -c '^FAIL' "$RES")
+log "took $(( $(date +%s) - START ))s"
+echo "netlab: $passed passed, $failed failed"
+[ "$failed" = 0 ]
