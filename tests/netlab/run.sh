@@ -284,12 +284,17 @@ check_vovida() { # label ns preset
   esac
 }
 
-# Not counted: the same classic (RFC 3489, no magic cookie) client against our relay's port.
+# The same classic (RFC 3489, no magic cookie) client against our relay's STUN port: the
+# relay hands every datagram starting 0x00..0x03 to the full STUN server.
 info_vovida_relay() {
-  local out
+  local out want
   command -v stun >/dev/null || return
   out="$(nsx prc-c1 timeout 30 stun "$SRV1:$RELAY_PORT" 2>&1 | grep '^Primary:' | sed 's/^Primary: //; s/[[:space:]]*$//')"
-  printf '%-4s %-34s %s\n' INFO "vovida-stun prc-c1 -> relay" "\"$out\" (classic RFC 3489 requests carry no magic cookie; not counted)" >>"$RES"
+  want="$(expect_vovida port-restricted)"
+  case "$out" in
+    "$want"*) result ok "vovida-stun prc-c1 -> relay" "\"$out\"" ;;
+    *) result fail "vovida-stun prc-c1 -> relay" "\"$out\" expected \"$want...\"" ;;
+  esac
 }
 
 json_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2" 2>/dev/null; }

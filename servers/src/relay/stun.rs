@@ -20,10 +20,13 @@ pub type StunHook = Box<
         + Send,
 >;
 
-/// Whether a datagram is STUN by RFC 7983 demultiplexing plus the magic cookie.
+/// Whether a datagram goes to the STUN hook: first byte `0x00..=0x03` (RFC 7983) and at least
+/// a STUN header. The magic cookie is not required, so classic RFC 3489 clients (the Vovida
+/// `stun` tool, old consoles) are answered too; no relay datagram starts below `0x20`, and the
+/// STUN server drops what does not parse.
 #[inline]
 pub fn is_stun(d: &[u8]) -> bool {
-    d.len() >= 20 && d[0] <= 0x03 && d[4..8] == STUN_MAGIC_COOKIE.to_be_bytes()
+    d.len() >= 20 && d[0] <= 0x03
 }
 
 const BINDING_REQUEST: u16 = 0x0001;
@@ -77,7 +80,10 @@ pub fn minimal_binding_responder() -> StunHook {
 /// Write the Binding success response to `req` (from `from`) into `out`; `None` if `req` is
 /// not a well-formed Binding request.
 pub fn binding_response(from: SocketAddr, req: &[u8], out: &mut [u8]) -> Option<usize> {
-    if !is_stun(req) || u16::from_be_bytes([req[0], req[1]]) != BINDING_REQUEST {
+    if !is_stun(req)
+        || req[4..8] != STUN_MAGIC_COOKIE.to_be_bytes()
+        || u16::from_be_bytes([req[0], req[1]]) != BINDING_REQUEST
+    {
         return None;
     }
     let body = usize::from(u16::from_be_bytes([req[2], req[3]]));
