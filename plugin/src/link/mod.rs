@@ -196,6 +196,24 @@ struct RelayState {
     live: Liveness,
 }
 
+impl RelayState {
+    /// Not bound yet; the first bind goes out at once.
+    fn new(now: Instant, params: RelayParams, last_counter: u64) -> Self {
+        RelayState {
+            params,
+            last_counter,
+            bound: false,
+            peer_bound: false,
+            validated: false,
+            cookie: BindCookie::NONE,
+            attempt: None,
+            next_refresh: now,
+            observed: None,
+            live: Liveness::new(now),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Remote {
     cand: Candidate,
@@ -345,18 +363,7 @@ impl Link {
             }
         }
         remote.truncate(cfg.max_candidates);
-        let relay = params.relay.map(|p| RelayState {
-            params: p,
-            last_counter: 0,
-            bound: false,
-            peer_bound: false,
-            validated: false,
-            cookie: BindCookie::NONE,
-            attempt: None,
-            next_refresh: now,
-            observed: None,
-            live: Liveness::new(now),
-        });
+        let relay = params.relay.map(|p| RelayState::new(now, p, 0));
         let mut link = Link {
             crypto: LinkCrypto::new(&params.key, params.link, params.side),
             id: params.link,
@@ -466,18 +473,8 @@ impl Link {
         match self.relay.as_mut() {
             Some(r) if r.params.addr == params.addr => r.params = params,
             _ => {
-                self.relay = Some(RelayState {
-                    params,
-                    last_counter: self.relay.as_ref().map_or(0, |r| r.last_counter),
-                    bound: false,
-                    peer_bound: false,
-                    validated: false,
-                    cookie: BindCookie::NONE,
-                    attempt: None,
-                    next_refresh: now,
-                    observed: None,
-                    live: Liveness::new(now),
-                })
+                let last_counter = self.relay.as_ref().map_or(0, |r| r.last_counter);
+                self.relay = Some(RelayState::new(now, params, last_counter));
             }
         }
         self.start_bind(now);
