@@ -172,6 +172,9 @@ impl Client {
             }
             ShardMessage::Correction { x, y } => self.pos = (x, y),
             ShardMessage::Refused { reason } => self.refused.push(reason),
+            ShardMessage::RelayRefresh { link, relay } => {
+                let _ = self.mesh.update_relay(Instant::now(), link, relay);
+            }
         }
     }
 

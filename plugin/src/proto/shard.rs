@@ -144,6 +144,14 @@ pub enum ShardMessage {
         /// World y.
         y: f32,
     },
+    /// Fresh relay token for a link, sent before the previous one expires (the relay stops
+    /// forwarding on an expired token). Hand it to `Mesh::update_relay`.
+    RelayRefresh {
+        /// The link.
+        link: LinkId,
+        /// Relay address, token and bind key for our side.
+        relay: crate::link::RelayParams,
+    },
 }
 
 /// Which shard role an internal message comes from (heartbeats, logs).

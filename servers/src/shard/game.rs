@@ -57,6 +57,8 @@ pub struct Pair {
     pub link: LinkId,
     /// The path each side reported last (`[A, B]`, A = the lower player id).
     pub paths: [Option<PathState>; 2],
+    /// Unix time the pair's relay tokens expire; refreshed at 80 % of their life.
+    pub token_expiry: u64,
 }
 
 /// One Game server.
@@ -175,8 +177,28 @@ impl GameWorld {
                 g.peers += 1;
             }
         }
-        self.pairs.insert(k, Pair { link, paths: [None, None] });
+        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: expiry as u64 });
         self.by_link.insert(link, k);
+    }
+
+    /// Send both sides of every pair whose relay tokens are within the last fifth of their
+    /// life a fresh token (`ShardMessage::RelayRefresh`), so relayed links outlive them.
+    fn refresh_tokens(&mut self, bus: &mut ShardBus, rules: &GameRules, unix: u64) {
+        let Some(addr) = rules.relay else { return };
+        let life = u64::from(rules.cfg.relay_token_secs);
+        let minting = rules.keys.minting_keys(unix);
+        for (k, pair) in self.pairs.iter_mut() {
+            if unix + life / 5 < pair.token_expiry {
+                continue;
+            }
+            pair.token_expiry = unix + life;
+            for (p, side) in [(k.0, Side::A), (k.1, Side::B)] {
+                let Some(g) = self.players.get(&p) else { continue };
+                let (token, bind_key) = mint(&minting, pair.link, side, pair.token_expiry as u32);
+                let relay = RelayParams { addr, token, bind_key };
+                Self::to_client(bus, g.client, ShardMessage::RelayRefresh { link: pair.link, relay });
+            }
+        }
     }
 
     fn handle(&mut self, bus: &mut ShardBus, rules: &GameRules, m: InternalMessage) {
@@ -322,6 +344,10 @@ impl GameWorld {
             if self.players[&p].peers < cap && self.players[&q].peers < cap {
                 self.intro(bus, rules, (p, q));
             }
+        }
+        if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1))) {
+            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            self.refresh_tokens(bus, rules, unix);
         }
         if self.tick.is_multiple_of(5) {
             let players = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
@@ -490,6 +516,26 @@ mod tests {
         let outros =
             to_clients(&mut bus).into_iter().filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }));
         assert_eq!(outros.count(), 2);
+        // Tokens near expiry are refreshed for both sides of live pairs, once.
+        join(&mut w, &mut bus, &r, 3, 300.0);
+        join(&mut w, &mut bus, &r, 4, 310.0);
+        w.step(&mut bus, &r);
+        to_clients(&mut bus);
+        let expiry = w.pairs().next().map(|(_, p)| p.token_expiry).expect("3 and 4 introduced");
+        w.refresh_tokens(&mut bus, &r, expiry - u64::from(r.cfg.relay_token_secs) / 2);
+        assert!(to_clients(&mut bus).is_empty(), "half-way through its life: no refresh");
+        w.refresh_tokens(&mut bus, &r, expiry - 10);
+        let refreshed = to_clients(&mut bus);
+        assert_eq!(refreshed.len(), 2, "{refreshed:?}");
+        for (_, m) in &refreshed {
+            let ShardMessage::RelayRefresh { relay, .. } = m else { panic!("{m:?}") };
+            assert_eq!(
+                u64::from(relay.token.expiry_unix_secs),
+                expiry - 10 + u64::from(r.cfg.relay_token_secs)
+            );
+        }
+        w.refresh_tokens(&mut bus, &r, expiry - 9);
+        assert!(to_clients(&mut bus).is_empty(), "already refreshed");
         // Garbage on the bus is counted, never a panic.
         bus.send_raw(Role::Game(3), vec![0xff; 9]);
         assert!(bus.drain(Role::Game(3)).is_empty());
