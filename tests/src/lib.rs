@@ -444,6 +444,22 @@ impl World {
         link
     }
 
+    /// When `host`'s link first reported an event matching `pred` after `after`.
+    pub fn event_time(
+        &self,
+        host: HostId,
+        link: LinkId,
+        after: Instant,
+        pred: impl Fn(&LinkEvent) -> bool,
+    ) -> Option<Instant> {
+        self.client_ref(host)
+            .links
+            .get(&link)?
+            .events
+            .iter()
+            .find_map(|(t, e)| (*t > after && pred(e)).then_some(*t))
+    }
+
     /// Run the simulation for `d`.
     pub fn run(&mut self, d: Duration) {
         self.sim.run_for(d);
@@ -536,9 +552,23 @@ impl Outcome {
     }
 }
 
-/// One pair: two sites of the given kinds, one client each, discovery, introduction, a
-/// 20 msg/s reliable stream from A to B for `secs` simulated seconds.
-pub fn run_pair(seed: u64, a: NatKind, b: NatKind, secs: u64) -> (World, HostId, HostId, LinkId) {
+/// Two sites of the given kinds with one client each, NAT discovery done and the pair
+/// introduced; nothing streams yet.
+pub struct PairSetup {
+    /// The world.
+    pub world: World,
+    /// A's site and B's site.
+    pub sites: (Site, Site),
+    /// A's client host.
+    pub a: HostId,
+    /// B's client host.
+    pub b: HostId,
+    /// Their link.
+    pub link: LinkId,
+}
+
+/// Build a [`PairSetup`] for `seed`.
+pub fn setup_pair(seed: u64, a: NatKind, b: NatKind) -> PairSetup {
     let mut w = World::new(seed);
     let mut sa = w.site(a);
     let mut sb = w.site(b);
@@ -546,6 +576,13 @@ pub fn run_pair(seed: u64, a: NatKind, b: NatKind, secs: u64) -> (World, HostId,
     let hb = w.client(&mut sb);
     w.discover(&[ha, hb]);
     let link = w.introduce(ha, hb);
+    PairSetup { world: w, sites: (sa, sb), a: ha, b: hb, link }
+}
+
+/// One pair ([`setup_pair`]) with a 20 msg/s reliable stream from A to B for `secs`
+/// simulated seconds.
+pub fn run_pair(seed: u64, a: NatKind, b: NatKind, secs: u64) -> (World, HostId, HostId, LinkId) {
+    let PairSetup { world: mut w, a: ha, b: hb, link, .. } = setup_pair(seed, a, b);
     w.client_mut(ha).set_stream(Some(Duration::from_millis(50)));
     w.run(Duration::from_secs(secs));
     (w, ha, hb, link)

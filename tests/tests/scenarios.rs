@@ -10,7 +10,7 @@ use std::time::Duration;
 use bevy_p2pmodel::link::{LinkEvent, Path};
 use bevy_p2pmodel::nat::NatClass;
 use bevy_p2pmodel::sim::PathEnd;
-use p2pmodel_tests::{NatKind, Outcome, World, run_pair};
+use p2pmodel_tests::{NatKind, Outcome, PairSetup, World, run_pair, setup_pair};
 
 /// Messages still in flight when a run stops: at 20 msg/s, one relay RTT plus a re-send.
 const IN_FLIGHT: u32 = 8;
@@ -137,11 +137,8 @@ fn tc05_without_keepalive_the_session_ends_is_detected_and_reestablishes() {
     let resumed = w.sim.now();
     w.run(Duration::from_secs(15));
     // the session ended, and A detected it (B, silent, has nothing to detect with)
-    let lost_at = w.client_ref(a).links[&link]
-        .events
-        .iter()
-        .find_map(|(t, e)| (*e == LinkEvent::Lost && *t > resumed).then_some(*t))
-        .expect("A detects the dead session");
+    let lost_at =
+        w.event_time(a, link, resumed, |e| *e == LinkEvent::Lost).expect("A detects the dead session");
     let cfg = &w.mesh_config.link;
     assert!(
         lost_at - resumed <= cfg.link_timeout + Duration::from_secs(1),
@@ -154,11 +151,8 @@ fn tc05_without_keepalive_the_session_ends_is_detected_and_reestablishes() {
     w.client_mut(b).set_stream(Some(Duration::from_millis(200)));
     let b_resumed = w.sim.now();
     w.run(Duration::from_secs(10));
-    let recovered = w.client_ref(a).links[&link]
-        .events
-        .iter()
-        .find_map(|(t, e)| (*e == LinkEvent::Recovered).then_some(*t))
-        .expect("A hears B again");
+    let recovered =
+        w.event_time(a, link, b_resumed, |e| *e == LinkEvent::Recovered).expect("A hears B again");
     assert!(
         recovered - b_resumed <= Duration::from_secs(3),
         "recovered {} ms after B resumed",
@@ -171,13 +165,8 @@ fn tc05_without_keepalive_the_session_ends_is_detected_and_reestablishes() {
 
 #[test]
 fn tc06_address_change_mid_stream_keeps_the_link_and_repunches() {
-    let mut w = World::new(106);
-    let mut sa = w.site(NatKind::PortRestricted);
-    let mut sb = w.site(NatKind::PortRestricted);
-    let a = w.client(&mut sa);
-    let b = w.client(&mut sb);
-    w.discover(&[a, b]);
-    let link = w.introduce(a, b);
+    let PairSetup { world: mut w, sites: (sa, _), a, b, link } =
+        setup_pair(106, NatKind::PortRestricted, NatKind::PortRestricted);
     w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
     w.client_mut(b).set_stream(Some(Duration::from_millis(50)));
     w.run(Duration::from_secs(5));
@@ -190,12 +179,8 @@ fn tc06_address_change_mid_stream_keeps_the_link_and_repunches() {
     for (x, y) in [(a, b), (b, a)] {
         let log = &w.client_ref(x).links[&link];
         assert!(!log.events.iter().any(|(_, e)| *e == LinkEvent::Lost), "link kept: {:?}", log.events);
-        let direct_again = log
-            .events
-            .iter()
-            .find_map(|(t, e)| {
-                (*t > changed && matches!(e, LinkEvent::Path(Path::Direct { .. }))).then_some(*t)
-            })
+        let direct_again = w
+            .event_time(x, link, changed, |e| matches!(e, LinkEvent::Path(Path::Direct { .. })))
             .expect("direct again");
         assert!(
             direct_again - changed <= Duration::from_secs(3),
@@ -229,13 +214,8 @@ fn tc07_random_port_mapping_relays_or_goes_direct_when_the_other_side_allows() {
 
 #[test]
 fn killing_the_direct_path_mid_stream_fails_over_to_the_relay_within_a_second() {
-    let mut w = World::new(108);
-    let mut sa = w.site(NatKind::PortRestricted);
-    let mut sb = w.site(NatKind::FullCone);
-    let a = w.client(&mut sa);
-    let b = w.client(&mut sb);
-    w.discover(&[a, b]);
-    let link = w.introduce(a, b);
+    let PairSetup { world: mut w, sites: (sa, sb), a, b, link } =
+        setup_pair(108, NatKind::PortRestricted, NatKind::FullCone);
     w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
     w.run(Duration::from_secs(5));
     assert_eq!(w.outcome(a, b, link).verdict(), "direct");
@@ -243,11 +223,8 @@ fn killing_the_direct_path_mid_stream_fails_over_to_the_relay_within_a_second() 
     w.sim.block(PathEnd::Ip(ipa), PathEnd::Ip(ipb));
     let killed = w.sim.now();
     w.run(Duration::from_secs(10));
-    let log = &w.client_ref(a).links[&link];
-    let relayed_at = log
-        .events
-        .iter()
-        .find_map(|(t, e)| (*t > killed && matches!(e, LinkEvent::Path(Path::Relayed { .. }))).then_some(*t))
+    let relayed_at = w
+        .event_time(a, link, killed, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. })))
         .expect("fell back to the relay");
     assert!(relayed_at - killed <= Duration::from_secs(1), "fell back after {} ms", ms(relayed_at - killed));
     // no silence longer than 1 s at the receiver across the switch

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bevy_p2pmodel::link::{LinkEvent, Path};
 use bevy_p2pmodel::sim::PathEnd;
 use clap::Parser;
-use p2pmodel_tests::{NatKind, World, run_pair};
+use p2pmodel_tests::{NatKind, PairSetup, World, run_pair, setup_pair};
 
 /// Print connection-timing distributions from the simulator.
 #[derive(Parser, Debug)]
@@ -41,16 +41,6 @@ fn row(name: &str, v: &mut [Duration], unit: Duration, unit_name: &str) {
         r(p50),
         r(p99)
     );
-}
-
-fn event_after(
-    w: &World,
-    h: bevy_p2pmodel::sim::HostId,
-    link: bevy_p2pmodel::proto::peer::LinkId,
-    after: Instant,
-    f: impl Fn(&LinkEvent) -> bool,
-) -> Option<Duration> {
-    w.client_ref(h).links[&link].events.iter().find_map(|(t, e)| (*t > after && f(e)).then(|| *t - after))
 }
 
 fn main() {
@@ -92,28 +82,20 @@ fn main() {
     for seed in 0..args.seeds {
         eprint!("\rfailover / re-punch: seed {seed}   ");
         // failover: block the direct path mid-stream
-        let mut w = World::new(9000 + seed);
-        let mut sa = w.site(NatKind::PortRestricted);
-        let mut sb = w.site(NatKind::FullCone);
-        let (a, b) = (w.client(&mut sa), w.client(&mut sb));
-        w.discover(&[a, b]);
-        let link = w.introduce(a, b);
+        let PairSetup { world: mut w, sites: (sa, sb), a, link, .. } =
+            setup_pair(9000 + seed, NatKind::PortRestricted, NatKind::FullCone);
         w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
         w.run(Duration::from_secs(3));
         let (ipa, ipb) = (w.sim.nat_public_ip(sa.nat.unwrap()), w.sim.nat_public_ip(sb.nat.unwrap()));
         w.sim.block(PathEnd::Ip(ipa), PathEnd::Ip(ipb));
         let killed = w.sim.now();
         w.run(Duration::from_secs(3));
-        failover
-            .extend(event_after(&w, a, link, killed, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. }))));
+        let relayed = w.event_time(a, link, killed, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. })));
+        failover.extend(relayed.map(|t| t - killed));
 
         // re-punch: A's NAT changes its public address mid-stream
-        let mut w = World::new(9500 + seed);
-        let mut sa = w.site(NatKind::PortRestricted);
-        let mut sb = w.site(NatKind::PortRestricted);
-        let (a, b) = (w.client(&mut sa), w.client(&mut sb));
-        w.discover(&[a, b]);
-        let link = w.introduce(a, b);
+        let PairSetup { world: mut w, sites: (sa, _), a, b, link } =
+            setup_pair(9500 + seed, NatKind::PortRestricted, NatKind::PortRestricted);
         w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
         w.client_mut(b).set_stream(Some(Duration::from_millis(50)));
         w.run(Duration::from_secs(3));
@@ -121,7 +103,8 @@ fn main() {
         let changed = w.sim.now();
         w.run(Duration::from_secs(5));
         let back = [a, b].map(|h| {
-            event_after(&w, h, link, changed, |e| matches!(e, LinkEvent::Path(Path::Direct { .. })))
+            w.event_time(h, link, changed, |e| matches!(e, LinkEvent::Path(Path::Direct { .. })))
+                .map(|t| t - changed)
         });
         if let [Some(x), Some(y)] = back {
             repunch.push(x.max(y));
