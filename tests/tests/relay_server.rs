@@ -368,8 +368,17 @@ fn relay_server_bevy_control_plane_runs_the_configured_relay() {
     // Tokens minted from the shard secret (as the Game server will) bind.
     let (t, k) = mint(&keys, LinkId(3), Side::A, unix_now() + 60);
     BindClient::new(LinkId(3), Side::A, t, k).bind(&sock(), addr, WAIT).unwrap();
-    app.update();
-    assert!(http_get(metrics, "/metrics").contains("p2pmodel_relay_binds_accepted_total 1"));
+    // The data plane publishes its counters once per loop, after it answered the Bind.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        app.update();
+        let text = http_get(metrics, "/metrics");
+        if text.contains("p2pmodel_relay_binds_accepted_total 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bind never counted: {text}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(app);
     assert!(UdpSocket::bind(addr).is_ok(), "the relay's socket is closed when the app ends");
 }
