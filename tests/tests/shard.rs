@@ -175,6 +175,7 @@ impl Client {
             ShardMessage::RelayRefresh { link, relay } => {
                 let _ = self.mesh.update_relay(Instant::now(), link, relay);
             }
+            ShardMessage::Chat { .. } | ShardMessage::Npcs { .. } | ShardMessage::FromPeer { .. } => {}
         }
     }
 

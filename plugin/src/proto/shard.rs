@@ -33,6 +33,17 @@ pub struct NatSummary {
     pub public: Option<SocketAddr>,
 }
 
+/// One server-simulated character's state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NpcState {
+    /// Stable id within the Game server.
+    pub id: u32,
+    /// World x.
+    pub x: f32,
+    /// World y.
+    pub y: f32,
+}
+
 /// The path a link uses, as a client reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PathState {
@@ -95,6 +106,17 @@ pub enum ClientMessage {
         /// Party name (at most 32 bytes).
         party: String,
     },
+    /// An application message for a peer, carried by the Game server instead of the mesh
+    /// (P2P off, or no path to that peer yet). Delivered only to a player the sender was
+    /// introduced to.
+    ToPeer {
+        /// The receiving player.
+        peer: PlayerId,
+        /// Reliable-ordered (`true`) or unreliable.
+        reliable: bool,
+        /// Opaque application bytes (at most 1,200).
+        data: Vec<u8>,
+    },
 }
 
 /// Shard → client.
@@ -151,6 +173,30 @@ pub enum ShardMessage {
         link: LinkId,
         /// Relay address, token and bind key for our side.
         relay: crate::link::RelayParams,
+    },
+    /// A chat line from a player in range (our own lines come back too).
+    Chat {
+        /// The speaker.
+        from: PlayerId,
+        /// The speaker's name.
+        name: String,
+        /// Text (at most 200 characters).
+        text: String,
+    },
+    /// Server-simulated characters near us (the state P2P does not carry), a few times a
+    /// second; an NPC missing from the list has left our interest range.
+    Npcs {
+        /// NPCs within our interest range.
+        npcs: Vec<NpcState>,
+    },
+    /// An application message a peer sent through the Game server ([`ClientMessage::ToPeer`]).
+    FromPeer {
+        /// The sending player.
+        peer: PlayerId,
+        /// Sent reliable-ordered (`true`) or unreliable.
+        reliable: bool,
+        /// Opaque application bytes.
+        data: Vec<u8>,
     },
 }
 
