@@ -181,7 +181,9 @@ fn roles_to_clients(
                     continue;
                 }
                 let ch = match msg {
-                    ShardMessage::Correction { .. } => DefaultChannel::Unreliable,
+                    ShardMessage::Correction { .. }
+                    | ShardMessage::Npcs { .. }
+                    | ShardMessage::FromPeer { reliable: false, .. } => DefaultChannel::Unreliable,
                     _ => DefaultChannel::ReliableOrdered,
                 };
                 if let Ok(b) = encode(&msg) {
