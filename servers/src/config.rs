@@ -93,7 +93,9 @@ pub struct AgentSection {
     /// `protocol_id` (default 0x5032504d2d763031, "P2PM-v01"): netcode protocol id; a client
     /// built for another protocol cannot connect.
     pub protocol_id: u64,
-    /// `max_clients` (default 1024, netcode's limit).
+    /// `max_clients` (default 1024, at most 32,768): above 1,024 (netcode's limit per
+    /// socket) the Agent opens `ceil(max_clients / 1024)` netcode sockets on consecutive
+    /// ports from `port` (skipping `login_port`); see `shard::agent`.
     pub max_clients: usize,
     /// `token_expire_secs` (default 300): how long a minted connect token can be used to
     /// connect.
@@ -543,7 +545,7 @@ impl ShardConfig {
             addr: SocketAddr::new(bind, agent_port),
             login: (login_port != 0).then(|| SocketAddr::new(bind, login_port)),
             protocol_id: cx.int(a.protocol_id, "agent.protocol_id", 0, i64::MAX, 0x5032504d2d763031)?,
-            max_clients: cx.int(a.max_clients, "agent.max_clients", 1, 1024, 1024)? as usize,
+            max_clients: cx.int(a.max_clients, "agent.max_clients", 1, 32_768, 1024)? as usize,
             token_expire: Duration::from_secs(cx.int(
                 a.token_expire_secs,
                 "agent.token_expire_secs",
@@ -719,7 +721,7 @@ mod tests {
         assert_eq!(c.agent.login, Some("0.0.0.0:7001".parse().unwrap()));
         assert_eq!(c.lobby.heartbeat_timeout, Duration::from_millis(1500));
         assert_eq!(err_key(&format!("{m}[agent]\nport = 7001\n")), "agent.login_port");
-        assert_eq!(err_key(&format!("{m}[agent]\nmax_clients = 5000\n")), "agent.max_clients");
+        assert_eq!(err_key(&format!("{m}[agent]\nmax_clients = 40000\n")), "agent.max_clients");
         assert_eq!(
             err_key(&format!("{m}[lobby]\nheartbeat_timeout_ms = 5000\n")),
             "lobby.heartbeat_timeout_ms"

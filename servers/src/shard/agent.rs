@@ -4,19 +4,355 @@
 //! shard's key (see [`super::login`]). The Agent tracks each session, routes lobby-phase
 //! messages to the Lobby and game-phase messages to the client's Game server, and back;
 //! applies a per-client message budget; never tells clients an internal address.
+//!
+//! ## Past netcode's 1,024 clients
+//! One netcode server holds at most 1,024 clients. The Agent runs one renetcode
+//! [`NetcodeServer`] per UDP socket ([`AgentTransport`]: `ceil(agent.max_clients / 1024)`
+//! sockets, the first on `agent.port`, the next ones on the following ports, skipping
+//! `agent.login_port`), all feeding one [`RenetServer`] (client ids are unique shard-wide:
+//! they derive from the name). The login service writes every socket's address into each
+//! connect token, **least-loaded first** ([`AgentLoad`]: connected clients plus tokens minted
+//! in the last 10 s per socket); a netcode client connects to the first address and moves on
+//! to the next one only if that one times out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, Role, ShardMessage, decode, encode};
-use bevy_renet::netcode::{NetcodeErrorEvent, NetcodeServerTransport};
 use bevy_renet::renet::{DefaultChannel, ServerEvent};
-use bevy_renet::{RenetServer, RenetServerEvent};
+use bevy_renet::{RenetReceive, RenetSend, RenetServer, RenetServerEvent, RenetServerPlugin};
+use renet_netcode::{NETCODE_KEY_BYTES, NETCODE_USER_DATA_BYTES, ServerAuthentication, ServerConfig};
+use renetcode::{NetcodeServer, ServerResult};
 
 use super::bus::ShardBus;
 use super::keys::name_from_user_data;
 use super::login::OnlineNames;
+use super::metrics;
+
+/// Clients one netcode server (one socket) holds at most.
+pub const CLIENTS_PER_SOCKET: usize = 1024;
+/// Netcode sockets at most (a connect token lists at most 32 server addresses).
+pub const MAX_SOCKETS: usize = 32;
+/// How long a minted token counts toward its socket's load before the client connects.
+const PENDING_WINDOW: Duration = Duration::from_secs(10);
+
+/// Load of the Agent's netcode sockets, shared with the login service, which orders the
+/// addresses in each connect token least-loaded first.
+#[derive(Debug, Clone)]
+pub struct AgentLoad(Arc<LoadInner>);
+
+#[derive(Debug)]
+struct LoadInner {
+    addrs: Vec<SocketAddr>,
+    connected: Vec<AtomicUsize>,
+    recent: Mutex<VecDeque<(Instant, usize)>>,
+}
+
+impl AgentLoad {
+    /// Load tracking for sockets at these public addresses.
+    pub fn new(addrs: Vec<SocketAddr>) -> AgentLoad {
+        let connected = addrs.iter().map(|_| AtomicUsize::new(0)).collect();
+        AgentLoad(Arc::new(LoadInner { addrs, connected, recent: Mutex::new(VecDeque::new()) }))
+    }
+
+    /// The sockets' public addresses, in socket order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0.addrs
+    }
+
+    /// Connected clients per socket.
+    pub fn connected(&self) -> Vec<usize> {
+        self.0.connected.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The addresses for a new connect token, least-loaded first (connected + tokens minted
+    /// in the last 10 s); records the mint against the first one.
+    pub fn addrs_for_token(&self) -> Vec<SocketAddr> {
+        let mut load = self.connected();
+        let now = Instant::now();
+        let Ok(mut recent) = self.0.recent.lock() else { return self.0.addrs.clone() };
+        while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > PENDING_WINDOW) {
+            recent.pop_front();
+        }
+        for (_, i) in recent.iter() {
+            load[*i] += 1;
+        }
+        let mut order: Vec<usize> = (0..load.len()).collect();
+        order.sort_by_key(|i| (load[*i], *i));
+        if let Some(first) = order.first() {
+            recent.push_back((now, *first));
+        }
+        order.into_iter().map(|i| self.0.addrs[i]).collect()
+    }
+
+    fn add(&self, socket: usize, delta: isize) {
+        if let Some(c) = self.0.connected.get(socket) {
+            if delta >= 0 {
+                c.fetch_add(delta as usize, Ordering::Relaxed);
+            } else {
+                let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            }
+        }
+    }
+}
+
+struct NetcodePort {
+    socket: UdpSocket,
+    server: NetcodeServer,
+}
+
+/// The Agent's netcode endpoints: one renetcode [`NetcodeServer`] per UDP socket, feeding one
+/// [`RenetServer`] (see the module docs). Replaces bevy_renet's single-socket transport.
+#[derive(Resource)]
+pub struct AgentTransport {
+    ports: Vec<NetcodePort>,
+    owner: HashMap<u64, usize>,
+    load: AgentLoad,
+    buf: Vec<u8>,
+}
+
+impl AgentTransport {
+    /// Netcode servers (secure mode, `private_key`) on `sockets` (bound), reachable by
+    /// clients at `public` (same order); `max_clients` is split over the sockets.
+    pub fn new(
+        sockets: Vec<UdpSocket>,
+        public: Vec<SocketAddr>,
+        max_clients: usize,
+        protocol_id: u64,
+        private_key: [u8; NETCODE_KEY_BYTES],
+    ) -> std::io::Result<Self> {
+        let n = sockets.len().max(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut ports = Vec::new();
+        for (i, (socket, addr)) in sockets.into_iter().zip(public.iter()).enumerate() {
+            socket.set_nonblocking(true)?;
+            let share = (max_clients / n + usize::from(i < max_clients % n)).clamp(1, CLIENTS_PER_SOCKET);
+            let server = NetcodeServer::new(ServerConfig {
+                current_time: now,
+                max_clients: share,
+                protocol_id,
+                public_addresses: vec![*addr],
+                authentication: ServerAuthentication::Secure { private_key },
+            });
+            ports.push(NetcodePort { socket, server });
+        }
+        Ok(AgentTransport { ports, owner: HashMap::new(), load: AgentLoad::new(public), buf: vec![0; 1500] })
+    }
+
+    /// Sockets needed for `max_clients`.
+    pub fn sockets_for(max_clients: usize) -> usize {
+        max_clients.div_ceil(CLIENTS_PER_SOCKET).clamp(1, MAX_SOCKETS)
+    }
+
+    /// The load tracker (hand it to the login service's minter).
+    pub fn load(&self) -> AgentLoad {
+        self.load.clone()
+    }
+
+    /// The sockets' public addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        self.load.addrs()
+    }
+
+    /// The netcode user data of a connected client.
+    pub fn user_data(&self, client: u64) -> Option<[u8; NETCODE_USER_DATA_BYTES]> {
+        self.ports.get(*self.owner.get(&client)?)?.server.user_data(client)
+    }
+
+    /// Connected clients per socket.
+    pub fn connected(&self) -> Vec<usize> {
+        self.ports.iter().map(|p| p.server.connected_clients()).collect()
+    }
+
+    /// Receive on every socket, advance every netcode server, feed payloads to `renet`.
+    pub fn update(&mut self, dt: Duration, renet: &mut RenetServer) {
+        let mut refuse = Vec::new();
+        for (i, port) in self.ports.iter_mut().enumerate() {
+            let NetcodePort { socket, server } = port;
+            server.update(dt);
+            loop {
+                let (len, addr) = match socket.recv_from(&mut self.buf) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                    Err(e) => {
+                        warn!("agent socket {i}: receive failed: {e}");
+                        break;
+                    }
+                };
+                metrics::agent_in(len);
+                let r = server.process_packet(addr, &mut self.buf[..len]);
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse);
+            }
+            for id in server.clients_id() {
+                let r = server.update_client(id);
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse);
+            }
+        }
+        for (i, id) in refuse {
+            // The same client id already connected through another socket: refuse this one.
+            warn!(client_id = id, socket = i, "client connected twice (two sockets); dropping the second");
+            let NetcodePort { socket, server } = &mut self.ports[i];
+            if let ServerResult::ClientDisconnected { addr, payload: Some(p), .. } = server.disconnect(id) {
+                let _ = socket.send_to(p, addr);
+            }
+        }
+        for id in renet.disconnections_id() {
+            let Some(&i) = self.owner.get(&id) else {
+                renet.remove_connection(id);
+                continue;
+            };
+            let NetcodePort { socket, server } = &mut self.ports[i];
+            let r = server.disconnect(id);
+            handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new());
+        }
+    }
+
+    /// Send what renet has queued for every client, on the socket it connected through.
+    pub fn send_packets(&mut self, renet: &mut RenetServer) {
+        for id in renet.clients_id() {
+            let Some(&i) = self.owner.get(&id) else { continue };
+            let Ok(packets) = renet.get_packets_to_send(id) else { continue };
+            let NetcodePort { socket, server } = &mut self.ports[i];
+            for packet in packets {
+                match server.generate_payload_packet(id, &packet) {
+                    Ok((addr, payload)) => {
+                        metrics::agent_out(payload.len());
+                        if let Err(e) = socket.send_to(payload, addr) {
+                            debug!(client_id = id, "agent send failed: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        debug!(client_id = id, "cannot encrypt a packet: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tell every client we are going (at exit).
+    pub fn disconnect_all(&mut self, renet: &mut RenetServer) {
+        for (i, port) in self.ports.iter_mut().enumerate() {
+            let NetcodePort { socket, server } = port;
+            for id in server.clients_id() {
+                let r = server.disconnect(id);
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new());
+            }
+        }
+    }
+}
+
+/// Bind the Agent's netcode sockets for `config`: `ceil(agent.max_clients / 1024)` of them,
+/// the first at `agent.port`, the next ones on the following ports (skipping
+/// `agent.login_port`; all ephemeral when `agent.port` is 0).
+pub fn bind_transport(config: &crate::config::ShardConfig) -> Result<AgentTransport, super::ShardError> {
+    let n = AgentTransport::sockets_for(config.agent.max_clients);
+    let first = config.agent.addr;
+    let login_port = config.agent.login.map(|a| a.port());
+    let mut port = first.port();
+    let (mut sockets, mut public) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i > 0 && first.port() != 0 {
+            port = port.wrapping_add(1);
+            if Some(port) == login_port {
+                port = port.wrapping_add(1);
+            }
+        }
+        let addr = SocketAddr::new(first.ip(), port);
+        let err = |source| super::ShardError::Bind { what: "agent", addr, source };
+        let socket = UdpSocket::bind(addr).map_err(err)?;
+        public.push(super::public_addr(config, socket.local_addr().map_err(err)?));
+        sockets.push(socket);
+    }
+    let key = super::keys::netcode_key(&config.shard.secret);
+    AgentTransport::new(sockets, public, config.agent.max_clients, config.agent.protocol_id, key)
+        .map_err(|source| super::ShardError::Bind { what: "agent", addr: first, source })
+}
+
+fn handle(
+    r: ServerResult<'_, '_>,
+    i: usize,
+    socket: &UdpSocket,
+    renet: &mut RenetServer,
+    owner: &mut HashMap<u64, usize>,
+    load: &AgentLoad,
+    refuse: &mut Vec<(usize, u64)>,
+) {
+    let send = |p: &[u8], addr: SocketAddr| {
+        metrics::agent_out(p.len());
+        let _ = socket.send_to(p, addr);
+    };
+    match r {
+        ServerResult::None => {}
+        ServerResult::PacketToSend { payload, addr } => send(payload, addr),
+        ServerResult::Payload { client_id, payload } => {
+            if owner.get(&client_id) == Some(&i) {
+                let _ = renet.process_packet_from(payload, client_id);
+            }
+        }
+        ServerResult::ClientConnected { client_id, addr, payload, .. } => {
+            send(payload, addr);
+            if owner.contains_key(&client_id) {
+                refuse.push((i, client_id));
+                return;
+            }
+            owner.insert(client_id, i);
+            load.add(i, 1);
+            renet.add_connection(client_id);
+        }
+        ServerResult::ClientDisconnected { client_id, addr, payload } => {
+            if let Some(p) = payload {
+                send(p, addr);
+            }
+            if owner.get(&client_id) == Some(&i) {
+                owner.remove(&client_id);
+                load.add(i, -1);
+                renet.remove_connection(client_id);
+            }
+        }
+    }
+}
+
+/// Runs the [`AgentTransport`] around renet (receive in `PreUpdate`, send in `PostUpdate`).
+pub struct AgentTransportPlugin;
+
+impl Plugin for AgentTransportPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(
+            PreUpdate,
+            transport_receive
+                .in_set(RenetReceive)
+                .after(RenetServerPlugin::update_system)
+                .before(RenetServerPlugin::emit_server_events_system),
+        )
+        .add_systems(PostUpdate, transport_send.in_set(RenetSend))
+        .add_systems(Last, transport_disconnect_on_exit);
+    }
+}
+
+fn transport_receive(mut t: ResMut<AgentTransport>, mut server: ResMut<RenetServer>, time: Res<Time<Real>>) {
+    t.update(time.delta(), &mut server);
+}
+
+fn transport_send(mut t: ResMut<AgentTransport>, mut server: ResMut<RenetServer>) {
+    t.send_packets(&mut server);
+}
+
+fn transport_disconnect_on_exit(
+    exit: MessageReader<AppExit>,
+    mut t: ResMut<AgentTransport>,
+    mut server: ResMut<RenetServer>,
+) {
+    if !exit.is_empty() {
+        t.disconnect_all(&mut server);
+    }
+}
 
 /// One client session.
 #[derive(Debug, Clone)]
@@ -61,25 +397,19 @@ impl AgentState {
     }
 }
 
-/// The Agent role. Needs [`RenetServer`], [`NetcodeServerTransport`], [`AgentState`] and
-/// [`ShardBus`] resources, and bevy_renet's server plugins.
+/// The Agent role. Needs [`RenetServer`], [`AgentTransport`], [`AgentState`] and
+/// [`ShardBus`] resources, bevy_renet's `RenetServerPlugin` and [`AgentTransportPlugin`].
 pub struct AgentPlugin;
 
 impl Plugin for AgentPlugin {
     fn build(&self, app: &mut App) {
-        app.add_observer(on_server_event)
-            .add_observer(on_netcode_error)
-            .add_systems(Update, (client_to_roles, roles_to_clients).chain());
+        app.add_observer(on_server_event).add_systems(Update, (client_to_roles, roles_to_clients).chain());
     }
-}
-
-fn on_netcode_error(e: On<NetcodeErrorEvent>) {
-    warn!("agent netcode error: {}", e.event().0);
 }
 
 fn on_server_event(
     ev: On<RenetServerEvent>,
-    transport: Res<NetcodeServerTransport>,
+    transport: Res<AgentTransport>,
     mut agent: ResMut<AgentState>,
     mut bus: ResMut<ShardBus>,
     mut server: ResMut<RenetServer>,

@@ -18,25 +18,31 @@ pub struct ShardBus {
     pub errors: u64,
     /// Messages delivered.
     pub delivered: u64,
+    clock: super::metrics::BusClock, // bench metrics (inert unless enabled)
 }
 
 impl ShardBus {
     /// Queue `msg` for `to`.
     pub fn send(&mut self, to: Role, msg: &InternalMessage) {
         match encode(msg) {
-            Ok(b) => self.queues.entry(to).or_default().push_back(b),
+            Ok(b) => {
+                self.clock.sent(to, msg, b.len()); // bench metrics
+                self.queues.entry(to).or_default().push_back(b)
+            }
             Err(_) => self.errors += 1,
         }
     }
 
     /// Queue raw bytes for `to` (tests inject garbage with this).
     pub fn send_raw(&mut self, to: Role, bytes: Vec<u8>) {
+        self.clock.sent_raw(to); // bench metrics
         self.queues.entry(to).or_default().push_back(bytes);
     }
 
     /// Everything queued for `role`, decoded; undecodable messages are counted and dropped.
     pub fn drain(&mut self, role: Role) -> Vec<InternalMessage> {
         let Some(q) = self.queues.get_mut(&role) else { return Vec::new() };
+        self.clock.drained(role, q.len()); // bench metrics
         let mut out = Vec::with_capacity(q.len());
         for b in q.drain(..) {
             match decode::<InternalMessage>(&b) {
@@ -50,6 +56,7 @@ impl ShardBus {
 
     /// Raw bytes queued for `role` (the remote bus forwards them unchanged).
     pub fn drain_raw(&mut self, role: Role) -> Vec<Vec<u8>> {
+        self.clock.drained(role, usize::MAX); // bench metrics
         self.queues.get_mut(&role).map(|q| q.drain(..).collect()).unwrap_or_default()
     }
 
@@ -61,5 +68,6 @@ impl ShardBus {
     /// Drop everything queued for `role` (a dead role's inbox).
     pub fn clear(&mut self, role: Role) {
         self.queues.remove(&role);
+        self.clock.cleared(role); // bench metrics
     }
 }

@@ -410,6 +410,7 @@ impl Plugin for GamePlugin {
 }
 
 fn game_tick(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
+    let _tick = super::metrics::TickTimer::start(); // bench metrics: tick wall time
     let GameServers { worlds, rules } = &mut *games;
     for w in worlds.iter_mut().filter(|w| w.alive) {
         for m in bus.drain(Role::Game(w.id)) {

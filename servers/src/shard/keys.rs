@@ -75,6 +75,9 @@ pub struct TokenMinter {
     pub expire: Duration,
     /// Client silence timeout written into the token.
     pub timeout_secs: i32,
+    /// The Agent's socket load: when set, tokens list its addresses least-loaded first
+    /// (instead of `agent_addrs`).
+    pub balance: Option<super::agent::AgentLoad>,
 }
 
 impl std::fmt::Debug for TokenMinter {
@@ -92,7 +95,21 @@ impl TokenMinter {
         expire: Duration,
         timeout_secs: i32,
     ) -> TokenMinter {
-        TokenMinter { key: netcode_key(secret), protocol_id, agent_addrs, expire, timeout_secs }
+        TokenMinter {
+            key: netcode_key(secret),
+            protocol_id,
+            agent_addrs,
+            expire,
+            timeout_secs,
+            balance: None,
+        }
+    }
+
+    /// Tokens list the Agent's sockets least-loaded first (see [`super::agent::AgentLoad`]).
+    pub fn balanced(mut self, load: super::agent::AgentLoad) -> TokenMinter {
+        self.agent_addrs = load.addrs().to_vec();
+        self.balance = Some(load);
+        self
     }
 
     /// Mint a connect token for `client_id`, binding `name` into its user data.
@@ -104,7 +121,7 @@ impl TokenMinter {
             self.expire.as_secs(),
             client_id,
             self.timeout_secs,
-            self.agent_addrs.clone(),
+            self.balance.as_ref().map_or_else(|| self.agent_addrs.clone(), |b| b.addrs_for_token()),
             Some(&name_to_user_data(name)),
             &self.key,
         )

@@ -21,15 +21,15 @@ pub mod keys;
 pub mod link;
 pub mod lobby;
 pub mod login;
+pub mod metrics;
 pub mod remote;
 pub mod store;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
-use bevy_renet::netcode::{NetcodeServerPlugin, NetcodeServerTransport, ServerAuthentication, ServerConfig};
 use bevy_renet::renet::ConnectionConfig;
 use bevy_renet::{RenetServer, RenetServerPlugin};
 
@@ -125,30 +125,15 @@ pub fn add_agent(
     config: &ShardConfig,
     check: Option<Box<dyn AccountCheck>>,
 ) -> Result<(), ShardError> {
-    let bind = config.agent.addr;
-    let socket =
-        UdpSocket::bind(bind).map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
-    let bound =
-        socket.local_addr().map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
-    let agent_public = public_addr(config, bound);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let server_config = ServerConfig {
-        current_time: now,
-        max_clients: config.agent.max_clients,
-        protocol_id: config.agent.protocol_id,
-        public_addresses: vec![agent_public],
-        authentication: ServerAuthentication::Secure { private_key: keys::netcode_key(&config.shard.secret) },
-    };
-    let transport = NetcodeServerTransport::new(server_config, socket)
-        .map_err(|source| ShardError::Bind { what: "agent", addr: bind, source })?;
-
+    let transport = agent::bind_transport(config)?;
+    let agent_public = transport.addrs()[0];
     let online = OnlineNames::default();
     let login_server = match config.agent.login {
         Some(addr) => {
             let check =
                 check.unwrap_or_else(|| Box::new(FreeNames::new(config.shard.secret, online.clone())));
             Some(
-                LoginServer::start(addr, minter(config, agent_public), check)
+                LoginServer::start(addr, minter(config, agent_public).balanced(transport.load()), check)
                     .map_err(|source| ShardError::Bind { what: "login", addr, source })?,
             )
         }
@@ -156,7 +141,7 @@ pub fn add_agent(
     };
     let login = login_server.as_ref().map(|l| public_addr(config, l.local_addr()));
     app.init_resource::<ShardBus>()
-        .add_plugins((RenetServerPlugin, NetcodeServerPlugin))
+        .add_plugins((RenetServerPlugin, agent::AgentTransportPlugin))
         .insert_resource(RenetServer::new(ConnectionConfig::default()))
         .insert_resource(transport)
         .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, config.lobby.heartbeat))
