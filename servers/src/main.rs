@@ -95,6 +95,11 @@ enum BenchWhat {
     /// Our relay vs coturn (TURN ChannelData) vs a raw recvmmsg→sendmmsg forwarder, on
     /// loopback, same flows and sizes; the last line is a `summary:` for scripts.
     Relay(p2pmodel_servers::bench::RelayBenchArgs),
+    /// N clients (shard connection + P2P mesh each, driven in one process without Bevy)
+    /// against an in-process shard (`shard all`): server bytes/s per role, offload ratio
+    /// P2P on vs off, Game tick and routing latency, direct/relayed shares, CPU and RSS. The
+    /// last line is a `summary:` for scripts. `--sweep 100,500,1000 --plot DIR` for scaling.
+    Shard(p2pmodel_servers::bench::ShardBenchArgs),
 }
 
 fn load(path: &std::path::Path) -> Result<ShardConfig, ExitCode> {
@@ -195,6 +200,15 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Bench { what: BenchWhat::Shard(args) } => {
+            match p2pmodel_servers::bench::run_shard_bench(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("p2pmodel: bench shard: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench { what: BenchWhat::Relay(args) } => {
             match p2pmodel_servers::bench::run_relay_bench(&args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 //! `p2pmodel bench relay`: our relay against coturn and a raw forwarder, on loopback.
+//! `p2pmodel bench shard`: N clients against a whole shard ([`shard`]).
 //!
 //! For each target, the same `--flows` sender sockets send `--size`-byte datagrams through
 //! it to the same number of receiver sockets:
@@ -15,9 +16,12 @@
 //! median of the same phase sent directly, without a relay).
 
 mod cpu;
+pub mod shard;
+mod shard_plot;
 mod turn;
 
 pub use cpu::CpuProbe;
+pub use shard::{ShardBenchArgs, run_shard_bench};
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};

@@ -1,0 +1,1244 @@
+//! `p2pmodel bench shard`: N clients against a real shard, in one process, without a Bevy app
+//! per client.
+//!
+//! The shard (`shard all`: relay, Agent + login, Lobby, Game servers) runs in-process on its
+//! own thread (`p2pm-shard`, frames at 60 Hz like `shard all`) with [`crate::shard::metrics`]
+//! on. The load generator is one thread that drives every client sans-IO:
+//! - a renetcode [`NetcodeClient`] + [`RenetClient`] on its own UDP socket (the shard
+//!   connection, encrypted, through the real Agent sockets);
+//! - a [`Mesh`] on a second UDP socket (relay binds and relayed data go to the real relay);
+//! - all sockets in one `epoll` set, every mesh timer in one heap, a 20 Hz tick per client
+//!   (phases staggered).
+//!
+//! Clients log in (`login::request_token`, on a helper thread), send Login + MeshInfo +
+//! EnterZone, then move like players: clusters of `--group-min..=--group-max` players around
+//! cluster centres that wander the map (members keep a loose formation around the centre),
+//! sending `Move` every tick within the speed limit, and a 32-byte state message (player,
+//! tick, position, velocity) at the tick rate to every introduced peer — over the mesh
+//! (`--p2p on`, unreliable channel) or through the Game server (`--p2p off`:
+//! `ClientMessage::ToPeer { reliable: false }`, delivered as `ShardMessage::FromPeer`).
+//! Characters start at their cluster's position (a pre-written character store).
+//!
+//! Mesh datagrams between two clients of this process are handed over in memory by default
+//! (`--wire memory`): they never touch a server, and on 2 shared cores the kernel's loopback
+//! path for ~20 × N × peers datagrams/s would starve the shard being measured. Relay traffic
+//! and the shard connection always use real sockets. `--wire kernel` sends everything.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bevy_p2pmodel::config::MeshConfig;
+use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
+use bevy_p2pmodel::link::{CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkEvent, Path};
+use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
+use bevy_p2pmodel::proto::peer::LinkId;
+use bevy_p2pmodel::proto::shard::{
+    ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
+};
+use rand::{Rng, SeedableRng};
+use renet::{ConnectionConfig, DefaultChannel, RenetClient};
+use renet_netcode::{ClientAuthentication, ConnectToken};
+use renetcode::NetcodeClient;
+
+use super::cpu::CpuProbe;
+use crate::config::ShardConfig;
+use crate::relay::RelayRuntime;
+use crate::shard::metrics;
+
+/// `--p2p`: where the per-tick peer state goes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum P2pMode {
+    /// Over the mesh (direct or relayed).
+    On,
+    /// Through the Game server (`ToPeer` / `FromPeer`).
+    Off,
+    /// Off, then on, in one invocation (gives the offload ratio).
+    Both,
+}
+
+/// `--wire`: how mesh datagrams between two clients of the load generator travel.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Handed over in memory (no syscall); relay traffic still uses sockets.
+    Memory,
+    /// Real loopback sockets for everything.
+    Kernel,
+}
+
+/// Arguments of `p2pmodel bench shard`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShardBenchArgs {
+    /// Clients to run (each: a shard connection and a mesh socket).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=30_000))]
+    pub clients: u32,
+    /// Seconds of the measurement window per phase (after the ramp and the warm-up).
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub seconds: f64,
+    /// Seconds after the last client entered the zone before measuring (links settle).
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative_secs)]
+    pub warmup: f64,
+    /// Peer state over the mesh (`on`), through the Game server (`off`), or both phases.
+    #[arg(long, value_enum, default_value_t = P2pMode::Both)]
+    pub p2p: P2pMode,
+    /// Smallest cluster of players moving together.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub group_min: u32,
+    /// Largest cluster (≤ 16: game.max_peers is 16, so a cluster meshes fully).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub group_max: u32,
+    /// Bytes of the per-tick peer state message (at least 32).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(32..=1200))]
+    pub state_bytes: u32,
+    /// Mesh datagrams between our own clients: in memory, or through the kernel.
+    #[arg(long, value_enum, default_value_t = Wire::Memory)]
+    pub wire: Wire,
+    /// New clients per second during the ramp-up.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ramp: u32,
+    /// Run several client counts (comma-separated, e.g. 100,500,1000,2000) instead of
+    /// `--clients`; each gets the phases of `--p2p`.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(2..=30_000))]
+    pub sweep: Vec<u32>,
+    /// Write SVG plots of a sweep (egress per client, tick p99 vs clients) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Also print each phase's figures as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Random seed (cluster layout and movement).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 3600]")),
+    }
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=600.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in [0, 600]")),
+    }
+}
+
+/// The figures of one phase (one client count, one P2P mode).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseResult {
+    /// Clients asked for.
+    pub clients: u32,
+    /// P2P on (mesh) or off (through the Game server).
+    pub p2p: bool,
+    /// Clients connected to the Agent at the end of the window.
+    pub connected: u32,
+    /// Clients in the zone at the end of the window.
+    pub in_zone: u32,
+    /// Peer introductions received by all clients (both sides count).
+    pub introductions: u64,
+    /// Length of the measurement window, s.
+    pub window_s: f64,
+    /// Agent netcode sockets: bytes/s in and out.
+    pub agent_in_bps: f64,
+    /// See `agent_in_bps`.
+    pub agent_out_bps: f64,
+    /// Game servers (internal bus): bytes/s in and out.
+    pub game_in_bps: f64,
+    /// See `game_in_bps`.
+    pub game_out_bps: f64,
+    /// Relay: bytes/s received and forwarded.
+    pub relay_in_bps: f64,
+    /// See `relay_in_bps`.
+    pub relay_out_bps: f64,
+    /// What leaves the shard toward clients: Agent out + relay out, bytes/s.
+    pub egress_bps: f64,
+    /// What reaches the shard from clients: Agent in + relay in, bytes/s.
+    pub ingress_bps: f64,
+    /// Game tick wall time, ms.
+    pub tick_p50_ms: Option<f64>,
+    /// See `tick_p50_ms`.
+    pub tick_p99_ms: Option<f64>,
+    /// See `tick_p50_ms`.
+    pub tick_max_ms: Option<f64>,
+    /// Ticks timed in the window.
+    pub ticks: u64,
+    /// Bus wait client → Game (Agent routes a client message, the Game takes it), ms.
+    pub route_in_p50_ms: Option<f64>,
+    /// See `route_in_p50_ms`.
+    pub route_in_p99_ms: Option<f64>,
+    /// Bus wait role → Agent (a message for a client), ms.
+    pub route_out_p50_ms: Option<f64>,
+    /// See `route_out_p50_ms`.
+    pub route_out_p99_ms: Option<f64>,
+    /// Link ends (older than 3 s) on a direct path at the end of the window.
+    pub links_direct: u64,
+    /// … on the relay.
+    pub links_relayed: u64,
+    /// … with no path.
+    pub links_failed: u64,
+    /// Peer state messages sent / received per second (all clients).
+    pub state_sent_per_s: f64,
+    /// See `state_sent_per_s`.
+    pub state_recv_per_s: f64,
+    /// Client ticks run / expected in the window (< 1: the load generator fell behind).
+    pub generator_tick_ratio: f64,
+    /// Peer state messages sent / due in the window (< 1: mesh state skipped on late ticks,
+    /// the load generator short of CPU).
+    pub state_ratio: f64,
+    /// CPU of the shard's threads (shard app, relay, login) in the window, in CPUs.
+    pub shard_cpu: f64,
+    /// CPU of the load generator's threads in the window, in CPUs.
+    pub loadgen_cpu: f64,
+    /// Machine-wide busy share in the window.
+    pub machine_busy: Option<f64>,
+    /// Largest RSS of the process (shard + load generator) sampled in the window, MiB.
+    pub rss_peak_mib: f64,
+}
+
+impl PhaseResult {
+    fn share(&self, n: u64) -> f64 {
+        let all = self.links_direct + self.links_relayed + self.links_failed;
+        if all == 0 { 0.0 } else { n as f64 / all as f64 }
+    }
+    /// Share of link ends that are direct.
+    pub fn direct(&self) -> f64 {
+        self.share(self.links_direct)
+    }
+    /// Share relayed.
+    pub fn relayed(&self) -> f64 {
+        self.share(self.links_relayed)
+    }
+    /// Share without a path.
+    pub fn failed(&self) -> f64 {
+        self.share(self.links_failed)
+    }
+    /// The larger of the two routing p99s.
+    pub fn route_p99_ms(&self) -> Option<f64> {
+        match (self.route_in_p99_ms, self.route_out_p99_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The shard under test.
+
+struct ShardUnderTest {
+    login: SocketAddr,
+    relay: RelayRuntime,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    store: std::path::PathBuf,
+}
+
+impl Drop for ShardUnderTest {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.store);
+    }
+}
+
+fn free_udp_port() -> io::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn bench_config(n: u32, store: &std::path::Path) -> Result<ShardConfig, String> {
+    let secret: [u8; 32] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let login = free_udp_port().map_err(|e| e.to_string())?;
+    let text = format!(
+        "[shard]\nname = \"bench\"\nsecret = \"{hex}\"\nbind = \"127.0.0.1\"\n\
+         [relay]\nport = 0\nalternate_port = 0\n\
+         [relay.link_quota]\npackets_per_sec = 100000\nbytes_per_sec = 100000000\n\
+         [relay.source_quota]\npackets_per_sec = 1000000\nbytes_per_sec = 1000000000\n\
+         [agent]\nport = 0\nlogin_port = {login}\nmax_clients = {}\nmax_messages_per_sec = 2000\n\
+         [lobby]\nzones = 1\nstore = \"{}\"\n\
+         [game]\nservers_per_zone = 1\ncapacity = {}\n",
+        (n as usize + 64).min(32_768),
+        store.display(),
+        n + 64,
+    );
+    ShardConfig::parse(&text).map_err(|e| format!("bench shard config: {e}"))
+}
+
+fn start_shard(cfg: &ShardConfig, store: std::path::PathBuf) -> Result<ShardUnderTest, String> {
+    let relay = RelayRuntime::start(cfg).map_err(|e| format!("relay: {e}"))?;
+    let relay_addr = relay.server.primary_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let (cfg2, stop2) = (cfg.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("p2pm-shard".into())
+        .spawn(move || {
+            let mut app = match crate::shard::shard_app(&cfg2, Some(relay_addr), None, 60.0) {
+                Ok(app) => app,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let info = app.world().resource::<crate::shard::ShardInfo>();
+            let _ = tx.send(info.login.ok_or_else(|| "no login service".to_string()));
+            let frame = Duration::from_secs_f64(1.0 / 60.0);
+            let mut next = Instant::now();
+            while !stop2.load(Ordering::Relaxed) {
+                app.update();
+                next += frame;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let login = rx.recv().map_err(|_| "shard thread died".to_string())??;
+    Ok(ShardUnderTest { login, relay, stop, thread: Some(thread), store })
+}
+
+// ---------------------------------------------------------------------------------------
+// The load generator.
+
+/// epoll over every client socket; a token is `client << 1 | is_mesh`.
+struct Poller {
+    fd: RawFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Poller { fd, events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024] })
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: valid epoll fd and event.
+        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout_ms: i32) -> Vec<u64> {
+        // SAFETY: the buffer holds `len` events.
+        let n = unsafe {
+            libc::epoll_wait(self.fd, self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
+        };
+        (0..n.max(0) as usize).map(|i| self.events[i].u64).collect()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // SAFETY: our fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+struct Cluster {
+    x: f32,
+    y: f32,
+    heading: f32,
+    next_turn: f64,
+}
+
+struct Client {
+    name: String,
+    cluster: usize,
+    offset: (f32, f32),
+    nc: NetcodeClient,
+    renet: RenetClient,
+    nc_sock: UdpSocket,
+    mesh: Mesh,
+    mesh_sock: UdpSocket,
+    mesh_addr: SocketAddr,
+    last_update: Instant,
+    next_tick: Instant,
+    joined: bool,
+    dead: bool,
+    player: Option<PlayerId>,
+    entered: bool,
+    pos: (f32, f32),
+    vel: (f32, f32),
+    tick: u32,
+    /// Introduced peers: link → (peer, introduced at).
+    links: HashMap<LinkId, (PlayerId, Instant)>,
+    intros: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    state_sent: u64,
+    state_recv: u64,
+    ticks: u64,
+    /// State messages due (peers × ticks), sent or skipped.
+    state_due: u64,
+}
+
+struct Generator {
+    clients: Vec<Client>,
+    clusters: Vec<Cluster>,
+    poller: Poller,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    wire: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    by_mesh_addr: HashMap<SocketAddr, usize>,
+    p2p: bool,
+    memory_wire: bool,
+    tick: Duration,
+    max_step: f32,
+    state_bytes: usize,
+    counters: Counters,
+    buf: Vec<u8>,
+    rng: rand::rngs::StdRng,
+    start: Instant,
+    world: f32,
+}
+
+fn unix() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+impl Generator {
+    fn add_client(
+        &mut self,
+        name: String,
+        cluster: usize,
+        offset: (f32, f32),
+        token: ConnectToken,
+    ) -> io::Result<()> {
+        let i = self.clients.len();
+        let nc = NetcodeClient::new(unix(), ClientAuthentication::Secure { connect_token: token })
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let nc_sock = UdpSocket::bind("127.0.0.1:0")?;
+        nc_sock.set_nonblocking(true)?;
+        let mesh_sock = UdpSocket::bind("127.0.0.1:0")?;
+        mesh_sock.set_nonblocking(true)?;
+        let mesh_addr = mesh_sock.local_addr()?;
+        self.poller.add(nc_sock.as_raw_fd(), (i as u64) << 1)?;
+        self.poller.add(mesh_sock.as_raw_fd(), ((i as u64) << 1) | 1)?;
+        let now = Instant::now();
+        let clock = ClockAnchor { at: now, unix_micros: unix().as_micros() as u64 };
+        let phase = self.tick.mul_f64(self.rng.random::<f64>());
+        self.by_mesh_addr.insert(mesh_addr, i);
+        self.clients.push(Client {
+            name,
+            cluster,
+            offset,
+            nc,
+            renet: RenetClient::new(ConnectionConfig::default()),
+            nc_sock,
+            mesh: Mesh::new(now, MeshConfig::default(), clock, &[mesh_addr]),
+            mesh_sock,
+            mesh_addr,
+            last_update: now,
+            next_tick: now + phase,
+            joined: false,
+            dead: false,
+            player: None,
+            entered: false,
+            pos: (0.0, 0.0),
+            vel: (0.0, 0.0),
+            tick: 0,
+            links: HashMap::new(),
+            intros: 0,
+        });
+        Ok(())
+    }
+
+    /// Advance netcode and renet, and send what renet has queued.
+    fn pump_shard(&mut self, i: usize, now: Instant) {
+        let c = &mut self.clients[i];
+        if c.dead {
+            return;
+        }
+        let dt = now.saturating_duration_since(c.last_update);
+        c.last_update = now;
+        if let Some((packet, addr)) = c.nc.update(dt) {
+            let _ = c.nc_sock.send_to(packet, addr);
+        }
+        if c.nc.is_disconnected() {
+            c.dead = true;
+            return;
+        }
+        if c.nc.is_connected() {
+            c.renet.set_connected();
+        } else {
+            c.renet.set_connecting();
+        }
+        c.renet.update(dt);
+        if c.nc.is_connected() {
+            for packet in c.renet.get_packets_to_send() {
+                if let Ok((addr, bytes)) = c.nc.generate_payload_packet(&packet) {
+                    let _ = c.nc_sock.send_to(bytes, addr);
+                }
+            }
+        }
+    }
+
+    fn send_shard(&mut self, i: usize, channel: DefaultChannel, msg: &ClientMessage) {
+        if let Ok(b) = encode(msg) {
+            self.clients[i].renet.send_message(channel, b);
+        }
+    }
+
+    fn on_shard_datagram(&mut self, i: usize, now: Instant) {
+        loop {
+            let c = &mut self.clients[i];
+            let Ok((n, from)) = c.nc_sock.recv_from(&mut self.buf) else { break };
+            if from != c.nc.server_addr() {
+                continue;
+            }
+            if let Some(payload) = c.nc.process_packet(&mut self.buf[..n]) {
+                c.renet.process_packet(payload);
+            }
+        }
+        let mut msgs = Vec::new();
+        let c = &mut self.clients[i];
+        for ch in [0u8, 2] {
+            while let Some(b) = c.renet.receive_message(ch) {
+                if let Ok(m) = decode::<ShardMessage>(&b) {
+                    msgs.push(m);
+                }
+            }
+        }
+        for m in msgs {
+            self.on_shard(i, now, m);
+        }
+    }
+
+    fn on_shard(&mut self, i: usize, now: Instant, msg: ShardMessage) {
+        let p2p = self.p2p;
+        let c = &mut self.clients[i];
+        match msg {
+            ShardMessage::Welcome { player, .. } => c.player = Some(player),
+            ShardMessage::EnteredZone { x, y, .. } => {
+                for (l, _) in c.links.drain() {
+                    let _ = c.mesh.remove_link(l);
+                }
+                c.pos = (x, y);
+                c.entered = true;
+            }
+            ShardMessage::PeerIntro { peer, params, .. } => {
+                let link = params.link;
+                c.intros += 1;
+                c.links.insert(link, (peer, now));
+                if p2p {
+                    let _ = c.mesh.add_link(now, params);
+                    self.after_mesh(i, now);
+                }
+            }
+            ShardMessage::PeerOutro { link } => {
+                if c.links.remove(&link).is_some() && p2p {
+                    let _ = c.mesh.remove_link(link);
+                }
+            }
+            ShardMessage::Correction { x, y } => c.pos = (x, y),
+            ShardMessage::RelayRefresh { link, relay } => {
+                if p2p {
+                    let _ = c.mesh.update_relay(now, link, relay);
+                    self.after_mesh(i, now);
+                }
+            }
+            ShardMessage::FromPeer { .. } => self.counters.state_recv += 1,
+            ShardMessage::Refused { .. } | ShardMessage::Chat { .. } | ShardMessage::Npcs { .. } => {}
+        }
+    }
+
+    /// Drain a mesh after any input: transmits (in memory or to the socket), events (path
+    /// reports), received state; re-arm its timer.
+    fn after_mesh(&mut self, i: usize, now: Instant) {
+        let c = &mut self.clients[i];
+        while let Some(t) = c.mesh.poll_transmit() {
+            match self.by_mesh_addr.get(&t.dst) {
+                Some(&dst) if self.memory_wire => self.wire.push_back((dst, c.mesh_addr, t.payload.to_vec())),
+                _ => {
+                    let _ = c.mesh_sock.send_to(&t.payload, t.dst);
+                }
+            }
+        }
+        let mut reports = Vec::new();
+        while let Some(ev) = c.mesh.poll_event() {
+            if let MeshEvent::Link { link, event: LinkEvent::Path(p) } = ev {
+                let path = match p {
+                    Path::None => PathState::Connecting,
+                    Path::Relayed { .. } => PathState::Relayed,
+                    Path::Direct { .. } => PathState::Direct,
+                };
+                reports.push(ClientMessage::PathReport { link, path, rtt_ms: None });
+            }
+        }
+        if let Some(t) = c.mesh.poll_timeout() {
+            self.timers.push(Reverse((t.max(now), i)));
+        }
+        for r in reports {
+            self.send_shard(i, DefaultChannel::ReliableOrdered, &r);
+        }
+    }
+
+    fn on_mesh_datagram(&mut self, i: usize, from: SocketAddr, data: &[u8], now: Instant) {
+        let c = &mut self.clients[i];
+        c.mesh.handle_datagram(now, c.mesh_addr, from, data);
+        let ids: Vec<LinkId> = c.links.keys().copied().collect();
+        for l in ids {
+            while c.mesh.receive(l, CHANNEL_UNRELIABLE).is_some() {
+                self.counters.state_recv += 1;
+            }
+        }
+        self.after_mesh(i, now);
+    }
+
+    fn read_mesh_socket(&mut self, i: usize, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Ok((n, from)) = self.clients[i].mesh_sock.recv_from(&mut buf) {
+            self.on_mesh_datagram(i, from, &buf[..n], now);
+        }
+        self.buf = buf;
+    }
+
+    fn move_clusters(&mut self, dt: f32, t: f64) {
+        let speed = self.max_step * 0.6 / self.tick.as_secs_f32();
+        for c in &mut self.clusters {
+            if t >= c.next_turn {
+                c.heading += self.rng.random_range(-1.5f32..1.5);
+                c.next_turn = t + self.rng.random_range(3.0..10.0);
+            }
+            c.x += c.heading.cos() * speed * dt;
+            c.y += c.heading.sin() * speed * dt;
+            if c.x < 0.0 || c.x > self.world {
+                c.heading = std::f32::consts::PI - c.heading;
+                c.x = c.x.clamp(0.0, self.world);
+            }
+            if c.y < 0.0 || c.y > self.world {
+                c.heading = -c.heading;
+                c.y = c.y.clamp(0.0, self.world);
+            }
+        }
+    }
+
+    /// One client's 20 Hz tick; `late`: skip the mesh state this time.
+    fn client_tick(&mut self, i: usize, now: Instant, late: bool) {
+        self.counters.ticks += 1;
+        let (cx, cy) = {
+            let k = &self.clusters[self.clients[i].cluster];
+            (k.x, k.y)
+        };
+        let c = &mut self.clients[i];
+        if c.nc.is_connected() && !c.joined {
+            c.joined = true;
+            let nat =
+                NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+            let name = c.name.clone();
+            let cands = vec![Candidate::new(CandidateKind::Host, c.mesh_addr)];
+            self.send_shard(i, DefaultChannel::ReliableOrdered, &ClientMessage::Login { name });
+            self.send_shard(
+                i,
+                DefaultChannel::ReliableOrdered,
+                &ClientMessage::MeshInfo { candidates: cands, nat },
+            );
+            self.send_shard(i, DefaultChannel::ReliableOrdered, &ClientMessage::EnterZone { zone: 0 });
+        }
+        let c = &mut self.clients[i];
+        if c.entered {
+            let target = (cx + c.offset.0, cy + c.offset.1);
+            let (dx, dy) = (target.0 - c.pos.0, target.1 - c.pos.1);
+            let d = (dx * dx + dy * dy).sqrt();
+            let step = d.min(self.max_step);
+            c.vel = if d > 1e-3 { (dx / d * step, dy / d * step) } else { (0.0, 0.0) };
+            c.pos = (c.pos.0 + c.vel.0, c.pos.1 + c.vel.1);
+            c.tick = c.tick.wrapping_add(1);
+            let mv = ClientMessage::Move { tick: c.tick, x: c.pos.0, y: c.pos.1 };
+            let mut state = vec![0u8; self.state_bytes];
+            state[..8].copy_from_slice(&c.player.map_or(0, |p| p.0).to_le_bytes());
+            state[8..12].copy_from_slice(&c.tick.to_le_bytes());
+            for (k, v) in [c.pos.0, c.pos.1, c.vel.0, c.vel.1].iter().enumerate() {
+                state[12 + 4 * k..16 + 4 * k].copy_from_slice(&v.to_le_bytes());
+            }
+            let peers: Vec<(LinkId, PlayerId)> = c.links.iter().map(|(l, (p, _))| (*l, *p)).collect();
+            self.send_shard(i, DefaultChannel::Unreliable, &mv);
+            self.counters.state_due += peers.len() as u64;
+            let peers = if late { Vec::new() } else { peers };
+            for (link, peer) in peers {
+                self.counters.state_sent += 1;
+                if self.p2p {
+                    let _ = self.clients[i].mesh.send(link, CHANNEL_UNRELIABLE, state.clone());
+                } else {
+                    let msg = ClientMessage::ToPeer { peer, reliable: false, data: state.clone() };
+                    self.send_shard(i, DefaultChannel::Unreliable, &msg);
+                }
+            }
+            if self.p2p && !late {
+                self.clients[i].mesh.handle_timeout(now);
+                self.after_mesh(i, now);
+            }
+        }
+        self.pump_shard(i, now);
+    }
+
+    /// Run the loop until `until`; `on_second` is called about once a second.
+    fn run(&mut self, until: Instant, mut on_second: impl FnMut(&mut Generator, Instant)) {
+        let mut last_cluster_move = Instant::now();
+        let mut next_second = Instant::now() + Duration::from_secs(1);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            // Wait for sockets until the next client tick or mesh timer (≤ 2 ms).
+            let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
+            let wait = next_timer
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(2))
+                .min(Duration::from_millis(2));
+            let ready = if self.wire.is_empty() {
+                self.poller.wait(wait.as_millis() as i32)
+            } else {
+                self.poller.wait(0)
+            };
+            let now = Instant::now();
+            for token in ready {
+                let i = (token >> 1) as usize;
+                if i >= self.clients.len() {
+                    continue;
+                }
+                if token & 1 == 0 {
+                    self.on_shard_datagram(i, now);
+                    self.pump_shard(i, now);
+                } else {
+                    self.read_mesh_socket(i, now);
+                }
+            }
+            // Only what was queued before this turn: answers wait for the next one.
+            for (dst, from, bytes) in std::mem::take(&mut self.wire) {
+                self.on_mesh_datagram(dst, from, &bytes, now);
+            }
+            let dt = now.duration_since(last_cluster_move).as_secs_f32();
+            if dt >= 0.05 {
+                last_cluster_move = now;
+                let t = now.duration_since(self.start).as_secs_f64();
+                self.move_clusters(dt, t);
+            }
+            for i in 0..self.clients.len() {
+                if self.clients[i].next_tick <= now {
+                    let c = &mut self.clients[i];
+                    // Behind by more than half a tick: the load generator is short of CPU.
+                    // Moves (the shard's load) still go out; mesh state waits for a turn
+                    // that is on time (counted: `state_due` vs `state_sent`).
+                    let late = self.p2p && now.duration_since(c.next_tick) > self.tick / 2;
+                    c.next_tick += self.tick;
+                    if c.next_tick < now {
+                        c.next_tick = now + self.tick; // fell behind: skip, do not burst
+                    }
+                    self.client_tick(i, now, late);
+                }
+            }
+            while let Some(&Reverse((t, i))) = self.timers.peek() {
+                if t > now {
+                    break;
+                }
+                self.timers.pop();
+                let c = &mut self.clients[i];
+                if c.mesh.poll_timeout().is_some_and(|d| d <= now) {
+                    c.mesh.handle_timeout(now);
+                    self.after_mesh(i, now);
+                }
+            }
+            if now >= next_second {
+                next_second += Duration::from_secs(1);
+                on_second(self, now);
+            }
+        }
+    }
+
+    fn connected(&self) -> u32 {
+        self.clients.iter().filter(|c| c.nc.is_connected()).count() as u32
+    }
+
+    fn in_zone(&self) -> u32 {
+        self.clients.iter().filter(|c| c.entered).count() as u32
+    }
+
+    fn link_paths(&self, now: Instant) -> (u64, u64, u64) {
+        let (mut d, mut r, mut f) = (0, 0, 0);
+        for c in &self.clients {
+            for (l, (_, since)) in &c.links {
+                if now.duration_since(*since) < Duration::from_secs(3) {
+                    continue;
+                }
+                match c.mesh.link(*l).map(|k| k.path()) {
+                    Some(Path::Direct { .. }) => d += 1,
+                    Some(Path::Relayed { .. }) => r += 1,
+                    _ => f += 1,
+                }
+            }
+        }
+        (d, r, f)
+    }
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 && r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: valid pointer.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    }
+}
+
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_cur
+}
+
+fn merge(probes: &[CpuProbe]) -> CpuProbe {
+    let mut dirs = Vec::new();
+    for p in probes {
+        if let CpuProbe::Tasks(t) = p {
+            dirs.extend(t.iter().cloned());
+        }
+    }
+    CpuProbe::Tasks(dirs)
+}
+
+/// Run one phase: a fresh shard, `n` clients, ramp, warm-up, measurement window.
+pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult, String> {
+    raise_nofile();
+    let need = u64::from(n) * 2 + 256;
+    if nofile_limit() < need {
+        return Err(format!(
+            "{n} clients need about {need} file descriptors; the limit is {} (raise it with `ulimit -n`)",
+            nofile_limit()
+        ));
+    }
+    if args.group_min > args.group_max {
+        return Err(format!("--group-min {} is larger than --group-max {}", args.group_min, args.group_max));
+    }
+    metrics::enable();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ u64::from(n));
+    // Clusters and their members, laid out on a square map with room between clusters.
+    let mut sizes = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let s = rng.random_range(args.group_min..=args.group_max).min(left);
+        sizes.push(s);
+        left -= s;
+    }
+    let world = (sizes.len() as f32).sqrt() * 250.0;
+    let clusters: Vec<Cluster> = sizes
+        .iter()
+        .map(|_| Cluster {
+            x: rng.random_range(0.0..world),
+            y: rng.random_range(0.0..world),
+            heading: rng.random_range(0.0..std::f32::consts::TAU),
+            next_turn: rng.random_range(0.0..5.0),
+        })
+        .collect();
+    let mut members = Vec::new(); // (name, cluster, offset)
+    for (k, s) in sizes.iter().enumerate() {
+        for _ in 0..*s {
+            let (r, a) = (rng.random_range(0.0f32..15.0), rng.random_range(0.0..std::f32::consts::TAU));
+            members.push((format!("b{}", members.len()), k, (r * a.cos(), r * a.sin())));
+        }
+    }
+    let store = std::env::temp_dir().join(format!("p2pm-bench-shard-{}-{n}-{p2p}.json", std::process::id()));
+    let mut chars = serde_json::Map::new();
+    for (j, (name, k, off)) in members.iter().enumerate() {
+        let (x, y) = (clusters[*k].x + off.0, clusters[*k].y + off.1);
+        chars.insert(name.clone(), serde_json::json!({"player": j + 1, "zone": 0, "x": x, "y": y}));
+    }
+    std::fs::write(&store, serde_json::Value::Object(chars).to_string())
+        .map_err(|e| format!("store: {e}"))?;
+    let cfg = bench_config(n, &store)?;
+    let shard = start_shard(&cfg, store)?;
+    let tick = Duration::from_secs_f64(1.0 / f64::from(cfg.game.tick_hz));
+    let mut g = Generator {
+        clients: Vec::with_capacity(n as usize),
+        clusters,
+        poller: Poller::new().map_err(|e| e.to_string())?,
+        timers: BinaryHeap::new(),
+        wire: VecDeque::new(),
+        by_mesh_addr: HashMap::new(),
+        p2p,
+        memory_wire: args.wire == Wire::Memory,
+        tick,
+        max_step: cfg.game.max_speed * 0.9 * tick.as_secs_f32(),
+        state_bytes: args.state_bytes as usize,
+        counters: Counters::default(),
+        buf: vec![0; 2048],
+        rng,
+        start: Instant::now(),
+        world,
+    };
+    let mode = if p2p { "on " } else { "off" };
+
+    // Logins on a helper thread; the generator adds clients at --ramp per second.
+    let (tx, rx) = mpsc::channel();
+    let login = shard.login;
+    let names: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
+    let login_thread = std::thread::Builder::new()
+        .name("p2pm-bench-login".into())
+        .spawn(move || {
+            for name in names {
+                let t = crate::shard::login::request_token(login, &name).map_err(|e| e.to_string());
+                if tx.send(t).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let ramp_start = Instant::now();
+    let deadline = ramp_start + Duration::from_secs_f64(30.0 + f64::from(n) / f64::from(args.ramp) * 3.0);
+    let mut err = None;
+    while g.in_zone() < n && Instant::now() < deadline {
+        let allowed =
+            ((ramp_start.elapsed().as_secs_f64() * f64::from(args.ramp)) as usize + 1).min(n as usize);
+        while g.clients.len() < allowed {
+            match rx.try_recv() {
+                Ok(Ok(token)) => {
+                    let (name, k, off) = members[g.clients.len()].clone();
+                    g.add_client(name, k, off, token).map_err(|e| format!("client socket: {e}"))?;
+                }
+                Ok(Err(e)) => {
+                    err = Some(format!("login failed: {e}"));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if err.is_some() {
+            break;
+        }
+        let until = Instant::now() + Duration::from_millis(50);
+        g.run(until, |_, _| {});
+        eprint!(
+            "\r  p2p {mode} N={n:<5} ramp: logged in {:>5}  connected {:>5}  in zone {:>5}   ",
+            g.clients.len(),
+            g.connected(),
+            g.in_zone()
+        );
+    }
+    let _ = login_thread.join();
+    if let Some(e) = err {
+        eprintln!();
+        return Err(e);
+    }
+    if g.in_zone() < n {
+        tracing::warn!(in_zone = g.in_zone(), n, "not every client entered the zone before the deadline");
+    }
+    // Warm-up.
+    let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup);
+    g.run(warm_until, |g, _| {
+        eprint!(
+            "\r  p2p {mode} N={n:<5} warm-up: connected {:>5}  in zone {:>5}                 ",
+            g.connected(),
+            g.in_zone()
+        );
+    });
+
+    // Measurement window.
+    let reg = metrics::registry();
+    let shard_cpu = merge(&[
+        CpuProbe::threads_named("p2pm-shard"),
+        CpuProbe::threads_named("relay-"),
+        CpuProbe::threads_named("p2pm-login"),
+    ]);
+    let gen_cpu = CpuProbe::this_thread();
+    metrics::reset_histograms();
+    let (a0, g0, r0) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
+    let (s0, l0, m0) = (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
+    let c0 = g.counters;
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(args.seconds);
+    let mut rss_peak = rss_mib();
+    let mut last = (start, reg.agent.read()[1], r0.forwarded_bytes);
+    g.run(until, |g, now| {
+        rss_peak = rss_peak.max(rss_mib());
+        let (a, r) = (reg.agent.read()[1], shard.relay.server.snapshot().forwarded_bytes);
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
+        let tick99 = reg.tick.lock().ok().and_then(|h| h.quantile_ms(0.99));
+        eprint!(
+            "\r  p2p {mode} N={n:<5} {:>4.1}/{:.0} s  connected {:>5}  egress {:>8.1} kB/s  tick p99 {:>6} ms   ",
+            now.duration_since(start).as_secs_f64(),
+            args.seconds,
+            g.connected(),
+            ((a - last.1) + (r - last.2)) as f64 / dt / 1e3,
+            tick99.map_or("-".into(), |t| format!("{t:.2}")),
+        );
+        last = (now, a, r);
+    });
+    let window = start.elapsed().as_secs_f64();
+    let (a1, g1, r1) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
+    let (s1, l1, m1) = (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
+    let c1 = g.counters;
+    rss_peak = rss_peak.max(rss_mib());
+    let now = Instant::now();
+    let (direct, relayed, failed) = if p2p { g.link_paths(now) } else { (0, 0, 0) };
+    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / window;
+    let cpu = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / window,
+        _ => f64::NAN,
+    };
+    let q = |h: &std::sync::Mutex<metrics::Histogram>, p: f64| h.lock().ok().and_then(|h| h.quantile_ms(p));
+    let (tick_max, ticks) = reg.tick.lock().map(|h| (h.max_ms(), h.count())).unwrap_or((0.0, 0));
+    let expected_ticks = g.clients.len() as f64 * window / tick.as_secs_f64();
+    let mut r = PhaseResult {
+        clients: n,
+        p2p,
+        connected: g.connected(),
+        in_zone: g.in_zone(),
+        introductions: g.clients.iter().map(|c| c.intros).sum(),
+        window_s: window,
+        agent_in_bps: per_s(a0[0], a1[0]),
+        agent_out_bps: per_s(a0[1], a1[1]),
+        game_in_bps: per_s(g0[0], g1[0]),
+        game_out_bps: per_s(g0[1], g1[1]),
+        relay_in_bps: per_s(r0.received_bytes, r1.received_bytes),
+        relay_out_bps: per_s(r0.forwarded_bytes, r1.forwarded_bytes),
+        tick_p50_ms: q(&reg.tick, 0.5),
+        tick_p99_ms: q(&reg.tick, 0.99),
+        tick_max_ms: (ticks > 0).then_some(tick_max),
+        ticks,
+        route_in_p50_ms: q(&reg.route_to_game, 0.5),
+        route_in_p99_ms: q(&reg.route_to_game, 0.99),
+        route_out_p50_ms: q(&reg.route_to_agent, 0.5),
+        route_out_p99_ms: q(&reg.route_to_agent, 0.99),
+        links_direct: direct,
+        links_relayed: relayed,
+        links_failed: failed,
+        state_sent_per_s: per_s(c0.state_sent, c1.state_sent),
+        state_recv_per_s: per_s(c0.state_recv, c1.state_recv),
+        state_ratio: if c1.state_due > c0.state_due {
+            (c1.state_sent - c0.state_sent) as f64 / (c1.state_due - c0.state_due) as f64
+        } else {
+            0.0
+        },
+        generator_tick_ratio: if expected_ticks > 0.0 {
+            (c1.ticks - c0.ticks) as f64 / expected_ticks
+        } else {
+            0.0
+        },
+        shard_cpu: cpu(s0, s1),
+        loadgen_cpu: cpu(l0, l1),
+        machine_busy: m0.zip(m1).map(|(a, b)| {
+            let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+            busy as f64 / (busy + idle + steal).max(1) as f64
+        }),
+        rss_peak_mib: rss_peak,
+        ..PhaseResult::default()
+    };
+    r.egress_bps = r.agent_out_bps + r.relay_out_bps;
+    r.ingress_bps = r.agent_in_bps + r.relay_in_bps;
+    eprintln!("\r  p2p {mode} N={n:<5} done{:<90}", "");
+    drop(g);
+    drop(shard);
+    Ok(r)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|x| x.is_finite()).map_or("n/a".into(), |x| format!("{x:.digits$}"))
+}
+
+fn print_phase(r: &PhaseResult, json: bool) {
+    let n = f64::from(r.clients.max(1));
+    let kb = |b: f64| b / 1e3;
+    println!(
+        "p2p {:<3} clients={} connected={} in_zone={} introductions={} window={:.1}s",
+        if r.p2p { "on" } else { "off" },
+        r.clients,
+        r.connected,
+        r.in_zone,
+        r.introductions,
+        r.window_s
+    );
+    println!(
+        "  bytes/s  agent in {:>9.1} kB out {:>9.1} kB | game in {:>9.1} kB out {:>9.1} kB | relay in {:>9.1} kB out {:>9.1} kB",
+        kb(r.agent_in_bps),
+        kb(r.agent_out_bps),
+        kb(r.game_in_bps),
+        kb(r.game_out_bps),
+        kb(r.relay_in_bps),
+        kb(r.relay_out_bps)
+    );
+    println!(
+        "  per client: egress {:.0} B/s (agent {:.0} + relay {:.0}), ingress {:.0} B/s, game in {:.0} out {:.0} B/s",
+        r.egress_bps / n,
+        r.agent_out_bps / n,
+        r.relay_out_bps / n,
+        r.ingress_bps / n,
+        r.game_in_bps / n,
+        r.game_out_bps / n
+    );
+    println!(
+        "  game tick ms p50 {} p99 {} max {} ({} ticks) | routing ms client→game p50 {} p99 {}, role→agent p50 {} p99 {}",
+        opt(r.tick_p50_ms, 3),
+        opt(r.tick_p99_ms, 3),
+        opt(r.tick_max_ms, 3),
+        r.ticks,
+        opt(r.route_in_p50_ms, 2),
+        opt(r.route_in_p99_ms, 2),
+        opt(r.route_out_p50_ms, 3),
+        opt(r.route_out_p99_ms, 3)
+    );
+    if r.p2p {
+        println!(
+            "  link ends (≥ 3 s old): direct {} relayed {} no path {} → direct {:.3} relayed {:.3} failed {:.3}",
+            r.links_direct,
+            r.links_relayed,
+            r.links_failed,
+            r.direct(),
+            r.relayed(),
+            r.failed()
+        );
+    }
+    println!(
+        "  peer state: sent {:.0}/s ({:.1}% of due) received {:.0}/s | load generator ran {:.1}% of client ticks",
+        r.state_sent_per_s,
+        r.state_ratio * 100.0,
+        r.state_recv_per_s,
+        r.generator_tick_ratio * 100.0
+    );
+    println!(
+        "  cpu: shard {:.2} CPUs, load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB",
+        r.shard_cpu,
+        r.loadgen_cpu,
+        r.machine_busy.map_or("n/a".into(), |b| format!("{:.0}%", b * 100.0)),
+        r.rss_peak_mib
+    );
+    if json && let Ok(s) = serde_json::to_string(r) {
+        println!("json: {s}");
+    }
+}
+
+/// One client count's phases: `(off, on)`.
+pub type Row = (Option<PhaseResult>, Option<PhaseResult>);
+
+fn summary(n: u32, row: &Row) -> String {
+    let on = row.1.as_ref();
+    let main = on.or(row.0.as_ref());
+    let offload = match row {
+        (Some(off), Some(on)) if off.egress_bps > 0.0 => Some(on.egress_bps / off.egress_bps),
+        _ => None,
+    };
+    format!(
+        "summary: clients={n} offload={} tick_p99_ms={} route_p99_ms={} direct={} relayed={} failed={}",
+        opt(offload, 3),
+        opt(main.and_then(|r| r.tick_p99_ms), 2),
+        opt(main.and_then(|r| r.route_p99_ms()), 2),
+        opt(on.map(|r| r.direct()), 3),
+        opt(on.map(|r| r.relayed()), 3),
+        opt(on.map(|r| r.failed()), 3),
+    )
+}
+
+/// Run the phases `args` asks for at client count `n`.
+pub fn run_count(args: &ShardBenchArgs, n: u32) -> Result<Row, String> {
+    let off =
+        matches!(args.p2p, P2pMode::Off | P2pMode::Both).then(|| run_phase(args, n, false)).transpose()?;
+    if let Some(r) = &off {
+        print_phase(r, args.json);
+    }
+    let on = matches!(args.p2p, P2pMode::On | P2pMode::Both).then(|| run_phase(args, n, true)).transpose()?;
+    if let Some(r) = &on {
+        print_phase(r, args.json);
+    }
+    if let (Some(off), Some(on)) = (&off, &on) {
+        println!(
+            "  offload: server egress with P2P on / off = {:.0} / {:.0} B/s = {}",
+            on.egress_bps,
+            off.egress_bps,
+            opt((off.egress_bps > 0.0).then(|| on.egress_bps / off.egress_bps), 3)
+        );
+    }
+    Ok((off, on))
+}
+
+/// `p2pmodel bench shard`.
+pub fn run_shard_bench(args: &ShardBenchArgs) -> Result<(), String> {
+    if args.group_min > args.group_max {
+        return Err(format!("--group-min {} is larger than --group-max {}", args.group_min, args.group_max));
+    }
+    if args.plot.is_some() && args.sweep.is_empty() {
+        return Err("--plot needs --sweep (plots are against the client count)".into());
+    }
+    let counts = if args.sweep.is_empty() { vec![args.clients] } else { args.sweep.clone() };
+    println!(
+        "shard bench: {} client(s) per run, p2p {:?}, clusters of {}-{}, {} B state at the tick rate, wire {:?}; \
+         {} s warm-up + {} s window per phase; loopback, {} CPUs; shard and load generator share them",
+        counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+        args.p2p,
+        args.group_min,
+        args.group_max,
+        args.state_bytes,
+        args.wire,
+        args.warmup,
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    for n in &counts {
+        let row = run_count(args, *n)?;
+        println!("{}", summary(*n, &row));
+        rows.push((*n, row));
+    }
+    if let Some(dir) = &args.plot {
+        super::shard_plot::write_plots(dir, &rows)?;
+        println!("plots written to {}", dir.display());
+    }
+    if rows.len() > 1 {
+        println!(
+            "{:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>8} {:>8}",
+            "N", "egr/cl off", "egr/cl on", "offload", "tick99 off", "tick99 on", "cpu sh on", "cpu lg on"
+        );
+        for (n, (off, on)) in &rows {
+            let pc = |r: &Option<PhaseResult>| r.as_ref().map(|r| r.egress_bps / f64::from(*n));
+            let t = |r: &Option<PhaseResult>| r.as_ref().and_then(|r| r.tick_p99_ms);
+            let off_on = match (off, on) {
+                (Some(a), Some(b)) if a.egress_bps > 0.0 => Some(b.egress_bps / a.egress_bps),
+                _ => None,
+            };
+            println!(
+                "{n:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>8} {:>8}",
+                opt(pc(off), 0),
+                opt(pc(on), 0),
+                opt(off_on, 3),
+                opt(t(off), 2),
+                opt(t(on), 2),
+                opt(on.as_ref().map(|r| r.shard_cpu), 2),
+                opt(on.as_ref().map(|r| r.loadgen_cpu), 2)
+            );
+        }
+        // The last line stays the summary of the largest run.
+        if let Some((n, row)) = rows.last() {
+            println!("{}", summary(*n, row));
+        }
+    }
+    Ok(())
+}
