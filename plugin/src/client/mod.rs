@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub mod login;
+
 use crate::config::MeshConfig;
 use crate::endpoint::{ClockAnchor, Endpoint, Transmit};
 use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
