@@ -42,6 +42,7 @@ SITES=(
   "mob  port-restricted  1 0"
   "rb   port-restricted  1 0"
   "blk  port-restricted  1 0"
+  "far  port-restricted  1 0 40/1"
 )
 
 log() { echo "netlab: $*"; }
@@ -61,9 +62,9 @@ cleanup_lab() {
 
 if [ "$(id -u)" != 0 ]; then echo "netlab: must run as root (sudo $0)" >&2; exit 2; fi
 if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
-for tool in ip nft conntrack turnserver turnutils_natdiscovery python3; do
+for tool in ip nft conntrack turnserver turnutils_natdiscovery python3 ethtool; do
   command -v "$tool" >/dev/null || {
-    echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3)" >&2
+    echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3 ethtool)" >&2
     echo "netlab: 0 passed, 1 failed"; exit 1; }
 done
 
@@ -179,11 +180,24 @@ EOF
 }
 
 SITE_NUM=0
-build_site() { # name preset clients timeout
-  local name="$1" preset="$2" n="$3" tmo="$4" k i
+build_site() { # name preset clients timeout [delay-ms/loss-%]
+  local name="$1" preset="$2" n="$3" tmo="$4" line="${5:--}" k i
   SITE_NUM=$((SITE_NUM + 1)); k=$SITE_NUM
   mkns "$name-nat"; forwarding "$name-nat"
-  veth inet "$name" "$name-nat" wan
+  if [ "$line" = - ]; then
+    veth inet "$name" "$name-nat" wan
+  else
+    # a delay/loss line between the internet and the site's router (no netem here)
+    mkns "$name-dly"
+    veth inet "$name" "$name-dly" up0
+    veth "$name-dly" dn0 "$name-nat" wan
+    ip -n "$P$name-dly" link set up0 promisc on
+    ip -n "$P$name-dly" link set dn0 promisc on
+    # frames re-sent from a packet socket must carry complete checksums
+    nsx inet ethtool -K "$name" tx off >/dev/null 2>&1
+    nsx "$name-nat" ethtool -K wan tx off >/dev/null 2>&1
+    nsx "$name-dly" python3 "$HERE/delayline.py" up0 dn0 "${line%/*}" "${line#*/}" "$k" >"$WORK/$name-dly.log" 2>&1 &
+  fi
   ip -n "${P}inet" addr add "198.18.$k.1/24" dev "$name"
   ip -n "$P$name-nat" addr add "198.18.$k.2/24" dev wan
   ip -n "$P$name-nat" route add default via "198.18.$k.1"
@@ -394,7 +408,7 @@ start_shard() {
     echo
     echo "[lobby]"
     echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""
-    echo "zones = 13"
+    echo "zones = 14"
     echo "heartbeat_ms = 250"
     echo "heartbeat_timeout_ms = 1500"
     echo
@@ -457,16 +471,16 @@ act_flush() { nsx "$1-nat" conntrack -F >/dev/null 2>&1; }
 act_readdress() {
   local name="$1" k
   k="$(ip -n "$P$name-nat" -4 -o addr show dev wan | awk '{print $4}' | cut -d. -f3)"
-  ip -n "$P$name-nat" addr add "198.18.$k.3/24" dev wan
   ip -n "$P$name-nat" addr del "198.18.$k.2/24" dev wan
-  ip -n "$P$name-nat" route replace default via "198.18.$k.1" src "198.18.$k.3"
+  ip -n "$P$name-nat" addr add "198.18.$k.3/24" dev wan
+  ip -n "$P$name-nat" route replace default via "198.18.$k.1"
   nsx "$name-nat" conntrack -F >/dev/null 2>&1
 }
 # The direct path dies: the site drops UDP to and from everything but the shard's servers.
 act_block() {
   nsx "$1-nat" nft add table ip p2pm_block
-  nsx "$1-nat" nft add chain ip p2pm_block fwd '{ type filter hook forward priority -10; policy accept; }'
-  nsx "$1-nat" nft add rule ip p2pm_block fwd meta l4proto udp ip daddr != "{ $SRV1, $SRV2 }" ip saddr != "{ $SRV1, $SRV2 }" drop
+  nsx "$1-nat" nft add chain ip p2pm_block blockfwd '{ type filter hook forward priority -10; policy accept; }'
+  nsx "$1-nat" nft add rule ip p2pm_block blockfwd meta l4proto udp ip daddr != "{ $SRV1, $SRV2 }" ip saddr != "{ $SRV1, $SRV2 }" drop
 }
 
 run_scenarios() {
@@ -491,6 +505,7 @@ run_scenarios() {
   pair "two hosts behind one NAT" 10 prc-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
   pair "NAT reboot mid-session" 11 rb-c1 fc2-c1 "$s" "--expect direct-or-relayed" "" "" 8 act_flush rb & jobs+=($!)
   pair "direct path blocked mid-session" 12 blk-c1 fc-c1 "$s" "--expect relayed" "" "" 8 act_block blk & jobs+=($!)
+  pair "80 ms / 1 % loss each way path" 13 far-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
   wait "${jobs[@]}"
 }
 
@@ -505,7 +520,22 @@ check_dmz() {
     result ok "DMZ: internal network unreachable" "Lobby $INT_LOBBY:$LOBBY_PORT unreachable from a site"
   fi
 }
-SCENARIOS=(check_dmz run_scenarios)
+# The delay line gives what it was set to: 40 ms each way and 1 % loss each way make an RTT
+# of ~80 ms more than the clean path and ~2 % round-trip loss (200 probes).
+check_delayline() {
+  local clean far p50c p50f lossf
+  clean="$(nsx fc-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 200 10)"
+  far="$(nsx far-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 200 10)"
+  p50c="$(echo "$clean" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  p50f="$(echo "$far" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  lossf="$(echo "$far" | sed -n 's/.*loss_pct=\([0-9.]*\).*/\1/p')"
+  if python3 -c "import sys; c,f,l=map(float,sys.argv[1:]); sys.exit(0 if 78<=f-c<=90 and l<=8 else 1)" "${p50c:-nan}" "${p50f:-nan}" "${lossf:-nan}" 2>/dev/null; then
+    result ok "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far"
+  else
+    result fail "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far (want +78..90 ms, loss <= 8 %)"
+  fi
+}
+SCENARIOS=(check_dmz check_delayline run_scenarios)
 
 # ---------------------------------------------------------------- main
 build_all() {
@@ -521,7 +551,7 @@ if build_all && start_servers && start_shard; then
   # one background job per site; every check prints into $RES
   for s in "${SITES[@]}"; do
     read -r name preset n tmo <<<"$s"
-    case "$name" in tmo|fc2|sym2|t05?|mob|rb|blk) continue ;; esac   # same presets, verified once
+    case "$name" in tmo|fc2|sym2|t05?|mob|rb|blk|far) continue ;; esac   # same presets, verified once
     ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_vovida "$name-c1" "$name-c1" "$preset"; check_netcheck "$name-c1" "$name-c1" "$preset"
       [ "$n" -ge 2 ] && check_netcheck "$name-c2" "$name-c2" "$preset"; true ) &
     pids+=($!)
