@@ -219,8 +219,8 @@ impl GameWorld {
     /// the speaker included. Empty lines are ignored.
     fn chat(&mut self, bus: &mut ShardBus, rules: &GameRules, from: PlayerId, text: &str) {
         let Some(speaker) = self.players.get(&from) else { return };
-        let text: String = text.chars().filter(|c| !c.is_control()).take(MAX_CHAT_CHARS).collect();
-        let text = text.trim();
+        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(MAX_CHAT_CHARS).collect();
+        let text = text.trim_end();
         if text.is_empty() {
             return;
         }
