@@ -610,7 +610,7 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert_eq!(game_of(&shard, "cid"), Some(ga), "placed with its party, over capacity");
     cid.send(&ClientMessage::Chat { text: "hi party".into() });
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
-        &cs[0], "cid", "hi party"
+        cs[0], "cid", "hi party"
     )));
     assert!(heard(&cid, "cid", "hi party") && !heard(&bob, "cid", "hi party"));
 
@@ -627,7 +627,7 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert_eq!(game_of(&shard, "bob"), Some(ga));
     bob.send(&ClientMessage::Chat { text: "moved".into() });
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
-        &cs[0], "bob", "moved"
+        cs[0], "bob", "moved"
     )));
     drop(shard);
     let _ = std::fs::remove_file(&store);
@@ -689,4 +689,127 @@ fn shard_routes_peer_messages_only_between_introduced_players_and_sends_nearby_n
     assert!(cid.npcs.is_empty(), "no NPC near cid: {:?}", cid.npcs.first());
     drop(shard);
     let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places_players() {
+    use bevy::app::App;
+    use bevy::prelude::MinimalPlugins;
+    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
+
+    let store = std::env::temp_dir().join(format!("p2pm-shard-relink-{}.json", std::process::id()));
+    let cfg = config("relink", &store);
+    let (hb, timeout, secret) = (cfg.lobby.heartbeat, cfg.lobby.heartbeat_timeout, cfg.shard.secret);
+    let relay = RelayRuntime::start(&cfg).unwrap();
+    let relay_addr = relay.server.primary_addr();
+    let start_lobby = |addr: SocketAddr| -> (App, SocketAddr) {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins);
+        add_lobby(&mut app, &cfg, relay_addr).unwrap();
+        let (remote, bound) = RemoteBus::listen(vec![Role::Lobby], addr, secret, hb, timeout).unwrap();
+        app.insert_resource(remote).add_plugins(RemoteBusPlugin);
+        (app, bound)
+    };
+    let (lobby, lobby_addr) = start_lobby("127.0.0.1:0".parse().unwrap());
+    let connect = |role: Role| RemoteBus::connect(vec![role], lobby_addr, secret, hb, timeout).unwrap();
+    let mut agent = App::new();
+    agent.add_plugins(MinimalPlugins);
+    add_agent(&mut agent, &cfg, None).unwrap();
+    agent.insert_resource(connect(Role::Agent)).add_plugins(RemoteBusPlugin);
+    let games: Vec<App> = (0..2u32)
+        .map(|g| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins);
+            add_games(&mut app, &cfg, &[(g, 0)], Some(relay_addr));
+            app.insert_resource(connect(Role::Game(g))).add_plugins(RemoteBusPlugin);
+            app
+        })
+        .collect();
+    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
+    let mut p = Procs { lobby: Some(lobby), agent, games };
+    let wait = Duration::from_secs(5);
+    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| cs[0].player.is_some()));
+    join_zone(&mut ana);
+    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| !cs[0].entered.is_empty()));
+    let ana_id = ana.player;
+    let placed = |l: &Option<App>, name: &str| {
+        l.as_ref()?.world().resource::<LobbyState>().clients.values().find(|c| c.name == name)?.placed
+    };
+    let ana_game = placed(&p.lobby, "ana").unwrap().1;
+
+    // The Lobby process goes away (its store is flushed, its port freed) and comes back.
+    p.lobby = None;
+    // Down for 1.2 s: the others back off (100 ms doubling, capped at 2 s).
+    run_procs(&mut p, &mut [&mut ana], Duration::from_millis(1200), &mut |_, _| false);
+    let restarted = Instant::now();
+    p.lobby = Some(start_lobby(lobby_addr).0);
+    let relinked = run_procs(&mut p, &mut [&mut ana], wait, &mut |p, _| {
+        let mut peers = p.lobby.as_ref().unwrap().world().resource::<RemoteBus>().peers();
+        peers.sort_by_key(|r| format!("{r:?}"));
+        peers == [Role::Agent, Role::Game(0), Role::Game(1)]
+    });
+    let relink_time = restarted.elapsed();
+    assert!(relinked, "the Agent and both Game servers reconnected to the new Lobby");
+    assert!(relink_time < Duration::from_secs(3), "within the 2 s backoff cap: {relink_time:?}");
+    assert_eq!(p.agent.world().resource::<RemoteBus>().reconnects, 1);
+    // The Agent re-announced ana; the Game's Positions told the Lobby where she plays.
+    assert!(
+        run_procs(&mut p, &mut [&mut ana], wait, &mut |p, _| placed(&p.lobby, "ana") == Some((0, ana_game))),
+        "resync: the new Lobby knows ana's game server"
+    );
+    assert_eq!(ana.player, ana_id, "same player after the resync");
+    assert_eq!(ana.entered.len(), 1, "ana kept playing: no re-entry");
+
+    // A new client enters through the new Lobby, lands with ana and is introduced to her.
+    let mut bob = Client::connect("bob", request_token(login_addr, "bob").unwrap());
+    assert!(run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| cs[1].player.is_some()));
+    join_zone(&mut bob);
+    let entered = run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| {
+        !cs[1].entered.is_empty() && cs[0].link_to("bob").is_some() && cs[1].link_to("ana").is_some()
+    });
+    assert!(entered, "bob entered after the restart and met ana: {:?} {:?}", bob.entered, bob.refused);
+    println!(
+        "lobby restart: links back in {relink_time:?}, bob in the zone {:?} after the restart",
+        restarted.elapsed()
+    );
+    drop(p);
+    drop(relay);
+    let _ = std::fs::remove_file(&store);
+}
+
+/// Shard roles as separate apps ("processes"); the Lobby may be down.
+struct Procs {
+    lobby: Option<bevy::app::App>,
+    agent: bevy::app::App,
+    games: Vec<bevy::app::App>,
+}
+
+/// Step every app and client until `done` or `limit` (a bounded wait on real sockets).
+fn run_procs(
+    p: &mut Procs,
+    clients: &mut [&mut Client],
+    limit: Duration,
+    done: &mut dyn FnMut(&Procs, &[&mut Client]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(l) = p.lobby.as_mut() {
+            l.update();
+        }
+        p.agent.update();
+        for g in p.games.iter_mut() {
+            g.update();
+        }
+        for c in clients.iter_mut() {
+            c.pump();
+        }
+        if done(p, clients) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }

@@ -236,7 +236,14 @@ impl GameWorld {
 
     /// Route an application message from `from` to `peer` through the server, only between
     /// players introduced to each other; anything else is dropped and counted.
-    fn to_peer(&mut self, bus: &mut ShardBus, from: PlayerId, peer: PlayerId, reliable: bool, data: Vec<u8>) {
+    fn route_to_peer(
+        &mut self,
+        bus: &mut ShardBus,
+        from: PlayerId,
+        peer: PlayerId,
+        reliable: bool,
+        data: Vec<u8>,
+    ) {
         let key = if from < peer { (from, peer) } else { (peer, from) };
         match self.players.get(&peer) {
             Some(g) if data.len() <= MAX_PEER_DATA && self.pairs.contains_key(&key) => {
@@ -423,7 +430,7 @@ impl GameWorld {
                     }
                     ClientMessage::Chat { text } => self.chat(bus, rules, p, &text),
                     ClientMessage::ToPeer { peer, reliable, data } => {
-                        self.to_peer(bus, p, peer, reliable, data)
+                        self.route_to_peer(bus, p, peer, reliable, data)
                     }
                     ClientMessage::PathReport { link, path, .. } => {
                         if let Some(k) = self.by_link.get(&link).copied()
