@@ -786,5 +786,12 @@ mod tests {
             .collect();
         assert_eq!(npc_msgs.iter().filter(|(c, _)| *c == 1).count(), 100, "5 Hz over 20 s");
         assert!(npc_msgs.iter().all(|(c, n)| *c != 3 && *n > 0));
+        // Sizes documented in docs/PROTOCOL.md §6.
+        let size = |m: &ShardMessage| bevy_p2pmodel::proto::shard::encode(m).unwrap().len();
+        assert_eq!(size(&ShardMessage::Npcs { npcs: w.npcs() }), 56);
+        let text = "x".repeat(200);
+        assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);
+        let data = vec![0; MAX_PEER_DATA];
+        assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
     }
 }
