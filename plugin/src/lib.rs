@@ -15,8 +15,10 @@
 //! - [`link`]: one peer pair: relay-first, probing, direct path, keepalive, failover.
 //! - [`mesh`]: many links over one socket, routed by link id.
 //! - [`relay`]: the relay's token check and forwarding logic (sans-IO).
+//! - [`client`]: the game client's core (mesh + shard protocol), sans-IO.
 //! - [`sim`]: a deterministic network simulator with RFC 4787 NAT models.
 
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;

@@ -147,6 +147,14 @@ pub struct GameSection {
     /// players on the next one of the zone (the zone's servers are channels: players on
     /// different servers do not see each other, so the Lobby fills them in order).
     pub capacity: usize,
+    /// `npcs` (default 6): server-simulated NPCs per Game server, wandering around the spawn
+    /// point (the state P2P does not carry).
+    pub npcs: u32,
+    /// `npc_area` (default 40.0): NPCs stay within this distance of the spawn point (0, 0).
+    pub npc_area: f32,
+    /// `npc_hz` (default 5; at most `tick_hz`): how often each player is sent the NPCs within
+    /// its interest radius (every `tick_hz / npc_hz` ticks).
+    pub npc_hz: u32,
 }
 
 /// `[shard]`: what every role of one shard shares.
@@ -267,6 +275,9 @@ struct RawGame {
     max_peers: Option<i64>,
     relay_token_secs: Option<i64>,
     capacity: Option<i64>,
+    npcs: Option<i64>,
+    npc_area: Option<f64>,
+    npc_hz: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -595,8 +606,9 @@ impl ShardConfig {
         };
         let g = raw.game;
         let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
+        let tick_hz = cx.int(g.tick_hz, "game.tick_hz", 1, 240, 20)? as u32;
         let game = GameSection {
-            tick_hz: cx.int(g.tick_hz, "game.tick_hz", 1, 240, 20)? as u32,
+            tick_hz,
             servers_per_zone: cx.int(g.servers_per_zone, "game.servers_per_zone", 1, 64, 2)? as u32,
             max_speed: cx.float(g.max_speed, "game.max_speed", 0.1, 1e6, 10.0)?,
             interest_radius,
@@ -604,6 +616,9 @@ impl ShardConfig {
             max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
             capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
             relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
+            npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
+            npc_area: cx.float(g.npc_area, "game.npc_area", 1.0, 1e6, 40.0)?,
+            npc_hz: cx.int(g.npc_hz, "game.npc_hz", 1, i64::from(tick_hz), 5.min(i64::from(tick_hz)))? as u32,
         };
         if game.relay_token_secs as u64 > max_life {
             return Err(cx.invalid(
@@ -730,6 +745,9 @@ mod tests {
         assert_eq!(err_key(&format!("{m}[lobby]\ninternal = \"lobby\"\n")), "lobby.internal");
         assert_eq!(err_key(&format!("{m}[game]\nmax_speed = -1.0\n")), "game.max_speed");
         assert_eq!(err_key(&format!("{m}[game]\nhysteresis = 500.0\n")), "game.hysteresis");
+        assert_eq!(err_key(&format!("{m}[game]\nnpc_hz = 30\n")), "game.npc_hz", "above tick_hz");
+        let c = ShardConfig::parse(&format!("{m}[game]\ntick_hz = 2\nnpcs = 0\n")).unwrap();
+        assert_eq!((c.game.npcs, c.game.npc_hz, c.game.npc_area), (0, 2, 40.0));
         let e = ShardConfig::parse(&format!("{m}[game]\ntick = 5\n")).unwrap_err().to_string();
         assert!(e.contains("tick"), "{e}");
     }

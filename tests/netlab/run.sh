@@ -33,6 +33,16 @@ SITES=(
   "sym  symmetric        1 0"
   "fw   udp-firewall     1 0"
   "tmo  symmetric        1 $SHORT_TIMEOUT"
+  "fc2  full-cone        1 0"
+  "sym2 symmetric        1 0"
+  "t05a port-restricted  1 12"
+  "t05b port-restricted  1 12"
+  "t05c port-restricted  1 12"
+  "t05d port-restricted  1 12"
+  "mob  port-restricted  1 0"
+  "rb   port-restricted  1 0"
+  "blk  port-restricted  1 0"
+  "far  port-restricted  1 0 40/1"
 )
 
 log() { echo "netlab: $*"; }
@@ -52,9 +62,9 @@ cleanup_lab() {
 
 if [ "$(id -u)" != 0 ]; then echo "netlab: must run as root (sudo $0)" >&2; exit 2; fi
 if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
-for tool in ip nft conntrack turnserver turnutils_natdiscovery python3; do
+for tool in ip nft conntrack turnserver turnutils_natdiscovery python3 ethtool; do
   command -v "$tool" >/dev/null || {
-    echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3)" >&2
+    echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3 ethtool)" >&2
     echo "netlab: 0 passed, 1 failed"; exit 1; }
 done
 
@@ -170,11 +180,24 @@ EOF
 }
 
 SITE_NUM=0
-build_site() { # name preset clients timeout
-  local name="$1" preset="$2" n="$3" tmo="$4" k i
+build_site() { # name preset clients timeout [delay-ms/loss-%]
+  local name="$1" preset="$2" n="$3" tmo="$4" line="${5:--}" k i
   SITE_NUM=$((SITE_NUM + 1)); k=$SITE_NUM
   mkns "$name-nat"; forwarding "$name-nat"
-  veth inet "$name" "$name-nat" wan
+  if [ "$line" = - ]; then
+    veth inet "$name" "$name-nat" wan
+  else
+    # a delay/loss line between the internet and the site's router (no netem here)
+    mkns "$name-dly"
+    veth inet "$name" "$name-dly" up0
+    veth "$name-dly" dn0 "$name-nat" wan
+    ip -n "$P$name-dly" link set up0 promisc on
+    ip -n "$P$name-dly" link set dn0 promisc on
+    # frames re-sent from a packet socket must carry complete checksums
+    nsx inet ethtool -K "$name" tx off >/dev/null 2>&1
+    nsx "$name-nat" ethtool -K wan tx off >/dev/null 2>&1
+    nsx "$name-dly" python3 "$HERE/delayline.py" up0 dn0 "${line%/*}" "${line#*/}" "$k" >"$WORK/$name-dly.log" 2>&1 &
+  fi
   ip -n "${P}inet" addr add "198.18.$k.1/24" dev "$name"
   ip -n "$P$name-nat" addr add "198.18.$k.2/24" dev wan
   ip -n "$P$name-nat" route add default via "198.18.$k.1"
@@ -352,25 +375,183 @@ check_overlap() {
   fi
 }
 
-# ---------------------------------------------------------------- peer scenarios (later)
-# TC-01…TC-07 need `p2pmodel-demo --headless --bot`; add each as a function here that
-# writes one `result` line, and list it in SCENARIOS. The topology above already has the
-# sites they need (fc, rc, prc with two clients, sym, fw, tmo, pub).
-SCENARIOS=()
+# ---------------------------------------------------------------- peer scenarios
+# TC-01…TC-07 and the extra cases with the real shard (Agent + relay on the public server,
+# Lobby + Game on an internal network only the server reaches) and real bots
+# (`p2pmodel-demo --headless --bot --json`). Each scenario has its own zone, so scenarios run
+# in parallel without meeting; botcheck.py judges each from the two bots' JSON lines.
+INT_SRV=10.99.0.1 INT_LOBBY=10.99.0.2     # internal network (DMZ -> IN), not routed from inet
+AGENT_PORT=7000 LOGIN_PORT=7001 LOBBY_PORT=7110
+BOT_SECS=${NETLAB_BOT_SECS:-20}
+
+find_demo() {
+  if [ -n "${P2PMODEL_DEMO_BIN:-}" ]; then echo "$P2PMODEL_DEMO_BIN"; return; fi
+  (cd "$ROOT" && cargo build -q -p p2pmodel-demo >&2) || return 1
+  echo "$(dirname "$BIN")/p2pmodel-demo"
+}
+
+build_internal() {
+  mkns int
+  veth srv int0 int eth0
+  ip -n "${P}srv" addr add "$INT_SRV/24" dev int0
+  ip -n "${P}int" addr add "$INT_LOBBY/24" dev eth0
+  ip -n "${P}int" route add default via "$INT_SRV"
+}
+
+start_shard() {
+  {
+    echo
+    echo "[agent]"
+    echo "port = $AGENT_PORT"
+    echo "login_port = $LOGIN_PORT"
+    echo "client_timeout_secs = 30"
+    echo
+    echo "[lobby]"
+    echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""
+    echo "zones = 14"
+    echo "heartbeat_ms = 250"
+    echo "heartbeat_timeout_ms = 1500"
+    echo
+    echo "[game]"
+    echo "servers_per_zone = 1"
+  } >>"$WORK/shard.toml"
+  nsx int "$BIN" shard lobby --config "$WORK/shard.toml" >"$WORK/lobby.log" 2>&1 &
+  sleep 0.5
+  nsx int "$BIN" shard game --config "$WORK/shard.toml" >"$WORK/game.log" 2>&1 &
+  nsx srv "$BIN" shard agent --config "$WORK/shard.toml" >"$WORK/agent.log" 2>&1 &
+  local t
+  for t in $(seq 1 50); do
+    if nsx srv ss -lun 2>/dev/null | grep -q ":$LOGIN_PORT "; then
+      sleep 1; return 0
+    fi
+    sleep 0.2
+  done
+  log "shard did not come up"; tail -n 3 "$WORK/agent.log" "$WORK/lobby.log" "$WORK/game.log" >&2
+  return 1
+}
+
+# bot NS NAME ZONE SECS [extra args...] — one headless bot in namespace NS; prints its pid.
+bot() {
+  local ns="$1" name="$2" zone="$3" secs="$4"; shift 4
+  nsx "$ns" "$DEMO" --headless --bot --json --server "$SRV1:$LOGIN_PORT" --name "$name" \
+    --zone "$zone" --exit-after "$secs" "$@" >"$WORK/bot-$name.jsonl" 2>"$WORK/bot-$name.log" &
+  echo $!
+}
+
+# judge LABEL A B botcheck-args... — one result line from botcheck.py
+judge() {
+  local label="$1" a="$2" b="$3" out; shift 3
+  out="$(python3 "$HERE/botcheck.py" "$WORK/bot-$a.jsonl" "$WORK/bot-$b.jsonl" "$@")"
+  case "$out" in
+    ok*) result ok "$label" "${out#ok }" ;;
+    *) result fail "$label" "${out#fail } (logs bot-$a.log, bot-$b.log)" ;;
+  esac
+}
+
+# pair LABEL ZONE NS_A NS_B SECS "botcheck args" ["bot args A"] ["bot args B"] [AT ACTION ARGS...]
+pair() {
+  local label="$1" zone="$2" na="$3" nb="$4" secs="$5" checks="$6" xa="${7:-}" xb="${8:-}"
+  local a="z$zone-a" b="z$zone-b" pa pb
+  # shellcheck disable=SC2086
+  pa=$(bot "$na" "$a" "$zone" "$secs" $xa)
+  # shellcheck disable=SC2086
+  pb=$(bot "$nb" "$b" "$zone" "$secs" $xb)
+  if [ $# -ge 10 ]; then
+    sleep "$9"; shift 9; "$@"
+  fi
+  while kill -0 "$pa" 2>/dev/null || kill -0 "$pb" 2>/dev/null; do sleep 0.5; done
+  # shellcheck disable=SC2086
+  judge "$label" "$a" "$b" $checks
+}
+
+# Mid-run actions.
+# NAT reboot: the router forgets every mapping.
+act_flush() { nsx "$1-nat" conntrack -F >/dev/null 2>&1; }
+# Mobile <-> Wi-Fi: the site's public address changes (new mappings use the new address).
+act_readdress() {
+  local name="$1" k
+  k="$(ip -n "$P$name-nat" -4 -o addr show dev wan | awk '{print $4}' | cut -d. -f3)"
+  ip -n "$P$name-nat" addr del "198.18.$k.2/24" dev wan
+  ip -n "$P$name-nat" addr add "198.18.$k.3/24" dev wan
+  ip -n "$P$name-nat" route replace default via "198.18.$k.1"
+  nsx "$name-nat" conntrack -F >/dev/null 2>&1
+}
+# The direct path dies: the site drops UDP to and from everything but the shard's servers.
+act_block() {
+  nsx "$1-nat" nft add table ip p2pm_block
+  nsx "$1-nat" nft add chain ip p2pm_block blockfwd '{ type filter hook forward priority -10; policy accept; }'
+  nsx "$1-nat" nft add rule ip p2pm_block blockfwd meta l4proto udp ip daddr != "{ $SRV1, $SRV2 }" ip saddr != "{ $SRV1, $SRV2 }" drop
+}
+
+run_scenarios() {
+  local s=$BOT_SECS jobs=()
+  if [ -z "${DEMO:-}" ] || [ ! -x "$DEMO" ]; then
+    result fail "peer scenarios" "p2pmodel-demo binary not found (${DEMO:-unset})"; return
+  fi
+  pair "TC-01 full-cone <-> full-cone" 1 fc-c1 fc2-c1 "$s" "--expect direct --max-direct-ms 3000" & jobs+=($!)
+  pair "TC-02 restricted <-> port-restr." 2 rc-c1 prc-c1 "$s" "--expect direct --max-direct-ms 3000" & jobs+=($!)
+  pair "TC-03 symmetric <-> symmetric" 3 sym-c1 sym2-c1 "$s" "--expect relayed" & jobs+=($!)
+  pair "TC-04 full-cone <-> udp-firewall" 4 fc-c1 fw-c1 "$s" "--expect relayed" & jobs+=($!)
+  # TC-05: NATs that forget idle UDP mappings after 12 s; the bots stop sending for 30 s.
+  pair "TC-05 keepalive on: survives" 5 t05a-c1 t05b-c1 50 "--expect direct --no-lost" \
+    "--pause-at 6 --pause-for 30" "--pause-at 6 --pause-for 30" & jobs+=($!)
+  # Without keepalive the mappings die; A resumes first and detects the dead session, B
+  # resumes 15 s later and the link re-establishes (nothing A queued is lost).
+  pair "TC-05 keepalive off: ends, detected" 6 t05c-c1 t05d-c1 65 "--expect direct-or-relayed --expect-lost" \
+    "--keepalive off --pause-at 6 --pause-for 30" "--keepalive off --pause-at 6 --pause-for 45" & jobs+=($!)
+  pair "TC-06 address change mid-session" 7 mob-c1 prc-c2 "$s" "--expect direct --no-lost" "" "" 8 act_readdress mob & jobs+=($!)
+  pair "TC-07 symmetric <-> public host" 8 sym-c1 pub "$s" "--expect direct" & jobs+=($!)
+  pair "TC-07 symmetric <-> port-restr." 9 sym2-c1 prc-c1 "$s" "--expect direct-or-relayed" & jobs+=($!)
+  pair "two hosts behind one NAT" 10 prc-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
+  pair "NAT reboot mid-session" 11 rb-c1 fc2-c1 "$s" "--expect direct-or-relayed" "" "" 8 act_flush rb & jobs+=($!)
+  pair "direct path blocked mid-session" 12 blk-c1 fc-c1 "$s" "--expect relayed" "" "" 8 act_block blk & jobs+=($!)
+  pair "80 ms / 1 % loss each way path" 13 far-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
+  wait "${jobs[@]}"
+}
+
+# An unauthenticated client reaches nothing behind the Agent: the internal network is not
+# routed from the internet.
+check_dmz() {
+  if nsx fc-c1 timeout 2 bash -c "echo > /dev/tcp/$INT_LOBBY/$LOBBY_PORT" 2>/dev/null; then
+    result fail "DMZ: internal network unreachable" "a site reached the Lobby at $INT_LOBBY:$LOBBY_PORT"
+  elif ! nsx srv timeout 2 bash -c "echo > /dev/tcp/$INT_LOBBY/$LOBBY_PORT" 2>/dev/null; then
+    result fail "DMZ: internal network unreachable" "the Lobby is not listening (control from the server failed)"
+  else
+    result ok "DMZ: internal network unreachable" "Lobby $INT_LOBBY:$LOBBY_PORT unreachable from a site"
+  fi
+}
+# The delay line gives what it was set to: 40 ms each way and 1 % loss each way make an RTT
+# of ~80 ms more than the clean path and ~2 % round-trip loss (200 probes).
+check_delayline() {
+  local clean far p50c p50f lossf
+  clean="$(nsx fc-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 200 10)"
+  far="$(nsx far-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 200 10)"
+  p50c="$(echo "$clean" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  p50f="$(echo "$far" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  lossf="$(echo "$far" | sed -n 's/.*loss_pct=\([0-9.]*\).*/\1/p')"
+  if python3 -c "import sys; c,f,l=map(float,sys.argv[1:]); sys.exit(0 if 78<=f-c<=90 and l<=8 else 1)" "${p50c:-nan}" "${p50f:-nan}" "${lossf:-nan}" 2>/dev/null; then
+    result ok "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far"
+  else
+    result fail "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far (want +78..90 ms, loss <= 8 %)"
+  fi
+}
+SCENARIOS=(check_dmz check_delayline run_scenarios)
 
 # ---------------------------------------------------------------- main
 build_all() {
   build_core || return 1
+  build_internal || return 1
   local s
   for s in "${SITES[@]}"; do build_site $s || return 1; done
 }
-if build_all && start_servers; then
+DEMO="$(find_demo)"
+if build_all && start_servers && start_shard; then
   log "lab up in $(( $(date +%s) - START ))s; running checks"
   pids=()
   # one background job per site; every check prints into $RES
   for s in "${SITES[@]}"; do
     read -r name preset n tmo <<<"$s"
-    [ "$name" = tmo ] && continue
+    case "$name" in tmo|fc2|sym2|t05?|mob|rb|blk|far) continue ;; esac   # same presets, verified once
     ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_vovida "$name-c1" "$name-c1" "$preset"; check_netcheck "$name-c1" "$name-c1" "$preset"
       [ "$n" -ge 2 ] && check_netcheck "$name-c2" "$name-c2" "$preset"; true ) &
     pids+=($!)

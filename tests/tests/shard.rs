@@ -13,7 +13,7 @@ use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent,
 use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
 use bevy_p2pmodel::proto::peer::LinkId;
 use bevy_p2pmodel::proto::shard::{
-    ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
+    ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage, decode, encode,
 };
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
@@ -36,12 +36,17 @@ fn unix() -> Duration {
 
 /// A shard config on loopback with ephemeral ports, fast movement and a store file.
 fn config(name: &str, store: &std::path::Path) -> ShardConfig {
+    config_with(name, store, "")
+}
+
+/// [`config`] with extra `[game]` keys.
+fn config_with(name: &str, store: &std::path::Path, game: &str) -> ShardConfig {
     ShardConfig::parse(&format!(
         "[shard]\nname = \"{name}\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
          [relay]\nport = 0\nalternate_port = 0\n\
          [agent]\nport = 0\nlogin_port = {}\n\
          [lobby]\nzones = 1\nstore = \"{}\"\nheartbeat_ms = 100\nheartbeat_timeout_ms = 1000\n\
-         [game]\nservers_per_zone = 2\nmax_speed = 2000.0\ninterest_radius = 50.0\nhysteresis = 10.0\n",
+         [game]\nservers_per_zone = 2\nmax_speed = 2000.0\ninterest_radius = 50.0\nhysteresis = 10.0\n{game}",
         free_udp_port(),
         store.display()
     ))
@@ -66,6 +71,15 @@ struct Client {
     refused: Vec<String>,
     p2p_received: Vec<String>,
     pos: (f32, f32),
+    /// Player ids of introduced peers, by name.
+    peer_ids: HashMap<String, PlayerId>,
+    /// Chat lines heard: (speaker name, text).
+    chat: Vec<(String, String)>,
+    /// Every `Npcs` update received.
+    npcs: Vec<Vec<NpcState>>,
+    /// Server-routed peer messages: (sender, reliable, data).
+    from_peer: Vec<(PlayerId, bool, Vec<u8>)>,
+    welcomes: usize,
 }
 
 impl Client {
@@ -98,6 +112,11 @@ impl Client {
             refused: Vec::new(),
             p2p_received: Vec::new(),
             pos: (0.0, 0.0),
+            peer_ids: HashMap::new(),
+            chat: Vec::new(),
+            npcs: Vec::new(),
+            from_peer: Vec::new(),
+            welcomes: 0,
         }
     }
 
@@ -149,8 +168,12 @@ impl Client {
 
     fn on_shard(&mut self, msg: ShardMessage) {
         match msg {
-            ShardMessage::Welcome { player, .. } => self.player = Some(player),
-            ShardMessage::PeerIntro { name, params, .. } => {
+            ShardMessage::Welcome { player, .. } => {
+                self.player = Some(player);
+                self.welcomes += 1;
+            }
+            ShardMessage::PeerIntro { name, params, peer } => {
+                self.peer_ids.insert(name.clone(), peer);
                 let link = params.link;
                 self.mesh.add_link(Instant::now(), params).unwrap();
                 self.links.insert(link, name.clone());
@@ -175,7 +198,9 @@ impl Client {
             ShardMessage::RelayRefresh { link, relay } => {
                 let _ = self.mesh.update_relay(Instant::now(), link, relay);
             }
-            ShardMessage::Chat { .. } | ShardMessage::Npcs { .. } | ShardMessage::FromPeer { .. } => {}
+            ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
+            ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
+            ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),
         }
     }
 
@@ -533,4 +558,258 @@ fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_proces
     assert_ne!(first, second);
     drop(relay);
     let _ = std::fs::remove_file(&store);
+}
+
+fn heard(c: &Client, speaker: &str, text: &str) -> bool {
+    c.chat.iter().any(|(n, t)| n == speaker && t == text)
+}
+
+/// The Game server `name` plays on, as the Lobby placed it.
+fn game_of(shard: &Shard, name: &str) -> Option<u32> {
+    shard.lobby().clients.values().find(|c| c.name == name).and_then(|c| c.placed.map(|(_, g)| g))
+}
+
+#[test]
+fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_game_server() {
+    let store = std::env::temp_dir().join(format!("p2pm-shard-chat-{}.json", std::process::id()));
+    // One player per Game server: the zone's two servers are two channels.
+    let cfg = config_with("chat", &store, "capacity = 1\n");
+    let mut shard = Shard::start(&cfg);
+    let (mut ana, mut bob, mut cid) = (login(&shard, "ana"), login(&shard, "bob"), login(&shard, "cid"));
+    let wait = Duration::from_secs(5);
+    join_zone(&mut ana);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| !cs[0]
+        .entered
+        .is_empty()));
+    join_zone(&mut bob);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| !cs[1]
+        .entered
+        .is_empty()));
+    let (ga, gb) = (game_of(&shard, "ana").unwrap(), game_of(&shard, "bob").unwrap());
+    assert_ne!(ga, gb, "capacity 1: bob is on the zone's other channel");
+
+    // Same spot, different channels: no introduction, no chat.
+    ana.send(&ClientMessage::Chat { text: format!("  hello {}  ", "x".repeat(250)) });
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| !cs[0].chat.is_empty()));
+    let (speaker, text) = &ana.chat[0];
+    assert_eq!((speaker.as_str(), text.chars().count()), ("ana", 200), "trimmed and cut to 200 chars");
+    assert!(text.starts_with("hello x"));
+    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_millis(300), |_, _| false);
+    assert!(
+        bob.chat.is_empty() && bob.introduced.is_empty() && ana.introduced.is_empty(),
+        "channels are apart"
+    );
+
+    // cid joins ana's party before entering: placed on ana's (full) server, and meshed.
+    ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    join_zone(&mut cid);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
+        cs[0].link_to("cid").is_some() && cs[2].link_to("ana").is_some()
+    }));
+    assert_eq!(game_of(&shard, "cid"), Some(ga), "placed with its party, over capacity");
+    cid.send(&ClientMessage::Chat { text: "hi party".into() });
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
+        cs[0], "cid", "hi party"
+    )));
+    assert!(heard(&cid, "cid", "hi party") && !heard(&bob, "cid", "hi party"));
+
+    // bob, already playing on the other channel, joins the party: moved to the party's server.
+    bob.send(&ClientMessage::JoinParty { party: "p".into() });
+    assert!(
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
+            cs[1].entered.len() == 2 && cs[1].link_to("ana").is_some() && cs[1].link_to("cid").is_some()
+        }),
+        "bob moved and meshed: entered {:?}, introduced {:?}",
+        bob.entered,
+        bob.introduced
+    );
+    assert_eq!(game_of(&shard, "bob"), Some(ga));
+    bob.send(&ClientMessage::Chat { text: "moved".into() });
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
+        cs[0], "bob", "moved"
+    )));
+    drop(shard);
+    let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_routes_peer_messages_only_between_introduced_players_and_sends_nearby_npcs() {
+    let store = std::env::temp_dir().join(format!("p2pm-shard-npc-{}.json", std::process::id()));
+    // cid's character is far away: never introduced to ana and bob, and far from the NPCs.
+    std::fs::write(&store, r#"{"cid":{"player":40,"zone":0,"x":500.0,"y":0.0}}"#).unwrap();
+    let cfg = config("npc", &store);
+    let mut shard = Shard::start(&cfg);
+    let (mut ana, mut bob, mut cid) = (login(&shard, "ana"), login(&shard, "bob"), login(&shard, "cid"));
+    for c in [&mut ana, &mut bob, &mut cid] {
+        join_zone(c);
+    }
+    let wait = Duration::from_secs(5);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
+        cs.iter().all(|c| !c.entered.is_empty()) && cs[0].peer_ids.contains_key("bob")
+    }));
+    let bob_id = ana.peer_ids["bob"];
+    let (ana_id, cid_id) = (ana.player.unwrap(), cid.player.unwrap());
+    let to_peer = |c: &mut Client, peer: PlayerId, reliable: bool, data: Vec<u8>| {
+        c.send(&ClientMessage::ToPeer { peer, reliable, data });
+    };
+    to_peer(&mut ana, bob_id, true, b"reliable via server".to_vec());
+    to_peer(&mut ana, bob_id, false, vec![1; 1200]);
+    to_peer(&mut ana, bob_id, true, vec![2; 1201]); // too large
+    to_peer(&mut ana, cid_id, true, b"not introduced".to_vec());
+    to_peer(&mut cid, ana_id, true, b"not introduced either".to_vec());
+    to_peer(&mut ana, PlayerId(999), true, b"nobody".to_vec());
+    let counted = run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |s, cs| {
+        cs[1].from_peer.len() == 2 && s.games().worlds.iter().map(|w| w.stats.peer_dropped).sum::<u64>() == 4
+    });
+    assert!(
+        counted,
+        "bob got {:?}",
+        bob.from_peer.iter().map(|(p, r, d)| (*p, *r, d.len())).collect::<Vec<_>>()
+    );
+    assert_eq!(bob.from_peer[0], (ana_id, true, b"reliable via server".to_vec()));
+    assert_eq!((bob.from_peer[1].0, bob.from_peer[1].1, bob.from_peer[1].2.len()), (ana_id, false, 1200));
+    assert!(ana.from_peer.is_empty() && cid.from_peer.is_empty());
+    assert_eq!(shard.games().worlds.iter().map(|w| w.stats.peer_routed).sum::<u64>(), 2);
+
+    // NPCs (6 within 40 units of the origin, sent at 5 Hz): ana and bob at the origin see
+    // them move; cid at x = 500 gets none.
+    for c in [&mut ana, &mut bob, &mut cid] {
+        c.npcs.clear();
+    }
+    let started = Instant::now();
+    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(2), |_, _| false);
+    let secs = started.elapsed().as_secs_f32();
+    let rate = ana.npcs.len() as f32 / secs;
+    assert!((3.5..=6.5).contains(&rate), "{} updates in {secs:.2} s", ana.npcs.len());
+    assert!(ana.npcs.iter().all(|n| n.len() == 6), "all six are within ana's radius");
+    let (first, last) = (ana.npcs.first().unwrap(), ana.npcs.last().unwrap());
+    assert!(first.iter().zip(last).any(|(a, b)| a.id == b.id && (a.x, a.y) != (b.x, b.y)), "NPCs wander");
+    assert!(!bob.npcs.is_empty());
+    assert!(cid.npcs.is_empty(), "no NPC near cid: {:?}", cid.npcs.first());
+    drop(shard);
+    let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places_players() {
+    use bevy::app::App;
+    use bevy::prelude::MinimalPlugins;
+    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
+
+    let store = std::env::temp_dir().join(format!("p2pm-shard-relink-{}.json", std::process::id()));
+    let cfg = config("relink", &store);
+    let (hb, timeout, secret) = (cfg.lobby.heartbeat, cfg.lobby.heartbeat_timeout, cfg.shard.secret);
+    let relay = RelayRuntime::start(&cfg).unwrap();
+    let relay_addr = relay.server.primary_addr();
+    let start_lobby = |addr: SocketAddr| -> (App, SocketAddr) {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins);
+        add_lobby(&mut app, &cfg, relay_addr).unwrap();
+        let (remote, bound) = RemoteBus::listen(vec![Role::Lobby], addr, secret, hb, timeout).unwrap();
+        app.insert_resource(remote).add_plugins(RemoteBusPlugin);
+        (app, bound)
+    };
+    let (lobby, lobby_addr) = start_lobby("127.0.0.1:0".parse().unwrap());
+    let connect = |role: Role| RemoteBus::connect(vec![role], lobby_addr, secret, hb, timeout).unwrap();
+    let mut agent = App::new();
+    agent.add_plugins(MinimalPlugins);
+    add_agent(&mut agent, &cfg, None).unwrap();
+    agent.insert_resource(connect(Role::Agent)).add_plugins(RemoteBusPlugin);
+    let games: Vec<App> = (0..2u32)
+        .map(|g| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins);
+            add_games(&mut app, &cfg, &[(g, 0)], Some(relay_addr));
+            app.insert_resource(connect(Role::Game(g))).add_plugins(RemoteBusPlugin);
+            app
+        })
+        .collect();
+    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
+    let mut p = Procs { lobby: Some(lobby), agent, games };
+    let wait = Duration::from_secs(5);
+    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| cs[0].player.is_some()));
+    join_zone(&mut ana);
+    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| !cs[0].entered.is_empty()));
+    let ana_id = ana.player;
+    let placed = |l: &Option<App>, name: &str| {
+        l.as_ref()?.world().resource::<LobbyState>().clients.values().find(|c| c.name == name)?.placed
+    };
+    let ana_game = placed(&p.lobby, "ana").unwrap().1;
+
+    // The Lobby process goes away (its store is flushed, its port freed) and comes back.
+    p.lobby = None;
+    // Down for 1.2 s: the others back off (100 ms doubling, capped at 2 s).
+    run_procs(&mut p, &mut [&mut ana], Duration::from_millis(1200), &mut |_, _| false);
+    let restarted = Instant::now();
+    p.lobby = Some(start_lobby(lobby_addr).0);
+    let relinked = run_procs(&mut p, &mut [&mut ana], wait, &mut |p, _| {
+        let mut peers = p.lobby.as_ref().unwrap().world().resource::<RemoteBus>().peers();
+        peers.sort_by_key(|r| format!("{r:?}"));
+        peers == [Role::Agent, Role::Game(0), Role::Game(1)]
+    });
+    let relink_time = restarted.elapsed();
+    assert!(relinked, "the Agent and both Game servers reconnected to the new Lobby");
+    assert!(relink_time < Duration::from_secs(3), "within the 2 s backoff cap: {relink_time:?}");
+    assert_eq!(p.agent.world().resource::<RemoteBus>().reconnects, 1);
+    // The Agent re-announced ana; the Game's Positions told the Lobby where she plays.
+    assert!(
+        run_procs(&mut p, &mut [&mut ana], wait, &mut |p, _| placed(&p.lobby, "ana") == Some((0, ana_game))),
+        "resync: the new Lobby knows ana's game server"
+    );
+    assert_eq!(ana.player, ana_id, "same player after the resync");
+    assert_eq!(ana.entered.len(), 1, "ana kept playing: no re-entry");
+
+    // A new client enters through the new Lobby, lands with ana and is introduced to her.
+    let mut bob = Client::connect("bob", request_token(login_addr, "bob").unwrap());
+    assert!(run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| cs[1].player.is_some()));
+    join_zone(&mut bob);
+    let entered = run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| {
+        !cs[1].entered.is_empty() && cs[0].link_to("bob").is_some() && cs[1].link_to("ana").is_some()
+    });
+    assert!(entered, "bob entered after the restart and met ana: {:?} {:?}", bob.entered, bob.refused);
+    println!(
+        "lobby restart: links back in {relink_time:?}, bob in the zone {:?} after the restart",
+        restarted.elapsed()
+    );
+    drop(p);
+    drop(relay);
+    let _ = std::fs::remove_file(&store);
+}
+
+/// Shard roles as separate apps ("processes"); the Lobby may be down.
+struct Procs {
+    lobby: Option<bevy::app::App>,
+    agent: bevy::app::App,
+    games: Vec<bevy::app::App>,
+}
+
+/// Step every app and client until `done` or `limit` (a bounded wait on real sockets).
+fn run_procs(
+    p: &mut Procs,
+    clients: &mut [&mut Client],
+    limit: Duration,
+    done: &mut dyn FnMut(&Procs, &[&mut Client]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(l) = p.lobby.as_mut() {
+            l.update();
+        }
+        p.agent.update();
+        for g in p.games.iter_mut() {
+            g.update();
+        }
+        for c in clients.iter_mut() {
+            c.pump();
+        }
+        if done(p, clients) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }

@@ -2,6 +2,8 @@
 //! interest management on a grid with hysteresis, and **mesh membership** — players in
 //! range are introduced (`PeerIntro`), drifted-apart pairs un-introduced (`PeerOutro`), and
 //! every pair's path (direct / relayed / lost) is tracked from the clients' `PathReport`s.
+//! Besides, the server state P2P does not carry: chat within the interest radius, messages
+//! routed between introduced peers that have no P2P path (`ToPeer` → `FromPeer`), and NPCs.
 //!
 //! One [`GameWorld`] per Game server; [`GameServers`] holds those this process runs. Each
 //! talks to other roles only through the [`ShardBus`].
@@ -15,7 +17,7 @@ use bevy_p2pmodel::crypto::LinkKey;
 use bevy_p2pmodel::link::{Candidate, LinkParams, NatHint, RelayParams};
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::proto::shard::{
-    ClientMessage, InternalMessage, NatSummary, PathState, PlayerId, Role, ShardMessage,
+    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
 };
 use bevy_p2pmodel::relay::mint;
 use rand::RngCore;
@@ -23,6 +25,13 @@ use rand::RngCore;
 use super::bus::ShardBus;
 use crate::config::GameSection;
 use crate::relay::KeySchedule;
+
+/// Longest chat line delivered, in characters (longer lines are cut at a char boundary).
+pub const MAX_CHAT_CHARS: usize = 200;
+/// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
+pub const MAX_PEER_DATA: usize = 1200;
+/// NPC walking speed (units per second) before the `game.max_speed` cap.
+const NPC_SPEED: f32 = 2.0;
 
 /// Game rules and what introductions need.
 #[derive(Debug, Clone)]
@@ -48,6 +57,56 @@ struct GamePlayer {
     nat: Option<NatSummary>,
     party: Option<String>,
     peers: usize,
+    /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
+    saw_npcs: bool,
+}
+
+/// What a Game server counted; logged once a minute when something changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GameStats {
+    /// Chat lines delivered (each to everyone in range).
+    pub chat_lines: u64,
+    /// `ToPeer` messages routed to an introduced peer.
+    pub peer_routed: u64,
+    /// `ToPeer` messages dropped: too large, or for a player not introduced to the sender.
+    pub peer_dropped: u64,
+    /// Moves refused by speed validation.
+    pub corrections: u64,
+}
+
+/// A server-simulated character: walks to a random point of the NPC area, then another.
+#[derive(Debug, Clone)]
+struct Npc {
+    state: NpcState,
+    target: (f32, f32),
+    speed: f32,
+}
+
+/// splitmix64: a tiny deterministic generator, so a zone's NPCs wander the same way on
+/// every run and every channel.
+#[derive(Debug, Clone)]
+struct Wander(u64);
+
+impl Wander {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A uniform point of the disc of radius `r` around the origin.
+    fn in_disc(&mut self, r: f32) -> (f32, f32) {
+        let a = self.unit() * std::f32::consts::TAU;
+        let d = r * self.unit().sqrt();
+        (d * a.cos(), d * a.sin())
+    }
 }
 
 /// An introduced pair.
@@ -76,9 +135,12 @@ pub struct GameWorld {
     by_link: HashMap<LinkId, (PlayerId, PlayerId)>,
     next_link: u32,
     tick: u64,
-    last_heartbeat: Instant,
-    /// Moves refused by speed validation.
-    pub corrections: u64,
+    last_heartbeat: Option<Instant>,
+    npcs: Vec<Npc>,
+    wander: Wander,
+    /// Counters (chat, routed peer messages, corrections).
+    pub stats: GameStats,
+    logged: GameStats,
 }
 
 impl GameWorld {
@@ -94,8 +156,110 @@ impl GameWorld {
             by_link: HashMap::new(),
             next_link: 1,
             tick: 0,
-            last_heartbeat: Instant::now(),
-            corrections: 0,
+            last_heartbeat: None,
+            npcs: Vec::new(),
+            wander: Wander(0x5eed_0000_0000_0000 ^ u64::from(zone)),
+            stats: GameStats::default(),
+            logged: GameStats::default(),
+        }
+    }
+
+    /// The NPCs' current state.
+    pub fn npcs(&self) -> Vec<NpcState> {
+        self.npcs.iter().map(|n| n.state).collect()
+    }
+
+    /// Spawn `game.npcs` NPCs in the NPC area (first tick), then walk each one step.
+    fn step_npcs(&mut self, rules: &GameRules) {
+        let cfg = &rules.cfg;
+        let area = cfg.npc_area;
+        while self.npcs.len() < cfg.npcs as usize {
+            let (x, y) = self.wander.in_disc(area);
+            let target = self.wander.in_disc(area);
+            let speed = NPC_SPEED.min(cfg.max_speed) * (0.5 + 0.5 * self.wander.unit());
+            let id = self.npcs.len() as u32;
+            self.npcs.push(Npc { state: NpcState { id, x, y }, target, speed });
+        }
+        let dt = 1.0 / cfg.tick_hz.max(1) as f32;
+        for n in &mut self.npcs {
+            let (dx, dy) = (n.target.0 - n.state.x, n.target.1 - n.state.y);
+            let d = (dx * dx + dy * dy).sqrt();
+            let step = n.speed * dt;
+            if d <= step {
+                (n.state.x, n.state.y) = n.target;
+                n.target = self.wander.in_disc(area);
+            } else {
+                n.state.x += dx / d * step;
+                n.state.y += dy / d * step;
+            }
+        }
+    }
+
+    /// Send every player the NPCs within its interest radius (and one empty list after the
+    /// last one left its range).
+    fn send_npcs(&mut self, bus: &mut ShardBus, rules: &GameRules) {
+        let r2 = rules.cfg.interest_radius.powi(2);
+        for g in self.players.values_mut() {
+            let npcs: Vec<NpcState> = self
+                .npcs
+                .iter()
+                .filter(|n| (n.state.x - g.x).powi(2) + (n.state.y - g.y).powi(2) <= r2)
+                .map(|n| n.state)
+                .collect();
+            if npcs.is_empty() && !g.saw_npcs {
+                continue;
+            }
+            g.saw_npcs = !npcs.is_empty();
+            Self::to_client(bus, g.client, ShardMessage::Npcs { npcs });
+        }
+    }
+
+    /// A chat line from `from`: cut to [`MAX_CHAT_CHARS`] characters (control characters
+    /// removed, whitespace trimmed), delivered to every player within the interest radius,
+    /// the speaker included. Empty lines are ignored.
+    fn chat(&mut self, bus: &mut ShardBus, rules: &GameRules, from: PlayerId, text: &str) {
+        let Some(speaker) = self.players.get(&from) else { return };
+        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(MAX_CHAT_CHARS).collect();
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        let r2 = rules.cfg.interest_radius.powi(2);
+        for g in self.players.values() {
+            if (g.x - speaker.x).powi(2) + (g.y - speaker.y).powi(2) <= r2 {
+                let msg = ShardMessage::Chat { from, name: speaker.name.clone(), text: text.to_string() };
+                Self::to_client(bus, g.client, msg);
+            }
+        }
+        self.stats.chat_lines += 1;
+    }
+
+    /// Route an application message from `from` to `peer` through the server, only between
+    /// players introduced to each other; anything else is dropped and counted.
+    fn route_to_peer(
+        &mut self,
+        bus: &mut ShardBus,
+        from: PlayerId,
+        peer: PlayerId,
+        reliable: bool,
+        data: Vec<u8>,
+    ) {
+        let key = if from < peer { (from, peer) } else { (peer, from) };
+        match self.players.get(&peer) {
+            Some(g) if data.len() <= MAX_PEER_DATA && self.pairs.contains_key(&key) => {
+                self.stats.peer_routed += 1;
+                Self::to_client(bus, g.client, ShardMessage::FromPeer { peer: from, reliable, data });
+            }
+            _ => {
+                self.stats.peer_dropped += 1;
+                debug!(
+                    game = self.id,
+                    ?from,
+                    ?peer,
+                    len = data.len(),
+                    "ToPeer dropped (not introduced or too large)"
+                );
+            }
         }
     }
 
@@ -231,6 +395,7 @@ impl GameWorld {
                         nat,
                         party,
                         peers: 0,
+                        saw_npcs: false,
                     },
                 );
                 Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
@@ -253,7 +418,7 @@ impl GameWorld {
                         if x.is_finite() && y.is_finite() && d <= allowed {
                             (g.x, g.y, g.last_move_tick) = (x, y, tick);
                         } else {
-                            self.corrections += 1;
+                            self.stats.corrections += 1;
                             Self::to_client(bus, client, ShardMessage::Correction { x: g.x, y: g.y });
                         }
                     }
@@ -262,6 +427,10 @@ impl GameWorld {
                             g.candidates = candidates;
                             g.nat = Some(nat);
                         }
+                    }
+                    ClientMessage::Chat { text } => self.chat(bus, rules, p, &text),
+                    ClientMessage::ToPeer { peer, reliable, data } => {
+                        self.route_to_peer(bus, p, peer, reliable, data)
                     }
                     ClientMessage::PathReport { link, path, .. } => {
                         if let Some(k) = self.by_link.get(&link).copied()
@@ -276,7 +445,6 @@ impl GameWorld {
             }
             _ => {}
         }
-        let _ = rules;
     }
 
     /// One fixed tick: interest management and mesh membership.
@@ -353,6 +521,14 @@ impl GameWorld {
             let players = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
             bus.send(Role::Lobby, &InternalMessage::Positions { game: self.id, players });
         }
+        self.step_npcs(rules);
+        if self.tick.is_multiple_of(u64::from((rules.cfg.tick_hz / rules.cfg.npc_hz.max(1)).max(1))) {
+            self.send_npcs(bus, rules);
+        }
+        if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1)) * 60) && self.stats != self.logged {
+            self.logged = self.stats;
+            info!(game = self.id, zone = self.zone, players = self.players.len(), pairs = self.pairs.len(), stats = ?self.stats, "game server stats");
+        }
     }
 }
 
@@ -423,8 +599,8 @@ fn game_tick(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
 fn game_heartbeat(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
     let every = games.rules.heartbeat;
     for w in games.worlds.iter_mut().filter(|w| w.alive) {
-        if w.last_heartbeat.elapsed() >= every {
-            w.last_heartbeat = Instant::now();
+        if w.last_heartbeat.is_none_or(|t| t.elapsed() >= every) {
+            w.last_heartbeat = Some(Instant::now());
             bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Game(w.id) });
         }
     }
@@ -541,5 +717,82 @@ mod tests {
         bus.send_raw(Role::Game(3), vec![0xff; 9]);
         assert!(bus.drain(Role::Game(3)).is_empty());
         assert_eq!(bus.errors, 1);
+    }
+
+    #[test]
+    fn game_chat_is_cut_and_local_peer_messages_need_an_introduction_and_npcs_wander_in_bounds() {
+        let r = rules(); // radius 50, 20 Hz, 6 NPCs in 40 units at 5 Hz
+        let mut bus = ShardBus::default();
+        let mut w = GameWorld::new(1, 0);
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        join(&mut w, &mut bus, &r, 2, 45.0);
+        join(&mut w, &mut bus, &r, 3, 200.0);
+        w.step(&mut bus, &r);
+        to_clients(&mut bus);
+        // 300 two-byte characters: cut to 200 characters at a char boundary.
+        let say = |w: &mut GameWorld, bus: &mut ShardBus, text: String| {
+            w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg: ClientMessage::Chat { text } });
+        };
+        say(&mut w, &mut bus, "é".repeat(300));
+        let got = to_clients(&mut bus);
+        let mut heard: Vec<u64> = got.iter().map(|(c, _)| *c).collect();
+        heard.sort();
+        assert_eq!(heard, [1, 2], "speaker and the player in range, not the far one");
+        let ShardMessage::Chat { from, text, .. } = &got[0].1 else { panic!("{got:?}") };
+        assert_eq!((*from, text.chars().count(), text.len()), (PlayerId(1), 200, 400));
+        say(&mut w, &mut bus, " \n\t ".into());
+        assert!(to_clients(&mut bus).is_empty(), "blank lines are ignored");
+        // ToPeer: routed to an introduced peer only, at most 1200 bytes.
+        let send = |w: &mut GameWorld, bus: &mut ShardBus, peer: u64, len: usize| {
+            let msg = ClientMessage::ToPeer { peer: PlayerId(peer), reliable: true, data: vec![7; len] };
+            w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg });
+        };
+        send(&mut w, &mut bus, 2, 1200);
+        send(&mut w, &mut bus, 2, 1201);
+        send(&mut w, &mut bus, 3, 10);
+        send(&mut w, &mut bus, 99, 10);
+        let got = to_clients(&mut bus);
+        assert!(
+            matches!(&got[..], [(2, ShardMessage::FromPeer { peer: PlayerId(1), reliable: true, data })] if data.len() == 1200),
+            "{got:?}"
+        );
+        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped, w.stats.chat_lines), (1, 3, 1));
+        // NPCs: deterministic per zone, inside the area, at most max_speed.
+        let mut twin = GameWorld::new(7, 0);
+        let mut other_zone = GameWorld::new(8, 1);
+        twin.step(&mut bus, &r); // w has run one tick already
+        let mut last = w.npcs();
+        assert_eq!(last.len(), 6);
+        for _ in 0..400 {
+            w.step(&mut bus, &r);
+            twin.step(&mut bus, &r);
+            other_zone.step(&mut bus, &r);
+            let now = w.npcs();
+            for (a, b) in last.iter().zip(&now) {
+                let moved = ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+                assert!(moved <= r.cfg.max_speed / r.cfg.tick_hz as f32 + 1e-4, "{a:?} -> {b:?}");
+                assert!((b.x.powi(2) + b.y.powi(2)).sqrt() <= r.cfg.npc_area + 1e-3, "{b:?}");
+            }
+            last = now;
+        }
+        assert_eq!(w.npcs(), twin.npcs(), "same zone, same walk");
+        assert_ne!(w.npcs(), other_zone.npcs(), "each zone its own walk");
+        // Every 4th tick each player gets the NPCs in its radius; the far player gets none.
+        let npc_msgs: Vec<(u64, usize)> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::Npcs { npcs } => Some((c, npcs.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(npc_msgs.iter().filter(|(c, _)| *c == 1).count(), 100, "5 Hz over 20 s");
+        assert!(npc_msgs.iter().all(|(c, n)| *c != 3 && *n > 0));
+        // Sizes documented in docs/PROTOCOL.md §6.
+        let size = |m: &ShardMessage| bevy_p2pmodel::proto::shard::encode(m).unwrap().len();
+        assert_eq!(size(&ShardMessage::Npcs { npcs: w.npcs() }), 56);
+        let text = "x".repeat(200);
+        assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);
+        let data = vec![0; MAX_PEER_DATA];
+        assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
     }
 }

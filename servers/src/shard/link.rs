@@ -121,7 +121,16 @@ impl InternalLink {
         secret: &[u8; SHARD_SECRET_LEN],
         heartbeat: Duration,
     ) -> io::Result<InternalLink> {
-        let (mut s, _) = listener.accept()?;
+        let (s, _) = listener.accept()?;
+        Self::handshake(s, secret, heartbeat)
+    }
+
+    /// Run the listener's side of the handshake on an accepted connection.
+    pub fn handshake(
+        mut s: TcpStream,
+        secret: &[u8; SHARD_SECRET_LEN],
+        heartbeat: Duration,
+    ) -> io::Result<InternalLink> {
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         s.set_nodelay(true)?;
         let mut hello = [0u8; 25];

@@ -1,6 +1,10 @@
 //! The Lobby: login by name, characters in the [`Store`], zones with live population,
 //! Game assignment (fill in order up to `game.capacity`, then least-loaded), and Game failure detection (missing heartbeats) with
 //! reassignment of the dead server's players, positions kept.
+//!
+//! A party member is placed on the Game server where the party already is (a zone's servers
+//! are channels that do not see each other). A restarted Lobby rebuilds its view: the Agent
+//! re-announces its clients and the Games' `Positions` tell where each of them plays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -11,7 +15,12 @@ use bevy_p2pmodel::link::Candidate;
 use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
 
 use super::bus::ShardBus;
+use super::remote::RECONNECT_MAX;
 use super::store::Store;
+
+/// After a start, how long the Lobby adopts placements it learns from Games' `Positions`
+/// (a restarted Lobby's resync); later, only its own placements count.
+pub const RESYNC_WINDOW: Duration = Duration::from_secs(10);
 
 /// A logged-in client as the Lobby sees it.
 #[derive(Debug, Clone)]
@@ -38,6 +47,8 @@ pub struct GameInfo {
     pub last_heard: Instant,
     /// Still considered alive.
     pub alive: bool,
+    /// Heard from since the Lobby started (only such servers get new players).
+    pub heard: bool,
 }
 
 /// The Lobby's state.
@@ -57,6 +68,7 @@ pub struct LobbyState {
     heartbeat_timeout: Duration,
     last_flush: Instant,
     last_check: Instant,
+    started: Instant,
 }
 
 impl Drop for LobbyState {
@@ -83,7 +95,7 @@ impl LobbyState {
             clients: HashMap::new(),
             games: games
                 .into_iter()
-                .map(|(g, zone)| (g, GameInfo { zone, last_heard: now, alive: true }))
+                .map(|(g, zone)| (g, GameInfo { zone, last_heard: now, alive: true, heard: false }))
                 .collect(),
             zones,
             stun,
@@ -92,6 +104,7 @@ impl LobbyState {
             heartbeat_timeout,
             last_flush: now,
             last_check: now,
+            started: now,
         }
     }
 
@@ -108,14 +121,33 @@ impl LobbyState {
     /// Where a new player of `zone` goes: the first live server below capacity (players
     /// stay together), else the least-loaded live one.
     fn pick_game(&self, zone: u32) -> Option<u32> {
-        let live = || self.games.iter().filter(|(_, g)| g.zone == zone && g.alive).map(|(id, _)| *id);
+        let live =
+            || self.games.iter().filter(|(_, g)| g.zone == zone && g.alive && g.heard).map(|(id, _)| *id);
         live()
             .find(|id| self.load(*id) < self.capacity)
             .or_else(|| live().min_by_key(|id| (self.load(*id), *id)))
     }
 
+    /// The live server of `zone` where most of `client`'s party members play (lowest number
+    /// on a tie), if any member does: party members must share a server to be meshed.
+    fn party_game(&self, client: u64, zone: u32) -> Option<u32> {
+        let party = self.clients.get(&client)?.party.as_ref()?;
+        let mut members: BTreeMap<u32, usize> = BTreeMap::new();
+        for (id, c) in &self.clients {
+            if *id != client
+                && c.party.as_ref() == Some(party)
+                && let Some((z, g)) = c.placed
+                && z == zone
+                && self.games.get(&g).is_some_and(|i| i.alive)
+            {
+                *members.entry(g).or_default() += 1;
+            }
+        }
+        members.into_iter().max_by_key(|(g, n)| (*n, std::cmp::Reverse(*g))).map(|(g, _)| g)
+    }
+
     fn place(&mut self, bus: &mut ShardBus, client: u64, zone: u32) {
-        let Some(game) = self.pick_game(zone) else {
+        let Some(game) = self.party_game(client, zone).or_else(|| self.pick_game(zone)) else {
             let msg = ShardMessage::Refused { reason: format!("zone {zone} has no running game server") };
             bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
             return;
@@ -161,6 +193,7 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
             InternalMessage::Heartbeat { from: Role::Game(g) } => {
                 if let Some(info) = lobby.games.get_mut(&g) {
                     info.last_heard = now;
+                    info.heard = true;
                     if !info.alive {
                         // Back after being declared dead (a pause, a partition): its players
                         // live elsewhere now, so it starts empty and rejoins the pool.
@@ -171,6 +204,9 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 }
             }
             InternalMessage::ClientJoined { client, name } => {
+                if lobby.clients.get(&client).is_some_and(|c| c.name == name) {
+                    continue; // announced twice (an Agent's resync after a relink)
+                }
                 let ch = lobby.store.load_or_create(&name);
                 let player = PlayerId(ch.player);
                 lobby.clients.insert(
@@ -198,11 +234,20 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 }
                 ClientMessage::JoinParty { party } => {
                     let party = (!party.is_empty()).then(|| party.chars().take(32).collect::<String>());
-                    if let Some(c) = lobby.clients.get_mut(&client) {
-                        c.party = party.clone();
-                        if let Some((_, g)) = c.placed {
-                            bus.send(Role::Game(g), &InternalMessage::SetParty { client, party });
+                    let Some(c) = lobby.clients.get_mut(&client) else { continue };
+                    c.party = party.clone();
+                    let Some((zone, g)) = c.placed else { continue };
+                    // Meshing needs one server: join the party's server if none plays on ours.
+                    let here = lobby.clients.iter().any(|(id, o)| {
+                        *id != client && party.is_some() && o.party == party && o.placed == Some((zone, g))
+                    });
+                    match lobby.party_game(client, zone) {
+                        Some(pg) if pg != g && !here => {
+                            info!(client, party = ?party, from = g, to = pg, "moving a player to its party's game server");
+                            bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
+                            lobby.place(&mut bus, client, zone);
                         }
+                        _ => bus.send(Role::Game(g), &InternalMessage::SetParty { client, party }),
                     }
                 }
                 ClientMessage::MeshInfo { candidates, nat } => {
@@ -230,13 +275,21 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 }
             },
             InternalMessage::Positions { game, players } => {
-                if let Some(info) = lobby.games.get_mut(&game) {
-                    info.last_heard = now;
-                }
+                let Some(info) = lobby.games.get_mut(&game) else { continue };
+                info.last_heard = now;
+                info.heard = true;
+                let (zone, alive) = (info.zone, info.alive);
                 let by_player: HashMap<PlayerId, (f32, f32)> =
                     players.into_iter().map(|(p, x, y)| (p, (x, y))).collect();
+                // A restarted Lobby learns where its re-announced clients play.
+                let resync = alive && lobby.started.elapsed() < RESYNC_WINDOW;
                 let mut updates = Vec::new();
-                for c in lobby.clients.values_mut() {
+                for (client, c) in lobby.clients.iter_mut() {
+                    if resync && c.placed.is_none() && by_player.contains_key(&c.player) {
+                        info!(client, name = %c.name, zone, game, "resync: player found on its game server");
+                        c.placed = Some((zone, game));
+                        bus.send(Role::Agent, &InternalMessage::Route { client: *client, game: Some(game) });
+                    }
                     if c.placed.is_some_and(|(_, g)| g == game)
                         && let Some(&pos) = by_player.get(&c.player)
                     {
@@ -271,10 +324,12 @@ fn detect_dead_games(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
         }
     }
     lobby.last_check = Instant::now();
+    // A fresh Lobby gives Game servers that have not linked yet time to (re)connect.
+    let starting = lobby.started.elapsed() < timeout + RECONNECT_MAX;
     let dead: Vec<u32> = lobby
         .games
         .iter()
-        .filter(|(_, g)| g.alive && g.last_heard.elapsed() > timeout)
+        .filter(|(_, g)| g.alive && (g.heard || !starting) && g.last_heard.elapsed() > timeout)
         .map(|(id, _)| *id)
         .collect();
     for g in dead {

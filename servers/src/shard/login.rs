@@ -18,15 +18,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use renet_netcode::ConnectToken;
+use std::time::Duration;
 
 use super::keys::{TokenMinter, client_id_for, valid_name};
 use crate::config::SHARD_SECRET_LEN;
 
-/// Request prefix.
-pub const LOGIN_MAGIC: &[u8] = b"P2PM-LOGIN1";
+// The client side lives in the plugin (games link it without the servers).
+pub use bevy_p2pmodel::client::login::{LOGIN_MAGIC, LoginError, request_token};
 
 /// Decides who may log in. Returns the client id to mint for, or a reason for the user.
 pub trait AccountCheck: Send + Sync + 'static {
@@ -165,52 +163,4 @@ fn serve(
         };
         let _ = socket.send_to(&answer, from);
     }
-}
-
-/// Why a login failed (client side).
-#[derive(Debug, thiserror::Error)]
-pub enum LoginError {
-    /// Socket trouble, or no answer in time.
-    #[error("login service unreachable: {0}")]
-    Io(#[from] io::Error),
-    /// The shard refused.
-    #[error("login refused: {0}")]
-    Refused(String),
-    /// The answer was not a token.
-    #[error("malformed login answer")]
-    Malformed,
-}
-
-/// Client side: ask the login service at `server` for a token for `name` (3 tries, 1 s each).
-pub fn request_token(server: SocketAddr, name: &str) -> Result<ConnectToken, LoginError> {
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-    let socket = UdpSocket::bind(bind)?;
-    socket.set_read_timeout(Some(Duration::from_millis(1000)))?;
-    let req = [LOGIN_MAGIC, name.as_bytes()].concat();
-    let mut buf = [0u8; 4096];
-    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
-    for _ in 0..3 {
-        socket.send_to(&req, server)?;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) if from == server => {
-                    let ans = &buf[..n];
-                    if let Some(tok) = ans.strip_prefix(b"OK") {
-                        return ConnectToken::read(&mut &tok[..]).map_err(|_| LoginError::Malformed);
-                    }
-                    if let Some(r) = ans.strip_prefix(b"NO") {
-                        return Err(LoginError::Refused(String::from_utf8_lossy(r).into_owned()));
-                    }
-                    return Err(LoginError::Malformed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            }
-        }
-    }
-    Err(LoginError::Io(last))
 }

@@ -1,0 +1,127 @@
+//! ClientCore against a scripted shard: the order of the login steps and the routing choice.
+
+use super::*;
+use crate::crypto::LinkKey;
+use crate::link::{LinkParams, NatHint};
+use crate::proto::peer::Side;
+
+fn core(p2p: bool) -> (ClientCore, Instant) {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+    let mut cfg = ClientConfig::new("ana");
+    cfg.p2p = p2p;
+    let host: SocketAddr = "192.168.0.2:5000".parse().unwrap();
+    (ClientCore::new(now, cfg, clock, &[host]), now)
+}
+
+fn drain(c: &mut ClientCore) -> Vec<ClientMessage> {
+    std::iter::from_fn(|| c.poll_shard_message()).map(|(m, _)| m).collect()
+}
+
+fn intro(peer: u64, link: u32) -> ShardMessage {
+    ShardMessage::PeerIntro {
+        peer: PlayerId(peer),
+        name: format!("p{peer}"),
+        params: LinkParams {
+            link: LinkId(link),
+            side: Side::A,
+            key: LinkKey([7; 32]),
+            remote: Vec::new(),
+            remote_nat: NatHint::default(),
+            relay: None,
+        },
+    }
+}
+
+#[test]
+fn login_then_mesh_info_then_zone_after_nat_discovery_times_out() {
+    let (mut c, t0) = core(true);
+    c.enter_zone(t0, 3);
+    c.connected();
+    assert_eq!(drain(&mut c), vec![ClientMessage::Login { name: "ana".into() }], "zone waits for login");
+    let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+    c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(9), stun });
+    assert_eq!(c.phase(), Phase::Lobby);
+    assert!(drain(&mut c).is_empty(), "MeshInfo waits for NAT discovery");
+    assert!(c.poll_transmit().is_some_and(|t| t.dst == stun), "discovery started against the shard's STUN");
+    let deadline = c.poll_timeout().unwrap();
+    assert!(deadline <= t0 + Duration::from_secs(3));
+    c.handle_timeout(t0 + Duration::from_secs(3));
+    let sent = drain(&mut c);
+    assert!(
+        matches!(&sent[..], [ClientMessage::MeshInfo { .. }, ClientMessage::EnterZone { zone: 3 }]),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn with_p2p_off_messages_go_through_the_server_and_no_link_opens() {
+    let (mut c, t0) = core(false);
+    c.connected();
+    c.handle_shard_message(
+        t0,
+        ShardMessage::Welcome { player: PlayerId(1), stun: "203.0.113.1:3478".parse().unwrap() },
+    );
+    c.enter_zone(t0, 0);
+    let sent = drain(&mut c);
+    assert!(
+        matches!(&sent[1..], [ClientMessage::MeshInfo { candidates, .. }, ClientMessage::EnterZone { zone: 0 }] if candidates.is_empty())
+    );
+    c.handle_shard_message(t0, intro(2, 5));
+    assert_eq!(c.peer(PlayerId(2)).unwrap().path, PeerPath::Server);
+    assert_eq!(c.mesh().links().count(), 0);
+    assert_eq!(c.send(PlayerId(2), Channel::Unreliable, Bytes::from_static(b"pos")), Ok(false));
+    assert_eq!(
+        drain(&mut c),
+        vec![ClientMessage::ToPeer { peer: PlayerId(2), reliable: false, data: b"pos".to_vec() }]
+    );
+    assert_eq!(
+        c.send(PlayerId(3), Channel::Reliable, Bytes::new()),
+        Err(SendError::UnknownPeer(PlayerId(3)))
+    );
+    let big = Bytes::from(vec![0; MAX_APP_MESSAGE + 1]);
+    assert_eq!(c.send(PlayerId(2), Channel::Reliable, big), Err(SendError::TooLarge(MAX_APP_MESSAGE + 1)));
+    // Server-routed messages from a peer arrive as events; from strangers they are dropped.
+    c.handle_shard_message(
+        t0,
+        ShardMessage::FromPeer { peer: PlayerId(2), reliable: true, data: b"hi".to_vec() },
+    );
+    c.handle_shard_message(
+        t0,
+        ShardMessage::FromPeer { peer: PlayerId(8), reliable: true, data: b"x".to_vec() },
+    );
+    let evs: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    let msgs: Vec<_> = evs.iter().filter(|e| matches!(e, ClientEvent::Message { .. })).collect();
+    assert_eq!(msgs.len(), 1);
+    assert!(matches!(
+        msgs[0],
+        ClientEvent::Message { player: PlayerId(2), channel: Channel::Reliable, p2p: false, .. }
+    ));
+}
+
+#[test]
+fn a_connecting_peer_gets_messages_through_the_server_and_outro_or_zone_change_forgets_peers() {
+    let (mut c, t0) = core(true);
+    c.connected();
+    c.handle_shard_message(
+        t0,
+        ShardMessage::Welcome { player: PlayerId(1), stun: "203.0.113.1:3478".parse().unwrap() },
+    );
+    c.handle_shard_message(t0, intro(2, 5));
+    c.handle_shard_message(t0, intro(3, 6));
+    assert_eq!(c.peer(PlayerId(2)).unwrap().path, PeerPath::Connecting);
+    assert_eq!(c.mesh().links().count(), 2);
+    drain(&mut c);
+    assert_eq!(c.send(PlayerId(2), Channel::Reliable, Bytes::from_static(b"early")), Ok(false));
+    assert!(matches!(&drain(&mut c)[..], [ClientMessage::ToPeer { reliable: true, .. }]));
+    c.handle_shard_message(t0, ShardMessage::PeerOutro { link: LinkId(5) });
+    assert!(c.peer(PlayerId(2)).is_none());
+    assert_eq!(c.mesh().links().count(), 1);
+    c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 0, x: 1.0, y: 2.0 });
+    assert_eq!(c.peers().count(), 0);
+    assert_eq!(c.mesh().links().count(), 0);
+    let removed = std::iter::from_fn(|| c.poll_event())
+        .filter(|e| matches!(e, ClientEvent::PeerRemoved { .. }))
+        .count();
+    assert_eq!(removed, 2);
+}
