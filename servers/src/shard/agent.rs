@@ -33,12 +33,22 @@ use super::keys::name_from_user_data;
 use super::login::OnlineNames;
 use super::metrics;
 
+/// renet's packet type byte of an ack-only packet (`Packet::Ack`).
+const RENET_ACK: u8 = 4;
+
 /// Clients one netcode server (one socket) holds at most.
 pub const CLIENTS_PER_SOCKET: usize = 1024;
 /// Netcode sockets at most (a connect token lists at most 32 server addresses).
 pub const MAX_SOCKETS: usize = 32;
 /// How long a minted token counts toward its socket's load before the client connects.
 const PENDING_WINDOW: Duration = Duration::from_secs(10);
+/// Ack-only packets to one client at most this often. renet repeats its pending ack ranges
+/// in an Ack packet on *every* send until the client acknowledges that Ack, i.e. once per
+/// Agent frame (60 Hz) for a client that sends at 20 Hz — ~1.5 kB/s per client of pure acks,
+/// as much as all the game traffic left on the server with P2P on. Ranges are cumulative, so
+/// a skipped Ack loses nothing; 50 ms (one game tick) keeps reliable resends (≥ 200 ms) and
+/// RTT estimates sound.
+pub const ACK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Load of the Agent's netcode sockets, shared with the login service, which orders the
 /// addresses in each connect token least-loaded first.
@@ -113,6 +123,10 @@ pub struct AgentTransport {
     owner: HashMap<u64, usize>,
     load: AgentLoad,
     buf: Vec<u8>,
+    last_ack: HashMap<u64, Instant>,
+    /// Ack-only packets not sent because one went to that client less than
+    /// [`ACK_INTERVAL`] ago.
+    pub acks_deferred: u64,
 }
 
 impl AgentTransport {
@@ -140,7 +154,14 @@ impl AgentTransport {
             });
             ports.push(NetcodePort { socket, server });
         }
-        Ok(AgentTransport { ports, owner: HashMap::new(), load: AgentLoad::new(public), buf: vec![0; 1500] })
+        Ok(AgentTransport {
+            ports,
+            owner: HashMap::new(),
+            load: AgentLoad::new(public),
+            buf: vec![0; 1500],
+            last_ack: HashMap::new(),
+            acks_deferred: 0,
+        })
     }
 
     /// Sockets needed for `max_clients`.
@@ -213,13 +234,24 @@ impl AgentTransport {
         }
     }
 
-    /// Send what renet has queued for every client, on the socket it connected through.
+    /// Send what renet has queued for every client, on the socket it connected through
+    /// (ack-only packets at most every [`ACK_INTERVAL`] per client).
     pub fn send_packets(&mut self, renet: &mut RenetServer) {
+        let now = Instant::now();
+        self.last_ack.retain(|id, _| self.owner.contains_key(id));
         for id in renet.clients_id() {
             let Some(&i) = self.owner.get(&id) else { continue };
             let Ok(packets) = renet.get_packets_to_send(id) else { continue };
             let NetcodePort { socket, server } = &mut self.ports[i];
             for packet in packets {
+                if packet.first() == Some(&RENET_ACK) {
+                    let last = self.last_ack.entry(id).or_insert(now - ACK_INTERVAL);
+                    if now.duration_since(*last) < ACK_INTERVAL {
+                        self.acks_deferred += 1;
+                        continue;
+                    }
+                    *last = now;
+                }
                 match server.generate_payload_packet(id, &packet) {
                     Ok((addr, payload)) => {
                         metrics::agent_out(payload.len());
