@@ -201,6 +201,9 @@ pub struct PhaseResult {
     pub machine_busy: Option<f64>,
     /// Largest RSS of the process (shard + load generator) sampled in the window, MiB.
     pub rss_peak_mib: f64,
+    /// UDP datagrams the kernel dropped for a full receive buffer in the window
+    /// (`RcvbufErrors`, machine-wide: this process and anything else on the box).
+    pub udp_rcvbuf_drops: u64,
 }
 
 impl PhaseResult {
@@ -353,6 +356,9 @@ impl Drop for Poller {
     }
 }
 
+/// Longest time one loop turn spends on in-memory mesh datagrams, and on mesh timers.
+const WIRE_BUDGET: Duration = Duration::from_millis(10);
+
 struct Cluster {
     x: f32,
     y: f32,
@@ -400,6 +406,8 @@ struct Generator {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     wire: VecDeque<(usize, SocketAddr, Vec<u8>)>,
     by_mesh_addr: HashMap<SocketAddr, usize>,
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
     p2p: bool,
     memory_wire: bool,
     tick: Duration,
@@ -438,6 +446,7 @@ impl Generator {
         let clock = ClockAnchor { at: now, unix_micros: unix().as_micros() as u64 };
         let phase = self.tick.mul_f64(self.rng.random::<f64>());
         self.by_mesh_addr.insert(mesh_addr, i);
+        self.is_dirty.push(false);
         self.clients.push(Client {
             name,
             cluster,
@@ -593,16 +602,30 @@ impl Generator {
         }
     }
 
+    /// Hand a datagram to client `i`'s mesh; its output is collected by [`Self::flush_dirty`]
+    /// once per turn, however many datagrams it got.
     fn on_mesh_datagram(&mut self, i: usize, from: SocketAddr, data: &[u8], now: Instant) {
         let c = &mut self.clients[i];
         c.mesh.handle_datagram(now, c.mesh_addr, from, data);
-        let ids: Vec<LinkId> = c.links.keys().copied().collect();
-        for l in ids {
-            while c.mesh.receive(l, CHANNEL_UNRELIABLE).is_some() {
-                self.counters.state_recv += 1;
-            }
+        if !self.is_dirty[i] {
+            self.is_dirty[i] = true;
+            self.dirty.push(i);
         }
-        self.after_mesh(i, now);
+    }
+
+    /// Received state, transmits, events and timers of every mesh that got datagrams.
+    fn flush_dirty(&mut self, now: Instant) {
+        for i in std::mem::take(&mut self.dirty) {
+            self.is_dirty[i] = false;
+            let c = &mut self.clients[i];
+            let ids: Vec<LinkId> = c.links.keys().copied().collect();
+            for l in ids {
+                while c.mesh.receive(l, CHANNEL_UNRELIABLE).is_some() {
+                    self.counters.state_recv += 1;
+                }
+            }
+            self.after_mesh(i, now);
+        }
     }
 
     fn read_mesh_socket(&mut self, i: usize, now: Instant) {
@@ -720,14 +743,14 @@ impl Generator {
                 }
                 if token & 1 == 0 {
                     self.on_shard_datagram(i, now);
-                    self.pump_shard(i, now);
+                    // Connected clients answer (acks) in their next tick, as a 20 Hz game
+                    // client would; during the handshake at once.
+                    if !self.clients[i].nc.is_connected() {
+                        self.pump_shard(i, now);
+                    }
                 } else {
                     self.read_mesh_socket(i, now);
                 }
-            }
-            // Only what was queued before this turn: answers wait for the next one.
-            for (dst, from, bytes) in std::mem::take(&mut self.wire) {
-                self.on_mesh_datagram(dst, from, &bytes, now);
             }
             let dt = now.duration_since(last_cluster_move).as_secs_f32();
             if dt >= 0.05 {
@@ -735,12 +758,13 @@ impl Generator {
                 let t = now.duration_since(self.start).as_secs_f64();
                 self.move_clusters(dt, t);
             }
+            // Client ticks before the mesh backlog: Moves (the shard's load) go out on time.
             for i in 0..self.clients.len() {
                 if self.clients[i].next_tick <= now {
                     let c = &mut self.clients[i];
                     // Behind by more than half a tick: the load generator is short of CPU.
-                    // Moves (the shard's load) still go out; mesh state waits for a turn
-                    // that is on time (counted: `state_due` vs `state_sent`).
+                    // Moves still go out; mesh state waits for a turn that is on time
+                    // (counted: `state_due` vs `state_sent`).
                     let late = self.p2p && now.duration_since(c.next_tick) > self.tick / 2;
                     c.next_tick += self.tick;
                     if c.next_tick < now {
@@ -749,8 +773,20 @@ impl Generator {
                     self.client_tick(i, now, late);
                 }
             }
+            // In-memory mesh datagrams queued before this turn, within a time budget; the
+            // rest (and answers) wait for the next turn.
+            let t0 = Instant::now();
+            for _ in 0..self.wire.len() {
+                if t0.elapsed() > WIRE_BUDGET {
+                    break;
+                }
+                let Some((dst, from, bytes)) = self.wire.pop_front() else { break };
+                self.on_mesh_datagram(dst, from, &bytes, now);
+            }
+            self.flush_dirty(now);
+            let t0 = Instant::now();
             while let Some(&Reverse((t, i))) = self.timers.peek() {
-                if t > now {
+                if t > now || t0.elapsed() > WIRE_BUDGET {
                     break;
                 }
                 self.timers.pop();
@@ -791,6 +827,15 @@ impl Generator {
         }
         (d, r, f)
     }
+}
+
+/// `RcvbufErrors` of `/proc/net/snmp` (machine-wide UDP receive-buffer drops).
+fn udp_rcvbuf_errors() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = s.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(h), Some(v)) = (udp.next(), udp.next()) else { return 0 };
+    let col = h.split_whitespace().position(|f| f == "RcvbufErrors");
+    col.and_then(|c| v.split_whitespace().nth(c)?.parse().ok()).unwrap_or(0)
 }
 
 fn rss_mib() -> f64 {
@@ -886,6 +931,8 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         timers: BinaryHeap::new(),
         wire: VecDeque::new(),
         by_mesh_addr: HashMap::new(),
+        dirty: Vec::new(),
+        is_dirty: Vec::new(),
         p2p,
         memory_wire: args.wire == Wire::Memory,
         tick,
@@ -975,6 +1022,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     let (a0, g0, r0) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
     let (s0, l0, m0) = (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
     let c0 = g.counters;
+    let drops0 = udp_rcvbuf_errors();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.seconds);
     let mut rss_peak = rss_mib();
@@ -1052,6 +1100,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
             busy as f64 / (busy + idle + steal).max(1) as f64
         }),
         rss_peak_mib: rss_peak,
+        udp_rcvbuf_drops: udp_rcvbuf_errors().saturating_sub(drops0),
         ..PhaseResult::default()
     };
     r.egress_bps = r.agent_out_bps + r.relay_out_bps;
@@ -1126,11 +1175,12 @@ fn print_phase(r: &PhaseResult, json: bool) {
         r.generator_tick_ratio * 100.0
     );
     println!(
-        "  cpu: shard {:.2} CPUs, load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB",
+        "  cpu: shard {:.2} CPUs, load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB | UDP rcvbuf drops {}",
         r.shard_cpu,
         r.loadgen_cpu,
         r.machine_busy.map_or("n/a".into(), |b| format!("{:.0}%", b * 100.0)),
-        r.rss_peak_mib
+        r.rss_peak_mib,
+        r.udp_rcvbuf_drops
     );
     if json && let Ok(s) = serde_json::to_string(r) {
         println!("json: {s}");

@@ -33,6 +33,10 @@ use super::keys::name_from_user_data;
 use super::login::OnlineNames;
 use super::metrics;
 
+/// SO_RCVBUF / SO_SNDBUF of the Agent's sockets: at 2,000 clients the Agent takes
+/// ~1.5 MB/s, so the kernel default (208 KiB) overflows when a frame is late by ~150 ms.
+const AGENT_SOCKET_BUFFER: usize = 4 << 20;
+
 /// renet's packet type byte of an ack-only packet (`Packet::Ack`).
 const RENET_ACK: u8 = 4;
 
@@ -299,6 +303,10 @@ pub fn bind_transport(config: &crate::config::ShardConfig) -> Result<AgentTransp
         let addr = SocketAddr::new(first.ip(), port);
         let err = |source| super::ShardError::Bind { what: "agent", addr, source };
         let socket = UdpSocket::bind(addr).map_err(err)?;
+        // Room for a few frames of a few thousand clients (capped by net.core.rmem_max).
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(AGENT_SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(AGENT_SOCKET_BUFFER);
         public.push(super::public_addr(config, socket.local_addr().map_err(err)?));
         sockets.push(socket);
     }
