@@ -72,6 +72,17 @@ pub enum Wire {
     Kernel,
 }
 
+/// `--mesh`: how much mesh work the clients do with P2P on.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshLoad {
+    /// Links and per-tick state to every peer.
+    Full,
+    /// Links (punching, keepalives), no state.
+    Idle,
+    /// No links.
+    None,
+}
+
 /// Arguments of `p2pmodel bench shard`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ShardBenchArgs {
@@ -112,6 +123,12 @@ pub struct ShardBenchArgs {
     /// Also print each phase's figures as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// With P2P on, how much of the mesh the clients run: `full` (links and per-tick state),
+    /// `idle` (links opened and kept alive, no state), `none` (no links: the shard's side of
+    /// P2P on — Moves, introductions — at full rate where the load generator cannot afford
+    /// every client's mesh; no path shares then).
+    #[arg(long, value_enum, default_value_t = MeshLoad::Full)]
+    pub mesh: MeshLoad,
     /// Random seed (cluster layout and movement).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -409,6 +426,7 @@ struct Generator {
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
     p2p: bool,
+    mesh: MeshLoad,
     memory_wire: bool,
     tick: Duration,
     max_step: f32,
@@ -549,7 +567,7 @@ impl Generator {
                 let link = params.link;
                 c.intros += 1;
                 c.links.insert(link, (peer, now));
-                if p2p {
+                if p2p && self.mesh != MeshLoad::None {
                     let _ = c.mesh.add_link(now, params);
                     self.after_mesh(i, now);
                 }
@@ -697,7 +715,7 @@ impl Generator {
             let peers: Vec<(LinkId, PlayerId)> = c.links.iter().map(|(l, (p, _))| (*l, *p)).collect();
             self.send_shard(i, DefaultChannel::Unreliable, &mv);
             self.counters.state_due += peers.len() as u64;
-            let peers = if late { Vec::new() } else { peers };
+            let peers = if late || (self.p2p && self.mesh != MeshLoad::Full) { Vec::new() } else { peers };
             for (link, peer) in peers {
                 self.counters.state_sent += 1;
                 if self.p2p {
@@ -934,6 +952,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         dirty: Vec::new(),
         is_dirty: Vec::new(),
         p2p,
+        mesh: args.mesh,
         memory_wire: args.wire == Wire::Memory,
         tick,
         max_step: cfg.game.max_speed * 0.9 * tick.as_secs_f32(),
@@ -1048,7 +1067,8 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     let c1 = g.counters;
     rss_peak = rss_peak.max(rss_mib());
     let now = Instant::now();
-    let (direct, relayed, failed) = if p2p { g.link_paths(now) } else { (0, 0, 0) };
+    let (direct, relayed, failed) =
+        if p2p && args.mesh != MeshLoad::None { g.link_paths(now) } else { (0, 0, 0) };
     let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / window;
     let cpu = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / window,
@@ -1146,11 +1166,12 @@ fn print_phase(r: &PhaseResult, json: bool) {
         r.game_out_bps / n
     );
     println!(
-        "  game tick ms p50 {} p99 {} max {} ({} ticks) | routing ms client→game p50 {} p99 {}, role→agent p50 {} p99 {}",
+        "  game tick ms p50 {} p99 {} max {} ({} ticks = {:.1} Hz) | routing ms client→game p50 {} p99 {}, role→agent p50 {} p99 {}",
         opt(r.tick_p50_ms, 3),
         opt(r.tick_p99_ms, 3),
         opt(r.tick_max_ms, 3),
         r.ticks,
+        r.ticks as f64 / r.window_s.max(1e-9),
         opt(r.route_in_p50_ms, 2),
         opt(r.route_in_p99_ms, 2),
         opt(r.route_out_p50_ms, 3),
@@ -1240,10 +1261,11 @@ pub fn run_shard_bench(args: &ShardBenchArgs) -> Result<(), String> {
     }
     let counts = if args.sweep.is_empty() { vec![args.clients] } else { args.sweep.clone() };
     println!(
-        "shard bench: {} client(s) per run, p2p {:?}, clusters of {}-{}, {} B state at the tick rate, wire {:?}; \
+        "shard bench: {} client(s) per run, p2p {:?} (mesh {:?}), clusters of {}-{}, {} B state at the tick rate, wire {:?}; \
          {} s warm-up + {} s window per phase; loopback, {} CPUs; shard and load generator share them",
         counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
         args.p2p,
+        args.mesh,
         args.group_min,
         args.group_max,
         args.state_bytes,
