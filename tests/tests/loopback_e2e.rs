@@ -1,4 +1,4 @@
-//! End to end over real loopback sockets: two meshes (the client core) and the real relay
+//! End to end over real loopback sockets: meshes (the client core) and the real relay
 //! server (data-plane thread, recvmmsg/sendmmsg). Only loopback addresses are used.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -14,6 +14,7 @@ use bevy_p2pmodel::mesh::Mesh;
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::relay::{RelayConfig, TokenKeys, mint};
 use p2pmodel_servers::relay::{RelayServer, RelayServerOptions};
+use p2pmodel_tests::loopback::{LoopPair, LoopRelay, drive, is_direct};
 
 struct Peer {
     mesh: Mesh,
@@ -109,4 +110,78 @@ fn a_link_with_no_direct_path_falls_back_to_the_real_relay_and_delivers_in_order
         snap.forwarded_packets
     );
     relay.shutdown();
+}
+
+/// Relay first, then direct, in order across the switch: several pairs over the real relay
+/// (started as the relay role starts it, tokens minted from the shard secret). For the first
+/// `HOLD` each pair's driver drops every datagram that does not go to the relay (as a NAT
+/// whose filter is not open yet would), so the first messages can only take the relay; then
+/// the direct path opens and the link must move to it without losing or reordering anything.
+#[test]
+fn loopback_pairs_deliver_through_the_relay_first_then_go_direct_in_order() {
+    const PAIRS: u32 = 4;
+    const HOLD: Duration = Duration::from_millis(300);
+    let relay = LoopRelay::start().expect("relay starts on loopback");
+    let mut pairs: Vec<LoopPair> = (0..PAIRS).map(|_| LoopPair::new(&relay).expect("sockets")).collect();
+    for (i, p) in pairs.iter_mut().enumerate() {
+        p.a_every = Some(Duration::from_millis(5));
+        p.block_direct(true);
+        p.introduce(&relay, LinkId(i as u32 + 1));
+    }
+    let held_until = Instant::now() + HOLD;
+    drive(&mut pairs, held_until, |_| false);
+
+    for p in pairs.iter_mut() {
+        let link = p.link;
+        let first = p.b.first_arrival(link, p.intro).expect("a message arrived through the relay");
+        assert!(first.at - p.intro < HOLD, "first message {:?} after introduction", first.at - p.intro);
+        assert_eq!(first.seq, 0, "the first message first");
+        for peer in [&p.a, &p.b] {
+            assert_eq!(peer.path(link), Path::Relayed { relay: relay.addr() });
+            assert!(peer.event_time(link, p.intro, is_direct).is_none(), "no direct path while held");
+        }
+        let stats = p.b.mesh.link(link).unwrap().stats();
+        assert!(stats.relay_received > 0 && stats.direct_received == 0, "{stats:?}");
+        assert!(p.a.dropped > 0, "A's probes were held back");
+        p.block_direct(false);
+    }
+
+    let opened = Instant::now();
+    let both_direct = |ps: &[LoopPair]| {
+        ps.iter().all(|p| {
+            p.a.path(p.link) == Path::Direct { remote: p.b.addr() }
+                && p.b.path(p.link) == Path::Direct { remote: p.a.addr() }
+        })
+    };
+    assert!(
+        drive(&mut pairs, opened + Duration::from_secs(2), both_direct),
+        "every pair went direct once the direct path opened"
+    );
+    let took = opened.elapsed();
+    // Probing goes on every 50 ms while relayed, so the next round finds the open path.
+    assert!(took < Duration::from_millis(500), "direct {took:?} after the path opened");
+
+    // Stream a while on the direct path, then stop and let everything arrive.
+    drive(&mut pairs, Instant::now() + Duration::from_millis(300), |_| false);
+    for p in pairs.iter_mut() {
+        p.a_every = None;
+    }
+    let all_arrived = |ps: &[LoopPair]| {
+        ps.iter().all(|p| p.b.received_seqs(p.link).len() as u32 >= p.a.links[&p.link].sent)
+    };
+    drive(&mut pairs, Instant::now() + Duration::from_secs(2), all_arrived);
+    for p in &pairs {
+        let link = p.link;
+        let sent = p.a.links[&link].sent;
+        assert!(sent > 100, "streamed {sent} messages");
+        assert_eq!(
+            p.b.received_seqs(link),
+            (0..sent).collect::<Vec<_>>(),
+            "all {sent} messages, in order, once, across the relay → direct switch"
+        );
+        let stats = p.b.mesh.link(link).unwrap().stats();
+        assert!(stats.direct_received > 0 && stats.relay_received > 0, "{stats:?}");
+        assert_eq!(p.b.path(link), Path::Direct { remote: p.a.addr() }, "still direct");
+    }
+    assert!(relay.forwarded() > 0, "the relay forwarded the first messages");
 }
