@@ -10,6 +10,8 @@
 //! The shard's part (introductions) is played by [`World::introduce`], which mints link keys
 //! and relay tokens exactly as the Game server will.
 
+pub mod loopback;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
