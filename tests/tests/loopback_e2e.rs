@@ -186,13 +186,12 @@ fn loopback_pairs_deliver_through_the_relay_first_then_go_direct_in_order() {
     assert!(relay.forwarded() > 0, "the relay forwarded the first messages");
 }
 
-/// Known gap, so ignored until the link handles it: when the direct path dies under a
-/// one-way stream, the sender fails over after `path_timeout`, but the receiver only sends
-/// acks (which expect no answer and keep its path looking busy), so it never notices and keeps
-/// acking into the dead path; the sender hears nothing and declares the link lost after
-/// `link_timeout`. Run with `--ignored` to check a fix.
+/// When the direct path dies under a one-way stream, the sender fails over after
+/// `path_timeout`; the receiver only sends acks (which expect no answer), so it must notice
+/// from the peer's data arriving through the relay, ping the direct path and fail over too —
+/// not ack into the dead path until the sender declares the link lost (found by
+/// `conn-timing --loopback`, fixed in `Link::handle_peer`).
 #[test]
-#[ignore = "known gap: the receiving end of a one-way stream keeps a dead direct path"]
 fn the_receiving_end_of_a_one_way_stream_also_leaves_a_dead_direct_path() {
     let relay = LoopRelay::start().expect("relay starts on loopback");
     let mut pairs = vec![LoopPair::new(&relay).expect("sockets")];

@@ -968,6 +968,16 @@ impl Link {
                     r.peer_bound = true;
                 }
             }
+            // The peer sends through the relay while we use a direct path: it found that path
+            // dead (or has not validated it yet). Our acks on it expect no answer and prove
+            // nothing, so ask the direct path for one; silence for `path_timeout` fails us over
+            // too, instead of acking into a dead path while the peer re-sends its window.
+            if let Some(d) = self.direct
+                && d.live.unanswered_since.is_none()
+                && d.live.last_ping.is_none_or(|p| now >= p + self.cfg.path_ping_after)
+            {
+                self.send_ping(now, d.addr);
+            }
         } else {
             self.stats.direct_received += 1;
             if let Some(d) = self.direct.as_mut().filter(|d| d.addr == from) {
