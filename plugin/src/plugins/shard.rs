@@ -425,6 +425,7 @@ fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, String> 
 }
 
 /// [`ShardState`], auto zone and [`LocalPlayer`] from what happened this frame.
+#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn shard_after(
     link: Res<ShardLink>,
     mut client: ResMut<P2pClient>,
@@ -456,6 +457,7 @@ fn shard_after(
 }
 
 /// [`ShardRequest`]s → core and connection.
+#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn handle_requests(
     mut commands: Commands,
     mut link: ResMut<ShardLink>,
