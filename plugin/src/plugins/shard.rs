@@ -435,15 +435,19 @@ fn shard_after(
     mut next: ResMut<NextState<ShardState>>,
     mut local: ResMut<LocalPlayer>,
     mut events: MessageReader<ShardEvent>,
+    mut zone_asked: Local<bool>,
 ) {
     for ev in events.read() {
         match ev {
-            ShardEvent::Welcome { .. } => {
+            // The shard answers every Login with Welcome; ask for the zone once.
+            ShardEvent::Welcome { .. } if !*zone_asked => {
+                *zone_asked = true;
                 if let Some(zone) = settings.auto_zone {
                     client.enter_zone(socket.0.now(), zone);
                 }
             }
             ShardEvent::Disconnected(_) => {
+                *zone_asked = false;
                 local.player = None;
                 local.zone = None;
             }
