@@ -516,6 +516,12 @@ impl ClientCore {
         self.mesh.link(p.link)?.rtt()
     }
 
+    /// Packet loss toward a peer on the mesh (0–1), if it has a link.
+    pub fn peer_loss(&self, player: PlayerId) -> Option<f32> {
+        let p = self.peers.get(&player)?;
+        Some(self.mesh.link(p.link)?.packet_loss())
+    }
+
     /// The NAT report, once discovery finished.
     pub fn nat_report(&self) -> Option<&NatReport> {
         self.mesh.nat_report()

@@ -433,6 +433,12 @@ impl Link {
         self.srtt
     }
 
+    /// Fraction of our datagrams the peer did not acknowledge (renet's estimate over its
+    /// recent window, 0–1), whatever path carried them.
+    pub fn packet_loss(&self) -> f32 {
+        self.renet.packet_loss() as f32
+    }
+
     /// Counters.
     pub fn stats(&self) -> LinkStats {
         self.stats

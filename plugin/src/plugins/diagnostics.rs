@@ -11,7 +11,7 @@ use crate::client::PeerPath;
 
 /// Mean smoothed RTT over the peers that have one, in ms.
 pub const RTT_MS: DiagnosticPath = DiagnosticPath::const_new("p2p/rtt_ms");
-/// Mean packet loss over the peers (0–1; not measured by the link yet, always 0).
+/// Mean packet loss over the peers with a mesh link (0–1).
 pub const LOSS: DiagnosticPath = DiagnosticPath::const_new("p2p/loss");
 /// Introduced peers.
 pub const PEERS: DiagnosticPath = DiagnosticPath::const_new("p2p/peers");
@@ -75,12 +75,17 @@ fn measure(
     let Some(client) = client else { return };
     let (mut peers, mut direct, mut relayed) = (0u32, 0u32, 0u32);
     let (mut rtt_sum, mut rtt_n) = (0.0f64, 0u32);
+    let (mut loss_sum, mut loss_n) = (0.0f64, 0u32);
     for p in client.peers() {
         peers += 1;
         match p.path {
             PeerPath::Direct => direct += 1,
             PeerPath::Relayed => relayed += 1,
             _ => {}
+        }
+        if let Some(l) = client.peer_loss(p.player) {
+            loss_sum += f64::from(l);
+            loss_n += 1;
         }
         if let Some(rtt) = client.peer_rtt(p.player) {
             rtt_sum += rtt.as_secs_f64() * 1000.0;
@@ -90,7 +95,9 @@ fn measure(
     if rtt_n > 0 {
         diagnostics.add_measurement(&RTT_MS, || rtt_sum / f64::from(rtt_n));
     }
-    diagnostics.add_measurement(&LOSS, || 0.0);
+    if loss_n > 0 {
+        diagnostics.add_measurement(&LOSS, || loss_sum / f64::from(loss_n));
+    }
     diagnostics.add_measurement(&PEERS, || f64::from(peers));
     diagnostics.add_measurement(&DIRECT_PEERS, || f64::from(direct));
     diagnostics.add_measurement(&RELAYED_PEERS, || f64::from(relayed));

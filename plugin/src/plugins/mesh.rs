@@ -99,7 +99,7 @@ pub struct PeerPath {
 pub struct PeerStats {
     /// Smoothed RTT on the current mesh path.
     pub rtt: Option<Duration>,
-    /// Packet loss fraction (0–1). Not measured by the link yet: always 0.
+    /// Packet loss toward the peer on the mesh (0–1, renet's estimate; 0 without a link).
     pub loss: f32,
     /// Application bytes sent to the peer (mesh + server routes).
     pub bytes_sent: u64,
@@ -326,7 +326,7 @@ fn update_peer_stats(client: Res<P2pClient>, mut peers: Query<(&Peer, &mut PeerS
         let Some(info) = client.peer(peer.player) else { continue };
         let new = PeerStats {
             rtt: client.peer_rtt(peer.player),
-            loss: 0.0,
+            loss: client.peer_loss(peer.player).unwrap_or(0.0),
             bytes_sent: info.sent.p2p_bytes + info.sent.server_bytes,
             bytes_received: info.received.p2p_bytes + info.received.server_bytes,
             p2p_messages_sent: info.sent.p2p_messages,
