@@ -1,4 +1,4 @@
-//! End to end over real loopback sockets: two meshes (the client core) and the real relay
+//! End to end over real loopback sockets: meshes (the client core) and the real relay
 //! server (data-plane thread, recvmmsg/sendmmsg). Only loopback addresses are used.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -8,12 +8,13 @@ use bevy_p2pmodel::config::MeshConfig;
 use bevy_p2pmodel::crypto::LinkKey;
 use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
 use bevy_p2pmodel::link::{
-    CHANNEL_RELIABLE, Candidate, CandidateKind, LinkParams, NatHint, Path, RelayParams,
+    CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, LinkParams, NatHint, Path, RelayParams,
 };
 use bevy_p2pmodel::mesh::Mesh;
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::relay::{RelayConfig, TokenKeys, mint};
 use p2pmodel_servers::relay::{RelayServer, RelayServerOptions};
+use p2pmodel_tests::loopback::{LoopPair, LoopRelay, drive, is_direct};
 
 struct Peer {
     mesh: Mesh,
@@ -109,4 +110,109 @@ fn a_link_with_no_direct_path_falls_back_to_the_real_relay_and_delivers_in_order
         snap.forwarded_packets
     );
     relay.shutdown();
+}
+
+/// Relay first, then direct, in order across the switch: several pairs over the real relay
+/// (started as the relay role starts it, tokens minted from the shard secret). For the first
+/// `HOLD` each pair's driver drops every datagram that does not go to the relay (as a NAT
+/// whose filter is not open yet would), so the first messages can only take the relay; then
+/// the direct path opens and the link must move to it without losing or reordering anything.
+#[test]
+fn loopback_pairs_deliver_through_the_relay_first_then_go_direct_in_order() {
+    const PAIRS: u32 = 4;
+    const HOLD: Duration = Duration::from_millis(300);
+    let relay = LoopRelay::start().expect("relay starts on loopback");
+    let mut pairs: Vec<LoopPair> = (0..PAIRS).map(|_| LoopPair::new(&relay).expect("sockets")).collect();
+    for (i, p) in pairs.iter_mut().enumerate() {
+        p.a_every = Some(Duration::from_millis(5));
+        p.block_direct(true);
+        p.introduce(&relay, LinkId(i as u32 + 1));
+    }
+    let held_until = Instant::now() + HOLD;
+    drive(&mut pairs, held_until, |_| false);
+
+    for p in pairs.iter_mut() {
+        let link = p.link;
+        let first = p.b.first_arrival(link, p.intro).expect("a message arrived through the relay");
+        assert!(first.at - p.intro < HOLD, "first message {:?} after introduction", first.at - p.intro);
+        assert_eq!(first.seq, 0, "the first message first");
+        for peer in [&p.a, &p.b] {
+            assert_eq!(peer.path(link), Path::Relayed { relay: relay.addr() });
+            assert!(peer.event_time(link, p.intro, is_direct).is_none(), "no direct path while held");
+        }
+        let stats = p.b.mesh.link(link).unwrap().stats();
+        assert!(stats.relay_received > 0 && stats.direct_received == 0, "{stats:?}");
+        assert!(p.a.dropped > 0, "A's probes were held back");
+        p.block_direct(false);
+    }
+
+    let opened = Instant::now();
+    let both_direct = |ps: &[LoopPair]| {
+        ps.iter().all(|p| {
+            p.a.path(p.link) == Path::Direct { remote: p.b.addr() }
+                && p.b.path(p.link) == Path::Direct { remote: p.a.addr() }
+        })
+    };
+    assert!(
+        drive(&mut pairs, opened + Duration::from_secs(2), both_direct),
+        "every pair went direct once the direct path opened"
+    );
+    let took = opened.elapsed();
+    // Probing goes on every 50 ms while relayed, so the next round finds the open path.
+    assert!(took < Duration::from_millis(500), "direct {took:?} after the path opened");
+
+    // Stream a while on the direct path, then stop and let everything arrive.
+    drive(&mut pairs, Instant::now() + Duration::from_millis(300), |_| false);
+    for p in pairs.iter_mut() {
+        p.a_every = None;
+    }
+    let all_arrived = |ps: &[LoopPair]| {
+        ps.iter().all(|p| p.b.received_seqs(p.link).len() as u32 >= p.a.links[&p.link].sent)
+    };
+    drive(&mut pairs, Instant::now() + Duration::from_secs(2), all_arrived);
+    for p in &pairs {
+        let link = p.link;
+        let sent = p.a.links[&link].sent;
+        assert!(sent > 100, "streamed {sent} messages");
+        assert_eq!(
+            p.b.received_seqs(link),
+            (0..sent).collect::<Vec<_>>(),
+            "all {sent} messages, in order, once, across the relay → direct switch"
+        );
+        let stats = p.b.mesh.link(link).unwrap().stats();
+        assert!(stats.direct_received > 0 && stats.relay_received > 0, "{stats:?}");
+        assert_eq!(p.b.path(link), Path::Direct { remote: p.a.addr() }, "still direct");
+    }
+    assert!(relay.forwarded() > 0, "the relay forwarded the first messages");
+}
+
+/// When the direct path dies under a one-way stream, the sender fails over after
+/// `path_timeout`; the receiver only sends acks (which expect no answer), so it must notice
+/// from the peer's data arriving through the relay, ping the direct path and fail over too —
+/// not ack into the dead path until the sender declares the link lost (found by
+/// `conn-timing --loopback`, fixed in `Link::handle_peer`).
+#[test]
+fn the_receiving_end_of_a_one_way_stream_also_leaves_a_dead_direct_path() {
+    let relay = LoopRelay::start().expect("relay starts on loopback");
+    let mut pairs = vec![LoopPair::new(&relay).expect("sockets")];
+    pairs[0].a_every = Some(Duration::from_millis(10));
+    pairs[0].introduce(&relay, LinkId(1));
+    let direct = |ps: &[LoopPair]| {
+        let p = &ps[0];
+        matches!(p.a.path(p.link), Path::Direct { .. }) && matches!(p.b.path(p.link), Path::Direct { .. })
+    };
+    assert!(drive(&mut pairs, Instant::now() + Duration::from_secs(2), direct), "direct first");
+    drive(&mut pairs, Instant::now() + Duration::from_millis(200), |_| false);
+    pairs[0].block_direct(true);
+    let blocked = Instant::now();
+    let b_relayed = |ps: &[LoopPair]| matches!(ps[0].b.path(ps[0].link), Path::Relayed { .. });
+    drive(&mut pairs, blocked + Duration::from_secs(2), b_relayed);
+    let p = &pairs[0];
+    assert!(matches!(p.a.path(p.link), Path::Relayed { .. }), "the sender failed over");
+    let at = p.b.event_time(p.link, blocked, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. })));
+    assert!(
+        at.is_some_and(|t| t - blocked < Duration::from_secs(1)),
+        "the receiver still sends on {:?}",
+        p.b.path(p.link)
+    );
 }

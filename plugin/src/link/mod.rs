@@ -433,6 +433,12 @@ impl Link {
         self.srtt
     }
 
+    /// Fraction of our datagrams the peer did not acknowledge (renet's estimate over its
+    /// recent window, 0–1), whatever path carried them.
+    pub fn packet_loss(&self) -> f32 {
+        self.renet.packet_loss() as f32
+    }
+
     /// Counters.
     pub fn stats(&self) -> LinkStats {
         self.stats
@@ -967,6 +973,16 @@ impl Link {
                 if r.bound {
                     r.peer_bound = true;
                 }
+            }
+            // The peer sends through the relay while we use a direct path: it found that path
+            // dead (or has not validated it yet). Our acks on it expect no answer and prove
+            // nothing, so ask the direct path for one; silence for `path_timeout` fails us over
+            // too, instead of acking into a dead path while the peer re-sends its window.
+            if let Some(d) = self.direct
+                && d.live.unanswered_since.is_none()
+                && d.live.last_ping.is_none_or(|p| now >= p + self.cfg.path_ping_after)
+            {
+                self.send_ping(now, d.addr);
             }
         } else {
             self.stats.direct_received += 1;

@@ -1,8 +1,11 @@
-//! Connection timing in the simulator, as distributions over many pairs and seeds:
-//! introduction → first delivered message (relay-first), → direct path, failover when the
-//! direct path dies, and re-punch after an address change. Figures in ms and in RTTs.
+//! Connection timing as distributions over many pairs: introduction → first delivered
+//! message (relay-first), → direct path, failover when the direct path dies, and re-punch
+//! after an address change. Figures in ms and in RTTs.
 //!
-//! `cargo run -p p2pmodel-tests --release --bin conn-timing -- --seeds 50`
+//! - In the simulator (virtual time, simulated NATs):
+//!   `cargo run -p p2pmodel-tests --release --bin conn-timing -- --seeds 50`
+//! - Over loopback (real sockets, real clock, the real relay server):
+//!   `cargo run -p p2pmodel-tests --release --bin conn-timing -- --loopback --pairs 200`
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +14,22 @@ use bevy_p2pmodel::sim::PathEnd;
 use clap::Parser;
 use p2pmodel_tests::{NatKind, PairSetup, World, run_pair, setup_pair};
 
-/// Print connection-timing distributions from the simulator.
+/// Print connection-timing distributions from the simulator, or over loopback.
 #[derive(Parser, Debug)]
 #[command(about)]
 struct Args {
-    /// Seeds per class pair / per scenario.
+    /// Seeds per class pair / per scenario (simulator).
     #[arg(long, default_value_t = 50)]
     seeds: u64,
+    /// Run real meshes on loopback sockets against the real relay instead of the simulator.
+    #[arg(long)]
+    loopback: bool,
+    /// Pairs to measure (loopback).
+    #[arg(long, default_value_t = 200)]
+    pairs: usize,
+    /// Pairs in flight at once, all driven by one thread (loopback).
+    #[arg(long, default_value_t = 10)]
+    concurrent: usize,
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -45,6 +57,17 @@ fn row(name: &str, v: &mut [Duration], unit: Duration, unit_name: &str) {
 
 fn main() {
     let args = Args::parse();
+    if args.loopback {
+        if let Err(e) = loopback::run(args.pairs, args.concurrent.max(1)) {
+            eprintln!("loopback run failed: {e}");
+            std::process::exit(1);
+        }
+    } else {
+        simulator(&args);
+    }
+}
+
+fn simulator(args: &Args) {
     let started = Instant::now();
     let world = World::new(0);
     let (relay_rtt, peer_rtt) = (world.relay_rtt(), world.peer_rtt());
@@ -126,4 +149,320 @@ fn main() {
     );
     row("direct path blocked → sending on the relay (failover)", &mut failover, relay_rtt, "relay RTT");
     row("public address change → both ends direct again (re-punch)", &mut repunch, peer_rtt, "peer RTT");
+}
+
+/// The loopback mode: real sockets, the real clock, the real relay server.
+mod loopback {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use bevy_p2pmodel::link::{LinkEvent, Path};
+    use bevy_p2pmodel::proto::peer::LinkId;
+    use p2pmodel_tests::loopback::{LoopPair, LoopRelay, Pinger, idle, is_direct, is_relayed, quantile};
+
+    /// Both sides stream one reliable message this often while they stream.
+    const STREAM: Duration = Duration::from_millis(10);
+    /// Let a fresh direct path carry the stream this long before breaking it.
+    const SETTLE: Duration = Duration::from_millis(300);
+    /// Give up on a stage after this long (the figure is then missing from its row).
+    const STAGE_LIMIT: Duration = Duration::from_secs(3);
+    /// One raw ping sample (relay and direct) this often, all through the run.
+    const PING_EVERY: Duration = Duration::from_millis(20);
+
+    /// What one pair measured.
+    #[derive(Debug, Default)]
+    struct Times {
+        held_first: Option<Duration>,
+        first: Option<Duration>,
+        first_path_relayed: Option<bool>,
+        direct: Option<Duration>,
+        srtt: Option<Duration>,
+        failover_a: Option<Duration>,
+        failover_b: Option<Duration>,
+        failover_flow: Option<Duration>,
+        repunch: Option<Duration>,
+        repunch_flow: Option<Duration>,
+        a_left_direct: bool,
+        stream_ok: bool,
+    }
+
+    enum Stage {
+        /// Link 1, direct path blocked: only the relay can carry the first message.
+        Held,
+        /// Link 2, nothing blocked: first message and direct path.
+        Natural,
+        /// Streaming on the direct path; then the direct path is blocked.
+        SettleBeforeBlock(Instant),
+        /// Direct path blocked at this instant; `sent` = A's messages sent before it.
+        Blocked(Instant, u32),
+        /// Direct path open again: wait for both ends to be direct.
+        Restore,
+        /// B streams too; then A moves to a new port.
+        SettleBeforeRebind(Instant),
+        /// A moved to `addr` at this instant; `sent` = B's messages sent before it.
+        Rebound(Instant, SocketAddr, u32),
+        Done,
+    }
+
+    struct Runner {
+        pair: LoopPair,
+        links: (LinkId, LinkId),
+        stage: Stage,
+        since: Instant,
+        t: Times,
+    }
+
+    impl Runner {
+        fn new(relay: &LoopRelay, i: u32) -> io::Result<Runner> {
+            let mut pair = LoopPair::new(relay)?;
+            let links = (LinkId(2 * i + 1), LinkId(2 * i + 2));
+            pair.a_every = Some(STREAM);
+            pair.block_direct(true);
+            pair.introduce(relay, links.0);
+            let since = pair.intro;
+            Ok(Runner { pair, links, stage: Stage::Held, since, t: Times::default() })
+        }
+
+        fn next(&mut self, stage: Stage) {
+            self.stage = stage;
+            self.since = Instant::now();
+        }
+
+        /// One driver turn, then move on when this stage's condition holds.
+        fn step(&mut self, relay: &LoopRelay) -> bool {
+            let busy = self.pair.step();
+            let now = Instant::now();
+            let timed_out = now - self.since > STAGE_LIMIT;
+            let p = &mut self.pair;
+            let mut next_stage = None;
+            let link = p.link;
+            match self.stage {
+                Stage::Held => {
+                    if let Some(a) = p.b.first_arrival(link, p.intro) {
+                        self.t.held_first = Some(a.at - p.intro);
+                    }
+                    if self.t.held_first.is_some() || timed_out {
+                        p.close();
+                        p.block_direct(false);
+                        p.introduce(relay, self.links.1);
+                        next_stage = Some(Stage::Natural);
+                    }
+                }
+                Stage::Natural => {
+                    let intro = p.intro;
+                    let first = p.b.first_arrival(link, intro);
+                    let direct = [&p.a, &p.b].map(|x| x.event_time(link, intro, is_direct));
+                    if let (Some(f), [Some(da), Some(db)]) = (first, direct) {
+                        self.t.first = Some(f.at - intro);
+                        self.t.direct = Some(da.max(db) - intro);
+                        let first_path = p.a.links[&link].events.iter().find_map(|(_, e)| match e {
+                            LinkEvent::Path(path) if *path != Path::None => Some(is_relayed(e)),
+                            _ => None,
+                        });
+                        self.t.first_path_relayed = first_path;
+                        next_stage = Some(Stage::SettleBeforeBlock(now + SETTLE));
+                    } else if timed_out {
+                        self.t.first = first.map(|f| f.at - intro);
+                        next_stage = Some(Stage::Done);
+                    }
+                }
+                Stage::SettleBeforeBlock(until) if now >= until => {
+                    self.t.srtt = p.a.mesh.link(link).and_then(|l| l.rtt());
+                    p.block_direct(true);
+                    let sent = p.a.links[&link].sent;
+                    next_stage = Some(Stage::Blocked(Instant::now(), sent));
+                }
+                Stage::Blocked(at, sent) => {
+                    let fa = p.a.event_time(link, at, is_relayed);
+                    let fb = p.b.event_time(link, at, is_relayed);
+                    let flow =
+                        p.b.links[&link].received.iter().find(|r| r.at >= at && r.seq >= sent).map(|r| r.at);
+                    if (fa.is_some() && fb.is_some() && flow.is_some()) || timed_out {
+                        self.t.failover_a = fa.map(|t| t - at);
+                        self.t.failover_b = fb.map(|t| t - at);
+                        self.t.failover_flow = flow.map(|t| t - at);
+                        p.block_direct(false);
+                        next_stage = Some(Stage::Restore);
+                    }
+                }
+                Stage::Restore => {
+                    let both = [&p.a, &p.b].iter().all(|x| matches!(x.path(link), Path::Direct { .. }));
+                    if both {
+                        p.b_every = Some(STREAM);
+                        next_stage = Some(Stage::SettleBeforeRebind(now + SETTLE));
+                    } else if timed_out {
+                        next_stage = Some(Stage::Done);
+                    }
+                }
+                Stage::SettleBeforeRebind(until) if now >= until => match p.a.rebind() {
+                    Ok(addr) => {
+                        let sent = p.b.links[&link].sent;
+                        next_stage = Some(Stage::Rebound(Instant::now(), addr, sent));
+                    }
+                    Err(_) => next_stage = Some(Stage::Done),
+                },
+                Stage::Rebound(at, addr, sent) => {
+                    let b_new =
+                        p.b.event_time(link, at, |e| *e == LinkEvent::Path(Path::Direct { remote: addr }));
+                    let a_direct = matches!(p.a.path(link), Path::Direct { .. });
+                    let flow =
+                        p.a.links[&link].received.iter().find(|r| r.at >= at && r.seq >= sent).map(|r| r.at);
+                    if (b_new.is_some() && a_direct && flow.is_some()) || timed_out {
+                        self.t.repunch = b_new.filter(|_| a_direct).map(|t| t - at);
+                        self.t.repunch_flow = flow.map(|t| t - at);
+                        self.t.a_left_direct = p.a.event_time(link, at, is_relayed).is_some();
+                        next_stage = Some(Stage::Done);
+                    }
+                }
+                Stage::SettleBeforeBlock(_) | Stage::SettleBeforeRebind(_) | Stage::Done => {}
+            }
+            if let Some(stage) = next_stage {
+                self.next(stage);
+            }
+            if matches!(self.stage, Stage::Done) {
+                let ok = |s: Vec<u32>| s.iter().enumerate().all(|(i, q)| *q == i as u32) && !s.is_empty();
+                self.t.stream_ok = ok(self.pair.b.received_seqs(link)) && ok(self.pair.a.received_seqs(link));
+            }
+            busy
+        }
+    }
+
+    fn row(name: &str, v: &mut [Duration], unit: Duration, unit_name: &str) {
+        if v.is_empty() {
+            println!("| {name} | 0 | — | — | — | — | did not happen within {} s |", STAGE_LIMIT.as_secs());
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (p50, p90, p99, max) = (quantile(v, 0.5), quantile(v, 0.9), quantile(v, 0.99), quantile(v, 1.0));
+        let r = |d: Duration| d.as_secs_f64() / unit.as_secs_f64();
+        println!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} {unit_name} |",
+            v.len(),
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max),
+            r(p50),
+            r(p99)
+        );
+    }
+
+    /// Measure `pairs` pairs, `concurrent` at a time, and print the table.
+    pub fn run(pairs: usize, concurrent: usize) -> io::Result<()> {
+        let started = Instant::now();
+        let relay = LoopRelay::start()?;
+        let mut relay_ping = Pinger::via_relay(&relay, LinkId(u32::MAX), PING_EVERY)?;
+        let mut direct_ping = Pinger::direct(PING_EVERY)?;
+        let mut active: Vec<Runner> = Vec::new();
+        let mut done: Vec<Times> = Vec::new();
+        let mut next = 0u32;
+        while done.len() < pairs {
+            while active.len() < concurrent && (next as usize) < pairs {
+                active.push(Runner::new(&relay, next)?);
+                next += 1;
+            }
+            let mut busy = relay_ping.step() | direct_ping.step();
+            for r in active.iter_mut() {
+                busy |= r.step(&relay);
+            }
+            let before = active.len();
+            let mut i = 0;
+            while i < active.len() {
+                if matches!(active[i].stage, Stage::Done) {
+                    done.push(std::mem::take(&mut active.swap_remove(i).t));
+                } else {
+                    i += 1;
+                }
+            }
+            if active.len() != before {
+                eprint!("\rloopback: {}/{pairs} pairs done   ", done.len());
+            }
+            if !busy {
+                let t = active
+                    .iter()
+                    .filter_map(|r| r.pair.poll_timeout())
+                    .chain(relay_ping.poll_timeout())
+                    .chain(direct_ping.poll_timeout())
+                    .min();
+                idle(t);
+            }
+        }
+        eprintln!(
+            "\rdone in {:.1} s; relay forwarded {} datagrams        ",
+            started.elapsed().as_secs_f64(),
+            relay.forwarded()
+        );
+
+        let col =
+            |f: fn(&Times) -> Option<Duration>| -> Vec<Duration> { done.iter().filter_map(f).collect() };
+        let mut relay_rtt = relay_ping.samples.clone();
+        let mut direct_rtt = direct_ping.samples.clone();
+        let mut srtt = col(|t| t.srtt);
+        let (relay_unit, direct_unit) = (quantile(&mut relay_rtt, 0.5), quantile(&mut direct_rtt, 0.5));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "Loopback, {pairs} pairs ({concurrent} at a time, one driver thread polling every {} µs), \
+             the real relay server on 127.0.0.1.",
+            p2pmodel_tests::loopback::POLL.as_micros()
+        );
+        println!(
+            "Round trips this driver sees (raw UDP ping, {} + {} samples through the run): \
+             relay p50 {:.0} µs / p90 {:.0} µs, direct p50 {:.0} µs / p90 {:.0} µs; \
+             the link's own RTT estimate on the direct path p50 {:.0} µs.\n",
+            relay_rtt.len(),
+            direct_rtt.len(),
+            us(relay_unit),
+            us(quantile(&mut relay_rtt, 0.9)),
+            us(direct_unit),
+            us(quantile(&mut direct_rtt, 0.9)),
+            us(quantile(&mut srtt, 0.5)),
+        );
+        println!("| measure | n | p50 ms | p90 ms | p99 ms | max ms | p50 / p99 in RTTs |");
+        println!("|---|---|---|---|---|---|---|");
+        let (rn, dn) = ("relay RTT", "direct RTT");
+        row(
+            "introduction → first message, direct held back (relay only)",
+            &mut col(|t| t.held_first),
+            relay_unit,
+            rn,
+        );
+        row("introduction → first message (nothing held back)", &mut col(|t| t.first), relay_unit, rn);
+        row("introduction → direct (both ends)", &mut col(|t| t.direct), direct_unit, dn);
+        row(
+            "direct path blocked → sender (A) on the relay (failover)",
+            &mut col(|t| t.failover_a),
+            relay_unit,
+            rn,
+        );
+        row("direct path blocked → receiver (B) on the relay", &mut col(|t| t.failover_b), relay_unit, rn);
+        row(
+            "direct path blocked → next new message delivered",
+            &mut col(|t| t.failover_flow),
+            relay_unit,
+            rn,
+        );
+        row(
+            "A moves to a new port → B direct to it, A direct (re-punch)",
+            &mut col(|t| t.repunch),
+            direct_unit,
+            dn,
+        );
+        row(
+            "A moves to a new port → next new message from B delivered",
+            &mut col(|t| t.repunch_flow),
+            direct_unit,
+            dn,
+        );
+        let relayed_first = done.iter().filter(|t| t.first_path_relayed == Some(true)).count();
+        let known = done.iter().filter(|t| t.first_path_relayed.is_some()).count();
+        let left = done.iter().filter(|t| t.a_left_direct).count();
+        let ok = done.iter().filter(|t| t.stream_ok).count();
+        println!(
+            "\nWith nothing held back, the sender's first path was the relay in {relayed_first} of {known} pairs \
+             (else the direct path was validated first). After the port change, A fell back to the relay in \
+             {left} of {pairs} pairs. Both streams complete, in order, without duplicates: {ok} of {pairs} pairs."
+        );
+        Ok(())
+    }
 }
