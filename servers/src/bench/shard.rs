@@ -218,6 +218,8 @@ pub struct PhaseResult {
     pub machine_busy: Option<f64>,
     /// Largest RSS of the process (shard + load generator) sampled in the window, MiB.
     pub rss_peak_mib: f64,
+    /// Clients connected through each of the Agent's netcode sockets (by socket address).
+    pub agent_sockets: Vec<(String, u32)>,
     /// UDP datagrams the kernel dropped for a full receive buffer in the window
     /// (`RcvbufErrors`, machine-wide: this process and anything else on the box).
     pub udp_rcvbuf_drops: u64,
@@ -1121,6 +1123,13 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         }),
         rss_peak_mib: rss_peak,
         udp_rcvbuf_drops: udp_rcvbuf_errors().saturating_sub(drops0),
+        agent_sockets: {
+            let mut m = std::collections::BTreeMap::new();
+            for c in g.clients.iter().filter(|c| c.nc.is_connected()) {
+                *m.entry(c.nc.server_addr().to_string()).or_insert(0u32) += 1;
+            }
+            m.into_iter().collect()
+        },
         ..PhaseResult::default()
     };
     r.egress_bps = r.agent_out_bps + r.relay_out_bps;
@@ -1202,6 +1211,10 @@ fn print_phase(r: &PhaseResult, json: bool) {
         r.machine_busy.map_or("n/a".into(), |b| format!("{:.0}%", b * 100.0)),
         r.rss_peak_mib,
         r.udp_rcvbuf_drops
+    );
+    println!(
+        "  agent sockets (clients connected through each): {}",
+        r.agent_sockets.iter().map(|(a, n)| format!("{a} {n}")).collect::<Vec<_>>().join(", ")
     );
     if json && let Ok(s) = serde_json::to_string(r) {
         println!("json: {s}");
