@@ -100,10 +100,24 @@ pub struct MeshConfig {
     /// Re-learn the public address from the STUN server this often, to notice a new NAT
     /// mapping (a NAT reboot or a network switch) even on an idle mesh.
     pub stun_refresh_interval: Duration,
+    /// Retransmissions of each NAT discovery test. Default 100 ms doubling, 4 transmissions,
+    /// then 8 RTOs: a test gives up after 1.5 s. A filtering NAT makes silence the expected
+    /// answer to two tests, so this bounds discovery; the client waits for the report before
+    /// it enters a zone (its NAT hint decides port prediction and birthday punching), and
+    /// `netcheck`'s 5.75 s would make every player wait that long behind a filtering NAT.
+    pub nat_retransmit: crate::stun::RetransmitConfig,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { link: LinkConfig::default(), stun_refresh_interval: Duration::from_secs(20) }
+        Self {
+            link: LinkConfig::default(),
+            stun_refresh_interval: Duration::from_secs(20),
+            nat_retransmit: crate::stun::RetransmitConfig {
+                rto: Duration::from_millis(100),
+                max_transmits: 4,
+                final_wait_rtos: 8,
+            },
+        }
     }
 }

@@ -610,6 +610,9 @@ impl ClientCore {
             match ev {
                 MeshEvent::Nat(report) => {
                     self.events.push_back(ClientEvent::Nat(Box::new(report)));
+                    // Discovery outlived `nat_timeout`: the shard got "unknown"; correct it so
+                    // later introductions carry the right hint.
+                    self.mesh_info_sent = false;
                     self.send_mesh_info();
                     self.flush_zone_request(now);
                 }

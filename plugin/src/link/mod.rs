@@ -428,9 +428,14 @@ impl Link {
         self.state == State::Lost
     }
 
-    /// Smoothed round-trip time to the peer on the current path, if measured.
+    /// Smoothed round-trip time to the peer on the current path: from probe and keepalive
+    /// answers, or — on a busy path that needs neither — renet's estimate from its acks
+    /// (which includes the peer's ack delay, ≤ `ack_delay`).
     pub fn rtt(&self) -> Option<Duration> {
-        self.srtt
+        self.srtt.or_else(|| {
+            let r = self.renet.rtt();
+            (r.is_finite() && r > 0.0).then(|| Duration::from_secs_f64(r))
+        })
     }
 
     /// Fraction of our datagrams the peer did not acknowledge (renet's estimate over its

@@ -154,7 +154,8 @@ impl Mesh {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let local = self.local.iter().find(|c| c.kind == CandidateKind::Host).map(|c| c.addr);
         let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let discovery = NatDiscovery::new(now, server, None, local, NatDiscoveryConfig::default(), &mut rng);
+        let cfg = NatDiscoveryConfig { retransmit: self.cfg.nat_retransmit, ..NatDiscoveryConfig::default() };
+        let discovery = NatDiscovery::new(now, server, None, local, cfg, &mut rng);
         self.stun = Some(StunAgent {
             server,
             discovery: Some(discovery),
