@@ -731,7 +731,7 @@ fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places
     let mut p = Procs { lobby: Some(lobby), agent, games };
     let wait = Duration::from_secs(5);
     let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
-    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| cs[0].player.is_some()));
+    assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| cs[0].renet.is_connected()));
     join_zone(&mut ana);
     assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| !cs[0].entered.is_empty()));
     let ana_id = ana.player;
@@ -762,10 +762,11 @@ fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places
     );
     assert_eq!(ana.player, ana_id, "same player after the resync");
     assert_eq!(ana.entered.len(), 1, "ana kept playing: no re-entry");
+    assert_eq!(ana.welcomes, 1, "one Welcome per Login, none from the new Lobby's resync");
 
     // A new client enters through the new Lobby, lands with ana and is introduced to her.
     let mut bob = Client::connect("bob", request_token(login_addr, "bob").unwrap());
-    assert!(run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| cs[1].player.is_some()));
+    assert!(run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| cs[1].renet.is_connected()));
     join_zone(&mut bob);
     let entered = run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| {
         !cs[1].entered.is_empty() && cs[0].link_to("bob").is_some() && cs[1].link_to("ana").is_some()

@@ -213,8 +213,7 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                     client,
                     LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), party: None, mesh: None },
                 );
-                let msg = ShardMessage::Welcome { player, stun: lobby.stun };
-                bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                // `Welcome` answers the client's `Login` (below), once per login: not here too.
             }
             InternalMessage::ClientLeft { client } => {
                 if let Some(c) = lobby.clients.remove(&client) {
