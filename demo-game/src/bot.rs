@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bevy::app::AppExit;
 use bevy::prelude::*;
 use bevy::state::app::StatesPlugin;
-use bevy_p2pmodel::plugins::{NatDiscovered, P2pClient, PeerPathChanged, ShardEvent, ShardLink};
+use bevy_p2pmodel::plugins::{NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -131,9 +131,16 @@ fn report_events(
     mut shard: MessageReader<ShardEvent>,
     mut nat: MessageReader<NatDiscovered>,
     mut paths: MessageReader<PeerPathChanged>,
+    mut introduced: MessageReader<PeerConnected>,
     mut first: MessageReader<FirstMessage>,
+    settings: Res<NetSettings>,
 ) {
     let now = Instant::now();
+    // With P2P off the plugin reports no path changes: the one path, `server`, is set at
+    // the introduction.
+    for c in introduced.read().filter(|_| !settings.p2p) {
+        emit(&rep, Event::Path { peer: c.player.0, path: "server".into(), remote: None, since_intro_ms: 0 });
+    }
     for ev in shard.read() {
         if let ShardEvent::Welcome { player } = ev {
             emit(&rep, Event::Connected { client: player.0, t_ms: clock.ms(now) });

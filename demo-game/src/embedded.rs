@@ -31,7 +31,9 @@ fn free_udp_port() -> std::io::Result<u16> {
 
 /// The embedded shard's configuration: loopback only, one zone, one Game server, default
 /// movement and interest rules, a fresh random secret, no metrics endpoint, characters in
-/// memory.
+/// memory. The per-client message budget is 600/s instead of 120: with `--p2p off` every
+/// peer message goes through the shard (a client with 4 peers sends 20 moves + 4 × 30 peer
+/// messages a second), and the Agent drops what exceeds the budget.
 pub fn config() -> Result<ShardConfig, String> {
     let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let (login, alternate) = (free_udp_port(), free_udp_port());
@@ -42,7 +44,7 @@ pub fn config() -> Result<ShardConfig, String> {
     ShardConfig::parse(&format!(
         "[shard]\nname = \"demo-local\"\nsecret = \"{secret}\"\nbind = \"127.0.0.1\"\nmetrics = \"\"\n\
          [relay]\nport = 0\nalternate_port = {alternate}\nstats_log_interval_secs = 0\n\
-         [agent]\nport = 0\nlogin_port = {login}\n\
+         [agent]\nport = 0\nlogin_port = {login}\nmax_messages_per_sec = 600\n\
          [lobby]\nzones = 1\n\
          [game]\nservers_per_zone = 1\n"
     ))

@@ -50,6 +50,9 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     init_logging();
+    if matches!(settings.mode, Mode::Window { .. }) {
+        install_display_panic_hook();
+    }
     let login = match settings.shard {
         ShardChoice::Remote(addr) => addr,
         ShardChoice::Embedded => match embedded::start() {
@@ -74,6 +77,27 @@ fn init_logging() {
         filter: "info,wgpu=error,naga=warn,bevy_render=warn,bevy_winit=warn,offset_allocator=warn".into(),
         ..Default::default()
     });
+}
+
+/// winit panics when it cannot reach the display after all (the check above passed): say so
+/// and exit 2 instead of printing a panic.
+fn install_display_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or_default();
+        let lower = msg.to_lowercase();
+        if ["event loop", "display", "x11", "xlib", "winit", "no suitable adapter"]
+            .iter()
+            .any(|k| lower.contains(k))
+        {
+            eprintln!(
+                "p2pmodel-demo: cannot open the game window: {msg}\n\
+                 Run under an X server (e.g. `xvfb-run -a p2pmodel-demo ...`) or use `--headless --bot`."
+            );
+            std::process::exit(i32::from(EXIT_USAGE));
+        }
+        default_hook(info);
+    }));
 }
 
 fn net_settings(s: &Settings, login: SocketAddr, name: String) -> NetSettings {

@@ -85,8 +85,8 @@ fn two_bots_on_the_embedded_shard_connect_meet_and_lose_nothing() {
             .iter()
             .find(|p| p["peer"] == other)
             .unwrap_or_else(|| panic!("{bot}'s stats list {other}\n{ctx}"));
-        assert!(peer["received"].as_u64().unwrap() > 50, "{bot} received from {other}: {peer}\n{ctx}");
-        assert!(peer["sent"].as_u64().unwrap() > 50, "{peer}");
+        assert!(peer["received"].as_u64().unwrap() > 20, "{bot} received from {other}: {peer}\n{ctx}");
+        assert!(peer["sent"].as_u64().unwrap() > 20, "{peer}");
         assert_eq!((peer["gaps"].as_u64(), peer["dups"].as_u64()), (Some(0), Some(0)), "{bot}: {peer}\n{ctx}");
         assert!(last["p2p_bytes_in"].as_u64().unwrap() > 0 && last["server_bytes_in"].as_u64().unwrap() > 0);
         let exit = ls.last().unwrap();

@@ -13,6 +13,7 @@ pub mod ui;
 pub mod world;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use bevy::dev_tools::fps_overlay::{FpsOverlayConfig, FpsOverlayPlugin, FrameTimeGraphConfig};
 use bevy::log::LogPlugin;
@@ -109,14 +110,32 @@ pub fn run(settings: NetSettings, options: GameOptions) -> GameEnd {
             app.add_systems(Update, exit_when_done.after(NetSystems));
         }
     }
+    // `App::run` hands the App to the winit runner: what went wrong comes back through here.
+    let report = GameReport::default();
+    app.insert_resource(report.clone()).add_systems(Last, keep_report);
     let exit = app.run();
-    let failure = app.world().get_resource::<NetFailure>().and_then(|f| f.0.clone());
-    let shot = app.world().get_resource::<shot::ShotResult>().and_then(|r| r.0.clone());
-    match (exit, failure, shot) {
-        (_, Some(why), _) => GameEnd::Failed(why),
-        (_, None, Some(Err(why))) => GameEnd::Failed(why),
-        (AppExit::Success, None, _) => GameEnd::Ok,
-        (AppExit::Error(code), None, _) => GameEnd::Failed(format!("the game ended with error {code}")),
+    let failure = report.0.lock().ok().and_then(|r| r.clone());
+    match (exit, failure) {
+        (_, Some(why)) => GameEnd::Failed(why),
+        (AppExit::Success, None) => GameEnd::Ok,
+        (AppExit::Error(code), None) => GameEnd::Failed(format!("the game ended with error {code}")),
+    }
+}
+
+/// Why the window's run failed, shared with [`run`].
+#[derive(Resource, Clone, Default)]
+struct GameReport(Arc<Mutex<Option<String>>>);
+
+fn keep_report(report: Res<GameReport>, failure: Res<NetFailure>, shot: Option<Res<shot::ShotResult>>) {
+    let why = failure.0.clone().or_else(|| match shot.as_deref().and_then(|s| s.0.clone()) {
+        Some(Err(e)) => Some(format!("screenshot check failed: {e}")),
+        _ => None,
+    });
+    if let Some(why) = why
+        && let Ok(mut r) = report.0.lock()
+        && r.is_none()
+    {
+        *r = Some(why);
     }
 }
 

@@ -7,7 +7,11 @@ use bevy::input::ButtonState;
 use bevy::input::keyboard::{Key, KeyboardInput};
 use bevy::prelude::*;
 use bevy_p2pmodel::client::PeerPath as Route;
-use bevy_p2pmodel::plugins::{LocalNat, P2pClient, ShardLink, ShardRequest};
+use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
+use bevy_p2pmodel::plugins::diagnostics::{
+    BYTES_IN_PER_S, BYTES_OUT_PER_S, SERVER_BYTES_IN_PER_S, SERVER_BYTES_OUT_PER_S,
+};
+use bevy_p2pmodel::plugins::{LocalNat, P2pClient, ShardRequest};
 
 use super::world::path_color;
 use crate::net::{ChatLog, MAX_SPEED, Me, NetSettings, NetSystems, Remotes};
@@ -26,9 +30,8 @@ pub struct UiPlugin;
 impl Plugin for UiPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<ChatInput>()
-            .init_resource::<Rates>()
             .add_systems(Startup, setup)
-            .add_systems(Update, (chat_keys.before(NetSystems), measure_rates, net_panel, chat_panel).chain());
+            .add_systems(Update, (chat_keys.before(NetSystems), net_panel, chat_panel).chain());
     }
 }
 
@@ -141,32 +144,6 @@ fn chat_keys(
     }
 }
 
-/// Bytes per second, measured once a second from the byte totals.
-#[derive(Resource, Default)]
-struct Rates {
-    last: Option<(Instant, [u64; 4])>,
-    /// server in, server out, P2P in, P2P out (bytes/s).
-    per_sec: [f64; 4],
-}
-
-fn measure_rates(mut rates: ResMut<Rates>, client: Res<P2pClient>, link: Option<Res<ShardLink>>) {
-    let now = Instant::now();
-    let mesh = client.totals().mesh;
-    let (sin, sout) = link.map_or((0, 0), |l| (l.bytes_in(), l.bytes_out()));
-    let totals = [sin, sout, mesh.bytes_received, mesh.bytes_sent];
-    match rates.last {
-        Some((t, prev)) if now - t >= Duration::from_secs(1) => {
-            let dt = (now - t).as_secs_f64();
-            for i in 0..4 {
-                rates.per_sec[i] = totals[i].saturating_sub(prev[i]) as f64 / dt;
-            }
-            rates.last = Some((now, totals));
-        }
-        Some(_) => {}
-        None => rates.last = Some((now, totals)),
-    }
-}
-
 fn human_rate(b: f64) -> String {
     if b >= 1e6 {
         format!("{:.1} MB/s", b / 1e6)
@@ -185,7 +162,7 @@ fn net_panel(
     remotes: Res<Remotes>,
     nat: Res<LocalNat>,
     client: Res<P2pClient>,
-    rates: Res<Rates>,
+    diagnostics: Res<DiagnosticsStore>,
     settings: Res<NetSettings>,
     mut last: Local<Option<Instant>>,
 ) {
@@ -219,7 +196,9 @@ fn net_panel(
         let name: String = r.name.chars().take(14).collect();
         spans.push((format!("  {name:<14} {:<10} {rtt}\n", r.path.as_str()), path_color(r.path)));
     }
-    let [sin, sout, pin, pout] = rates.per_sec;
+    let rate = |p: &DiagnosticPath| diagnostics.get(p).and_then(|d| d.smoothed()).unwrap_or(0.0);
+    let [sin, sout, pin, pout] =
+        [&SERVER_BYTES_IN_PER_S, &SERVER_BYTES_OUT_PER_S, &BYTES_IN_PER_S, &BYTES_OUT_PER_S].map(rate);
     spans.push((format!("server  in {}  out {}\n", human_rate(sin), human_rate(sout)), TEXT));
     spans.push((format!("p2p     in {}  out {}", human_rate(pin), human_rate(pout)), TEXT));
     commands.entity(panel).despawn_related::<Children>().insert(Text::new("NETWORK")).with_children(|t| {
