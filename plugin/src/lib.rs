@@ -17,6 +17,8 @@
 //! - [`relay`]: the relay's token check and forwarding logic (sans-IO).
 //! - [`client`]: the game client's core (mesh + shard protocol), sans-IO.
 //! - [`sim`]: a deterministic network simulator with RFC 4787 NAT models.
+//! - [`plugins`]: the Bevy plugins (mesh, shard client, diagnostics) that drive the core;
+//!   [`prelude`] has what a game needs.
 
 pub mod client;
 pub mod config;
@@ -25,7 +27,23 @@ pub mod endpoint;
 pub mod link;
 pub mod mesh;
 pub mod nat;
+pub mod plugins;
 pub mod proto;
 pub mod relay;
 pub mod sim;
 pub mod stun;
+
+/// What a game needs: the plugins, their sets, messages, components and resources, and the
+/// core types they carry.
+pub mod prelude {
+    pub use crate::client::{Channel, ClientConfig, PeerPath as PathKind};
+    pub use crate::nat::NatReport;
+    pub use crate::plugins::diagnostics as p2p_diagnostics;
+    pub use crate::plugins::{
+        LocalNat, LocalPlayer, MeshIo, MeshSocket, NatDiscovered, P2pClient, P2pDecodeError,
+        P2pDiagnosticsPlugin, P2pMeshPlugin, P2pReceive, P2pReceived, P2pSend, P2pSender, Peer,
+        PeerConnected, PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats, SendError,
+        ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport, UdpMeshIo,
+    };
+    pub use crate::proto::shard::{NpcState, PlayerId};
+}

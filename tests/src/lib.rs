@@ -20,6 +20,7 @@ use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint, Transmit};
 use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, LinkEvent, LinkParams, NatHint, Path, RelayParams};
 use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
 use bevy_p2pmodel::nat::{NatClass, NatReport};
+use bevy_p2pmodel::plugins::sim::SimShard;
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::proto::{DatagramClass, classify};
 use bevy_p2pmodel::relay::{Relay, RelayConfig, RelayEndpoint, TokenKeys, mint};
@@ -586,4 +587,57 @@ pub fn run_pair(seed: u64, a: NatKind, b: NatKind, secs: u64) -> (World, HostId,
     w.client_mut(ha).set_stream(Some(Duration::from_millis(50)));
     w.run(Duration::from_secs(secs));
     (w, ha, hb, link)
+}
+
+// ----- plugin tests: the World as the network under Bevy apps --------------------------------
+
+impl AsRef<Sim> for World {
+    fn as_ref(&self) -> &Sim {
+        &self.sim
+    }
+}
+
+impl AsMut<Sim> for World {
+    fn as_mut(&mut self) -> &mut Sim {
+        &mut self.sim
+    }
+}
+
+impl World {
+    /// The relay's token keys (an in-memory shard mints with them).
+    pub fn token_keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// The clock anchor the relay runs on (give it to simulated clients too).
+    pub fn clock(&self) -> ClockAnchor {
+        self.clock
+    }
+
+    /// The host config of the next client on `site`, for a host the caller adds itself
+    /// (a Bevy app's simulated mesh socket).
+    pub fn next_host(&mut self, site: &mut Site) -> HostConfig {
+        let ip = match site.nat {
+            Some(_) => Ipv4Addr::new(192, 168, 0, site.next_host),
+            None => site.public_ip,
+        };
+        site.next_host += 1;
+        match site.nat {
+            Some(nat) => HostConfig::behind(nat, ip),
+            None => HostConfig::public(ip),
+        }
+        .uplink(home_uplink())
+    }
+
+    /// An in-memory shard ([`SimShard`]) that sends clients to this world's punch server
+    /// for STUN and relaying, with relay tokens valid for an hour.
+    pub fn plugin_shard(&mut self) -> SimShard {
+        let expiry = (self.clock.unix_secs_at(self.sim.now()) + 3600) as u32;
+        SimShard::new(
+            self.punch_addr(),
+            Some((self.punch_addr(), self.keys.clone())),
+            expiry,
+            self.rng.random(),
+        )
+    }
 }

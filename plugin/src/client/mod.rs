@@ -300,6 +300,16 @@ impl ClientCore {
         }
     }
 
+    /// Run NAT discovery against `server` now, without waiting for a shard's `Welcome`
+    /// (mesh-only use, or to have the report ready before login). No-op with P2P off or
+    /// once a report exists.
+    pub fn start_nat_discovery(&mut self, now: Instant, server: SocketAddr) {
+        if self.cfg.p2p && self.mesh.nat_report().is_none() {
+            self.mesh.start_nat_discovery(now, server, self.cfg.seed);
+            self.drain_mesh(now);
+        }
+    }
+
     /// The transport to the shard is up: log in. Call again after a reconnect.
     pub fn connected(&mut self) {
         self.phase = Phase::Connecting;

@@ -1,0 +1,241 @@
+//! The mesh socket behind the plugin: a trait so the real UDP socket and the simulator are
+//! interchangeable, and the real one.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::endpoint::{ClockAnchor, Transmit};
+
+/// What the mesh systems need from a socket and a clock. The real one is [`UdpMeshIo`]; the
+/// simulator's is [`SimMeshIo`](crate::plugins::sim::SimMeshIo).
+pub trait MeshIo: 'static {
+    /// The current time on this socket's clock (`Instant::now()`, or the simulator's).
+    fn now(&self) -> Instant;
+    /// The socket's host addresses (our LAN candidates).
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+    /// The next received datagram: its length in `buf`, the sender, and the local address
+    /// it arrived on. `None` when nothing is waiting.
+    fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr, SocketAddr)>;
+    /// Send one datagram. `t.src = Some(addr)` with a port we have no socket on asks for an
+    /// extra socket on that port (birthday punching). Errors are counted, never returned.
+    fn send(&mut self, t: &Transmit);
+    /// Ties [`MeshIo::now`] to Unix time (relay-token clocks). Default: the system clock.
+    fn clock_anchor(&self) -> ClockAnchor {
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        ClockAnchor { at: self.now(), unix_micros: unix }
+    }
+}
+
+/// The mesh socket the plugin drives: a `NonSend` resource, because the simulator's socket
+/// shares the (single-threaded) simulator. Insert one before adding
+/// [`P2pMeshPlugin`](crate::plugins::P2pMeshPlugin) to replace the real UDP socket.
+pub struct MeshSocket(pub Box<dyn MeshIo>);
+
+/// Most extra sockets [`UdpMeshIo`] opens on request (birthday punching asks for 256).
+pub const MAX_EXTRA_SOCKETS: usize = 300;
+
+/// Counters of a [`UdpMeshIo`], for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpMeshStats {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// `send_to` failures (unreachable, buffer full, …): the datagram is dropped.
+    pub send_errors: u64,
+    /// `recv_from` failures other than "nothing waiting".
+    pub recv_errors: u64,
+    /// Extra sockets that could not be opened (port taken, cap reached).
+    pub extra_socket_failures: u64,
+    /// Extra sockets open now.
+    pub extra_sockets: u64,
+}
+
+/// The real mesh socket: one non-blocking UDP socket, plus extra sockets opened on demand
+/// when the core sends from another port (birthday punching).
+#[derive(Debug)]
+pub struct UdpMeshIo {
+    main: UdpSocket,
+    /// The address we advertise for the main socket (a LAN address, not 0.0.0.0).
+    local: SocketAddr,
+    /// Extra sockets by port, with the address they advertise.
+    extra: BTreeMap<u16, (UdpSocket, SocketAddr)>,
+    /// Where `recv` continues (0 = main, then the extras in port order).
+    cursor: usize,
+    stats: UdpMeshStats,
+}
+
+impl UdpMeshIo {
+    /// Bind the mesh socket (`0.0.0.0:0` picks any port on every interface).
+    pub fn bind(addr: SocketAddr) -> std::io::Result<UdpMeshIo> {
+        let main = UdpSocket::bind(addr)?;
+        main.set_nonblocking(true)?;
+        let bound = main.local_addr()?;
+        let ip = if bound.ip().is_unspecified() { primary_ip(bound.ip()) } else { bound.ip() };
+        Ok(UdpMeshIo {
+            main,
+            local: SocketAddr::new(ip, bound.port()),
+            extra: BTreeMap::new(),
+            cursor: 0,
+            stats: UdpMeshStats::default(),
+        })
+    }
+
+    /// The address the main socket advertises.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UdpMeshStats {
+        UdpMeshStats { extra_sockets: self.extra.len() as u64, ..self.stats }
+    }
+
+    fn socket_for(&mut self, src: Option<SocketAddr>) -> Option<&UdpSocket> {
+        let Some(src) = src else { return Some(&self.main) };
+        if src.port() == self.local.port() {
+            return Some(&self.main);
+        }
+        if !self.extra.contains_key(&src.port()) {
+            if self.extra.len() >= MAX_EXTRA_SOCKETS {
+                self.stats.extra_socket_failures += 1;
+                return None;
+            }
+            let bind_ip = self.main.local_addr().map(|a| a.ip()).unwrap_or(self.local.ip());
+            let socket = UdpSocket::bind(SocketAddr::new(bind_ip, src.port()));
+            match socket.and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+                Ok(s) => {
+                    self.extra.insert(src.port(), (s, SocketAddr::new(self.local.ip(), src.port())));
+                }
+                Err(_) => {
+                    self.stats.extra_socket_failures += 1;
+                    return None;
+                }
+            }
+        }
+        self.extra.get(&src.port()).map(|(s, _)| s)
+    }
+}
+
+/// The address of the interface that routes to the internet, without sending anything
+/// (a UDP `connect` only picks a route); loopback if there is no route.
+fn primary_ip(family: IpAddr) -> IpAddr {
+    let (bind, probe): (SocketAddr, SocketAddr) = match family {
+        IpAddr::V4(_) => ((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(192, 0, 2, 1), 9).into()),
+        IpAddr::V6(_) => {
+            ((Ipv6Addr::UNSPECIFIED, 0).into(), (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into())
+        }
+    };
+    let fallback = match family {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    UdpSocket::bind(bind)
+        .and_then(|s| s.connect(probe).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(fallback)
+}
+
+impl MeshIo for UdpMeshIo {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.local]
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr, SocketAddr)> {
+        let total = 1 + self.extra.len();
+        for _ in 0..total {
+            if self.cursor >= total {
+                self.cursor = 0;
+            }
+            let (socket, local) = if self.cursor == 0 {
+                (&self.main, self.local)
+            } else {
+                let (s, l) = self.extra.values().nth(self.cursor - 1).expect("cursor < total");
+                (s, *l)
+            };
+            // Drain one socket before moving on; a burst on one socket is served in order.
+            match socket.recv_from(buf) {
+                Ok((n, from)) => {
+                    self.stats.received += 1;
+                    return Some((n, from, local));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.cursor += 1,
+                Err(_) => {
+                    // ICMP port unreachable surfaces here on some systems; skip and go on.
+                    self.stats.recv_errors += 1;
+                    self.cursor += 1;
+                }
+            }
+        }
+        self.cursor = 0;
+        None
+    }
+
+    fn send(&mut self, t: &Transmit) {
+        let Some(socket) = self.socket_for(t.src) else { return };
+        match socket.send_to(&t.payload, t.dst) {
+            Ok(_) => self.stats.sent += 1,
+            Err(_) => self.stats.send_errors += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_roundtrip_and_extra_socket_on_demand() {
+        let mut a = UdpMeshIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpMeshIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut buf = [0u8; 2048];
+        assert!(a.recv(&mut buf).is_none(), "nothing waiting");
+        a.send(&Transmit { src: None, dst: b.local_addr(), payload: b"hi".to_vec() });
+        // An extra socket on a free port of a.
+        let free = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        a.send(&Transmit { src: Some(free), dst: b.local_addr(), payload: b"extra".to_vec() });
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            if let Some((n, from, local)) = b.recv(&mut buf) {
+                got.push((buf[..n].to_vec(), from, local));
+            }
+            if got.len() == 2 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().any(|(d, f, _)| d == b"hi" && *f == a.local_addr()));
+        assert!(got.iter().any(|(d, f, _)| d == b"extra" && f.port() == free.port()));
+        assert_eq!(a.stats().extra_sockets, 1);
+        // The answer to the extra socket arrives with that socket as `local`.
+        b.send(&Transmit { src: None, dst: free, payload: b"back".to_vec() });
+        let mut back = None;
+        for _ in 0..1000 {
+            back = a.recv(&mut buf).map(|(n, _, local)| (buf[..n].to_vec(), local));
+            if back.is_some() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(back, Some((b"back".to_vec(), free)));
+    }
+
+    #[test]
+    fn a_taken_port_is_counted_not_fatal() {
+        let mut a = UdpMeshIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t = Transmit { src: Some(taken.local_addr().unwrap()), dst: a.local_addr(), payload: vec![1] };
+        a.send(&t);
+        assert_eq!(a.stats().extra_socket_failures, 1);
+        assert_eq!(a.stats().sent, 0);
+    }
+}

@@ -1,0 +1,339 @@
+//! [`P2pMeshPlugin`]: the mesh socket, the core, peer entities and the P2P messages.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::io::{MeshSocket, UdpMeshIo};
+use super::sender::{P2pDecodeError, decode_message};
+use super::shard::{LocalPlayer, ShardEvent};
+use super::{P2pDiagnosticsPlugin, Step, configure_sets};
+use crate::client::{self, Channel, ClientConfig, ClientCore, ClientEvent};
+use crate::endpoint::Endpoint;
+use crate::nat::NatReport;
+use crate::proto::peer::LinkId;
+use crate::proto::shard::PlayerId;
+
+/// Largest datagram the receive loop reads (bigger ones are truncated and fail to decode).
+const RECV_BUF: usize = 2048;
+/// Most datagrams one frame reads, so a flood cannot stall a frame; the rest wait.
+const MAX_DATAGRAMS_PER_FRAME: usize = 4096;
+
+/// Opens the mesh socket, runs the [`ClientCore`] and publishes peers as entities and Bevy
+/// messages. Adds [`P2pDiagnosticsPlugin`].
+#[derive(Debug, Clone)]
+pub struct P2pMeshPlugin {
+    /// The core's settings (player name, P2P on/off, link timing).
+    pub client: ClientConfig,
+    /// Where the mesh socket binds (default `0.0.0.0:0`: any port).
+    pub bind: SocketAddr,
+    /// Run NAT discovery against this STUN server at startup (with a shard, discovery
+    /// starts at `Welcome` against the shard's server instead).
+    pub stun: Option<SocketAddr>,
+}
+
+impl P2pMeshPlugin {
+    /// A mesh for the named player, bound to any port.
+    pub fn new(name: impl Into<String>) -> Self {
+        P2pMeshPlugin {
+            client: ClientConfig::new(name),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stun: None,
+        }
+    }
+}
+
+impl Default for P2pMeshPlugin {
+    fn default() -> Self {
+        P2pMeshPlugin::new("player")
+    }
+}
+
+/// The client core (mesh + shard protocol); read peers and totals, or call it directly.
+#[derive(Resource, Debug, Deref, DerefMut)]
+pub struct P2pClient(pub ClientCore);
+
+/// Our NAT, once discovery finished.
+#[derive(Resource, Debug, Default, Clone)]
+pub struct LocalNat(pub Option<NatReport>);
+
+/// Peer entities by player id.
+#[derive(Resource, Debug, Default)]
+pub struct PeerIndex(pub HashMap<PlayerId, Entity>);
+
+impl PeerIndex {
+    /// The entity of a peer.
+    pub fn get(&self, player: PlayerId) -> Option<Entity> {
+        self.0.get(&player).copied()
+    }
+}
+
+/// An introduced peer (one entity each, despawned when the shard un-introduces it).
+#[derive(Component, Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's player id.
+    pub player: PlayerId,
+    /// Its name.
+    pub name: String,
+    /// The link the shard assigned.
+    pub link: LinkId,
+}
+
+/// How traffic to a peer travels now.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPath {
+    /// Connecting, relayed, direct, lost or server.
+    pub path: client::PeerPath,
+    /// The peer's address (direct) or the relay's (relayed).
+    pub remote: Option<SocketAddr>,
+    /// Time from the introduction to this path.
+    pub since_intro: Duration,
+}
+
+/// Per-peer measurements, refreshed every frame.
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq)]
+pub struct PeerStats {
+    /// Smoothed RTT on the current mesh path.
+    pub rtt: Option<Duration>,
+    /// Packet loss fraction (0–1). Not measured by the link yet: always 0.
+    pub loss: f32,
+    /// Application bytes sent to the peer (mesh + server routes).
+    pub bytes_sent: u64,
+    /// Application bytes received from the peer (mesh + server routes).
+    pub bytes_received: u64,
+    /// Messages sent over the mesh.
+    pub p2p_messages_sent: u64,
+    /// Messages received over the mesh.
+    pub p2p_messages_received: u64,
+    /// Messages sent through the Game server.
+    pub server_messages_sent: u64,
+    /// Messages received through the Game server.
+    pub server_messages_received: u64,
+}
+
+/// The shard introduced a peer; its entity was spawned.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct PeerConnected {
+    /// The peer's entity.
+    pub entity: Entity,
+    /// The peer.
+    pub player: PlayerId,
+    /// Its name.
+    pub name: String,
+}
+
+/// A peer's path changed (relayed → direct, lost, …).
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct PeerPathChanged {
+    /// The peer's entity.
+    pub entity: Entity,
+    /// The peer.
+    pub player: PlayerId,
+    /// The new path.
+    pub path: client::PeerPath,
+    /// Peer (direct) or relay (relayed) address.
+    pub remote: Option<SocketAddr>,
+    /// Time since the introduction.
+    pub since_intro: Duration,
+}
+
+/// A peer was un-introduced (moved away, left, Game server change); its entity is gone.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct PeerDisconnected {
+    /// The peer.
+    pub player: PlayerId,
+}
+
+/// An application message from a peer.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct P2pReceived {
+    /// The sender.
+    pub player: PlayerId,
+    /// The sender's entity (`Entity::PLACEHOLDER` if it was already despawned).
+    pub entity: Entity,
+    /// The channel it was sent on.
+    pub channel: Channel,
+    /// The bytes (see [`P2pReceived::decode`] for typed messages).
+    pub data: Bytes,
+    /// `true` over the mesh, `false` through the Game server.
+    pub p2p: bool,
+}
+
+impl P2pReceived {
+    /// Decode a message sent with [`P2pSender::send`](crate::plugins::P2pSender::send).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, P2pDecodeError> {
+        decode_message(&self.data)
+    }
+}
+
+/// NAT discovery finished.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct NatDiscovered(pub NatReport);
+
+impl Plugin for P2pMeshPlugin {
+    fn build(&self, app: &mut App) {
+        if !app.world().contains_non_send::<MeshSocket>() {
+            let io = UdpMeshIo::bind(self.bind).unwrap_or_else(|e| {
+                panic!("P2pMeshPlugin: cannot bind the mesh socket on {}: {e}", self.bind)
+            });
+            app.insert_non_send(MeshSocket(Box::new(io)));
+        }
+        let socket = app.world().non_send::<MeshSocket>();
+        let now = socket.0.now();
+        let mut core =
+            ClientCore::new(now, self.client.clone(), socket.0.clock_anchor(), &socket.0.local_addrs());
+        if let Some(stun) = self.stun {
+            core.start_nat_discovery(now, stun);
+        }
+        configure_sets(app);
+        app.insert_resource(P2pClient(core))
+            .init_resource::<LocalNat>()
+            .init_resource::<PeerIndex>()
+            .add_message::<PeerConnected>()
+            .add_message::<PeerPathChanged>()
+            .add_message::<PeerDisconnected>()
+            .add_message::<P2pReceived>()
+            .add_message::<NatDiscovered>()
+            .add_message::<ShardEvent>()
+            .add_systems(PreUpdate, receive_datagrams.in_set(Step::MeshIn))
+            .add_systems(PreUpdate, publish_events.in_set(Step::Events))
+            .add_systems(PreUpdate, update_peer_stats.in_set(Step::After))
+            .add_systems(PostUpdate, send_datagrams.in_set(Step::Out));
+        if !app.is_plugin_added::<P2pDiagnosticsPlugin>() {
+            app.add_plugins(P2pDiagnosticsPlugin);
+        }
+    }
+}
+
+/// Mesh socket → core, then the core's timers.
+fn receive_datagrams(mut socket: NonSendMut<MeshSocket>, mut client: ResMut<P2pClient>) {
+    let mut buf = [0u8; RECV_BUF];
+    for _ in 0..MAX_DATAGRAMS_PER_FRAME {
+        let Some((n, from, local)) = socket.0.recv(&mut buf) else { break };
+        let now = socket.0.now();
+        client.handle_datagram(now, local, from, &buf[..n.min(RECV_BUF)]);
+    }
+    let now = socket.0.now();
+    if client.poll_timeout().is_some_and(|t| t <= now) {
+        client.handle_timeout(now);
+    }
+}
+
+/// Core → mesh socket.
+fn send_datagrams(mut socket: NonSendMut<MeshSocket>, mut client: ResMut<P2pClient>) {
+    while let Some(t) = client.poll_transmit() {
+        socket.0.send(&t);
+    }
+}
+
+/// The writers [`publish_events`] fills.
+#[derive(bevy::ecs::system::SystemParam)]
+struct Out<'w> {
+    connected: MessageWriter<'w, PeerConnected>,
+    path: MessageWriter<'w, PeerPathChanged>,
+    disconnected: MessageWriter<'w, PeerDisconnected>,
+    received: MessageWriter<'w, P2pReceived>,
+    nat: MessageWriter<'w, NatDiscovered>,
+    shard: MessageWriter<'w, ShardEvent>,
+}
+
+/// Core events → Bevy messages, peer entities, [`LocalNat`] and [`LocalPlayer`].
+fn publish_events(
+    mut commands: Commands,
+    mut client: ResMut<P2pClient>,
+    mut index: ResMut<PeerIndex>,
+    mut local_nat: ResMut<LocalNat>,
+    mut local_player: Option<ResMut<LocalPlayer>>,
+    mut paths: Query<&mut PeerPath>,
+    mut out: Out,
+) {
+    while let Some(ev) = client.poll_event() {
+        match ev {
+            ClientEvent::PeerAdded { player, name } => {
+                let Some(info) = client.peer(player) else { continue };
+                let link = info.link;
+                let path = PeerPath { path: info.path, remote: info.remote, since_intro: Duration::ZERO };
+                if let Some(old) = index.0.remove(&player) {
+                    commands.entity(old).despawn();
+                }
+                let entity = commands
+                    .spawn((Peer { player, name: name.clone(), link }, path, PeerStats::default()))
+                    .id();
+                index.0.insert(player, entity);
+                out.connected.write(PeerConnected { entity, player, name });
+            }
+            ClientEvent::PeerPath { player, path, remote, since_intro } => {
+                let Some(entity) = index.get(player) else { continue };
+                let new = PeerPath { path, remote, since_intro };
+                match paths.get_mut(entity) {
+                    Ok(mut p) => *p = new,
+                    // Spawned this frame: the command has not run yet.
+                    Err(_) => {
+                        commands.entity(entity).insert(new);
+                    }
+                }
+                out.path.write(PeerPathChanged { entity, player, path, remote, since_intro });
+            }
+            ClientEvent::PeerRemoved { player } => {
+                if let Some(entity) = index.0.remove(&player) {
+                    commands.entity(entity).despawn();
+                }
+                out.disconnected.write(PeerDisconnected { player });
+            }
+            ClientEvent::Message { player, channel, data, p2p } => {
+                let entity = index.get(player).unwrap_or(Entity::PLACEHOLDER);
+                out.received.write(P2pReceived { player, entity, channel, data, p2p });
+            }
+            ClientEvent::Nat(report) => {
+                local_nat.0 = Some((*report).clone());
+                out.nat.write(NatDiscovered(*report));
+            }
+            ClientEvent::Welcome { player } => {
+                if let Some(lp) = local_player.as_mut() {
+                    lp.player = Some(player);
+                }
+                out.shard.write(ShardEvent::Welcome { player });
+            }
+            ClientEvent::EnteredZone { zone, x, y } => {
+                if let Some(lp) = local_player.as_mut() {
+                    lp.zone = Some(zone);
+                }
+                out.shard.write(ShardEvent::EnteredZone { zone, x, y });
+            }
+            ClientEvent::Chat { from, name, text } => {
+                out.shard.write(ShardEvent::Chat { from, name, text });
+            }
+            ClientEvent::Npcs(npcs) => {
+                out.shard.write(ShardEvent::Npcs(npcs));
+            }
+            ClientEvent::Correction { x, y } => {
+                out.shard.write(ShardEvent::Correction { x, y });
+            }
+            ClientEvent::Refused(reason) => {
+                out.shard.write(ShardEvent::Refused(reason));
+            }
+        }
+    }
+}
+
+/// Refresh every peer's [`PeerStats`] from the core.
+fn update_peer_stats(client: Res<P2pClient>, mut peers: Query<(&Peer, &mut PeerStats)>) {
+    for (peer, mut stats) in &mut peers {
+        let Some(info) = client.peer(peer.player) else { continue };
+        let new = PeerStats {
+            rtt: client.peer_rtt(peer.player),
+            loss: 0.0,
+            bytes_sent: info.sent.p2p_bytes + info.sent.server_bytes,
+            bytes_received: info.received.p2p_bytes + info.received.server_bytes,
+            p2p_messages_sent: info.sent.p2p_messages,
+            p2p_messages_received: info.received.p2p_messages,
+            server_messages_sent: info.sent.server_messages,
+            server_messages_received: info.received.server_messages,
+        };
+        stats.set_if_neq(new);
+    }
+}

@@ -1,0 +1,109 @@
+//! Sending typed application messages to peers: [`P2pSender`], and the one encoding both
+//! ends use (bincode 2 `standard()` with serde).
+
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::*;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::mesh::P2pClient;
+use crate::client::{self, Channel};
+use crate::proto::shard::PlayerId;
+
+/// Why a typed message could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The player is not one of our introduced peers (not near us, or already gone).
+    #[error("player {0:?} is not an introduced peer")]
+    UnknownPeer(PlayerId),
+    /// The encoded message is larger than [`client::MAX_APP_MESSAGE`]; split it.
+    #[error("message of {0} bytes exceeds the {max}-byte limit", max = client::MAX_APP_MESSAGE)]
+    TooLarge(usize),
+    /// The value could not be encoded (a serde type bincode does not support).
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+}
+
+impl From<client::SendError> for SendError {
+    fn from(e: client::SendError) -> Self {
+        match e {
+            client::SendError::UnknownPeer(p) => SendError::UnknownPeer(p),
+            client::SendError::TooLarge(n) => SendError::TooLarge(n),
+        }
+    }
+}
+
+/// Why a received message did not decode as the requested type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode the message as the requested type: {0}")]
+pub struct P2pDecodeError(pub String);
+
+/// Encode a value as [`P2pSender::send`] does (bincode 2 `standard()`, serde).
+pub fn encode_message<T: Serialize>(value: &T) -> Result<Bytes, SendError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map(Bytes::from)
+        .map_err(|e| SendError::Encode(e.to_string()))
+}
+
+/// Decode a value sent with [`P2pSender::send`]; trailing bytes are an error, so a message
+/// of another type is less likely to decode by accident.
+pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, P2pDecodeError> {
+    let cfg = bincode::config::standard().with_limit::<{ client::MAX_APP_MESSAGE * 4 }>();
+    match bincode::serde::decode_from_slice::<T, _>(bytes, cfg) {
+        Ok((v, n)) if n == bytes.len() => Ok(v),
+        Ok((_, n)) => Err(P2pDecodeError(format!("{} trailing bytes", bytes.len() - n))),
+        Err(e) => Err(P2pDecodeError(e.to_string())),
+    }
+}
+
+/// Send application messages to peers: over the mesh when the peer has a path (relayed or
+/// direct), through the Game server otherwise, so nothing is lost while a link connects.
+#[derive(SystemParam)]
+pub struct P2pSender<'w> {
+    client: ResMut<'w, P2pClient>,
+}
+
+impl P2pSender<'_> {
+    /// Send a typed message to one peer. `Ok(true)`: it went over the mesh.
+    pub fn send<T: Serialize>(
+        &mut self,
+        player: PlayerId,
+        channel: Channel,
+        value: &T,
+    ) -> Result<bool, SendError> {
+        let data = encode_message(value)?;
+        self.send_bytes(player, channel, data)
+    }
+
+    /// Send a typed message to every introduced peer. Returns how many went over the mesh.
+    pub fn broadcast<T: Serialize>(&mut self, channel: Channel, value: &T) -> Result<usize, SendError> {
+        let data = encode_message(value)?;
+        Ok(self.client.broadcast(channel, data)?)
+    }
+
+    /// Send raw bytes to one peer. `Ok(true)`: it went over the mesh.
+    pub fn send_bytes(&mut self, player: PlayerId, channel: Channel, data: Bytes) -> Result<bool, SendError> {
+        Ok(self.client.send(player, channel, data)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Hit {
+        target: u32,
+        damage: f32,
+    }
+
+    #[test]
+    fn roundtrip_and_wrong_type_is_an_error() {
+        let b = encode_message(&Hit { target: 7, damage: 1.5 }).unwrap();
+        assert_eq!(decode_message::<Hit>(&b).unwrap(), Hit { target: 7, damage: 1.5 });
+        assert!(decode_message::<String>(&b).is_err());
+        assert!(decode_message::<Hit>(&[0xff; 3]).is_err());
+        assert!(decode_message::<Vec<u8>>(&[0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err(), "hostile length");
+    }
+}

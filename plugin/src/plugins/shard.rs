@@ -1,0 +1,556 @@
+//! [`ShardClientPlugin`]: the connection to the shard (login → renet/netcode, or any
+//! [`ShardTransport`]), [`ShardState`], [`ShardRequest`]s in and [`ShardEvent`]s out.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bevy::prelude::*;
+use bevy::state::app::StatesPlugin;
+use bevy_renet::netcode::{
+    ClientAuthentication, ConnectToken, NetcodeClientPlugin, NetcodeClientTransport, NetcodeErrorEvent,
+};
+use bevy_renet::renet::{ConnectionConfig, DefaultChannel};
+use bevy_renet::{RenetClient, RenetClientPlugin};
+
+use super::io::MeshSocket;
+use super::mesh::P2pClient;
+use super::{Step, configure_sets};
+use crate::client::{Phase, login};
+use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decode, encode};
+
+/// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
+/// [`P2pMeshPlugin`](crate::plugins::P2pMeshPlugin) and Bevy's `StatesPlugin` (added if
+/// missing; add `DefaultPlugins`/`MinimalPlugins` first).
+#[derive(Debug, Clone)]
+pub struct ShardClientPlugin {
+    /// The shard's login address (what `--server ADDR` names).
+    pub login: SocketAddr,
+    /// Connect at startup (default `true`); otherwise send [`ShardRequest::Connect`].
+    pub auto_connect: bool,
+    /// Enter this zone after login (default `Some(0)`); `None`: stay in the lobby.
+    pub auto_zone: Option<u32>,
+}
+
+impl ShardClientPlugin {
+    /// Connect to the shard whose login service is at `login`, then enter zone 0.
+    pub fn new(login: SocketAddr) -> Self {
+        ShardClientPlugin { login, auto_connect: true, auto_zone: Some(0) }
+    }
+
+    /// This plugin over a custom transport (an in-memory shard, the simulator) instead of
+    /// login + renet; `login` is then unused.
+    pub fn with_transport(self, transport: impl ShardTransport) -> impl Plugin {
+        let slot = Mutex::new(Some(Box::new(transport) as Box<dyn ShardTransport>));
+        move |app: &mut App| {
+            if let Some(t) = slot.lock().ok().and_then(|mut s| s.take()) {
+                app.insert_resource(ShardLink::custom(t));
+            }
+            app.add_plugins(self.clone());
+        }
+    }
+}
+
+impl Default for ShardClientPlugin {
+    /// A shard on this machine (login port 7001, the servers' default).
+    fn default() -> Self {
+        ShardClientPlugin::new(SocketAddr::from(([127, 0, 0, 1], 7001)))
+    }
+}
+
+/// Where the client is in the shard (Bevy state).
+#[derive(States, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ShardState {
+    /// No connection (before connecting, after a disconnect or a failed login).
+    #[default]
+    Disconnected,
+    /// Logging in: login request, transport handshake, waiting for `Welcome`.
+    Connecting,
+    /// Logged in, not in a zone.
+    Lobby,
+    /// In a zone: peers are introduced here.
+    InGame,
+}
+
+/// What the game asks of the shard (write with `MessageWriter<ShardRequest>`).
+#[derive(Message, Debug, Clone, PartialEq)]
+pub enum ShardRequest {
+    /// Log in and connect (done at startup when `auto_connect`).
+    Connect,
+    /// Leave the shard: every peer is dropped.
+    Disconnect,
+    /// Enter a zone.
+    EnterZone(u32),
+    /// Report our position (the Game server validates the speed).
+    Move {
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// Say something to the players in range.
+    Chat(String),
+    /// Join a party (empty: leave it); party members are meshed regardless of distance.
+    JoinParty(String),
+}
+
+/// What the shard told us (read with `MessageReader<ShardEvent>`).
+#[derive(Message, Debug, Clone, PartialEq)]
+pub enum ShardEvent {
+    /// Login accepted.
+    Welcome {
+        /// Our player id.
+        player: PlayerId,
+    },
+    /// We are in a zone at this position (again after a Game server failover).
+    EnteredZone {
+        /// Zone number.
+        zone: u32,
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// A chat line from a player in range (ours come back too).
+    Chat {
+        /// The speaker.
+        from: PlayerId,
+        /// The speaker's name.
+        name: String,
+        /// Text.
+        text: String,
+    },
+    /// NPCs within our interest range.
+    Npcs(Vec<NpcState>),
+    /// The Game server corrected our position.
+    Correction {
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// The shard refused a request.
+    Refused(String),
+    /// The connection ended or could not be made; the reason is for the user.
+    Disconnected(String),
+}
+
+/// Who we are in the shard.
+#[derive(Resource, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPlayer {
+    /// Our id, once logged in.
+    pub player: Option<PlayerId>,
+    /// Our name.
+    pub name: String,
+    /// Our zone, when in game.
+    pub zone: Option<u32>,
+}
+
+/// A way to exchange shard messages other than renet (an in-memory shard, the simulator).
+/// Messages must arrive in order; `reliable` says whether the core needs them reliable.
+pub trait ShardTransport: Send + Sync + 'static {
+    /// The connection is up (the plugin logs in when it becomes `true`).
+    fn is_connected(&self) -> bool;
+    /// Send one message.
+    fn send(&mut self, msg: &ClientMessage, reliable: bool);
+    /// The next message from the shard.
+    fn receive(&mut self) -> Option<ShardMessage>;
+    /// Bytes received so far (for diagnostics).
+    fn bytes_in(&self) -> u64;
+    /// Bytes sent so far (for diagnostics).
+    fn bytes_out(&self) -> u64;
+    /// The game asked to disconnect ([`ShardRequest::Disconnect`]).
+    fn disconnect(&mut self) {}
+    /// The game asked to connect again after a disconnect.
+    fn connect(&mut self) {}
+}
+
+/// A login answer, handed over by the login thread.
+type LoginSlot = Arc<Mutex<Option<Result<ConnectToken, String>>>>;
+
+enum Mode {
+    /// Not connected, not trying.
+    Idle,
+    /// The login request runs on a thread.
+    LoggingIn(LoginSlot),
+    /// `RenetClient` + `NetcodeClientTransport` resources carry the connection.
+    Renet,
+    /// A custom transport; `active` is false after a `Disconnect` request.
+    Custom { transport: Box<dyn ShardTransport>, active: bool },
+}
+
+/// The connection to the shard: renet (after login) or a custom [`ShardTransport`], with
+/// counters. Insert [`ShardLink::custom`] before adding [`ShardClientPlugin`] to use your
+/// own transport.
+#[derive(Resource)]
+pub struct ShardLink {
+    mode: Mode,
+    /// `core.connected()` was called for the current connection.
+    connected: bool,
+    last_error: Option<String>,
+    decode_errors: u64,
+    unsent: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl std::fmt::Debug for ShardLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Idle => "idle",
+            Mode::LoggingIn(_) => "logging-in",
+            Mode::Renet => "renet",
+            Mode::Custom { .. } => "custom",
+        };
+        f.debug_struct("ShardLink")
+            .field("mode", &mode)
+            .field("connected", &self.connected)
+            .field("decode_errors", &self.decode_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardLink {
+    fn new(mode: Mode) -> Self {
+        ShardLink {
+            mode,
+            connected: false,
+            last_error: None,
+            decode_errors: 0,
+            unsent: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// A link over a custom transport (active from the start).
+    pub fn custom(transport: Box<dyn ShardTransport>) -> Self {
+        ShardLink::new(Mode::Custom { transport, active: true })
+    }
+
+    /// Logged in and the transport is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Shard messages that did not decode (dropped).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Messages the core produced while no connection was up (dropped).
+    pub fn unsent(&self) -> u64 {
+        self.unsent
+    }
+
+    /// Shard message bytes received (payloads; renet/netcode headers not included).
+    pub fn bytes_in(&self) -> u64 {
+        match &self.mode {
+            Mode::Custom { transport, .. } => transport.bytes_in(),
+            _ => self.bytes_in,
+        }
+    }
+
+    /// Shard message bytes sent (payloads; renet/netcode headers not included).
+    pub fn bytes_out(&self) -> u64 {
+        match &self.mode {
+            Mode::Custom { transport, .. } => transport.bytes_out(),
+            _ => self.bytes_out,
+        }
+    }
+
+    /// The last transport error (netcode), for the user.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    fn state(&self, phase: Phase) -> ShardState {
+        match &self.mode {
+            Mode::Idle | Mode::Custom { active: false, .. } => ShardState::Disconnected,
+            Mode::LoggingIn(_) => ShardState::Connecting,
+            Mode::Renet | Mode::Custom { .. } if !self.connected => ShardState::Connecting,
+            _ => match phase {
+                Phase::Connecting => ShardState::Connecting,
+                Phase::Lobby => ShardState::Lobby,
+                Phase::InGame => ShardState::InGame,
+            },
+        }
+    }
+}
+
+/// The plugin's settings, as a resource for its systems.
+#[derive(Resource, Debug, Clone)]
+struct ShardSettings {
+    login: SocketAddr,
+    auto_zone: Option<u32>,
+}
+
+impl Plugin for ShardClientPlugin {
+    fn build(&self, app: &mut App) {
+        if !app.is_plugin_added::<StatesPlugin>() {
+            app.add_plugins(StatesPlugin);
+        }
+        if !app.is_plugin_added::<RenetClientPlugin>() {
+            app.add_plugins((RenetClientPlugin, NetcodeClientPlugin));
+        }
+        configure_sets(app);
+        if !app.world().contains_resource::<ShardLink>() {
+            app.insert_resource(ShardLink::new(Mode::Idle));
+        }
+        app.init_state::<ShardState>()
+            .init_resource::<LocalPlayer>()
+            .insert_resource(ShardSettings { login: self.login, auto_zone: self.auto_zone })
+            .add_message::<ShardRequest>()
+            .add_message::<ShardEvent>()
+            .add_observer(on_netcode_error)
+            .add_systems(Startup, startup(self.auto_connect))
+            .add_systems(PreUpdate, shard_in.in_set(Step::ShardIn))
+            .add_systems(PreUpdate, shard_after.in_set(Step::After))
+            .add_systems(PostUpdate, handle_requests.in_set(Step::Requests))
+            .add_systems(PostUpdate, shard_out.in_set(Step::Out));
+    }
+}
+
+fn startup(
+    auto_connect: bool,
+) -> impl FnMut(Res<P2pClient>, ResMut<LocalPlayer>, MessageWriter<ShardRequest>) {
+    move |client, mut local, mut requests| {
+        local.name = client.config().name.clone();
+        if auto_connect {
+            requests.write(ShardRequest::Connect);
+        }
+    }
+}
+
+fn on_netcode_error(e: On<NetcodeErrorEvent>, mut link: ResMut<ShardLink>) {
+    warn!("shard connection: {}", *e);
+    link.last_error = Some(e.to_string());
+}
+
+fn unix_now() -> std::time::Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Shard transport → core; connection state changes.
+fn shard_in(
+    mut commands: Commands,
+    mut link: ResMut<ShardLink>,
+    mut client: ResMut<P2pClient>,
+    socket: NonSend<MeshSocket>,
+    renet: Option<ResMut<RenetClient>>,
+    mut events: MessageWriter<ShardEvent>,
+) {
+    let now = socket.0.now();
+    let link = &mut *link;
+    match &mut link.mode {
+        Mode::Idle => {}
+        Mode::LoggingIn(slot) => {
+            let answer = slot.lock().ok().and_then(|mut s| s.take());
+            match answer {
+                None => {}
+                Some(Ok(token)) => match start_netcode(token) {
+                    Ok(transport) => {
+                        commands.insert_resource(RenetClient::new(ConnectionConfig::default()));
+                        commands.insert_resource(transport);
+                        link.mode = Mode::Renet;
+                    }
+                    Err(e) => {
+                        link.mode = Mode::Idle;
+                        events.write(ShardEvent::Disconnected(e));
+                    }
+                },
+                Some(Err(e)) => {
+                    link.mode = Mode::Idle;
+                    events.write(ShardEvent::Disconnected(e));
+                }
+            }
+        }
+        Mode::Renet => {
+            // Inserted by commands last frame at the earliest.
+            let Some(mut renet) = renet else { return };
+            if renet.is_disconnected() {
+                let reason = link
+                    .last_error
+                    .take()
+                    .or_else(|| renet.disconnect_reason().map(|r| r.to_string()))
+                    .unwrap_or_else(|| "disconnected".into());
+                commands.remove_resource::<RenetClient>();
+                commands.remove_resource::<NetcodeClientTransport>();
+                link.mode = Mode::Idle;
+                link.connected = false;
+                client.disconnected();
+                events.write(ShardEvent::Disconnected(reason));
+                return;
+            }
+            if renet.is_connected() && !link.connected {
+                link.connected = true;
+                client.connected();
+            }
+            for channel in [u8::from(DefaultChannel::ReliableOrdered), u8::from(DefaultChannel::Unreliable)] {
+                while let Some(bytes) = renet.receive_message(channel) {
+                    link.bytes_in += bytes.len() as u64;
+                    match decode::<ShardMessage>(&bytes) {
+                        Ok(msg) => client.handle_shard_message(now, msg),
+                        Err(_) => link.decode_errors += 1,
+                    }
+                }
+            }
+        }
+        Mode::Custom { transport, active } => {
+            if !*active {
+                return;
+            }
+            let up = transport.is_connected();
+            if up && !link.connected {
+                link.connected = true;
+                client.connected();
+            } else if !up && link.connected {
+                link.connected = false;
+                client.disconnected();
+                events.write(ShardEvent::Disconnected("transport closed".into()));
+            }
+            while let Some(msg) = transport.receive() {
+                client.handle_shard_message(now, msg);
+            }
+        }
+    }
+}
+
+fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, String> {
+    let server_v6 = token.server_addresses.iter().flatten().next().is_some_and(|a| a.is_ipv6());
+    let bind: SocketAddr = if server_v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot open the shard socket: {e}"))?;
+    NetcodeClientTransport::new(unix_now(), ClientAuthentication::Secure { connect_token: token }, socket)
+        .map_err(|e| format!("cannot start the shard connection: {e}"))
+}
+
+/// [`ShardState`], auto zone and [`LocalPlayer`] from what happened this frame.
+fn shard_after(
+    link: Res<ShardLink>,
+    mut client: ResMut<P2pClient>,
+    settings: Res<ShardSettings>,
+    socket: NonSend<MeshSocket>,
+    state: Res<State<ShardState>>,
+    mut next: ResMut<NextState<ShardState>>,
+    mut local: ResMut<LocalPlayer>,
+    mut events: MessageReader<ShardEvent>,
+) {
+    for ev in events.read() {
+        match ev {
+            ShardEvent::Welcome { .. } => {
+                if let Some(zone) = settings.auto_zone {
+                    client.enter_zone(socket.0.now(), zone);
+                }
+            }
+            ShardEvent::Disconnected(_) => {
+                local.player = None;
+                local.zone = None;
+            }
+            _ => {}
+        }
+    }
+    let want = link.state(client.phase());
+    if *state.get() != want {
+        next.set(want);
+    }
+}
+
+/// [`ShardRequest`]s → core and connection.
+fn handle_requests(
+    mut commands: Commands,
+    mut link: ResMut<ShardLink>,
+    mut client: ResMut<P2pClient>,
+    settings: Res<ShardSettings>,
+    socket: NonSend<MeshSocket>,
+    mut netcode: Option<ResMut<NetcodeClientTransport>>,
+    mut requests: MessageReader<ShardRequest>,
+    mut events: MessageWriter<ShardEvent>,
+) {
+    let now = socket.0.now();
+    for req in requests.read() {
+        match req {
+            ShardRequest::Connect => match &mut link.mode {
+                Mode::Idle => {
+                    let slot: LoginSlot = Arc::new(Mutex::new(None));
+                    let (login, name, out) = (settings.login, client.config().name.clone(), slot.clone());
+                    let spawned =
+                        std::thread::Builder::new().name("p2pmodel-login".into()).spawn(move || {
+                            let answer = login::request_token(login, &name).map_err(|e| e.to_string());
+                            if let Ok(mut s) = out.lock() {
+                                *s = Some(answer);
+                            }
+                        });
+                    match spawned {
+                        Ok(_) => link.mode = Mode::LoggingIn(slot),
+                        Err(e) => {
+                            events.write(ShardEvent::Disconnected(format!("cannot start the login: {e}")));
+                        }
+                    }
+                }
+                Mode::Custom { transport, active } if !*active => {
+                    transport.connect();
+                    *active = true;
+                }
+                _ => {}
+            },
+            ShardRequest::Disconnect => {
+                let was_connected = link.connected;
+                match &mut link.mode {
+                    Mode::Idle => continue,
+                    Mode::Custom { active: false, .. } => continue,
+                    Mode::LoggingIn(_) => link.mode = Mode::Idle,
+                    Mode::Renet => {
+                        if let Some(t) = netcode.as_mut() {
+                            t.disconnect();
+                        }
+                        commands.remove_resource::<RenetClient>();
+                        commands.remove_resource::<NetcodeClientTransport>();
+                        link.mode = Mode::Idle;
+                    }
+                    Mode::Custom { transport, active } => {
+                        transport.disconnect();
+                        *active = false;
+                    }
+                }
+                link.connected = false;
+                if was_connected {
+                    client.disconnected();
+                }
+                events.write(ShardEvent::Disconnected("disconnected by the game".into()));
+            }
+            ShardRequest::EnterZone(zone) => client.enter_zone(now, *zone),
+            ShardRequest::Move { x, y } => {
+                if client.phase() == Phase::InGame {
+                    client.move_to(*x, *y);
+                }
+            }
+            ShardRequest::Chat(text) => client.chat(text.clone()),
+            ShardRequest::JoinParty(party) => client.join_party(party.clone()),
+        }
+    }
+}
+
+/// Core → shard transport. Without a connection the messages are dropped and counted.
+fn shard_out(mut link: ResMut<ShardLink>, mut client: ResMut<P2pClient>, renet: Option<ResMut<RenetClient>>) {
+    let link = &mut *link;
+    let mut renet = renet.filter(|r| r.is_connected());
+    while let Some((msg, reliable)) = client.poll_shard_message() {
+        if !link.connected {
+            link.unsent += 1;
+            continue;
+        }
+        match (&mut link.mode, renet.as_mut()) {
+            (Mode::Custom { transport, active: true }, _) => transport.send(&msg, reliable),
+            (Mode::Renet, Some(r)) => match encode(&msg) {
+                Ok(bytes) => {
+                    link.bytes_out += bytes.len() as u64;
+                    let channel =
+                        if reliable { DefaultChannel::ReliableOrdered } else { DefaultChannel::Unreliable };
+                    r.send_message(channel, bytes);
+                }
+                Err(_) => link.unsent += 1,
+            },
+            _ => link.unsent += 1,
+        }
+    }
+}
