@@ -318,6 +318,14 @@ fn on_shard_events(
                 warn!("shard refused a request: {why}");
                 chat.push("*", format!("refused: {why}"));
             }
+            ShardEvent::Disconnected(why) if me.player.is_none() => fail(
+                &mut failure,
+                &mut exit,
+                format!(
+                    "cannot reach the shard at {}: {why} (is it running, and is --server its login address?)",
+                    settings.login
+                ),
+            ),
             ShardEvent::Disconnected(why) => fail(
                 &mut failure,
                 &mut exit,
