@@ -260,6 +260,8 @@ pub struct ClientCore {
     want_zone: Option<u32>,
     mesh_info_sent: bool,
     nat_deadline: Option<Instant>,
+    /// NAT discovery was started (at `Welcome` or by [`ClientCore::start_nat_discovery`]).
+    nat_started: bool,
     peers: BTreeMap<PlayerId, PeerInfo>,
     by_link: HashMap<LinkId, PlayerId>,
     outgoing: VecDeque<(ClientMessage, bool)>,
@@ -291,6 +293,7 @@ impl ClientCore {
             want_zone: None,
             mesh_info_sent: false,
             nat_deadline: None,
+            nat_started: false,
             peers: BTreeMap::new(),
             by_link: HashMap::new(),
             outgoing: VecDeque::new(),
@@ -302,9 +305,10 @@ impl ClientCore {
 
     /// Run NAT discovery against `server` now, without waiting for a shard's `Welcome`
     /// (mesh-only use, or to have the report ready before login). No-op with P2P off or
-    /// once a report exists.
+    /// once discovery was started.
     pub fn start_nat_discovery(&mut self, now: Instant, server: SocketAddr) {
-        if self.cfg.p2p && self.mesh.nat_report().is_none() {
+        if self.cfg.p2p && self.mesh.nat_report().is_none() && !self.nat_started {
+            self.nat_started = true;
             self.mesh.start_nat_discovery(now, server, self.cfg.seed);
             self.drain_mesh(now);
         }
@@ -389,8 +393,15 @@ impl ClientCore {
                 self.phase = Phase::Lobby;
                 self.events.push_back(ClientEvent::Welcome { player });
                 if self.cfg.p2p && self.mesh.nat_report().is_none() {
-                    self.mesh.start_nat_discovery(now, stun, self.cfg.seed ^ player.0);
-                    self.nat_deadline = Some(now + self.cfg.nat_timeout);
+                    // The shard may repeat Welcome (it answers every Login): a discovery
+                    // that is already running is not restarted.
+                    if !self.nat_started {
+                        self.nat_started = true;
+                        self.mesh.start_nat_discovery(now, stun, self.cfg.seed ^ player.0);
+                    }
+                    if !self.mesh_info_sent && self.nat_deadline.is_none() {
+                        self.nat_deadline = Some(now + self.cfg.nat_timeout);
+                    }
                 } else {
                     self.send_mesh_info();
                 }

@@ -425,6 +425,7 @@ fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, String> 
 }
 
 /// [`ShardState`], auto zone and [`LocalPlayer`] from what happened this frame.
+#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn shard_after(
     link: Res<ShardLink>,
     mut client: ResMut<P2pClient>,
@@ -434,15 +435,19 @@ fn shard_after(
     mut next: ResMut<NextState<ShardState>>,
     mut local: ResMut<LocalPlayer>,
     mut events: MessageReader<ShardEvent>,
+    mut zone_asked: Local<bool>,
 ) {
     for ev in events.read() {
         match ev {
-            ShardEvent::Welcome { .. } => {
+            // The shard answers every Login with Welcome; ask for the zone once.
+            ShardEvent::Welcome { .. } if !*zone_asked => {
+                *zone_asked = true;
                 if let Some(zone) = settings.auto_zone {
                     client.enter_zone(socket.0.now(), zone);
                 }
             }
             ShardEvent::Disconnected(_) => {
+                *zone_asked = false;
                 local.player = None;
                 local.zone = None;
             }
@@ -456,6 +461,7 @@ fn shard_after(
 }
 
 /// [`ShardRequest`]s → core and connection.
+#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn handle_requests(
     mut commands: Commands,
     mut link: ResMut<ShardLink>,

@@ -344,7 +344,7 @@ impl SimShard {
 }
 
 impl ShardInner {
-    fn to_client(&mut self, p: PlayerId, msg: ShardMessage) {
+    fn deliver(&mut self, p: PlayerId, msg: ShardMessage) {
         match self.players.get_mut(&p) {
             Some(pl) if pl.connected => {
                 pl.bytes_in += encode(&msg).map_or(0, |b| b.len() as u64);
@@ -356,8 +356,8 @@ impl ShardInner {
 
     fn outro(&mut self, k: (PlayerId, PlayerId)) -> bool {
         let Some(link) = self.pairs.remove(&k) else { return false };
-        self.to_client(k.0, ShardMessage::PeerOutro { link });
-        self.to_client(k.1, ShardMessage::PeerOutro { link });
+        self.deliver(k.0, ShardMessage::PeerOutro { link });
+        self.deliver(k.1, ShardMessage::PeerOutro { link });
         true
     }
 
@@ -389,7 +389,7 @@ impl ShardInner {
             intros.push((me, ShardMessage::PeerIntro { peer, name: other.name.clone(), params }));
         }
         for (me, msg) in intros {
-            self.to_client(me, msg);
+            self.deliver(me, msg);
         }
         self.pairs.insert(k, link);
     }
@@ -402,7 +402,7 @@ impl ShardInner {
                 p.name = name.clone();
                 p.logged_in = true;
                 let stun = self.stun;
-                self.to_client(from, ShardMessage::Welcome { player: from, stun });
+                self.deliver(from, ShardMessage::Welcome { player: from, stun });
             }
             ClientMessage::MeshInfo { candidates, nat } => {
                 p.candidates = candidates.clone();
@@ -410,7 +410,7 @@ impl ShardInner {
             }
             ClientMessage::EnterZone { zone } => {
                 p.zone = Some(*zone);
-                self.to_client(from, ShardMessage::EnteredZone { zone: *zone, x: 0.0, y: 0.0 });
+                self.deliver(from, ShardMessage::EnteredZone { zone: *zone, x: 0.0, y: 0.0 });
                 let others: Vec<PlayerId> = self
                     .players
                     .iter()
@@ -432,14 +432,14 @@ impl ShardInner {
                     .map(|(id, _)| *id)
                     .collect();
                 for t in to {
-                    self.to_client(t, ShardMessage::Chat { from, name: name.clone(), text: text.clone() });
+                    self.deliver(t, ShardMessage::Chat { from, name: name.clone(), text: text.clone() });
                 }
             }
             ClientMessage::PathReport { link, path, .. } => self.path_reports.push((from, *link, *path)),
             ClientMessage::ToPeer { peer, reliable, data } => {
                 if self.pairs.contains_key(&key(from, *peer)) {
                     let msg = ShardMessage::FromPeer { peer: from, reliable: *reliable, data: data.clone() };
-                    self.to_client(*peer, msg);
+                    self.deliver(*peer, msg);
                 }
             }
             ClientMessage::Move { .. } | ClientMessage::JoinParty { .. } => {}

@@ -1,0 +1,161 @@
+//! The plugins against a real shard over loopback: login on a thread, renet + netcode to the
+//! Agent, the real relay for STUN and relaying, and the real UDP mesh socket. Real sockets
+//! need real time, so the loops below wait on the network (bounded); the logic is asserted
+//! on what a game sees: `ShardState`, peer messages, `P2pReceived`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_p2pmodel::client::PeerPath as Kind;
+use bevy_p2pmodel::prelude::*;
+use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::relay::RelayRuntime;
+use p2pmodel_servers::shard::{ShardInfo, shard_app};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn shard() -> (App, SocketAddr) {
+    let store = std::env::temp_dir().join(format!("p2pm-plugin-shard-{}.json", std::process::id()));
+    let cfg = ShardConfig::parse(&format!(
+        "[shard]\nname = \"plugin\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
+         [relay]\nport = 0\nalternate_port = 0\n\
+         [agent]\nport = 0\nlogin_port = {}\n\
+         [lobby]\nzones = 1\nstore = \"{}\"\n",
+        free_udp_port(),
+        store.display()
+    ))
+    .unwrap();
+    let relay = RelayRuntime::start(&cfg).unwrap();
+    let relay_addr = relay.server.primary_addr();
+    let mut app = shard_app(&cfg, Some(relay_addr), None, 100.0).unwrap();
+    app.insert_resource(relay);
+    let login = app.world().resource::<ShardInfo>().login.unwrap();
+    (app, login)
+}
+
+#[derive(Resource, Default)]
+struct Seen {
+    peers: Vec<String>,
+    paths: Vec<Kind>,
+    got: Vec<(String, bool)>,
+    events: Vec<ShardEvent>,
+}
+
+fn game(name: &str, login: SocketAddr) -> App {
+    let mut mesh = P2pMeshPlugin::new(name);
+    mesh.bind = "127.0.0.1:0".parse().unwrap();
+    mesh.client.nat_timeout = Duration::from_millis(500);
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins).add_plugins((mesh, ShardClientPlugin::new(login)));
+    app.init_resource::<Seen>().add_systems(Update, watch);
+    app.finish();
+    app.cleanup();
+    app
+}
+
+fn watch(
+    mut seen: ResMut<Seen>,
+    mut met: MessageReader<PeerConnected>,
+    mut paths: MessageReader<PeerPathChanged>,
+    mut got: MessageReader<P2pReceived>,
+    mut events: MessageReader<ShardEvent>,
+    mut sender: P2pSender,
+) {
+    for p in met.read() {
+        seen.peers.push(p.name.clone());
+        sender.send(p.player, Channel::Reliable, &format!("hi {}", p.name)).unwrap();
+    }
+    for p in paths.read() {
+        seen.paths.push(p.path);
+        if matches!(p.path, Kind::Relayed | Kind::Direct) {
+            let name = seen.peers.last().cloned().unwrap_or_default();
+            sender.send(p.player, Channel::Reliable, &format!("hi {name}")).unwrap();
+        }
+    }
+    for m in got.read() {
+        seen.got.push((m.decode::<String>().unwrap(), m.p2p));
+    }
+    seen.events.extend(events.read().cloned());
+}
+
+/// Update every app until `done` or `limit` (a bound on waiting for sockets, not logic).
+fn run_until(apps: &mut [&mut App], limit: Duration, mut done: impl FnMut(&[&mut App]) -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for a in apps.iter_mut() {
+            a.update();
+        }
+        if done(apps) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+fn state(app: &App) -> ShardState {
+    *app.world().resource::<State<ShardState>>().get()
+}
+
+#[test]
+fn two_games_log_in_over_renet_meet_and_talk_over_the_mesh() {
+    let (mut shard, login) = shard();
+    let mut ana = game("ana", login);
+    let mut bob = game("bob", login);
+    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(8), |apps| {
+        apps[1..].iter().all(|a| {
+            let seen = a.world().resource::<Seen>();
+            state(a) == ShardState::InGame && seen.got.iter().any(|(_, p2p)| *p2p)
+        })
+    });
+    for (app, other) in [(&ana, "bob"), (&bob, "ana")] {
+        let seen = app.world().resource::<Seen>();
+        let core = app.world().resource::<P2pClient>();
+        let info: Vec<_> = core.peers().map(|p| (p.path, p.sent, p.received)).collect();
+        assert!(
+            ok,
+            "state {:?}, events {:?}, peers {:?}, paths {:?}, got {:?}, core {info:?}",
+            state(app),
+            seen.events,
+            seen.peers,
+            seen.paths,
+            seen.got
+        );
+        assert_eq!(seen.peers, [other]);
+        assert!(seen.paths.iter().any(|p| matches!(p, Kind::Relayed | Kind::Direct)), "{:?}", seen.paths);
+        let me = app.world().resource::<LocalPlayer>();
+        assert!(me.player.is_some() && me.zone == Some(0));
+        let link = app.world().resource::<ShardLink>();
+        assert!(
+            link.is_connected() && link.decode_errors() == 0 && link.bytes_in() > 0 && link.bytes_out() > 0
+        );
+    }
+    let ana_seen = ana.world().resource::<Seen>();
+    assert!(ana_seen.got.iter().any(|(m, _)| m == "hi ana"), "{:?}", ana_seen.got);
+
+    // Leaving: our side is disconnected at once, the other side loses its peer.
+    ana.world_mut().write_message(ShardRequest::Disconnect);
+    let gone = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(5), |apps| {
+        state(apps[1]) == ShardState::Disconnected && apps[2].world().resource::<PeerIndex>().0.is_empty()
+    });
+    assert!(gone, "ana {:?}, bob's peers {:?}", state(&ana), bob.world().resource::<PeerIndex>().0);
+}
+
+#[test]
+fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let mut app = game("lonely", dead);
+    let mut saw_connecting = false;
+    let ended = run_until(&mut [&mut app], Duration::from_secs(6), |apps| {
+        saw_connecting |= state(apps[0]) == ShardState::Connecting;
+        apps[0].world().resource::<Seen>().events.iter().any(|e| matches!(e, ShardEvent::Disconnected(_)))
+    });
+    assert!(ended && saw_connecting);
+    app.update();
+    assert_eq!(state(&app), ShardState::Disconnected);
+}
