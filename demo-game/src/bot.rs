@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bevy::app::AppExit;
 use bevy::prelude::*;
 use bevy::state::app::StatesPlugin;
-use bevy_p2pmodel::plugins::{NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink};
+use bevy_p2pmodel::plugins::{
+    NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -134,6 +136,7 @@ fn report_events(
     mut introduced: MessageReader<PeerConnected>,
     mut first: MessageReader<FirstMessage>,
     settings: Res<NetSettings>,
+    mut welcomed: Local<bool>,
 ) {
     let now = Instant::now();
     // With P2P off the plugin reports no path changes: the one path, `server`, is set at
@@ -142,7 +145,11 @@ fn report_events(
         emit(&rep, Event::Path { peer: c.player.0, path: "server".into(), remote: None, since_intro_ms: 0 });
     }
     for ev in shard.read() {
-        if let ShardEvent::Welcome { player } = ev {
+        // The shard may repeat `Welcome` (it answers every `Login`): one line per run.
+        if let ShardEvent::Welcome { player } = ev
+            && !*welcomed
+        {
+            *welcomed = true;
             emit(&rep, Event::Connected { client: player.0, t_ms: clock.ms(now) });
         }
     }
@@ -219,7 +226,8 @@ fn report_stats(
 ) {
     let now = Instant::now();
     let next = *timer.0.get_or_insert(clock.start + Duration::from_secs(1));
-    if now < next {
+    // At the end `finish` prints the last stats line.
+    if now < next || clock.done {
         return;
     }
     timer.0 = Some(next + Duration::from_secs(1));
@@ -267,14 +275,28 @@ fn finish(
     let summary: Vec<String> = remotes
         .0
         .values()
-        .map(|r| format!("{}: {} sent, {} received, {} gaps, {} dups", r.name, r.sent, r.received, r.reliable.gaps(), r.reliable.dups()))
+        .map(|r| {
+            format!(
+                "{}: {} sent, {} received ({} reliable), {} gaps, {} dups",
+                r.name,
+                r.sent,
+                r.received,
+                r.reliable.distinct(),
+                r.reliable.gaps(),
+                r.reliable.dups()
+            )
+        })
         .collect();
     info!(bot = %settings.name, ok, peers = ?summary, "bot finished");
     outcome.ok = Some(ok);
     if ok {
         exit.write(AppExit::Success);
     } else if failure.0.is_none() {
-        fail(&mut failure, &mut exit, format!("bot {}: reliable gaps or duplicates: {summary:?}", settings.name));
+        fail(
+            &mut failure,
+            &mut exit,
+            format!("bot {}: reliable gaps or duplicates: {summary:?}", settings.name),
+        );
     }
 }
 

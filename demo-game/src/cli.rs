@@ -305,7 +305,9 @@ mod tests {
     fn help_explains_every_flag() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        for flag in ["--server", "--headless", "--bot", "--bots", "--json", "--spawn", "--exit-after", "--p2p"] {
+        for flag in
+            ["--server", "--headless", "--bot", "--bots", "--json", "--spawn", "--exit-after", "--p2p"]
+        {
             assert!(help.contains(flag), "--help mentions {flag}");
         }
         assert!(help.contains("WASD"));

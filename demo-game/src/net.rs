@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy_p2pmodel::client::{Channel, ClientConfig, PeerPath as Route};
 use bevy_p2pmodel::plugins::{
-    P2pClient, P2pMeshPlugin, P2pReceived, P2pSender, PeerConnected, PeerDisconnected, PeerPathChanged,
+    P2pMeshPlugin, P2pReceived, P2pSender, PeerConnected, PeerDisconnected, PeerPathChanged,
     ShardClientPlugin, ShardEvent, ShardRequest,
 };
 use bevy_p2pmodel::proto::shard::{NpcState, PlayerId};
@@ -438,6 +438,7 @@ fn watchdog(
 /// sequence number to every peer (not while draining).
 fn send_ticks(
     me: Res<Me>,
+    settings: Res<NetSettings>,
     clock: Res<RunClock>,
     mut ticker: ResMut<Ticker>,
     mut remotes: ResMut<Remotes>,
@@ -452,8 +453,13 @@ fn send_ticks(
     if due(&mut ticker.state_due, now, Duration::from_secs_f64(1.0 / TICK_HZ)) {
         requests.write(ShardRequest::Move { x: me.pos.x, y: me.pos.y });
         ticker.state_seq += 1;
-        let state =
-            PeerMsg::State(PlayerState { seq: ticker.state_seq, x: me.pos.x, y: me.pos.y, vx: me.vel.x, vy: me.vel.y });
+        let state = PeerMsg::State(PlayerState {
+            seq: ticker.state_seq,
+            x: me.pos.x,
+            y: me.pos.y,
+            vx: me.vel.x,
+            vy: me.vel.y,
+        });
         for (player, r) in remotes.0.iter_mut().filter(|(_, r)| r.present) {
             if sender.send(*player, Channel::Unreliable, &state).is_ok() {
                 r.sent += 1;
@@ -461,7 +467,11 @@ fn send_ticks(
         }
     }
     if due(&mut ticker.seq_due, now, Duration::from_secs_f64(1.0 / SEQ_HZ)) && !clock.draining {
-        for (player, r) in remotes.0.iter_mut().filter(|(_, r)| r.present) {
+        // With P2P on, the reliable stream tests the mesh: it pauses while a link has no
+        // path (the plugin would send through the Game server, whose `ToPeer` routing is not
+        // on every shard yet). With P2P off it goes through the server, as everything does.
+        let ready = |r: &Remote| !settings.p2p || matches!(r.path, Route::Relayed | Route::Direct);
+        for (player, r) in remotes.0.iter_mut().filter(|(_, r)| r.present && ready(r)) {
             if sender.send(*player, Channel::Reliable, &PeerMsg::Seq { seq: r.next_seq }).is_ok() {
                 r.next_seq += 1;
                 r.sent += 1;
@@ -473,8 +483,6 @@ fn send_ticks(
 /// One client's entry on the [`MeshBoard`].
 #[derive(Debug, Clone)]
 pub struct BoardEntry {
-    /// Name.
-    pub name: String,
     /// Position.
     pub pos: Vec2,
     /// Its links: peer and path.
@@ -487,19 +495,13 @@ pub struct BoardEntry {
 #[derive(Resource, Debug, Clone, Default)]
 pub struct MeshBoard(pub Arc<Mutex<BTreeMap<PlayerId, BoardEntry>>>);
 
-fn post_to_board(me: Res<Me>, remotes: Res<Remotes>, settings: Res<NetSettings>, board: Res<MeshBoard>) {
+fn post_to_board(me: Res<Me>, remotes: Res<Remotes>, board: Res<MeshBoard>) {
     let Some(player) = me.player.filter(|_| me.in_game) else { return };
     let links = remotes.0.iter().filter(|(_, r)| r.present).map(|(p, r)| (*p, r.path)).collect();
-    let entry = BoardEntry { name: settings.name.clone(), pos: me.pos, links, at: Instant::now() };
+    let entry = BoardEntry { pos: me.pos, links, at: Instant::now() };
     if let Ok(mut b) = board.0.lock() {
         b.insert(player, entry);
     }
-}
-
-/// Total bytes of the client: (server in, server out, mesh in, mesh out).
-pub fn byte_totals(client: &P2pClient, server: (u64, u64)) -> (u64, u64, u64, u64) {
-    let t = client.totals();
-    (server.0, server.1, t.mesh.bytes_received, t.mesh.bytes_sent)
 }
 
 #[cfg(test)]

@@ -51,7 +51,9 @@ fn two_bots_on_the_embedded_shard_connect_meet_and_lose_nothing() {
 
     let lines: Vec<Value> = stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line {l:?} is not JSON: {e}\n{ctx}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line {l:?} is not JSON: {e}\n{ctx}"))
+        })
         .collect();
     let mut by_bot: HashMap<String, Vec<&Value>> = HashMap::new();
     for l in &lines {
@@ -62,7 +64,10 @@ fn two_bots_on_the_embedded_shard_connect_meet_and_lose_nothing() {
     let ids: HashMap<&str, u64> = by_bot
         .iter()
         .map(|(bot, ls)| {
-            let c = ls.iter().find(|l| l["event"] == "connected").unwrap_or_else(|| panic!("{bot} connected\n{ctx}"));
+            let c = ls
+                .iter()
+                .find(|l| l["event"] == "connected")
+                .unwrap_or_else(|| panic!("{bot} connected\n{ctx}"));
             (bot.as_str(), c["client"].as_u64().unwrap())
         })
         .collect();
@@ -87,7 +92,11 @@ fn two_bots_on_the_embedded_shard_connect_meet_and_lose_nothing() {
             .unwrap_or_else(|| panic!("{bot}'s stats list {other}\n{ctx}"));
         assert!(peer["received"].as_u64().unwrap() > 20, "{bot} received from {other}: {peer}\n{ctx}");
         assert!(peer["sent"].as_u64().unwrap() > 20, "{peer}");
-        assert_eq!((peer["gaps"].as_u64(), peer["dups"].as_u64()), (Some(0), Some(0)), "{bot}: {peer}\n{ctx}");
+        assert_eq!(
+            (peer["gaps"].as_u64(), peer["dups"].as_u64()),
+            (Some(0), Some(0)),
+            "{bot}: {peer}\n{ctx}"
+        );
         assert!(last["p2p_bytes_in"].as_u64().unwrap() > 0 && last["server_bytes_in"].as_u64().unwrap() > 0);
         let exit = ls.last().unwrap();
         assert_eq!(exit["event"], "exit", "{bot}'s last line is exit\n{ctx}");

@@ -36,7 +36,9 @@ pub fn display_problem() -> Option<String> {
         return Some(if wayland.is_empty() {
             format!("no display: neither DISPLAY nor WAYLAND_DISPLAY is set; {hint}")
         } else {
-            format!("this build draws through X11 and DISPLAY is not set (Wayland only, no XWayland?); {hint}")
+            format!(
+                "this build draws through X11 and DISPLAY is not set (Wayland only, no XWayland?); {hint}"
+            )
         });
     }
     // ":N" / "unix:N" means the local socket /tmp/.X11-unix/XN: check that something listens.
@@ -90,7 +92,10 @@ pub fn run(settings: NetSettings, options: GameOptions) -> GameEnd {
     .add_plugins(FpsOverlayPlugin {
         config: FpsOverlayConfig {
             text_config: TextFont::from_font_size(18.0),
-            frame_time_graph_config: FrameTimeGraphConfig { enabled: false, ..FrameTimeGraphConfig::target_fps(60.0) },
+            frame_time_graph_config: FrameTimeGraphConfig {
+                enabled: false,
+                ..FrameTimeGraphConfig::target_fps(60.0)
+            },
             ..default()
         },
     })

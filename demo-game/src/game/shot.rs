@@ -63,10 +63,8 @@ fn take_and_exit(
     plan.requested = true;
     let fps = diagnostics.get(&FrameTimeDiagnosticsPlugin::FPS).and_then(|d| d.smoothed()).unwrap_or(0.0);
     info!(frames = plan.frames, fps = format!("{fps:.1}"), "taking the screenshot");
-    commands
-        .spawn(Screenshot::primary_window())
-        .observe(save_to_disk(plan.path.clone()))
-        .observe(|captured: On<ScreenshotCaptured>, mut result: ResMut<ShotResult>| {
+    commands.spawn(Screenshot::primary_window()).observe(save_to_disk(plan.path.clone())).observe(
+        |captured: On<ScreenshotCaptured>, mut result: ResMut<ShotResult>| {
             let verdict = match captured.image.clone().try_into_dynamic() {
                 Ok(img) => {
                     let rgb = img.to_rgb8();
@@ -75,7 +73,8 @@ fn take_and_exit(
                 Err(e) => Err(format!("cannot read the captured image: {e}")),
             };
             result.0 = Some(verdict);
-        });
+        },
+    );
 }
 
 /// What the pixel check counted.
@@ -137,7 +136,13 @@ mod tests {
         fill.iter().copied().cycle().take(w * h * 3).collect()
     }
 
-    fn paint(img: &mut [u8], w: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, c: [u8; 3]) {
+    fn paint(
+        img: &mut [u8],
+        w: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        c: [u8; 3],
+    ) {
         for y in rows {
             for x in cols.clone() {
                 img[(y * w + x) * 3..][..3].copy_from_slice(&c);

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
 use bevy::input::ButtonState;
 use bevy::input::keyboard::{Key, KeyboardInput};
 use bevy::prelude::*;
 use bevy_p2pmodel::client::PeerPath as Route;
-use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
 use bevy_p2pmodel::plugins::diagnostics::{
     BYTES_IN_PER_S, BYTES_OUT_PER_S, SERVER_BYTES_IN_PER_S, SERVER_BYTES_OUT_PER_S,
 };
@@ -45,7 +45,13 @@ struct NetPanel;
 #[derive(Component)]
 struct ChatPanel;
 
-fn panel(top: Option<f32>, bottom: Option<f32>, left: Option<f32>, right: Option<f32>, width: f32) -> impl Bundle {
+fn panel(
+    top: Option<f32>,
+    bottom: Option<f32>,
+    left: Option<f32>,
+    right: Option<f32>,
+    width: f32,
+) -> impl Bundle {
     (
         Node {
             position_type: PositionType::Absolute,
@@ -68,7 +74,7 @@ fn setup(mut commands: Commands) {
     commands.spawn(panel(None, Some(8.0), Some(8.0), None, 460.0)).with_children(|p| {
         p.spawn((ChatPanel, Text::new(""), TextFont::from_font_size(14.0), TextColor(TEXT)));
     });
-    commands.spawn(panel(None, Some(8.0), None, Some(8.0), 250.0)).with_children(|p| {
+    commands.spawn(panel(None, Some(8.0), None, Some(8.0), 300.0)).with_children(|p| {
         p.spawn((
             Text::new("WASD / arrows: move\nEnter: chat   Esc: cancel\nlines: P2P links\n"),
             TextFont::from_font_size(13.0),
@@ -192,7 +198,8 @@ fn net_panel(
     let present: Vec<_> = remotes.0.iter().filter(|(_, r)| r.present).collect();
     spans.push((format!("peers {}\n", present.len()), TEXT));
     for (p, r) in present {
-        let rtt = client.peer_rtt(*p).map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+        let rtt =
+            client.peer_rtt(*p).map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
         let name: String = r.name.chars().take(14).collect();
         spans.push((format!("  {name:<14} {:<10} {rtt}\n", r.path.as_str()), path_color(r.path)));
     }
@@ -208,11 +215,7 @@ fn net_panel(
     });
 }
 
-fn chat_panel(
-    mut panel: Query<&mut Text, With<ChatPanel>>,
-    chat: Res<ChatLog>,
-    input: Res<ChatInput>,
-) {
+fn chat_panel(mut panel: Query<&mut Text, With<ChatPanel>>, chat: Res<ChatLog>, input: Res<ChatInput>) {
     if !chat.is_changed() && !input.is_changed() {
         return;
     }

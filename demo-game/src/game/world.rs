@@ -125,7 +125,8 @@ fn sync_players(
         match (visible, shown.0.get(player)) {
             (true, None) => {
                 let mat = materials.add(player_color(*player));
-                let e = spawn_avatar(&mut commands, shapes.circle.clone(), mat, Avatar(Some(*player)), &r.name);
+                let e =
+                    spawn_avatar(&mut commands, shapes.circle.clone(), mat, Avatar(Some(*player)), &r.name);
                 shown.0.insert(*player, e);
             }
             (false, Some(e)) => {
@@ -187,11 +188,20 @@ fn draw(
     // Grid every 10 units around the camera.
     let cell = 10.0 * PX;
     let snap = (origin / cell).round() * cell;
-    gizmos.grid_2d(Isometry2d::from_translation(snap), UVec2::new(16, 12), Vec2::splat(cell), Color::srgb(0.13, 0.15, 0.19));
+    gizmos.grid_2d(
+        Isometry2d::from_translation(snap),
+        UVec2::new(16, 12),
+        Vec2::splat(cell),
+        Color::srgb(0.13, 0.15, 0.19),
+    );
     if !me.in_game {
         return;
     }
-    gizmos.circle_2d(Isometry2d::from_translation(origin), INTEREST_RADIUS * PX, Color::srgb(0.2, 0.24, 0.32));
+    gizmos.circle_2d(
+        Isometry2d::from_translation(origin),
+        INTEREST_RADIUS * PX,
+        Color::srgb(0.2, 0.24, 0.32),
+    ).resolution(96);
     // Our links: thick.
     let mine: Vec<PlayerId> = remotes.0.iter().filter(|(_, r)| r.present).map(|(p, _)| *p).collect();
     for p in &mine {
@@ -206,13 +216,15 @@ fn draw(
     if let (Some(board), Some(me_id)) = (board, me.player)
         && let Ok(b) = board.0.lock()
     {
-        for (id, entry) in b.iter().filter(|(id, e)| **id != me_id && now.duration_since(e.at).as_secs() < 2) {
+        for (id, entry) in b.iter().filter(|(id, e)| **id != me_id && now.duration_since(e.at).as_secs() < 2)
+        {
             for (peer, path) in &entry.links {
                 // Each pair once (from the lower id), and not our own links.
                 if *peer == me_id || (peer < id && b.contains_key(peer)) {
                     continue;
                 }
-                let peer_pos = b.get(peer).map(|e| e.pos).or_else(|| remotes.0.get(peer).and_then(|r| r.position(now)));
+                let peer_pos =
+                    b.get(peer).map(|e| e.pos).or_else(|| remotes.0.get(peer).and_then(|r| r.position(now)));
                 if let Some(pp) = peer_pos
                     && let Some((a, bb)) = link_line(entry.pos * PX, pp * PX)
                 {
