@@ -127,6 +127,7 @@ fn emit(rep: &BotReporting, event: Event) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report_events(
     rep: Res<BotReporting>,
     clock: Res<RunClock>,

@@ -61,7 +61,7 @@ pub struct Cli {
     pub spawn: Option<(f32, f32)>,
     /// Exit after this many seconds (bots stop sending for the last second so the counts
     /// are final).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_hyphen_values = true)]
     pub exit_after: Option<Duration>,
     /// `off`: send every message through the Game server (no P2P links), for comparison.
     #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]

@@ -197,11 +197,9 @@ fn draw(
     if !me.in_game {
         return;
     }
-    gizmos.circle_2d(
-        Isometry2d::from_translation(origin),
-        INTEREST_RADIUS * PX,
-        Color::srgb(0.2, 0.24, 0.32),
-    ).resolution(96);
+    gizmos
+        .circle_2d(Isometry2d::from_translation(origin), INTEREST_RADIUS * PX, Color::srgb(0.2, 0.24, 0.32))
+        .resolution(96);
     // Our links: thick.
     let mine: Vec<PlayerId> = remotes.0.iter().filter(|(_, r)| r.present).map(|(p, _)| *p).collect();
     for p in &mine {
