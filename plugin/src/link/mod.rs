@@ -295,6 +295,11 @@ pub struct Link {
     dirty: bool,
     /// A message-bearing renet packet arrived; its ack must leave by this time.
     ack_due: Option<Instant>,
+    /// [`Link::poll_timeout`], recomputed at the end of every input (the mesh asks for it
+    /// after every datagram, for every link).
+    timeout: Option<Instant>,
+    /// Scratch buffer for decrypted datagrams (no allocation per datagram received).
+    plaintext: Vec<u8>,
     now: Instant,
     stats: LinkStats,
 }
@@ -392,6 +397,8 @@ impl Link {
             events: VecDeque::new(),
             dirty: false,
             ack_due: None,
+            timeout: None,
+            plaintext: Vec::new(),
             now,
             stats: LinkStats::default(),
             cfg,
@@ -460,6 +467,7 @@ impl Link {
         }
         self.renet.send_message(channel, message);
         self.dirty = true;
+        self.timeout = Some(self.now);
         true
     }
 
@@ -510,6 +518,10 @@ impl Link {
 
     /// When to call [`Link::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+
+    fn compute_timeout(&self) -> Option<Instant> {
         if self.dirty {
             return Some(self.now);
         }
@@ -943,9 +955,11 @@ impl Link {
         bytes: &[u8],
     ) -> Result<(), OpenError> {
         self.now = now;
-        let (header, body) = match self.crypto.open(bytes) {
-            Ok(x) => x,
+        let mut body = std::mem::take(&mut self.plaintext);
+        let header = match self.crypto.open_into(bytes, &mut body) {
+            Ok(h) => h,
             Err(e) => {
+                self.plaintext = body;
                 self.stats.rejected += 1;
                 return Err(e);
             }
@@ -1052,8 +1066,26 @@ impl Link {
             }
             PeerKind::Control => {}
         }
-        self.flush(now);
+        self.plaintext = body;
+        // Most datagrams (the peer's data, acks) leave renet nothing to send that is due: its
+        // ack is owed only after `ack_delay` or with our next messages. Asking renet for its
+        // packets anyway would build (and we would drop) an ack-only packet per datagram.
+        if self.renet_due(now) {
+            self.flush(now);
+        } else {
+            self.timeout = self.compute_timeout();
+        }
         Ok(())
+    }
+
+    /// Does renet have something to send now: queued messages, a path to send what it held
+    /// back, a due ack, or possibly a reliable re-send? (The same conditions as the renet part
+    /// of [`Link::poll_timeout`].)
+    fn renet_due(&self, now: Instant) -> bool {
+        self.dirty
+            || self.path() != self.reported
+            || self.ack_due.is_some_and(|t| now >= t)
+            || (self.reliable_pending() && now >= self.renet_time + self.cfg.reliable_resend / 2)
     }
 
     fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, id: u64) {
@@ -1156,6 +1188,7 @@ impl Link {
             self.reported = path;
             self.events.push_back(LinkEvent::Path(path));
         }
+        self.timeout = self.compute_timeout();
     }
 }
 
