@@ -300,6 +300,10 @@ pub struct Link {
     timeout: Option<Instant>,
     /// Scratch buffer for decrypted datagrams (no allocation per datagram received).
     plaintext: Vec<u8>,
+    /// renet holds unacked reliable messages (application or control channel). Set on a
+    /// reliable send, re-read from renet only after it processed a packet (acks free its
+    /// memory nowhere else), so the deadline costs no lookups into renet's maps.
+    reliable_pending: bool,
     now: Instant,
     stats: LinkStats,
 }
@@ -399,6 +403,7 @@ impl Link {
             ack_due: None,
             timeout: None,
             plaintext: Vec::new(),
+            reliable_pending: false,
             now,
             stats: LinkStats::default(),
             cfg,
@@ -466,6 +471,9 @@ impl Link {
             return false;
         }
         self.renet.send_message(channel, message);
+        if channel == CHANNEL_RELIABLE {
+            self.reliable_pending = self.renet_reliable_pending();
+        }
         self.dirty = true;
         self.timeout = Some(self.now);
         true
@@ -571,6 +579,10 @@ impl Link {
     }
 
     fn reliable_pending(&self) -> bool {
+        self.reliable_pending
+    }
+
+    fn renet_reliable_pending(&self) -> bool {
         self.renet.channel_available_memory(CHANNEL_RELIABLE) < RELIABLE_MEMORY
             || self.renet.channel_available_memory(CHANNEL_CONTROL) < CONTROL_MEMORY
     }
@@ -891,6 +903,7 @@ impl Link {
         let msg = Control::Candidates(self.local.clone());
         if let Ok(bytes) = bincode::serde::encode_to_vec(&msg, bincode::config::standard()) {
             self.renet.send_message(CHANNEL_CONTROL, bytes);
+            self.reliable_pending = self.renet_reliable_pending();
             self.dirty = true;
         }
     }
@@ -1057,6 +1070,9 @@ impl Link {
                     self.ack_due.get_or_insert(now + self.cfg.ack_delay);
                 }
                 self.renet.process_packet(&body);
+                if self.reliable_pending {
+                    self.reliable_pending = self.renet_reliable_pending();
+                }
                 if self.renet.is_disconnected() {
                     self.events.push_back(LinkEvent::Broken);
                 }
