@@ -150,6 +150,15 @@ impl LinkCrypto {
 
     /// Authenticate, replay-check and decrypt a datagram from the peer.
     pub fn open(&mut self, datagram: &[u8]) -> Result<(PeerHeader, Vec<u8>), OpenError> {
+        let mut body = Vec::new();
+        let header = self.open_into(datagram, &mut body)?;
+        Ok((header, body))
+    }
+
+    /// [`LinkCrypto::open`] into a caller's buffer (replaced by the plaintext; its capacity is
+    /// reused, so a long-lived buffer means no allocation per datagram). On error the buffer's
+    /// content is unspecified.
+    pub fn open_into(&mut self, datagram: &[u8], body: &mut Vec<u8>) -> Result<PeerHeader, OpenError> {
         let header = PeerHeader::decode(datagram)?;
         if header.link != self.link || header.side == self.side {
             return Err(OpenError::WrongLink);
@@ -158,18 +167,19 @@ impl LinkCrypto {
             return Err(OpenError::Replay);
         }
         let body_end = datagram.len() - TAG_LEN;
-        let mut body = datagram[PEER_HEADER_LEN..body_end].to_vec();
+        body.clear();
+        body.extend_from_slice(&datagram[PEER_HEADER_LEN..body_end]);
         let tag = Tag::from_slice(&datagram[body_end..]);
         self.cipher
             .decrypt_in_place_detached(
                 &nonce(header.side, header.pn),
                 &datagram[..PEER_HEADER_LEN],
-                &mut body,
+                body,
                 tag,
             )
             .map_err(|_| OpenError::Auth)?;
         self.replay.record(header.pn);
-        Ok((header, body))
+        Ok(header)
     }
 }
 

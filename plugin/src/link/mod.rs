@@ -295,6 +295,15 @@ pub struct Link {
     dirty: bool,
     /// A message-bearing renet packet arrived; its ack must leave by this time.
     ack_due: Option<Instant>,
+    /// [`Link::poll_timeout`], recomputed at the end of every input (the mesh asks for it
+    /// after every datagram, for every link).
+    timeout: Option<Instant>,
+    /// Scratch buffer for decrypted datagrams (no allocation per datagram received).
+    plaintext: Vec<u8>,
+    /// renet holds unacked reliable messages (application or control channel). Set on a
+    /// reliable send, re-read from renet only after it processed a packet (acks free its
+    /// memory nowhere else), so the deadline costs no lookups into renet's maps.
+    reliable_pending: bool,
     now: Instant,
     stats: LinkStats,
 }
@@ -392,6 +401,9 @@ impl Link {
             events: VecDeque::new(),
             dirty: false,
             ack_due: None,
+            timeout: None,
+            plaintext: Vec::new(),
+            reliable_pending: false,
             now,
             stats: LinkStats::default(),
             cfg,
@@ -464,7 +476,11 @@ impl Link {
             return false;
         }
         self.renet.send_message(channel, message);
+        if channel == CHANNEL_RELIABLE {
+            self.reliable_pending = self.renet_reliable_pending();
+        }
         self.dirty = true;
+        self.timeout = Some(self.now);
         true
     }
 
@@ -515,6 +531,10 @@ impl Link {
 
     /// When to call [`Link::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+
+    fn compute_timeout(&self) -> Option<Instant> {
         if self.dirty {
             return Some(self.now);
         }
@@ -564,6 +584,10 @@ impl Link {
     }
 
     fn reliable_pending(&self) -> bool {
+        self.reliable_pending
+    }
+
+    fn renet_reliable_pending(&self) -> bool {
         self.renet.channel_available_memory(CHANNEL_RELIABLE) < RELIABLE_MEMORY
             || self.renet.channel_available_memory(CHANNEL_CONTROL) < CONTROL_MEMORY
     }
@@ -884,6 +908,7 @@ impl Link {
         let msg = Control::Candidates(self.local.clone());
         if let Ok(bytes) = bincode::serde::encode_to_vec(&msg, bincode::config::standard()) {
             self.renet.send_message(CHANNEL_CONTROL, bytes);
+            self.reliable_pending = self.renet_reliable_pending();
             self.dirty = true;
         }
     }
@@ -948,9 +973,11 @@ impl Link {
         bytes: &[u8],
     ) -> Result<(), OpenError> {
         self.now = now;
-        let (header, body) = match self.crypto.open(bytes) {
-            Ok(x) => x,
+        let mut body = std::mem::take(&mut self.plaintext);
+        let header = match self.crypto.open_into(bytes, &mut body) {
+            Ok(h) => h,
             Err(e) => {
+                self.plaintext = body;
                 self.stats.rejected += 1;
                 return Err(e);
             }
@@ -1048,6 +1075,9 @@ impl Link {
                     self.ack_due.get_or_insert(now + self.cfg.ack_delay);
                 }
                 self.renet.process_packet(&body);
+                if self.reliable_pending {
+                    self.reliable_pending = self.renet_reliable_pending();
+                }
                 if self.renet.is_disconnected() {
                     self.events.push_back(LinkEvent::Broken);
                 }
@@ -1057,8 +1087,26 @@ impl Link {
             }
             PeerKind::Control => {}
         }
-        self.flush(now);
+        self.plaintext = body;
+        // Most datagrams (the peer's data, acks) leave renet nothing to send that is due: its
+        // ack is owed only after `ack_delay` or with our next messages. Asking renet for its
+        // packets anyway would build (and we would drop) an ack-only packet per datagram.
+        if self.renet_due(now) {
+            self.flush(now);
+        } else {
+            self.timeout = self.compute_timeout();
+        }
         Ok(())
+    }
+
+    /// Does renet have something to send now: queued messages, a path to send what it held
+    /// back, a due ack, or possibly a reliable re-send? (The same conditions as the renet part
+    /// of [`Link::poll_timeout`].)
+    fn renet_due(&self, now: Instant) -> bool {
+        self.dirty
+            || self.path() != self.reported
+            || self.ack_due.is_some_and(|t| now >= t)
+            || (self.reliable_pending() && now >= self.renet_time + self.cfg.reliable_resend / 2)
     }
 
     fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, id: u64) {
@@ -1161,6 +1209,7 @@ impl Link {
             self.reported = path;
             self.events.push_back(LinkEvent::Path(path));
         }
+        self.timeout = self.compute_timeout();
     }
 }
 

@@ -249,8 +249,28 @@ impl Mesh {
 
     /// Pull transmits and events out of every link and the STUN agent.
     fn collect(&mut self) {
-        let mut public = None;
-        let mut direct_failed = false;
+        let mut out = Collected::default();
+        self.collect_stun(&mut out);
+        for (id, link) in self.links.iter_mut() {
+            drain_link(*id, link, &mut self.transmits, &mut self.events, &mut self.stats, &mut out);
+        }
+        self.collected(out);
+    }
+
+    /// [`Mesh::collect`] when only `link` (if any) and the STUN agent had input: every other
+    /// link's queues are empty already (each input drains what it touched).
+    fn collect_one(&mut self, link: Option<LinkId>) {
+        let mut out = Collected::default();
+        self.collect_stun(&mut out);
+        if let Some(id) = link
+            && let Some(link) = self.links.get_mut(&id)
+        {
+            drain_link(id, link, &mut self.transmits, &mut self.events, &mut self.stats, &mut out);
+        }
+        self.collected(out);
+    }
+
+    fn collect_stun(&mut self, out: &mut Collected) {
         if let Some(agent) = self.stun.as_mut() {
             if let Some(d) = agent.discovery.as_mut() {
                 while let Some(t) = d.poll_transmit() {
@@ -261,7 +281,7 @@ impl Mesh {
                 if d.is_done() {
                     let report = d.report();
                     agent.discovery = None;
-                    public = report.public;
+                    out.public = report.public;
                     agent.report = Some(report.clone());
                     self.events.push_back(MeshEvent::Nat(report));
                 }
@@ -274,32 +294,23 @@ impl Mesh {
                 }
                 if let Some(outcome) = r.outcome() {
                     if let Ok(resp) = outcome {
-                        public = Some(resp.mapped);
+                        out.public = Some(resp.mapped);
                     }
                     agent.refresh = None;
                 }
             }
         }
-        for (id, link) in self.links.iter_mut() {
-            while let Some(t) = link.poll_transmit() {
-                self.stats.sent += 1;
-                self.stats.bytes_sent += t.payload.len() as u64;
-                self.transmits.push_back(t);
-            }
-            while let Some(event) = link.poll_event() {
-                match event {
-                    LinkEvent::ObservedAddressChanged(a) => public = Some(a),
-                    LinkEvent::DirectPathFailed(_) => direct_failed = true,
-                    _ => {}
-                }
-                self.events.push_back(MeshEvent::Link { link: *id, event });
-            }
-        }
-        if direct_failed && let Some(agent) = self.stun.as_mut() {
+    }
+
+    /// Act on what the links and the STUN agent reported.
+    fn collected(&mut self, out: Collected) {
+        if out.direct_failed
+            && let Some(agent) = self.stun.as_mut()
+        {
             // Our address may have changed: ask the STUN server now rather than at the next refresh.
             agent.next_refresh = agent.next_refresh.min(self.now);
         }
-        if let Some(addr) = public {
+        if let Some(addr) = out.public {
             self.set_public_address(self.now, addr);
         }
     }
@@ -353,7 +364,7 @@ impl Mesh {
         local: SocketAddr,
         from: SocketAddr,
         data: &[u8],
-    ) -> Result<(), DropReason> {
+    ) -> Result<Option<LinkId>, DropReason> {
         match classify(data).map_err(|_| DropReason::Malformed)? {
             DatagramClass::Peer(_) => {
                 let (_, link, _) = PeerHeader::decode_route(data).map_err(|_| DropReason::Malformed)?;
@@ -361,24 +372,58 @@ impl Mesh {
                 let host_port =
                     self.local.iter().find(|c| c.kind == CandidateKind::Host).map(|c| c.addr.port());
                 let local = (Some(local.port()) != host_port).then_some(local);
-                let link = self.links.get_mut(&link).ok_or(DropReason::UnknownLink)?;
-                link.handle_peer(now, local, from, data).map_err(open_drop)
+                let id = link;
+                let link = self.links.get_mut(&id).ok_or(DropReason::UnknownLink)?;
+                link.handle_peer(now, local, from, data).map_err(open_drop)?;
+                Ok(Some(id))
             }
             DatagramClass::Relay(RelayKind::BindAck) => {
                 let id = data.get(1..5).ok_or(DropReason::Malformed)?;
                 let id = LinkId(u32::from_be_bytes(id.try_into().map_err(|_| DropReason::Malformed)?));
                 let link = self.links.get_mut(&id).ok_or(DropReason::UnknownLink)?;
-                link.handle_relay(now, from, data).map_err(open_drop)
+                link.handle_relay(now, from, data).map_err(open_drop)?;
+                Ok(Some(id))
             }
             DatagramClass::Stun => {
                 if self.handle_stun(now, local, from, data) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(DropReason::Unexpected)
                 }
             }
             DatagramClass::Relay(_) => Err(DropReason::Unexpected),
         }
+    }
+}
+
+/// What draining the links and the STUN agent asks the mesh to do.
+#[derive(Default)]
+struct Collected {
+    public: Option<SocketAddr>,
+    direct_failed: bool,
+}
+
+/// Move one link's transmits and events into the mesh's queues.
+fn drain_link(
+    id: LinkId,
+    link: &mut Link,
+    transmits: &mut VecDeque<Transmit>,
+    events: &mut VecDeque<MeshEvent>,
+    stats: &mut MeshStats,
+    out: &mut Collected,
+) {
+    while let Some(t) = link.poll_transmit() {
+        stats.sent += 1;
+        stats.bytes_sent += t.payload.len() as u64;
+        transmits.push_back(t);
+    }
+    while let Some(event) = link.poll_event() {
+        match event {
+            LinkEvent::ObservedAddressChanged(a) => out.public = Some(a),
+            LinkEvent::DirectPathFailed(_) => out.direct_failed = true,
+            _ => {}
+        }
+        events.push_back(MeshEvent::Link { link: id, event });
     }
 }
 
@@ -394,21 +439,28 @@ impl Endpoint for Mesh {
         self.now = now;
         self.stats.received += 1;
         self.stats.bytes_received += data.len() as u64;
-        if let Err(reason) = self.route(now, local, from, data) {
-            self.stats.drop(reason);
-        }
-        self.collect();
+        let touched = match self.route(now, local, from, data) {
+            Ok(link) => link,
+            Err(reason) => {
+                self.stats.drop(reason);
+                None
+            }
+        };
+        self.collect_one(touched);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.stun_timers(now);
-        for link in self.links.values_mut() {
+        let mut out = Collected::default();
+        self.collect_stun(&mut out);
+        for (id, link) in self.links.iter_mut() {
             if link.poll_timeout().is_some_and(|t| t <= now) {
                 link.handle_timeout(now);
+                drain_link(*id, link, &mut self.transmits, &mut self.events, &mut self.stats, &mut out);
             }
         }
-        self.collect();
+        self.collected(out);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
