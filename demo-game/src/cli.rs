@@ -75,6 +75,13 @@ pub struct Cli {
     /// Zone to enter.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub zone: u32,
+    /// Stop sending to peers this many seconds after start (for --pause-for seconds): an
+    /// idle session, to show NAT binding timeouts with and without keepalive (TC-05).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "pause_for")]
+    pub pause_at: Option<Duration>,
+    /// How long the pause started by --pause-at lasts.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "pause_at")]
+    pub pause_for: Option<Duration>,
 }
 
 /// A switch given as `on` or `off`.
@@ -135,6 +142,8 @@ pub struct Settings {
     pub keepalive: bool,
     /// `--zone`.
     pub zone: u32,
+    /// `--pause-at`, `--pause-for`: no peer traffic in this window after the start.
+    pub pause: Option<(Duration, Duration)>,
 }
 
 impl Cli {
@@ -182,6 +191,7 @@ impl Cli {
             p2p: self.p2p == OnOff::On,
             keepalive: self.keepalive == OnOff::On,
             zone: self.zone,
+            pause: self.pause_at.zip(self.pause_for),
         })
     }
 }
@@ -238,6 +248,15 @@ mod tests {
         assert_eq!(s.shard, ShardChoice::Embedded);
         assert_eq!(s.mode, Mode::Window { bots: DEFAULT_WINDOW_BOTS, auto: false, screenshot: None });
         assert!(s.p2p && s.keepalive);
+    }
+
+    #[test]
+    fn a_pause_needs_both_its_start_and_its_length() {
+        let s = parse(&["--headless", "--bot", "--pause-at", "6", "--pause-for", "30"]).unwrap();
+        assert_eq!(s.pause, Some((Duration::from_secs(6), Duration::from_secs(30))));
+        let e = parse(&["--headless", "--bot", "--pause-at", "6"]).unwrap_err();
+        assert!(e.contains("--pause-for"), "{e}");
+        assert!(parse(&["--headless", "--bot", "--pause-at", "x", "--pause-for", "1"]).is_err());
     }
 
     #[test]

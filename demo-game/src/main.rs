@@ -108,6 +108,7 @@ fn net_settings(s: &Settings, login: SocketAddr, name: String) -> NetSettings {
         keepalive: s.keepalive,
         zone: s.zone,
         exit_after: s.exit_after,
+        pause: s.pause,
         spawn: s.spawn.map(|(x, y)| Vec2::new(x, y)),
     }
 }

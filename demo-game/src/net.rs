@@ -58,6 +58,8 @@ pub struct NetSettings {
     pub zone: u32,
     /// `--exit-after`.
     pub exit_after: Option<Duration>,
+    /// `--pause-at` / `--pause-for`: (start, length) of a window with no peer traffic.
+    pub pause: Option<(Duration, Duration)>,
     /// `--spawn`.
     pub spawn: Option<Vec2>,
 }
@@ -85,7 +87,7 @@ impl Plugin for DemoNetPlugin {
         let shard = ShardClientPlugin { login: s.login, auto_connect: true, auto_zone: Some(s.zone) };
         app.add_plugins((mesh, shard))
             .insert_resource(s.clone())
-            .insert_resource(RunClock::new(s.exit_after))
+            .insert_resource(RunClock::new(s.exit_after).with_pause(s.pause))
             .init_resource::<Me>()
             .init_resource::<Remotes>()
             .init_resource::<ChatLog>()
@@ -222,12 +224,28 @@ pub struct RunClock {
     pub draining: bool,
     /// `--exit-after` elapsed.
     pub done: bool,
+    pause: Option<(Duration, Duration)>,
+    /// Inside the `--pause-at` window: nothing is sent to peers.
+    pub paused: bool,
 }
 
 impl RunClock {
     /// A clock starting now.
     pub fn new(exit_after: Option<Duration>) -> Self {
-        RunClock { start: Instant::now(), exit_after, draining: false, done: false }
+        RunClock {
+            start: Instant::now(),
+            exit_after,
+            draining: false,
+            done: false,
+            pause: None,
+            paused: false,
+        }
+    }
+
+    /// The same clock with a window of silence toward peers (`--pause-at`, `--pause-for`).
+    pub fn with_pause(mut self, pause: Option<(Duration, Duration)>) -> Self {
+        self.pause = pause;
+        self
     }
 
     /// Milliseconds since the start.
@@ -237,8 +255,9 @@ impl RunClock {
 
     /// Update `draining` and `done` for `now`.
     pub fn advance(&mut self, now: Instant) {
-        let Some(total) = self.exit_after else { return };
         let t = now.saturating_duration_since(self.start);
+        self.paused = self.pause.is_some_and(|(at, len)| t >= at && t < at + len);
+        let Some(total) = self.exit_after else { return };
         let drain = DRAIN.min(total / 4);
         self.draining = t + drain >= total;
         self.done = t >= total;
@@ -450,6 +469,13 @@ fn send_ticks(
     }
     let now = Instant::now();
     let ticker = &mut *ticker;
+    if clock.paused {
+        // Idle toward peers (TC-05); the shard still gets our position.
+        if due(&mut ticker.state_due, now, Duration::from_secs_f64(1.0 / TICK_HZ)) {
+            requests.write(ShardRequest::Move { x: me.pos.x, y: me.pos.y });
+        }
+        return;
+    }
     if due(&mut ticker.state_due, now, Duration::from_secs_f64(1.0 / TICK_HZ)) {
         requests.write(ShardRequest::Move { x: me.pos.x, y: me.pos.y });
         ticker.state_seq += 1;
@@ -519,6 +545,19 @@ mod tests {
         // A 1 s stall fires once, not 20 times.
         assert!(due(&mut next, t0 + Duration::from_secs(1), p));
         assert!(!due(&mut next, t0 + Duration::from_millis(1010), p));
+    }
+
+    #[test]
+    fn the_pause_window_silences_peers_only_inside_it() {
+        let mut c = RunClock::new(None).with_pause(Some((Duration::from_secs(2), Duration::from_secs(3))));
+        let at = |s: u64| c.start + Duration::from_secs(s);
+        let (t1, t3, t5) = (at(1), at(3), at(5));
+        c.advance(t1);
+        assert!(!c.paused);
+        c.advance(t3);
+        assert!(c.paused);
+        c.advance(t5);
+        assert!(!c.paused, "the window is [2 s, 5 s)");
     }
 
     #[test]
