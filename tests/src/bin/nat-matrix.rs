@@ -118,7 +118,9 @@ fn main() {
     println!("\n## Simulator vs netlab\n");
     println!("The same class pairs behind real Linux NAT (nftables presets checked with coturn's and");
     println!("Vovida's classifiers), the real shard and `p2pmodel-demo --headless --bot` processes");
-    println!("(`sudo tests/netlab/run.sh`, docs/NETLAB.md; netlab column measured 2026-11-25, 39/39 checks):\n");
+    println!(
+        "(`sudo tests/netlab/run.sh`, docs/NETLAB.md; netlab column measured 2026-11-25, 39/39 checks):\n"
+    );
     println!("| pair | simulator | netlab |");
     println!("|---|---|---|");
     println!("| full-cone ↔ full-cone (TC-01) | direct | direct (90 ms after the intro) |");
@@ -126,8 +128,14 @@ fn main() {
     println!("| symmetric-random ↔ symmetric-random (TC-03) | relayed | relayed |");
     println!("| full-cone ↔ udp-firewall (TC-04) | relayed | relayed |");
     println!("| symmetric-random ↔ open (TC-07) | direct | direct (77–148 ms) |");
-    println!("| port-restricted ↔ symmetric-random (TC-07) | direct (birthday, median 1.27 s) | direct (birthday, 1.29–1.35 s) |");
-    println!("| port-restricted ↔ port-restricted, same NAT | direct (host candidates) | direct (host candidates) |");
+    println!(
+        "| port-restricted ↔ symmetric-random (TC-07) | direct (birthday, median 1.27 s) | direct (birthday, 1.29–1.35 s) |"
+    );
+    println!(
+        "| port-restricted ↔ port-restricted, same NAT | direct (host candidates) | direct (host candidates) |"
+    );
     println!("| port-restricted, address change (TC-06) | direct again, no loss | direct again, no loss |");
-    println!("| port-restricted, binding timeout (TC-05) | keepalive: survives; none: lost, detected, back | keepalive: survives; none: lost, detected, back |");
+    println!(
+        "| port-restricted, binding timeout (TC-05) | keepalive: survives; none: lost, detected, back | keepalive: survives; none: lost, detected, back |"
+    );
 }
