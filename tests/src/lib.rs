@@ -24,10 +24,8 @@ use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
 use bevy_p2pmodel::nat::{NatClass, NatReport};
 use bevy_p2pmodel::plugins::sim::SimShard;
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::proto::{DatagramClass, classify};
-use bevy_p2pmodel::relay::{Relay, RelayConfig, RelayEndpoint, TokenKeys, mint};
+use bevy_p2pmodel::relay::{TokenKeys, mint};
 use bevy_p2pmodel::sim::{HostConfig, HostId, LinkParams as Wire, NatConfig, NatId, Sim};
-use bevy_p2pmodel::stun::{StunServer, StunServerConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,39 +40,9 @@ pub const ALT_PORT: u16 = 3479;
 /// Unix time at the start of every simulated world (fixed, so runs are reproducible).
 pub const UNIX_START: u64 = 1_790_000_000;
 
-/// STUN server and relay on one simulated host, as `p2pmodel shard relay` runs them.
-pub struct PunchServer {
-    stun: StunServer,
-    relay: RelayEndpoint,
-    relay_addr: SocketAddr,
-}
-
-impl PunchServer {
-    /// The relay inside (stats, bindings).
-    pub fn relay(&self) -> &Relay {
-        self.relay.relay()
-    }
-}
-
-impl Endpoint for PunchServer {
-    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        match classify(data) {
-            Ok(DatagramClass::Stun) => self.stun.handle_datagram(now, local, from, data),
-            _ if local == self.relay_addr => self.relay.handle_datagram(now, local, from, data),
-            _ => {}
-        }
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.stun.handle_timeout(now);
-        self.relay.handle_timeout(now);
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.stun.poll_transmit().or_else(|| self.relay.poll_transmit())
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        [self.stun.poll_timeout(), self.relay.poll_timeout()].into_iter().flatten().min()
-    }
-}
+/// STUN server and relay on one simulated host, as `p2pmodel shard relay` runs them (the
+/// plugin's simulator version, shared with the Bevy app tests).
+pub use bevy_p2pmodel::plugins::sim::SimPunchServer as PunchServer;
 
 /// NAT presets of the class matrix (the seed's names plus the two symmetric flavours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -292,15 +260,13 @@ impl World {
         let clock = ClockAnchor { at: start, unix_micros: UNIX_START * 1_000_000 };
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let keys = TokenKeys::new(1, rng.random());
-        let relay_addr = SocketAddr::new(IpAddr::V4(SERVER_IP), PUNCH_PORT);
-        let stun = StunServer::new(StunServerConfig {
-            primary: relay_addr,
-            alt_port: Some(ALT_PORT),
-            alt_ip: Some(IpAddr::V4(SERVER_IP2)),
-            software: None,
-        });
-        let relay = Relay::new(RelayConfig::default(), keys.clone(), clock, rng.random());
-        let node = PunchServer { stun, relay: RelayEndpoint::new(relay), relay_addr };
+        let node = PunchServer::new(
+            IpAddr::V4(SERVER_IP),
+            IpAddr::V4(SERVER_IP2),
+            keys.clone(),
+            clock,
+            rng.random(),
+        );
         let server = sim.add_host(HostConfig::public(SERVER_IP).extra_ip(SERVER_IP2).port(PUNCH_PORT), node);
         World {
             sim,
