@@ -153,6 +153,67 @@ impl RelayStats {
         DropReason::ALL.iter().map(|&r| (r, self.dropped(r)))
     }
 
+    /// Number of counters in [`RelayStats::counters`].
+    pub const COUNTERS: usize = 14;
+
+    /// Every counter except the drops, in field order: what a driver publishes (e.g. into
+    /// atomics for another thread) and rebuilds with [`RelayStats::from_counters`].
+    pub fn counters(&self) -> [u64; Self::COUNTERS] {
+        [
+            self.received_packets,
+            self.received_bytes,
+            self.forwarded_packets,
+            self.forwarded_bytes,
+            self.binds_accepted,
+            self.bind_acks_sent,
+            self.peer_notifications_sent,
+            self.peer_notifications_suppressed,
+            self.bindings_moved,
+            self.bindings_expired,
+            self.addresses_validated,
+            self.stale_cookies,
+            self.active_bindings,
+            self.table_entries,
+        ]
+    }
+
+    /// Stats from [`RelayStats::counters`] and drops indexed like [`DropReason::ALL`].
+    pub fn from_counters(c: [u64; Self::COUNTERS], dropped: [u64; DropReason::COUNT]) -> RelayStats {
+        let [
+            received_packets,
+            received_bytes,
+            forwarded_packets,
+            forwarded_bytes,
+            binds_accepted,
+            bind_acks_sent,
+            peer_notifications_sent,
+            peer_notifications_suppressed,
+            bindings_moved,
+            bindings_expired,
+            addresses_validated,
+            stale_cookies,
+            active_bindings,
+            table_entries,
+        ] = c;
+        RelayStats {
+            received_packets,
+            received_bytes,
+            forwarded_packets,
+            forwarded_bytes,
+            binds_accepted,
+            bind_acks_sent,
+            peer_notifications_sent,
+            peer_notifications_suppressed,
+            bindings_moved,
+            bindings_expired,
+            addresses_validated,
+            stale_cookies,
+            active_bindings,
+            table_entries,
+            dropped,
+        }
+    }
+
     pub(crate) fn count_drop(&mut self, reason: DropReason) {
         self.dropped[reason as usize] += 1;
     }
@@ -161,6 +222,15 @@ impl RelayStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_round_trip_through_from_counters() {
+        let mut s = RelayStats { forwarded_bytes: 7, table_entries: 3, ..RelayStats::default() };
+        s.count_drop(DropReason::ALL[1]);
+        let back =
+            RelayStats::from_counters(s.counters(), std::array::from_fn(|i| s.dropped(DropReason::ALL[i])));
+        assert_eq!(back, s);
+    }
 
     #[test]
     fn relay_drop_reasons_index_their_own_counter() {

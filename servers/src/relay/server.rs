@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::relay::{Action, ClockAnchor, DropReason, Relay, RelayConfig, ReplyBuf, TokenKeys};
+use bevy_p2pmodel::relay::{
+    Action, ClockAnchor, DropReason, Relay, RelayConfig, RelayStats, ReplyBuf, TokenKeys,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
@@ -122,40 +124,12 @@ pub struct PlaneStats {
 }
 
 /// A consistent-enough copy of every counter (each value is exact; values are read one by
-/// one while the data plane runs).
+/// one while the data plane runs). The relay core's counters are a [`RelayStats`] (derefs
+/// to it); the data plane adds its own and the latency histogram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsSnapshot {
-    /// Datagrams handed to the relay core (STUN and wrong-port datagrams are counted in
-    /// [`PlaneStats`]).
-    pub received_packets: u64,
-    /// Their bytes.
-    pub received_bytes: u64,
-    /// Peer datagrams forwarded.
-    pub forwarded_packets: u64,
-    /// Their bytes.
-    pub forwarded_bytes: u64,
-    /// Binds accepted.
-    pub binds_accepted: u64,
-    /// BindAcks sent.
-    pub bind_acks_sent: u64,
-    /// Peer-bound notifications sent.
-    pub peer_notifications_sent: u64,
-    /// Peer-bound notifications suppressed by the amplification budget.
-    pub peer_notifications_suppressed: u64,
-    /// Bindings moved to a new address.
-    pub bindings_moved: u64,
-    /// Bindings expired.
-    pub bindings_expired: u64,
-    /// Addresses validated by cookie.
-    pub addresses_validated: u64,
-    /// Binds with stale cookies.
-    pub stale_cookies: u64,
-    /// Gauge: live bindings.
-    pub active_bindings: u64,
-    /// Gauge: table entries (live or replay floor).
-    pub table_entries: u64,
-    /// Drops by the relay core, indexed like [`DropReason::ALL`].
-    pub drops: [u64; DropReason::COUNT],
+    /// The relay core's counters (STUN and wrong-port datagrams are counted in [`PlaneStats`]).
+    pub core: RelayStats,
     /// Data-plane counters.
     pub plane: PlaneStats,
     /// Forwarding latency (recv → send inside the relay) per bucket (not cumulative).
@@ -166,15 +140,17 @@ pub struct StatsSnapshot {
     pub current_key_id: u8,
 }
 
-impl StatsSnapshot {
-    /// Drops for one core reason.
-    pub fn dropped(&self, r: DropReason) -> u64 {
-        self.drops[r as usize]
+impl std::ops::Deref for StatsSnapshot {
+    type Target = RelayStats;
+    fn deref(&self) -> &RelayStats {
+        &self.core
     }
+}
 
+impl StatsSnapshot {
     /// Every drop: core reasons and data-plane ones.
     pub fn dropped_total(&self) -> u64 {
-        self.drops.iter().sum::<u64>()
+        self.core.dropped_total()
             + self.plane.stun_unanswered
             + self.plane.not_relay_port
             + self.plane.bad_source
@@ -183,7 +159,7 @@ impl StatsSnapshot {
     }
 }
 
-const N_CORE: usize = 14;
+const N_CORE: usize = RelayStats::COUNTERS;
 const N_PLANE: usize = 7;
 
 /// Counters published by the data plane (single writer, many readers: no contention).
@@ -206,22 +182,9 @@ impl Shared {
     fn snapshot(&self) -> StatsSnapshot {
         let c: [u64; N_CORE] = std::array::from_fn(|i| self.core[i].load(Ordering::Relaxed));
         let p: [u64; N_PLANE] = std::array::from_fn(|i| self.plane[i].load(Ordering::Relaxed));
+        let drops = std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed));
         StatsSnapshot {
-            received_packets: c[0],
-            received_bytes: c[1],
-            forwarded_packets: c[2],
-            forwarded_bytes: c[3],
-            binds_accepted: c[4],
-            bind_acks_sent: c[5],
-            peer_notifications_sent: c[6],
-            peer_notifications_suppressed: c[7],
-            bindings_moved: c[8],
-            bindings_expired: c[9],
-            addresses_validated: c[10],
-            stale_cookies: c[11],
-            active_bindings: c[12],
-            table_entries: c[13],
-            drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
+            core: RelayStats::from_counters(c, drops),
             plane: PlaneStats {
                 stun_answered: p[0],
                 stun_unanswered: p[1],
@@ -586,22 +549,7 @@ impl DataPlane {
     fn publish(&self) {
         let s = self.relay.stats();
         let sh = &self.shared;
-        let core = [
-            s.received_packets,
-            s.received_bytes,
-            s.forwarded_packets,
-            s.forwarded_bytes,
-            s.binds_accepted,
-            s.bind_acks_sent,
-            s.peer_notifications_sent,
-            s.peer_notifications_suppressed,
-            s.bindings_moved,
-            s.bindings_expired,
-            s.addresses_validated,
-            s.stale_cookies,
-            s.active_bindings,
-            s.table_entries,
-        ];
+        let core = s.counters();
         for (a, v) in sh.core.iter().zip(core) {
             a.store(v, Ordering::Relaxed);
         }
