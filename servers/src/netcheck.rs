@@ -47,6 +47,11 @@ pub struct StunServeArgs {
     /// Alternate IP for CHANGE-REQUEST; with it clients can measure filtering and mapping.
     #[arg(long)]
     pub alt_ip: Option<IpAddr>,
+    /// Also answer bare (unpadded) Binding requests, as third-party NAT classifiers send
+    /// them. Off by default: then no answer is larger than its request, so a spoofed
+    /// source cannot use the server as an amplifier (our clients pad their requests).
+    #[arg(long)]
+    pub allow_small_requests: bool,
 }
 
 /// Why netcheck or the STUN server could not run.
@@ -163,6 +168,7 @@ pub fn stun_config(args: &StunServeArgs) -> Result<StunServerConfig, NetcheckErr
         alt_port: (args.alt_port != 0).then_some(args.alt_port),
         alt_ip: args.alt_ip,
         software: None,
+        no_amplification: !args.allow_small_requests,
     })
 }
 
@@ -197,6 +203,7 @@ mod tests {
             port,
             alt_port,
             alt_ip: Some("127.0.0.2".parse().unwrap()),
+            allow_small_requests: false,
         }
     }
 

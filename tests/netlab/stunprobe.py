@@ -16,7 +16,10 @@ def main() -> int:
     lip, lport, sip, sport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
     tid = os.urandom(12)
-    req = struct.pack("!HHI", 0x0001, 0, MAGIC) + tid
+    # Padded with P2PM-PADDING (0xC050, comprehension-optional) to 128 bytes: our relay
+    # answers no request with more bytes than it carried (docs/STUN-NAT.md).
+    pad = 128 - 20 - 4
+    req = struct.pack("!HHI", 0x0001, 4 + pad, MAGIC) + tid + struct.pack("!HH", 0xC050, pad) + bytes(pad)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((lip, lport))

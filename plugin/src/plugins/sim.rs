@@ -194,6 +194,7 @@ impl SimPunchServer {
             alt_port: Some(3479),
             alt_ip: Some(alt_ip),
             software: None,
+            no_amplification: true,
         });
         let relay = Relay::new(RelayConfig::default(), keys, clock, ChaCha8Rng::seed_from_u64(seed).random());
         SimPunchServer { stun, relay: RelayEndpoint::new(relay), relay_addr }

@@ -123,7 +123,7 @@ impl BindingRequest {
         change: ChangeRequest,
         config: RetransmitConfig,
     ) -> Self {
-        let payload = Message::binding_request(transaction_id, change).encode();
+        let payload = Message::padded_binding_request(transaction_id, change).encode();
         let mut tx = BindingRequest {
             server,
             accept_from: if change.any() { None } else { Some(server) },

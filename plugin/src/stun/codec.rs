@@ -66,7 +66,15 @@ pub mod attr_type {
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
     /// OTHER-ADDRESS (RFC 5780): the server's alternate IP and port.
     pub const OTHER_ADDRESS: u16 = 0x802C;
+    /// P2PM-PADDING (private use, comprehension-optional): zeros that make a request at
+    /// least as large as any answer, so a server that never answers with more bytes than
+    /// it received still answers it (anti-amplification). Every server ignores it.
+    pub const P2PM_PADDING: u16 = 0xC050;
 }
+
+/// Our requests are padded to at least this many bytes: the largest Binding response
+/// ([`crate::stun::MAX_RESPONSE_LEN`]) rounded up to a multiple of 4.
+pub const PADDED_REQUEST_LEN: usize = 128;
 
 /// Why bytes are not an acceptable STUN message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -246,6 +254,19 @@ impl Message {
             unknown_required: Vec::new(),
             fingerprint: true,
         }
+    }
+
+    /// A Binding request padded with P2PM-PADDING to at least [`PADDED_REQUEST_LEN`]
+    /// bytes: what our clients send, so servers that refuse to amplify still answer.
+    pub fn padded_binding_request(transaction_id: TransactionId, change: ChangeRequest) -> Self {
+        let mut m = Message::binding_request(transaction_id, change);
+        let len = m.encode().len();
+        if len < PADDED_REQUEST_LEN {
+            // The attribute header takes 4 bytes; lengths stay multiples of 4.
+            let pad = (PADDED_REQUEST_LEN - len).saturating_sub(4).next_multiple_of(4);
+            m.attributes.push(Attribute::Opaque { typ: attr_type::P2PM_PADDING, value: vec![0; pad] });
+        }
+        m
     }
 
     /// An empty message of `class` answering `transaction_id` (for building responses).

@@ -44,17 +44,27 @@ pub struct StunServerConfig {
     pub alt_ip: Option<IpAddr>,
     /// SOFTWARE attribute for RFC 8489 responses; `None` keeps responses small.
     pub software: Option<String>,
+    /// Answer only requests at least as large as the answer, so a spoofed source never
+    /// gets more bytes than it sent (our clients pad their requests). `false` also answers
+    /// classic bare 20-byte requests (third-party NAT classifiers), amplifying up to ~4x.
+    pub no_amplification: bool,
 }
 
 impl StunServerConfig {
     /// A server on `primary` only: plain Binding, no RFC 5780 tests.
     pub fn single(primary: SocketAddr) -> Self {
-        StunServerConfig { primary, alt_port: None, alt_ip: None, software: None }
+        StunServerConfig { primary, alt_port: None, alt_ip: None, software: None, no_amplification: true }
     }
 
     /// A full RFC 5780 server on `ip1:port1`, `ip1:port2`, `ip2:port1`, `ip2:port2`.
     pub fn rfc5780(primary: SocketAddr, alt_port: u16, alt_ip: IpAddr) -> Self {
-        StunServerConfig { primary, alt_port: Some(alt_port), alt_ip: Some(alt_ip), software: None }
+        StunServerConfig {
+            primary,
+            alt_port: Some(alt_port),
+            alt_ip: Some(alt_ip),
+            software: None,
+            no_amplification: true,
+        }
     }
 }
 
@@ -75,6 +85,8 @@ pub struct StunDrops {
     pub change_unavailable: u64,
     /// The outgoing queue was full because the driver is not polling.
     pub queue_full: u64,
+    /// The answer would have been larger than the request (`no_amplification`).
+    pub amplification: u64,
 }
 
 /// The STUN Binding server state machine. Drive it with [`Endpoint`].
@@ -148,6 +160,15 @@ impl StunServer {
         Some(SocketAddr::new(self.other_ip(local.ip())?, self.other_port(local.port())?))
     }
 
+    /// Queue an answer to a request of `request_len` bytes, unless it would amplify.
+    fn answer(&mut self, request_len: usize, t: Transmit) {
+        if self.config.no_amplification && t.payload.len() > request_len {
+            self.drops.amplification += 1;
+        } else {
+            self.push(t);
+        }
+    }
+
     fn push(&mut self, t: Transmit) {
         if self.out.len() >= MAX_QUEUED {
             self.drops.queue_full += 1;
@@ -159,6 +180,7 @@ impl StunServer {
 
     fn error_response(
         &mut self,
+        request_len: usize,
         req: &Message,
         local: SocketAddr,
         to: SocketAddr,
@@ -176,7 +198,7 @@ impl StunServer {
             resp.attributes.push(Attribute::UnknownAttributes(listed));
         }
         resp.fingerprint = req.fingerprint;
-        self.push(Transmit { src: Some(local), dst: to, payload: resp.encode() });
+        self.answer(request_len, Transmit { src: Some(local), dst: to, payload: resp.encode() });
     }
 }
 
@@ -209,7 +231,7 @@ impl Endpoint for StunServer {
             unknown.push(attr_type::RESPONSE_PORT);
         }
         if !unknown.is_empty() {
-            self.error_response(&req, local, from, 420, &unknown);
+            self.error_response(data.len(), &req, local, from, 420, &unknown);
             return;
         }
 
@@ -221,7 +243,7 @@ impl Endpoint for StunServer {
             _ if modern => {
                 // RFC 5780 §6.1: a server that cannot honour CHANGE-REQUEST answers 420;
                 // RFC 5389+ clients (ours, coturn's natdiscovery) read it as "no alternate".
-                self.error_response(&req, local, from, 420, &[attr_type::CHANGE_REQUEST]);
+                self.error_response(data.len(), &req, local, from, 420, &[attr_type::CHANGE_REQUEST]);
                 return;
             }
             _ => {
@@ -254,7 +276,7 @@ impl Endpoint for StunServer {
                 resp.attributes.push(Attribute::ChangedAddress(o));
             }
         }
-        self.push(Transmit { src: Some(src), dst: from, payload: resp.encode() });
+        self.answer(data.len(), Transmit { src: Some(src), dst: from, payload: resp.encode() });
     }
 
     fn handle_timeout(&mut self, _now: Instant) {}
@@ -277,8 +299,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A server that also answers bare requests (the attribute tests below send them).
     fn server() -> StunServer {
-        StunServer::new(StunServerConfig::rfc5780(sa("192.0.2.1:3478"), 3479, "192.0.2.2".parse().unwrap()))
+        let config = StunServerConfig::rfc5780(sa("192.0.2.1:3478"), 3479, "192.0.2.2".parse().unwrap());
+        StunServer::new(StunServerConfig { no_amplification: false, ..config })
     }
 
     fn ask(s: &mut StunServer, local: &str, from: &str, req: &Message) -> Option<(Transmit, Message)> {
@@ -344,14 +368,14 @@ mod tests {
             alt_port: Some(3479),
             ..StunServerConfig::single(sa("192.0.2.1:3478"))
         });
-        let req = Message::binding_request(TransactionId::new([3; 12]), ChangeRequest::IP_AND_PORT);
+        let req = Message::padded_binding_request(TransactionId::new([3; 12]), ChangeRequest::IP_AND_PORT);
         let (t, m) = ask(&mut s, "192.0.2.1:3478", "203.0.113.5:1", &req).unwrap();
         assert_eq!(t.src, Some(sa("192.0.2.1:3478")));
         assert_eq!(m.class, Class::ErrorResponse);
         assert_eq!(m.error_code().map(|e| e.0), Some(420));
         assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![attr_type::CHANGE_REQUEST])));
         // Port-only change is possible with an alternate port.
-        let req = Message::binding_request(TransactionId::new([4; 12]), ChangeRequest::PORT);
+        let req = Message::padded_binding_request(TransactionId::new([4; 12]), ChangeRequest::PORT);
         let (t, m) = ask(&mut s, "192.0.2.1:3478", "203.0.113.5:1", &req).unwrap();
         assert_eq!((t.src, m.class), (Some(sa("192.0.2.1:3479")), Class::SuccessResponse));
         assert_eq!(m.other_address(), None, "no OTHER-ADDRESS without an alternate IP");
@@ -413,6 +437,7 @@ mod tests {
                 unknown_local: 1,
                 change_unavailable: 0,
                 queue_full: 0,
+                amplification: 0,
             }
         );
     }
@@ -446,7 +471,7 @@ mod tests {
             3479,
             "2001:db8::2".parse().unwrap(),
         ));
-        let req = Message::binding_request(TransactionId::new([8; 12]), ChangeRequest::NONE);
+        let req = Message::padded_binding_request(TransactionId::new([8; 12]), ChangeRequest::NONE);
         let (_, m) = ask(&mut s, "[2001:db8::1]:3478", "[2001:db8:ffff::5]:1", &req).unwrap();
         let len = m.encode().len();
         assert_eq!(len, MAX_RESPONSE_LEN, "IPv6 with every attribute is the worst case");
@@ -455,6 +480,32 @@ mod tests {
         bare.fingerprint = false; // the smallest possible request: 20 bytes
         let (t, _) = ask(&mut v4, "192.0.2.1:3478", "203.0.113.5:1", &bare).unwrap();
         assert!(t.payload.len() <= 20 + 4 * 12, "IPv4 response {} bytes", t.payload.len());
+    }
+
+    /// The default: no answer is larger than its request, so a spoofed source never gets
+    /// more bytes than it sent; our padded requests are answered in full, for every
+    /// CHANGE-REQUEST and address family, and bare ones are dropped and counted.
+    #[test]
+    fn by_default_no_answer_is_larger_than_its_request() {
+        for (primary, alt, client) in [
+            ("192.0.2.1:3478", "192.0.2.2", "203.0.113.5:40000"),
+            ("[2001:db8::1]:3478", "2001:db8::2", "[2001:db8:ffff::5]:1"),
+        ] {
+            let mut s = StunServer::new(StunServerConfig::rfc5780(sa(primary), 3479, alt.parse().unwrap()));
+            for change in [ChangeRequest::NONE, ChangeRequest::PORT, ChangeRequest::IP_AND_PORT] {
+                let padded = Message::padded_binding_request(TransactionId::new([3; 12]), change).encode();
+                assert!(padded.len() >= MAX_RESPONSE_LEN);
+                s.handle_datagram(Instant::now(), sa(primary), sa(client), &padded);
+                let t = s.poll_transmit().expect("a padded request is answered");
+                assert!(t.payload.len() <= padded.len());
+                let m = Message::decode(&t.payload).unwrap();
+                assert_eq!(m.class, Class::SuccessResponse, "{change:?}");
+                let bare = Message::binding_request(TransactionId::new([4; 12]), change).encode();
+                s.handle_datagram(Instant::now(), sa(primary), sa(client), &bare);
+                assert!(s.poll_transmit().is_none(), "a {}-byte request is not answered", bare.len());
+            }
+            assert_eq!(s.drops().amplification, 3);
+        }
     }
 
     #[test]

@@ -63,7 +63,13 @@ pub fn stun_config_for(local: &[SocketAddr]) -> bevy_p2pmodel::stun::StunServerC
     let alt_port =
         local.iter().find(|a| a.ip() == primary.ip() && a.port() != primary.port()).map(|a| a.port());
     let alt_ip = local.iter().find(|a| a.ip() != primary.ip()).map(|a| a.ip());
-    bevy_p2pmodel::stun::StunServerConfig { primary, alt_port, alt_ip, software: None }
+    bevy_p2pmodel::stun::StunServerConfig {
+        primary,
+        alt_port,
+        alt_ip,
+        software: None,
+        no_amplification: true,
+    }
 }
 
 /// The minimal hook (tests, embedded uses without RFC 5780): answers a well-formed Binding request with a Binding success
@@ -78,7 +84,8 @@ pub fn minimal_binding_responder() -> StunHook {
 }
 
 /// Write the Binding success response to `req` (from `from`) into `out`; `None` if `req` is
-/// not a well-formed Binding request.
+/// not a well-formed Binding request, or is smaller than the response would be (a relay
+/// never answers a spoofable source with more bytes than it sent; our clients pad).
 pub fn binding_response(from: SocketAddr, req: &[u8], out: &mut [u8]) -> Option<usize> {
     if !is_stun(req)
         || req[4..8] != STUN_MAGIC_COOKIE.to_be_bytes()
@@ -93,7 +100,7 @@ pub fn binding_response(from: SocketAddr, req: &[u8], out: &mut [u8]) -> Option<
     let from = canonical(from);
     let (family, addr_len) = if from.is_ipv4() { (1u8, 4) } else { (2u8, 16) };
     let total = 20 + 4 + 4 + addr_len;
-    if out.len() < total {
+    if out.len() < total || req.len() < total {
         return None;
     }
     out[0..2].copy_from_slice(&BINDING_SUCCESS.to_be_bytes());
@@ -124,11 +131,14 @@ pub fn binding_response(from: SocketAddr, req: &[u8], out: &mut [u8]) -> Option<
 mod tests {
     use super::*;
 
-    fn request() -> [u8; 20] {
-        let mut r = [0u8; 20];
+    /// A Binding request padded to 48 bytes (a 28-byte P2PM-PADDING attribute).
+    fn request() -> [u8; 48] {
+        let mut r = [0u8; 48];
         r[1] = 0x01;
+        r[3] = 28;
         r[4..8].copy_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
         r[8..20].copy_from_slice(&[7; 12]);
+        r[20..24].copy_from_slice(&[0xC0, 0x50, 0, 24]);
         r
     }
 
@@ -148,5 +158,9 @@ mod tests {
         bad[3] = 4;
         assert_eq!(binding_response(from, &bad, &mut out), None);
         assert_eq!(binding_response(from, &request()[..19], &mut out), None);
+        // A bare 20-byte request would be answered with 32 bytes: amplification, refused.
+        let mut bare = request();
+        bare[3] = 0;
+        assert_eq!(binding_response(from, &bare[..20], &mut out), None);
     }
 }
