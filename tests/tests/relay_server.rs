@@ -297,11 +297,13 @@ fn relay_server_metrics_endpoint_returns_the_counters() {
 fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
     let relay = start();
     let s = sock();
-    let mut req = [0u8; 20];
-    req[1] = 1;
-    req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
-    req[8..20].copy_from_slice(&[5; 12]);
+    let tid = bevy_p2pmodel::stun::TransactionId::new([5; 12]);
+    let none = bevy_p2pmodel::stun::ChangeRequest::NONE;
+    // Padded as our clients send it: the relay answers nothing larger than the request.
+    let req = bevy_p2pmodel::stun::Message::padded_binding_request(tid, none).encode();
+    let bare = bevy_p2pmodel::stun::Message::binding_request(tid, none).encode();
     for &port in relay.local_addrs() {
+        s.send_to(&bare, port).unwrap();
         s.send_to(&req, port).unwrap();
         let mut buf = [0u8; 256];
         let (n, from) = s.recv_from(&mut buf).unwrap();
@@ -319,7 +321,7 @@ fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
     // RFC 5780 filtering test: "change port" is answered from the alternate port.
     let tid = bevy_p2pmodel::stun::TransactionId::new([6; 12]);
     let change = bevy_p2pmodel::stun::ChangeRequest { change_ip: false, change_port: true };
-    let req = bevy_p2pmodel::stun::Message::binding_request(tid, change).encode();
+    let req = bevy_p2pmodel::stun::Message::padded_binding_request(tid, change).encode();
     s.send_to(&req, relay.local_addrs()[0]).unwrap();
     let mut buf = [0u8; 256];
     let (n, from) = s.recv_from(&mut buf).unwrap();
@@ -328,7 +330,10 @@ fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
     // Relay datagrams on the STUN-only port are dropped.
     let mut c = client(1, Side::A, &keys());
     s.send_to(&c.next_bind(), relay.local_addrs()[1]).unwrap();
-    wait_for(&relay, "wrong-port drop", |x| x.plane.not_relay_port == 1 && x.plane.stun_answered == 3);
+    // The two bare requests got nothing (their answers would have been larger).
+    wait_for(&relay, "wrong-port drop", |x| {
+        x.plane.not_relay_port == 1 && x.plane.stun_answered == 3 && x.plane.stun_unanswered == 2
+    });
 
     // Rotation: a token under the new key binds; one two keys old is refused.
     let mut k = keys();

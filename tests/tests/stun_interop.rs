@@ -448,7 +448,7 @@ fn ipv6_binding_both_directions() {
     let _ = std::fs::remove_file(pid);
 
     let p = port();
-    let _ours = OurServer::start(StunServerConfig::single(SocketAddr::new(v6, p)));
+    let _ours = OurServer::start(classic(StunServerConfig::single(SocketAddr::new(v6, p))));
     let out = run_client(
         Command::new(natdiscovery).args(["-m", "-L", "::1", "-p", &p.to_string(), "::1"]),
         Duration::from_secs(30),
