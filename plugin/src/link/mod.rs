@@ -14,7 +14,9 @@
 
 mod candidate;
 
-pub use candidate::{Candidate, CandidateKind, NatHint, predict};
+pub use candidate::{
+    Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, clamp_port_delta, clean_candidates, is_probeable, predict,
+};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -364,14 +366,16 @@ impl Link {
             client_channels_config: channels,
         });
         renet.set_connected();
-        let mut remote: Vec<Remote> = Vec::new();
-        let predicted = predict(&params.remote, &params.remote_nat, cfg.prediction_span);
-        for c in params.remote.iter().chain(predicted.iter()) {
-            if c.kind != CandidateKind::Relayed && !remote.iter().any(|r| r.cand.addr == c.addr) {
-                remote.push(Remote { cand: *c, validated: false });
-            }
-        }
-        remote.truncate(cfg.max_candidates);
+        // The peer's list comes from the shard, but a link does not trust it either: capped
+        // and de-duplicated in linear time before anything else looks at it, the NAT hint's
+        // port step clamped before port prediction.
+        let remote_nat = params.remote_nat.sanitized();
+        let listed = clean_candidates(&params.remote, cfg.max_candidates);
+        let predicted = predict(&listed, &remote_nat, cfg.prediction_span);
+        let remote: Vec<Remote> = clean_candidates(listed.iter().chain(predicted.iter()), cfg.max_candidates)
+            .into_iter()
+            .map(|cand| Remote { cand, validated: false })
+            .collect();
         let relay = params.relay.map(|p| RelayState::new(now, p, 0));
         let mut link = Link {
             crypto: LinkCrypto::new(&params.key, params.link, params.side),
@@ -381,7 +385,7 @@ impl Link {
             renet,
             renet_time: now,
             remote,
-            remote_nat: params.remote_nat,
+            remote_nat,
             local_nat,
             birthday: None,
             rng: ChaCha8Rng::from_seed(seed),
@@ -1148,9 +1152,12 @@ impl Link {
             return;
         };
         let mut added = false;
+        // Capped and de-duplicated in linear time first, like the shard's list in `new`.
+        let cands = clean_candidates(&cands, self.cfg.max_candidates);
         let predicted = predict(&cands, &self.remote_nat, self.cfg.prediction_span);
-        for c in cands.iter().chain(predicted.iter()).take(self.cfg.max_candidates) {
-            if c.kind != CandidateKind::Relayed && !self.remote.iter().any(|r| r.cand.addr == c.addr) {
+        let fresh = clean_candidates(cands.iter().chain(predicted.iter()), self.cfg.max_candidates);
+        for c in &fresh {
+            if !self.remote.iter().any(|r| r.cand.addr == c.addr) {
                 if self.remote.len() >= self.cfg.max_candidates {
                     // Forget the oldest unvalidated guess to make room for fresher information.
                     if let Some(i) = self.remote.iter().position(|r| !r.validated) {

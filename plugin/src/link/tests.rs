@@ -160,3 +160,35 @@ fn keepalive_off_sends_nothing_when_idle() {
     p.run_for(Duration::from_secs(60));
     assert_eq!(p.a.stats().direct_sent, before);
 }
+
+#[test]
+fn hostile_introduction_is_capped_deduplicated_and_clamped_in_new() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
+    // 100,000 candidates (mostly one address repeated, then many distinct srflx ports) and
+    // an extreme port step: Link::new neither panics nor spends quadratic time.
+    let mut remote = vec![Candidate::new(CandidateKind::Host, addr(B)); 50_000];
+    remote.extend((0..50_000u32).map(|i| {
+        Candidate::new(CandidateKind::ServerReflexive, SocketAddr::new([198, 51, 100, 7].into(), (i % 65_535 + 1) as u16))
+    }));
+    for delta in [i32::MIN, i32::MAX, -1] {
+        let params = LinkParams {
+            link: LinkId(5),
+            side: Side::A,
+            key: LinkKey([3; 32]),
+            remote: remote.clone(),
+            remote_nat: NatHint { dependent_mapping: true, port_delta: Some(delta) },
+            relay: None,
+        };
+        let cfg = LinkConfig::default();
+        let cap = cfg.max_candidates;
+        let link = Link::new(now, params, vec![], NatHint::default(), cfg, clock);
+        assert_eq!(link.remote.len(), cap, "delta {delta}");
+        let set: std::collections::HashSet<_> = link.remote.iter().map(|r| r.cand.addr).collect();
+        assert_eq!(set.len(), cap, "no duplicate address");
+        assert_eq!(link.remote.iter().filter(|r| r.cand.addr == addr(B)).count(), 1);
+        let expect_delta = (delta == -1).then_some(-1);
+        assert_eq!(link.remote_nat.port_delta, expect_delta, "implausible steps become unknown");
+        assert!(link.remote.iter().all(|r| r.cand.kind != CandidateKind::Predicted), "the cap is full before prediction");
+    }
+}
