@@ -226,6 +226,15 @@ pub enum ClientEvent {
     },
     /// The shard refused a request.
     Refused(String),
+    /// A party's owner invites us: [`ClientCore::join_party`] with this name within 60 s.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The inviting owner.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Why [`ClientCore::send`] failed.
@@ -347,9 +356,16 @@ impl ClientCore {
         self.push(ClientMessage::Chat { text: text.into() });
     }
 
-    /// Join a party (empty name: leave it).
+    /// Join a party (empty name: leave it). A new name creates a party we own; an existing
+    /// one needs a pending invitation from its owner ([`ClientEvent::PartyInvite`]), else the
+    /// shard answers [`ClientEvent::Refused`].
     pub fn join_party(&mut self, party: impl Into<String>) {
         self.push(ClientMessage::JoinParty { party: party.into() });
+    }
+
+    /// Invite a player into our party (we must own it); it may join within 60 s.
+    pub fn invite_to_party(&mut self, player: PlayerId) {
+        self.push(ClientMessage::InviteToParty { player });
     }
 
     /// Send application bytes to one peer: over the mesh when it has a path, through the
@@ -454,6 +470,9 @@ impl ClientCore {
                 self.events.push_back(ClientEvent::Chat { from, name, text })
             }
             ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Npcs(npcs)),
+            ShardMessage::PartyInvite { party, from, name } => {
+                self.events.push_back(ClientEvent::PartyInvite { party, from, name })
+            }
             ShardMessage::FromPeer { peer, reliable, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };
                 info.received.server_messages += 1;

@@ -4,7 +4,7 @@
 //! integers) with a 64 KiB limit, so a hostile length prefix cannot make the decoder
 //! allocate more than that. [`decode`] returns `Result` for any input.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -101,9 +101,11 @@ pub enum ClientMessage {
         rtt_ms: Option<f32>,
     },
     /// Join a party (empty name: leave it). Party members on the same Game server are meshed
-    /// regardless of distance.
+    /// regardless of distance, so an existing party is joined only with a pending invitation
+    /// from its owner ([`ClientMessage::InviteToParty`]); a name no party uses creates one,
+    /// owned by the sender. Refused with [`ShardMessage::Refused`].
     JoinParty {
-        /// Party name (at most 32 bytes).
+        /// Party name (at most 32 characters are kept).
         party: String,
     },
     /// An application message for a peer, carried by the Game server instead of the mesh
@@ -116,6 +118,12 @@ pub enum ClientMessage {
         reliable: bool,
         /// Opaque application bytes (at most 1,200).
         data: Vec<u8>,
+    },
+    /// Invite a player (online, by id) into our party; only the party's owner may. The player
+    /// gets [`ShardMessage::PartyInvite`] and can `JoinParty` within 60 s, once.
+    InviteToParty {
+        /// The invited player.
+        player: PlayerId,
     },
 }
 
@@ -198,6 +206,15 @@ pub enum ShardMessage {
         /// Opaque application bytes.
         data: Vec<u8>,
     },
+    /// A party's owner invites us: answer with `JoinParty { party }` within 60 s to join.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The owner who invites.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Which shard role an internal message comes from (heartbeats, logs).
@@ -213,7 +230,7 @@ pub enum Role {
 
 /// Role ↔ role messages inside a shard (Agent ↔ Lobby ↔ Game). Same encoding as the client
 /// messages ([`encode`] / [`decode`]). `client` is the Agent's netcode client id: internal
-/// roles never learn a client's address.
+/// roles never learn a client's port, only its IP, to filter introductions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InternalMessage {
     /// Liveness: each role sends one every heartbeat interval to each role it talks to.
@@ -227,6 +244,9 @@ pub enum InternalMessage {
         client: u64,
         /// The name bound into its connect token.
         name: String,
+        /// The IP its packets come from (only to judge which of its candidates a peer may
+        /// get: private ones only to a peer behind the same public IP).
+        ip: Option<IpAddr>,
     },
     /// Agent → Lobby / Game: the client is gone.
     ClientLeft {
@@ -275,6 +295,8 @@ pub enum InternalMessage {
         nat: Option<NatSummary>,
         /// The player's party, if any.
         party: Option<String>,
+        /// The IP its packets come from, as the Agent sees it (see `ClientJoined`).
+        ip: Option<IpAddr>,
     },
     /// Lobby → Game: the client joined (`Some`) or left (`None`) a party.
     SetParty {

@@ -8,8 +8,8 @@
 //! One [`GameWorld`] per Game server; [`GameServers`] holds those this process runs. Each
 //! talks to other roles only through the [`ShardBus`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
@@ -23,6 +23,7 @@ use bevy_p2pmodel::relay::mint;
 use rand::RngCore;
 
 use super::bus::ShardBus;
+use super::intro::{IntroRefusals, for_peer};
 use crate::config::GameSection;
 use crate::relay::KeySchedule;
 
@@ -56,7 +57,13 @@ struct GamePlayer {
     candidates: Vec<Candidate>,
     nat: Option<NatSummary>,
     party: Option<String>,
+    /// The IP its packets come from (Agent-observed): who may get its private candidates.
+    ip: Option<IpAddr>,
     peers: usize,
+    /// Ticks of its introductions within the last minute (at most `game.max_intros_per_min`).
+    intro_ticks: VecDeque<u64>,
+    /// At its introduction cap (counted once per time it reaches the cap).
+    capped: bool,
     /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
     saw_npcs: bool,
 }
@@ -72,6 +79,10 @@ pub struct GameStats {
     pub peer_dropped: u64,
     /// Moves refused by speed validation.
     pub corrections: u64,
+    /// Times a player reached `game.max_intros_per_min` (its further introductions wait).
+    pub intros_capped: u64,
+    /// Candidates withheld from a peer by scope (private / loopback across NATs).
+    pub intro: IntroRefusals,
 }
 
 /// A server-simulated character: walks to a random point of the NPC area, then another.
@@ -319,13 +330,15 @@ impl GameWorld {
             let remote_nat = other
                 .nat
                 .as_ref()
-                .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta })
+                .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta }.sanitized())
                 .unwrap_or_default();
+            // Private / loopback candidates only for a peer behind the same public IP.
+            let remote = for_peer(&other.candidates, other.ip, me.ip, &mut self.stats.intro);
             let params = LinkParams {
                 link,
                 side,
                 key: key.clone(),
-                remote: other.candidates.clone(),
+                remote,
                 remote_nat,
                 relay,
             };
@@ -336,9 +349,11 @@ impl GameWorld {
                 ShardMessage::PeerIntro { peer, name: other.name.clone(), params },
             );
         }
+        let tick = self.tick;
         for p in [k.0, k.1] {
             if let Some(g) = self.players.get_mut(&p) {
                 g.peers += 1;
+                g.intro_ticks.push_back(tick);
             }
         }
         self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: expiry as u64 });
@@ -378,7 +393,7 @@ impl GameWorld {
                     g.party = party;
                 }
             }
-            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, .. } => {
+            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, ip, .. } => {
                 if self.players.contains_key(&player) {
                     self.remove_player(bus, player);
                 }
@@ -394,7 +409,10 @@ impl GameWorld {
                         candidates,
                         nat,
                         party,
+                        ip,
                         peers: 0,
+                        intro_ticks: VecDeque::new(),
+                        capped: false,
                         saw_npcs: false,
                     },
                 );
@@ -507,9 +525,38 @@ impl GameWorld {
             }
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Introductions per player per minute are capped, so moving around (or in and out
+        // of parties) cannot harvest every player's address: the oldest count drops out of
+        // the window after a minute of ticks.
+        let window = u64::from(rules.cfg.tick_hz.max(1)) * 60;
+        let tick = self.tick;
+        for g in self.players.values_mut() {
+            while g.intro_ticks.front().is_some_and(|t| t + window <= tick) {
+                g.intro_ticks.pop_front();
+            }
+            if g.intro_ticks.len() < rules.cfg.max_intros_per_min {
+                g.capped = false;
+            }
+        }
         for (_, p, q) in candidates {
             let cap = rules.cfg.max_peers;
-            if self.players[&p].peers < cap && self.players[&q].peers < cap {
+            let rate = rules.cfg.max_intros_per_min;
+            if self.players[&p].peers >= cap || self.players[&q].peers >= cap {
+                continue;
+            }
+            let mut over = false;
+            for x in [p, q] {
+                let Some(g) = self.players.get_mut(&x) else { continue };
+                if g.intro_ticks.len() >= rate {
+                    over = true;
+                    if !g.capped {
+                        g.capped = true;
+                        self.stats.intros_capped += 1;
+                        debug!(game = self.id, player = ?x, "introductions per minute reached; waiting");
+                    }
+                }
+            }
+            if !over {
                 self.intro(bus, rules, (p, q));
             }
         }
@@ -635,6 +682,7 @@ mod tests {
             candidates: Vec::new(),
             nat: None,
             party: None,
+            ip: None,
         };
         w.handle(bus, r, m);
     }
