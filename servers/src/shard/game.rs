@@ -768,6 +768,73 @@ mod tests {
     }
 
     #[test]
+    fn game_withholds_private_candidates_across_nats_and_caps_introductions_per_minute() {
+        use bevy_p2pmodel::link::CandidateKind;
+        let mut r = rules();
+        r.cfg.max_intros_per_min = 2;
+        let mut bus = ShardBus::default();
+        let mut w = GameWorld::new(1, 0);
+        let cand = |k, a: &str| Candidate::new(k, a.parse().unwrap());
+        // 1 and 2 share a public IP (one NAT), 3 is elsewhere, 4 is far away for now.
+        for (client, ip, x) in [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)] {
+            let m = InternalMessage::Join {
+                client,
+                player: PlayerId(client),
+                name: format!("p{client}"),
+                zone: 0,
+                x,
+                y: 0.0,
+                candidates: vec![
+                    cand(CandidateKind::Host, &format!("192.168.0.{client}:5000")),
+                    cand(CandidateKind::ServerReflexive, &format!("{ip}:{}", 6000 + client)),
+                ],
+                nat: Some(NatSummary {
+                    class: "symmetric".into(),
+                    dependent_mapping: true,
+                    port_delta: Some(i32::MAX),
+                    public: None,
+                }),
+                party: None,
+                ip: Some(ip.parse().unwrap()),
+            };
+            w.handle(&mut bus, &r, m);
+        }
+        w.step(&mut bus, &r);
+        let intros: Vec<(u64, PlayerId, LinkParams)> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::PeerIntro { peer, params, .. } => Some((c, peer, params)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(intros.len(), 6, "1-2, 1-3, 2-3 introduced: {intros:?}");
+        for (c, peer, params) in &intros {
+            let private = params.remote.iter().filter(|x| x.kind == CandidateKind::Host).count();
+            let same_nat = [*c, peer.0] == [1, 2] || [*c, peer.0] == [2, 1];
+            assert_eq!(private, usize::from(same_nat), "{c} <- {peer:?}: {:?}", params.remote);
+            assert_eq!(params.remote_nat.port_delta, None, "implausible step: unknown");
+        }
+        assert_eq!(w.stats.intro.private_withheld, 4);
+        // Everyone has used its 2 introductions of this minute: 4 walking in waits.
+        for _ in 0..20 {
+            w.players.get_mut(&PlayerId(4)).unwrap().x = 3.0;
+            w.step(&mut bus, &r);
+        }
+        assert_eq!(w.pairs().count(), 3, "no new introduction within the minute");
+        assert!(w.stats.intros_capped >= 3, "{:?}", w.stats);
+        let capped = w.stats.intros_capped;
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+        }
+        assert_eq!(w.stats.intros_capped, capped, "counted once per player reaching the cap");
+        // A minute of ticks later the window has room again.
+        for _ in 0..r.cfg.tick_hz * 60 {
+            w.step(&mut bus, &r);
+        }
+        assert!(w.pairs().any(|(k, _)| k.1 == PlayerId(4)), "introduced after the minute");
+    }
+
+    #[test]
     fn game_chat_is_cut_and_local_peer_messages_need_an_introduction_and_npcs_wander_in_bounds() {
         let r = rules(); // radius 50, 20 Hz, 6 NPCs in 40 units at 5 Hz
         let mut bus = ShardBus::default();
