@@ -619,7 +619,8 @@ impl ShardConfig {
             interest_radius,
             hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
             max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
-            max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)? as usize,
+            max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)?
+                as usize,
             capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
             relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
             npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,

@@ -79,6 +79,8 @@ struct Client {
     npcs: Vec<Vec<NpcState>>,
     /// Server-routed peer messages: (sender, reliable, data).
     from_peer: Vec<(PlayerId, bool, Vec<u8>)>,
+    /// Party invitations received: (party, from).
+    invites: Vec<(String, PlayerId)>,
     welcomes: usize,
 }
 
@@ -116,6 +118,7 @@ impl Client {
             chat: Vec::new(),
             npcs: Vec::new(),
             from_peer: Vec::new(),
+            invites: Vec::new(),
             welcomes: 0,
         }
     }
@@ -201,6 +204,7 @@ impl Client {
             ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
             ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
             ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),
+            ShardMessage::PartyInvite { party, from, .. } => self.invites.push((party, from)),
         }
     }
 
@@ -395,8 +399,29 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
     assert!(reset, "a returning Game server is reset and rejoins the pool");
     assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
 
-    // A party meshes across the map: ana (near the origin) and cid (at x = 500).
+    // A party meshes across the map: ana (near the origin) and cid (at x = 500). ana creates
+    // it; cid gets in only once ana invited it.
     ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(2), |s, _| {
+        s.lobby().parties.owner("p").is_some()
+    });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    bob.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let refused =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs[1].refused.iter().any(|r| r.contains("invit"))
+                && cs[2].refused.iter().any(|r| r.contains("invitation"))
+        });
+    assert!(
+        refused,
+        "no join without an invitation, no invitation but the owner's: {:?} {:?}",
+        bob.refused, cid.refused
+    );
+    ana.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let ana_id = ana.player.unwrap();
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+        cs[2].invites.contains(&("p".into(), ana_id))
+    }));
     cid.send(&ClientMessage::JoinParty { party: "p".into() });
     let party =
         run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
@@ -560,6 +585,28 @@ fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_proces
     let _ = std::fs::remove_file(&store);
 }
 
+/// ana (owner of party "p") invites the client at index `who` of [ana, bob, cid]; waits until
+/// it got the invitation.
+fn invite(
+    shard: &mut Shard,
+    ana: &mut Client,
+    bob: &mut Client,
+    cid: &mut Client,
+    who: usize,
+    wait: Duration,
+) {
+    let player = [&*ana, &*bob, &*cid][who].player.expect("logged in");
+    ana.send(&ClientMessage::InviteToParty { player });
+    let from = ana.player;
+    assert!(
+        run_until(shard, &mut [ana, bob, cid], wait, |_, cs| cs[who]
+            .invites
+            .iter()
+            .any(|(p, f)| p == "p" && Some(*f) == from)),
+        "invitation delivered"
+    );
+}
+
 fn heard(c: &Client, speaker: &str, text: &str) -> bool {
     c.chat.iter().any(|(n, t)| n == speaker && t == text)
 }
@@ -600,8 +647,11 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
         "channels are apart"
     );
 
-    // cid joins ana's party before entering: placed on ana's (full) server, and meshed.
+    // cid joins ana's party (invited) before entering: placed on ana's (full) server, and meshed.
     ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    cid.send(&ClientMessage::Login { name: "cid".into() }); // its player id, to be invited
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| cs[2].player.is_some()));
+    invite(&mut shard, &mut ana, &mut bob, &mut cid, 2, wait);
     cid.send(&ClientMessage::JoinParty { party: "p".into() });
     join_zone(&mut cid);
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
@@ -615,6 +665,7 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert!(heard(&cid, "cid", "hi party") && !heard(&bob, "cid", "hi party"));
 
     // bob, already playing on the other channel, joins the party: moved to the party's server.
+    invite(&mut shard, &mut ana, &mut bob, &mut cid, 1, wait);
     bob.send(&ClientMessage::JoinParty { party: "p".into() });
     assert!(
         run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {

@@ -149,9 +149,13 @@ mod tests {
 
     #[test]
     fn hostile_port_deltas_never_overflow_and_stay_in_range() {
-        let deltas = [i32::MIN, i32::MIN + 1, -65_536, -65, -64, -1, 0, 1, 64, 65, 65_536, i32::MAX - 1, i32::MAX];
+        let deltas =
+            [i32::MIN, i32::MIN + 1, -65_536, -65, -64, -1, 0, 1, 64, 65, 65_536, i32::MAX - 1, i32::MAX];
         for port in [1u16, 2, 1023, 1024, 40_000, 65_534, 65_535] {
-            let srflx = Candidate::new(CandidateKind::ServerReflexive, SocketAddr::new([198, 51, 100, 7].into(), port));
+            let srflx = Candidate::new(
+                CandidateKind::ServerReflexive,
+                SocketAddr::new([198, 51, 100, 7].into(), port),
+            );
             for d in deltas {
                 let hint = NatHint { dependent_mapping: true, port_delta: Some(d) };
                 let p = predict(&[srflx], &hint, 2000);
@@ -185,7 +189,10 @@ mod tests {
         cands.push(Candidate::new(CandidateKind::Host, "255.255.255.255:5000".parse().unwrap()));
         cands.push(Candidate::new(CandidateKind::Relayed, "198.51.100.1:3478".parse().unwrap()));
         for i in 0..95u16 {
-            cands.push(Candidate::new(CandidateKind::ServerReflexive, SocketAddr::new([198, 51, 100, 9].into(), 1000 + i)));
+            cands.push(Candidate::new(
+                CandidateKind::ServerReflexive,
+                SocketAddr::new([198, 51, 100, 9].into(), 1000 + i),
+            ));
         }
         assert_eq!(cands.len(), 100_090);
         let clean = clean_candidates(&cands, 16);
@@ -197,7 +204,12 @@ mod tests {
         assert_eq!(set.len(), clean.len());
         // 100,000 distinct addresses: cut at the cap after 16 of them.
         let distinct: Vec<Candidate> = (0..100_000u32)
-            .map(|i| Candidate::new(CandidateKind::Host, SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 5000)))
+            .map(|i| {
+                Candidate::new(
+                    CandidateKind::Host,
+                    SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 5000),
+                )
+            })
             .collect();
         assert_eq!(clean_candidates(&distinct, 16), distinct[..16].to_vec());
     }

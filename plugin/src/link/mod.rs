@@ -15,7 +15,8 @@
 mod candidate;
 
 pub use candidate::{
-    Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, clamp_port_delta, clean_candidates, is_probeable, predict,
+    Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, clamp_port_delta, clean_candidates, is_probeable,
+    predict,
 };
 
 use std::collections::VecDeque;

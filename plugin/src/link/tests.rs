@@ -169,7 +169,10 @@ fn hostile_introduction_is_capped_deduplicated_and_clamped_in_new() {
     // an extreme port step: Link::new neither panics nor spends quadratic time.
     let mut remote = vec![Candidate::new(CandidateKind::Host, addr(B)); 50_000];
     remote.extend((0..50_000u32).map(|i| {
-        Candidate::new(CandidateKind::ServerReflexive, SocketAddr::new([198, 51, 100, 7].into(), (i % 65_535 + 1) as u16))
+        Candidate::new(
+            CandidateKind::ServerReflexive,
+            SocketAddr::new([198, 51, 100, 7].into(), (i % 65_535 + 1) as u16),
+        )
     }));
     for delta in [i32::MIN, i32::MAX, -1] {
         let params = LinkParams {
@@ -189,6 +192,9 @@ fn hostile_introduction_is_capped_deduplicated_and_clamped_in_new() {
         assert_eq!(link.remote.iter().filter(|r| r.cand.addr == addr(B)).count(), 1);
         let expect_delta = (delta == -1).then_some(-1);
         assert_eq!(link.remote_nat.port_delta, expect_delta, "implausible steps become unknown");
-        assert!(link.remote.iter().all(|r| r.cand.kind != CandidateKind::Predicted), "the cap is full before prediction");
+        assert!(
+            link.remote.iter().all(|r| r.cand.kind != CandidateKind::Predicted),
+            "the cap is full before prediction"
+        );
     }
 }

@@ -443,7 +443,9 @@ impl ShardInner {
                 }
             }
             // The simulator's shard has no parties (it meshes a whole zone).
-            ClientMessage::Move { .. } | ClientMessage::JoinParty { .. } | ClientMessage::InviteToParty { .. } => {}
+            ClientMessage::Move { .. }
+            | ClientMessage::JoinParty { .. }
+            | ClientMessage::InviteToParty { .. } => {}
         }
     }
 

@@ -330,18 +330,13 @@ impl GameWorld {
             let remote_nat = other
                 .nat
                 .as_ref()
-                .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta }.sanitized())
+                .map(|n| {
+                    NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta }.sanitized()
+                })
                 .unwrap_or_default();
             // Private / loopback candidates only for a peer behind the same public IP.
             let remote = for_peer(&other.candidates, other.ip, me.ip, &mut self.stats.intro);
-            let params = LinkParams {
-                link,
-                side,
-                key: key.clone(),
-                remote,
-                remote_nat,
-                relay,
-            };
+            let params = LinkParams { link, side, key: key.clone(), remote, remote_nat, relay };
             let peer = if side == Side::A { k.1 } else { k.0 };
             Self::to_client(
                 bus,
@@ -776,7 +771,9 @@ mod tests {
         let mut w = GameWorld::new(1, 0);
         let cand = |k, a: &str| Candidate::new(k, a.parse().unwrap());
         // 1 and 2 share a public IP (one NAT), 3 is elsewhere, 4 is far away for now.
-        for (client, ip, x) in [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)] {
+        for (client, ip, x) in
+            [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)]
+        {
             let m = InternalMessage::Join {
                 client,
                 player: PlayerId(client),

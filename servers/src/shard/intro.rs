@@ -259,7 +259,9 @@ mod tests {
         for ll in ["169.254.1.1:5", "[fe80::1]:5"] {
             assert_eq!(s(ll), Err(Refusal::LinkLocal), "{ll}");
         }
-        for r in ["192.0.2.1:5", "198.51.100.1:5", "203.0.113.1:5", "0.1.2.3:5", "240.0.0.1:5", "[2001:db8::1]:5"] {
+        for r in
+            ["192.0.2.1:5", "198.51.100.1:5", "203.0.113.1:5", "0.1.2.3:5", "240.0.0.1:5", "[2001:db8::1]:5"]
+        {
             assert_eq!(s(r), Err(Refusal::Reserved), "{r}");
         }
     }
@@ -301,7 +303,10 @@ mod tests {
         assert_eq!(st, expect);
         // A plausible step is kept; an unknown observed IP or another family skips the check.
         let mut st = IntroRefusals::default();
-        let srflx = [c(CandidateKind::ServerReflexive, "1.2.3.4:6000"), c(CandidateKind::ServerReflexive, "[2a00::1]:6000")];
+        let srflx = [
+            c(CandidateKind::ServerReflexive, "1.2.3.4:6000"),
+            c(CandidateKind::ServerReflexive, "[2a00::1]:6000"),
+        ];
         let (out, cleaned) = clean_mesh_info(&srflx, nat(Some(-2)), None, &mut st);
         assert_eq!((out.len(), cleaned.port_delta, st), (2, Some(-2), IntroRefusals::default()));
         let (out, _) = clean_mesh_info(&srflx, nat(None), Some(observed), &mut st);

@@ -218,7 +218,15 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 let player = PlayerId(ch.player);
                 lobby.clients.insert(
                     client,
-                    LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), party: None, ip, mesh: None },
+                    LobbyClient {
+                        name,
+                        player,
+                        placed: None,
+                        pos: (ch.x, ch.y),
+                        party: None,
+                        ip,
+                        mesh: None,
+                    },
                 );
                 // `Welcome` answers the client's `Login` (below), once per login: not here too.
             }
@@ -266,13 +274,18 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                     }
                 }
                 ClientMessage::InviteToParty { player: to } => {
-                    let Some((from, from_name)) = lobby.clients.get(&client).map(|c| (c.player, c.name.clone()))
+                    let Some((from, from_name)) =
+                        lobby.clients.get(&client).map(|c| (c.player, c.name.clone()))
                     else {
                         continue;
                     };
                     let target = lobby.clients.iter().find(|(_, c)| c.player == to).map(|(id, _)| *id);
                     let invited = match target {
-                        Some(target) => lobby.parties.invite(from, to, now).map(|p| (p, target)).map_err(|e| e.to_string()),
+                        Some(target) => lobby
+                            .parties
+                            .invite(from, to, now)
+                            .map(|p| (p, target))
+                            .map_err(|e| e.to_string()),
                         None => Err(format!("player {} is not online", to.0)),
                     };
                     match invited {
