@@ -147,7 +147,16 @@ impl<E: Endpoint> UdpDriver<E> {
                 }
             }));
         }
-        Ok(UdpDriver { endpoint, sockets, locals, rx, stop, readers, stats: DriverStats::default(), queue_full })
+        Ok(UdpDriver {
+            endpoint,
+            sockets,
+            locals,
+            rx,
+            stop,
+            readers,
+            stats: DriverStats::default(),
+            queue_full,
+        })
     }
 
     /// The actual local addresses, in the order given (ports resolved if 0 was asked).

@@ -102,19 +102,21 @@ pub struct ClientConfig {
     pub mesh: MeshConfig,
     /// Longest wait for NAT discovery before entering a zone anyway.
     pub nat_timeout: Duration,
-    /// Seed for the mesh's randomness (STUN transaction ids).
+    /// Seed for the mesh's randomness (STUN transaction ids). [`ClientConfig::new`] draws it
+    /// from the OS (a predictable id lets an on-path attacker forge STUN answers, i.e. our
+    /// public address); set a fixed one only for reproducible tests and simulations.
     pub seed: u64,
 }
 
 impl ClientConfig {
-    /// Defaults for a named player: P2P on, 3 s NAT discovery cap.
+    /// Defaults for a named player: P2P on, 3 s NAT discovery cap, a random seed.
     pub fn new(name: impl Into<String>) -> Self {
         ClientConfig {
             name: name.into(),
             p2p: true,
             mesh: MeshConfig::default(),
             nat_timeout: Duration::from_secs(3),
-            seed: 0,
+            seed: rand::random(),
         }
     }
 }

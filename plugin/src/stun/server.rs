@@ -494,7 +494,9 @@ mod tests {
         assert!(s.poll_transmit().is_none());
         assert!(t.payload.len() <= MAX_RESPONSE_LEN, "{} bytes", t.payload.len());
         let r = Message::decode(&t.payload).unwrap();
-        assert!(r.attributes.contains(&Attribute::ErrorCode { code: 420, reason: "Unknown Attribute".into() }));
+        assert!(
+            r.attributes.contains(&Attribute::ErrorCode { code: 420, reason: "Unknown Attribute".into() })
+        );
         assert!(r.attributes.contains(&Attribute::UnknownAttributes(vec![0x4000, 0x4001, 0x4002, 0x4003])));
     }
 
