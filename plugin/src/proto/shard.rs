@@ -1,8 +1,11 @@
 //! Messages between a client and its shard, carried on renet channels (serde + bincode 2).
 //!
 //! Encoding is bincode 2's `standard()` configuration (little-endian, variable-length
-//! integers) with a 64 KiB limit, so a hostile length prefix cannot make the decoder
-//! allocate more than that. [`decode`] returns `Result` for any input.
+//! integers). Every message is at most [`MAX_MESSAGE`] bytes **encoded**: [`encode`] refuses
+//! a larger one and [`decode`] refuses larger input before parsing it; while parsing, what
+//! the decoder allocates is bounded by [`MAX_DECODED`] (in-memory sizes exceed encoded ones,
+//! e.g. a 7-byte candidate is 36 bytes in memory), so a hostile length prefix allocates
+//! nothing big. [`decode`] returns `Result` for any input.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,8 +15,12 @@ use thiserror::Error;
 use crate::link::{Candidate, LinkParams};
 use crate::proto::peer::LinkId;
 
-/// Largest encoded shard message accepted.
+/// Largest encoded shard message, in bytes (client ↔ shard and role ↔ role alike).
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most bytes the decoder allocates for one message (bincode's limit counts in-memory sizes,
+/// at most ~6× the encoded size for these types): every message of at most [`MAX_MESSAGE`]
+/// bytes decodes, and nothing decodes into more than this.
+pub const MAX_DECODED: usize = 16 * MAX_MESSAGE;
 
 /// A player's id within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -329,19 +336,30 @@ pub enum MessageError {
     /// Bytes left over after the message.
     #[error("{0} trailing bytes after shard message")]
     Trailing(usize),
+    /// Longer than [`MAX_MESSAGE`] encoded (the length is given).
+    #[error("shard message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+    bincode::config::standard().with_limit::<MAX_DECODED>()
 }
 
-/// Encode a message for a renet channel.
+/// Encode a message for a renet channel; more than [`MAX_MESSAGE`] bytes is an error.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
-    Ok(bincode::serde::encode_to_vec(msg, config())?)
+    let bytes = bincode::serde::encode_to_vec(msg, config())?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
 }
 
-/// Decode a message; any input gives `Ok` or `Err`, never a panic.
+/// Decode a message; any input gives `Ok` or `Err`, never a panic. Input longer than
+/// [`MAX_MESSAGE`] is refused unread.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
     let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;
     if used != bytes.len() {
         return Err(MessageError::Trailing(bytes.len() - used));
@@ -397,5 +415,37 @@ mod tests {
         let mut huge = vec![4u8]; // Refused
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(decode::<ShardMessage>(&huge).is_err());
+    }
+
+    #[test]
+    fn the_limit_is_max_message_encoded_bytes_whatever_the_content() {
+        // ToPeer = variant, peer, bool, 3-byte length, data: 6 bytes + data.
+        let to_peer =
+            |n: usize| ClientMessage::ToPeer { peer: PlayerId(1), reliable: true, data: vec![7; n] };
+        let at = encode(&to_peer(MAX_MESSAGE - 6)).unwrap();
+        assert_eq!(at.len(), MAX_MESSAGE);
+        assert_eq!(decode::<ClientMessage>(&at).unwrap(), to_peer(MAX_MESSAGE - 6));
+        assert!(
+            matches!(encode(&to_peer(MAX_MESSAGE - 5)), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
+        );
+        let over =
+            bincode::serde::encode_to_vec(to_peer(MAX_MESSAGE - 5), bincode::config::standard()).unwrap();
+        assert_eq!(over.len(), MAX_MESSAGE + 1);
+        assert!(
+            matches!(decode::<ClientMessage>(&over), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
+        );
+        // A message of small items (each far larger in memory than on the wire) up to the
+        // limit decodes too: the same limit holds for every kind of message.
+        let nat =
+            NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+        let c = Candidate::new(CandidateKind::Host, "1.2.3.4:5".parse().unwrap());
+        let mut n = 9000;
+        let mesh = |n| ClientMessage::MeshInfo { candidates: vec![c; n], nat: nat.clone() };
+        while encode(&mesh(n + 1)).is_ok() {
+            n += 1;
+        }
+        let bytes = encode(&mesh(n)).unwrap();
+        assert!(bytes.len() > MAX_MESSAGE - 8, "{}", bytes.len());
+        assert_eq!(decode::<ClientMessage>(&bytes).unwrap(), mesh(n));
     }
 }

@@ -31,6 +31,9 @@ use crate::relay::KeySchedule;
 pub const MAX_CHAT_CHARS: usize = 200;
 /// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
 pub const MAX_PEER_DATA: usize = 1200;
+/// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
+/// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
+const POSITIONS_PER_MESSAGE: usize = 2048;
 /// NPC walking speed (units per second) before the `game.max_speed` cap.
 const NPC_SPEED: f32 = 2.0;
 
@@ -560,8 +563,14 @@ impl GameWorld {
             self.refresh_tokens(bus, rules, unix);
         }
         if self.tick.is_multiple_of(5) {
-            let players = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
-            bus.send(Role::Lobby, &InternalMessage::Positions { game: self.id, players });
+            // In chunks, so each message stays under the 64 KiB shard message limit.
+            let all: Vec<_> = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
+            for players in all.chunks(POSITIONS_PER_MESSAGE) {
+                bus.send(
+                    Role::Lobby,
+                    &InternalMessage::Positions { game: self.id, players: players.to_vec() },
+                );
+            }
         }
         self.step_npcs(rules);
         if self.tick.is_multiple_of(u64::from((rules.cfg.tick_hz / rules.cfg.npc_hz.max(1)).max(1))) {
