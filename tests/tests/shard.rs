@@ -81,6 +81,8 @@ struct Client {
     from_peer: Vec<(PlayerId, bool, Vec<u8>)>,
     /// Party invitations received: (party, from).
     invites: Vec<(String, PlayerId)>,
+    /// Every PeerIntro's parameters, by peer name.
+    intro_params: HashMap<String, bevy_p2pmodel::link::LinkParams>,
     welcomes: usize,
 }
 
@@ -119,6 +121,7 @@ impl Client {
             npcs: Vec::new(),
             from_peer: Vec::new(),
             invites: Vec::new(),
+            intro_params: HashMap::new(),
             welcomes: 0,
         }
     }
@@ -177,6 +180,7 @@ impl Client {
             }
             ShardMessage::PeerIntro { name, params, peer } => {
                 self.peer_ids.insert(name.clone(), peer);
+                self.intro_params.insert(name.clone(), params.clone());
                 let link = params.link;
                 self.mesh.add_link(Instant::now(), params).unwrap();
                 self.links.insert(link, name.clone());
@@ -680,6 +684,65 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
         cs[0], "bob", "moved"
     )));
+    drop(shard);
+    let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_cleans_a_hostile_mesh_info_before_any_peer_gets_it() {
+    use p2pmodel_servers::shard::agent::AgentState;
+    let store = std::env::temp_dir().join(format!("p2pm-shard-intro-{}.json", std::process::id()));
+    let cfg = config("intro", &store);
+    let mut shard = Shard::start(&cfg);
+    let (mut ana, mut bob) = (login(&shard, "ana"), login(&shard, "bob"));
+    // ana lists thousands of copies of her address, addresses of others (a documentation
+    // range, a multicast group, a link-local host, a server-reflexive IP that is not hers),
+    // kinds she cannot know, and an absurd port step.
+    let mut candidates = vec![Candidate::new(CandidateKind::Host, ana.mesh_local); 5000];
+    for (kind, a) in [
+        (CandidateKind::Host, "192.0.2.7:4000"),
+        (CandidateKind::Host, "224.0.0.251:5353"),
+        (CandidateKind::Host, "169.254.3.4:4000"),
+        (CandidateKind::ServerReflexive, "8.8.8.8:53"),
+        (CandidateKind::Relayed, "8.8.4.4:3478"),
+        (CandidateKind::Host, "127.0.0.5:4000"),
+    ] {
+        candidates.push(Candidate::new(kind, a.parse().unwrap()));
+    }
+    let nat = NatSummary {
+        class: "symmetric".into(),
+        dependent_mapping: true,
+        port_delta: Some(i32::MIN),
+        public: None,
+    };
+    ana.send(&ClientMessage::Login { name: "ana".into() });
+    ana.send(&ClientMessage::MeshInfo { candidates, nat });
+    ana.send(&ClientMessage::EnterZone { zone: 0 });
+    join_zone(&mut bob);
+    let wait = Duration::from_secs(5);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob], wait, |_, cs| cs[1]
+        .intro_params
+        .contains_key("ana")));
+    let p = &bob.intro_params["ana"];
+    // Only her loopback addresses survive, once each (both players are on the shard's host,
+    // the one case where loopback candidates are passed on).
+    let got: Vec<SocketAddr> = p.remote.iter().map(|c| c.addr).collect();
+    assert_eq!(got, [ana.mesh_local, "127.0.0.5:4000".parse().unwrap()], "{:?}", p.remote);
+    assert_eq!(p.remote_nat.port_delta, None);
+    let refused = shard.app.world().resource::<AgentState>().intro;
+    assert_eq!(
+        (
+            refused.duplicate,
+            refused.reserved,
+            refused.unusable,
+            refused.link_local,
+            refused.srflx_mismatch,
+            refused.kind,
+            refused.port_delta
+        ),
+        (4999, 1, 1, 1, 1, 1, 1),
+        "{refused:?}"
+    );
     drop(shard);
     let _ = std::fs::remove_file(&store);
 }

@@ -431,6 +431,8 @@ pub struct AgentState {
     pub intro: IntroRefusals,
     heartbeat: Duration,
     last_heartbeat: Instant,
+    last_log: Instant,
+    logged: (u64, u64, IntroRefusals),
 }
 
 impl AgentState {
@@ -445,6 +447,8 @@ impl AgentState {
             intro: IntroRefusals::default(),
             heartbeat,
             last_heartbeat: Instant::now(),
+            last_log: Instant::now(),
+            logged: (0, 0, IntroRefusals::default()),
         }
     }
 }
@@ -560,6 +564,20 @@ fn client_to_roles(
     if now.duration_since(agent.last_heartbeat) >= agent.heartbeat {
         agent.last_heartbeat = now;
         bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Agent });
+    }
+    // Once a minute, when something changed: what clients sent that was dropped or refused.
+    let counts = (agent.decode_errors, agent.rate_limited, agent.intro);
+    if now.duration_since(agent.last_log) >= Duration::from_secs(60) && counts != agent.logged {
+        agent.last_log = now;
+        agent.logged = counts;
+        let refused: Vec<String> =
+            agent.intro.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        info!(
+            decode_errors = counts.0,
+            rate_limited = counts.1,
+            candidates_refused = %refused.join(" "),
+            "agent stats"
+        );
     }
 }
 
