@@ -1,7 +1,7 @@
 //! Candidate addresses of a peer (RFC 8445 vocabulary) and port prediction.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,74 @@ pub fn is_probeable(addr: &SocketAddr) -> bool {
         return false;
     }
     !matches!(addr.ip(), IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// Where an address is reachable from, for the per-pair decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A global address: any peer may probe it.
+    Public,
+    /// A private range (RFC 1918, CGNAT 100.64/10, IPv6 ULA fc00::/7): only meaningful to
+    /// a peer behind the same NAT.
+    Private,
+    /// Loopback: only meaningful to a peer on the same host.
+    Loopback,
+}
+
+/// Why a candidate was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Port 0, an unspecified, multicast or broadcast address.
+    Unusable,
+    /// IPv4 169.254/16 or IPv6 fe80::/10: needs an interface, meaningless to another host.
+    LinkLocal,
+    /// Documentation (192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32), "this
+    /// network" 0/8, reserved 240/4, IPv6 discard-only 100::/64.
+    Reserved,
+}
+
+/// The scope of an address, or why nobody should send to it.
+pub fn scope(addr: &SocketAddr) -> Result<Scope, Refusal> {
+    let ip = addr.ip().to_canonical();
+    if addr.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return Err(Refusal::Unusable);
+    }
+    match ip {
+        IpAddr::V4(v4) => scope_v4(v4),
+        IpAddr::V6(v6) => scope_v6(v6),
+    }
+}
+
+fn scope_v4(ip: Ipv4Addr) -> Result<Scope, Refusal> {
+    let o = ip.octets();
+    if ip.is_broadcast() {
+        Err(Refusal::Unusable)
+    } else if ip.is_link_local() {
+        Err(Refusal::LinkLocal)
+    } else if ip.is_documentation() || o[0] == 0 || o[0] >= 240 {
+        Err(Refusal::Reserved)
+    } else if ip.is_loopback() {
+        Ok(Scope::Loopback)
+    } else if ip.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
+        Ok(Scope::Private)
+    } else {
+        Ok(Scope::Public)
+    }
+}
+
+fn scope_v6(ip: Ipv6Addr) -> Result<Scope, Refusal> {
+    let s = ip.segments();
+    if (s[0] & 0xffc0) == 0xfe80 {
+        Err(Refusal::LinkLocal)
+    } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) {
+        Err(Refusal::Reserved)
+    } else if ip.is_loopback() {
+        Ok(Scope::Loopback)
+    } else if (s[0] & 0xfe00) == 0xfc00 {
+        Ok(Scope::Private)
+    } else {
+        Ok(Scope::Public)
+    }
 }
 
 /// A peer's candidate list made safe to work on, in linear time: relayed and unprobeable

@@ -198,3 +198,43 @@ fn hostile_introduction_is_capped_deduplicated_and_clamped_in_new() {
         );
     }
 }
+
+#[test]
+fn peer_candidate_updates_add_local_addresses_only_when_the_shard_gave_some() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
+    let link_with = |remote: Vec<Candidate>| {
+        let params = LinkParams {
+            link: LinkId(5),
+            side: Side::A,
+            key: LinkKey([3; 32]),
+            remote,
+            remote_nat: NatHint::default(),
+            relay: None,
+        };
+        Link::new(now, params, vec![], NatHint::default(), LinkConfig::default(), clock)
+    };
+    let update = |link: &mut Link, cands: &[Candidate]| {
+        let msg =
+            bincode::serde::encode_to_vec(Control::Candidates(cands.to_vec()), bincode::config::standard())
+                .unwrap();
+        link.on_control(now, &msg);
+    };
+    let srflx = |a: &str| Candidate::new(CandidateKind::ServerReflexive, addr(a));
+    let host = |a: &str| Candidate::new(CandidateKind::Host, addr(a));
+    let sneaky =
+        [host("192.168.1.5:4000"), host("127.0.0.1:22"), host("169.254.0.9:4000"), srflx("198.18.0.7:4002")];
+    // The shard gave only a public candidate (different NATs): the peer cannot point our
+    // probes at our LAN or our own host later.
+    let mut far = link_with(vec![srflx("198.18.0.7:4000")]);
+    update(&mut far, &sneaky);
+    let got: Vec<SocketAddr> = far.remote.iter().map(|r| r.cand.addr).collect();
+    assert_eq!(got, [addr("198.18.0.7:4000"), addr("198.18.0.7:4002")]);
+    assert_eq!(far.stats().candidates_refused, 3);
+    // Behind one NAT (the shard passed a private candidate): LAN updates are welcome, our
+    // own loopback still is not.
+    let mut near = link_with(vec![host("192.168.1.4:4000")]);
+    update(&mut near, &sneaky);
+    assert_eq!(near.remote.len(), 4);
+    assert_eq!(near.stats().candidates_refused, 1);
+}
