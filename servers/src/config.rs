@@ -691,6 +691,18 @@ mod tests {
     }
 
     #[test]
+    fn config_max_intros_per_min_defaults_to_120_within_1_to_10000() {
+        let m = minimal();
+        assert_eq!(ShardConfig::parse(&m).unwrap().game.max_intros_per_min, 120);
+        let c = ShardConfig::parse(&format!("{m}[game]\nmax_intros_per_min = 10000\n")).unwrap();
+        assert_eq!(c.game.max_intros_per_min, 10_000);
+        for bad in ["0", "10001", "-1"] {
+            let text = format!("{m}[game]\nmax_intros_per_min = {bad}\n");
+            assert_eq!(err_key(&text), "game.max_intros_per_min");
+        }
+    }
+
+    #[test]
     fn config_errors_name_the_key() {
         let m = minimal();
         assert_eq!(err_key("[relay]\nport = 1\n"), "shard");
