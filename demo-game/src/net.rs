@@ -337,6 +337,9 @@ fn on_shard_events(
                 warn!("shard refused a request: {why}");
                 chat.push("*", format!("refused: {why}"));
             }
+            ShardEvent::PartyInvite { party, name, .. } => {
+                chat.push("*", format!("{name} invites you to party {party:?}"));
+            }
             ShardEvent::Disconnected(why) if me.player.is_none() => fail(
                 &mut failure,
                 &mut exit,

@@ -141,6 +141,10 @@ pub struct GameSection {
     pub hysteresis: f32,
     /// `max_peers` (default 16): introductions per client at most.
     pub max_peers: usize,
+    /// `max_intros_per_min` (default 120, 1..=10,000): new introductions per player within
+    /// any minute; beyond it the Game server stops introducing that player until the minute
+    /// passes (counted), so moving around cannot harvest every player's address.
+    pub max_intros_per_min: usize,
     /// `relay_token_secs` (default 3600): lifetime of the relay tokens in introductions.
     pub relay_token_secs: u32,
     /// `capacity` (default 200): players a Game server takes before the Lobby places new
@@ -273,6 +277,7 @@ struct RawGame {
     interest_radius: Option<f64>,
     hysteresis: Option<f64>,
     max_peers: Option<i64>,
+    max_intros_per_min: Option<i64>,
     relay_token_secs: Option<i64>,
     capacity: Option<i64>,
     npcs: Option<i64>,
@@ -614,6 +619,8 @@ impl ShardConfig {
             interest_radius,
             hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
             max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
+            max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)?
+                as usize,
             capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
             relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
             npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
@@ -681,6 +688,18 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/shard.toml");
         let c = ShardConfig::load(&path).unwrap();
         assert_eq!(c.shard.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn config_max_intros_per_min_defaults_to_120_within_1_to_10000() {
+        let m = minimal();
+        assert_eq!(ShardConfig::parse(&m).unwrap().game.max_intros_per_min, 120);
+        let c = ShardConfig::parse(&format!("{m}[game]\nmax_intros_per_min = 10000\n")).unwrap();
+        assert_eq!(c.game.max_intros_per_min, 10_000);
+        for bad in ["0", "10001", "-1"] {
+            let text = format!("{m}[game]\nmax_intros_per_min = {bad}\n");
+            assert_eq!(err_key(&text), "game.max_intros_per_min");
+        }
     }
 
     #[test]

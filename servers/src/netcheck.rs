@@ -184,10 +184,23 @@ pub fn serve_stun_until(args: &StunServeArgs, stop: &AtomicBool) -> Result<(), N
     let mut driver = UdpDriver::bind(server, &addrs)?;
     let list: Vec<String> = driver.local_addrs().iter().map(|a| a.to_string()).collect();
     eprintln!("p2pmodel stun: listening on {}", list.join(", "));
+    let mut last = (driver.stats(), driver.endpoint().drops());
     loop {
-        let deadline = Instant::now() + Duration::from_secs(3600);
+        let deadline = Instant::now() + Duration::from_secs(60);
         if driver.run_until(|_| stop.load(Ordering::Relaxed), deadline)? {
             return Ok(());
+        }
+        // Once a minute, if anything changed: what was answered and what was dropped (a
+        // flood shows as `queue_full` in the driver or the server).
+        let now = (driver.stats(), driver.endpoint().drops());
+        if now != last {
+            eprintln!(
+                "p2pmodel stun: answered {}, driver {:?}, drops {:?}",
+                driver.endpoint().answered(),
+                now.0,
+                now.1
+            );
+            last = now;
         }
     }
 }

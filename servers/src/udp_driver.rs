@@ -14,12 +14,17 @@
 //! ```
 //!
 //! `Transmit.src` selects the socket bound to that address; `None` means the first one.
+//!
+//! Memory stays bounded under a flood: at most [`MAX_PENDING`] datagrams wait between the
+//! readers and the loop (more are dropped and counted in [`DriverStats::queue_full`]), and the
+//! loop sends what the endpoint queued every [`FLUSH_EVERY`] datagrams, so an endpoint with a
+//! bounded output queue is drained while a burst is delivered.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,11 @@ const MAX_DATAGRAM: usize = 65_535;
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// `run_until` re-checks its `done` condition at least this often.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Datagrams waiting for the endpoint loop at most (all sockets together); beyond, the
+/// readers drop them (as a full socket buffer would) and count them.
+pub const MAX_PENDING: usize = 4096;
+/// During a burst the loop sends the endpoint's queued transmits after this many datagrams.
+pub const FLUSH_EVERY: usize = 64;
 
 /// Why the driver could not start or keep running.
 #[derive(Debug, Error)]
@@ -66,6 +76,8 @@ pub struct DriverStats {
     pub send_errors: u64,
     /// Transmits whose `src` matched none of our sockets.
     pub unroutable: u64,
+    /// Datagrams dropped because [`MAX_PENDING`] were already waiting for the loop.
+    pub queue_full: u64,
 }
 
 struct Incoming {
@@ -83,6 +95,7 @@ pub struct UdpDriver<E> {
     stop: Arc<AtomicBool>,
     readers: Vec<JoinHandle<()>>,
     stats: DriverStats,
+    queue_full: Arc<AtomicU64>,
 }
 
 impl<E: Endpoint> UdpDriver<E> {
@@ -101,7 +114,8 @@ impl<E: Endpoint> UdpDriver<E> {
             return Err(DriverError::NoSockets);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(MAX_PENDING);
+        let queue_full = Arc::new(AtomicU64::new(0));
         let mut locals = Vec::new();
         let mut readers = Vec::new();
         for s in &sockets {
@@ -111,14 +125,19 @@ impl<E: Endpoint> UdpDriver<E> {
             reader.set_read_timeout(Some(READ_TIMEOUT))?;
             let tx = tx.clone();
             let stop = stop.clone();
+            let full = queue_full.clone();
             readers.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 while !stop.load(Ordering::Relaxed) {
                     match reader.recv_from(&mut buf) {
                         Ok((n, from)) => {
                             let msg = Incoming { local, from, data: buf[..n].to_vec() };
-                            if tx.send(msg).is_err() {
-                                return;
+                            match tx.try_send(msg) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    full.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(TrySendError::Disconnected(_)) => return,
                             }
                         }
                         // Timeouts, and ICMP errors surfacing from earlier sends
@@ -128,7 +147,16 @@ impl<E: Endpoint> UdpDriver<E> {
                 }
             }));
         }
-        Ok(UdpDriver { endpoint, sockets, locals, rx, stop, readers, stats: DriverStats::default() })
+        Ok(UdpDriver {
+            endpoint,
+            sockets,
+            locals,
+            rx,
+            stop,
+            readers,
+            stats: DriverStats::default(),
+            queue_full,
+        })
     }
 
     /// The actual local addresses, in the order given (ports resolved if 0 was asked).
@@ -148,7 +176,7 @@ impl<E: Endpoint> UdpDriver<E> {
 
     /// What the driver has done so far.
     pub fn stats(&self) -> DriverStats {
-        self.stats
+        DriverStats { queue_full: self.queue_full.load(Ordering::Relaxed), ..self.stats }
     }
 
     fn flush(&mut self) {
@@ -196,8 +224,13 @@ impl<E: Endpoint> UdpDriver<E> {
             match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(m) => {
                     self.deliver(m);
+                    let mut n = 1;
                     while let Ok(m) = self.rx.try_recv() {
                         self.deliver(m);
+                        n += 1;
+                        if n % FLUSH_EVERY == 0 {
+                            self.flush();
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -298,5 +331,32 @@ mod tests {
         });
         d.run_until(|_| true, Instant::now()).unwrap();
         assert_eq!((d.stats().unroutable, d.stats().sent), (1, 0));
+    }
+
+    #[test]
+    fn a_flood_while_the_loop_is_busy_waits_in_a_bounded_queue_and_drops_are_counted() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let d = UdpDriver::bind(Echo::default(), &[any]).unwrap();
+        let to = d.local_addrs()[0];
+        let client = UdpSocket::bind(any).unwrap();
+        // The loop is not running (a busy endpoint): the reader keeps reading the socket, but
+        // at most MAX_PENDING datagrams wait for the loop; the rest are dropped and counted.
+        let sent = 3 * MAX_PENDING as u64;
+        for i in 0..sent {
+            let _ = client.send_to(&i.to_be_bytes(), to);
+            if i % 512 == 0 {
+                std::thread::sleep(Duration::from_millis(1)); // let the reader keep up with the kernel buffer
+            }
+        }
+        // Bounded wait for the reader thread to drain the socket (not test logic).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.stats().queue_full == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let waiting = d.rx.try_iter().count();
+        assert!(waiting <= MAX_PENDING, "{waiting}");
+        assert!(d.stats().queue_full > 0, "{:?}", d.stats());
+        assert!(waiting as u64 + d.stats().queue_full <= sent);
     }
 }

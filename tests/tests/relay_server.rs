@@ -121,6 +121,33 @@ fn relay_server_forwards_only_for_valid_tokens() {
 }
 
 #[test]
+fn relay_server_drops_datagrams_longer_than_its_buffer_instead_of_forwarding_them_cut() {
+    use p2pmodel_servers::relay::batch::MAX_DATAGRAM;
+    let relay = start();
+    let (a, b) = pair(&relay, 1);
+    let r = relay.primary_addr();
+    // At the limit: forwarded whole. One byte more (and far more): dropped, counted, never
+    // forwarded cut to the buffer size.
+    let mut at_limit = data(1, Side::A, 0, 100);
+    at_limit.resize(MAX_DATAGRAM, 7);
+    a.send_to(&at_limit, r).unwrap();
+    for (pn, len) in [(1u64, MAX_DATAGRAM + 1), (2, 3000), (3, 9000)] {
+        let mut big = data(1, Side::A, pn, 100);
+        big.resize(len, 7);
+        a.send_to(&big, r).unwrap();
+    }
+    b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = vec![];
+    while let Ok((n, _)) = b.recv_from(&mut buf) {
+        got.push(n);
+    }
+    assert_eq!(got, [MAX_DATAGRAM], "only the datagram that fits is forwarded");
+    let s = wait_for(&relay, "truncated drops", |x| x.plane.truncated == 3);
+    assert!(s.dropped_total() >= 3);
+}
+
+#[test]
 fn relay_server_rejects_expired_forged_and_replayed_tokens() {
     let relay = start();
     let r = relay.primary_addr();

@@ -79,6 +79,10 @@ struct Client {
     npcs: Vec<Vec<NpcState>>,
     /// Server-routed peer messages: (sender, reliable, data).
     from_peer: Vec<(PlayerId, bool, Vec<u8>)>,
+    /// Party invitations received: (party, from).
+    invites: Vec<(String, PlayerId)>,
+    /// Every PeerIntro's parameters, by peer name.
+    intro_params: HashMap<String, bevy_p2pmodel::link::LinkParams>,
     welcomes: usize,
 }
 
@@ -116,6 +120,8 @@ impl Client {
             chat: Vec::new(),
             npcs: Vec::new(),
             from_peer: Vec::new(),
+            invites: Vec::new(),
+            intro_params: HashMap::new(),
             welcomes: 0,
         }
     }
@@ -174,6 +180,7 @@ impl Client {
             }
             ShardMessage::PeerIntro { name, params, peer } => {
                 self.peer_ids.insert(name.clone(), peer);
+                self.intro_params.insert(name.clone(), params.clone());
                 let link = params.link;
                 self.mesh.add_link(Instant::now(), params).unwrap();
                 self.links.insert(link, name.clone());
@@ -201,6 +208,7 @@ impl Client {
             ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
             ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
             ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),
+            ShardMessage::PartyInvite { party, from, .. } => self.invites.push((party, from)),
         }
     }
 
@@ -395,8 +403,29 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
     assert!(reset, "a returning Game server is reset and rejoins the pool");
     assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
 
-    // A party meshes across the map: ana (near the origin) and cid (at x = 500).
+    // A party meshes across the map: ana (near the origin) and cid (at x = 500). ana creates
+    // it; cid gets in only once ana invited it.
     ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(2), |s, _| {
+        s.lobby().parties.owner("p").is_some()
+    });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    bob.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let refused =
+        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+            cs[1].refused.iter().any(|r| r.contains("invit"))
+                && cs[2].refused.iter().any(|r| r.contains("invitation"))
+        });
+    assert!(
+        refused,
+        "no join without an invitation, no invitation but the owner's: {:?} {:?}",
+        bob.refused, cid.refused
+    );
+    ana.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let ana_id = ana.player.unwrap();
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
+        cs[2].invites.contains(&("p".into(), ana_id))
+    }));
     cid.send(&ClientMessage::JoinParty { party: "p".into() });
     let party =
         run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
@@ -560,6 +589,28 @@ fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_proces
     let _ = std::fs::remove_file(&store);
 }
 
+/// ana (owner of party "p") invites the client at index `who` of [ana, bob, cid]; waits until
+/// it got the invitation.
+fn invite(
+    shard: &mut Shard,
+    ana: &mut Client,
+    bob: &mut Client,
+    cid: &mut Client,
+    who: usize,
+    wait: Duration,
+) {
+    let player = [&*ana, &*bob, &*cid][who].player.expect("logged in");
+    ana.send(&ClientMessage::InviteToParty { player });
+    let from = ana.player;
+    assert!(
+        run_until(shard, &mut [ana, bob, cid], wait, |_, cs| cs[who]
+            .invites
+            .iter()
+            .any(|(p, f)| p == "p" && Some(*f) == from)),
+        "invitation delivered"
+    );
+}
+
 fn heard(c: &Client, speaker: &str, text: &str) -> bool {
     c.chat.iter().any(|(n, t)| n == speaker && t == text)
 }
@@ -600,8 +651,11 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
         "channels are apart"
     );
 
-    // cid joins ana's party before entering: placed on ana's (full) server, and meshed.
+    // cid joins ana's party (invited) before entering: placed on ana's (full) server, and meshed.
     ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    cid.send(&ClientMessage::Login { name: "cid".into() }); // its player id, to be invited
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| cs[2].player.is_some()));
+    invite(&mut shard, &mut ana, &mut bob, &mut cid, 2, wait);
     cid.send(&ClientMessage::JoinParty { party: "p".into() });
     join_zone(&mut cid);
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
@@ -615,6 +669,7 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert!(heard(&cid, "cid", "hi party") && !heard(&bob, "cid", "hi party"));
 
     // bob, already playing on the other channel, joins the party: moved to the party's server.
+    invite(&mut shard, &mut ana, &mut bob, &mut cid, 1, wait);
     bob.send(&ClientMessage::JoinParty { party: "p".into() });
     assert!(
         run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| {
@@ -629,6 +684,65 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
         cs[0], "bob", "moved"
     )));
+    drop(shard);
+    let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn shard_cleans_a_hostile_mesh_info_before_any_peer_gets_it() {
+    use p2pmodel_servers::shard::agent::AgentState;
+    let store = std::env::temp_dir().join(format!("p2pm-shard-intro-{}.json", std::process::id()));
+    let cfg = config("intro", &store);
+    let mut shard = Shard::start(&cfg);
+    let (mut ana, mut bob) = (login(&shard, "ana"), login(&shard, "bob"));
+    // ana lists thousands of copies of her address, addresses of others (a documentation
+    // range, a multicast group, a link-local host, a server-reflexive IP that is not hers),
+    // kinds she cannot know, and an absurd port step.
+    let mut candidates = vec![Candidate::new(CandidateKind::Host, ana.mesh_local); 5000];
+    for (kind, a) in [
+        (CandidateKind::Host, "192.0.2.7:4000"),
+        (CandidateKind::Host, "224.0.0.251:5353"),
+        (CandidateKind::Host, "169.254.3.4:4000"),
+        (CandidateKind::ServerReflexive, "8.8.8.8:53"),
+        (CandidateKind::Relayed, "8.8.4.4:3478"),
+        (CandidateKind::Host, "127.0.0.5:4000"),
+    ] {
+        candidates.push(Candidate::new(kind, a.parse().unwrap()));
+    }
+    let nat = NatSummary {
+        class: "symmetric".into(),
+        dependent_mapping: true,
+        port_delta: Some(i32::MIN),
+        public: None,
+    };
+    ana.send(&ClientMessage::Login { name: "ana".into() });
+    ana.send(&ClientMessage::MeshInfo { candidates, nat });
+    ana.send(&ClientMessage::EnterZone { zone: 0 });
+    join_zone(&mut bob);
+    let wait = Duration::from_secs(5);
+    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob], wait, |_, cs| cs[1]
+        .intro_params
+        .contains_key("ana")));
+    let p = &bob.intro_params["ana"];
+    // Only her loopback addresses survive, once each (both players are on the shard's host,
+    // the one case where loopback candidates are passed on).
+    let got: Vec<SocketAddr> = p.remote.iter().map(|c| c.addr).collect();
+    assert_eq!(got, [ana.mesh_local, "127.0.0.5:4000".parse().unwrap()], "{:?}", p.remote);
+    assert_eq!(p.remote_nat.port_delta, None);
+    let refused = shard.app.world().resource::<AgentState>().intro;
+    assert_eq!(
+        (
+            refused.duplicate,
+            refused.reserved,
+            refused.unusable,
+            refused.link_local,
+            refused.srflx_mismatch,
+            refused.kind,
+            refused.port_delta
+        ),
+        (4999, 1, 1, 1, 1, 1, 1),
+        "{refused:?}"
+    );
     drop(shard);
     let _ = std::fs::remove_file(&store);
 }

@@ -102,19 +102,21 @@ pub struct ClientConfig {
     pub mesh: MeshConfig,
     /// Longest wait for NAT discovery before entering a zone anyway.
     pub nat_timeout: Duration,
-    /// Seed for the mesh's randomness (STUN transaction ids).
+    /// Seed for the mesh's randomness (STUN transaction ids). [`ClientConfig::new`] draws it
+    /// from the OS (a predictable id lets an on-path attacker forge STUN answers, i.e. our
+    /// public address); set a fixed one only for reproducible tests and simulations.
     pub seed: u64,
 }
 
 impl ClientConfig {
-    /// Defaults for a named player: P2P on, 3 s NAT discovery cap.
+    /// Defaults for a named player: P2P on, 3 s NAT discovery cap, a random seed.
     pub fn new(name: impl Into<String>) -> Self {
         ClientConfig {
             name: name.into(),
             p2p: true,
             mesh: MeshConfig::default(),
             nat_timeout: Duration::from_secs(3),
-            seed: 0,
+            seed: rand::random(),
         }
     }
 }
@@ -226,6 +228,15 @@ pub enum ClientEvent {
     },
     /// The shard refused a request.
     Refused(String),
+    /// A party's owner invites us: [`ClientCore::join_party`] with this name within 60 s.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The inviting owner.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Why [`ClientCore::send`] failed.
@@ -347,9 +358,16 @@ impl ClientCore {
         self.push(ClientMessage::Chat { text: text.into() });
     }
 
-    /// Join a party (empty name: leave it).
+    /// Join a party (empty name: leave it). A new name creates a party we own; an existing
+    /// one needs a pending invitation from its owner ([`ClientEvent::PartyInvite`]), else the
+    /// shard answers [`ClientEvent::Refused`].
     pub fn join_party(&mut self, party: impl Into<String>) {
         self.push(ClientMessage::JoinParty { party: party.into() });
+    }
+
+    /// Invite a player into our party (we must own it); it may join within 60 s.
+    pub fn invite_to_party(&mut self, player: PlayerId) {
+        self.push(ClientMessage::InviteToParty { player });
     }
 
     /// Send application bytes to one peer: over the mesh when it has a path, through the
@@ -454,6 +472,9 @@ impl ClientCore {
                 self.events.push_back(ClientEvent::Chat { from, name, text })
             }
             ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Npcs(npcs)),
+            ShardMessage::PartyInvite { party, from, name } => {
+                self.events.push_back(ClientEvent::PartyInvite { party, from, name })
+            }
             ShardMessage::FromPeer { peer, reliable, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };
                 info.received.server_messages += 1;

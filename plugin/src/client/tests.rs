@@ -10,6 +10,7 @@ fn core(p2p: bool) -> (ClientCore, Instant) {
     let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
     let mut cfg = ClientConfig::new("ana");
     cfg.p2p = p2p;
+    cfg.seed = 0; // reproducible STUN transaction ids
     let host: SocketAddr = "192.168.0.2:5000".parse().unwrap();
     (ClientCore::new(now, cfg, clock, &[host]), now)
 }
@@ -124,4 +125,29 @@ fn a_connecting_peer_gets_messages_through_the_server_and_outro_or_zone_change_f
         .filter(|e| matches!(e, ClientEvent::PeerRemoved { .. }))
         .count();
     assert_eq!(removed, 2);
+}
+
+#[test]
+fn stun_transaction_ids_are_random_by_default_and_fixed_only_when_asked() {
+    use crate::endpoint::Endpoint;
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+    let host: SocketAddr = "192.168.0.2:5000".parse().unwrap();
+    let stun: SocketAddr = "198.18.0.10:3478".parse().unwrap();
+    // The transaction id of the first STUN request a client sends (bytes 8..20).
+    let first_tid = |cfg: ClientConfig| {
+        let mut c = ClientCore::new(now, cfg, clock, &[host]);
+        c.start_nat_discovery(now, stun);
+        let t = std::iter::from_fn(|| c.poll_transmit()).find(|t| t.dst == stun).expect("a STUN request");
+        t.payload[8..20].to_vec()
+    };
+    let (a, b) = (ClientConfig::new("ana"), ClientConfig::new("ana"));
+    assert_ne!(a.seed, b.seed, "default seeds come from the OS");
+    assert_ne!(first_tid(a), first_tid(b));
+    let fixed = || {
+        let mut c = ClientConfig::new("ana");
+        c.seed = 42;
+        c
+    };
+    assert_eq!(first_tid(fixed()), first_tid(fixed()), "an explicit seed repeats");
 }

@@ -14,7 +14,10 @@
 
 mod candidate;
 
-pub use candidate::{Candidate, CandidateKind, NatHint, predict};
+pub use candidate::{
+    Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, Refusal, Scope, clamp_port_delta, clean_candidates,
+    is_probeable, predict, scope,
+};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -139,6 +142,9 @@ pub struct LinkStats {
     pub rejected: u64,
     /// Direct paths that failed and fell back.
     pub failovers: u64,
+    /// Candidates from the peer's updates refused: a private, loopback or link-local address
+    /// when the shard's list held none (the shard judged the two are not behind one NAT).
+    pub candidates_refused: u64,
 }
 
 /// Liveness of one path: when we last heard on it, and the oldest send not yet answered.
@@ -273,6 +279,9 @@ pub struct Link {
     renet_time: Instant,
     remote: Vec<Remote>,
     remote_nat: NatHint,
+    /// The shard's list held private (`[0]`) / loopback (`[1]`) candidates: the peers share
+    /// a NAT / a host, so the peer's updates may list such addresses.
+    allow_local: [bool; 2],
     local: Vec<Candidate>,
     relay: Option<RelayState>,
     direct: Option<DirectPath>,
@@ -364,14 +373,20 @@ impl Link {
             client_channels_config: channels,
         });
         renet.set_connected();
-        let mut remote: Vec<Remote> = Vec::new();
-        let predicted = predict(&params.remote, &params.remote_nat, cfg.prediction_span);
-        for c in params.remote.iter().chain(predicted.iter()) {
-            if c.kind != CandidateKind::Relayed && !remote.iter().any(|r| r.cand.addr == c.addr) {
-                remote.push(Remote { cand: *c, validated: false });
-            }
-        }
-        remote.truncate(cfg.max_candidates);
+        // The peer's list comes from the shard, but a link does not trust it either: capped
+        // and de-duplicated in linear time before anything else looks at it, the NAT hint's
+        // port step clamped before port prediction.
+        let remote_nat = params.remote_nat.sanitized();
+        let listed = clean_candidates(&params.remote, cfg.max_candidates);
+        let predicted = predict(&listed, &remote_nat, cfg.prediction_span);
+        // The shard passes private / loopback candidates only between players behind one
+        // NAT; the peer's later updates may add such addresses only in that case.
+        let allow_local =
+            [Locality::Lan, Locality::Host].map(|l| listed.iter().any(|c| locality(&c.addr) == Some(l)));
+        let remote: Vec<Remote> = clean_candidates(listed.iter().chain(predicted.iter()), cfg.max_candidates)
+            .into_iter()
+            .map(|cand| Remote { cand, validated: false })
+            .collect();
         let relay = params.relay.map(|p| RelayState::new(now, p, 0));
         let mut link = Link {
             crypto: LinkCrypto::new(&params.key, params.link, params.side),
@@ -381,7 +396,8 @@ impl Link {
             renet,
             renet_time: now,
             remote,
-            remote_nat: params.remote_nat,
+            remote_nat,
+            allow_local,
             local_nat,
             birthday: None,
             rng: ChaCha8Rng::from_seed(seed),
@@ -1148,9 +1164,24 @@ impl Link {
             return;
         };
         let mut added = false;
+        // Capped and de-duplicated in linear time first, like the shard's list in `new`; no
+        // local-scope address unless the shard's list had one (see `allow_local`).
+        let allow = self.allow_local;
+        let before = cands.len();
+        let cands: Vec<Candidate> = cands
+            .into_iter()
+            .filter(|c| match locality(&c.addr) {
+                None => true,
+                Some(Locality::Lan) => allow[0],
+                Some(Locality::Host) => allow[1],
+            })
+            .collect();
+        self.stats.candidates_refused += (before - cands.len()) as u64;
+        let cands = clean_candidates(&cands, self.cfg.max_candidates);
         let predicted = predict(&cands, &self.remote_nat, self.cfg.prediction_span);
-        for c in cands.iter().chain(predicted.iter()).take(self.cfg.max_candidates) {
-            if c.kind != CandidateKind::Relayed && !self.remote.iter().any(|r| r.cand.addr == c.addr) {
+        let fresh = clean_candidates(cands.iter().chain(predicted.iter()), self.cfg.max_candidates);
+        for c in &fresh {
+            if !self.remote.iter().any(|r| r.cand.addr == c.addr) {
                 if self.remote.len() >= self.cfg.max_candidates {
                     // Forget the oldest unvalidated guess to make room for fresher information.
                     if let Some(i) = self.remote.iter().position(|r| !r.validated) {
@@ -1217,6 +1248,24 @@ impl Link {
 const BIRTHDAY_PORT_OFFSET: u16 = 1000;
 
 /// renet's packet type 4 is an ack-only packet (renet 2 `Packet::Ack`).
+/// Where a local-scope address is reachable from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locality {
+    /// Private or link-local: the same NAT / LAN.
+    Lan,
+    /// Loopback: the same host.
+    Host,
+}
+
+/// The locality of a private, link-local or loopback address (`None`: any other).
+fn locality(addr: &SocketAddr) -> Option<Locality> {
+    match scope(addr) {
+        Ok(Scope::Private) | Err(Refusal::LinkLocal) => Some(Locality::Lan),
+        Ok(Scope::Loopback) => Some(Locality::Host),
+        _ => None,
+    }
+}
+
 fn is_renet_ack(packet: &[u8]) -> bool {
     packet.first() == Some(&4)
 }

@@ -160,3 +160,81 @@ fn keepalive_off_sends_nothing_when_idle() {
     p.run_for(Duration::from_secs(60));
     assert_eq!(p.a.stats().direct_sent, before);
 }
+
+#[test]
+fn hostile_introduction_is_capped_deduplicated_and_clamped_in_new() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
+    // 100,000 candidates (mostly one address repeated, then many distinct srflx ports) and
+    // an extreme port step: Link::new neither panics nor spends quadratic time.
+    let mut remote = vec![Candidate::new(CandidateKind::Host, addr(B)); 50_000];
+    remote.extend((0..50_000u32).map(|i| {
+        Candidate::new(
+            CandidateKind::ServerReflexive,
+            SocketAddr::new([198, 51, 100, 7].into(), (i % 65_535 + 1) as u16),
+        )
+    }));
+    for delta in [i32::MIN, i32::MAX, -1] {
+        let params = LinkParams {
+            link: LinkId(5),
+            side: Side::A,
+            key: LinkKey([3; 32]),
+            remote: remote.clone(),
+            remote_nat: NatHint { dependent_mapping: true, port_delta: Some(delta) },
+            relay: None,
+        };
+        let cfg = LinkConfig::default();
+        let cap = cfg.max_candidates;
+        let link = Link::new(now, params, vec![], NatHint::default(), cfg, clock);
+        assert_eq!(link.remote.len(), cap, "delta {delta}");
+        let set: std::collections::HashSet<_> = link.remote.iter().map(|r| r.cand.addr).collect();
+        assert_eq!(set.len(), cap, "no duplicate address");
+        assert_eq!(link.remote.iter().filter(|r| r.cand.addr == addr(B)).count(), 1);
+        let expect_delta = (delta == -1).then_some(-1);
+        assert_eq!(link.remote_nat.port_delta, expect_delta, "implausible steps become unknown");
+        assert!(
+            link.remote.iter().all(|r| r.cand.kind != CandidateKind::Predicted),
+            "the cap is full before prediction"
+        );
+    }
+}
+
+#[test]
+fn peer_candidate_updates_add_local_addresses_only_when_the_shard_gave_some() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
+    let link_with = |remote: Vec<Candidate>| {
+        let params = LinkParams {
+            link: LinkId(5),
+            side: Side::A,
+            key: LinkKey([3; 32]),
+            remote,
+            remote_nat: NatHint::default(),
+            relay: None,
+        };
+        Link::new(now, params, vec![], NatHint::default(), LinkConfig::default(), clock)
+    };
+    let update = |link: &mut Link, cands: &[Candidate]| {
+        let msg =
+            bincode::serde::encode_to_vec(Control::Candidates(cands.to_vec()), bincode::config::standard())
+                .unwrap();
+        link.on_control(now, &msg);
+    };
+    let srflx = |a: &str| Candidate::new(CandidateKind::ServerReflexive, addr(a));
+    let host = |a: &str| Candidate::new(CandidateKind::Host, addr(a));
+    let sneaky =
+        [host("192.168.1.5:4000"), host("127.0.0.1:22"), host("169.254.0.9:4000"), srflx("198.18.0.7:4002")];
+    // The shard gave only a public candidate (different NATs): the peer cannot point our
+    // probes at our LAN or our own host later.
+    let mut far = link_with(vec![srflx("198.18.0.7:4000")]);
+    update(&mut far, &sneaky);
+    let got: Vec<SocketAddr> = far.remote.iter().map(|r| r.cand.addr).collect();
+    assert_eq!(got, [addr("198.18.0.7:4000"), addr("198.18.0.7:4002")]);
+    assert_eq!(far.stats().candidates_refused, 3);
+    // Behind one NAT (the shard passed a private candidate): LAN updates are welcome, our
+    // own loopback still is not.
+    let mut near = link_with(vec![host("192.168.1.4:4000")]);
+    update(&mut near, &sneaky);
+    assert_eq!(near.remote.len(), 4);
+    assert_eq!(near.stats().candidates_refused, 1);
+}

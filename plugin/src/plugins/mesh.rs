@@ -316,6 +316,9 @@ fn publish_events(
             ClientEvent::Refused(reason) => {
                 out.shard.write(ShardEvent::Refused(reason));
             }
+            ClientEvent::PartyInvite { party, from, name } => {
+                out.shard.write(ShardEvent::PartyInvite { party, from, name });
+            }
         }
     }
 }

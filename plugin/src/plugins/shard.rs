@@ -90,8 +90,12 @@ pub enum ShardRequest {
     },
     /// Say something to the players in range.
     Chat(String),
-    /// Join a party (empty: leave it); party members are meshed regardless of distance.
+    /// Join a party (empty: leave it); party members are meshed regardless of distance. A
+    /// new name creates a party we own; an existing one needs its owner's invitation
+    /// ([`ShardEvent::PartyInvite`]), else [`ShardEvent::Refused`].
     JoinParty(String),
+    /// Invite a player into our party (we must own it).
+    InviteToParty(PlayerId),
 }
 
 /// What the shard told us (read with `MessageReader<ShardEvent>`).
@@ -131,6 +135,15 @@ pub enum ShardEvent {
     },
     /// The shard refused a request.
     Refused(String),
+    /// A party's owner invites us: send `ShardRequest::JoinParty(party)` within 60 s to join.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The inviting owner.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
     /// The connection ended or could not be made; the reason is for the user.
     Disconnected(String),
 }
@@ -532,6 +545,7 @@ fn handle_requests(
             }
             ShardRequest::Chat(text) => client.chat(text.clone()),
             ShardRequest::JoinParty(party) => client.join_party(party.clone()),
+            ShardRequest::InviteToParty(player) => client.invite_to_party(*player),
         }
     }
 }

@@ -443,7 +443,10 @@ impl ShardInner {
                     self.deliver(*peer, msg);
                 }
             }
-            ClientMessage::Move { .. } | ClientMessage::JoinParty { .. } => {}
+            // The simulator's shard has no parties (it meshes a whole zone).
+            ClientMessage::Move { .. }
+            | ClientMessage::JoinParty { .. }
+            | ClientMessage::InviteToParty { .. } => {}
         }
     }
 

@@ -1,10 +1,13 @@
 //! Messages between a client and its shard, carried on renet channels (serde + bincode 2).
 //!
 //! Encoding is bincode 2's `standard()` configuration (little-endian, variable-length
-//! integers) with a 64 KiB limit, so a hostile length prefix cannot make the decoder
-//! allocate more than that. [`decode`] returns `Result` for any input.
+//! integers). Every message is at most [`MAX_MESSAGE`] bytes **encoded**: [`encode`] refuses
+//! a larger one and [`decode`] refuses larger input before parsing it; while parsing, what
+//! the decoder allocates is bounded by [`MAX_DECODED`] (in-memory sizes exceed encoded ones,
+//! e.g. a 7-byte candidate is 36 bytes in memory), so a hostile length prefix allocates
+//! nothing big. [`decode`] returns `Result` for any input.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -12,8 +15,12 @@ use thiserror::Error;
 use crate::link::{Candidate, LinkParams};
 use crate::proto::peer::LinkId;
 
-/// Largest encoded shard message accepted.
+/// Largest encoded shard message, in bytes (client ↔ shard and role ↔ role alike).
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most bytes the decoder allocates for one message (bincode's limit counts in-memory sizes,
+/// at most ~6× the encoded size for these types): every message of at most [`MAX_MESSAGE`]
+/// bytes decodes, and nothing decodes into more than this.
+pub const MAX_DECODED: usize = 16 * MAX_MESSAGE;
 
 /// A player's id within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -101,9 +108,11 @@ pub enum ClientMessage {
         rtt_ms: Option<f32>,
     },
     /// Join a party (empty name: leave it). Party members on the same Game server are meshed
-    /// regardless of distance.
+    /// regardless of distance, so an existing party is joined only with a pending invitation
+    /// from its owner ([`ClientMessage::InviteToParty`]); a name no party uses creates one,
+    /// owned by the sender. Refused with [`ShardMessage::Refused`].
     JoinParty {
-        /// Party name (at most 32 bytes).
+        /// Party name (at most 32 characters are kept).
         party: String,
     },
     /// An application message for a peer, carried by the Game server instead of the mesh
@@ -116,6 +125,12 @@ pub enum ClientMessage {
         reliable: bool,
         /// Opaque application bytes (at most 1,200).
         data: Vec<u8>,
+    },
+    /// Invite a player (online, by id) into our party; only the party's owner may. The player
+    /// gets [`ShardMessage::PartyInvite`] and can `JoinParty` within 60 s, once.
+    InviteToParty {
+        /// The invited player.
+        player: PlayerId,
     },
 }
 
@@ -198,6 +213,15 @@ pub enum ShardMessage {
         /// Opaque application bytes.
         data: Vec<u8>,
     },
+    /// A party's owner invites us: answer with `JoinParty { party }` within 60 s to join.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The owner who invites.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Which shard role an internal message comes from (heartbeats, logs).
@@ -213,7 +237,7 @@ pub enum Role {
 
 /// Role ↔ role messages inside a shard (Agent ↔ Lobby ↔ Game). Same encoding as the client
 /// messages ([`encode`] / [`decode`]). `client` is the Agent's netcode client id: internal
-/// roles never learn a client's address.
+/// roles never learn a client's port, only its IP, to filter introductions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InternalMessage {
     /// Liveness: each role sends one every heartbeat interval to each role it talks to.
@@ -227,6 +251,9 @@ pub enum InternalMessage {
         client: u64,
         /// The name bound into its connect token.
         name: String,
+        /// The IP its packets come from (only to judge which of its candidates a peer may
+        /// get: private ones only to a peer behind the same public IP).
+        ip: Option<IpAddr>,
     },
     /// Agent → Lobby / Game: the client is gone.
     ClientLeft {
@@ -275,6 +302,8 @@ pub enum InternalMessage {
         nat: Option<NatSummary>,
         /// The player's party, if any.
         party: Option<String>,
+        /// The IP its packets come from, as the Agent sees it (see `ClientJoined`).
+        ip: Option<IpAddr>,
     },
     /// Lobby → Game: the client joined (`Some`) or left (`None`) a party.
     SetParty {
@@ -307,19 +336,30 @@ pub enum MessageError {
     /// Bytes left over after the message.
     #[error("{0} trailing bytes after shard message")]
     Trailing(usize),
+    /// Longer than [`MAX_MESSAGE`] encoded (the length is given).
+    #[error("shard message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+    bincode::config::standard().with_limit::<MAX_DECODED>()
 }
 
-/// Encode a message for a renet channel.
+/// Encode a message for a renet channel; more than [`MAX_MESSAGE`] bytes is an error.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
-    Ok(bincode::serde::encode_to_vec(msg, config())?)
+    let bytes = bincode::serde::encode_to_vec(msg, config())?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
 }
 
-/// Decode a message; any input gives `Ok` or `Err`, never a panic.
+/// Decode a message; any input gives `Ok` or `Err`, never a panic. Input longer than
+/// [`MAX_MESSAGE`] is refused unread.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
     let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;
     if used != bytes.len() {
         return Err(MessageError::Trailing(bytes.len() - used));
@@ -375,5 +415,37 @@ mod tests {
         let mut huge = vec![4u8]; // Refused
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(decode::<ShardMessage>(&huge).is_err());
+    }
+
+    #[test]
+    fn the_limit_is_max_message_encoded_bytes_whatever_the_content() {
+        // ToPeer = variant, peer, bool, 3-byte length, data: 6 bytes + data.
+        let to_peer =
+            |n: usize| ClientMessage::ToPeer { peer: PlayerId(1), reliable: true, data: vec![7; n] };
+        let at = encode(&to_peer(MAX_MESSAGE - 6)).unwrap();
+        assert_eq!(at.len(), MAX_MESSAGE);
+        assert_eq!(decode::<ClientMessage>(&at).unwrap(), to_peer(MAX_MESSAGE - 6));
+        assert!(
+            matches!(encode(&to_peer(MAX_MESSAGE - 5)), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
+        );
+        let over =
+            bincode::serde::encode_to_vec(to_peer(MAX_MESSAGE - 5), bincode::config::standard()).unwrap();
+        assert_eq!(over.len(), MAX_MESSAGE + 1);
+        assert!(
+            matches!(decode::<ClientMessage>(&over), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
+        );
+        // A message of small items (each far larger in memory than on the wire) up to the
+        // limit decodes too: the same limit holds for every kind of message.
+        let nat =
+            NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+        let c = Candidate::new(CandidateKind::Host, "1.2.3.4:5".parse().unwrap());
+        let mut n = 9000;
+        let mesh = |n| ClientMessage::MeshInfo { candidates: vec![c; n], nat: nat.clone() };
+        while encode(&mesh(n + 1)).is_ok() {
+            n += 1;
+        }
+        let bytes = encode(&mesh(n)).unwrap();
+        assert!(bytes.len() > MAX_MESSAGE - 8, "{}", bytes.len());
+        assert_eq!(decode::<ClientMessage>(&bytes).unwrap(), mesh(n));
     }
 }

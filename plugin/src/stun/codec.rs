@@ -31,6 +31,9 @@ use crate::proto::STUN_MAGIC_COOKIE;
 
 /// Size of the fixed STUN header.
 pub const HEADER_LEN: usize = 20;
+/// Distinct unknown comprehension-required attribute types a decoded message records at
+/// most (a 420 reply lists a few; a hostile message may carry thousands).
+pub const MAX_UNKNOWN_RECORDED: usize = 16;
 /// The Binding method (RFC 8489 §18.2), the only one this crate serves.
 pub const METHOD_BINDING: u16 = 0x001;
 /// XOR constant of the FINGERPRINT attribute ("STUN" in ASCII).
@@ -236,7 +239,8 @@ pub struct Message {
     pub transaction_id: TransactionId,
     /// Attributes in wire order (unknown comprehension-optional ones are skipped).
     pub attributes: Vec<Attribute>,
-    /// Unknown comprehension-required attribute types seen while decoding (for a 420 reply).
+    /// Unknown comprehension-required attribute types seen while decoding (for a 420 reply):
+    /// the first [`MAX_UNKNOWN_RECORDED`] distinct ones.
     pub unknown_required: Vec<u16>,
     /// Decoding: a valid FINGERPRINT was present. Encoding: append one.
     pub fingerprint: bool,
@@ -463,7 +467,12 @@ impl Message {
                 msg.fingerprint = true;
             } else if let Some(a) = decode_attr(atyp, value, &transaction_id)? {
                 msg.attributes.push(a);
-            } else if atyp < 0x8000 && !msg.unknown_required.contains(&atyp) {
+            } else if atyp < 0x8000
+                && msg.unknown_required.len() < MAX_UNKNOWN_RECORDED
+                && !msg.unknown_required.contains(&atyp)
+            {
+                // At most MAX_UNKNOWN_RECORDED distinct types are kept, so this check stays
+                // constant-time and decoding linear in the message whatever it holds.
                 msg.unknown_required.push(atyp);
             }
             pos = vstart + padded;

@@ -512,11 +512,43 @@ mod tests {
     fn queue_is_bounded_when_the_driver_does_not_poll() {
         let mut s = server();
         let req = Message::binding_request(TransactionId::new([9; 12]), ChangeRequest::NONE).encode();
-        for _ in 0..MAX_QUEUED + 10 {
-            s.handle_datagram(Instant::now(), sa("192.0.2.1:3478"), sa("203.0.113.5:1"), &req);
+        // A million requests and no poll: the queue holds MAX_QUEUED replies, the rest are
+        // counted drops (memory stays at MAX_QUEUED × MAX_RESPONSE_LEN bytes).
+        let n = 1_000_000;
+        let now = Instant::now();
+        for _ in 0..n {
+            s.handle_datagram(now, sa("192.0.2.1:3478"), sa("203.0.113.5:1"), &req);
         }
-        assert_eq!(s.drops().queue_full, 10);
+        assert_eq!(s.drops().queue_full, (n - MAX_QUEUED) as u64);
+        assert_eq!(s.answered(), MAX_QUEUED as u64);
         assert_eq!(std::iter::from_fn(|| s.poll_transmit()).count(), MAX_QUEUED);
+    }
+
+    #[test]
+    fn thousands_of_unknown_attributes_decode_in_linear_time_and_get_a_small_420() {
+        // 16,378 distinct unknown comprehension-required attributes (the most a 64 KiB
+        // message holds): recorded up to the bound, answered with a 420 listing a few.
+        let mut b = Message::binding_request(TransactionId::new([5; 12]), ChangeRequest::NONE).encode();
+        b.truncate(crate::stun::codec::HEADER_LEN);
+        for t in 0..16_378u16 {
+            b.extend_from_slice(&(0x4000 + t).to_be_bytes()); // < 0x8000: comprehension-required
+            b.extend_from_slice(&[0, 0]);
+        }
+        let len = (b.len() - crate::stun::codec::HEADER_LEN) as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+        let m = Message::decode(&b).unwrap();
+        assert_eq!(m.unknown_required.len(), crate::stun::codec::MAX_UNKNOWN_RECORDED);
+        assert_eq!(m.unknown_required[..2], [0x4000, 0x4001], "first ones kept, in order");
+        let mut s = server();
+        s.handle_datagram(Instant::now(), sa("192.0.2.1:3478"), sa("203.0.113.5:1"), &b);
+        let t = s.poll_transmit().expect("a 420 answer");
+        assert!(s.poll_transmit().is_none());
+        assert!(t.payload.len() <= MAX_RESPONSE_LEN, "{} bytes", t.payload.len());
+        let r = Message::decode(&t.payload).unwrap();
+        assert!(
+            r.attributes.contains(&Attribute::ErrorCode { code: 420, reason: "Unknown Attribute".into() })
+        );
+        assert!(r.attributes.contains(&Attribute::UnknownAttributes(vec![0x4000, 0x4001, 0x4002, 0x4003])));
     }
 
     /// Whatever arrives, the server never panics, only ever answers the sender, from one

@@ -587,7 +587,10 @@ impl Generator {
                 }
             }
             ShardMessage::FromPeer { .. } => self.counters.state_recv += 1,
-            ShardMessage::Refused { .. } | ShardMessage::Chat { .. } | ShardMessage::Npcs { .. } => {}
+            ShardMessage::Refused { .. }
+            | ShardMessage::Chat { .. }
+            | ShardMessage::Npcs { .. }
+            | ShardMessage::PartyInvite { .. } => {}
         }
     }
 

@@ -7,8 +7,8 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-/// Largest datagram the data plane accepts; longer ones are truncated by the kernel and
-/// counted as malformed by the relay (`MSG_TRUNC`).
+/// Largest datagram the data plane accepts; longer ones are cut by the kernel, flagged
+/// `MSG_TRUNC` ([`RecvBatch::truncated`]) and dropped whole by the relay (`truncated`).
 pub const MAX_DATAGRAM: usize = 2048;
 /// Size of a scratch slot for datagrams the relay writes itself (BindAcks, STUN answers).
 pub const SCRATCH_LEN: usize = 1536;
@@ -141,18 +141,18 @@ impl RecvBatch {
         self.len == 0
     }
 
+    /// Whether datagram `i` of the last receive was longer than [`MAX_DATAGRAM`]: the kernel
+    /// cut it (`MSG_TRUNC`), so [`RecvBatch::get`] holds only its first bytes. Callers drop it.
+    pub fn truncated(&self, i: usize) -> bool {
+        self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
     /// Datagram `i` of the last receive and its source (`None` for an unknown family).
-    /// A datagram longer than [`MAX_DATAGRAM`] comes back truncated to it plus one byte,
-    /// so length checks refuse it.
+    /// Check [`RecvBatch::truncated`] first: a longer datagram comes back cut to
+    /// [`MAX_DATAGRAM`] bytes.
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
-        let h = &self.hdrs[i];
-        let mut len = h.msg_len as usize;
-        let mut data = &self.bufs[i][..len.min(MAX_DATAGRAM)];
-        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            len = MAX_DATAGRAM;
-            data = &self.bufs[i][..len];
-        }
-        (data, from_storage(&self.addrs[i]))
+        let len = (self.hdrs[i].msg_len as usize).min(MAX_DATAGRAM);
+        (&self.bufs[i][..len], from_storage(&self.addrs[i]))
     }
 
     /// Mutable datagram `i` (the bench writes timestamps in place).

@@ -185,6 +185,7 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         ("bad_source", s.plane.bad_source),
         ("send_error", s.plane.send_errors),
         ("batch_overflow", s.plane.batch_overflow),
+        ("truncated", s.plane.truncated),
     ] {
         let _ = writeln!(o, "{name}{{reason=\"{label}\"}} {v}");
     }

@@ -121,6 +121,9 @@ pub struct PlaneStats {
     pub batch_overflow: u64,
     /// recvmmsg calls that returned datagrams.
     pub recv_batches: u64,
+    /// Datagrams longer than the receive buffer (`MSG_TRUNC`): dropped whole, never
+    /// forwarded or answered cut short.
+    pub truncated: u64,
 }
 
 /// A consistent-enough copy of every counter (each value is exact; values are read one by
@@ -156,11 +159,12 @@ impl StatsSnapshot {
             + self.plane.bad_source
             + self.plane.send_errors
             + self.plane.batch_overflow
+            + self.plane.truncated
     }
 }
 
 const N_CORE: usize = RelayStats::COUNTERS;
-const N_PLANE: usize = 7;
+const N_PLANE: usize = 8;
 
 /// Counters published by the data plane (single writer, many readers: no contention).
 struct Shared {
@@ -193,6 +197,7 @@ impl Shared {
                 send_errors: p[4],
                 batch_overflow: p[5],
                 recv_batches: p[6],
+                truncated: p[7],
             },
             latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
             latency_sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
@@ -472,6 +477,10 @@ impl DataPlane {
         let local = self.local[k];
         let mut forwarded = 0u64;
         for i in 0..self.recv.len() {
+            if self.recv.truncated(i) {
+                self.plane.truncated += 1;
+                continue;
+            }
             let (data, from) = self.recv.get(i);
             let Some(from) = from else {
                 self.plane.bad_source += 1;
@@ -565,6 +574,7 @@ impl DataPlane {
             p.send_errors,
             p.batch_overflow,
             p.recv_batches,
+            p.truncated,
         ];
         for (a, v) in sh.plane.iter().zip(plane) {
             a.store(v, Ordering::Relaxed);

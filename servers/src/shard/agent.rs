@@ -29,6 +29,7 @@ use renet_netcode::{NETCODE_KEY_BYTES, NETCODE_USER_DATA_BYTES, ServerAuthentica
 use renetcode::{NetcodeServer, ServerResult};
 
 use super::bus::ShardBus;
+use super::intro::{IntroRefusals, clean_mesh_info};
 use super::keys::name_from_user_data;
 use super::login::OnlineNames;
 use super::metrics;
@@ -181,6 +182,11 @@ impl AgentTransport {
     /// The sockets' public addresses.
     pub fn addrs(&self) -> &[SocketAddr] {
         self.load.addrs()
+    }
+
+    /// The address a connected client's packets come from.
+    pub fn client_addr(&self, client: u64) -> Option<SocketAddr> {
+        self.ports.get(*self.owner.get(&client)?)?.server.client_addr(client)
     }
 
     /// The netcode user data of a connected client.
@@ -401,6 +407,9 @@ pub struct Session {
     pub name: String,
     /// Game server the client's game-phase messages go to (`None`: lobby phase).
     pub game: Option<u32>,
+    /// The IP the client's packets come from (told to the Lobby and Games only to judge
+    /// which of its candidates a peer may get, see [`super::intro`]).
+    pub ip: Option<std::net::IpAddr>,
     tokens: f32,
     refill: Instant,
 }
@@ -418,8 +427,12 @@ pub struct AgentState {
     pub decode_errors: u64,
     /// Client messages over the budget (dropped).
     pub rate_limited: u64,
+    /// `MeshInfo` candidates and hints refused, by reason.
+    pub intro: IntroRefusals,
     heartbeat: Duration,
     last_heartbeat: Instant,
+    last_log: Instant,
+    logged: (u64, u64, IntroRefusals),
 }
 
 impl AgentState {
@@ -431,8 +444,11 @@ impl AgentState {
             max_messages_per_sec,
             decode_errors: 0,
             rate_limited: 0,
+            intro: IntroRefusals::default(),
             heartbeat,
             last_heartbeat: Instant::now(),
+            last_log: Instant::now(),
+            logged: (0, 0, IntroRefusals::default()),
         }
     }
 }
@@ -462,14 +478,15 @@ fn on_server_event(
                 server.disconnect(client_id);
                 return;
             };
+            let ip = transport.client_addr(client_id).map(|a| a.ip().to_canonical());
             info!(client_id, %name, "client connected");
             agent.online.set(&name, true);
             let budget = agent.max_messages_per_sec as f32;
             agent.sessions.insert(
                 client_id,
-                Session { name: name.clone(), game: None, tokens: budget, refill: Instant::now() },
+                Session { name: name.clone(), game: None, ip, tokens: budget, refill: Instant::now() },
             );
-            bus.send(Role::Lobby, &InternalMessage::ClientJoined { client: client_id, name });
+            bus.send(Role::Lobby, &InternalMessage::ClientJoined { client: client_id, name, ip });
         }
         ServerEvent::ClientDisconnected { client_id, reason } => {
             if let Some(s) = agent.sessions.remove(&client_id) {
@@ -505,8 +522,18 @@ fn client_to_roles(
                     continue;
                 }
                 s.tokens -= 1.0;
-                let game = s.game;
+                let (game, ip) = (s.game, s.ip);
                 let msg = match decode::<ClientMessage>(&bytes) {
+                    // What a player says of its reachability is cleaned here, once, before
+                    // the Lobby or a Game stores it (see `super::intro`).
+                    Ok(ClientMessage::MeshInfo { candidates, nat }) => {
+                        let before = agent.intro;
+                        let (candidates, nat) = clean_mesh_info(&candidates, nat, ip, &mut agent.intro);
+                        if agent.intro != before {
+                            debug!(client, refused = ?agent.intro, "MeshInfo cleaned");
+                        }
+                        ClientMessage::MeshInfo { candidates, nat }
+                    }
                     Ok(m) => m,
                     Err(_) => {
                         agent.decode_errors += 1;
@@ -518,6 +545,7 @@ fn client_to_roles(
                     ClientMessage::Login { .. }
                         | ClientMessage::EnterZone { .. }
                         | ClientMessage::JoinParty { .. }
+                        | ClientMessage::InviteToParty { .. }
                 );
                 let also_lobby = matches!(msg, ClientMessage::MeshInfo { .. });
                 let wrapped = InternalMessage::FromClient { client, msg };
@@ -536,6 +564,20 @@ fn client_to_roles(
     if now.duration_since(agent.last_heartbeat) >= agent.heartbeat {
         agent.last_heartbeat = now;
         bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Agent });
+    }
+    // Once a minute, when something changed: what clients sent that was dropped or refused.
+    let counts = (agent.decode_errors, agent.rate_limited, agent.intro);
+    if now.duration_since(agent.last_log) >= Duration::from_secs(60) && counts != agent.logged {
+        agent.last_log = now;
+        agent.logged = counts;
+        let refused: Vec<String> =
+            agent.intro.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        info!(
+            decode_errors = counts.0,
+            rate_limited = counts.1,
+            candidates_refused = %refused.join(" "),
+            "agent stats"
+        );
     }
 }
 

@@ -8,8 +8,8 @@
 //! One [`GameWorld`] per Game server; [`GameServers`] holds those this process runs. Each
 //! talks to other roles only through the [`ShardBus`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
@@ -23,6 +23,7 @@ use bevy_p2pmodel::relay::mint;
 use rand::RngCore;
 
 use super::bus::ShardBus;
+use super::intro::{IntroRefusals, for_peer};
 use crate::config::GameSection;
 use crate::relay::KeySchedule;
 
@@ -30,6 +31,9 @@ use crate::relay::KeySchedule;
 pub const MAX_CHAT_CHARS: usize = 200;
 /// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
 pub const MAX_PEER_DATA: usize = 1200;
+/// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
+/// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
+const POSITIONS_PER_MESSAGE: usize = 2048;
 /// NPC walking speed (units per second) before the `game.max_speed` cap.
 const NPC_SPEED: f32 = 2.0;
 
@@ -56,7 +60,13 @@ struct GamePlayer {
     candidates: Vec<Candidate>,
     nat: Option<NatSummary>,
     party: Option<String>,
+    /// The IP its packets come from (Agent-observed): who may get its private candidates.
+    ip: Option<IpAddr>,
     peers: usize,
+    /// Ticks of its introductions within the last minute (at most `game.max_intros_per_min`).
+    intro_ticks: VecDeque<u64>,
+    /// At its introduction cap (counted once per time it reaches the cap).
+    capped: bool,
     /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
     saw_npcs: bool,
 }
@@ -72,6 +82,10 @@ pub struct GameStats {
     pub peer_dropped: u64,
     /// Moves refused by speed validation.
     pub corrections: u64,
+    /// Times a player reached `game.max_intros_per_min` (its further introductions wait).
+    pub intros_capped: u64,
+    /// Candidates withheld from a peer by scope (private / loopback across NATs).
+    pub intro: IntroRefusals,
 }
 
 /// A server-simulated character: walks to a random point of the NPC area, then another.
@@ -319,16 +333,13 @@ impl GameWorld {
             let remote_nat = other
                 .nat
                 .as_ref()
-                .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta })
+                .map(|n| {
+                    NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta }.sanitized()
+                })
                 .unwrap_or_default();
-            let params = LinkParams {
-                link,
-                side,
-                key: key.clone(),
-                remote: other.candidates.clone(),
-                remote_nat,
-                relay,
-            };
+            // Private / loopback candidates only for a peer behind the same public IP.
+            let remote = for_peer(&other.candidates, other.ip, me.ip, &mut self.stats.intro);
+            let params = LinkParams { link, side, key: key.clone(), remote, remote_nat, relay };
             let peer = if side == Side::A { k.1 } else { k.0 };
             Self::to_client(
                 bus,
@@ -336,9 +347,11 @@ impl GameWorld {
                 ShardMessage::PeerIntro { peer, name: other.name.clone(), params },
             );
         }
+        let tick = self.tick;
         for p in [k.0, k.1] {
             if let Some(g) = self.players.get_mut(&p) {
                 g.peers += 1;
+                g.intro_ticks.push_back(tick);
             }
         }
         self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: expiry as u64 });
@@ -378,7 +391,7 @@ impl GameWorld {
                     g.party = party;
                 }
             }
-            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, .. } => {
+            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, ip, .. } => {
                 if self.players.contains_key(&player) {
                     self.remove_player(bus, player);
                 }
@@ -394,7 +407,10 @@ impl GameWorld {
                         candidates,
                         nat,
                         party,
+                        ip,
                         peers: 0,
+                        intro_ticks: VecDeque::new(),
+                        capped: false,
                         saw_npcs: false,
                     },
                 );
@@ -507,9 +523,38 @@ impl GameWorld {
             }
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Introductions per player per minute are capped, so moving around (or in and out
+        // of parties) cannot harvest every player's address: the oldest count drops out of
+        // the window after a minute of ticks.
+        let window = u64::from(rules.cfg.tick_hz.max(1)) * 60;
+        let tick = self.tick;
+        for g in self.players.values_mut() {
+            while g.intro_ticks.front().is_some_and(|t| t + window <= tick) {
+                g.intro_ticks.pop_front();
+            }
+            if g.intro_ticks.len() < rules.cfg.max_intros_per_min {
+                g.capped = false;
+            }
+        }
         for (_, p, q) in candidates {
             let cap = rules.cfg.max_peers;
-            if self.players[&p].peers < cap && self.players[&q].peers < cap {
+            let rate = rules.cfg.max_intros_per_min;
+            if self.players[&p].peers >= cap || self.players[&q].peers >= cap {
+                continue;
+            }
+            let mut over = false;
+            for x in [p, q] {
+                let Some(g) = self.players.get_mut(&x) else { continue };
+                if g.intro_ticks.len() >= rate {
+                    over = true;
+                    if !g.capped {
+                        g.capped = true;
+                        self.stats.intros_capped += 1;
+                        debug!(game = self.id, player = ?x, "introductions per minute reached; waiting");
+                    }
+                }
+            }
+            if !over {
                 self.intro(bus, rules, (p, q));
             }
         }
@@ -518,8 +563,14 @@ impl GameWorld {
             self.refresh_tokens(bus, rules, unix);
         }
         if self.tick.is_multiple_of(5) {
-            let players = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
-            bus.send(Role::Lobby, &InternalMessage::Positions { game: self.id, players });
+            // In chunks, so each message stays under the 64 KiB shard message limit.
+            let all: Vec<_> = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
+            for players in all.chunks(POSITIONS_PER_MESSAGE) {
+                bus.send(
+                    Role::Lobby,
+                    &InternalMessage::Positions { game: self.id, players: players.to_vec() },
+                );
+            }
         }
         self.step_npcs(rules);
         if self.tick.is_multiple_of(u64::from((rules.cfg.tick_hz / rules.cfg.npc_hz.max(1)).max(1))) {
@@ -635,6 +686,7 @@ mod tests {
             candidates: Vec::new(),
             nat: None,
             party: None,
+            ip: None,
         };
         w.handle(bus, r, m);
     }
@@ -717,6 +769,75 @@ mod tests {
         bus.send_raw(Role::Game(3), vec![0xff; 9]);
         assert!(bus.drain(Role::Game(3)).is_empty());
         assert_eq!(bus.errors, 1);
+    }
+
+    #[test]
+    fn game_withholds_private_candidates_across_nats_and_caps_introductions_per_minute() {
+        use bevy_p2pmodel::link::CandidateKind;
+        let mut r = rules();
+        r.cfg.max_intros_per_min = 2;
+        let mut bus = ShardBus::default();
+        let mut w = GameWorld::new(1, 0);
+        let cand = |k, a: &str| Candidate::new(k, a.parse().unwrap());
+        // 1 and 2 share a public IP (one NAT), 3 is elsewhere, 4 is far away for now.
+        for (client, ip, x) in
+            [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)]
+        {
+            let m = InternalMessage::Join {
+                client,
+                player: PlayerId(client),
+                name: format!("p{client}"),
+                zone: 0,
+                x,
+                y: 0.0,
+                candidates: vec![
+                    cand(CandidateKind::Host, &format!("192.168.0.{client}:5000")),
+                    cand(CandidateKind::ServerReflexive, &format!("{ip}:{}", 6000 + client)),
+                ],
+                nat: Some(NatSummary {
+                    class: "symmetric".into(),
+                    dependent_mapping: true,
+                    port_delta: Some(i32::MAX),
+                    public: None,
+                }),
+                party: None,
+                ip: Some(ip.parse().unwrap()),
+            };
+            w.handle(&mut bus, &r, m);
+        }
+        w.step(&mut bus, &r);
+        let intros: Vec<(u64, PlayerId, LinkParams)> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::PeerIntro { peer, params, .. } => Some((c, peer, params)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(intros.len(), 6, "1-2, 1-3, 2-3 introduced: {intros:?}");
+        for (c, peer, params) in &intros {
+            let private = params.remote.iter().filter(|x| x.kind == CandidateKind::Host).count();
+            let same_nat = [*c, peer.0] == [1, 2] || [*c, peer.0] == [2, 1];
+            assert_eq!(private, usize::from(same_nat), "{c} <- {peer:?}: {:?}", params.remote);
+            assert_eq!(params.remote_nat.port_delta, None, "implausible step: unknown");
+        }
+        assert_eq!(w.stats.intro.private_withheld, 4);
+        // Everyone has used its 2 introductions of this minute: 4 walking in waits.
+        for _ in 0..20 {
+            w.players.get_mut(&PlayerId(4)).unwrap().x = 3.0;
+            w.step(&mut bus, &r);
+        }
+        assert_eq!(w.pairs().count(), 3, "no new introduction within the minute");
+        assert!(w.stats.intros_capped >= 3, "{:?}", w.stats);
+        let capped = w.stats.intros_capped;
+        for _ in 0..20 {
+            w.step(&mut bus, &r);
+        }
+        assert_eq!(w.stats.intros_capped, capped, "counted once per player reaching the cap");
+        // A minute of ticks later the window has room again.
+        for _ in 0..r.cfg.tick_hz * 60 {
+            w.step(&mut bus, &r);
+        }
+        assert!(w.pairs().any(|(k, _)| k.1 == PlayerId(4)), "introduced after the minute");
     }
 
     #[test]

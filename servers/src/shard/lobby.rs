@@ -7,7 +7,7 @@
 //! re-announces its clients and the Games' `Positions` tell where each of them plays.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
@@ -15,6 +15,7 @@ use bevy_p2pmodel::link::Candidate;
 use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
 
 use super::bus::ShardBus;
+use super::party::Parties;
 use super::remote::RECONNECT_MAX;
 use super::store::Store;
 
@@ -35,6 +36,8 @@ pub struct LobbyClient {
     pub pos: (f32, f32),
     /// Party, if any.
     pub party: Option<String>,
+    /// The IP its packets come from, as the Agent saw it (filters its candidates per peer).
+    pub ip: Option<IpAddr>,
     mesh: Option<(Vec<Candidate>, NatSummary)>,
 }
 
@@ -64,6 +67,8 @@ pub struct LobbyState {
     pub stun: SocketAddr,
     /// Players per Game server before the next one is used.
     pub capacity: usize,
+    /// Parties, their owners and pending invitations (see [`super::party`]).
+    pub parties: Parties,
     store: Store,
     heartbeat_timeout: Duration,
     last_flush: Instant,
@@ -100,6 +105,7 @@ impl LobbyState {
             zones,
             stun,
             capacity,
+            parties: Parties::default(),
             store,
             heartbeat_timeout,
             last_flush: now,
@@ -170,6 +176,7 @@ impl LobbyState {
                 candidates,
                 nat,
                 party: c.party.clone(),
+                ip: c.ip,
             },
         );
         bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
@@ -203,7 +210,7 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                     }
                 }
             }
-            InternalMessage::ClientJoined { client, name } => {
+            InternalMessage::ClientJoined { client, name, ip } => {
                 if lobby.clients.get(&client).is_some_and(|c| c.name == name) {
                     continue; // announced twice (an Agent's resync after a relink)
                 }
@@ -211,12 +218,21 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                 let player = PlayerId(ch.player);
                 lobby.clients.insert(
                     client,
-                    LobbyClient { name, player, placed: None, pos: (ch.x, ch.y), party: None, mesh: None },
+                    LobbyClient {
+                        name,
+                        player,
+                        placed: None,
+                        pos: (ch.x, ch.y),
+                        party: None,
+                        ip,
+                        mesh: None,
+                    },
                 );
                 // `Welcome` answers the client's `Login` (below), once per login: not here too.
             }
             InternalMessage::ClientLeft { client } => {
                 if let Some(c) = lobby.clients.remove(&client) {
+                    lobby.parties.leave(c.player);
                     let zone = c.placed.map(|(z, _)| z).unwrap_or(0);
                     lobby.store.update(&c.name, zone, c.pos.0, c.pos.1);
                     if let Err(e) = lobby.store.flush() {
@@ -232,7 +248,15 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                     }
                 }
                 ClientMessage::JoinParty { party } => {
-                    let party = (!party.is_empty()).then(|| party.chars().take(32).collect::<String>());
+                    let Some(player) = lobby.clients.get(&client).map(|c| c.player) else { continue };
+                    let party = match lobby.parties.join(player, &party, now) {
+                        Ok(party) => party,
+                        Err(e) => {
+                            let msg = ShardMessage::Refused { reason: e.to_string() };
+                            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                            continue;
+                        }
+                    };
                     let Some(c) = lobby.clients.get_mut(&client) else { continue };
                     c.party = party.clone();
                     let Some((zone, g)) = c.placed else { continue };
@@ -247,6 +271,33 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                             lobby.place(&mut bus, client, zone);
                         }
                         _ => bus.send(Role::Game(g), &InternalMessage::SetParty { client, party }),
+                    }
+                }
+                ClientMessage::InviteToParty { player: to } => {
+                    let Some((from, from_name)) =
+                        lobby.clients.get(&client).map(|c| (c.player, c.name.clone()))
+                    else {
+                        continue;
+                    };
+                    let target = lobby.clients.iter().find(|(_, c)| c.player == to).map(|(id, _)| *id);
+                    let invited = match target {
+                        Some(target) => lobby
+                            .parties
+                            .invite(from, to, now)
+                            .map(|p| (p, target))
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!("player {} is not online", to.0)),
+                    };
+                    match invited {
+                        Ok((party, target)) => {
+                            info!(client, party = %party, invited = to.0, "party invitation");
+                            let msg = ShardMessage::PartyInvite { party, from, name: from_name };
+                            bus.send(Role::Agent, &InternalMessage::ToClient { client: target, msg });
+                        }
+                        Err(reason) => {
+                            let msg = ShardMessage::Refused { reason };
+                            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                        }
                     }
                 }
                 ClientMessage::MeshInfo { candidates, nat } => {

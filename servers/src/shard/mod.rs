@@ -4,7 +4,9 @@
 //! - [`login`]: the login service (name → connect token) and its pluggable [`login::AccountCheck`].
 //! - [`agent`]: the only public endpoint (renet + netcode, secure mode); routes messages.
 //! - [`lobby`]: characters ([`store`]), zones, least-loaded Game assignment, failure detection.
+//! - [`party`]: parties by invitation (owner invites, invitations expire).
 //! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
+//! - [`intro`]: checks on what a player says of its reachability before a peer gets it.
 //! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
 //! - [`remote`]: the bus across processes (star at the Lobby over [`link`]s).
 //! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
@@ -17,11 +19,13 @@
 pub mod agent;
 pub mod bus;
 pub mod game;
+pub mod intro;
 pub mod keys;
 pub mod link;
 pub mod lobby;
 pub mod login;
 pub mod metrics;
+pub mod party;
 pub mod remote;
 pub mod store;
 

@@ -267,7 +267,7 @@ fn resync_frames(agent: &AgentState) -> Vec<Vec<u8>> {
         .sessions
         .iter()
         .filter_map(|(client, s)| {
-            let msg = InternalMessage::ClientJoined { client: *client, name: s.name.clone() };
+            let msg = InternalMessage::ClientJoined { client: *client, name: s.name.clone(), ip: s.ip };
             encode(&msg).ok().map(|b| [to.as_slice(), &b].concat())
         })
         .collect()
