@@ -34,7 +34,7 @@ use bevy_renet::renet::ConnectionConfig;
 use bevy_renet::{RenetServer, RenetServerPlugin};
 
 use crate::config::ShardConfig;
-use crate::relay::KeySchedule;
+use crate::relay::{KeySchedule, RelayKey};
 use agent::{AgentPlugin, AgentState};
 use bus::ShardBus;
 use game::{GamePlugin, GameRules, GameServers, GameWorld};
@@ -94,6 +94,12 @@ pub fn minter(config: &ShardConfig, agent: SocketAddr) -> TokenMinter {
         config.agent.token_expire,
         config.agent.client_timeout_secs,
     )
+}
+
+/// The relay token key schedule the Game servers mint with: from the relay key derived
+/// from the shard secret (relays hold only that key).
+pub fn relay_schedule(config: &ShardConfig) -> KeySchedule {
+    KeySchedule::new(RelayKey::derive(&config.shard.secret), config.relay.token_key_rotation)
 }
 
 /// Add every shard role (Agent, Lobby, Game servers, login service) to `app`, which must
@@ -174,7 +180,7 @@ pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], rela
             rules: GameRules {
                 cfg: config.game.clone(),
                 relay,
-                keys: KeySchedule::new(config.shard.secret, config.relay.token_key_rotation),
+                keys: relay_schedule(config),
                 heartbeat: config.lobby.heartbeat,
             },
         })

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +33,9 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Frames a connecting role keeps while its link is down (older ones are dropped, counted).
 pub const MAX_PENDING: usize = 4096;
+/// Handshakes the Lobby runs at once (each on its own thread, each at most
+/// [`super::link::HANDSHAKE_TIMEOUT`]); connections beyond this are closed and counted.
+pub const MAX_HANDSHAKES: usize = 16;
 
 /// One connecting role's link to the Lobby, reconnected when lost.
 struct Uplink {
@@ -90,6 +93,8 @@ pub struct RemoteBus {
     pub dropped_while_down: u64,
     /// Lost links re-established.
     pub reconnects: u64,
+    /// Incoming connections refused (wrong secret, bad or stalled handshake, too many at once).
+    pub refused: Arc<AtomicU64>,
 }
 
 impl RemoteBus {
@@ -114,6 +119,7 @@ impl RemoteBus {
             misrouted: 0,
             dropped_while_down: 0,
             reconnects: 0,
+            refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -131,24 +137,43 @@ impl RemoteBus {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let refused = Arc::new(AtomicU64::new(0));
+        let refused2 = refused.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new().name("p2pm-int-accept".into()).spawn(move || {
-            while let Ok((stream, _)) = listener.accept() {
+            while let Ok((stream, from)) = listener.accept() {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                match InternalLink::handshake(stream, &secret, heartbeat) {
-                    Ok(link) => {
-                        info!(peer = ?link.peer(), "internal link accepted");
-                        if tx.send(link).is_err() {
-                            break;
+                // Each handshake on its own thread, so a stalling peer cannot hold up others.
+                if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    refused2.fetch_add(1, Ordering::Relaxed);
+                    warn!(%from, "internal link refused: {MAX_HANDSHAKES} handshakes already running");
+                    continue;
+                }
+                let (tx, refused, busy) = (tx.clone(), refused2.clone(), in_flight.clone());
+                let spawned = std::thread::Builder::new().name("p2pm-int-handshake".into()).spawn(move || {
+                    match InternalLink::handshake(stream, &secret, heartbeat) {
+                        Ok(link) => {
+                            info!(peer = ?link.peer(), %from, "internal link accepted");
+                            let _ = tx.send(link);
+                        }
+                        Err(e) => {
+                            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            warn!(%from, refused = n, "internal link refused: {e}");
                         }
                     }
-                    Err(e) => warn!("internal link refused: {e}"),
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                });
+                if spawned.is_err() {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
         let mut bus = RemoteBus::new(local, bound, secret, heartbeat, timeout);
         bus.incoming = Some(Mutex::new(rx));
+        bus.refused = refused;
         bus.listening = Some(Listening { stop, addr: bound, thread: Some(thread) });
         Ok((bus, bound))
     }
