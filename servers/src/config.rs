@@ -119,7 +119,7 @@ pub struct LobbySection {
     pub zones: u32,
     /// `internal` (default `127.0.0.1:7110`): where the Lobby listens for internal links from
     /// the Agent and the Game servers when the roles run as separate processes (keep it on
-    /// the internal network; links are authenticated with the shard secret).
+    /// the internal network; links are Noise-encrypted and keyed by the shard secret).
     pub internal: SocketAddr,
     /// `heartbeat_ms` (default 250): internal heartbeat interval.
     pub heartbeat: Duration,
@@ -164,9 +164,9 @@ pub struct GameSection {
 pub struct ShardSection {
     /// `name`: the shard's name, used in logs and metrics labels.
     pub name: String,
-    /// The shard secret (from `secret` or `secret_file`): 32 bytes from which the relay token
-    /// keys are derived (see [`crate::relay::KeySchedule`]). Every role of the shard and
-    /// every relay of it hold the same secret.
+    /// The shard secret (from `secret` or `secret_file`): 32 bytes from which the netcode key,
+    /// client ids, the internal link PSK and the relay key are derived. The Agent, Lobby and
+    /// Game servers hold it; a relay can do with the relay key ([`RelayRoleConfig`]).
     pub secret: [u8; SHARD_SECRET_LEN],
     /// `bind`: the local IP the roles' sockets bind to by default (`0.0.0.0`).
     pub bind: IpAddr,
@@ -351,7 +351,8 @@ fn hex32(
         (Some(_), Some(_)) => return Err(cx.invalid(key, format!("and {file_key} are both set; keep one"))),
         (None, None) => return Ok(None),
     };
-    let v = parse_hex_secret(&text).ok_or_else(|| cx.invalid(key, "must be exactly 64 hex digits (32 bytes)"))?;
+    let v =
+        parse_hex_secret(&text).ok_or_else(|| cx.invalid(key, "must be exactly 64 hex digits (32 bytes)"))?;
     if v == [0u8; SHARD_SECRET_LEN] {
         return Err(cx.invalid(key, "is all zeros; generate one with `openssl rand -hex 32`"));
     }
@@ -563,8 +564,15 @@ impl ShardConfig {
             );
         }
         let secret = hex32(&cx, shard.secret, shard.secret_file, base, "shard.secret", "shard.secret_file")?;
-        let relay_key = hex32(&cx, raw.relay.key.clone(), raw.relay.key_file.clone(), base, "relay.key", "relay.key_file")?
-            .map(RelayKey::from_bytes);
+        let relay_key = hex32(
+            &cx,
+            raw.relay.key.clone(),
+            raw.relay.key_file.clone(),
+            base,
+            "relay.key",
+            "relay.key_file",
+        )?
+        .map(RelayKey::from_bytes);
         let bind = match &shard.bind {
             Some(s) => cx.ip(s, "shard.bind")?,
             None => IpAddr::from([0, 0, 0, 0]),
@@ -892,7 +900,8 @@ mod tests {
         let secret: [u8; 32] = parse_hex_secret(SECRET).unwrap();
         let key = RelayKey::derive(&secret);
         // A relay host's file: the relay key only.
-        let relay_only = format!("[shard]\nname = \"eu-1\"\n[relay]\nkey = \"{}\"\nport = 4000\n", key.to_hex());
+        let relay_only =
+            format!("[shard]\nname = \"eu-1\"\n[relay]\nkey = \"{}\"\nport = 4000\n", key.to_hex());
         let r = RelayRoleConfig::parse(&relay_only).unwrap();
         assert_eq!((r.key.clone(), r.relay.primary.port(), r.name.as_str()), (key.clone(), 4000, "eu-1"));
         // The shard roles cannot run from it.

@@ -407,7 +407,9 @@ fn relay_server_with_only_the_relay_key_binds_tokens_the_game_servers_mint() {
     other.shard.secret[0] ^= 1;
     let other = p2pmodel_servers::shard::relay_schedule(&other);
     let (t, k) = mint(&other.minting_keys(unix_now() as u64), LinkId(5), Side::A, unix_now() + 60);
-    assert!(BindClient::new(LinkId(5), Side::A, t, k).bind(&sock(), addr, Duration::from_millis(300)).is_err());
+    assert!(
+        BindClient::new(LinkId(5), Side::A, t, k).bind(&sock(), addr, Duration::from_millis(300)).is_err()
+    );
 }
 
 #[test]

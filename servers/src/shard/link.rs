@@ -137,7 +137,13 @@ fn builder(psk: &[u8; 32]) -> Result<snow::Builder<'_>, snow::Error> {
 }
 
 /// Encrypt one transport message (`kind ‖ chunk`) with `nonce`, length-prefixed.
-fn seal(t: &StatelessTransportState, nonce: u64, kind: u8, chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+fn seal(
+    t: &StatelessTransportState,
+    nonce: u64,
+    kind: u8,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let plain = [[kind].as_slice(), chunk].concat();
     out.resize(2 + plain.len() + TAG, 0);
     let n = t.write_message(nonce, &plain, &mut out[2..]).map_err(noise_err)?;
@@ -303,8 +309,7 @@ impl InternalLink {
             let mut buf = vec![0u8; MAX_NOISE];
             let mut plain = vec![0u8; MAX_NOISE];
             let mut frame = Vec::new();
-            loop {
-                let Ok(n) = read_noise(&mut r, &mut buf, None) else { break };
+            while let Ok(n) = read_noise(&mut r, &mut buf, None) {
                 // A tampered, replayed or reordered message fails here and closes the link.
                 let Ok(m) = t.read_message(nonce, &buf[..n], &mut plain) else { break };
                 nonce += 1;
@@ -433,28 +438,29 @@ mod tests {
         std::thread::spawn(move || {
             let (c, _) = l.accept().unwrap();
             let s = TcpStream::connect(to).unwrap();
-            let pump = |mut from: TcpStream, mut to: TcpStream, up: bool, rec: Arc<Mutex<(Vec<u8>, Vec<u8>)>>| {
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    let mut at = 0usize;
-                    while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 {
-                            break;
+            let pump =
+                |mut from: TcpStream, mut to: TcpStream, up: bool, rec: Arc<Mutex<(Vec<u8>, Vec<u8>)>>| {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        let mut at = 0usize;
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if up && let Some(f) = flip.filter(|f| (at..at + n).contains(f)) {
+                                buf[f - at] ^= 0x01;
+                            }
+                            at += n;
+                            let mut r = rec.lock().unwrap();
+                            if up { &mut r.0 } else { &mut r.1 }.extend_from_slice(&buf[..n]);
+                            drop(r);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
                         }
-                        if up && let Some(f) = flip.filter(|f| (at..at + n).contains(f)) {
-                            buf[f - at] ^= 0x01;
-                        }
-                        at += n;
-                        let mut r = rec.lock().unwrap();
-                        if up { &mut r.0 } else { &mut r.1 }.extend_from_slice(&buf[..n]);
-                        drop(r);
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to.shutdown(std::net::Shutdown::Both);
-                });
-            };
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
             pump(c.try_clone().unwrap(), s.try_clone().unwrap(), true, rec2.clone());
             pump(s, c, false, rec2);
         });

@@ -5,7 +5,8 @@
 //! - [`agent`]: the only public endpoint (renet + netcode, secure mode); routes messages.
 //! - [`lobby`]: characters ([`store`]), zones, least-loaded Game assignment, failure detection.
 //! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
-//! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
+//! - [`link`]: the cross-process internal link (TCP, Noise-encrypted with a PSK from the
+//!   shard secret, heartbeats).
 //! - [`remote`]: the bus across processes (star at the Lobby over [`link`]s).
 //! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
 //!

@@ -153,19 +153,20 @@ impl RemoteBus {
                     continue;
                 }
                 let (tx, refused, busy) = (tx.clone(), refused2.clone(), in_flight.clone());
-                let spawned = std::thread::Builder::new().name("p2pm-int-handshake".into()).spawn(move || {
-                    match InternalLink::handshake(stream, &secret, heartbeat) {
-                        Ok(link) => {
-                            info!(peer = ?link.peer(), %from, "internal link accepted");
-                            let _ = tx.send(link);
+                let spawned =
+                    std::thread::Builder::new().name("p2pm-int-handshake".into()).spawn(move || {
+                        match InternalLink::handshake(stream, &secret, heartbeat) {
+                            Ok(link) => {
+                                info!(peer = ?link.peer(), %from, "internal link accepted");
+                                let _ = tx.send(link);
+                            }
+                            Err(e) => {
+                                let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                                warn!(%from, refused = n, "internal link refused: {e}");
+                            }
                         }
-                        Err(e) => {
-                            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-                            warn!(%from, refused = n, "internal link refused: {e}");
-                        }
-                    }
-                    busy.fetch_sub(1, Ordering::AcqRel);
-                });
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                    });
                 if spawned.is_err() {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
