@@ -337,6 +337,7 @@ fn hex32(
     base: Option<&Path>,
     key: &'static str,
     file_key: &'static str,
+    make: &str,
 ) -> Result<Option<[u8; SHARD_SECRET_LEN]>, ConfigError> {
     let text = match (inline, file) {
         (Some(s), None) => s,
@@ -354,7 +355,7 @@ fn hex32(
     let v =
         parse_hex_secret(&text).ok_or_else(|| cx.invalid(key, "must be exactly 64 hex digits (32 bytes)"))?;
     if v == [0u8; SHARD_SECRET_LEN] {
-        return Err(cx.invalid(key, "is all zeros; generate one with `openssl rand -hex 32`"));
+        return Err(cx.invalid(key, format!("is all zeros; {make}")));
     }
     Ok(Some(v))
 }
@@ -563,7 +564,15 @@ impl ShardConfig {
                 cx.invalid("shard.name", format!("is {name:?}; use letters, digits, '-', '_' or '.'"))
             );
         }
-        let secret = hex32(&cx, shard.secret, shard.secret_file, base, "shard.secret", "shard.secret_file")?;
+        let secret = hex32(
+            &cx,
+            shard.secret,
+            shard.secret_file,
+            base,
+            "shard.secret",
+            "shard.secret_file",
+            "generate one with `openssl rand -hex 32`",
+        )?;
         let relay_key = hex32(
             &cx,
             raw.relay.key.clone(),
@@ -571,6 +580,7 @@ impl ShardConfig {
             base,
             "relay.key",
             "relay.key_file",
+            "print the shard's with `p2pmodel relay-key --config FILE`",
         )?
         .map(RelayKey::from_bytes);
         let bind = match &shard.bind {
