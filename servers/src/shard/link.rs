@@ -311,13 +311,17 @@ impl InternalLink {
             let mut frame = Vec::new();
             while let Ok(n) = read_noise(&mut r, &mut buf, None) {
                 // A tampered, replayed or reordered message fails here and closes the link.
-                let Ok(m) = t.read_message(nonce, &buf[..n], &mut plain) else { break };
+                let Ok(m) = t.read_message(nonce, &buf[..n], &mut plain) else {
+                    tracing::warn!(?peer, "internal link closed: a message failed authentication");
+                    break;
+                };
                 nonce += 1;
                 let Some((&kind, chunk)) = plain[..m].split_first() else { break };
                 if kind > KIND_MORE
                     || (kind == KIND_HEARTBEAT && !chunk.is_empty())
                     || frame.len() + chunk.len() > MAX_FRAME
                 {
+                    tracing::warn!(?peer, kind, "internal link closed: malformed or oversized frame");
                     break;
                 }
                 if let Ok(mut t) = lh.lock() {
@@ -632,5 +636,46 @@ mod tests {
         raw.write_all(&[[0, 17].as_slice(), &[0x11; 17]].concat()).unwrap();
         let e = t.join().unwrap().0.unwrap_err();
         assert!(e.to_string().contains("key confirmation"), "{e}");
+    }
+
+    #[test]
+    fn internal_link_closes_when_an_authenticated_peer_exceeds_the_frame_cap_or_breaks_framing() {
+        for bad in ["oversized", "unknown kind", "heartbeat with data"] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let t = std::thread::spawn(move || InternalLink::accept(&l, &[9; 32], HB).unwrap());
+            // A hand-made dialer with the secret: the handshake by the book, then bad frames.
+            let mut raw = TcpStream::connect(addr).unwrap();
+            let psk = link_psk(&[9; 32]);
+            let mut hs = builder(&psk).unwrap().build_initiator().unwrap();
+            let (mut buf, mut pl) = (vec![0u8; MAX_NOISE], vec![0u8; MAX_NOISE]);
+            let n = hs.write_message(&role_bytes(Role::Agent), &mut buf).unwrap();
+            write_noise(&mut raw, &buf[..n]).unwrap();
+            let n = read_noise(&mut raw, &mut buf, Some(Instant::now() + Duration::from_secs(3))).unwrap();
+            hs.read_message(&buf[..n], &mut pl).unwrap();
+            let tr = hs.into_stateless_transport_mode().unwrap();
+            let mut wire = Vec::new();
+            seal(&tr, 0, KIND_HEARTBEAT, &[], &mut wire).unwrap();
+            raw.write_all(&wire).unwrap();
+            let s = t.join().unwrap();
+            let mut nonce = 1;
+            let mut send = |kind: u8, chunk: &[u8]| {
+                seal(&tr, nonce, kind, chunk, &mut wire).unwrap();
+                nonce += 1;
+                let _ = raw.write_all(&wire);
+            };
+            match bad {
+                "oversized" => {
+                    for _ in 0..(MAX_FRAME / MAX_CHUNK + 2) {
+                        send(KIND_MORE, &vec![7; MAX_CHUNK]);
+                    }
+                    send(KIND_LAST, b"x");
+                }
+                "unknown kind" => send(3, b"x"),
+                _ => send(KIND_HEARTBEAT, b"x"),
+            }
+            assert!(wait(|| s.is_closed().then_some(())).is_some(), "{bad}: the link closes");
+            assert_eq!(s.try_recv_raw(), None, "{bad}: nothing is delivered");
+        }
     }
 }
