@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bevy_p2pmodel::relay::{Quota, RelayConfig};
-
-use crate::relay::RelayKey;
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::relay::RelayKey;
 
 /// Length of the shard secret in bytes (64 hex digits in the file).
 pub const SHARD_SECRET_LEN: usize = 32;
