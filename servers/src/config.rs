@@ -22,6 +22,8 @@ use bevy_p2pmodel::relay::{Quota, RelayConfig};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::relay::RelayKey;
+
 /// Length of the shard secret in bytes (64 hex digits in the file).
 pub const SHARD_SECRET_LEN: usize = 32;
 
@@ -117,7 +119,7 @@ pub struct LobbySection {
     pub zones: u32,
     /// `internal` (default `127.0.0.1:7110`): where the Lobby listens for internal links from
     /// the Agent and the Game servers when the roles run as separate processes (keep it on
-    /// the internal network; links are authenticated with the shard secret).
+    /// the internal network; links are Noise-encrypted and keyed by the shard secret).
     pub internal: SocketAddr,
     /// `heartbeat_ms` (default 250): internal heartbeat interval.
     pub heartbeat: Duration,
@@ -166,9 +168,9 @@ pub struct GameSection {
 pub struct ShardSection {
     /// `name`: the shard's name, used in logs and metrics labels.
     pub name: String,
-    /// The shard secret (from `secret` or `secret_file`): 32 bytes from which the relay token
-    /// keys are derived (see [`crate::relay::KeySchedule`]). Every role of the shard and
-    /// every relay of it hold the same secret.
+    /// The shard secret (from `secret` or `secret_file`): 32 bytes from which the netcode key,
+    /// client ids, the internal link PSK and the relay key are derived. The Agent, Lobby and
+    /// Game servers hold it; a relay can do with the relay key ([`RelayRoleConfig`]).
     pub secret: [u8; SHARD_SECRET_LEN],
     /// `bind`: the local IP the roles' sockets bind to by default (`0.0.0.0`).
     pub bind: IpAddr,
@@ -230,6 +232,136 @@ impl RelaySection {
         }
         v
     }
+}
+
+/// What the relay role (`p2pmodel shard relay`) reads from `shard.toml`: the relay key
+/// instead of the shard secret, so a relay host never holds the secret. Built from a file
+/// with `[relay] key` (or `key_file`), or derived from a full [`ShardConfig`].
+#[derive(Debug, Clone)]
+pub struct RelayRoleConfig {
+    /// `shard.name`.
+    pub name: String,
+    /// `[relay] key` / `key_file`, or derived from the shard secret.
+    pub key: RelayKey,
+    /// `shard.metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// `[relay]`.
+    pub relay: RelaySection,
+}
+
+impl From<&ShardConfig> for RelayRoleConfig {
+    fn from(c: &ShardConfig) -> RelayRoleConfig {
+        RelayRoleConfig {
+            name: c.shard.name.clone(),
+            key: RelayKey::derive(&c.shard.secret),
+            metrics: c.shard.metrics,
+            relay: c.relay.clone(),
+        }
+    }
+}
+
+impl From<&RelayRoleConfig> for RelayRoleConfig {
+    fn from(c: &RelayRoleConfig) -> RelayRoleConfig {
+        c.clone()
+    }
+}
+
+impl RelayRoleConfig {
+    /// Read and validate a relay's `shard.toml`: it needs `[relay] key`/`key_file` or the
+    /// shard secret (then the key is derived and the secret dropped). Relative files are
+    /// relative to the config file's folder.
+    pub fn load(path: &Path) -> Result<RelayRoleConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let path_s = path.display().to_string();
+        Parts::parse(&text, &path_s, path.parent())?.into_relay(&Ctx { path: &path_s })
+    }
+
+    /// [`Self::load`] from a string (files relative to the current folder).
+    pub fn parse(text: &str) -> Result<RelayRoleConfig, ConfigError> {
+        Parts::parse(text, "<string>", None)?.into_relay(&Ctx { path: "<string>" })
+    }
+}
+
+/// A validated file before we know which role reads it (the secret may be absent).
+struct Parts {
+    secret: Option<[u8; SHARD_SECRET_LEN]>,
+    relay_key: Option<RelayKey>,
+    config: ShardConfig,
+}
+
+impl Parts {
+    fn parse(text: &str, path: &str, base: Option<&Path>) -> Result<Parts, ConfigError> {
+        let (secret, relay_key, config) = ShardConfig::parse_parts(text, path, base)?;
+        let parts = Parts { secret, relay_key, config };
+        if let (Some(s), Some(k)) = (&parts.secret, &parts.relay_key)
+            && RelayKey::derive(s) != *k
+        {
+            return Err(Ctx { path }.invalid(
+                "relay.key",
+                "does not match the shard secret (print the right one with `p2pmodel relay-key --config FILE`, or remove it)",
+            ));
+        }
+        Ok(parts)
+    }
+
+    fn into_shard(self, cx: &Ctx) -> Result<ShardConfig, ConfigError> {
+        let mut c = self.config;
+        c.shard.secret = self.secret.ok_or_else(|| {
+            cx.invalid(
+                "shard.secret",
+                "is missing: set secret = \"<64 hex digits>\" or secret_file (make one with `openssl rand -hex 32`)",
+            )
+        })?;
+        Ok(c)
+    }
+
+    fn into_relay(self, cx: &Ctx) -> Result<RelayRoleConfig, ConfigError> {
+        let key = match (self.relay_key, &self.secret) {
+            (Some(k), _) => k,
+            (None, Some(s)) => RelayKey::derive(s),
+            (None, None) => {
+                return Err(cx.invalid(
+                    "relay.key",
+                    "is missing: a relay needs `[relay] key`/`key_file` (print it with `p2pmodel relay-key --config FILE` where the shard secret is) or the shard secret",
+                ));
+            }
+        };
+        let c = self.config;
+        Ok(RelayRoleConfig { name: c.shard.name, key, metrics: c.shard.metrics, relay: c.relay })
+    }
+}
+
+/// Read a 32-byte hex value given inline (`key`) or in a file (`file_key`); `None` if both
+/// are absent.
+fn hex32(
+    cx: &Ctx,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base: Option<&Path>,
+    key: &'static str,
+    file_key: &'static str,
+    make: &str,
+) -> Result<Option<[u8; SHARD_SECRET_LEN]>, ConfigError> {
+    let text = match (inline, file) {
+        (Some(s), None) => s,
+        (None, Some(f)) => {
+            let f = match base {
+                Some(b) if f.is_relative() => b.join(f),
+                _ => f,
+            };
+            std::fs::read_to_string(&f)
+                .map_err(|e| cx.invalid(file_key, format!("cannot be read ({}): {e}", f.display())))?
+        }
+        (Some(_), Some(_)) => return Err(cx.invalid(key, format!("and {file_key} are both set; keep one"))),
+        (None, None) => return Ok(None),
+    };
+    let v =
+        parse_hex_secret(&text).ok_or_else(|| cx.invalid(key, "must be exactly 64 hex digits (32 bytes)"))?;
+    if v == [0u8; SHARD_SECRET_LEN] {
+        return Err(cx.invalid(key, format!("is all zeros; {make}")));
+    }
+    Ok(Some(v))
 }
 
 #[derive(Deserialize)]
@@ -300,6 +432,8 @@ struct RawShard {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRelay {
+    key: Option<String>,
+    key_file: Option<PathBuf>,
     port: Option<i64>,
     alternate_port: Option<i64>,
     alternate_ip: Option<String>,
@@ -411,6 +545,17 @@ impl ShardConfig {
     }
 
     fn parse_with_base(text: &str, path: &str, base: Option<&Path>) -> Result<ShardConfig, ConfigError> {
+        Parts::parse(text, path, base)?.into_shard(&Ctx { path })
+    }
+
+    /// Everything validated; the shard secret and the relay key as found (either may be
+    /// absent: the role decides). The returned config's `shard.secret` is zeros.
+    #[allow(clippy::type_complexity)]
+    fn parse_parts(
+        text: &str,
+        path: &str,
+        base: Option<&Path>,
+    ) -> Result<(Option<[u8; SHARD_SECRET_LEN]>, Option<RelayKey>, ShardConfig), ConfigError> {
         let cx = Ctx { path };
         let raw: RawFile = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })?;
@@ -424,32 +569,25 @@ impl ShardConfig {
                 cx.invalid("shard.name", format!("is {name:?}; use letters, digits, '-', '_' or '.'"))
             );
         }
-        let secret_text = match (shard.secret, shard.secret_file) {
-            (Some(s), None) => s,
-            (None, Some(f)) => {
-                let f = match base {
-                    Some(b) if f.is_relative() => b.join(f),
-                    _ => f,
-                };
-                std::fs::read_to_string(&f).map_err(|e| {
-                    cx.invalid("shard.secret_file", format!("cannot be read ({}): {e}", f.display()))
-                })?
-            }
-            (Some(_), Some(_)) => {
-                return Err(cx.invalid("shard.secret", "and shard.secret_file are both set; keep one"));
-            }
-            (None, None) => {
-                return Err(cx.invalid(
-                    "shard.secret",
-                    "is missing: set secret = \"<64 hex digits>\" or secret_file (make one with `openssl rand -hex 32`)",
-                ));
-            }
-        };
-        let secret = parse_hex_secret(&secret_text)
-            .ok_or_else(|| cx.invalid("shard.secret", "must be exactly 64 hex digits (32 bytes)"))?;
-        if secret == [0u8; SHARD_SECRET_LEN] {
-            return Err(cx.invalid("shard.secret", "is all zeros; generate one with `openssl rand -hex 32`"));
-        }
+        let secret = hex32(
+            &cx,
+            shard.secret,
+            shard.secret_file,
+            base,
+            "shard.secret",
+            "shard.secret_file",
+            "generate one with `openssl rand -hex 32`",
+        )?;
+        let relay_key = hex32(
+            &cx,
+            raw.relay.key.clone(),
+            raw.relay.key_file.clone(),
+            base,
+            "relay.key",
+            "relay.key_file",
+            "print the shard's with `p2pmodel relay-key --config FILE`",
+        )?
+        .map(RelayKey::from_bytes);
         let bind = match &shard.bind {
             Some(s) => cx.ip(s, "shard.bind")?,
             None => IpAddr::from([0, 0, 0, 0]),
@@ -634,8 +772,8 @@ impl ShardConfig {
             ));
         }
 
-        Ok(ShardConfig {
-            shard: ShardSection { name, secret, bind, public_addresses, metrics },
+        let config = ShardConfig {
+            shard: ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics },
             relay: RelaySection {
                 primary: SocketAddr::new(bind, port),
                 alternate: (alt_port != 0).then(|| SocketAddr::new(bind, alt_port)),
@@ -649,7 +787,8 @@ impl ShardConfig {
             agent,
             lobby,
             game,
-        })
+        };
+        Ok((secret, relay_key, config))
     }
 }
 
@@ -783,5 +922,34 @@ mod tests {
         std::fs::write(dir.join("shard.toml"), "[shard]\nname = \"a\"\nsecret_file = \"missing\"\n").unwrap();
         assert_eq!(ShardConfig::load(&dir.join("shard.toml")).unwrap_err().key(), Some("shard.secret_file"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn config_relay_role_takes_the_relay_key_instead_of_the_secret() {
+        let secret: [u8; 32] = parse_hex_secret(SECRET).unwrap();
+        let key = RelayKey::derive(&secret);
+        // A relay host's file: the relay key only.
+        let relay_only =
+            format!("[shard]\nname = \"eu-1\"\n[relay]\nkey = \"{}\"\nport = 4000\n", key.to_hex());
+        let r = RelayRoleConfig::parse(&relay_only).unwrap();
+        assert_eq!((r.key.clone(), r.relay.primary.port(), r.name.as_str()), (key.clone(), 4000, "eu-1"));
+        // The shard roles cannot run from it.
+        assert_eq!(err_key(&relay_only), "shard.secret");
+        // A full file works for both; the relay derives the same key and keeps no secret.
+        let full = ShardConfig::parse(&minimal()).unwrap();
+        assert_eq!(RelayRoleConfig::parse(&minimal()).unwrap().key, key);
+        assert_eq!(RelayRoleConfig::from(&full).key, key);
+        // Both given: they must match.
+        let both = format!("{}[relay]\nkey = \"{}\"\n", minimal(), key.to_hex());
+        assert!(ShardConfig::parse(&both).is_ok());
+        let wrong = format!("{}[relay]\nkey = \"{}\"\n", minimal(), "ab".repeat(32));
+        assert_eq!(err_key(&wrong), "relay.key");
+        // Neither: the relay says what it needs.
+        let e = RelayRoleConfig::parse("[shard]\nname = \"x\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("relay.key"));
+        assert!(e.to_string().contains("p2pmodel relay-key"), "{e}");
+        let e = RelayRoleConfig::parse("[shard]\nname = \"x\"\n[relay]\nkey = \"12\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("relay.key"));
+        assert!(!format!("{r:?}").contains(&key.to_hex()), "the key is redacted in Debug");
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::config::{RelayRoleConfig, ShardConfig};
 
 /// P2PModel shard servers and operator tools.
 #[derive(Parser, Debug)]
@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, default_value = "player")]
         name: String,
     },
+    /// Print the shard's relay key (64 hex digits), derived from the shard secret: give it to
+    /// relay hosts as `[relay] key` so they never hold the shard secret.
+    RelayKey {
+        /// The shard configuration (with the shard secret).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Measure a component's performance (not a test: prints figures and a summary line).
     Bench {
         #[command(subcommand)]
@@ -50,7 +57,8 @@ enum ShardRole {
     /// The Punch/Relay server: STUN on the primary and alternate ports, and the
     /// token-authenticated UDP relay (see docs/OPERATIONS.md).
     Relay {
-        /// The shard configuration (see assets/shard.toml for every key).
+        /// The shard configuration (see assets/shard.toml for every key); `[relay] key` is
+        /// enough, the shard secret is not needed.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -109,7 +117,7 @@ fn load(path: &std::path::Path) -> Result<ShardConfig, ExitCode> {
     })
 }
 
-fn run_relay(config: &ShardConfig) -> ExitCode {
+fn run_relay(config: &RelayRoleConfig) -> ExitCode {
     match p2pmodel_servers::relay::run_relay(config) {
         Ok(exit) if exit.is_success() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
@@ -150,8 +158,18 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Netcheck(args) => report(p2pmodel_servers::netcheck::run(&args)),
         Command::Stun(args) => report(p2pmodel_servers::netcheck::serve_stun(&args)),
-        Command::Shard { role: ShardRole::Relay { config } } => match load(&config) {
+        Command::Shard { role: ShardRole::Relay { config } } => match RelayRoleConfig::load(&config) {
             Ok(c) => run_relay(&c),
+            Err(e) => {
+                eprintln!("p2pmodel: bad configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::RelayKey { config } => match load(&config) {
+            Ok(c) => {
+                println!("{}", p2pmodel_servers::relay::RelayKey::derive(&c.shard.secret).to_hex());
+                ExitCode::SUCCESS
+            }
             Err(code) => code,
         },
         Command::Shard { role: ShardRole::All { config, bind, public_ip } } => match load(&config) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bevy_p2pmodel::proto::peer::{LinkId, Side};
 use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindRequest, RelayToken};
 use bevy_p2pmodel::relay::{DropReason, Quota, RelayConfig, TokenKeys, mint};
-use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::config::{RelayRoleConfig, ShardConfig};
 use p2pmodel_servers::relay::client::{BindClient, peer_datagram};
 use p2pmodel_servers::relay::{RelayRuntime, RelayServer, RelayServerOptions, StatsSnapshot, relay_app};
 
@@ -413,6 +413,35 @@ fn relay_server_bevy_control_plane_runs_the_configured_relay() {
     }
     drop(app);
     assert!(UdpSocket::bind(addr).is_ok(), "the relay's socket is closed when the app ends");
+}
+
+#[test]
+fn relay_server_with_only_the_relay_key_binds_tokens_the_game_servers_mint() {
+    let shard = ShardConfig::parse(
+        "[shard]\nname = \"t\"\nsecret = \"0202020202020202020202020202020202020202020202020202020202020202\"\n",
+    )
+    .unwrap();
+    // What `p2pmodel relay-key` prints, written into the relay host's file: no shard secret.
+    let relay_key = p2pmodel_servers::relay::RelayKey::derive(&shard.shard.secret).to_hex();
+    let relay_cfg = RelayRoleConfig::parse(&format!(
+        "[shard]\nname = \"t\"\nbind = \"127.0.0.1\"\n[relay]\nkey = \"{relay_key}\"\nport = 0\nalternate_port = 0\n"
+    ))
+    .unwrap();
+    assert!(ShardConfig::parse(&format!("[shard]\nname = \"t\"\n[relay]\nkey = \"{relay_key}\"\n")).is_err());
+    let rt = RelayRuntime::start(&relay_cfg).unwrap();
+    let addr = rt.server.primary_addr();
+    // The Game servers' minter (from the shard secret) and the relay (from the key) agree.
+    let minter = p2pmodel_servers::shard::relay_schedule(&shard);
+    let (t, k) = mint(&minter.minting_keys(unix_now() as u64), LinkId(4), Side::B, unix_now() + 60);
+    BindClient::new(LinkId(4), Side::B, t, k).bind(&sock(), addr, WAIT).unwrap();
+    // A token from another shard's secret is refused.
+    let mut other = shard.clone();
+    other.shard.secret[0] ^= 1;
+    let other = p2pmodel_servers::shard::relay_schedule(&other);
+    let (t, k) = mint(&other.minting_keys(unix_now() as u64), LinkId(5), Side::A, unix_now() + 60);
+    assert!(
+        BindClient::new(LinkId(5), Side::A, t, k).bind(&sock(), addr, Duration::from_millis(300)).is_err()
+    );
 }
 
 #[test]

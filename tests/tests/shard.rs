@@ -549,8 +549,14 @@ fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_proces
             Some(app)
         })
         .collect();
-    // A process without the shard secret is refused.
+    // A process without the shard secret is refused, counted by the Lobby.
     assert!(RemoteBus::connect(vec![Role::Game(9)], lobby_addr, [1; 32], hb, timeout).is_err());
+    let refused = lobby.world().resource::<RemoteBus>().refused.clone();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5)); // the Lobby's handshake thread
+    }
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
     let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());

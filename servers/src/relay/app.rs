@@ -13,7 +13,7 @@ use bevy::prelude::*;
 
 use super::keys::KeySchedule;
 use super::server::{RelayServer, RelayServerOptions, ServerError, StatsSnapshot};
-use crate::config::ShardConfig;
+use crate::config::RelayRoleConfig;
 
 /// Control-plane frame rate: key rotation and health checks need no more.
 pub const CONTROL_HZ: f64 = 20.0;
@@ -32,9 +32,12 @@ pub struct RelayRuntime {
 }
 
 impl RelayRuntime {
-    /// Start the data plane for `config` (sockets, thread, metrics endpoint).
-    pub fn start(config: &ShardConfig) -> Result<RelayRuntime, ServerError> {
-        let schedule = KeySchedule::new(config.shard.secret, config.relay.token_key_rotation);
+    /// Start the data plane for `config` (sockets, thread, metrics endpoint). Takes a
+    /// [`RelayRoleConfig`] (or a `&ShardConfig`, from which only the relay key is derived):
+    /// the relay never holds the shard secret.
+    pub fn start(config: impl Into<RelayRoleConfig>) -> Result<RelayRuntime, ServerError> {
+        let config: RelayRoleConfig = config.into();
+        let schedule = KeySchedule::new(config.key.clone(), config.relay.token_key_rotation);
         let unix = unix_now();
         let mut opts = RelayServerOptions::new(
             config.relay.listen_addrs(),
@@ -43,7 +46,7 @@ impl RelayRuntime {
         );
         opts.socket_buffer_bytes = config.relay.socket_buffer_bytes;
         opts.batch = config.relay.batch;
-        opts.metrics = config.shard.metrics;
+        opts.metrics = config.metrics;
 
         let server = RelayServer::start(opts)?;
         let last = server.snapshot();
@@ -148,13 +151,13 @@ pub fn relay_app(runtime: RelayRuntime, with_log: bool) -> App {
 }
 
 /// `p2pmodel shard relay`: start the relay for `config` and run until a signal or a fault.
-pub fn run_relay(config: &ShardConfig) -> Result<AppExit, ServerError> {
+pub fn run_relay(config: &RelayRoleConfig) -> Result<AppExit, ServerError> {
     // Logging first, so the data plane's start is logged.
     let mut app = App::new();
     app.add_plugins(LogPlugin::default());
     let runtime = RelayRuntime::start(config)?;
     info!(
-        shard = %config.shard.name,
+        shard = %config.name,
         relay = %runtime.server.primary_addr(),
         stun = ?runtime.server.local_addrs(),
         metrics = ?runtime.server.metrics_addr(),

@@ -1,11 +1,14 @@
-//! Relay token keys derived from the shard secret by time epoch, so the shard's minter and
+//! Relay token keys derived from the relay key by time epoch, so the shard's minter and
 //! every relay rotate in step without talking to each other.
 //!
 //! ```text
+//! relay_key  = HKDF-SHA256(ikm = shard_secret, salt = none, info = "p2pmodel relay v1")
 //! epoch      = floor(unix_secs / rotation)          (0 forever when rotation = 0)
 //! key_id     = epoch mod 256
-//! secret[e]  = HMAC-SHA256(shard_secret, "p2pm-relay-token-key" || e u64)
+//! secret[e]  = HMAC-SHA256(relay_key, "p2pm-relay-token-key" || e u64 BE)
 //! ```
+//! A relay needs only `relay_key` (`[relay] key` in its config): it cannot derive the shard
+//! secret, the netcode key, client ids or the internal link PSK from it.
 //! The relay holds the keys of the current and the previous epoch; the minter signs with
 //! the key of `epoch(now − MINT_LAG)`, so a minter whose clock is up to `MINT_LAG` ahead of
 //! a relay never uses a key the relay does not hold yet.
@@ -13,12 +16,46 @@
 use std::time::Duration;
 
 use bevy_p2pmodel::relay::TokenKeys;
+use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::SHARD_SECRET_LEN;
 
 const LABEL: &[u8] = b"p2pm-relay-token-key";
+const RELAY_KEY_INFO: &[u8] = b"p2pmodel relay v1";
+
+/// The one secret a relay holds: derived from the shard secret, the root of the relay
+/// token keys (see the module docs). Its `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayKey([u8; 32]);
+
+impl RelayKey {
+    /// The relay key of the shard with this secret.
+    pub fn derive(secret: &[u8; SHARD_SECRET_LEN]) -> RelayKey {
+        let mut k = [0u8; 32];
+        Hkdf::<Sha256>::new(None, secret)
+            .expand(RELAY_KEY_INFO, &mut k)
+            .expect("32 bytes is a valid HKDF length");
+        RelayKey(k)
+    }
+
+    /// A relay key given as bytes (`[relay] key` in a relay's config).
+    pub fn from_bytes(bytes: [u8; 32]) -> RelayKey {
+        RelayKey(bytes)
+    }
+
+    /// The key as 64 lowercase hex digits (what `p2pmodel relay-key` prints).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for RelayKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayKey(<redacted>)")
+    }
+}
 
 /// How far behind the current epoch the minter signs (clock skew allowance).
 pub const MINT_LAG: Duration = Duration::from_secs(60);
@@ -26,7 +63,7 @@ pub const MINT_LAG: Duration = Duration::from_secs(60);
 /// The shard's token key schedule.
 #[derive(Clone)]
 pub struct KeySchedule {
-    secret: [u8; SHARD_SECRET_LEN],
+    key: RelayKey,
     rotation_secs: u64,
 }
 
@@ -37,10 +74,10 @@ impl std::fmt::Debug for KeySchedule {
 }
 
 impl KeySchedule {
-    /// A schedule from the shard secret and the epoch length (`Duration::ZERO`: one key
+    /// A schedule from the relay key and the epoch length (`Duration::ZERO`: one key
     /// forever).
-    pub fn new(secret: [u8; SHARD_SECRET_LEN], rotation: Duration) -> KeySchedule {
-        KeySchedule { secret, rotation_secs: rotation.as_secs() }
+    pub fn new(key: RelayKey, rotation: Duration) -> KeySchedule {
+        KeySchedule { key, rotation_secs: rotation.as_secs() }
     }
 
     /// The epoch at `unix_secs`.
@@ -50,7 +87,7 @@ impl KeySchedule {
 
     /// The token secret of `epoch`.
     pub fn secret(&self, epoch: u64) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("any key length");
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key.0).expect("any key length");
         m.update(LABEL);
         m.update(&epoch.to_be_bytes());
         m.finalize().into_bytes().into()
@@ -82,7 +119,7 @@ mod tests {
 
     #[test]
     fn keys_minted_tokens_verify_across_a_rotation() {
-        let s = KeySchedule::new([3; 32], Duration::from_secs(3600));
+        let s = KeySchedule::new(RelayKey::derive(&[3; 32]), Duration::from_secs(3600));
         let t0 = 1_000 * 3600 + 3599; // the last second of an epoch
         let (tok, key) = mint(&s.minting_keys(t0), LinkId(1), Side::A, 0);
         for now in [t0, t0 + 1, t0 + 3600] {
@@ -92,8 +129,30 @@ mod tests {
         // A minter a few seconds ahead at the boundary still signs with a key relays hold.
         let (tok, _) = mint(&s.minting_keys(t0 + 30), LinkId(1), Side::A, 0);
         assert!(verify_token(&s.relay_keys(t0 - 1), LinkId(1), Side::A, &tok).is_ok());
-        let never = KeySchedule::new([3; 32], Duration::ZERO);
+        let never = KeySchedule::new(RelayKey::derive(&[3; 32]), Duration::ZERO);
         assert_eq!(never.relay_keys(5).current_id(), never.relay_keys(u32::MAX as u64).current_id());
-        assert_ne!(s.secret(1), KeySchedule::new([4; 32], Duration::ZERO).secret(1));
+        assert_ne!(s.secret(1), KeySchedule::new(RelayKey::derive(&[4; 32]), Duration::ZERO).secret(1));
+    }
+
+    #[test]
+    fn relay_key_is_not_the_secret_and_a_relay_holding_only_it_verifies_minted_tokens() {
+        let secret = [3u8; 32];
+        let key = RelayKey::derive(&secret);
+        assert_eq!(key, RelayKey::derive(&secret));
+        assert_ne!(key.0, secret);
+        assert_ne!(key, RelayKey::derive(&[4; 32]));
+        assert_eq!(key.to_hex().len(), 64);
+        assert_eq!(format!("{key:?}"), "RelayKey(<redacted>)");
+        // The Game server's minter derives from the secret; the relay gets only the key bytes.
+        let minter = KeySchedule::new(RelayKey::derive(&secret), Duration::from_secs(3600));
+        let bytes: [u8; 32] = (0..32)
+            .map(|i| u8::from_str_radix(&key.to_hex()[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let relay = KeySchedule::new(RelayKey::from_bytes(bytes), Duration::from_secs(3600));
+        let now = 5_000 * 3600;
+        let (tok, key) = mint(&minter.minting_keys(now), LinkId(2), Side::B, 0);
+        assert_eq!(verify_token(&relay.relay_keys(now), LinkId(2), Side::B, &tok), Ok(key));
     }
 }

@@ -5,7 +5,8 @@
 //! - [`batch`]: `recvmmsg` / `sendmmsg` buffers, allocated once.
 //! - [`stun`]: the [`StunHook`] STUN datagrams are handed to, and a minimal Binding responder.
 //! - [`metrics`]: the Prometheus endpoint; [`histogram`]: forwarding latency buckets.
-//! - [`keys`]: token keys derived from the shard secret per time epoch (rotation).
+//! - [`keys`]: the [`RelayKey`] (the relay's only secret) and the token keys derived from it
+//!   per time epoch (rotation).
 //! - [`app`]: the Bevy control plane (key rotation, stats log, health, signals).
 //! - [`client`]: a blocking bind client for the bench and the tests.
 
@@ -19,6 +20,6 @@ pub mod server;
 pub mod stun;
 
 pub use app::{RelayControlPlugin, RelayRuntime, relay_app, run_relay};
-pub use keys::KeySchedule;
+pub use keys::{KeySchedule, RelayKey};
 pub use server::{PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot};
 pub use stun::StunHook;

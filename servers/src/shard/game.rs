@@ -670,7 +670,7 @@ mod tests {
         GameRules {
             cfg: cfg.game,
             relay: Some("127.0.0.1:3478".parse().unwrap()),
-            keys: KeySchedule::new([7; 32], Duration::ZERO),
+            keys: KeySchedule::new(crate::relay::RelayKey::derive(&[7; 32]), Duration::ZERO),
             heartbeat: Duration::from_millis(250),
         }
     }

@@ -7,7 +7,8 @@
 //! - [`party`]: parties by invitation (owner invites, invitations expire).
 //! - [`game`]: the fixed-tick world, interest grid, peer introductions, session tracking.
 //! - [`intro`]: checks on what a player says of its reachability before a peer gets it.
-//! - [`link`]: the cross-process internal link (TCP, shard-secret authenticated, heartbeats).
+//! - [`link`]: the cross-process internal link (TCP, Noise-encrypted with a PSK from the
+//!   shard secret, heartbeats).
 //! - [`remote`]: the bus across processes (star at the Lobby over [`link`]s).
 //! - [`bus`]: the in-process internal link (encoded [`InternalMessage`]s in per-role queues).
 //!
@@ -38,7 +39,7 @@ use bevy_renet::renet::ConnectionConfig;
 use bevy_renet::{RenetServer, RenetServerPlugin};
 
 use crate::config::ShardConfig;
-use crate::relay::KeySchedule;
+use crate::relay::{KeySchedule, RelayKey};
 use agent::{AgentPlugin, AgentState};
 use bus::ShardBus;
 use game::{GamePlugin, GameRules, GameServers, GameWorld};
@@ -98,6 +99,12 @@ pub fn minter(config: &ShardConfig, agent: SocketAddr) -> TokenMinter {
         config.agent.token_expire,
         config.agent.client_timeout_secs,
     )
+}
+
+/// The relay token key schedule the Game servers mint with: from the relay key derived
+/// from the shard secret (relays hold only that key).
+pub fn relay_schedule(config: &ShardConfig) -> KeySchedule {
+    KeySchedule::new(RelayKey::derive(&config.shard.secret), config.relay.token_key_rotation)
 }
 
 /// Add every shard role (Agent, Lobby, Game servers, login service) to `app`, which must
@@ -178,7 +185,7 @@ pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], rela
             rules: GameRules {
                 cfg: config.game.clone(),
                 relay,
-                keys: KeySchedule::new(config.shard.secret, config.relay.token_key_rotation),
+                keys: relay_schedule(config),
                 heartbeat: config.lobby.heartbeat,
             },
         })

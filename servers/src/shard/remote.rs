@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +33,18 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Frames a connecting role keeps while its link is down (older ones are dropped, counted).
 pub const MAX_PENDING: usize = 4096;
+/// Handshakes the Lobby runs at once (each on its own thread, each at most
+/// [`super::link::HANDSHAKE_TIMEOUT`]); connections beyond this are closed and counted.
+pub const MAX_HANDSHAKES: usize = 64;
+
+/// Count a refused incoming connection and log it (every one of the first 10, then every
+/// 100th, so a flood cannot flood the log).
+fn refuse(counter: &AtomicU64, from: SocketAddr, why: impl std::fmt::Display) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 10 || n.is_multiple_of(100) {
+        warn!(%from, refused = n, "internal link refused: {why}");
+    }
+}
 
 /// One connecting role's link to the Lobby, reconnected when lost.
 struct Uplink {
@@ -90,6 +102,8 @@ pub struct RemoteBus {
     pub dropped_while_down: u64,
     /// Lost links re-established.
     pub reconnects: u64,
+    /// Incoming connections refused (wrong secret, bad or stalled handshake, too many at once).
+    pub refused: Arc<AtomicU64>,
 }
 
 impl RemoteBus {
@@ -114,6 +128,7 @@ impl RemoteBus {
             misrouted: 0,
             dropped_while_down: 0,
             reconnects: 0,
+            refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -131,24 +146,40 @@ impl RemoteBus {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let refused = Arc::new(AtomicU64::new(0));
+        let refused2 = refused.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new().name("p2pm-int-accept".into()).spawn(move || {
-            while let Ok((stream, _)) = listener.accept() {
+            while let Ok((stream, from)) = listener.accept() {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                match InternalLink::handshake(stream, &secret, heartbeat) {
-                    Ok(link) => {
-                        info!(peer = ?link.peer(), "internal link accepted");
-                        if tx.send(link).is_err() {
-                            break;
+                // Each handshake on its own thread, so a stalling peer cannot hold up others.
+                if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    refuse(&refused2, from, format_args!("{MAX_HANDSHAKES} handshakes already running"));
+                    continue;
+                }
+                let (tx, refused, busy) = (tx.clone(), refused2.clone(), in_flight.clone());
+                let spawned =
+                    std::thread::Builder::new().name("p2pm-int-handshake".into()).spawn(move || {
+                        match InternalLink::handshake(stream, &secret, heartbeat) {
+                            Ok(link) => {
+                                info!(peer = ?link.peer(), %from, "internal link accepted");
+                                let _ = tx.send(link);
+                            }
+                            Err(e) => refuse(&refused, from, e),
                         }
-                    }
-                    Err(e) => warn!("internal link refused: {e}"),
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
         let mut bus = RemoteBus::new(local, bound, secret, heartbeat, timeout);
         bus.incoming = Some(Mutex::new(rx));
+        bus.refused = refused;
         bus.listening = Some(Listening { stop, addr: bound, thread: Some(thread) });
         Ok((bus, bound))
     }
@@ -347,5 +378,40 @@ fn pump(mut remote: ResMut<RemoteBus>, mut bus: ResMut<ShardBus>, agent: Option<
         for f in remote.pending.drain(..) {
             l.send_raw(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn remote_bus_stalled_handshakes_hold_up_no_one_and_are_refused_and_counted() {
+        let (hb, timeout) = (Duration::from_millis(50), Duration::from_secs(1));
+        let (bus, addr) =
+            RemoteBus::listen(vec![Role::Lobby], "127.0.0.1:0".parse().unwrap(), [5; 32], hb, timeout)
+                .unwrap();
+        // Eight peers that open a handshake and stall …
+        let stalled: Vec<TcpStream> = (0..8)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&[0, 53, 1, 2]).unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50)); // let the Lobby accept them first
+        // … do not delay a genuine role.
+        let t0 = Instant::now();
+        let link = RemoteBus::connect(vec![Role::Agent], addr, [5; 32], hb, timeout).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(link.peers(), vec![Role::Lobby]);
+        // The stalled ones are dropped at the handshake deadline and counted.
+        let deadline = Instant::now() + super::super::link::HANDSHAKE_TIMEOUT * 2;
+        while bus.refused.load(Ordering::Relaxed) < 8 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20)); // real sockets, real deadline
+        }
+        assert_eq!(bus.refused.load(Ordering::Relaxed), 8);
+        drop(stalled);
     }
 }
