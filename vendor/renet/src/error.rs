@@ -30,6 +30,10 @@ pub enum ChannelError {
     ReliableChannelMaxMemoryReached,
     /// Received an invalid slice message in the channel.
     InvalidSliceMessage,
+    // P2PModel patch: a reliable message id too far ahead of the oldest pending one (it let a
+    // peer grow the channel's bookkeeping without bound).
+    /// Received a reliable message id too far ahead of the oldest message not yet received.
+    MessageIdOutOfWindow,
 }
 
 impl fmt::Display for ChannelError {
@@ -39,6 +43,7 @@ impl fmt::Display for ChannelError {
         match *self {
             ReliableChannelMaxMemoryReached => write!(fmt, "reliable channel memory usage was exhausted"),
             InvalidSliceMessage => write!(fmt, "received an invalid slice packet"),
+            MessageIdOutOfWindow => write!(fmt, "received a message id too far ahead of the oldest pending one"),
         }
     }
 }

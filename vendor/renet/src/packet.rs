@@ -6,6 +6,11 @@ pub type Payload = Vec<u8>;
 // Sliced messages are split into SLICE_SIZE bytes chunks
 pub const SLICE_SIZE: usize = 1200;
 
+// P2PModel patch: named bound on a slice message's slice count (the decoder's former literal):
+// 1_000_000 slices = 1.2 GB, so the channels also check it against their memory budget before
+// allocating anything for a new sliced message.
+pub const MAX_NUM_SLICES: usize = 1_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
     pub message_id: u64,
@@ -56,6 +61,8 @@ pub enum SerializationError {
     EmptySlice,
     InvalidAckRange,
     InvalidPacketType,
+    // P2PModel patch: a slice index not below the slice count is refused at decode.
+    InvalidSliceIndex,
 }
 
 impl std::error::Error for SerializationError {}
@@ -71,6 +78,7 @@ impl fmt::Display for SerializationError {
             InvalidPacketType => write!(fmt, "invalid packet type"),
             SliceSizeAboveLimit => write!(fmt, "invalid slice size, it's above the limit of {} bytes", SLICE_SIZE),
             EmptySlice => write!(fmt, "invalid slice, slices cannot be empty"),
+            InvalidSliceIndex => write!(fmt, "invalid slice index, it's not below the number of slices"),
         }
     }
 }
@@ -251,8 +259,12 @@ impl Packet {
                 let message_id = b.get_varint()?;
                 let slice_index = b.get_varint()? as usize;
                 let num_slices = b.get_varint()? as usize;
-                if num_slices == 0 || num_slices > 1_000_000 {
+                if num_slices == 0 || num_slices > MAX_NUM_SLICES {
                     return Err(SerializationError::InvalidNumSlices);
+                }
+                // P2PModel patch: slice_index was not checked against num_slices.
+                if slice_index >= num_slices {
+                    return Err(SerializationError::InvalidSliceIndex);
                 }
 
                 let payload = b.get_bytes_with_varint_length()?;
@@ -284,11 +296,21 @@ impl Packet {
                 let message_id = b.get_varint()?;
                 let slice_index = b.get_varint()? as usize;
                 let num_slices = b.get_varint()? as usize;
-                if num_slices == 0 || num_slices > 1_000_000 {
+                if num_slices == 0 || num_slices > MAX_NUM_SLICES {
                     return Err(SerializationError::InvalidNumSlices);
+                }
+                // P2PModel patch: slice_index was not checked against num_slices.
+                if slice_index >= num_slices {
+                    return Err(SerializationError::InvalidSliceIndex);
                 }
 
                 let payload = b.get_bytes_with_varint_length()?;
+
+                // P2PModel patch: the same payload bounds as a reliable slice (checked
+                // before copying the payload).
+                if payload.len() > SLICE_SIZE {
+                    return Err(SerializationError::SliceSizeAboveLimit);
+                }
 
                 let slice = Slice {
                     message_id,

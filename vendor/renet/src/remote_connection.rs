@@ -29,6 +29,9 @@ pub struct ConnectionConfig {
     pub client_channels_config: Vec<ChannelConfig>,
 }
 
+// P2PModel patch: the pending ack range cap, named (it was a literal in one of two places).
+const MAX_PENDING_ACK_RANGES: usize = 64;
+
 #[derive(Debug, Clone)]
 struct PacketSent {
     sent_at: Duration,
@@ -453,7 +456,11 @@ impl RenetClient {
                 }
 
                 for packet_sequence in new_acks {
-                    let sent_packet = self.sent_packets.remove(&packet_sequence).unwrap();
+                    // P2PModel patch: no `unwrap` on a peer-driven lookup (overlapping ranges
+                    // would list a sequence twice).
+                    let Some(sent_packet) = self.sent_packets.remove(&packet_sequence) else {
+                        continue;
+                    };
                     self.stats.acked_packet(sent_packet.sent_at, self.current_time);
 
                     // Update rtt
@@ -646,6 +653,12 @@ impl RenetClient {
                 // New sequence is before this range and not extensible to it
                 // Add new range to the left
                 self.pending_acks.insert(index, sequence..sequence + 1);
+                // P2PModel patch: the 64-range cap applies here too (a peer sending decreasing
+                // sequences grew `pending_acks` without bound, quadratic inserts, and an Ack
+                // packet too big to serialize, which disconnected us).
+                if self.pending_acks.len() > MAX_PENDING_ACK_RANGES {
+                    self.pending_acks.remove(0);
+                }
                 return;
             }
         }
@@ -655,7 +668,7 @@ impl RenetClient {
         self.pending_acks.push(sequence..sequence + 1);
 
         // Limit to 64 pending ranges
-        if self.pending_acks.len() > 64 {
+        if self.pending_acks.len() > MAX_PENDING_ACK_RANGES {
             self.pending_acks.remove(0);
         }
     }

@@ -6,6 +6,16 @@ use std::time::Duration;
 
 pub(crate) use slice_constructor::SliceConstructor;
 
+// P2PModel patch: bytes charged against a receive channel's memory budget for each message it
+// holds, on top of the message's length (about the size of its bookkeeping), so a peer cannot
+// make a channel store an unbounded number of empty messages.
+pub(crate) const RECEIVE_MESSAGE_OVERHEAD: usize = 32;
+
+// P2PModel patch: how far ahead of the oldest reliable message not yet received a message id
+// may be; beyond it the peer is disconnected (`ChannelError::MessageIdOutOfWindow`). A sender
+// never has that many reliable messages unacknowledged on one channel in practice.
+pub(crate) const RELIABLE_MESSAGE_ID_WINDOW: u64 = 1 << 16;
+
 /// Delivery guarantee of a channel
 #[derive(Debug, Clone)]
 pub enum SendType {

@@ -1,14 +1,14 @@
 use std::{
-    collections::{btree_map, BTreeMap, BTreeSet, HashMap},
+    collections::{btree_map, hash_map, BTreeMap, BTreeSet, HashMap},
     time::Duration,
 };
 
 use bytes::Bytes;
 
-use super::SliceConstructor;
+use super::{SliceConstructor, RECEIVE_MESSAGE_OVERHEAD, RELIABLE_MESSAGE_ID_WINDOW};
 use crate::{
     error::ChannelError,
-    packet::{Packet, Slice, SLICE_SIZE},
+    packet::{Packet, Slice, MAX_NUM_SLICES, SLICE_SIZE},
 };
 
 #[derive(Debug)]
@@ -222,10 +222,13 @@ impl SendChannelReliable {
     pub fn process_message_ack(&mut self, message_id: u64) {
         if self.unacked_messages.contains_key(&message_id) {
             let unacked_message = self.unacked_messages.remove(&message_id).unwrap();
+            // P2PModel patch: no `unreachable!` on this path (reached from a peer's ack packet):
+            // a mismatch is logged and ignored, and the accounting is saturating.
             let UnackedMessage::Small { message: payload, .. } = unacked_message else {
-                unreachable!("called ack on small message but found sliced");
+                log::error!("called ack on small message but found sliced");
+                return;
             };
-            self.memory_usage_bytes -= payload.len();
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(payload.len());
         }
     }
 
@@ -242,18 +245,22 @@ impl SendChannelReliable {
             ..
         } = unacked_message
         else {
-            unreachable!("called ack on sliced message but found small");
+            // P2PModel patch: logged and ignored instead of `unreachable!` (see above).
+            log::error!("called ack on sliced message but found small");
+            return;
         };
 
-        if acked[slice_index] {
-            return;
+        // P2PModel patch: bounds-checked index.
+        match acked.get(slice_index) {
+            Some(false) => {}
+            _ => return,
         }
 
         acked[slice_index] = true;
         *num_acked_slices += 1;
 
         if *num_acked_slices == *num_slices {
-            self.memory_usage_bytes -= message.len();
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(message.len());
             self.unacked_messages.remove(&message_id);
         }
     }
@@ -278,19 +285,28 @@ impl ReceiveChannelReliable {
         }
     }
 
+    // P2PModel patch: message ids beyond `RELIABLE_MESSAGE_ID_WINDOW` ahead of the oldest
+    // pending one are refused (they grew `messages`/`received_messages` without bound: empty
+    // messages cost no memory), and each stored message is charged `RECEIVE_MESSAGE_OVERHEAD`
+    // on top of its length; arithmetic is saturating.
     pub fn process_message(&mut self, message: Bytes, message_id: u64) -> Result<(), ChannelError> {
         if message_id < self.oldest_pending_message_id {
             // Discard old message already received
             return Ok(());
         }
 
+        if message_id - self.oldest_pending_message_id >= RELIABLE_MESSAGE_ID_WINDOW {
+            return Err(ChannelError::MessageIdOutOfWindow);
+        }
+
+        let cost = message.len().saturating_add(RECEIVE_MESSAGE_OVERHEAD);
         match &mut self.reliable_order {
             ReliableOrder::Ordered => {
                 if let btree_map::Entry::Vacant(entry) = self.messages.entry(message_id) {
-                    if self.memory_usage_bytes + message.len() > self.max_memory_usage_bytes {
+                    if self.memory_usage_bytes.saturating_add(cost) > self.max_memory_usage_bytes {
                         return Err(ChannelError::ReliableChannelMaxMemoryReached);
                     }
-                    self.memory_usage_bytes += message.len();
+                    self.memory_usage_bytes += cost;
 
                     entry.insert(message);
                 }
@@ -304,10 +320,10 @@ impl ReceiveChannelReliable {
                 }
 
                 if !received_messages.contains(&message_id) {
-                    if self.memory_usage_bytes + message.len() > self.max_memory_usage_bytes {
+                    if self.memory_usage_bytes.saturating_add(cost) > self.max_memory_usage_bytes {
                         return Err(ChannelError::ReliableChannelMaxMemoryReached);
                     }
-                    self.memory_usage_bytes += message.len();
+                    self.memory_usage_bytes += cost;
 
                     received_messages.insert(message_id);
                     self.messages.insert(message_id, message);
@@ -318,30 +334,61 @@ impl ReceiveChannelReliable {
         Ok(())
     }
 
+    // P2PModel patch: the slice is validated (index below count, count in range, same count as
+    // the message's first slice: a different count underflowed `memory_usage_bytes`, a panic in
+    // debug builds), the message id must be inside the window, an already delivered message
+    // (unordered) is not reassembled, and the memory charged for the reassembly is released
+    // with the constructor's own slice count, saturating.
     pub fn process_slice(&mut self, slice: Slice) -> Result<(), ChannelError> {
         if self.messages.contains_key(&slice.message_id) || slice.message_id < self.oldest_pending_message_id {
             // Message already assembled
             return Ok(());
         }
 
-        if !self.slices.contains_key(&slice.message_id) {
-            let message_len = slice.num_slices * SLICE_SIZE;
-            if self.memory_usage_bytes + message_len > self.max_memory_usage_bytes {
-                return Err(ChannelError::ReliableChannelMaxMemoryReached);
+        if let ReliableOrder::Unordered { received_messages, .. } = &self.reliable_order {
+            if received_messages.contains(&slice.message_id) {
+                // Message already received and delivered
+                return Ok(());
             }
-            self.memory_usage_bytes += message_len;
         }
 
-        let slice_constructor = self
-            .slices
-            .entry(slice.message_id)
-            .or_insert_with(|| SliceConstructor::new(slice.message_id, slice.num_slices));
+        if slice.message_id - self.oldest_pending_message_id >= RELIABLE_MESSAGE_ID_WINDOW {
+            return Err(ChannelError::MessageIdOutOfWindow);
+        }
 
-        if let Some(message) = slice_constructor.process_slice(slice.slice_index, &slice.payload)? {
-            // Memory usage is re-added with the exactly message size
-            self.memory_usage_bytes -= slice.num_slices * SLICE_SIZE;
-            self.process_message(message, slice.message_id)?;
+        if slice.num_slices == 0 || slice.num_slices > MAX_NUM_SLICES || slice.slice_index >= slice.num_slices {
+            return Err(ChannelError::InvalidSliceMessage);
+        }
+
+        let slice_constructor = match self.slices.entry(slice.message_id) {
+            hash_map::Entry::Occupied(entry) => {
+                if entry.get().num_slices != slice.num_slices {
+                    log::error!(
+                        "Slice of message {} announces {} slices, expected {}.",
+                        slice.message_id,
+                        slice.num_slices,
+                        entry.get().num_slices
+                    );
+                    return Err(ChannelError::InvalidSliceMessage);
+                }
+                entry.into_mut()
+            }
+            hash_map::Entry::Vacant(entry) => {
+                let message_len = slice.num_slices * SLICE_SIZE;
+                if self.memory_usage_bytes.saturating_add(message_len) > self.max_memory_usage_bytes {
+                    return Err(ChannelError::ReliableChannelMaxMemoryReached);
+                }
+                self.memory_usage_bytes += message_len;
+                entry.insert(SliceConstructor::new(slice.message_id, slice.num_slices))
+            }
+        };
+
+        if let Some(message) = slice_constructor.process_slice(slice.slice_index, slice.num_slices, &slice.payload)? {
+            let reserved = slice_constructor.num_slices * SLICE_SIZE;
             self.slices.remove(&slice.message_id);
+            // Memory usage is re-added with the exactly message size
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(reserved);
+            self.process_message(message, slice.message_id)?;
         }
 
         Ok(())
@@ -353,7 +400,8 @@ impl ReceiveChannelReliable {
                 let message = self.messages.remove(&self.oldest_pending_message_id)?;
 
                 self.oldest_pending_message_id += 1;
-                self.memory_usage_bytes -= message.len();
+                // P2PModel patch: saturating, and the per-message overhead is released too.
+                self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(message.len() + RECEIVE_MESSAGE_OVERHEAD);
                 Some(message)
             }
             ReliableOrder::Unordered { received_messages, .. } => {
@@ -368,7 +416,8 @@ impl ReceiveChannelReliable {
                     }
                 }
 
-                self.memory_usage_bytes -= message.len();
+                // P2PModel patch: saturating, and the per-message overhead is released too.
+                self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(message.len() + RECEIVE_MESSAGE_OVERHEAD);
                 Some(message)
             }
         }

@@ -22,7 +22,20 @@ impl SliceConstructor {
         }
     }
 
-    pub fn process_slice(&mut self, slice_index: usize, bytes: &[u8]) -> Result<Option<Bytes>, ChannelError> {
+    // P2PModel patch: the slice's announced `num_slices` is checked against this constructor's
+    // (a slice announcing another count used to corrupt the channels' memory accounting), and
+    // `slice_index` against `num_slices` (it indexed `received` unchecked: a panic from one packet).
+    pub fn process_slice(&mut self, slice_index: usize, num_slices: usize, bytes: &[u8]) -> Result<Option<Bytes>, ChannelError> {
+        if self.num_slices == 0 || num_slices != self.num_slices || slice_index >= self.num_slices {
+            log::error!(
+                "Invalid slice {}/{} for SliceMessage {} of {} slices.",
+                slice_index,
+                num_slices,
+                self.message_id,
+                self.num_slices
+            );
+            return Err(ChannelError::InvalidSliceMessage);
+        }
         let is_last_slice = slice_index == self.num_slices - 1;
         if is_last_slice {
             if bytes.len() > SLICE_SIZE {

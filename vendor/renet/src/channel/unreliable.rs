@@ -1,14 +1,14 @@
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{btree_map, BTreeMap, VecDeque},
     time::Duration,
 };
 
 use bytes::Bytes;
 
 use crate::{
-    channel::SliceConstructor,
+    channel::{SliceConstructor, RECEIVE_MESSAGE_OVERHEAD},
     error::ChannelError,
-    packet::{Packet, Slice, SLICE_SIZE},
+    packet::{Packet, Slice, MAX_NUM_SLICES, SLICE_SIZE},
 };
 
 #[derive(Debug)]
@@ -149,8 +149,11 @@ impl ReceiveChannelUnreliable {
         }
     }
 
+    // P2PModel patch: every queued message is charged `RECEIVE_MESSAGE_OVERHEAD` on top of its
+    // length, so zero-length messages cannot queue without bound under the memory cap.
     pub fn process_message(&mut self, message: Bytes) {
-        if self.memory_usage_bytes + message.len() > self.max_memory_usage_bytes {
+        let cost = message.len().saturating_add(RECEIVE_MESSAGE_OVERHEAD);
+        if self.memory_usage_bytes.saturating_add(cost) > self.max_memory_usage_bytes {
             log::warn!(
                 "dropped unreliable message received because channel {} is memory limited",
                 self.channel_id
@@ -158,34 +161,54 @@ impl ReceiveChannelUnreliable {
             return;
         }
 
-        self.memory_usage_bytes += message.len();
+        self.memory_usage_bytes += cost;
         self.messages.push_back(message);
     }
 
+    // P2PModel patch: a slice whose `num_slices` differs from the message's first slice is an
+    // error (it used to underflow `memory_usage_bytes`: a panic in debug builds, and in release
+    // the memory cap stopped applying); memory is charged and released with the constructor's
+    // own slice count, with checked/saturating arithmetic; `slice_index` is checked.
     pub fn process_slice(&mut self, slice: Slice, current_time: Duration) -> Result<(), ChannelError> {
-        if !self.slices.contains_key(&slice.message_id) {
-            let message_len = slice.num_slices * SLICE_SIZE;
-            if self.memory_usage_bytes + message_len > self.max_memory_usage_bytes {
-                log::warn!(
-                    "dropped unreliable slice message received because channel {} is memory limited",
-                    self.channel_id
-                );
-                return Ok(());
-            }
-
-            self.memory_usage_bytes += message_len;
+        if slice.num_slices == 0 || slice.num_slices > MAX_NUM_SLICES || slice.slice_index >= slice.num_slices {
+            return Err(ChannelError::InvalidSliceMessage);
         }
 
-        let slice_constructor = self
-            .slices
-            .entry(slice.message_id)
-            .or_insert_with(|| SliceConstructor::new(slice.message_id, slice.num_slices));
+        let slice_constructor = match self.slices.entry(slice.message_id) {
+            btree_map::Entry::Occupied(entry) => {
+                if entry.get().num_slices != slice.num_slices {
+                    log::error!(
+                        "Slice of message {} announces {} slices, expected {}.",
+                        slice.message_id,
+                        slice.num_slices,
+                        entry.get().num_slices
+                    );
+                    return Err(ChannelError::InvalidSliceMessage);
+                }
+                entry.into_mut()
+            }
+            btree_map::Entry::Vacant(entry) => {
+                let message_len = slice.num_slices * SLICE_SIZE;
+                if self.memory_usage_bytes.saturating_add(message_len) > self.max_memory_usage_bytes {
+                    log::warn!(
+                        "dropped unreliable slice message received because channel {} is memory limited",
+                        self.channel_id
+                    );
+                    return Ok(());
+                }
 
-        if let Some(message) = slice_constructor.process_slice(slice.slice_index, &slice.payload)? {
+                self.memory_usage_bytes += message_len;
+                entry.insert(SliceConstructor::new(slice.message_id, slice.num_slices))
+            }
+        };
+
+        if let Some(message) = slice_constructor.process_slice(slice.slice_index, slice.num_slices, &slice.payload)? {
+            let reserved = slice_constructor.num_slices * SLICE_SIZE;
             self.slices.remove(&slice.message_id);
             self.slices_last_received.remove(&slice.message_id);
-            self.memory_usage_bytes -= slice.num_slices * SLICE_SIZE;
-            self.memory_usage_bytes += message.len();
+            // Memory usage is re-added with the exact message size (plus the per-message overhead).
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(reserved);
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_add(message.len() + RECEIVE_MESSAGE_OVERHEAD);
             self.messages.push_back(message);
         } else {
             self.slices_last_received.insert(slice.message_id, current_time);
@@ -194,29 +217,30 @@ impl ReceiveChannelUnreliable {
         Ok(())
     }
 
+    // P2PModel patch: looks at every incomplete message (a peer controls the message ids, so
+    // "older id = older message" does not hold and the early `break` kept stale ones forever),
+    // tolerates a constructor without a timestamp, and releases memory saturating.
     pub fn discard_incomplete_old_slices(&mut self, current_time: Duration) {
-        let mut lost_messages: Vec<u64> = Vec::new();
-        for (&message_id, last_received) in self.slices_last_received.iter() {
-            const DISCARD_AFTER: Duration = Duration::from_secs(3);
-            if current_time - *last_received >= DISCARD_AFTER {
-                lost_messages.push(message_id);
-            } else {
-                // If the current message is not discard, the next ones will not be discarded
-                // since all the next message were sent after this one.
-                break;
-            }
-        }
+        const DISCARD_AFTER: Duration = Duration::from_secs(3);
+        let lost_messages: Vec<u64> = self
+            .slices_last_received
+            .iter()
+            .filter(|(_, last_received)| current_time.saturating_sub(**last_received) >= DISCARD_AFTER)
+            .map(|(&message_id, _)| message_id)
+            .collect();
 
         for message_id in lost_messages.iter() {
             self.slices_last_received.remove(message_id);
-            let slice = self.slices.remove(message_id).expect("discarded slice should exist");
-            self.memory_usage_bytes -= slice.num_slices * SLICE_SIZE;
+            if let Some(slice) = self.slices.remove(message_id) {
+                self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(slice.num_slices * SLICE_SIZE);
+            }
         }
     }
 
     pub fn receive_message(&mut self) -> Option<Bytes> {
         if let Some(message) = self.messages.pop_front() {
-            self.memory_usage_bytes -= message.len();
+            // P2PModel patch: saturating, and the per-message overhead is released too.
+            self.memory_usage_bytes = self.memory_usage_bytes.saturating_sub(message.len() + RECEIVE_MESSAGE_OVERHEAD);
             return Some(message);
         };
 
@@ -378,5 +402,73 @@ mod tests {
             let len = packet.to_bytes(&mut oct).unwrap();
             assert!(len < 1300);
         }
+    }
+
+    // P2PModel patch: the accounting after hostile slices (the underflow panicked in debug
+    // builds and wrapped `memory_usage_bytes` in release, after which the cap stopped applying).
+    #[test]
+    fn hostile_slices_keep_the_memory_accounting_exact() {
+        let max_memory = 10 * SLICE_SIZE;
+        let mut recv = ReceiveChannelUnreliable::new(0, max_memory);
+        let slice = |index: usize, num: usize, len: usize| Slice {
+            message_id: 0,
+            slice_index: index,
+            num_slices: num,
+            payload: vec![1; len].into(),
+        };
+
+        recv.process_slice(slice(0, 2, SLICE_SIZE), Duration::ZERO).unwrap();
+        assert_eq!(recv.memory_usage_bytes, 2 * SLICE_SIZE);
+        // The completing slice announces 5 slices: refused, nothing released.
+        assert_eq!(
+            recv.process_slice(slice(1, 5, 10), Duration::ZERO),
+            Err(ChannelError::InvalidSliceMessage)
+        );
+        assert_eq!(recv.memory_usage_bytes, 2 * SLICE_SIZE);
+        // Index beyond the count: refused.
+        assert_eq!(
+            recv.process_slice(slice(7, 2, 10), Duration::ZERO),
+            Err(ChannelError::InvalidSliceMessage)
+        );
+        // The honest completion: exact size + overhead, and back to 0 once read.
+        recv.process_slice(slice(1, 2, 10), Duration::ZERO).unwrap();
+        assert_eq!(recv.memory_usage_bytes, SLICE_SIZE + 10 + RECEIVE_MESSAGE_OVERHEAD);
+        assert_eq!(recv.receive_message().unwrap().len(), SLICE_SIZE + 10);
+        assert_eq!(recv.memory_usage_bytes, 0);
+
+        // The cap still applies: 11 slices do not fit in 10.
+        let big = Slice {
+            message_id: 1,
+            slice_index: 0,
+            num_slices: 11,
+            payload: vec![1; SLICE_SIZE].into(),
+        };
+        recv.process_slice(big, Duration::ZERO).unwrap();
+        assert_eq!(recv.memory_usage_bytes, 0);
+        assert!(recv.slices.is_empty());
+
+        // Empty messages are charged, so they cannot queue without bound.
+        for _ in 0..10_000 {
+            recv.process_message(Bytes::new());
+        }
+        assert_eq!(recv.messages.len(), max_memory / RECEIVE_MESSAGE_OVERHEAD);
+    }
+
+    // P2PModel patch: an incomplete message with a higher id than a fresher one is discarded
+    // too (the early `break` kept it, and its reserved memory, forever).
+    #[test]
+    fn stale_incomplete_slices_are_discarded_whatever_their_id() {
+        let mut recv = ReceiveChannelUnreliable::new(0, 100 * SLICE_SIZE);
+        let slice = |id: u64| Slice {
+            message_id: id,
+            slice_index: 0,
+            num_slices: 3,
+            payload: vec![1; SLICE_SIZE].into(),
+        };
+        recv.process_slice(slice(5), Duration::ZERO).unwrap();
+        recv.process_slice(slice(1), Duration::from_secs(3)).unwrap();
+        recv.discard_incomplete_old_slices(Duration::from_secs(4));
+        assert_eq!(recv.slices.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(recv.memory_usage_bytes, 3 * SLICE_SIZE);
     }
 }
