@@ -255,6 +255,17 @@ fn hostile_renet_payloads_drop_only_their_sender_and_an_honest_player_keeps_play
     players[3].send_raw(&renet_small(10_000, 9, &[(0, b"hi")]));
     // A reliable message id far in the future (grew renet's maps without bound).
     players[4].send_raw(&renet_small(10_000, 2, &[(1 << 40, b"")]));
+    // Not even netcode: raw datagrams from the honest player's address (what anyone who
+    // spoofs its address can send) whose prefix claims a 15-byte sequence, or an 8-byte one
+    // and no room for the tag (renetcode 2.0.0 panicked on both). Dropped; the player stays.
+    let agent = shard.transport().addrs()[0];
+    for bytes in [[0xF5u8; 40].to_vec(), {
+        let mut b = vec![0u8; 18];
+        b[0] = 0x85;
+        b
+    }] {
+        players[0].socket.send_to(&bytes, agent).unwrap();
+    }
 
     let dropped = run_until(&mut shard, &mut players, wait, |s, ps| {
         s.sessions() == 1 && ps[1..].iter().all(|p| p.netcode.is_disconnected())
@@ -331,5 +342,25 @@ fn the_workspace_renet_refuses_the_crashing_bytes_without_panicking() {
         }
         assert_eq!(server.disconnect_reason(1), Some(reason));
         assert_eq!(client.disconnect_reason(), Some(reason));
+    }
+}
+
+/// renetcode 2.0.0 (netcode under renet) panicked on a 40-byte unauthenticated datagram
+/// whose prefix byte claims a 15-byte sequence, from the server's address (spoofable) to a
+/// game client, or from a client's address to the Agent; the patched copy refuses it.
+#[test]
+fn the_workspace_renetcode_refuses_an_oversized_sequence_prefix() {
+    use renetcode::ConnectToken;
+    let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let token = ConnectToken::generate(unix(), 7, 30, 1, 15, vec![addr], None, &[3; 32]).unwrap();
+    let mut client =
+        NetcodeClient::new(unix(), ClientAuthentication::Secure { connect_token: token }).unwrap();
+    for prefix in [0xF5u8, 0x95, 0x85] {
+        let mut buf = [0u8; 40];
+        buf[0] = prefix;
+        assert!(client.process_packet(&mut buf).is_none());
+        let mut short = [0u8; 18];
+        short[0] = prefix;
+        assert!(client.process_packet(&mut short).is_none());
     }
 }

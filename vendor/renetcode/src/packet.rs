@@ -265,6 +265,13 @@ impl<'a> Packet<'a> {
         let prefix_byte = buffer[0];
         let (packet_type, sequence_len) = decode_prefix(prefix_byte);
         let packet_type = PacketType::from_u8(packet_type)?;
+        // P2PModel patch: the prefix's sequence length (high nibble, 0..=15) was used as is to
+        // slice an 8-byte array in `read_sequence`: one unauthenticated datagram with a prefix
+        // like 0xF5, sent from (or spoofing) the address of a connected or pending client, or
+        // of the server towards a client, panicked the process.
+        if sequence_len > 8 {
+            return Err(NetcodeError::InvalidPacketType);
+        }
 
         if matches!(packet_type, PacketType::ConnectionRequest) {
             Ok((0, Packet::read(PacketType::ConnectionRequest, &buffer[1..])?))
@@ -276,6 +283,13 @@ impl<'a> Packet<'a> {
                 let additional_data = get_additional_data(prefix_byte, protocol_id);
                 (sequence, additional_data, src.position() as usize)
             };
+
+            // P2PModel patch: with an 8-byte sequence, 2 + MAC bytes were not enough: fewer
+            // than `NETCODE_MAC_BYTES` bytes after the sequence underflowed the tag split in
+            // `dencrypted_in_place` (a panic).
+            if buffer.len() < read_pos + NETCODE_MAC_BYTES {
+                return Err(NetcodeError::PacketTooSmall);
+            }
 
             if let Some(ref replay_protection) = replay_protection {
                 if packet_type.apply_replay_protection() && replay_protection.already_received(sequence) {
@@ -372,7 +386,9 @@ fn write_sequence(out: &mut impl io::Write, seq: u64) -> Result<usize, io::Error
 
 fn read_sequence(source: &mut impl io::Read, len: usize) -> Result<u64, io::Error> {
     let mut seq_scratch = [0; 8];
-    source.read_exact(&mut seq_scratch[0..len])?;
+    // P2PModel patch: checked slice (see `Packet::decode`).
+    let scratch = seq_scratch.get_mut(0..len).ok_or(io::ErrorKind::InvalidData)?;
+    source.read_exact(scratch)?;
     Ok(u64::from_le_bytes(seq_scratch))
 }
 
@@ -507,5 +523,44 @@ mod tests {
             }
             _ => unreachable!(),
         }
+    }
+
+    // P2PModel patch: unauthenticated datagrams that panicked `Packet::decode`.
+    #[test]
+    fn hostile_prefix_and_lengths_are_errors_not_panics() {
+        let key = [7u8; 32];
+        for prefix in 0u8..=255 {
+            for len in [0usize, 1, 17, 18, 19, 24, 25, 40, 200] {
+                let mut buffer = vec![0u8; len];
+                if let Some(b) = buffer.first_mut() {
+                    *b = prefix;
+                }
+                let mut replay = ReplayProtection::new();
+                // Must not panic; a zero-filled buffer never authenticates.
+                let mut copy = buffer.clone();
+                let with_key = Packet::decode(&mut copy, 9, Some(&key), Some(&mut replay));
+                assert!(with_key.is_err() || prefix & 0x0F == 0, "prefix {prefix:#x} len {len}");
+                let _ = Packet::decode(&mut buffer, 9, None, None);
+            }
+        }
+        // The two crashes of 2.0.0: a sequence length of 15, and an 8-byte sequence followed by
+        // fewer than 16 bytes.
+        let mut buffer = [0u8; 40];
+        buffer[0] = 0xF5;
+        assert!(matches!(
+            Packet::decode(&mut buffer, 9, Some(&key), None),
+            Err(NetcodeError::InvalidPacketType)
+        ));
+        let mut buffer = [0u8; 18];
+        buffer[0] = 0x85;
+        assert!(matches!(
+            Packet::decode(&mut buffer, 9, Some(&key), None),
+            Err(NetcodeError::PacketTooSmall)
+        ));
+        // A sequence near u64::MAX (read before authentication) with replay protection.
+        let mut buffer = [0xFFu8; 40];
+        buffer[0] = 0x84;
+        let mut replay = ReplayProtection::new();
+        assert!(Packet::decode(&mut buffer, 9, Some(&key), Some(&mut replay)).is_err());
     }
 }
