@@ -137,6 +137,8 @@ pub struct AgentTransport {
     /// Clients this transport dropped, per [`ClientDropReason`] (also counted process-wide in
     /// [`metrics`]).
     dropped: HashMap<ClientDropReason, u64>,
+    /// Datagrams dropped because netcode panicked decoding them (caught).
+    pub netcode_panics: u64,
 }
 
 impl AgentTransport {
@@ -174,6 +176,7 @@ impl AgentTransport {
             acks_deferred: 0,
             panicked: HashMap::new(),
             dropped: HashMap::new(),
+            netcode_panics: 0,
         })
     }
 
@@ -225,7 +228,19 @@ impl AgentTransport {
                     }
                 };
                 metrics::agent_in(len);
-                let r = server.process_packet(addr, &mut self.buf[..len]);
+                // netcode decodes a datagram's header before authenticating it: a panic in
+                // there (renetcode 2.0.0 had two, patched in vendor/renetcode) drops the
+                // datagram, is counted and logged, and the Agent goes on.
+                let (srv, buf) = (&mut *server, &mut self.buf[..len]);
+                let r = match catch_panic(move || srv.process_packet(addr, buf)) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        self.netcode_panics += 1;
+                        metrics::agent_netcode_panic();
+                        warn!(%addr, %panic, "netcode panicked on a datagram; dropped");
+                        continue;
+                    }
+                };
                 handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse, &mut self.panicked);
             }
             for id in server.clients_id() {

@@ -21,7 +21,8 @@
 //!
 //! One family is **always on** (security, not benchmarking): clients the Agent dropped, by
 //! [`ClientDropReason`] — `p2pmodel_agent_dropped_clients_total{reason=…}`, appended to the
-//! relay's `/metrics` in a process that runs an Agent ([`render_prometheus`]).
+//! relay's `/metrics` in a process that runs an Agent ([`render_prometheus`]), with
+//! `p2pmodel_agent_netcode_panics_total` (datagrams netcode panicked on; caught).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -228,6 +229,11 @@ pub fn agent_dropped_client(reason: ClientDropReason) {
     registry().agent_drops.add(reason);
 }
 
+/// Hook (always on): netcode panicked on a datagram at the Agent (caught, datagram dropped).
+pub fn agent_netcode_panic() {
+    registry().agent_netcode_panics.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Append the always-on Agent counters in the Prometheus text format (nothing in a process
 /// that never started an Agent).
 pub fn render_prometheus(out: &mut String) {
@@ -242,6 +248,11 @@ pub fn render_prometheus(out: &mut String) {
     for reason in ClientDropReason::ALL {
         out.push_str(&format!("{name}{{reason=\"{}\"}} {}\n", reason.label(), r.agent_drops.get(reason)));
     }
+    let name = "p2pmodel_agent_netcode_panics_total";
+    out.push_str(&format!(
+        "# HELP {name} Datagrams dropped because netcode panicked decoding them.\n# TYPE {name} counter\n{name} {}\n",
+        r.agent_netcode_panics.load(Ordering::Relaxed)
+    ));
 }
 
 /// Everything recorded (see the module docs).
@@ -251,6 +262,8 @@ pub struct Registry {
     pub agent_drops: ClientDrops,
     /// An Agent runs in this process (its counters are rendered).
     pub agent_running: AtomicBool,
+    /// Datagrams netcode panicked on at the Agent (always on).
+    pub agent_netcode_panics: AtomicU64,
     /// The Agent's netcode sockets.
     pub agent: Traffic,
     /// Game servers, on the internal bus.
