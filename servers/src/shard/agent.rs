@@ -295,7 +295,26 @@ impl AgentTransport {
         self.last_ack.retain(|id, _| self.owner.contains_key(id));
         for id in renet.clients_id() {
             let Some(&i) = self.owner.get(&id) else { continue };
-            let Ok(packets) = renet.get_packets_to_send(id) else { continue };
+            // renet's send side acts on the client's acks: guarded like `feed_renet`. A client
+            // it panics on is dropped at once (its connection is not touched again).
+            let packets = match catch_panic(|| renet.get_packets_to_send(id)) {
+                Ok(Ok(packets)) => packets,
+                Ok(Err(_)) => continue,
+                Err(panic) => {
+                    warn!(client_id = id, %panic, reason = "renet_panic", "renet panicked sending; dropping client");
+                    *self.dropped.entry(ClientDropReason::RenetPanic).or_default() += 1;
+                    metrics::agent_dropped_client(ClientDropReason::RenetPanic);
+                    let NetcodePort { socket, server } = &mut self.ports[i];
+                    let r = server.disconnect(id);
+                    let (owner, load) = (&mut self.owner, &self.load);
+                    handle(r, i, socket, renet, owner, load, &mut Vec::new(), &mut HashMap::new());
+                    if owner.remove(&id).is_some() {
+                        load.add(i, -1);
+                    }
+                    renet.remove_connection(id);
+                    continue;
+                }
+            };
             let NetcodePort { socket, server } = &mut self.ports[i];
             for packet in packets {
                 if packet.first() == Some(&RENET_ACK) {
