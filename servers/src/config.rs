@@ -780,10 +780,33 @@ mod tests {
     }
 
     #[test]
-    fn config_example_asset_parses() {
+    fn config_example_asset_parses_with_a_fresh_secret_and_refuses_its_own() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/shard.toml");
-        let c = ShardConfig::load(&path).unwrap();
+        let e = ShardConfig::load(&path).unwrap_err();
+        assert_eq!(e.key(), Some("shard.secret"));
+        assert!(e.to_string().contains("p2pmodel secret"), "{e}");
+        let fresh: String = random_secret().iter().map(|b| format!("{b:02x}")).collect();
+        let text = std::fs::read_to_string(&path).unwrap().replace(EXAMPLE_SECRET, &fresh);
+        let c = ShardConfig::parse(&text).unwrap();
         assert_eq!(c.shard.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.agent.accounts, Accounts::Open);
+        assert_eq!(c.agent.max_clients_per_ip, 16);
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_shard_secret() {
+        for weak in [EXAMPLE_SECRET.to_string(), "00".repeat(32), "ab".repeat(32), "0102".repeat(16)] {
+            let e = ShardConfig::parse(&format!("[shard]\nname = \"x\"\nsecret = \"{weak}\"\n")).unwrap_err();
+            assert_eq!(e.key(), Some("shard.secret"), "{weak}");
+            assert!(e.to_string().contains("p2pmodel secret"), "{e}");
+        }
+        assert!(weak_secret(&random_secret()).is_none());
+        let m = minimal();
+        assert_eq!(err_key(&format!("{m}[agent]\naccounts = \"ldap\"\n")), "agent.accounts");
+        assert_eq!(err_key(&format!("{m}[agent]\nmax_clients_per_ip = 0\n")), "agent.max_clients_per_ip");
+        assert_eq!(err_key(&format!("{m}[agent]\nlogin_per_sec = 0\n")), "agent.login_per_sec");
+        let c = ShardConfig::parse(&format!("{m}[agent]\naccounts = \"file:/etc/acc.toml\"\n")).unwrap();
+        assert_eq!(c.agent.accounts, Accounts::File("/etc/acc.toml".into()));
     }
 
     #[test]

@@ -610,7 +610,7 @@ mod tests {
     const SECRET: [u8; 32] = [7; 32];
 
     fn minter(addrs: usize) -> TokenMinter {
-        let addrs = (0..addrs).map(|i| SocketAddr::from(([0x20, 1, 0xd, 0xb8, 0, 0, 0, i as u8], 7000))).collect();
+        let addrs = (0..addrs).map(|i| SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, i as u16], 7000))).collect();
         TokenMinter::new(&SECRET, 1, addrs, Duration::from_secs(60), 5)
     }
 
@@ -697,7 +697,7 @@ mod tests {
         let ClientEvent::Answer(LoginAnswer::Token(t)) = c.read(&a) else { panic!("no token") };
         let kept = t.server_addresses.iter().flatten().count();
         assert!((1..32).contains(&kept), "{kept} addresses kept");
-        assert_eq!(t.server_addresses[0], Some(SocketAddr::from(([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0], 7000))));
+        assert_eq!(t.server_addresses[0], Some(SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, 0], 7000))));
     }
 
     #[test]
