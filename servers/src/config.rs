@@ -141,6 +141,9 @@ pub struct LobbySection {
     pub heartbeat: Duration,
     /// `heartbeat_timeout_ms` (default 1500; at most 3000): a role silent this long is dead.
     pub heartbeat_timeout: Duration,
+    /// `guest_ttl_secs` (default 604800 = 7 days; 0 = forever): with `agent.accounts =
+    /// "open"`, characters not seen for this long are forgotten (names free again).
+    pub guest_ttl: Option<Duration>,
 }
 
 /// `[game]`: the authoritative world.
@@ -286,6 +289,7 @@ struct RawLobby {
     zones: Option<i64>,
     heartbeat_ms: Option<i64>,
     heartbeat_timeout_ms: Option<i64>,
+    guest_ttl_secs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -706,6 +710,10 @@ impl ShardConfig {
             },
             heartbeat,
             heartbeat_timeout,
+            guest_ttl: match cx.int(l.guest_ttl_secs, "lobby.guest_ttl_secs", 0, 100 * 365 * day, 7 * day)? {
+                0 => None,
+                s => Some(Duration::from_secs(s as u64)),
+            },
         };
         let g = raw.game;
         let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
@@ -807,6 +815,8 @@ mod tests {
         assert_eq!(err_key(&format!("{m}[agent]\nlogin_per_sec = 0\n")), "agent.login_per_sec");
         let c = ShardConfig::parse(&format!("{m}[agent]\naccounts = \"file:/etc/acc.toml\"\n")).unwrap();
         assert_eq!(c.agent.accounts, Accounts::File("/etc/acc.toml".into()));
+        let c = ShardConfig::parse(&format!("{m}[agent]\nlogin_per_sec = 300\n")).unwrap();
+        assert_eq!(c.agent.login_limits.global_per_sec, 300.0, "integers are accepted");
     }
 
     #[test]

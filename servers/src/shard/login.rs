@@ -635,6 +635,8 @@ mod tests {
         let (mut c, bytes) = ClientLogin::start(&key, &req("ana")).unwrap();
         let answer = s.handle(&bytes, src(1), now).expect("answered");
         assert!(answer.len() <= bytes.len(), "{} > {}", answer.len(), bytes.len());
+        // 16-byte header, 32-byte e, kind byte, 1,184-byte token (one IPv6 address), tag.
+        assert_eq!(answer.len(), 16 + 32 + 1 + 1184 + 16, "the size docs/PROTOCOL.md gives");
         let ClientEvent::Answer(LoginAnswer::Token(t)) = c.read(&answer) else { panic!("no token") };
         assert_eq!(t.client_id, client_id_for(&SECRET, "ana"));
         assert_eq!(s.stats.minted.load(Ordering::Relaxed), 1);

@@ -192,7 +192,9 @@ pub fn add_agent(
 
 /// The Lobby role; `stun` is the STUN/relay address told to clients in `Welcome`.
 pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Result<(), ShardError> {
-    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?;
+    // Guests (open accounts) are not kept forever; real accounts keep their characters.
+    let ttl = (config.agent.accounts == crate::config::Accounts::Open).then_some(config.lobby.guest_ttl).flatten();
+    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?.with_ttl(ttl);
     app.init_resource::<ShardBus>()
         .insert_resource(LobbyState::new(
             store,
