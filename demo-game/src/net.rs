@@ -82,8 +82,9 @@ impl Plugin for DemoNetPlugin {
         client.seed = rand::random();
         // A loopback shard gets a loopback mesh socket: only loopback traffic, no host
         // candidates on other interfaces.
-        let bind: SocketAddr =
-            if s.login.login.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+        let bind: SocketAddr = if s.login.login.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("literal");
         let mesh = P2pMeshPlugin { client, bind, stun: None };
         let shard = ShardClientPlugin {
             shard: s.login,

@@ -502,12 +502,17 @@ impl ShardConfig {
             }
         };
         let secret = parse_hex_secret(&secret_text).ok_or_else(|| {
-            cx.invalid("shard.secret", "must be exactly 64 hex digits (32 bytes); generate one with `p2pmodel secret`")
+            cx.invalid(
+                "shard.secret",
+                "must be exactly 64 hex digits (32 bytes); generate one with `p2pmodel secret`",
+            )
         })?;
         if let Some(why) = weak_secret(&secret) {
             return Err(cx.invalid(
                 "shard.secret",
-                format!("{why}: anyone could mint tokens and read logins; generate one with `p2pmodel secret`"),
+                format!(
+                    "{why}: anyone could mint tokens and read logins; generate one with `p2pmodel secret`"
+                ),
             ));
         }
         let bind = match &shard.bind {
@@ -673,8 +678,13 @@ impl ShardConfig {
                         1e6,
                         d.per_source_burst,
                     )? as f64,
-                    global_per_sec: cx.float(a.login_per_sec, "agent.login_per_sec", 0.01, 1e7, d.global_per_sec)?
-                        as f64,
+                    global_per_sec: cx.float(
+                        a.login_per_sec,
+                        "agent.login_per_sec",
+                        0.01,
+                        1e7,
+                        d.global_per_sec,
+                    )? as f64,
                     global_burst: cx.float(a.login_burst, "agent.login_burst", 1.0, 1e7, d.global_burst)?
                         as f64,
                     max_sources: d.max_sources,

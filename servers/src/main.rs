@@ -265,7 +265,9 @@ fn secret(args: &SecretArgs) -> ExitCode {
         }
         let password = line.trim_end_matches(['\r', '\n']);
         if password.is_empty() {
-            eprintln!("p2pmodel: empty password (give it on stdin: `echo -n 'pw' | p2pmodel secret --hash-password`)");
+            eprintln!(
+                "p2pmodel: empty password (give it on stdin: `echo -n 'pw' | p2pmodel secret --hash-password`)"
+            );
             return ExitCode::from(2);
         }
         return match hash_password(password) {
@@ -281,8 +283,11 @@ fn secret(args: &SecretArgs) -> ExitCode {
     }
     let secret = p2pmodel_servers::config::random_secret();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    println!("secret = \"{hex}\"");
-    println!("# login public key (clients pin it, as KEY@HOST:PORT): {}", login_public_key(&secret));
+    // Written, not println!: `p2pmodel secret | head -1` must not panic on a closed pipe.
+    use std::io::Write as _;
+    let key = login_public_key(&secret);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "secret = \"{hex}\"\n# login public key (clients pin it, as KEY@HOST:PORT): {key}");
     ExitCode::SUCCESS
 }
 

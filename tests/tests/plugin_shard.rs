@@ -170,10 +170,16 @@ fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
         apps[1].world().resource::<Seen>().events.iter().any(|e| matches!(e, ShardEvent::Disconnected(_)))
     });
     assert!(ended, "no Disconnected event");
-    assert!(start.elapsed() < Duration::from_secs(2), "the key notice ends the login early: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the key notice ends the login early: {:?}",
+        start.elapsed()
+    );
     let events = &app.world().resource::<Seen>().events;
     assert!(
-        events.iter().any(|e| matches!(e, ShardEvent::Disconnected(why) if why.contains("login key does not match"))),
+        events
+            .iter()
+            .any(|e| matches!(e, ShardEvent::Disconnected(why) if why.contains("login key does not match"))),
         "{events:?}"
     );
 }

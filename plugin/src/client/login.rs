@@ -156,7 +156,9 @@ pub enum LoginError {
     #[error("login refused: {0}")]
     Refused(String),
     /// The shard could not decrypt the request: the pinned key is not the shard's.
-    #[error("the shard's login key does not match (the server at {0} has another key; check the key after `@`)")]
+    #[error(
+        "the shard's login key does not match (the server at {0} has another key; check the key after `@`)"
+    )]
     KeyMismatch(SocketAddr),
     /// The answer was not a token.
     #[error("malformed login answer")]
@@ -345,7 +347,11 @@ impl ClientLogin {
 /// Client side: log in to `shard` as `name` with `credential` (empty for an open shard) and
 /// get a connect token. 3 tries, 1 s each, each with a fresh request; a wrong pinned key is
 /// [`LoginError::KeyMismatch`] as soon as the shard says so.
-pub fn request_token(shard: &ShardAddress, name: &str, credential: &[u8]) -> Result<ConnectToken, LoginError> {
+pub fn request_token(
+    shard: &ShardAddress,
+    name: &str,
+    credential: &[u8],
+) -> Result<ConnectToken, LoginError> {
     let server = shard.login;
     let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
     let socket = UdpSocket::bind(bind)?;
@@ -371,7 +377,9 @@ pub fn request_token(shard: &ShardAddress, name: &str, credential: &[u8]) -> Res
                             ClientEvent::Ignored => continue,
                             ClientEvent::KeyMismatch => return Err(LoginError::KeyMismatch(server)),
                             ClientEvent::Answer(LoginAnswer::Token(t)) => return Ok(t),
-                            ClientEvent::Answer(LoginAnswer::Refused(r)) => return Err(LoginError::Refused(r)),
+                            ClientEvent::Answer(LoginAnswer::Refused(r)) => {
+                                return Err(LoginError::Refused(r));
+                            }
                         }
                     }
                 }

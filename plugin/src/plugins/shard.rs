@@ -16,8 +16,8 @@ use bevy_renet::{RenetClient, RenetClientPlugin};
 use super::io::MeshSocket;
 use super::mesh::P2pClient;
 use super::{Step, configure_sets};
-use crate::client::login::{self, LoginKey, ShardAddress};
 use crate::client::Phase;
+use crate::client::login::{self, LoginKey, ShardAddress};
 use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decode, encode};
 
 /// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
@@ -497,7 +497,8 @@ fn handle_requests(
                     let credential = settings.credential.clone();
                     let spawned =
                         std::thread::Builder::new().name("p2pmodel-login".into()).spawn(move || {
-                            let answer = login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
+                            let answer =
+                                login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
                             if let Ok(mut s) = out.lock() {
                                 *s = Some(answer);
                             }

@@ -37,11 +37,11 @@ use super::keys::{TokenMinter, client_id_for, valid_name};
 use crate::config::SHARD_SECRET_LEN;
 
 // The client side lives in the plugin (games link it without the servers).
+use bevy_p2pmodel::client::login::{ANSWER_MAGIC, request_id};
 pub use bevy_p2pmodel::client::login::{
     LoginAnswer, LoginError, LoginKey, LoginRequest, NOISE_PARAMS, PROLOGUE, REQUEST_LEN, REQUEST_MAGIC,
     ShardAddress, key_notice, request_token,
 };
-use bevy_p2pmodel::client::login::{ANSWER_MAGIC, request_id};
 
 /// Label of the login key derivation (change it and every client's pinned key changes).
 const LOGIN_KEY_LABEL: &[u8] = b"p2pmodel login key v1";
@@ -160,13 +160,22 @@ pub struct FileAccounts {
 
 impl FileAccounts {
     /// Read the accounts file; every hash must parse as a PHC string.
-    pub fn load(path: &Path, secret: [u8; SHARD_SECRET_LEN], online: OnlineNames) -> Result<FileAccounts, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn load(
+        path: &Path,
+        secret: [u8; SHARD_SECRET_LEN],
+        online: OnlineNames,
+    ) -> Result<FileAccounts, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text, secret, online).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// [`FileAccounts::load`] from text.
-    pub fn parse(text: &str, secret: [u8; SHARD_SECRET_LEN], online: OnlineNames) -> Result<FileAccounts, String> {
+    pub fn parse(
+        text: &str,
+        secret: [u8; SHARD_SECRET_LEN],
+        online: OnlineNames,
+    ) -> Result<FileAccounts, String> {
         let hashes: HashMap<String, String> = toml::from_str(text).map_err(|e| e.to_string())?;
         for (name, h) in &hashes {
             if !valid_name(name) {
@@ -196,7 +205,10 @@ impl AccountCheck for FileAccounts {
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::PasswordHasher;
     let salt = argon2::password_hash::SaltString::generate(&mut rand_core06::OsRng);
-    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Counters of the login service, by what happened to each datagram.
@@ -508,7 +520,10 @@ impl LoginService {
 }
 
 fn responder(private: &[u8; 32]) -> Result<snow::HandshakeState, snow::Error> {
-    snow::Builder::new(NOISE_PARAMS.parse()?).prologue(PROLOGUE)?.local_private_key(private)?.build_responder()
+    snow::Builder::new(NOISE_PARAMS.parse()?)
+        .prologue(PROLOGUE)?
+        .local_private_key(private)?
+        .build_responder()
 }
 
 /// Every live login service's counters (for the Prometheus endpoint).
@@ -534,7 +549,8 @@ pub fn render_metrics() -> String {
         let v: u64 = all.iter().map(|s| s.outcomes()[i].1).sum();
         let _ = writeln!(o, "{name}{{outcome=\"{reason}\"}} {v}");
     }
-    let total = |f: fn(&LoginStats) -> &AtomicU64| all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>();
+    let total =
+        |f: fn(&LoginStats) -> &AtomicU64| all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>();
     let bytes: [(&str, &str, u64); 2] = [
         ("p2pmodel_login_received_bytes_total", "Login datagram bytes received.", total(|s| &s.bytes_in)),
         ("p2pmodel_login_sent_bytes_total", "Login datagram bytes sent.", total(|s| &s.bytes_out)),
@@ -567,8 +583,9 @@ impl LoginServer {
             l.push(Arc::downgrade(&stats));
         }
         let s2 = stop.clone();
-        let thread =
-            std::thread::Builder::new().name("p2pm-login".into()).spawn(move || serve(socket, service, s2))?;
+        let thread = std::thread::Builder::new()
+            .name("p2pm-login".into())
+            .spawn(move || serve(socket, service, s2))?;
         Ok(LoginServer { addr, key, stop, thread: Some(thread), stats })
     }
 
@@ -610,7 +627,9 @@ mod tests {
     const SECRET: [u8; 32] = [7; 32];
 
     fn minter(addrs: usize) -> TokenMinter {
-        let addrs = (0..addrs).map(|i| SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, i as u16], 7000))).collect();
+        let addrs = (0..addrs)
+            .map(|i| SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, i as u16], 7000)))
+            .collect();
         TokenMinter::new(&SECRET, 1, addrs, Duration::from_secs(60), 5)
     }
 
@@ -689,7 +708,9 @@ mod tests {
         let (mut c, bytes) = ClientLogin::start(&key, &req("ana")).unwrap();
         let a = s.handle(&bytes, src(4), now).unwrap();
         assert!(a.len() <= REQUEST_LEN);
-        assert!(matches!(c.read(&a), ClientEvent::Answer(LoginAnswer::Refused(r)) if r.contains("already online")));
+        assert!(
+            matches!(c.read(&a), ClientEvent::Answer(LoginAnswer::Refused(r)) if r.contains("already online"))
+        );
         // A token listing 32 IPv6 addresses (the most netcode allows) is trimmed to fit.
         let check = Box::new(OpenAccounts::new(SECRET, online.clone()));
         let mut s = LoginService::new(&SECRET, minter(32), check, online, LoginLimits::default());
@@ -699,7 +720,10 @@ mod tests {
         let ClientEvent::Answer(LoginAnswer::Token(t)) = c.read(&a) else { panic!("no token") };
         let kept = t.server_addresses.iter().flatten().count();
         assert!((1..32).contains(&kept), "{kept} addresses kept");
-        assert_eq!(t.server_addresses[0], Some(SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, 0], 7000))));
+        assert_eq!(
+            t.server_addresses[0],
+            Some(SocketAddr::from(([0x2001u16, 0xdb8, 0, 0, 0, 0, 0, 0], 7000)))
+        );
     }
 
     #[test]

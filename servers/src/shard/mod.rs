@@ -132,7 +132,10 @@ pub fn all_games(config: &ShardConfig) -> Vec<(u32, u32)> {
 }
 
 /// The account check `agent.accounts` names (open mode logs a warning).
-pub fn account_check(config: &ShardConfig, online: &OnlineNames) -> Result<Box<dyn AccountCheck>, ShardError> {
+pub fn account_check(
+    config: &ShardConfig,
+    online: &OnlineNames,
+) -> Result<Box<dyn AccountCheck>, ShardError> {
     match &config.agent.accounts {
         crate::config::Accounts::Open => {
             warn!(
@@ -163,13 +166,19 @@ pub fn add_agent(
                 None => account_check(config, &online)?,
             };
             let minter = minter(config, agent_public).balanced(transport.load());
-            let service =
-                LoginService::new(&config.shard.secret, minter, check, online.clone(), config.agent.login_limits);
+            let service = LoginService::new(
+                &config.shard.secret,
+                minter,
+                check,
+                online.clone(),
+                config.agent.login_limits,
+            );
             let key = login::login_public_key(&config.shard.secret);
-            Some(
-                LoginServer::start(addr, service, key)
-                    .map_err(|source| ShardError::Bind { what: "login", addr, source })?,
-            )
+            Some(LoginServer::start(addr, service, key).map_err(|source| ShardError::Bind {
+                what: "login",
+                addr,
+                source,
+            })?)
         }
         None => None,
     };
@@ -193,7 +202,8 @@ pub fn add_agent(
 /// The Lobby role; `stun` is the STUN/relay address told to clients in `Welcome`.
 pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Result<(), ShardError> {
     // Guests (open accounts) are not kept forever; real accounts keep their characters.
-    let ttl = (config.agent.accounts == crate::config::Accounts::Open).then_some(config.lobby.guest_ttl).flatten();
+    let ttl =
+        (config.agent.accounts == crate::config::Accounts::Open).then_some(config.lobby.guest_ttl).flatten();
     let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?.with_ttl(ttl);
     app.init_resource::<ShardBus>()
         .insert_resource(LobbyState::new(
