@@ -497,7 +497,7 @@ impl ShardConfig {
             (None, None) => {
                 return Err(cx.invalid(
                     "shard.secret",
-                    "is missing: set secret = \"<64 hex digits>\" or secret_file (make one with `openssl rand -hex 32`)",
+                    "is missing: set secret = \"<64 hex digits>\" or secret_file (make one with `p2pmodel secret`)",
                 ));
             }
         };
@@ -722,7 +722,7 @@ impl ShardConfig {
             heartbeat_timeout,
             guest_ttl: match cx.int(l.guest_ttl_secs, "lobby.guest_ttl_secs", 0, 100 * 365 * day, 7 * day)? {
                 0 => None,
-                s => Some(Duration::from_secs(s as u64)),
+                s => Some(Duration::from_secs(s)),
             },
         };
         let g = raw.game;

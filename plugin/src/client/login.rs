@@ -216,8 +216,8 @@ impl LoginRequest {
 /// What the shard answers, once decrypted.
 #[derive(Debug)]
 pub enum LoginAnswer {
-    /// A connect token for the Agent.
-    Token(ConnectToken),
+    /// A connect token for the Agent (boxed: it is 2 KB in memory).
+    Token(Box<ConnectToken>),
     /// Refused, with a reason for the user.
     Refused(String),
 }
@@ -228,7 +228,7 @@ impl LoginAnswer {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         match self {
             LoginAnswer::Token(t) => {
-                let mut t = t.clone();
+                let mut t = (**t).clone();
                 loop {
                     let mut out = vec![KIND_TOKEN];
                     t.write(&mut out).map_err(|e| e.to_string())?;
@@ -257,7 +257,7 @@ impl LoginAnswer {
     /// Parse a decrypted answer (`None` if malformed).
     pub fn decode(p: &[u8]) -> Option<LoginAnswer> {
         match p.split_first()? {
-            (&KIND_TOKEN, t) => ConnectToken::read(&mut &t[..]).ok().map(LoginAnswer::Token),
+            (&KIND_TOKEN, t) => ConnectToken::read(&mut &t[..]).ok().map(|t| LoginAnswer::Token(Box::new(t))),
             (&KIND_REFUSED, r) => Some(LoginAnswer::Refused(String::from_utf8_lossy(r).into_owned())),
             _ => None,
         }
@@ -376,7 +376,7 @@ pub fn request_token(
                         match a.read(&buf[..n]) {
                             ClientEvent::Ignored => continue,
                             ClientEvent::KeyMismatch => return Err(LoginError::KeyMismatch(server)),
-                            ClientEvent::Answer(LoginAnswer::Token(t)) => return Ok(t),
+                            ClientEvent::Answer(LoginAnswer::Token(t)) => return Ok(*t),
                             ClientEvent::Answer(LoginAnswer::Refused(r)) => {
                                 return Err(LoginError::Refused(r));
                             }

@@ -510,7 +510,7 @@ impl LoginService {
             Ok(id) => match self.minter.mint(id, &req.name) {
                 Ok(t) => {
                     inc(&st.minted);
-                    LoginAnswer::Token(t)
+                    LoginAnswer::Token(Box::new(t))
                 }
                 Err(e) => refuse(format!("cannot mint a token: {e}")),
             },
