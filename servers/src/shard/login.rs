@@ -339,9 +339,11 @@ impl RateLimiter {
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> Result<(), Limited> {
         let l = self.limits;
         let refill = Duration::from_secs_f64(l.per_source_burst / l.per_source_per_sec.max(1e-9));
-        if self.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
-            || (self.sources.len() >= l.max_sources && !self.sources.contains_key(&ip))
-        {
+        // Sweep once a second, or (table full) at most every 50 ms: a flood of new spoofed
+        // sources must not make every datagram pay for a scan of the table.
+        let since = self.last_sweep.map(|t| now.saturating_duration_since(t));
+        let full = self.sources.len() >= l.max_sources && !self.sources.contains_key(&ip);
+        if since.is_none_or(|d| d >= Duration::from_secs(1) || (full && d >= Duration::from_millis(50))) {
             self.sources.retain(|_, b| now.saturating_duration_since(b.at) < refill);
             self.last_sweep = Some(now);
         }
@@ -772,6 +774,12 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3);
         assert!(r.allow(src(3).ip(), t1).is_ok(), "idle sources were swept");
         assert_eq!(r.tracked(), 1);
+        // Spoofed sources by the hundred thousand: the table stays bounded, and the global
+        // bucket (400) caps what gets through.
+        let mut r = RateLimiter::new(LoginLimits::default());
+        let ok = (0..100_000u32).filter(|i| r.allow(IpAddr::from(i.to_be_bytes()), t0).is_ok()).count();
+        assert_eq!(ok, 400);
+        assert!(r.tracked() <= LoginLimits::default().max_sources);
     }
 
     #[test]
