@@ -405,6 +405,9 @@ start_shard() {
     echo "port = $AGENT_PORT"
     echo "login_port = $LOGIN_PORT"
     echo "client_timeout_secs = 30"
+    # Up to 26 bots start at once, several behind one NAT address: room above the defaults.
+    echo "max_clients_per_ip = 64"
+    echo "login_per_source_burst = 30"
     echo
     echo "[lobby]"
     echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""

@@ -815,4 +815,20 @@ mod tests {
         assert!(FileAccounts::parse("ana = \"plain\"\n", SECRET, online.clone()).is_err());
         assert!(FileAccounts::parse("\"a b\" = \"x\"\n", SECRET, online).is_err());
     }
+
+    #[test]
+    fn login_counters_are_on_the_metrics_page() {
+        let svc = service(OnlineNames::default(), LoginLimits::default());
+        let server =
+            LoginServer::start("127.0.0.1:0".parse().unwrap(), svc, login_public_key(&SECRET)).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(b"P2PM-LOGIN1ana", server.local_addr()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats.too_small.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let page = render_metrics();
+        assert!(page.contains("p2pmodel_login_requests_total{outcome=\"too_small\"}"), "{page}");
+        assert!(page.contains("p2pmodel_login_sent_bytes_total"), "{page}");
+    }
 }
