@@ -1,7 +1,7 @@
 //! The command line: clap parses, [`Cli::settings`] checks the combinations and names the
 //! problem when one does not make sense.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use bevy_p2pmodel::client::login::ShardAddress;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,15 +27,16 @@ one JSON object per line on stdout (format: docs/DEMO.md).\n\n\
 Exit codes: 0 ok, 1 a run that failed (shard unreachable, a bot saw gaps or duplicates), \
 2 bad arguments or no display.",
     after_help = "Examples:\n  p2pmodel-demo                                   # play on a local shard with 4 bots\n  \
-p2pmodel-demo --server 203.0.113.5:7001 --name ana   # join a remote shard\n  \
+p2pmodel-demo --server KEY@203.0.113.5:7001 --name ana   # join a remote shard\n  \
 p2pmodel-demo --headless --bot --bots 2 --json --exit-after 6\n  \
 p2pmodel-demo --screenshot shot.png --exit-after 8"
 )]
 pub struct Cli {
-    /// Join the shard whose login service listens at ADDR (HOST:PORT, e.g. 127.0.0.1:7001)
-    /// instead of starting an embedded local shard.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
-    pub server: Option<SocketAddr>,
+    /// Join the shard whose login service listens at HOST:PORT, pinned to its login key
+    /// KEY (64 hex digits, printed by `p2pmodel shard all` and `p2pmodel secret
+    /// --show-public`), instead of starting an embedded local shard.
+    #[arg(long, value_name = "KEY@HOST:PORT", value_parser = parse_shard)]
+    pub server: Option<ShardAddress>,
     /// Player name (default "player", or "bot"; with --bots N each bot gets "-1".."-N"
     /// appended). On a remote shard the default gets a random suffix.
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
@@ -98,8 +99,8 @@ pub enum OnOff {
 pub enum ShardChoice {
     /// Start one in this process on 127.0.0.1.
     Embedded,
-    /// The login service of a running shard.
-    Remote(SocketAddr),
+    /// The login service of a running shard, and its pinned key.
+    Remote(ShardAddress),
 }
 
 /// Windowed or not.
@@ -196,11 +197,8 @@ impl Cli {
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    let mut addrs = s
-        .to_socket_addrs()
-        .map_err(|e| format!("{s:?} is not a HOST:PORT address (e.g. 127.0.0.1:7001): {e}"))?;
-    addrs.next().ok_or_else(|| format!("{s:?} resolves to no address"))
+fn parse_shard(s: &str) -> Result<ShardAddress, String> {
+    s.parse()
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -235,6 +233,8 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &str = "3f00000000000000000000000000000000000000000000000000000000000001";
 
     fn parse(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from(std::iter::once("p2pmodel-demo").chain(args.iter().copied()))
@@ -276,13 +276,13 @@ mod tests {
             "--keepalive",
             "off",
             "--server",
-            "127.0.0.1:7001",
+            &format!("{KEY}@127.0.0.1:7001"),
             "--name",
             "ana",
         ])
         .unwrap();
         assert_eq!(s.mode, Mode::Headless { bots: 2, json: true });
-        assert_eq!(s.shard, ShardChoice::Remote("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(s.shard, ShardChoice::Remote(format!("{KEY}@127.0.0.1:7001").parse().unwrap()));
         assert_eq!(s.spawn, Some((-10.0, 2.5)));
         assert_eq!(s.exit_after, Some(Duration::from_secs(6)));
         assert!(!s.p2p && !s.keepalive);
@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn bad_values_name_the_problem() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--server", "nowhere"], "not a HOST:PORT"),
+            (&["--server", "nowhere"], "KEY@HOST:PORT"),
+            (&["--server", "127.0.0.1:7001"], "KEY@HOST:PORT"),
             (&["--spawn", "1;2"], "not X,Y"),
             (&["--spawn", "a,2"], "not X,Y"),
             (&["--exit-after", "-1"], "more than 0"),
@@ -315,7 +316,7 @@ mod tests {
 
     #[test]
     fn remote_shards_get_a_random_default_name_and_no_background_bots() {
-        let s = parse(&["--server", "127.0.0.1:7001"]).unwrap();
+        let s = parse(&["--server", &format!("{KEY}@127.0.0.1:7001")]).unwrap();
         assert!(s.name.starts_with("player-"), "{}", s.name);
         assert_eq!(s.mode, Mode::Window { bots: 0, auto: false, screenshot: None });
     }

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use bevy_p2pmodel::client::login::ShardAddress;
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
 use p2pmodel_servers::shard::{ShardInfo, shard_app};
@@ -16,8 +17,8 @@ const SHARD_FRAME_HZ: f64 = 100.0;
 /// Where the embedded shard listens.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedShard {
-    /// The login service (what `--server` would name).
-    pub login: SocketAddr,
+    /// The login service and its key (what `--server` would name).
+    pub login: ShardAddress,
     /// The relay / STUN server.
     pub relay: SocketAddr,
     /// The Agent (netcode).
@@ -44,7 +45,8 @@ pub fn config() -> Result<ShardConfig, String> {
     ShardConfig::parse(&format!(
         "[shard]\nname = \"demo-local\"\nsecret = \"{secret}\"\nbind = \"127.0.0.1\"\nmetrics = \"\"\n\
          [relay]\nport = 0\nalternate_port = {alternate}\nstats_log_interval_secs = 0\n\
-         [agent]\nport = 0\nlogin_port = {login}\nmax_messages_per_sec = 600\n\
+         [agent]\nport = 0\nlogin_port = {login}\nmax_messages_per_sec = 600\nmax_clients_per_ip = 1024\n\
+         login_per_source_per_sec = 1000\nlogin_per_source_burst = 1000\n\
          [lobby]\nzones = 1\n\
          [game]\nservers_per_zone = 1\n"
     ))
@@ -75,7 +77,7 @@ pub fn start() -> Result<EmbeddedShard, String> {
             };
             app.insert_resource(relay);
             let info = app.world().resource::<ShardInfo>();
-            let Some(login) = info.login else {
+            let Some(login) = info.shard_address() else {
                 let _ = tx.send(Err("embedded shard has no login service".into()));
                 return;
             };

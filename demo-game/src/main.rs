@@ -18,7 +18,7 @@ mod json;
 mod net;
 mod wire;
 
-use std::net::SocketAddr;
+use bevy_p2pmodel::client::login::ShardAddress;
 use std::process::ExitCode;
 
 use bevy::app::App;
@@ -100,7 +100,7 @@ fn install_display_panic_hook() {
     }));
 }
 
-fn net_settings(s: &Settings, login: SocketAddr, name: String) -> NetSettings {
+fn net_settings(s: &Settings, login: ShardAddress, name: String) -> NetSettings {
     NetSettings {
         name,
         login,
@@ -113,7 +113,7 @@ fn net_settings(s: &Settings, login: SocketAddr, name: String) -> NetSettings {
     }
 }
 
-fn run_headless(s: &Settings, login: SocketAddr, bots: usize, json: bool) -> ExitCode {
+fn run_headless(s: &Settings, login: ShardAddress, bots: usize, json: bool) -> ExitCode {
     let names = bot_names(&s.name, bots);
     let apps: Vec<App> = names
         .iter()
@@ -136,7 +136,7 @@ fn run_headless(s: &Settings, login: SocketAddr, bots: usize, json: bool) -> Exi
 
 fn run_window(
     s: &Settings,
-    login: SocketAddr,
+    login: ShardAddress,
     bots: usize,
     auto: bool,
     screenshot: Option<std::path::PathBuf>,

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
+use bevy_p2pmodel::client::login::ShardAddress;
 use bevy_p2pmodel::client::{Channel, ClientConfig, PeerPath as Route};
 use bevy_p2pmodel::plugins::{
     P2pMeshPlugin, P2pReceived, P2pSender, PeerConnected, PeerDisconnected, PeerPathChanged,
@@ -48,8 +49,8 @@ const CHAT_LINES: usize = 8;
 pub struct NetSettings {
     /// Player name.
     pub name: String,
-    /// The shard's login service.
-    pub login: SocketAddr,
+    /// The shard's login service and pinned login key.
+    pub login: ShardAddress,
     /// P2P links on (`--p2p`).
     pub p2p: bool,
     /// Link keepalives on (`--keepalive`).
@@ -81,10 +82,16 @@ impl Plugin for DemoNetPlugin {
         client.seed = rand::random();
         // A loopback shard gets a loopback mesh socket: only loopback traffic, no host
         // candidates on other interfaces.
-        let bind: SocketAddr =
-            if s.login.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+        let bind: SocketAddr = if s.login.login.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("literal");
         let mesh = P2pMeshPlugin { client, bind, stun: None };
-        let shard = ShardClientPlugin { login: s.login, auto_connect: true, auto_zone: Some(s.zone) };
+        let shard = ShardClientPlugin {
+            shard: s.login,
+            credential: Vec::new(),
+            auto_connect: true,
+            auto_zone: Some(s.zone),
+        };
         app.add_plugins((mesh, shard))
             .insert_resource(s.clone())
             .insert_resource(RunClock::new(s.exit_after).with_pause(s.pause))
@@ -331,7 +338,7 @@ fn on_shard_events(
             ShardEvent::Refused(why) if !me.in_game => fail(
                 &mut failure,
                 &mut exit,
-                format!("the shard at {} refused {:?}: {why}", settings.login, settings.name),
+                format!("the shard at {} refused {:?}: {why}", settings.login.login, settings.name),
             ),
             ShardEvent::Refused(why) => {
                 warn!("shard refused a request: {why}");
@@ -345,13 +352,13 @@ fn on_shard_events(
                 &mut exit,
                 format!(
                     "cannot reach the shard at {}: {why} (is it running, and is --server its login address?)",
-                    settings.login
+                    settings.login.login
                 ),
             ),
             ShardEvent::Disconnected(why) => fail(
                 &mut failure,
                 &mut exit,
-                format!("disconnected from the shard at {}: {why}", settings.login),
+                format!("disconnected from the shard at {}: {why}", settings.login.login),
             ),
         }
     }
@@ -449,7 +456,7 @@ fn watchdog(
             format!(
                 "cannot reach the shard at {} ({step} within {} s): is it running, and is --server \
                  its login address?",
-                settings.login,
+                settings.login.login,
                 CONNECT_TIMEOUT.as_secs()
             ),
         );

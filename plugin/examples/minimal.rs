@@ -1,4 +1,4 @@
-//! A bare Bevy app on a shard: `cargo run -p bevy_p2pmodel --example minimal -- 127.0.0.1:7001`.
+//! A bare Bevy app on a shard: `cargo run -p bevy_p2pmodel --example minimal -- KEY@127.0.0.1:7001`.
 //! Logs in, enters zone 0, greets every peer it meets and prints what happens.
 use std::time::Duration;
 
@@ -6,12 +6,14 @@ use bevy::{app::ScheduleRunnerPlugin, prelude::*};
 use bevy_p2pmodel::prelude::*;
 
 fn main() {
-    let login = std::env::args().nth(1).unwrap_or("127.0.0.1:7001".into()).parse().expect("ADDR");
+    // KEY@HOST:PORT: the shard's login key (printed by `p2pmodel shard all`) and login address.
+    let shard: ShardAddress =
+        std::env::args().nth(1).expect("usage: minimal KEY@HOST:PORT").parse().expect("KEY@HOST:PORT");
     App::new()
         .add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))))
         .add_plugins((
             P2pMeshPlugin::new(format!("minimal-{}", std::process::id())),
-            ShardClientPlugin::new(login),
+            ShardClientPlugin::new(shard),
         ))
         .add_systems(Update, print)
         .run();

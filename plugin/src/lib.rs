@@ -38,6 +38,7 @@ pub mod stun;
 /// What a game needs: the plugins, their sets, messages, components and resources, and the
 /// core types they carry.
 pub mod prelude {
+    pub use crate::client::login::{LoginKey, ShardAddress};
     pub use crate::client::{Channel, ClientConfig, PeerPath as PathKind};
     pub use crate::nat::NatReport;
     pub use crate::plugins::diagnostics as p2p_diagnostics;

@@ -107,6 +107,24 @@ pub struct AgentSection {
     /// `max_messages_per_sec` (default 120): per-client message budget; excess messages are
     /// dropped and counted (a 20 Hz client sends ~25).
     pub max_messages_per_sec: u32,
+    /// `accounts` (default `"open"`): who may log in: `"open"` (any free name, no password:
+    /// development and demos; logged as a warning) or `"file:PATH"` (name -> argon2 hash,
+    /// relative to the config file; see `shard::login::FileAccounts`).
+    pub accounts: Accounts,
+    /// `max_clients_per_ip` (default 16): concurrent sessions one IP may hold.
+    pub max_clients_per_ip: usize,
+    /// `login_per_source_per_sec` (5), `login_per_source_burst` (10), `login_per_sec` (200),
+    /// `login_burst` (400): the login service's rate limits.
+    pub login_limits: crate::shard::login::LoginLimits,
+}
+
+/// `agent.accounts`: the login's account check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accounts {
+    /// Any free valid name logs in (guests).
+    Open,
+    /// Names and argon2 password hashes from this TOML file.
+    File(PathBuf),
 }
 
 /// `[lobby]`: login, characters, zones, failure detection.
@@ -125,6 +143,9 @@ pub struct LobbySection {
     pub heartbeat: Duration,
     /// `heartbeat_timeout_ms` (default 1500; at most 3000): a role silent this long is dead.
     pub heartbeat_timeout: Duration,
+    /// `guest_ttl_secs` (default 604800 = 7 days; 0 = forever): with `agent.accounts =
+    /// "open"`, characters not seen for this long are forgotten (names free again).
+    pub guest_ttl: Option<Duration>,
 }
 
 /// `[game]`: the authoritative world.
@@ -388,6 +409,12 @@ struct RawAgent {
     token_expire_secs: Option<i64>,
     client_timeout_secs: Option<i64>,
     max_messages_per_sec: Option<i64>,
+    accounts: Option<String>,
+    max_clients_per_ip: Option<i64>,
+    login_per_source_per_sec: Option<f64>,
+    login_per_source_burst: Option<f64>,
+    login_per_sec: Option<f64>,
+    login_burst: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -398,6 +425,7 @@ struct RawLobby {
     zones: Option<i64>,
     heartbeat_ms: Option<i64>,
     heartbeat_timeout_ms: Option<i64>,
+    guest_ttl_secs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -504,7 +532,40 @@ impl Ctx<'_> {
     }
 }
 
-fn parse_hex_secret(s: &str) -> Option<[u8; SHARD_SECRET_LEN]> {
+/// The secret published in `assets/shard.toml` (refused: everyone knows it).
+pub const EXAMPLE_SECRET: &str = "5f0e8b7a1c2d3e4f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
+
+/// Why `secret` must not be used, if it must not: the published example, or low entropy
+/// (fewer than 8 distinct bytes: all zeros, all the same, short repeated patterns).
+pub fn weak_secret(secret: &[u8; SHARD_SECRET_LEN]) -> Option<&'static str> {
+    if parse_hex_secret(EXAMPLE_SECRET).as_ref() == Some(secret) {
+        return Some("is the published example secret of assets/shard.toml");
+    }
+    if secret.iter().all(|b| *b == 0) {
+        return Some("is all zeros");
+    }
+    let distinct = secret.iter().collect::<std::collections::HashSet<_>>().len();
+    if distinct < 8 {
+        return Some("has too little entropy (fewer than 8 distinct bytes)");
+    }
+    None
+}
+
+/// A fresh shard secret from the OS random number generator (`p2pmodel secret`); never
+/// weak (drawn again in the astronomically unlikely case).
+pub fn random_secret() -> [u8; SHARD_SECRET_LEN] {
+    use rand_core06::RngCore;
+    loop {
+        let mut s = [0u8; SHARD_SECRET_LEN];
+        rand_core06::OsRng.fill_bytes(&mut s);
+        if weak_secret(&s).is_none() {
+            return s;
+        }
+    }
+}
+
+/// Parse 64 hex digits (surrounding whitespace allowed) into a shard secret.
+pub fn parse_hex_secret(s: &str) -> Option<[u8; SHARD_SECRET_LEN]> {
     let s = s.trim();
     if s.len() != SHARD_SECRET_LEN * 2 {
         return None;
@@ -576,8 +637,16 @@ impl ShardConfig {
             base,
             "shard.secret",
             "shard.secret_file",
-            "generate one with `openssl rand -hex 32`",
+            "generate one with `p2pmodel secret`",
         )?;
+        if let Some(why) = secret.as_ref().and_then(weak_secret) {
+            return Err(cx.invalid(
+                "shard.secret",
+                format!(
+                    "{why}: anyone could mint tokens and read logins; generate one with `p2pmodel secret`"
+                ),
+            ));
+        }
         let relay_key = hex32(
             &cx,
             raw.relay.key.clone(),
@@ -716,6 +785,53 @@ impl ShardConfig {
                 100_000,
                 120,
             )? as u32,
+            accounts: match a.accounts.as_deref() {
+                None | Some("open") => Accounts::Open,
+                Some(f) if f.starts_with("file:") && f.len() > 5 => {
+                    let f = PathBuf::from(&f[5..]);
+                    Accounts::File(match base {
+                        Some(b) if f.is_relative() => b.join(f),
+                        _ => f,
+                    })
+                }
+                Some(other) => {
+                    return Err(cx.invalid(
+                        "agent.accounts",
+                        format!("is {other:?}; use \"open\" or \"file:accounts.toml\""),
+                    ));
+                }
+            },
+            max_clients_per_ip: cx.int(a.max_clients_per_ip, "agent.max_clients_per_ip", 1, 32_768, 16)?
+                as usize,
+            login_limits: {
+                let d = crate::shard::login::LoginLimits::default();
+                crate::shard::login::LoginLimits {
+                    per_source_per_sec: cx.float(
+                        a.login_per_source_per_sec,
+                        "agent.login_per_source_per_sec",
+                        0.01,
+                        1e6,
+                        d.per_source_per_sec,
+                    )? as f64,
+                    per_source_burst: cx.float(
+                        a.login_per_source_burst,
+                        "agent.login_per_source_burst",
+                        1.0,
+                        1e6,
+                        d.per_source_burst,
+                    )? as f64,
+                    global_per_sec: cx.float(
+                        a.login_per_sec,
+                        "agent.login_per_sec",
+                        0.01,
+                        1e7,
+                        d.global_per_sec,
+                    )? as f64,
+                    global_burst: cx.float(a.login_burst, "agent.login_burst", 1.0, 1e7, d.global_burst)?
+                        as f64,
+                    max_sources: d.max_sources,
+                }
+            },
         };
         let l = raw.lobby;
         let heartbeat = Duration::from_millis(cx.int(l.heartbeat_ms, "lobby.heartbeat_ms", 10, 1000, 250)?);
@@ -746,6 +862,10 @@ impl ShardConfig {
             },
             heartbeat,
             heartbeat_timeout,
+            guest_ttl: match cx.int(l.guest_ttl_secs, "lobby.guest_ttl_secs", 0, 100 * 365 * day, 7 * day)? {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
         };
         let g = raw.game;
         let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
@@ -823,10 +943,35 @@ mod tests {
     }
 
     #[test]
-    fn config_example_asset_parses() {
+    fn config_example_asset_parses_with_a_fresh_secret_and_refuses_its_own() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/shard.toml");
-        let c = ShardConfig::load(&path).unwrap();
+        let e = ShardConfig::load(&path).unwrap_err();
+        assert_eq!(e.key(), Some("shard.secret"));
+        assert!(e.to_string().contains("p2pmodel secret"), "{e}");
+        let fresh: String = random_secret().iter().map(|b| format!("{b:02x}")).collect();
+        let text = std::fs::read_to_string(&path).unwrap().replace(EXAMPLE_SECRET, &fresh);
+        let c = ShardConfig::parse(&text).unwrap();
         assert_eq!(c.shard.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.agent.accounts, Accounts::Open);
+        assert_eq!(c.agent.max_clients_per_ip, 16);
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_shard_secret() {
+        for weak in [EXAMPLE_SECRET.to_string(), "00".repeat(32), "ab".repeat(32), "0102".repeat(16)] {
+            let e = ShardConfig::parse(&format!("[shard]\nname = \"x\"\nsecret = \"{weak}\"\n")).unwrap_err();
+            assert_eq!(e.key(), Some("shard.secret"), "{weak}");
+            assert!(e.to_string().contains("p2pmodel secret"), "{e}");
+        }
+        assert!(weak_secret(&random_secret()).is_none());
+        let m = minimal();
+        assert_eq!(err_key(&format!("{m}[agent]\naccounts = \"ldap\"\n")), "agent.accounts");
+        assert_eq!(err_key(&format!("{m}[agent]\nmax_clients_per_ip = 0\n")), "agent.max_clients_per_ip");
+        assert_eq!(err_key(&format!("{m}[agent]\nlogin_per_sec = 0\n")), "agent.login_per_sec");
+        let c = ShardConfig::parse(&format!("{m}[agent]\naccounts = \"file:/etc/acc.toml\"\n")).unwrap();
+        assert_eq!(c.agent.accounts, Accounts::File("/etc/acc.toml".into()));
+        let c = ShardConfig::parse(&format!("{m}[agent]\nlogin_per_sec = 300\n")).unwrap();
+        assert_eq!(c.agent.login_limits.global_per_sec, 300.0, "integers are accepted");
     }
 
     #[test]

@@ -45,11 +45,34 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Generate a shard secret and show the login public key clients pin; or show the key of
+    /// an existing config; or hash a password for an accounts file.
+    ///
+    /// With no option: prints a fresh random secret (from the OS RNG) as a `secret = "..."`
+    /// line for shard.toml, and the login public key derived from it. Keep the secret
+    /// private (prefer `secret_file`); publish the key with the login address, as
+    /// `KEY@HOST:PORT` (what game clients pass to `--server`).
+    Secret(SecretArgs),
     /// Measure a component's performance (not a test: prints figures and a summary line).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("mode").args(["show_public", "hash_password"]))]
+struct SecretArgs {
+    /// Print only the login public key of the shard configured in --config (64 hex digits).
+    #[arg(long, requires = "config")]
+    show_public: bool,
+    /// The shard configuration (with --show-public).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read a password from stdin (first line) and print its argon2id hash (PHC string),
+    /// for a `name = "<hash>"` line of an accounts file (`agent.accounts = "file:..."`).
+    #[arg(long)]
+    hash_password: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,6 +241,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Secret(args) => secret(&args),
         Command::Bench { what: BenchWhat::Shard(args) } => {
             match p2pmodel_servers::bench::run_shard_bench(&args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +261,52 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn secret(args: &SecretArgs) -> ExitCode {
+    use p2pmodel_servers::shard::login::{hash_password, login_public_key};
+    if args.show_public {
+        let Some(path) = &args.config else { return ExitCode::from(2) };
+        return match load(path) {
+            Ok(c) => {
+                println!("{}", login_public_key(&c.shard.secret));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    if args.hash_password {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("p2pmodel: cannot read the password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            eprintln!(
+                "p2pmodel: empty password (give it on stdin: `echo -n 'pw' | p2pmodel secret --hash-password`)"
+            );
+            return ExitCode::from(2);
+        }
+        return match hash_password(password) {
+            Ok(h) => {
+                println!("{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("p2pmodel: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let secret = p2pmodel_servers::config::random_secret();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    // Written, not println!: `p2pmodel secret | head -1` must not panic on a closed pipe.
+    use std::io::Write as _;
+    let key = login_public_key(&secret);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "secret = \"{hex}\"\n# login public key (clients pin it, as KEY@HOST:PORT): {key}");
+    ExitCode::SUCCESS
 }
 
 fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {

@@ -381,7 +381,7 @@ check_overlap() {
 # (`p2pmodel-demo --headless --bot --json`). Each scenario has its own zone, so scenarios run
 # in parallel without meeting; botcheck.py judges each from the two bots' JSON lines.
 INT_SRV=10.99.0.1 INT_LOBBY=10.99.0.2     # internal network (DMZ -> IN), not routed from inet
-AGENT_PORT=7000 LOGIN_PORT=7001 LOBBY_PORT=7110
+AGENT_PORT=7000 LOGIN_PORT=7001 LOBBY_PORT=7110 LOGIN_KEY=
 BOT_SECS=${NETLAB_BOT_SECS:-20}
 
 find_demo() {
@@ -405,6 +405,9 @@ start_shard() {
     echo "port = $AGENT_PORT"
     echo "login_port = $LOGIN_PORT"
     echo "client_timeout_secs = 30"
+    # Up to 26 bots start at once, several behind one NAT address: room above the defaults.
+    echo "max_clients_per_ip = 64"
+    echo "login_per_source_burst = 30"
     echo
     echo "[lobby]"
     echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""
@@ -419,6 +422,9 @@ start_shard() {
   sleep 0.5
   nsx int "$BIN" shard game --config "$WORK/shard.toml" >"$WORK/game.log" 2>&1 &
   nsx srv "$BIN" shard agent --config "$WORK/shard.toml" >"$WORK/agent.log" 2>&1 &
+  # The login key bots pin (derived from the shard secret): KEY@HOST:PORT.
+  LOGIN_KEY="$("$BIN" secret --show-public --config "$WORK/shard.toml")" || {
+    log "cannot read the shard's login key"; return 1; }
   local t
   for t in $(seq 1 50); do
     if nsx srv ss -lun 2>/dev/null | grep -q ":$LOGIN_PORT "; then
@@ -433,7 +439,7 @@ start_shard() {
 # bot NS NAME ZONE SECS [extra args...] — one headless bot in namespace NS; prints its pid.
 bot() {
   local ns="$1" name="$2" zone="$3" secs="$4"; shift 4
-  nsx "$ns" "$DEMO" --headless --bot --json --server "$SRV1:$LOGIN_PORT" --name "$name" \
+  nsx "$ns" "$DEMO" --headless --bot --json --server "$LOGIN_KEY@$SRV1:$LOGIN_PORT" --name "$name" \
     --zone "$zone" --exit-after "$secs" "$@" >"$WORK/bot-$name.jsonl" 2>"$WORK/bot-$name.log" &
   echo $!
 }

@@ -26,7 +26,7 @@ use p2pmodel_servers::shard::{ShardInfo, shard_app};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const SECRET: &str = "8c1f3e5a7b9d0c2e4f6a8b0d1c3e5f7a9b2d4c6e8f0a1b3d5c7e9f2a4b6d8c0e";
 /// Flood sources per endpoint.
 const SOURCES: u8 = 16;
 
@@ -36,6 +36,7 @@ fn free_udp_port() -> u16 {
 
 struct Shard {
     app: App,
+    address: ShardAddress,
     login: SocketAddr,
     agent: SocketAddr,
     relay: SocketAddr,
@@ -62,8 +63,8 @@ fn shard() -> Shard {
     let mut app = shard_app(&cfg, Some(relay_addr), None, 100.0).unwrap();
     app.insert_resource(relay);
     let info = app.world().resource::<ShardInfo>();
-    let (login, agent) = (info.login.unwrap(), info.agent);
-    Shard { app, login, agent, relay: relay_addr, stun_alt }
+    let (address, agent) = (info.shard_address().unwrap(), info.agent);
+    Shard { app, login: address.login, address, agent, relay: relay_addr, stun_alt }
 }
 
 /// What a player saw of its peer's numbered stream.
@@ -76,7 +77,7 @@ struct Stream {
     live: bool,
 }
 
-fn game(name: &str, login: SocketAddr) -> App {
+fn game(name: &str, login: ShardAddress) -> App {
     let mut mesh = P2pMeshPlugin::new(name);
     mesh.bind = "127.0.0.1:0".parse().unwrap();
     mesh.client.nat_timeout = Duration::from_millis(500);
@@ -241,8 +242,8 @@ fn flood(
 #[test]
 fn a_flood_from_many_sources_is_never_amplified_and_players_keep_playing() {
     let mut shard = shard();
-    let mut ana = game("ana", shard.login);
-    let mut bob = game("bob", shard.login);
+    let mut ana = game("ana", shard.address);
+    let mut bob = game("bob", shard.address);
 
     // 1. The players meet and their link carries a path.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -174,7 +174,7 @@ impl Player {
 
 struct Shard {
     app: bevy::app::App,
-    login: SocketAddr,
+    login: p2pmodel_servers::shard::login::ShardAddress,
 }
 
 impl Shard {
@@ -183,7 +183,7 @@ impl Shard {
         let relay_addr = relay.server.primary_addr();
         let mut app = shard_app(cfg, Some(relay_addr), None, 100.0).unwrap();
         app.insert_resource(relay);
-        let login = app.world().resource::<ShardInfo>().login.unwrap();
+        let login = app.world().resource::<ShardInfo>().shard_address().unwrap();
         Shard { app, login }
     }
 
@@ -224,7 +224,7 @@ fn hostile_renet_payloads_drop_only_their_sender_and_an_honest_player_keeps_play
     let mut shard = Shard::start(&cfg);
     let names = ["honest", "slicer", "garbler", "channeler", "futurist"];
     let mut players: Vec<Player> =
-        names.iter().map(|n| Player::connect(n, request_token(shard.login, n).unwrap())).collect();
+        names.iter().map(|n| Player::connect(n, request_token(&shard.login, n, b"").unwrap())).collect();
     let wait = Duration::from_secs(5);
     assert!(
         run_until(&mut shard, &mut players, wait, |_, ps| ps.iter().all(|p| p.netcode.is_connected())),

@@ -19,7 +19,7 @@ fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn shard() -> (App, SocketAddr) {
+fn shard() -> (App, ShardAddress) {
     let store = std::env::temp_dir().join(format!("p2pm-plugin-shard-{}.json", std::process::id()));
     let cfg = ShardConfig::parse(&format!(
         "[shard]\nname = \"plugin\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
@@ -34,7 +34,7 @@ fn shard() -> (App, SocketAddr) {
     let relay_addr = relay.server.primary_addr();
     let mut app = shard_app(&cfg, Some(relay_addr), None, 100.0).unwrap();
     app.insert_resource(relay);
-    let login = app.world().resource::<ShardInfo>().login.unwrap();
+    let login = app.world().resource::<ShardInfo>().shard_address().unwrap();
     (app, login)
 }
 
@@ -46,7 +46,7 @@ struct Seen {
     events: Vec<ShardEvent>,
 }
 
-fn game(name: &str, login: SocketAddr) -> App {
+fn game(name: &str, login: ShardAddress) -> App {
     let mut mesh = P2pMeshPlugin::new(name);
     mesh.bind = "127.0.0.1:0".parse().unwrap();
     mesh.client.nat_timeout = Duration::from_millis(500);
@@ -149,7 +149,7 @@ fn two_games_log_in_over_renet_meet_and_talk_over_the_mesh() {
 #[test]
 fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let mut app = game("lonely", dead);
+    let mut app = game("lonely", ShardAddress::new(dead, LoginKey([1; 32])));
     let mut saw_connecting = false;
     let ended = run_until(&mut [&mut app], Duration::from_secs(6), |apps| {
         saw_connecting |= state(apps[0]) == ShardState::Connecting;
@@ -158,4 +158,28 @@ fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
     assert!(ended && saw_connecting);
     app.update();
     assert_eq!(state(&app), ShardState::Disconnected);
+}
+
+#[test]
+fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
+    let (mut shard, login) = shard();
+    let wrong = ShardAddress::new(login.login, LoginKey([3; 32]));
+    let mut app = game("ana", wrong);
+    let start = Instant::now();
+    let ended = run_until(&mut [&mut shard, &mut app], Duration::from_secs(6), |apps| {
+        apps[1].world().resource::<Seen>().events.iter().any(|e| matches!(e, ShardEvent::Disconnected(_)))
+    });
+    assert!(ended, "no Disconnected event");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the key notice ends the login early: {:?}",
+        start.elapsed()
+    );
+    let events = &app.world().resource::<Seen>().events;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ShardEvent::Disconnected(why) if why.contains("login key does not match"))),
+        "{events:?}"
+    );
 }

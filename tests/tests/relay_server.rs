@@ -385,7 +385,7 @@ fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
 #[test]
 fn relay_server_bevy_control_plane_runs_the_configured_relay() {
     let cfg = ShardConfig::parse(
-        "[shard]\nname = \"t\"\nsecret = \"0101010101010101010101010101010101010101010101010101010101010101\"\n\
+        "[shard]\nname = \"t\"\nsecret = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n\
          bind = \"127.0.0.1\"\nmetrics = \"127.0.0.1:0\"\n[relay]\nport = 0\nalternate_port = 0\n",
     )
     .unwrap();

@@ -19,7 +19,7 @@ use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
 use p2pmodel_servers::shard::game::GameServers;
 use p2pmodel_servers::shard::lobby::LobbyState;
-use p2pmodel_servers::shard::login::{LoginError, request_token};
+use p2pmodel_servers::shard::login::{LoginError, ShardAddress, request_token};
 use p2pmodel_servers::shard::{ShardInfo, shard_app};
 use renet::{ConnectionConfig, DefaultChannel, RenetClient};
 use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
@@ -219,7 +219,7 @@ impl Client {
 
 struct Shard {
     app: bevy::app::App,
-    login: SocketAddr,
+    login: ShardAddress,
 }
 
 impl Shard {
@@ -228,7 +228,7 @@ impl Shard {
         let relay_addr = relay.server.primary_addr();
         let mut app = shard_app(cfg, Some(relay_addr), None, 100.0).unwrap();
         app.insert_resource(relay);
-        let login = app.world().resource::<ShardInfo>().login.unwrap();
+        let login = app.world().resource::<ShardInfo>().shard_address().unwrap();
         Shard { app, login }
     }
 
@@ -264,7 +264,7 @@ fn run_until(
 }
 
 fn login(shard: &Shard, name: &str) -> Client {
-    Client::connect(name, request_token(shard.login, name).unwrap())
+    Client::connect(name, request_token(&shard.login, name, b"").unwrap())
 }
 
 fn join_zone(c: &mut Client) {
@@ -306,7 +306,7 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
         .iter()
         .all(|c| c.renet.is_connected())));
     run_until(&mut shard, &mut [&mut ana], Duration::from_millis(100), |_, _| false);
-    assert!(matches!(request_token(shard.login, "ana"), Err(LoginError::Refused(_))));
+    assert!(matches!(request_token(&shard.login, "ana", b""), Err(LoginError::Refused(_))));
     for c in [&mut ana, &mut bob, &mut cid] {
         join_zone(c);
     }
@@ -469,7 +469,7 @@ fn shard_unauthenticated_clients_reach_nothing_and_a_second_shard_is_untouched()
     }
     // A token of shard B, pointed at shard A's Agent, does not open it.
     let token = {
-        let mut t = request_token(b.login, "mallory").unwrap();
+        let mut t = request_token(&b.login, "mallory", b"").unwrap();
         let mut addrs = [None; 32];
         addrs[0] = Some(agent_a);
         t.server_addresses = addrs;
@@ -558,8 +558,8 @@ fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_proces
     }
     assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 
-    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
-    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    let login_addr = agent.world().resource::<ShardInfo>().shard_address().unwrap();
+    let mut ana = Client::connect("ana", request_token(&login_addr, "ana", b"").unwrap());
     let step = |ana: &mut Client, games: &mut [Option<App>], lobby: &mut App, agent: &mut App| {
         lobby.update();
         agent.update();
@@ -847,10 +847,10 @@ fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places
             app
         })
         .collect();
-    let login_addr = agent.world().resource::<ShardInfo>().login.unwrap();
+    let login_addr = agent.world().resource::<ShardInfo>().shard_address().unwrap();
     let mut p = Procs { lobby: Some(lobby), agent, games };
     let wait = Duration::from_secs(5);
-    let mut ana = Client::connect("ana", request_token(login_addr, "ana").unwrap());
+    let mut ana = Client::connect("ana", request_token(&login_addr, "ana", b"").unwrap());
     assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| cs[0].renet.is_connected()));
     join_zone(&mut ana);
     assert!(run_procs(&mut p, &mut [&mut ana], wait, &mut |_, cs| !cs[0].entered.is_empty()));
@@ -885,7 +885,7 @@ fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places
     assert_eq!(ana.welcomes, 1, "one Welcome per Login, none from the new Lobby's resync");
 
     // A new client enters through the new Lobby, lands with ana and is introduced to her.
-    let mut bob = Client::connect("bob", request_token(login_addr, "bob").unwrap());
+    let mut bob = Client::connect("bob", request_token(&login_addr, "bob", b"").unwrap());
     assert!(run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| cs[1].renet.is_connected()));
     join_zone(&mut bob);
     let entered = run_procs(&mut p, &mut [&mut ana, &mut bob], wait, &mut |_, cs| {
@@ -933,4 +933,107 @@ fn run_procs(
         std::thread::sleep(Duration::from_millis(1));
     }
     false
+}
+
+/// A login service alone on loopback (no Agent behind it: tokens name a dummy address).
+fn login_service(
+    limits: p2pmodel_servers::shard::login::LoginLimits,
+) -> p2pmodel_servers::shard::login::LoginServer {
+    use p2pmodel_servers::shard::keys::TokenMinter;
+    use p2pmodel_servers::shard::login::{
+        LoginServer, LoginService, OnlineNames, OpenAccounts, login_public_key,
+    };
+    let cfg = config("login", &std::env::temp_dir().join("p2pm-login-unused.json"));
+    let secret = cfg.shard.secret;
+    let minter =
+        TokenMinter::new(&secret, 1, vec!["127.0.0.1:9".parse().unwrap()], Duration::from_secs(60), 5);
+    let online = OnlineNames::with_cap_per_ip(16);
+    let check = Box::new(OpenAccounts::new(secret, online.clone()));
+    let service = LoginService::new(&secret, minter, check, online, limits);
+    LoginServer::start("127.0.0.1:0".parse().unwrap(), service, login_public_key(&secret)).unwrap()
+}
+
+/// Bytes the service sent back to `sock` within `wait`.
+fn drain_bytes(sock: &UdpSocket, wait: Duration) -> usize {
+    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let (mut buf, mut got) = ([0u8; 2048], 0);
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got += n;
+        }
+    }
+    got
+}
+
+#[test]
+fn login_over_loopback_right_key_wrong_key_short_requests_and_a_flood() {
+    use p2pmodel_servers::shard::login::{LoginKey, LoginLimits, REQUEST_LEN};
+    use std::sync::atomic::Ordering::Relaxed;
+    let server = login_service(LoginLimits::default());
+    let addr = ShardAddress::new(server.local_addr(), server.key());
+    // The right key logs in.
+    let t = request_token(&addr, "ana", b"").unwrap();
+    assert_eq!(t.server_addresses[0], Some("127.0.0.1:9".parse().unwrap()));
+    // A wrong key fails fast with the named error, not a timeout.
+    let start = Instant::now();
+    let e = request_token(&ShardAddress::new(addr.login, LoginKey([5; 32])), "bob", b"").unwrap_err();
+    assert!(matches!(e, LoginError::KeyMismatch(_)), "{e}");
+    assert!(e.to_string().contains("login key does not match"));
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+
+    // 10,000 short requests (the old 12-byte login among them) from an unauthenticated
+    // source: not one byte back.
+    let spoofed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before_in = server.stats.bytes_in.load(Relaxed);
+    let before_out = server.stats.bytes_out.load(Relaxed);
+    let mut sent = 0;
+    for i in 0..10_000usize {
+        let len = [12, 100, 600, REQUEST_LEN - 1][i % 4];
+        let mut d = vec![0u8; len];
+        d[..8].copy_from_slice(b"P2PMLGQ1");
+        sent += spoofed.send_to(&d, addr.login).unwrap();
+    }
+    assert_eq!(drain_bytes(&spoofed, Duration::from_millis(500)), 0);
+    // Wait until the service has read what the kernel kept (it may drop some under load).
+    let mut last = u64::MAX;
+    while server.stats.too_small.load(Relaxed) != last {
+        last = server.stats.too_small.load(Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(last > 0);
+    let (bin, bout) =
+        (server.stats.bytes_in.load(Relaxed) - before_in, server.stats.bytes_out.load(Relaxed) - before_out);
+    println!(
+        "short requests: {sent} bytes sent, {bin} received by the service, {bout} answered: amplification 0"
+    );
+    assert_eq!(bout, 0);
+
+    // A flood of full-size, well-formed requests (garbage ciphertext) from one source: the
+    // first 10 (the burst) get a 40-byte key notice, the rest nothing; another source (another
+    // loopback IP) still logs in.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut flood_in = 0;
+    for i in 0..2_000u32 {
+        let mut d = vec![0u8; REQUEST_LEN];
+        d[..8].copy_from_slice(b"P2PMLGQ1");
+        d[8..12].copy_from_slice(&i.to_le_bytes());
+        flood_in += flood.send_to(&d, addr.login).unwrap();
+    }
+    let flood_out = drain_bytes(&flood, Duration::from_millis(500));
+    let amp = flood_out as f64 / flood_in as f64;
+    println!("flood from one source: {flood_in} bytes in, {flood_out} bytes out: amplification {amp:.5}");
+    assert!(flood_out <= 10 * 40, "{flood_out}");
+    assert!(server.stats.rate_limited_source.load(Relaxed) > 0);
+    // Another source IP (127.0.0.2 is loopback too on Linux) still logs in.
+    use bevy_p2pmodel::client::login::{ClientEvent, ClientLogin, LoginAnswer, LoginRequest};
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let (mut c, req) =
+        ClientLogin::start(&addr.key, &LoginRequest { name: "cid".into(), credential: vec![] }).unwrap();
+    other.send_to(&req, addr.login).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = other.recv_from(&mut buf).expect("an answer for the other source");
+    assert!(n <= REQUEST_LEN);
+    assert!(matches!(c.read(&buf[..n]), ClientEvent::Answer(LoginAnswer::Token(_))));
 }

@@ -182,7 +182,7 @@ fn net_panel(
     let who = match (me.player, me.in_game) {
         (Some(p), true) => format!("{} (#{}) in game", settings.name, p.0),
         (Some(p), false) => format!("{} (#{}) in the lobby", settings.name, p.0),
-        (None, _) => format!("{}: connecting to {}", settings.name, settings.login),
+        (None, _) => format!("{}: connecting to {}", settings.name, settings.login.login),
     };
     spans.push((format!("\n{who}\n"), TEXT));
     let nat_line = match &nat.0 {

@@ -16,7 +16,8 @@ use bevy_renet::{RenetClient, RenetClientPlugin};
 use super::io::MeshSocket;
 use super::mesh::P2pClient;
 use super::{Step, configure_sets};
-use crate::client::{Phase, login};
+use crate::client::Phase;
+use crate::client::login::{self, LoginKey, ShardAddress};
 use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decode, encode};
 
 /// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
@@ -24,8 +25,10 @@ use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decod
 /// missing; add `DefaultPlugins`/`MinimalPlugins` first).
 #[derive(Debug, Clone)]
 pub struct ShardClientPlugin {
-    /// The shard's login address (what `--server ADDR` names).
-    pub login: SocketAddr,
+    /// The shard's login service and pinned login key (what `--server KEY@ADDR` names).
+    pub shard: ShardAddress,
+    /// The credential sent with the name (password, ticket...); empty for an open shard.
+    pub credential: Vec<u8>,
     /// Connect at startup (default `true`); otherwise send [`ShardRequest::Connect`].
     pub auto_connect: bool,
     /// Enter this zone after login (default `Some(0)`); `None`: stay in the lobby.
@@ -33,13 +36,19 @@ pub struct ShardClientPlugin {
 }
 
 impl ShardClientPlugin {
-    /// Connect to the shard whose login service is at `login`, then enter zone 0.
-    pub fn new(login: SocketAddr) -> Self {
-        ShardClientPlugin { login, auto_connect: true, auto_zone: Some(0) }
+    /// Connect to the shard whose login service is at `shard`, then enter zone 0.
+    pub fn new(shard: ShardAddress) -> Self {
+        ShardClientPlugin { shard, credential: Vec::new(), auto_connect: true, auto_zone: Some(0) }
+    }
+
+    /// Send this credential with the name (for a shard with accounts).
+    pub fn with_credential(mut self, credential: impl Into<Vec<u8>>) -> Self {
+        self.credential = credential.into();
+        self
     }
 
     /// This plugin over a custom transport (an in-memory shard, the simulator) instead of
-    /// login + renet; `login` is then unused.
+    /// login + renet; `shard` is then unused.
     pub fn with_transport(self, transport: impl ShardTransport) -> impl Plugin {
         let slot = Mutex::new(Some(Box::new(transport) as Box<dyn ShardTransport>));
         move |app: &mut App| {
@@ -52,9 +61,10 @@ impl ShardClientPlugin {
 }
 
 impl Default for ShardClientPlugin {
-    /// A shard on this machine (login port 7001, the servers' default).
+    /// A shard on this machine (login port 7001, the servers' default) with an all-zero
+    /// key: only useful with [`ShardClientPlugin::with_transport`].
     fn default() -> Self {
-        ShardClientPlugin::new(SocketAddr::from(([127, 0, 0, 1], 7001)))
+        ShardClientPlugin::new(ShardAddress::new(SocketAddr::from(([127, 0, 0, 1], 7001)), LoginKey([0; 32])))
     }
 }
 
@@ -294,7 +304,8 @@ impl ShardLink {
 /// The plugin's settings, as a resource for its systems.
 #[derive(Resource, Debug, Clone)]
 struct ShardSettings {
-    login: SocketAddr,
+    shard: ShardAddress,
+    credential: Vec<u8>,
     auto_zone: Option<u32>,
 }
 
@@ -312,7 +323,11 @@ impl Plugin for ShardClientPlugin {
         }
         app.init_state::<ShardState>()
             .init_resource::<LocalPlayer>()
-            .insert_resource(ShardSettings { login: self.login, auto_zone: self.auto_zone })
+            .insert_resource(ShardSettings {
+                shard: self.shard,
+                credential: self.credential.clone(),
+                auto_zone: self.auto_zone,
+            })
             .add_message::<ShardRequest>()
             .add_message::<ShardEvent>()
             .add_observer(on_netcode_error)
@@ -491,10 +506,12 @@ fn handle_requests(
             ShardRequest::Connect => match &mut link.mode {
                 Mode::Idle => {
                     let slot: LoginSlot = Arc::new(Mutex::new(None));
-                    let (login, name, out) = (settings.login, client.config().name.clone(), slot.clone());
+                    let (shard, name, out) = (settings.shard, client.config().name.clone(), slot.clone());
+                    let credential = settings.credential.clone();
                     let spawned =
                         std::thread::Builder::new().name("p2pmodel-login".into()).spawn(move || {
-                            let answer = login::request_token(login, &name).map_err(|e| e.to_string());
+                            let answer =
+                                login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
                             if let Ok(mut s) = out.lock() {
                                 *s = Some(answer);
                             }

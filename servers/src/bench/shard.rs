@@ -255,7 +255,7 @@ impl PhaseResult {
 // The shard under test.
 
 struct ShardUnderTest {
-    login: SocketAddr,
+    login: crate::shard::login::ShardAddress,
     relay: RelayRuntime,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -286,6 +286,8 @@ fn bench_config(n: u32, store: &std::path::Path) -> Result<ShardConfig, String> 
          [relay.link_quota]\npackets_per_sec = 100000\nbytes_per_sec = 100000000\n\
          [relay.source_quota]\npackets_per_sec = 1000000\nbytes_per_sec = 1000000000\n\
          [agent]\nport = 0\nlogin_port = {login}\nmax_clients = {}\nmax_messages_per_sec = 2000\n\
+         max_clients_per_ip = 32768\nlogin_per_source_per_sec = 100000\nlogin_per_source_burst = 100000\n\
+         login_per_sec = 100000\nlogin_burst = 100000\n\
          [lobby]\nzones = 1\nstore = \"{}\"\n\
          [game]\nservers_per_zone = 1\ncapacity = {}\n",
         (n as usize + 64).min(32_768),
@@ -312,7 +314,7 @@ fn start_shard(cfg: &ShardConfig, store: std::path::PathBuf) -> Result<ShardUnde
                 }
             };
             let info = app.world().resource::<crate::shard::ShardInfo>();
-            let _ = tx.send(info.login.ok_or_else(|| "no login service".to_string()));
+            let _ = tx.send(info.shard_address().ok_or_else(|| "no login service".to_string()));
             let frame = Duration::from_secs_f64(1.0 / 60.0);
             let mut next = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
@@ -983,7 +985,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         .name("p2pm-bench-login".into())
         .spawn(move || {
             for name in names {
-                let t = crate::shard::login::request_token(login, &name).map_err(|e| e.to_string());
+                let t = crate::shard::login::request_token(&login, &name, b"").map_err(|e| e.to_string());
                 if tx.send(t).is_err() {
                     return;
                 }

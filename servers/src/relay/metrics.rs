@@ -82,8 +82,10 @@ fn serve(mut c: TcpStream, source: &MetricsSource) -> io::Result<()> {
         ("GET", "/metrics") => {
             let (snap, p50, p99) = source();
             let mut body = render(&snap, p50, p99);
-            // `shard all`: the Agent's always-on counters ride on this endpoint.
+            // `shard all`: the Agent's always-on counters and the login service ride on this
+            // endpoint.
             crate::shard::metrics::render_prometheus(&mut body);
+            body += &crate::shard::login::render_metrics();
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
         }
         ("GET", "/health") | ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),

@@ -580,8 +580,12 @@ fn on_server_event(
                 return;
             };
             let ip = transport.client_addr(client_id).map(|a| a.ip().to_canonical());
+            if !ip.is_some_and(|ip| agent.online.connect(&name, ip)) {
+                warn!(client_id, %name, ?ip, "too many sessions from this IP (agent.max_clients_per_ip); disconnecting");
+                server.disconnect(client_id);
+                return;
+            }
             info!(client_id, %name, "client connected");
-            agent.online.set(&name, true);
             let budget = agent.max_messages_per_sec as f32;
             agent.sessions.insert(
                 client_id,
@@ -592,7 +596,7 @@ fn on_server_event(
         ServerEvent::ClientDisconnected { client_id, reason } => {
             if let Some(s) = agent.sessions.remove(&client_id) {
                 info!(client_id, name = %s.name, ?reason, "client disconnected");
-                agent.online.set(&s.name, false);
+                agent.online.disconnect(&s.name);
                 let left = InternalMessage::ClientLeft { client: client_id };
                 if let Some(g) = s.game {
                     bus.send(Role::Game(g), &left);

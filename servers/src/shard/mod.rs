@@ -45,7 +45,7 @@ use bus::ShardBus;
 use game::{GamePlugin, GameRules, GameServers, GameWorld};
 use keys::TokenMinter;
 use lobby::{LobbyPlugin, LobbyState};
-use login::{AccountCheck, FreeNames, LoginServer, OnlineNames};
+use login::{AccountCheck, FileAccounts, LoginServer, LoginService, OnlineNames, OpenAccounts};
 use store::Store;
 
 /// Why a shard could not start.
@@ -64,6 +64,9 @@ pub enum ShardError {
     /// The character store could not be opened.
     #[error("cannot open the character store: {0}")]
     Store(std::io::Error),
+    /// The accounts file (`agent.accounts = "file:..."`) could not be used.
+    #[error("agent.accounts: {0}")]
+    Accounts(String),
 }
 
 /// Where a running shard listens (public addresses, as clients see them).
@@ -73,10 +76,19 @@ pub struct ShardInfo {
     pub agent: SocketAddr,
     /// The login service.
     pub login: Option<SocketAddr>,
+    /// The shard's login public key (derived from the secret): what clients pin.
+    pub login_key: login::LoginKey,
     /// The relay/STUN server given to clients.
     pub relay: Option<SocketAddr>,
     /// The login service's handle (kept alive with the app).
     pub login_server: Option<LoginServer>,
+}
+
+impl ShardInfo {
+    /// What clients log in with (`KEY@HOST:PORT`), if the login service runs.
+    pub fn shard_address(&self) -> Option<login::ShardAddress> {
+        self.login.map(|l| login::ShardAddress::new(l, self.login_key))
+    }
 }
 
 /// The address clients reach a socket bound at `bound` at: the first of
@@ -109,7 +121,7 @@ pub fn relay_schedule(config: &ShardConfig) -> KeySchedule {
 
 /// Add every shard role (Agent, Lobby, Game servers, login service) to `app`, which must
 /// already have `MinimalPlugins`. `relay` is the relay/STUN address given to clients;
-/// `check` replaces the default login check ([`FreeNames`]).
+/// `check` replaces the login check of `agent.accounts` ([`OpenAccounts`] or [`FileAccounts`]).
 pub fn add_shard(
     app: &mut App,
     config: &ShardConfig,
@@ -130,6 +142,25 @@ pub fn all_games(config: &ShardConfig) -> Vec<(u32, u32)> {
     (0..config.lobby.zones * spz).map(|g| (g, g / spz)).collect()
 }
 
+/// The account check `agent.accounts` names (open mode logs a warning).
+pub fn account_check(
+    config: &ShardConfig,
+    online: &OnlineNames,
+) -> Result<Box<dyn AccountCheck>, ShardError> {
+    match &config.agent.accounts {
+        crate::config::Accounts::Open => {
+            warn!(
+                "agent.accounts = \"open\": any free name logs in without a password (guests); \
+                 set accounts = \"file:accounts.toml\" or plug an AccountCheck for real accounts"
+            );
+            Ok(Box::new(OpenAccounts::new(config.shard.secret, online.clone())))
+        }
+        crate::config::Accounts::File(f) => FileAccounts::load(f, config.shard.secret, online.clone())
+            .map(|c| Box::new(c) as Box<dyn AccountCheck>)
+            .map_err(ShardError::Accounts),
+    }
+}
+
 /// The Agent role and the login service (inserts [`ShardInfo`] and the [`ShardBus`]).
 pub fn add_agent(
     app: &mut App,
@@ -138,15 +169,27 @@ pub fn add_agent(
 ) -> Result<(), ShardError> {
     let transport = agent::bind_transport(config)?;
     let agent_public = transport.addrs()[0];
-    let online = OnlineNames::default();
+    let online = OnlineNames::with_cap_per_ip(config.agent.max_clients_per_ip);
     let login_server = match config.agent.login {
         Some(addr) => {
-            let check =
-                check.unwrap_or_else(|| Box::new(FreeNames::new(config.shard.secret, online.clone())));
-            Some(
-                LoginServer::start(addr, minter(config, agent_public).balanced(transport.load()), check)
-                    .map_err(|source| ShardError::Bind { what: "login", addr, source })?,
-            )
+            let check = match check {
+                Some(c) => c,
+                None => account_check(config, &online)?,
+            };
+            let minter = minter(config, agent_public).balanced(transport.load());
+            let service = LoginService::new(
+                &config.shard.secret,
+                minter,
+                check,
+                online.clone(),
+                config.agent.login_limits,
+            );
+            let key = login::login_public_key(&config.shard.secret);
+            Some(LoginServer::start(addr, service, key).map_err(|source| ShardError::Bind {
+                what: "login",
+                addr,
+                source,
+            })?)
         }
         None => None,
     };
@@ -156,14 +199,23 @@ pub fn add_agent(
         .insert_resource(RenetServer::new(ConnectionConfig::default()))
         .insert_resource(transport)
         .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, config.lobby.heartbeat))
-        .insert_resource(ShardInfo { agent: agent_public, login, relay: None, login_server })
+        .insert_resource(ShardInfo {
+            agent: agent_public,
+            login,
+            login_key: login::login_public_key(&config.shard.secret),
+            relay: None,
+            login_server,
+        })
         .add_plugins(AgentPlugin);
     Ok(())
 }
 
 /// The Lobby role; `stun` is the STUN/relay address told to clients in `Welcome`.
 pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Result<(), ShardError> {
-    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?;
+    // Guests (open accounts) are not kept forever; real accounts keep their characters.
+    let ttl =
+        (config.agent.accounts == crate::config::Accounts::Open).then_some(config.lobby.guest_ttl).flatten();
+    let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?.with_ttl(ttl);
     app.init_resource::<ShardBus>()
         .insert_resource(LobbyState::new(
             store,
@@ -221,7 +273,11 @@ pub fn run_all(config: &ShardConfig) -> Result<AppExit, Box<dyn std::error::Erro
     println!("shard {} running:", config.shard.name);
     println!("  agent  (netcode, clients)  udp {}", info.agent);
     match info.login {
-        Some(l) => println!("  login  (name -> token)     udp {l}"),
+        Some(l) => {
+            println!("  login  (name -> token)     udp {l}");
+            println!("  login key (clients pin it) {}", info.login_key);
+            println!("  clients join with          --server {}@{l}", info.login_key);
+        }
         None => println!("  login  disabled (agent.login_port = 0)"),
     }
     println!("  relay  (relay + STUN)      udp {} (local {:?})", relay_public, runtime.server.local_addrs());
@@ -265,8 +321,8 @@ pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dy
             app.insert_resource(RemoteBus::connect(vec![Role::Agent], lobby, secret, hb, timeout)?);
             let info = app.world().resource::<ShardInfo>();
             println!(
-                "shard {} agent: udp {} (clients), login {:?}, lobby {lobby}",
-                config.shard.name, info.agent, info.login
+                "shard {} agent: udp {} (clients), login {:?} key {}, lobby {lobby}",
+                config.shard.name, info.agent, info.login, info.login_key
             );
         }
         SplitRole::Lobby => {
