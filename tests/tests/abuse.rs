@@ -22,6 +22,7 @@ use bevy_p2pmodel::prelude::*;
 use bevy_p2pmodel::stun::{ChangeRequest, Message, TransactionId};
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
+use p2pmodel_servers::shard::login::{REQUEST_LEN, REQUEST_MAGIC};
 use p2pmodel_servers::shard::{ShardInfo, shard_app};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -136,15 +137,22 @@ fn junk(rng: &mut ChaCha8Rng) -> Vec<u8> {
     v
 }
 
-/// Small login requests: the seed's format (magic + name, once answered with a whole
-/// token) and short junk.
+/// Login requests: the seed's format (magic + name, once answered with a whole token),
+/// short junk, and full-size requests whose Noise message is garbage.
 fn login_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
-    if rng.random_bool(0.5) {
-        [b"P2PM-LOGIN1".as_slice(), format!("mallory{}", rng.random::<u16>()).as_bytes()].concat()
-    } else {
-        let mut v = vec![0u8; rng.random_range(1..64)];
-        rng.fill_bytes(&mut v);
-        v
+    match rng.random_range(0..3) {
+        0 => [b"P2PM-LOGIN1".as_slice(), format!("mallory{}", rng.random::<u16>()).as_bytes()].concat(),
+        1 => {
+            let mut v = vec![0u8; rng.random_range(1..64)];
+            rng.fill_bytes(&mut v);
+            v
+        }
+        _ => {
+            let mut v = vec![0u8; REQUEST_LEN];
+            rng.fill_bytes(&mut v);
+            v[..REQUEST_MAGIC.len()].copy_from_slice(REQUEST_MAGIC);
+            v
+        }
     }
 }
 

@@ -418,7 +418,7 @@ fn relay_server_bevy_control_plane_runs_the_configured_relay() {
 #[test]
 fn relay_server_with_only_the_relay_key_binds_tokens_the_game_servers_mint() {
     let shard = ShardConfig::parse(
-        "[shard]\nname = \"t\"\nsecret = \"0202020202020202020202020202020202020202020202020202020202020202\"\n",
+        "[shard]\nname = \"t\"\nsecret = \"7d3a91c4e25f086b1ac9d47e3f0b2865a4c1e97d0f3b5a28c6e4d1f09b7a3e52\"\n",
     )
     .unwrap();
     // What `p2pmodel relay-key` prints, written into the relay host's file: no shard secret.
