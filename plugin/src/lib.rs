@@ -7,6 +7,8 @@
 //! Table of contents:
 //! - [`endpoint`]: the `handle_datagram / handle_timeout / poll_transmit / poll_timeout` loop
 //!   every state machine here offers.
+//! - [`codec`]: the serializer behind every serde wire format, with size limits and our own
+//!   error type.
 //! - [`proto`]: wire formats — the mesh socket's datagram header and the shard messages.
 //! - [`stun`]: RFC 8489 Binding client and server (sans-IO).
 //! - [`nat`]: NAT behaviour discovery (RFC 4787 / RFC 5780 terms).
@@ -22,6 +24,7 @@
 //!   [`prelude`] has what a game needs.
 
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;

@@ -274,6 +274,9 @@ enum State {
     Lost,
 }
 
+/// Largest control message we send or accept (a candidate list is far smaller).
+const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+
 /// Internal control messages on the control channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Control {
@@ -974,7 +977,7 @@ impl Link {
 
     fn send_candidates(&mut self) {
         let msg = Control::Candidates(self.local.clone());
-        if let Ok(bytes) = bincode::serde::encode_to_vec(&msg, bincode::config::standard()) {
+        if let Ok(bytes) = crate::codec::encode(&msg, MAX_CONTROL_MESSAGE) {
             self.renet.send_message(CHANNEL_CONTROL, bytes);
             self.reliable_pending = self.renet_reliable_pending();
             self.dirty = true;
@@ -1226,9 +1229,7 @@ impl Link {
     }
 
     fn on_control(&mut self, now: Instant, msg: &[u8]) {
-        let Ok((Control::Candidates(cands), _)) =
-            bincode::serde::decode_from_slice::<Control, _>(msg, bincode::config::standard())
-        else {
+        let Ok(Control::Candidates(cands)) = crate::codec::decode::<Control>(msg, MAX_CONTROL_MESSAGE) else {
             return;
         };
         let mut added = false;

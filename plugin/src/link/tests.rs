@@ -215,9 +215,7 @@ fn peer_candidate_updates_add_local_addresses_only_when_the_shard_gave_some() {
         Link::new(now, params, vec![], NatHint::default(), LinkConfig::default(), clock)
     };
     let update = |link: &mut Link, cands: &[Candidate]| {
-        let msg =
-            bincode::serde::encode_to_vec(Control::Candidates(cands.to_vec()), bincode::config::standard())
-                .unwrap();
+        let msg = crate::codec::encode(&Control::Candidates(cands.to_vec()), usize::MAX).unwrap();
         link.on_control(now, &msg);
     };
     let srflx = |a: &str| Candidate::new(CandidateKind::ServerReflexive, addr(a));

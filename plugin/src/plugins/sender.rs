@@ -1,5 +1,5 @@
 //! Sending typed application messages to peers: [`P2pSender`], and the one encoding both
-//! ends use (bincode 2 `standard()` with serde).
+//! ends use (serde, encoded by [`crate::codec`]).
 
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
@@ -20,7 +20,7 @@ pub enum SendError {
     /// The encoded message is larger than [`client::MAX_APP_MESSAGE`]; split it.
     #[error("message of {0} bytes exceeds the {max}-byte limit", max = client::MAX_APP_MESSAGE)]
     TooLarge(usize),
-    /// The value could not be encoded (a serde type bincode does not support).
+    /// The value could not be encoded (a serde shape the encoding does not support).
     #[error("cannot encode the message: {0}")]
     Encode(String),
 }
@@ -39,22 +39,20 @@ impl From<client::SendError> for SendError {
 #[error("cannot decode the message as the requested type: {0}")]
 pub struct P2pDecodeError(pub String);
 
-/// Encode a value as [`P2pSender::send`] does (bincode 2 `standard()`, serde).
+/// Encode a value as [`P2pSender::send`] does (serde, [`crate::codec`]); larger than
+/// [`client::MAX_APP_MESSAGE`] is [`SendError::TooLarge`].
 pub fn encode_message<T: Serialize>(value: &T) -> Result<Bytes, SendError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map(Bytes::from)
-        .map_err(|e| SendError::Encode(e.to_string()))
+    match crate::codec::encode(value, client::MAX_APP_MESSAGE) {
+        Ok(b) => Ok(Bytes::from(b)),
+        Err(crate::codec::CodecError::TooLarge { len, .. }) => Err(SendError::TooLarge(len)),
+        Err(e) => Err(SendError::Encode(e.to_string())),
+    }
 }
 
 /// Decode a value sent with [`P2pSender::send`]; trailing bytes are an error, so a message
 /// of another type is less likely to decode by accident.
 pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, P2pDecodeError> {
-    let cfg = bincode::config::standard().with_limit::<{ client::MAX_APP_MESSAGE * 4 }>();
-    match bincode::serde::decode_from_slice::<T, _>(bytes, cfg) {
-        Ok((v, n)) if n == bytes.len() => Ok(v),
-        Ok((_, n)) => Err(P2pDecodeError(format!("{} trailing bytes", bytes.len() - n))),
-        Err(e) => Err(P2pDecodeError(e.to_string())),
-    }
+    crate::codec::decode(bytes, client::MAX_APP_MESSAGE).map_err(|e| P2pDecodeError(e.to_string()))
 }
 
 /// Send application messages to peers: over the mesh when the peer has a path (relayed or

@@ -1,7 +1,5 @@
-//! Messages between a client and its shard, carried on renet channels (serde + bincode 2).
-//!
-//! Encoding is bincode 2's `standard()` configuration (little-endian, variable-length
-//! integers). Every message is at most [`MAX_MESSAGE`] bytes **encoded**: [`encode`] refuses
+//! Messages between a client and its shard, carried on renet channels (serde, encoded by
+//! [`crate::codec`]: little-endian, variable-length integers). Every message is at most [`MAX_MESSAGE`] bytes **encoded**: [`encode`] refuses
 //! a larger one and [`decode`] refuses larger input before parsing it; while parsing, what
 //! the decoder allocates is bounded by [`MAX_DECODED`] (in-memory sizes exceed encoded ones,
 //! e.g. a 7-byte candidate is 36 bytes in memory), so a hostile length prefix allocates
@@ -12,15 +10,17 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::codec::{self, CodecError};
 use crate::link::{Candidate, LinkParams};
 use crate::proto::peer::LinkId;
 
 /// Largest encoded shard message, in bytes (client ↔ shard and role ↔ role alike).
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Most bytes the decoder allocates for one message (bincode's limit counts in-memory sizes,
-/// at most ~6× the encoded size for these types): every message of at most [`MAX_MESSAGE`]
+/// Most bytes the decoder allocates for one message (the limit counts in-memory sizes, at
+/// most ~6× the encoded size for these types): every message of at most [`MAX_MESSAGE`]
 /// bytes decodes, and nothing decodes into more than this.
-pub const MAX_DECODED: usize = 16 * MAX_MESSAGE;
+pub const MAX_DECODED: usize = codec::MAX_DECODE_ALLOC;
+const _: () = assert!(MAX_DECODED >= 16 * MAX_MESSAGE);
 
 /// A player's id within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -324,47 +324,43 @@ pub enum InternalMessage {
     },
 }
 
-/// Why a shard message failed to decode.
-#[derive(Debug, Error)]
+/// Why a shard message failed to encode or decode.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MessageError {
-    /// Bytes were not a valid message (or exceeded [`MAX_MESSAGE`]).
+    /// Bytes were not a valid message.
     #[error("undecodable shard message: {0}")]
-    Decode(#[from] bincode::error::DecodeError),
-    /// The message could not be encoded (too large).
-    #[error("unencodable shard message: {0}")]
-    Encode(#[from] bincode::error::EncodeError),
+    Malformed(String),
     /// Bytes left over after the message.
     #[error("{0} trailing bytes after shard message")]
     Trailing(usize),
     /// Longer than [`MAX_MESSAGE`] encoded (the length is given).
     #[error("shard message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
+    /// The value cannot be represented in the encoding.
+    #[error("unencodable shard message: {0}")]
+    Unencodable(String),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_DECODED>()
+impl From<CodecError> for MessageError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::TooLarge { len, .. } => MessageError::TooLarge(len),
+            CodecError::Malformed(m) => MessageError::Malformed(m),
+            CodecError::Trailing(n) => MessageError::Trailing(n),
+            CodecError::Unencodable(m) => MessageError::Unencodable(m),
+        }
+    }
 }
 
 /// Encode a message for a renet channel; more than [`MAX_MESSAGE`] bytes is an error.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
-    let bytes = bincode::serde::encode_to_vec(msg, config())?;
-    if bytes.len() > MAX_MESSAGE {
-        return Err(MessageError::TooLarge(bytes.len()));
-    }
-    Ok(bytes)
+    Ok(codec::encode(msg, MAX_MESSAGE)?)
 }
 
 /// Decode a message; any input gives `Ok` or `Err`, never a panic. Input longer than
 /// [`MAX_MESSAGE`] is refused unread.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
-    if bytes.len() > MAX_MESSAGE {
-        return Err(MessageError::TooLarge(bytes.len()));
-    }
-    let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;
-    if used != bytes.len() {
-        return Err(MessageError::Trailing(bytes.len() - used));
-    }
-    Ok(msg)
+    Ok(codec::decode(bytes, MAX_MESSAGE)?)
 }
 
 #[cfg(test)]
@@ -428,8 +424,7 @@ mod tests {
         assert!(
             matches!(encode(&to_peer(MAX_MESSAGE - 5)), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
         );
-        let over =
-            bincode::serde::encode_to_vec(to_peer(MAX_MESSAGE - 5), bincode::config::standard()).unwrap();
+        let over = crate::codec::encode(&to_peer(MAX_MESSAGE - 5), usize::MAX).unwrap();
         assert_eq!(over.len(), MAX_MESSAGE + 1);
         assert!(
             matches!(decode::<ClientMessage>(&over), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
