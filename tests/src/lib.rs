@@ -11,6 +11,7 @@
 //! and relay tokens exactly as the Game server will.
 
 pub mod loopback;
+pub mod shard_harness;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -22,18 +22,14 @@ use bevy_p2pmodel::prelude::*;
 use bevy_p2pmodel::stun::{ChangeRequest, Message, TransactionId};
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
+use p2pmodel_servers::shard::ShardInfo;
 use p2pmodel_servers::shard::login::{REQUEST_LEN, REQUEST_MAGIC};
-use p2pmodel_servers::shard::{ShardInfo, shard_app};
+use p2pmodel_tests::shard_harness::{TEST_SECRET, free_udp_port, game_app, start_shard};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const SECRET: &str = "8c1f3e5a7b9d0c2e4f6a8b0d1c3e5f7a9b2d4c6e8f0a1b3d5c7e9f2a4b6d8c0e";
 /// Flood sources per endpoint.
 const SOURCES: u8 = 16;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Shard {
     app: App,
@@ -48,7 +44,7 @@ fn shard() -> Shard {
     let store = std::env::temp_dir().join(format!("p2pm-abuse-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&store);
     let cfg = ShardConfig::parse(&format!(
-        "[shard]\nname = \"abuse\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
+        "[shard]\nname = \"abuse\"\nsecret = \"{TEST_SECRET}\"\nbind = \"127.0.0.1\"\n\
          [relay]\nport = 0\nalternate_port = {}\n\
          [agent]\nport = 0\nlogin_port = {}\n\
          [lobby]\nzones = 1\nstore = \"{}\"\n",
@@ -57,14 +53,12 @@ fn shard() -> Shard {
         store.display()
     ))
     .unwrap();
-    let relay = RelayRuntime::start(&cfg).unwrap();
-    let addrs = relay.server.local_addrs().to_vec();
+    let (app, address) = start_shard(&cfg);
+    let relay = app.world().resource::<RelayRuntime>();
     let relay_addr = relay.server.primary_addr();
-    let stun_alt = *addrs.iter().find(|a| **a != relay_addr).expect("an alternate STUN port");
-    let mut app = shard_app(&cfg, Some(relay_addr), None, 100.0).unwrap();
-    app.insert_resource(relay);
-    let info = app.world().resource::<ShardInfo>();
-    let (address, agent) = (info.shard_address().unwrap(), info.agent);
+    let stun_alt =
+        *relay.server.local_addrs().iter().find(|a| **a != relay_addr).expect("an alternate STUN port");
+    let agent = app.world().resource::<ShardInfo>().agent;
     Shard { app, login: address.login, address, agent, relay: relay_addr, stun_alt }
 }
 
@@ -79,15 +73,9 @@ struct Stream {
 }
 
 fn game(name: &str, login: ShardAddress) -> App {
-    let mut mesh = P2pMeshPlugin::new(name);
-    mesh.bind = "127.0.0.1:0".parse().unwrap();
-    mesh.client.nat_timeout = Duration::from_millis(500);
-    let mut app = App::new();
-    app.add_plugins(MinimalPlugins).add_plugins((mesh, ShardClientPlugin::new(login)));
-    app.init_resource::<Stream>().add_systems(Update, play);
-    app.finish();
-    app.cleanup();
-    app
+    game_app(name, login, |app| {
+        app.init_resource::<Stream>().add_systems(Update, play);
+    })
 }
 
 /// Once the peer has a path, send one numbered reliable message per frame while `live`.

@@ -3,26 +3,19 @@
 //! need real time, so the loops below wait on the network (bounded); the logic is asserted
 //! on what a game sees: `ShardState`, peer messages, `P2pReceived`.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_p2pmodel::client::PeerPath as Kind;
 use bevy_p2pmodel::prelude::*;
 use p2pmodel_servers::config::ShardConfig;
-use p2pmodel_servers::relay::RelayRuntime;
-use p2pmodel_servers::shard::{ShardInfo, shard_app};
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use p2pmodel_tests::shard_harness::{TEST_SECRET, free_udp_port, game_app, start_shard};
 
 fn shard() -> (App, ShardAddress) {
     let store = std::env::temp_dir().join(format!("p2pm-plugin-shard-{}.json", std::process::id()));
     let cfg = ShardConfig::parse(&format!(
-        "[shard]\nname = \"plugin\"\nsecret = \"{SECRET}\"\nbind = \"127.0.0.1\"\n\
+        "[shard]\nname = \"plugin\"\nsecret = \"{TEST_SECRET}\"\nbind = \"127.0.0.1\"\n\
          [relay]\nport = 0\nalternate_port = 0\n\
          [agent]\nport = 0\nlogin_port = {}\n\
          [lobby]\nzones = 1\nstore = \"{}\"\n",
@@ -30,12 +23,7 @@ fn shard() -> (App, ShardAddress) {
         store.display()
     ))
     .unwrap();
-    let relay = RelayRuntime::start(&cfg).unwrap();
-    let relay_addr = relay.server.primary_addr();
-    let mut app = shard_app(&cfg, Some(relay_addr), None, 100.0).unwrap();
-    app.insert_resource(relay);
-    let login = app.world().resource::<ShardInfo>().shard_address().unwrap();
-    (app, login)
+    start_shard(&cfg)
 }
 
 #[derive(Resource, Default)]
@@ -47,15 +35,9 @@ struct Seen {
 }
 
 fn game(name: &str, login: ShardAddress) -> App {
-    let mut mesh = P2pMeshPlugin::new(name);
-    mesh.bind = "127.0.0.1:0".parse().unwrap();
-    mesh.client.nat_timeout = Duration::from_millis(500);
-    let mut app = App::new();
-    app.add_plugins(MinimalPlugins).add_plugins((mesh, ShardClientPlugin::new(login)));
-    app.init_resource::<Seen>().add_systems(Update, watch);
-    app.finish();
-    app.cleanup();
-    app
+    game_app(name, login, |app| {
+        app.init_resource::<Seen>().add_systems(Update, watch);
+    })
 }
 
 fn watch(

@@ -20,15 +20,12 @@ use p2pmodel_servers::relay::RelayRuntime;
 use p2pmodel_servers::shard::game::GameServers;
 use p2pmodel_servers::shard::lobby::LobbyState;
 use p2pmodel_servers::shard::login::{LoginError, ShardAddress, request_token};
-use p2pmodel_servers::shard::{ShardInfo, shard_app};
+use p2pmodel_servers::shard::ShardInfo;
+use p2pmodel_tests::shard_harness::{free_udp_port, start_shard};
 use renet::{ConnectionConfig, DefaultChannel, RenetClient};
 use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn unix() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
@@ -224,11 +221,7 @@ struct Shard {
 
 impl Shard {
     fn start(cfg: &ShardConfig) -> Shard {
-        let relay = RelayRuntime::start(cfg).unwrap();
-        let relay_addr = relay.server.primary_addr();
-        let mut app = shard_app(cfg, Some(relay_addr), None, 100.0).unwrap();
-        app.insert_resource(relay);
-        let login = app.world().resource::<ShardInfo>().shard_address().unwrap();
+        let (app, login) = start_shard(cfg);
         Shard { app, login }
     }
 
