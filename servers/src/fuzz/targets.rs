@@ -127,6 +127,12 @@ pub fn all() -> Vec<Target> {
             run: agent_netcode_packet,
         },
         Target {
+            name: "client_netcode_packet",
+            about: "datagrams from the Agent's address into a player's NetcodeClient (spoofable by anyone who knows both addresses)",
+            seeds: seeds_client_netcode_packet,
+            run: client_netcode_packet,
+        },
+        Target {
             name: "intro_params",
             about: "hostile introductions: fuzz-derived LinkParams (up to thousands of candidates, extreme port_delta) into Mesh::add_link + timeouts",
             seeds: seeds_intro_params,
@@ -943,17 +949,7 @@ fn netcode_server() -> NetcodeServer {
 }
 
 fn seeds_agent_netcode_packet() -> Vec<Vec<u8>> {
-    let m = minter();
-    let Ok(token) = ConnectToken::generate(
-        NETCODE_TIME,
-        m.protocol_id,
-        300,
-        CLIENT_ID,
-        5,
-        m.agent_addrs.clone(),
-        Some(&crate::shard::keys::name_to_user_data("ana")),
-        &crate::shard::keys::netcode_key(&SHARD_SECRET),
-    ) else {
+    let Some(token) = seed_token() else {
         return Vec::new();
     };
     let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
@@ -1006,6 +1002,84 @@ pub fn agent_netcode_packet(data: &[u8]) {
         buf.clear();
         buf.extend_from_slice(bytes);
         let _ = server.process_packet(srcs[usize::from(sel & 3)], &mut buf);
+    }
+}
+
+fn seed_token() -> Option<ConnectToken> {
+    let m = minter();
+    ConnectToken::generate(
+        NETCODE_TIME,
+        m.protocol_id,
+        300,
+        CLIENT_ID,
+        5,
+        m.agent_addrs.clone(),
+        Some(&crate::shard::keys::name_to_user_data("ana")),
+        &crate::shard::keys::netcode_key(&SHARD_SECRET),
+    )
+    .ok()
+}
+
+/// The fixed token of [`client_netcode_packet`], so saved inputs stay valid across runs.
+fn client_token() -> Option<ConnectToken> {
+    // A token written once with fixed keys would do as well; minting is deterministic
+    // enough here because only the client's own keys matter for what it decodes.
+    thread_local!(static TOKEN: Option<Vec<u8>> = seed_token().map(|t| {
+        let mut b = Vec::new();
+        let _ = t.write(&mut b);
+        b
+    }));
+    TOKEN.with(|t| t.as_ref().and_then(|b| ConnectToken::read(&mut &b[..]).ok()))
+}
+
+fn seeds_client_netcode_packet() -> Vec<Vec<u8>> {
+    // What a real server sends a connecting client: challenge, keep-alive, payloads.
+    let Some(token) = client_token() else { return Vec::new() };
+    let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
+        return Vec::new();
+    };
+    let mut server = netcode_server();
+    let mut items: Vec<(u8, Vec<u8>)> = Vec::new();
+    for round in 0..8u8 {
+        let dt = Duration::from_millis(100);
+        server.update(dt);
+        let mut to_server: Vec<Vec<u8>> = Vec::new();
+        if let Some((p, _)) = client.update(dt) {
+            to_server.push(p.to_vec());
+        }
+        for mut p in to_server {
+            let back: Option<Vec<u8>> = match server.process_packet(a_host(), &mut p) {
+                renetcode::ServerResult::PacketToSend { payload, .. } => Some(payload.to_vec()),
+                renetcode::ServerResult::ClientConnected { payload, .. } => Some(payload.to_vec()),
+                _ => None,
+            };
+            if let Some(b) = back {
+                items.push((0x40, b.clone()));
+                let mut b = b;
+                let _ = client.process_packet(&mut b);
+            }
+        }
+        if let Ok((_, p)) = server.generate_payload_packet(CLIENT_ID, &[round; 40]) {
+            items.push((0x40, p.to_vec()));
+        }
+    }
+    stream_seeds(&items)
+}
+
+/// Datagrams from the Agent's address into a NetcodeClient holding a token (what a player's
+/// game does with anything that arrives from the server address).
+pub fn client_netcode_packet(data: &[u8]) {
+    let Some(token) = client_token() else { return };
+    let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
+        return;
+    };
+    let mut buf = Vec::with_capacity(1500);
+    for (sel, bytes) in frames(data) {
+        let dt = advance(sel);
+        let _ = client.update(dt);
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        let _ = client.process_packet(&mut buf);
     }
 }
 
@@ -1067,7 +1141,8 @@ pub fn intro_from(data: &[u8]) -> LinkParams {
     let seed = data.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     let mut r = Reader { data, rng: seed | 1 };
     let scale = r.u8();
-    let n = if scale < 0xc0 { usize::from(scale % 16) } else { usize::from(r.u16() % 4096) };
+    // Mostly a handful of candidates; 1 in 64 inputs lists up to 4,096 (the slow path).
+    let n = if scale < 0xfc { usize::from(scale % 16) } else { usize::from(r.u16() % 4096) };
     let mut remote = Vec::with_capacity(n);
     let dup_every = r.u8();
     for i in 0..n {
@@ -1110,7 +1185,7 @@ fn seeds_intro_params() -> Vec<Vec<u8>> {
         // two candidates, sequential NAT with delta 1, relay
         vec![2, 0, 2, 1, 203, 0, 113, 5, 0x9c, 0x40, 4, 1, 10, 0, 0, 2, 0x13, 0x88, 5, 7, 0, 1],
         // many candidates
-        vec![0xc0, 0x0f, 0xff, 3, 2, 1],
+        vec![0xfc, 0x0f, 0xff, 3, 2, 1],
         // extreme delta
         vec![1, 0, 2, 1, 203, 0, 113, 5, 0xff, 0xfe, 5, 11, 0, 1],
         vec![1, 0, 2, 1, 203, 0, 113, 5, 0x04, 0x00, 5, 0, 0, 0],
