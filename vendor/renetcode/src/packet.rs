@@ -277,6 +277,13 @@ impl<'a> Packet<'a> {
                 (sequence, additional_data, src.position() as usize)
             };
 
+            // P2PModel patch: the sequence may take up to 8 bytes after the 18-byte minimum
+            // was checked; without this, fewer than 16 bytes left for the MAC made
+            // `dencrypted_in_place` compute `len - 16` below zero (a panic in every build).
+            if buffer.len() - read_pos < NETCODE_MAC_BYTES {
+                return Err(NetcodeError::PacketTooSmall);
+            }
+
             if let Some(ref replay_protection) = replay_protection {
                 if packet_type.apply_replay_protection() && replay_protection.already_received(sequence) {
                     return Err(NetcodeError::DuplicatedSequence);
@@ -398,6 +405,21 @@ mod tests {
             let mut replay = ReplayProtection::new();
             assert!(Packet::decode(&mut buffer, 1, Some(&key), Some(&mut replay)).is_err());
             assert!(read_sequence(&mut &[0u8; 16][..], usize::from(nibble)).is_err());
+        }
+    }
+
+    // P2PModel patch: a long sequence in a short packet leaves no room for the MAC: an error,
+    // not a panic (`len - 16` underflow in `dencrypted_in_place`).
+    #[test]
+    fn sequence_eating_into_the_mac_is_refused() {
+        let key = generate_random_bytes();
+        for seq_len in 1u8..=8 {
+            for len in 18..(1 + usize::from(seq_len) + NETCODE_MAC_BYTES) {
+                let mut buffer = vec![0u8; len];
+                buffer[0] = (seq_len << 4) | PacketType::KeepAlive as u8;
+                let mut replay = ReplayProtection::new();
+                assert!(Packet::decode(&mut buffer, 1, Some(&key), Some(&mut replay)).is_err());
+            }
         }
     }
 
