@@ -18,12 +18,11 @@
 pub mod targets;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use targets::{Target, all};
@@ -81,11 +80,25 @@ pub struct FuzzArgs {
 // ---------------------------------------------------------------------------------------
 // Allocation accounting
 
-static ALLOC_ON: AtomicBool = AtomicBool::new(false);
-static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Count this thread's allocations (only during an exec).
+    static ALLOC_ON: Cell<bool> = const { Cell::new(false) };
+    /// Bytes this thread allocated since the exec started.
+    static ALLOC_BYTES: Cell<u64> = const { Cell::new(0) };
+}
 
-/// A global allocator that counts bytes allocated while a fuzz exec runs (one relaxed load per
-/// allocation otherwise). Install it in a binary with `#[global_allocator]` to make
+/// Add `n` to this thread's count if an exec is running (no-op while the thread-local is being
+/// torn down).
+fn count(n: usize) {
+    let _ = ALLOC_ON.try_with(|on| {
+        if on.get() {
+            let _ = ALLOC_BYTES.try_with(|b| b.set(b.get().saturating_add(n as u64)));
+        }
+    });
+}
+
+/// A global allocator that counts the bytes a fuzz exec allocates on its thread (one
+/// thread-local read per allocation otherwise). Install it in a binary with `#[global_allocator]` to make
 /// `--max-alloc-mb` effective.
 pub struct CountingAlloc;
 
@@ -93,16 +106,12 @@ pub struct CountingAlloc;
 // on the memory handed out.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ALLOC_ON.load(Ordering::Relaxed) {
-            ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        }
+        count(layout.size());
         // SAFETY: same layout contract as ours.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if ALLOC_ON.load(Ordering::Relaxed) {
-            ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        }
+        count(layout.size());
         // SAFETY: same layout contract as ours.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -111,9 +120,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if ALLOC_ON.load(Ordering::Relaxed) && new_size > layout.size() {
-            ALLOC_BYTES.fetch_add((new_size - layout.size()) as u64, Ordering::Relaxed);
-        }
+        count(new_size.saturating_sub(layout.size()));
         // SAFETY: `ptr` came from `System` with this layout.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -259,7 +266,12 @@ pub fn mutate(rng: &mut Rng, data: &mut Vec<u8>, other: &[u8], max_len: usize) {
 // ---------------------------------------------------------------------------------------
 // Running one input
 
-static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// The last panic message of this thread, recorded by the silent hook.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// How many [`SilentPanics`] guards this thread holds.
+    static SILENT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 /// Why an exec failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,54 +291,57 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Replaces the panic hook with one that records the message silently; restores on drop.
-pub struct SilentPanics {
-    old: Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>>,
-}
+/// While held, panics on this thread are recorded silently instead of printed (other threads
+/// keep the previous hook's behaviour).
+pub struct SilentPanics(());
 
 impl SilentPanics {
-    /// Install the silent hook.
+    /// Silence this thread's panics until the guard drops.
     pub fn install() -> SilentPanics {
-        let old = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|info| {
-            let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
-                (*s).to_string()
-            } else if let Some(s) = info.payload().downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "(non-string panic)".to_string()
-            };
-            let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            if let Ok(mut last) = LAST_PANIC.lock() {
-                *last = Some(format!("{msg}{loc}"));
-            }
-        }));
-        SilentPanics { old: Some(old) }
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let old = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if SILENT.with(|s| s.get()) == 0 {
+                    return old(info);
+                }
+                let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
+                    (*s).to_string()
+                } else if let Some(s) = info.payload().downcast_ref::<String>() {
+                    s.clone()
+                } else {
+                    "(non-string panic)".to_string()
+                };
+                let loc =
+                    info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{loc}")));
+            }));
+        });
+        SILENT.with(|s| s.set(s.get() + 1));
+        SilentPanics(())
     }
 }
 
 impl Drop for SilentPanics {
     fn drop(&mut self) {
-        if let Some(old) = self.old.take() {
-            std::panic::set_hook(old);
-        }
+        SILENT.with(|s| s.set(s.get().saturating_sub(1)));
     }
 }
 
 /// Run one input through `target`; `Err` on a panic or an allocation blow-up. Install
 /// [`SilentPanics`] around many calls to keep stderr quiet.
 pub fn exec(target: &Target, data: &[u8], max_alloc: u64) -> Result<(), Failure> {
-    ALLOC_BYTES.store(0, Ordering::Relaxed);
-    ALLOC_ON.store(max_alloc > 0, Ordering::Relaxed);
+    ALLOC_BYTES.with(|b| b.set(0));
+    ALLOC_ON.with(|on| on.set(max_alloc > 0));
     let r = catch_unwind(AssertUnwindSafe(|| (target.run)(data)));
-    ALLOC_ON.store(false, Ordering::Relaxed);
+    ALLOC_ON.with(|on| on.set(false));
     match r {
         Ok(()) => {
-            let used = ALLOC_BYTES.load(Ordering::Relaxed);
+            let used = ALLOC_BYTES.with(|b| b.get());
             if max_alloc > 0 && used > max_alloc { Err(Failure::Alloc(used)) } else { Ok(()) }
         }
         Err(_) => {
-            let msg = LAST_PANIC.lock().ok().and_then(|mut m| m.take()).unwrap_or_default();
+            let msg = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
             Err(Failure::Panic(msg))
         }
     }
@@ -335,7 +350,9 @@ pub fn exec(target: &Target, data: &[u8], max_alloc: u64) -> Result<(), Failure>
 /// The crash's "kind" for deduplication: the panic location, or the message.
 fn signature(f: &Failure) -> String {
     match f {
-        Failure::Panic(m) => m.rsplit_once(" at ").map(|(_, loc)| loc.to_string()).unwrap_or_else(|| m.clone()),
+        Failure::Panic(m) => {
+            m.rsplit_once(" at ").map(|(_, loc)| loc.to_string()).unwrap_or_else(|| m.clone())
+        }
         Failure::Alloc(_) => "alloc".into(),
     }
 }

@@ -25,14 +25,19 @@ use bevy_p2pmodel::nat::{NatDiscovery, NatDiscoveryConfig};
 use bevy_p2pmodel::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
 use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
 use bevy_p2pmodel::proto::shard::{
-    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage, decode, encode,
+    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage, decode,
+    encode,
 };
 use bevy_p2pmodel::relay::{Action, Relay, RelayConfig, ReplyBuf, TokenKeys, mint};
-use bevy_p2pmodel::stun::{Attribute, ChangeRequest, Class, Message, StunServer, StunServerConfig, TransactionId};
+use bevy_p2pmodel::stun::{
+    Attribute, ChangeRequest, Class, Message, StunServer, StunServerConfig, TransactionId,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use renet::{ConnectionConfig, DefaultChannel, RenetClient, RenetServer};
-use renetcode::{ClientAuthentication, ConnectToken, NetcodeClient, NetcodeServer, ServerAuthentication, ServerConfig};
+use renetcode::{
+    ClientAuthentication, ConnectToken, NetcodeClient, NetcodeServer, ServerAuthentication, ServerConfig,
+};
 
 use crate::shard::keys::{TokenMinter, name_from_user_data};
 use crate::shard::link::role_from;
@@ -168,7 +173,8 @@ pub fn frame(out: &mut Vec<u8>, sel: u8, body: &[u8]) {
 
 /// Virtual time a frame's selector asks to pass first (its high nibble).
 pub fn advance(sel: u8) -> Duration {
-    const MS: [u64; 16] = [0, 0, 0, 0, 1, 10, 20, 50, 100, 300, 1_000, 3_000, 10_000, 30_000, 60_000, 3_600_000];
+    const MS: [u64; 16] =
+        [0, 0, 0, 0, 1, 10, 20, 50, 100, 300, 1_000, 3_000, 10_000, 30_000, 60_000, 3_600_000];
     Duration::from_millis(MS[usize::from(sel >> 4)])
 }
 
@@ -303,7 +309,7 @@ fn world() -> Recorded {
             let _ = a.send(LINK, CHANNEL_RELIABLE, b"hello".to_vec());
             let _ = b.send(LINK, CHANNEL_RELIABLE, b"hi there".to_vec());
         }
-        if ms % 200 == 0 {
+        if ms.is_multiple_of(200) {
             let _ = b.send(LINK, CHANNEL_UNRELIABLE, format!("state {ms}").into_bytes());
         }
         if ms == 300 || ms == 2500 {
@@ -419,7 +425,8 @@ fn source_index(srcs: &[SocketAddr], from: SocketAddr) -> u8 {
 fn seeds_peer_datagram() -> Vec<Vec<u8>> {
     let rec = world();
     let srcs = peer_sources();
-    let items: Vec<(u8, Vec<u8>)> = rec.to_a.iter().map(|(f, b)| (source_index(&srcs, *f), b.clone())).collect();
+    let items: Vec<(u8, Vec<u8>)> =
+        rec.to_a.iter().map(|(f, b)| (source_index(&srcs, *f), b.clone())).collect();
     stream_seeds(&items)
 }
 
@@ -505,7 +512,9 @@ fn seeds_relay_datagram() -> Vec<Vec<u8>> {
     let confirm = BindRequest::encode(LINK, Side::A, &pa.token, &pa.bind_key, 6, BindCookie([9; 8]));
     let mut data = PeerHeader { kind: PeerKind::Data, link: LINK, side: Side::A, pn: 3 }.encode().to_vec();
     data.resize(data.len() + 40 + TAG_LEN, 0xa5);
-    for (sel, b) in [(0, bind_a.to_vec()), (1, bind_b.to_vec()), (0x50, padded), (0, confirm.to_vec()), (0, data)] {
+    for (sel, b) in
+        [(0, bind_a.to_vec()), (1, bind_b.to_vec()), (0x50, padded), (0, confirm.to_vec()), (0, data)]
+    {
         items.push((sel, b));
     }
     let mut seeds = stream_seeds(&items);
@@ -613,7 +622,10 @@ pub fn stun(data: &[u8]) {
     let locals = server.local_addrs();
     let clients = stun_clients();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let cfg = NatDiscoveryConfig { retransmit: MeshConfig::default().nat_retransmit, ..NatDiscoveryConfig::default() };
+    let cfg = NatDiscoveryConfig {
+        retransmit: MeshConfig::default().nat_retransmit,
+        ..NatDiscoveryConfig::default()
+    };
     let mut disco = NatDiscovery::new(t0, stun_cfg().primary, None, a_host(), cfg, &mut rng);
     drain(&mut disco);
     for (sel, bytes) in frames(data) {
@@ -622,7 +634,10 @@ pub fn stun(data: &[u8]) {
             let _ = (m.mapped_address(), m.other_address(), m.response_origin(), m.change_request());
             let _ = (m.response_port(), m.error_code());
             let again = m.encode();
-            assert!(Message::decode(&again).is_ok(), "a decoded STUN message re-encodes to something decodable");
+            assert!(
+                Message::decode(&again).is_ok(),
+                "a decoded STUN message re-encodes to something decodable"
+            );
         }
         let local = locals[usize::from(sel & 3) % locals.len()];
         let from = clients[usize::from((sel >> 2) & 3)];
@@ -685,7 +700,9 @@ fn shard_messages() -> Vec<ShardMessage> {
         ShardMessage::EnteredZone { zone: 3, x: 10.0, y: 20.0 },
         peer_intro(NatHint { dependent_mapping: true, port_delta: Some(2) }, candidates()),
         ShardMessage::Chat { from: PlayerId(9), name: "bob".into(), text: "hi".into() },
-        ShardMessage::Npcs { npcs: vec![NpcState { id: 1, x: 0.5, y: 0.25 }, NpcState { id: 2, x: -1.0, y: 3.0 }] },
+        ShardMessage::Npcs {
+            npcs: vec![NpcState { id: 1, x: 0.5, y: 0.25 }, NpcState { id: 2, x: -1.0, y: 3.0 }],
+        },
         ShardMessage::FromPeer { peer: PlayerId(9), reliable: false, data: vec![9; 16] },
         ShardMessage::RelayRefresh { link: LINK, relay: relay_params(Side::A) },
         ShardMessage::Correction { x: 1.0, y: 2.0 },
@@ -715,7 +732,10 @@ fn internal_messages() -> Vec<InternalMessage> {
         },
         InternalMessage::SetParty { client: 42, party: None },
         InternalMessage::Reset,
-        InternalMessage::Positions { game: 1, players: vec![(PlayerId(4), 1.0, 2.0), (PlayerId(5), 3.0, 4.0)] },
+        InternalMessage::Positions {
+            game: 1,
+            players: vec![(PlayerId(4), 1.0, 2.0), (PlayerId(5), 3.0, 4.0)],
+        },
     ];
     v.extend(client_messages().into_iter().map(|msg| InternalMessage::FromClient { client: 42, msg }));
     v.extend(shard_messages().into_iter().map(|msg| InternalMessage::ToClient { client: 42, msg }));
@@ -944,7 +964,9 @@ fn netcode_server() -> NetcodeServer {
         max_clients: 4,
         protocol_id: 0x7032_706d,
         public_addresses: vec![sa("203.0.113.1:5000")],
-        authentication: ServerAuthentication::Secure { private_key: crate::shard::keys::netcode_key(&SHARD_SECRET) },
+        authentication: ServerAuthentication::Secure {
+            private_key: crate::shard::keys::netcode_key(&SHARD_SECRET),
+        },
     })
 }
 
@@ -952,7 +974,9 @@ fn seeds_agent_netcode_packet() -> Vec<Vec<u8>> {
     let Some(token) = seed_token() else {
         return Vec::new();
     };
-    let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
+    let Ok(mut client) =
+        NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token })
+    else {
         return Vec::new();
     };
     let mut server = netcode_server();
@@ -1035,7 +1059,9 @@ fn client_token() -> Option<ConnectToken> {
 fn seeds_client_netcode_packet() -> Vec<Vec<u8>> {
     // What a real server sends a connecting client: challenge, keep-alive, payloads.
     let Some(token) = client_token() else { return Vec::new() };
-    let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
+    let Ok(mut client) =
+        NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token })
+    else {
         return Vec::new();
     };
     let mut server = netcode_server();
@@ -1070,7 +1096,9 @@ fn seeds_client_netcode_packet() -> Vec<Vec<u8>> {
 /// game does with anything that arrives from the server address).
 pub fn client_netcode_packet(data: &[u8]) {
     let Some(token) = client_token() else { return };
-    let Ok(mut client) = NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token }) else {
+    let Ok(mut client) =
+        NetcodeClient::new(NETCODE_TIME, ClientAuthentication::Secure { connect_token: token })
+    else {
         return;
     };
     let mut buf = Vec::with_capacity(1500);
@@ -1134,11 +1162,13 @@ impl Reader<'_> {
     }
 }
 
-const DELTAS: [i32; 12] = [i32::MIN, i32::MIN + 1, -65536, -65535, -1024, -1, 0, 1, 2, 65535, i32::MAX - 1, i32::MAX];
+const DELTAS: [i32; 12] =
+    [i32::MIN, i32::MIN + 1, -65536, -65535, -1024, -1, 0, 1, 2, 65535, i32::MAX - 1, i32::MAX];
 
 /// Fuzz-derived introduction parameters, as a hostile player's shard could forward them.
 pub fn intro_from(data: &[u8]) -> LinkParams {
-    let seed = data.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    let seed =
+        data.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     let mut r = Reader { data, rng: seed | 1 };
     let scale = r.u8();
     // Mostly a handful of candidates; 1 in 64 inputs lists up to 4,096 (the slow path).
@@ -1237,7 +1267,13 @@ mod tests {
         let rec = world();
         assert!(rec.to_a.iter().any(|(f, d)| *f == b_host() && d[0] == PeerKind::Data as u8), "direct data");
         assert!(rec.to_a.iter().any(|(f, d)| *f == relay_addr() && d[0] == 0x31), "bind acks");
-        assert!(rec.to_a.iter().any(|(_, d)| bevy_p2pmodel::proto::classify(d) == Ok(bevy_p2pmodel::proto::DatagramClass::Stun)), "STUN");
+        assert!(
+            rec.to_a
+                .iter()
+                .any(|(_, d)| bevy_p2pmodel::proto::classify(d)
+                    == Ok(bevy_p2pmodel::proto::DatagramClass::Stun)),
+            "STUN"
+        );
         assert!(!rec.to_relay.is_empty() && !rec.to_stun.is_empty());
         for t in all() {
             assert!(!(t.seeds)().is_empty(), "{} has seeds", t.name);
