@@ -90,6 +90,12 @@ pub fn all() -> Vec<Target> {
             run: stun,
         },
         Target {
+            name: "relay_stun_hook",
+            about: "the relay data plane's STUN side: is_stun, the full StunServer hook into a fixed buffer, the minimal Binding responder",
+            seeds: seeds_stun,
+            run: relay_stun_hook,
+        },
+        Target {
             name: "shard_client_message",
             about: "ClientMessage and InternalMessage decoders (client → shard, role ↔ role), re-encode what decodes",
             seeds: seeds_shard_client_message,
@@ -650,6 +656,35 @@ pub fn stun(data: &[u8]) {
         drain(&mut disco);
     }
     let _ = disco.report();
+}
+
+/// Each frame as the relay's data plane handles STUN: `is_stun`, then the full STUN server's
+/// hook (answer copied into a `SCRATCH_LEN` buffer) and the minimal Binding responder; every
+/// answer must decode with our codec.
+pub fn relay_stun_hook(data: &[u8]) {
+    use crate::relay::batch::SCRATCH_LEN;
+    use crate::relay::stun::{binding_response, is_stun, stun_config_for, stun_server_hook};
+    let locals = StunServer::new(stun_cfg()).local_addrs();
+    let mut full = stun_server_hook(stun_config_for(&locals));
+    let mut out = [0u8; SCRATCH_LEN];
+    let t0 = Instant::now();
+    let clients = stun_clients();
+    for (sel, bytes) in frames(data) {
+        if !is_stun(bytes) {
+            continue;
+        }
+        let local = locals[usize::from(sel & 3) % locals.len()];
+        let from =
+            if sel & 0x80 != 0 { sa("[2001:db8::77]:4242") } else { clients[usize::from((sel >> 2) & 3)] };
+        if let Some((src, _, len)) = full(t0, local, from, bytes, &mut out) {
+            assert!(locals.contains(&src), "answers leave from one of our sockets");
+            assert!(Message::decode(&out[..len]).is_ok(), "the full hook's answer decodes");
+        }
+        if let Some(len) = binding_response(from, bytes, &mut out) {
+            let m = Message::decode(&out[..len]).expect("the minimal responder's answer decodes");
+            assert_eq!(m.mapped_address(), Some(bevy_p2pmodel::proto::relay::canonical(from)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
