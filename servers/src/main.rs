@@ -43,7 +43,8 @@ enum Command {
         #[arg(long, default_value = "player")]
         name: String,
     },
-    /// Fuzz every decoder and network entry point; see `p2pmodel fuzz --help`.
+    /// Fuzz every decoder and network entry point for a while; prints execs and crashes.
+    #[command(long_about = p2pmodel_servers::fuzz::LONG_ABOUT)]
     Fuzz(p2pmodel_servers::fuzz::FuzzArgs),
     /// Measure a component's performance (not a test: prints figures and a summary line).
     Bench {

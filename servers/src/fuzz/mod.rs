@@ -28,20 +28,29 @@ use std::time::{Duration, Instant};
 pub use targets::{Target, all};
 
 /// Arguments of `p2pmodel fuzz`.
+/// The long `--help` text of `p2pmodel fuzz`.
+pub const LONG_ABOUT: &str = "\
+Fuzz every decoder and network entry point with structure-aware mutation, on the stable toolchain.
+
+Each target is seeded with valid inputs from our own encoders (real peer datagrams, relay binds,
+STUN messages, every shard message, renet and netcode packets from real clients), then mutated
+(bit flips, interesting bytes, truncation, extension, splicing, length-field inflation, repeated
+chunks) and mixed with random bytes. A panic, or an exec that allocates more than --max-alloc-mb,
+is a crash: the input is minimised, saved under --out/<target>/<hash>.bin and printed as hex.
+Runs are reproducible from --seed. One final line per target:
+
+  fuzz target=<name> execs=<n> crashes=<n> secs=<s> execs_per_sec=<r> slowest_ms=<m>
+
+Exit status 1 if any target crashed. Debug builds also catch integer overflow.
+
+Examples:
+  p2pmodel fuzz --list
+  p2pmodel fuzz --seconds 5                       (CI smoke of every target)
+  p2pmodel fuzz stun relay_datagram --execs 10000000
+  p2pmodel fuzz --replay fuzz/regressions          (replay saved inputs)";
+
+/// Arguments of `p2pmodel fuzz`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(
-    about = "Fuzz every decoder and network entry point (structure-aware mutation, stable Rust)",
-    long_about = "Fuzz every decoder and network entry point with structure-aware mutation on the \
-                  stable toolchain.\n\nEach target is seeded with valid inputs from our own \
-                  encoders, then mutated and mixed with random bytes. Any panic (or an exec that \
-                  allocates more than --max-alloc-mb) is a crash: the input is minimised, saved \
-                  under --out/<target>/<hash>.bin and printed as hex. Runs are reproducible from \
-                  --seed. One final line per target:\n  fuzz target=<name> execs=<n> crashes=<n> \
-                  secs=<s> execs_per_sec=<r> slowest_ms=<m>\nExit status 1 if any target \
-                  crashed.\n\nExamples:\n  p2pmodel fuzz --list\n  p2pmodel fuzz --seconds 5  \
-                  (CI smoke of every target)\n  p2pmodel fuzz stun relay_datagram --execs 10000000\n  \
-                  p2pmodel fuzz --replay fuzz/regressions  (replay saved inputs)"
-)]
 pub struct FuzzArgs {
     /// Targets to run (default: all). See --list.
     #[arg(value_name = "TARGET")]
