@@ -84,6 +84,10 @@ pub struct FuzzArgs {
     /// Save up to this many distinct crashes per target (all are counted).
     #[arg(long, default_value_t = 8)]
     pub keep: usize,
+    /// Write each target's seed inputs to DIR/<target>/ and exit (e.g. a cargo-fuzz corpus:
+    /// `--write-seeds fuzz/corpus`).
+    #[arg(long, value_name = "DIR")]
+    pub write_seeds: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -589,6 +593,19 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
     if args.list {
         for t in &all() {
             println!("{:<24} {}", t.name, t.about);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = &args.write_seeds {
+        for t in &targets {
+            let seeds = (t.seeds)();
+            for s in &seeds {
+                if let Err(e) = save(dir, t.name, s) {
+                    eprintln!("p2pmodel: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            println!("{} seeds for {}", seeds.len(), t.name);
         }
         return ExitCode::SUCCESS;
     }
