@@ -12,6 +12,7 @@
 //! - [`nat`]: NAT behaviour discovery (RFC 4787 / RFC 5780 terms).
 //! - [`crypto`]: per-link AEAD with replay protection.
 //! - [`config`]: every timing constant of the link, with its reason.
+//! - [`guard`]: panic containment where a dependency processes network input.
 //! - [`link`]: one peer pair: relay-first, probing, direct path, keepalive, failover.
 //! - [`mesh`]: many links over one socket, routed by link id.
 //! - [`relay`]: the relay's token check and forwarding logic (sans-IO).
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
+pub mod guard;
 pub mod link;
 pub mod mesh;
 pub mod nat;

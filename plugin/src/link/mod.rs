@@ -112,8 +112,19 @@ pub enum LinkEvent {
     ObservedAddressChanged(SocketAddr),
     /// The direct path died: the mesh should re-check our public address.
     DirectPathFailed(SocketAddr),
-    /// The peer's renet layer sent something undecodable; the link is unusable.
+    /// The peer's renet layer sent something renet refused (undecodable, unknown channel,
+    /// invalid slice, over budget) or that made renet panic: the link is unusable for good
+    /// (reported once; [`Link::broken`] says why). Other links are unaffected.
     Broken,
+}
+
+/// Why a link broke ([`LinkEvent::Broken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakReason {
+    /// renet refused the peer's packet and closed its connection.
+    RenetError,
+    /// renet panicked on the peer's packet (caught; its state was thrown away).
+    RenetPanic,
 }
 
 /// Counters of one link, for metrics and tests.
@@ -139,6 +150,8 @@ pub struct LinkStats {
     pub rejected: u64,
     /// Direct paths that failed and fell back.
     pub failovers: u64,
+    /// Peer data datagrams ignored because the link is broken.
+    pub dropped_broken: u64,
 }
 
 /// Liveness of one path: when we last heard on it, and the oldest send not yet answered.
@@ -304,6 +317,12 @@ pub struct Link {
     /// reliable send, re-read from renet only after it processed a packet (acks free its
     /// memory nowhere else), so the deadline costs no lookups into renet's maps.
     reliable_pending: bool,
+    /// Set once renet refused the peer's data or panicked on it; the link then ignores peer
+    /// data and `renet` is a closed connection.
+    broken: Option<BreakReason>,
+    /// Test-only fault injection: renet "panics" on the next peer data datagram.
+    #[cfg(test)]
+    pub(crate) panic_on_data: bool,
     now: Instant,
     stats: LinkStats,
 }
@@ -404,6 +423,9 @@ impl Link {
             timeout: None,
             plaintext: Vec::new(),
             reliable_pending: false,
+            broken: None,
+            #[cfg(test)]
+            panic_on_data: false,
             now,
             stats: LinkStats::default(),
             cfg,
@@ -461,6 +483,33 @@ impl Link {
         self.stats
     }
 
+    /// Why the link broke, if it did ([`LinkEvent::Broken`]).
+    pub fn broken(&self) -> Option<BreakReason> {
+        self.broken
+    }
+
+    /// The peer's data broke renet: close the link's renet connection for good (after a
+    /// panic, replace it — a value that panicked mid-update is not trusted again) and report
+    /// it once.
+    fn break_link(&mut self, reason: BreakReason) {
+        if self.broken.is_some() {
+            return;
+        }
+        if reason == BreakReason::RenetPanic {
+            let channels = channels(&self.cfg);
+            self.renet = RenetClient::new(ConnectionConfig {
+                available_bytes_per_tick: 0,
+                server_channels_config: channels.clone(),
+                client_channels_config: channels,
+            });
+        }
+        self.renet.disconnect();
+        self.reliable_pending = false;
+        self.ack_due = None;
+        self.broken = Some(reason);
+        self.events.push_back(LinkEvent::Broken);
+    }
+
     /// Our public address as the relay last saw it.
     pub fn observed_address(&self) -> Option<SocketAddr> {
         self.relay.as_ref().and_then(|r| r.observed)
@@ -469,10 +518,13 @@ impl Link {
     /// Queue an application message on `channel` ([`CHANNEL_RELIABLE`] or
     /// [`CHANNEL_UNRELIABLE`]); it leaves at the next `handle_timeout`, which
     /// [`Link::poll_timeout`] asks for at once. Returns false (and drops it) if the channel's
-    /// buffer is full or the channel does not exist.
+    /// buffer is full, the channel does not exist or the link is [broken](Link::broken).
     pub fn send(&mut self, channel: u8, message: impl Into<Bytes>) -> bool {
         let message = message.into();
-        if channel > CHANNEL_UNRELIABLE || !self.renet.can_send_message(channel, message.len()) {
+        if channel > CHANNEL_UNRELIABLE
+            || self.broken.is_some()
+            || !self.renet.can_send_message(channel, message.len())
+        {
             return false;
         }
         self.renet.send_message(channel, message);
@@ -1070,19 +1122,35 @@ impl Link {
                     self.rtt_sample(now - sent);
                 }
             }
+            PeerKind::Data if self.broken.is_some() => self.stats.dropped_broken += 1,
             PeerKind::Data => {
                 if !is_renet_ack(&body) {
                     self.ack_due.get_or_insert(now + self.cfg.ack_delay);
                 }
-                self.renet.process_packet(&body);
-                if self.reliable_pending {
-                    self.reliable_pending = self.renet_reliable_pending();
-                }
-                if self.renet.is_disconnected() {
-                    self.events.push_back(LinkEvent::Broken);
-                }
-                while let Some(msg) = self.renet.receive_message(CHANNEL_CONTROL) {
-                    self.on_control(now, &msg);
+                // The peer's bytes reach renet here: a refusal closes renet's connection, a
+                // panic is caught; either way only this link breaks.
+                let renet = &mut self.renet;
+                #[cfg(test)]
+                let inject = std::mem::take(&mut self.panic_on_data);
+                #[cfg(not(test))]
+                let inject = false;
+                let fed = crate::guard::catch_panic(|| {
+                    assert!(!inject, "injected renet panic");
+                    renet.process_packet(&body)
+                });
+                if let Err(panic) = fed {
+                    bevy::log::warn!(link = ?self.id, %panic, "renet panicked on peer data; link broken");
+                    self.break_link(BreakReason::RenetPanic);
+                } else if self.renet.is_disconnected() {
+                    bevy::log::warn!(link = ?self.id, reason = ?self.renet.disconnect_reason(), "renet refused peer data; link broken");
+                    self.break_link(BreakReason::RenetError);
+                } else {
+                    if self.reliable_pending {
+                        self.reliable_pending = self.renet_reliable_pending();
+                    }
+                    while let Some(msg) = self.renet.receive_message(CHANNEL_CONTROL) {
+                        self.on_control(now, &msg);
+                    }
                 }
             }
             PeerKind::Control => {}
@@ -1176,16 +1244,25 @@ impl Link {
     /// Move renet's packets onto the current path, and report a path change.
     fn flush(&mut self, now: Instant) {
         self.dirty = false;
-        self.renet.update(now.saturating_duration_since(self.renet_time));
-        self.renet_time = self.renet_time.max(now);
         let path = self.path();
         let dst = match path {
             Path::Direct { remote } => Some(remote),
             Path::Relayed { relay } => Some(relay),
             Path::None => None,
         };
+        // renet's send side acts on the peer's acks: guarded like `process_packet`.
+        let (renet, elapsed) = (&mut self.renet, now.saturating_duration_since(self.renet_time));
+        let packets = crate::guard::catch_panic(|| {
+            renet.update(elapsed);
+            if dst.is_some() { renet.get_packets_to_send() } else { Vec::new() }
+        });
+        self.renet_time = self.renet_time.max(now);
+        let packets = packets.unwrap_or_else(|panic| {
+            bevy::log::warn!(link = ?self.id, %panic, "renet panicked sending; link broken");
+            self.break_link(BreakReason::RenetPanic);
+            Vec::new()
+        });
         if let Some(dst) = dst {
-            let packets = self.renet.get_packets_to_send();
             let carries_messages = packets.iter().any(|p| !is_renet_ack(p));
             for packet in packets {
                 let expects_answer = !is_renet_ack(&packet);

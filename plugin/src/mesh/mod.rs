@@ -22,7 +22,9 @@ use thiserror::Error;
 use crate::config::MeshConfig;
 use crate::crypto::OpenError;
 use crate::endpoint::{Endpoint, Transmit};
-use crate::link::{Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams, NatHint, RelayParams};
+use crate::link::{
+    BreakReason, Candidate, CandidateKind, ClockAnchor, Link, LinkEvent, LinkParams, NatHint, RelayParams,
+};
 use crate::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
 use crate::proto::peer::{LinkId, PeerHeader};
 use crate::proto::relay::RelayKind;
@@ -77,6 +79,10 @@ pub struct MeshStats {
     pub rejected: u64,
     /// Dropped: not a kind a client accepts.
     pub unexpected: u64,
+    /// Links broken because renet refused a peer's data ([`BreakReason::RenetError`]).
+    pub links_broken_renet_error: u64,
+    /// Links broken because renet panicked on a peer's data ([`BreakReason::RenetPanic`]).
+    pub links_broken_renet_panic: u64,
 }
 
 impl MeshStats {
@@ -421,6 +427,10 @@ fn drain_link(
         match event {
             LinkEvent::ObservedAddressChanged(a) => out.public = Some(a),
             LinkEvent::DirectPathFailed(_) => out.direct_failed = true,
+            LinkEvent::Broken => match link.broken() {
+                Some(BreakReason::RenetPanic) => stats.links_broken_renet_panic += 1,
+                _ => stats.links_broken_renet_error += 1,
+            },
             _ => {}
         }
         events.push_back(MeshEvent::Link { link: id, event });
@@ -561,5 +571,122 @@ mod tests {
         assert_eq!(m.stats().unknown_link, 1);
         m.remove_link(LinkId(1)).unwrap();
         assert_eq!(m.remove_link(LinkId(1)), Err(MeshError::NoSuchLink(LinkId(1))));
+    }
+
+    /// QUIC varint, as renet's packets use (values < 2^14 here).
+    fn varint(v: u64, out: &mut Vec<u8>) {
+        if v < 64 {
+            out.push(v as u8);
+        } else {
+            out.extend_from_slice(&(v as u16 | 0x4000).to_be_bytes());
+        }
+    }
+
+    /// A renet reliable slice packet on channel 0.
+    fn renet_slice(seq: u64, index: u64, num: u64) -> Vec<u8> {
+        let mut p = vec![2];
+        varint(seq, &mut p);
+        p.push(crate::link::CHANNEL_RELIABLE);
+        varint(0, &mut p); // message id
+        varint(index, &mut p);
+        varint(num, &mut p);
+        varint(1200, &mut p);
+        p.extend_from_slice(&[0xAB; 1200]);
+        p
+    }
+
+    #[test]
+    fn hostile_renet_payloads_from_a_peer_break_only_its_link() {
+        use crate::crypto::LinkCrypto;
+        use crate::link::{BreakReason, CHANNEL_RELIABLE};
+        use crate::proto::peer::PeerKind;
+        use std::time::Duration;
+
+        let mut now = Instant::now();
+        let local: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let from: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let mut m = mesh(now);
+        // Link 2 is honest: its peer is a real Link on side B.
+        let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+        let mut honest = Link::new(
+            now,
+            LinkParams {
+                side: Side::B,
+                remote: vec![Candidate::new(CandidateKind::Host, local)],
+                ..params(2)
+            },
+            vec![],
+            NatHint::default(),
+            crate::config::LinkConfig::default(),
+            clock,
+        );
+        for id in [1, 2, 3, 4, 5] {
+            m.add_link(now, params(id)).unwrap();
+        }
+        // Shuttle datagrams between the mesh and the honest peer for `d` of virtual time.
+        let run = |m: &mut Mesh, honest: &mut Link, now: &mut Instant, d: Duration| {
+            let end = *now + d;
+            while *now < end {
+                while let Some(t) = m.poll_transmit() {
+                    let _ = honest.handle_peer(*now, None, local, &t.payload);
+                }
+                while let Some(t) = honest.poll_transmit() {
+                    m.handle_datagram(*now, local, from, &t.payload);
+                }
+                *now += Duration::from_millis(5);
+                m.handle_timeout(*now);
+                if honest.poll_timeout().is_some_and(|t| t <= *now) {
+                    honest.handle_timeout(*now);
+                }
+            }
+        };
+        run(&mut m, &mut honest, &mut now, Duration::from_millis(300));
+        assert!(m.link(LinkId(2)).unwrap().path() != crate::link::Path::None, "honest link up");
+        while m.poll_event().is_some() {}
+
+        // Hostile peers hold the right key for their link and send renet payloads that
+        // renet refuses: the slice crash of renet 2.0.1, garbage after a valid header, an
+        // unknown channel id.
+        let peer = |id: u32| LinkCrypto::new(&LinkKey([9; 32]), LinkId(id), Side::B);
+        let (mut p1, mut p3, mut p4, mut p5) = (peer(1), peer(3), peer(4), peer(5));
+        m.handle_datagram(now, local, from, &p1.seal(PeerKind::Data, &renet_slice(0, 0, 2)));
+        m.handle_datagram(now, local, from, &p1.seal(PeerKind::Data, &renet_slice(1, 5, 10)));
+        m.handle_datagram(now, local, from, &p3.seal(PeerKind::Data, &[0, 0, 0, 0xff, 0xff, 1, 2, 3]));
+        m.handle_datagram(now, local, from, &p4.seal(PeerKind::Data, &[0, 0, 9, 0, 1, 0, 1, b'x']));
+        // Link 5: renet panics (injected: the patched renet no longer does).
+        m.links.get_mut(&LinkId(5)).unwrap().panic_on_data = true;
+        m.handle_datagram(now, local, from, &p5.seal(PeerKind::Data, &[0, 0, 0, 0, 0]));
+        // More hostile data on a broken link: ignored, counted, reported once.
+        m.handle_datagram(now, local, from, &p1.seal(PeerKind::Data, &renet_slice(2, 7, 10)));
+
+        let broken: Vec<LinkId> = std::iter::from_fn(|| m.poll_event())
+            .filter_map(|e| match e {
+                MeshEvent::Link { link, event: LinkEvent::Broken } => Some(link),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(broken, vec![LinkId(1), LinkId(3), LinkId(4), LinkId(5)]);
+        let s = m.stats();
+        assert_eq!((s.links_broken_renet_error, s.links_broken_renet_panic), (3, 1), "{s:?}");
+        assert_eq!(m.link(LinkId(1)).unwrap().broken(), Some(BreakReason::RenetError));
+        assert_eq!(m.link(LinkId(5)).unwrap().broken(), Some(BreakReason::RenetPanic));
+        assert_eq!(m.link(LinkId(1)).unwrap().stats().dropped_broken, 1);
+        assert!(!m.send(LinkId(5), CHANNEL_RELIABLE, b"x".to_vec()).unwrap(), "a broken link sends nothing");
+        assert_eq!(m.link(LinkId(2)).unwrap().broken(), None);
+
+        // The honest link keeps delivering both ways, and the broken ones stay quiet.
+        for i in 0..20 {
+            assert!(m.send(LinkId(2), CHANNEL_RELIABLE, format!("to b {i}").into_bytes()).unwrap());
+        }
+        honest.send(CHANNEL_RELIABLE, b"to a".to_vec());
+        run(&mut m, &mut honest, &mut now, Duration::from_millis(300));
+        let got: Vec<Bytes> = std::iter::from_fn(|| honest.receive(CHANNEL_RELIABLE)).collect();
+        assert_eq!(got.len(), 20);
+        assert_eq!(&got[19][..], b"to b 19");
+        assert_eq!(m.receive(LinkId(2), CHANNEL_RELIABLE).as_deref(), Some(&b"to a"[..]));
+        assert!(
+            std::iter::from_fn(|| m.poll_event())
+                .all(|e| !matches!(e, MeshEvent::Link { event: LinkEvent::Broken, .. }))
+        );
     }
 }

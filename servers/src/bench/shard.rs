@@ -536,7 +536,12 @@ impl Generator {
                 continue;
             }
             if let Some(payload) = c.nc.process_packet(&mut self.buf[..n]) {
-                c.renet.process_packet(payload);
+                let renet = &mut c.renet;
+                if bevy_p2pmodel::guard::catch_panic(|| renet.process_packet(payload)).is_err() {
+                    // A renet that panicked mid-update is not used again: this bot is done.
+                    c.renet = RenetClient::new(ConnectionConfig::default());
+                    c.renet.disconnect();
+                }
             }
         }
         let mut msgs = Vec::new();

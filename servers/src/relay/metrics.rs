@@ -81,7 +81,10 @@ fn serve(mut c: TcpStream, source: &MetricsSource) -> io::Result<()> {
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
             let (snap, p50, p99) = source();
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&snap, p50, p99))
+            let mut body = render(&snap, p50, p99);
+            // `shard all`: the Agent's always-on counters ride on this endpoint.
+            crate::shard::metrics::render_prometheus(&mut body);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
         }
         ("GET", "/health") | ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),

@@ -31,7 +31,8 @@ use renetcode::{NetcodeServer, ServerResult};
 use super::bus::ShardBus;
 use super::keys::name_from_user_data;
 use super::login::OnlineNames;
-use super::metrics;
+use super::metrics::{self, ClientDropReason};
+use bevy_p2pmodel::guard::catch_panic;
 
 /// SO_RCVBUF / SO_SNDBUF of the Agent's sockets: at 2,000 clients the Agent takes
 /// ~1.5 MB/s, so the kernel default (208 KiB) overflows when a frame is late by ~150 ms.
@@ -131,6 +132,13 @@ pub struct AgentTransport {
     /// Ack-only packets not sent because one went to that client less than
     /// [`ACK_INTERVAL`] ago.
     pub acks_deferred: u64,
+    /// Clients whose packet made renet panic this frame (their renet state is discarded).
+    panicked: HashMap<u64, ClientDropReason>,
+    /// Clients this transport dropped, per [`ClientDropReason`] (also counted process-wide in
+    /// [`metrics`]).
+    dropped: HashMap<ClientDropReason, u64>,
+    /// Datagrams dropped because netcode panicked decoding them (caught).
+    pub netcode_panics: u64,
 }
 
 impl AgentTransport {
@@ -144,6 +152,7 @@ impl AgentTransport {
         private_key: [u8; NETCODE_KEY_BYTES],
     ) -> std::io::Result<Self> {
         let n = sockets.len().max(1);
+        metrics::registry().agent_running.store(true, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let mut ports = Vec::new();
         for (i, (socket, addr)) in sockets.into_iter().zip(public.iter()).enumerate() {
@@ -165,6 +174,9 @@ impl AgentTransport {
             buf: vec![0; 1500],
             last_ack: HashMap::new(),
             acks_deferred: 0,
+            panicked: HashMap::new(),
+            dropped: HashMap::new(),
+            netcode_panics: 0,
         })
     }
 
@@ -193,6 +205,11 @@ impl AgentTransport {
         self.ports.iter().map(|p| p.server.connected_clients()).collect()
     }
 
+    /// Clients this transport dropped for `reason` so far.
+    pub fn dropped(&self, reason: ClientDropReason) -> u64 {
+        self.dropped.get(&reason).copied().unwrap_or(0)
+    }
+
     /// Receive on every socket, advance every netcode server, feed payloads to `renet`.
     pub fn update(&mut self, dt: Duration, renet: &mut RenetServer) {
         let mut refuse = Vec::new();
@@ -211,12 +228,24 @@ impl AgentTransport {
                     }
                 };
                 metrics::agent_in(len);
-                let r = server.process_packet(addr, &mut self.buf[..len]);
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse);
+                // netcode decodes a datagram's header before authenticating it: a panic in
+                // there (renetcode 2.0.0 had two, patched in vendor/renetcode) drops the
+                // datagram, is counted and logged, and the Agent goes on.
+                let (srv, buf) = (&mut *server, &mut self.buf[..len]);
+                let r = match catch_panic(move || srv.process_packet(addr, buf)) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        self.netcode_panics += 1;
+                        metrics::agent_netcode_panic();
+                        warn!(%addr, %panic, "netcode panicked on a datagram; dropped");
+                        continue;
+                    }
+                };
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse, &mut self.panicked);
             }
             for id in server.clients_id() {
                 let r = server.update_client(id);
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse);
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse, &mut self.panicked);
             }
         }
         for (i, id) in refuse {
@@ -227,15 +256,36 @@ impl AgentTransport {
                 let _ = socket.send_to(p, addr);
             }
         }
+        // Connections renet closed (it refused a client's packet, or we kicked the client) and
+        // those whose packet made renet panic: drop them at the netcode layer too, count why.
         for id in renet.disconnections_id() {
+            let reason = self
+                .panicked
+                .remove(&id)
+                .or_else(|| renet.disconnect_reason(id).and_then(ClientDropReason::from_renet));
+            if let Some(reason) = reason {
+                *self.dropped.entry(reason).or_default() += 1;
+                metrics::agent_dropped_client(reason);
+                if reason != ClientDropReason::Kicked {
+                    warn!(client_id = id, reason = reason.label(), renet = ?renet.disconnect_reason(id), "dropping client");
+                }
+            }
             let Some(&i) = self.owner.get(&id) else {
                 renet.remove_connection(id);
                 continue;
             };
             let NetcodePort { socket, server } = &mut self.ports[i];
             let r = server.disconnect(id);
-            handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new());
+            handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new(), &mut self.panicked);
+            if self.owner.get(&id) == Some(&i) {
+                // netcode no longer knew the client: finish the drop here, so it is not
+                // listed (and counted) again next frame.
+                self.owner.remove(&id);
+                self.load.add(i, -1);
+                renet.remove_connection(id);
+            }
         }
+        self.panicked.clear();
     }
 
     /// Send what renet has queued for every client, on the socket it connected through
@@ -245,7 +295,26 @@ impl AgentTransport {
         self.last_ack.retain(|id, _| self.owner.contains_key(id));
         for id in renet.clients_id() {
             let Some(&i) = self.owner.get(&id) else { continue };
-            let Ok(packets) = renet.get_packets_to_send(id) else { continue };
+            // renet's send side acts on the client's acks: guarded like `feed_renet`. A client
+            // it panics on is dropped at once (its connection is not touched again).
+            let packets = match catch_panic(|| renet.get_packets_to_send(id)) {
+                Ok(Ok(packets)) => packets,
+                Ok(Err(_)) => continue,
+                Err(panic) => {
+                    warn!(client_id = id, %panic, reason = "renet_panic", "renet panicked sending; dropping client");
+                    *self.dropped.entry(ClientDropReason::RenetPanic).or_default() += 1;
+                    metrics::agent_dropped_client(ClientDropReason::RenetPanic);
+                    let NetcodePort { socket, server } = &mut self.ports[i];
+                    let r = server.disconnect(id);
+                    let (owner, load) = (&mut self.owner, &self.load);
+                    handle(r, i, socket, renet, owner, load, &mut Vec::new(), &mut HashMap::new());
+                    if owner.remove(&id).is_some() {
+                        load.add(i, -1);
+                    }
+                    renet.remove_connection(id);
+                    continue;
+                }
+            };
             let NetcodePort { socket, server } = &mut self.ports[i];
             for packet in packets {
                 if packet.first() == Some(&RENET_ACK) {
@@ -278,7 +347,7 @@ impl AgentTransport {
             let NetcodePort { socket, server } = port;
             for id in server.clients_id() {
                 let r = server.disconnect(id);
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new());
+                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new(), &mut self.panicked);
             }
         }
     }
@@ -315,6 +384,7 @@ pub fn bind_transport(config: &crate::config::ShardConfig) -> Result<AgentTransp
         .map_err(|source| super::ShardError::Bind { what: "agent", addr: first, source })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle(
     r: ServerResult<'_, '_>,
     i: usize,
@@ -323,6 +393,7 @@ fn handle(
     owner: &mut HashMap<u64, usize>,
     load: &AgentLoad,
     refuse: &mut Vec<(usize, u64)>,
+    panicked: &mut HashMap<u64, ClientDropReason>,
 ) {
     let send = |p: &[u8], addr: SocketAddr| {
         metrics::agent_out(p.len());
@@ -333,7 +404,7 @@ fn handle(
         ServerResult::PacketToSend { payload, addr } => send(payload, addr),
         ServerResult::Payload { client_id, payload } => {
             if owner.get(&client_id) == Some(&i) {
-                let _ = renet.process_packet_from(payload, client_id);
+                feed_renet(renet, payload, client_id, panicked);
             }
         }
         ServerResult::ClientConnected { client_id, addr, payload, .. } => {
@@ -356,6 +427,36 @@ fn handle(
                 renet.remove_connection(client_id);
             }
         }
+    }
+}
+
+/// Hand one client's decrypted payload to renet. A packet renet refuses closes that client's
+/// renet connection (renet does it; [`AgentTransport::update`] then drops the client). A panic
+/// inside renet is caught: the client's connection is closed at once and recorded in
+/// `panicked`, so it is dropped and discarded in the same frame — nothing touches its
+/// half-updated state again — and every other session goes on.
+pub fn feed_renet(
+    renet: &mut RenetServer,
+    payload: &[u8],
+    client_id: u64,
+    panicked: &mut HashMap<u64, ClientDropReason>,
+) {
+    guarded(renet, client_id, panicked, |renet| {
+        let _ = renet.process_packet_from(payload, client_id);
+    });
+}
+
+/// [`feed_renet`]'s guard around any renet call made for `client_id`.
+fn guarded(
+    renet: &mut RenetServer,
+    client_id: u64,
+    panicked: &mut HashMap<u64, ClientDropReason>,
+    f: impl FnOnce(&mut RenetServer),
+) {
+    if let Err(panic) = catch_panic(|| f(renet)) {
+        warn!(client_id, %panic, "renet panicked on a client's packet; dropping the client");
+        renet.disconnect(client_id);
+        panicked.insert(client_id, ClientDropReason::RenetPanic);
     }
 }
 
@@ -567,5 +668,47 @@ fn roles_to_clients(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bevy_renet::renet::ConnectionConfig;
+
+    fn transport() -> AgentTransport {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        AgentTransport::new(vec![socket], vec![addr], 8, 1, [7; NETCODE_KEY_BYTES]).unwrap()
+    }
+
+    #[test]
+    fn a_panic_inside_renet_drops_only_that_client_and_is_counted() {
+        let mut t = transport();
+        let mut renet = RenetServer::new(ConnectionConfig::default());
+        renet.add_connection(1);
+        renet.add_connection(2);
+        // renet panics half-way through client 1's packet (injected: the patched renet does
+        // not panic on any packet we know of).
+        guarded(&mut renet, 1, &mut t.panicked, |r| {
+            r.send_message(1, DefaultChannel::ReliableOrdered, vec![1u8; 10]);
+            panic!("injected");
+        });
+        t.update(Duration::from_millis(16), &mut renet);
+        assert_eq!(t.dropped(ClientDropReason::RenetPanic), 1);
+        assert!(!renet.clients_id().contains(&1) && renet.disconnect_reason(1).is_none(), "discarded");
+        assert!(renet.is_connected(2));
+        // A packet renet refuses (unknown channel 9) drops client 2, counted as such.
+        feed_renet(&mut renet, &[0, 0, 9, 0, 0], 2, &mut t.panicked);
+        t.update(Duration::from_millis(16), &mut renet);
+        assert_eq!(t.dropped(ClientDropReason::RenetChannelId), 1);
+        assert!(!renet.has_connections());
+        // Nothing is counted twice on later frames.
+        t.update(Duration::from_millis(16), &mut renet);
+        assert_eq!(t.dropped(ClientDropReason::RenetPanic) + t.dropped(ClientDropReason::RenetChannelId), 2);
+        assert!(metrics::registry().agent_drops.get(ClientDropReason::RenetPanic) >= 1);
+        let mut text = String::new();
+        metrics::render_prometheus(&mut text);
+        assert!(text.contains("p2pmodel_agent_dropped_clients_total{reason=\"renet_panic\"}"), "{text}");
     }
 }

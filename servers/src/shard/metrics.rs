@@ -18,6 +18,11 @@
 //!   FIFO order, so it needs the in-process bus (`shard all`).
 //!
 //! Histograms are log-linear (16 sub-buckets per power of two of µs, ≤ 6 % error).
+//!
+//! One family is **always on** (security, not benchmarking): clients the Agent dropped, by
+//! [`ClientDropReason`] — `p2pmodel_agent_dropped_clients_total{reason=…}`, appended to the
+//! relay's `/metrics` in a process that runs an Agent ([`render_prometheus`]), with
+//! `p2pmodel_agent_netcode_panics_total` (datagrams netcode panicked on; caught).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,9 +146,124 @@ impl Traffic {
     }
 }
 
+/// Why the Agent dropped a client: the `reason` label of
+/// `p2pmodel_agent_dropped_clients_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientDropReason {
+    /// renet could not decode the client's packet (`renet_decode`).
+    RenetDecode,
+    /// The packet named a channel that does not exist (`renet_channel_id`).
+    RenetChannelId,
+    /// A receive channel refused it: invalid slice, over the memory budget, message id out of
+    /// window (`renet_channel`).
+    RenetChannel,
+    /// renet panicked on the client's packet; caught, the connection was discarded
+    /// (`renet_panic`).
+    RenetPanic,
+    /// Our reliable send buffer to the client overflowed: a client that does not ack
+    /// (`send_overflow`).
+    SendOverflow,
+    /// The shard disconnected it on purpose, e.g. a token without a valid name (`kicked`).
+    Kicked,
+}
+
+impl ClientDropReason {
+    /// Every reason, in label order.
+    pub const ALL: [ClientDropReason; 6] = [
+        ClientDropReason::RenetDecode,
+        ClientDropReason::RenetChannelId,
+        ClientDropReason::RenetChannel,
+        ClientDropReason::RenetPanic,
+        ClientDropReason::SendOverflow,
+        ClientDropReason::Kicked,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientDropReason::RenetDecode => "renet_decode",
+            ClientDropReason::RenetChannelId => "renet_channel_id",
+            ClientDropReason::RenetChannel => "renet_channel",
+            ClientDropReason::RenetPanic => "renet_panic",
+            ClientDropReason::SendOverflow => "send_overflow",
+            ClientDropReason::Kicked => "kicked",
+        }
+    }
+
+    /// The reason for a connection renet closed (`None`: not a drop by the shard).
+    pub fn from_renet(reason: renet::DisconnectReason) -> Option<ClientDropReason> {
+        use renet::DisconnectReason as R;
+        Some(match reason {
+            R::PacketDeserialization(_) => ClientDropReason::RenetDecode,
+            R::ReceivedInvalidChannelId(_) => ClientDropReason::RenetChannelId,
+            R::ReceiveChannelError { .. } => ClientDropReason::RenetChannel,
+            R::SendChannelError { .. } | R::PacketSerialization(_) => ClientDropReason::SendOverflow,
+            R::DisconnectedByServer => ClientDropReason::Kicked,
+            R::Transport | R::DisconnectedByClient => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Clients dropped by the Agent, per [`ClientDropReason`].
+#[derive(Debug, Default)]
+pub struct ClientDrops([AtomicU64; ClientDropReason::ALL.len()]);
+
+impl ClientDrops {
+    /// Count one drop.
+    pub fn add(&self, reason: ClientDropReason) {
+        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops for `reason` so far.
+    pub fn get(&self, reason: ClientDropReason) -> u64 {
+        self.0[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Hook (always on): the Agent dropped a client for `reason`.
+pub fn agent_dropped_client(reason: ClientDropReason) {
+    registry().agent_drops.add(reason);
+}
+
+/// Hook (always on): netcode panicked on a datagram at the Agent (caught, datagram dropped).
+pub fn agent_netcode_panic() {
+    registry().agent_netcode_panics.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Append the always-on Agent counters in the Prometheus text format (nothing in a process
+/// that never started an Agent).
+pub fn render_prometheus(out: &mut String) {
+    let r = registry();
+    if !r.agent_running.load(Ordering::Relaxed) {
+        return;
+    }
+    let name = "p2pmodel_agent_dropped_clients_total";
+    out.push_str(&format!(
+        "# HELP {name} Clients the Agent disconnected, by reason.\n# TYPE {name} counter\n"
+    ));
+    for reason in ClientDropReason::ALL {
+        out.push_str(&format!("{name}{{reason=\"{}\"}} {}\n", reason.label(), r.agent_drops.get(reason)));
+    }
+    let name = "p2pmodel_agent_netcode_panics_total";
+    out.push_str(&format!(
+        "# HELP {name} Datagrams dropped because netcode panicked decoding them.\n# TYPE {name} counter\n{name} {}\n",
+        r.agent_netcode_panics.load(Ordering::Relaxed)
+    ));
+}
+
 /// Everything recorded (see the module docs).
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// Clients the Agent dropped, by reason (always on).
+    pub agent_drops: ClientDrops,
+    /// An Agent runs in this process (its counters are rendered).
+    pub agent_running: AtomicBool,
+    /// Datagrams netcode panicked on at the Agent (always on).
+    pub agent_netcode_panics: AtomicU64,
     /// The Agent's netcode sockets.
     pub agent: Traffic,
     /// Game servers, on the internal bus.

@@ -265,6 +265,13 @@ impl<'a> Packet<'a> {
         let prefix_byte = buffer[0];
         let (packet_type, sequence_len) = decode_prefix(prefix_byte);
         let packet_type = PacketType::from_u8(packet_type)?;
+        // P2PModel patch: the prefix's sequence length (high nibble, 0..=15) was used as is to
+        // slice an 8-byte array in `read_sequence`: one unauthenticated datagram with a prefix
+        // like 0xF5, sent from (or spoofing) the address of a connected or pending client, or
+        // of the server towards a client, panicked the process.
+        if sequence_len > 8 {
+            return Err(NetcodeError::InvalidPacketType);
+        }
 
         if matches!(packet_type, PacketType::ConnectionRequest) {
             Ok((0, Packet::read(PacketType::ConnectionRequest, &buffer[1..])?))
@@ -277,10 +284,10 @@ impl<'a> Packet<'a> {
                 (sequence, additional_data, src.position() as usize)
             };
 
-            // P2PModel patch: the sequence may take up to 8 bytes after the 18-byte minimum
-            // was checked; without this, fewer than 16 bytes left for the MAC made
-            // `dencrypted_in_place` compute `len - 16` below zero (a panic in every build).
-            if buffer.len() - read_pos < NETCODE_MAC_BYTES {
+            // P2PModel patch: with an 8-byte sequence, 2 + MAC bytes were not enough: fewer
+            // than `NETCODE_MAC_BYTES` bytes after the sequence underflowed the tag split in
+            // `dencrypted_in_place` (a panic).
+            if buffer.len() < read_pos + NETCODE_MAC_BYTES {
                 return Err(NetcodeError::PacketTooSmall);
             }
 
@@ -378,14 +385,10 @@ fn write_sequence(out: &mut impl io::Write, seq: u64) -> Result<usize, io::Error
 }
 
 fn read_sequence(source: &mut impl io::Read, len: usize) -> Result<u64, io::Error> {
-    // P2PModel patch: the length comes from the packet's prefix byte (high nibble, 0..=15);
-    // more than 8 bytes used to panic (`seq_scratch[0..len]` out of range) before the packet
-    // was authenticated.
-    if len > 8 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "sequence longer than 8 bytes"));
-    }
     let mut seq_scratch = [0; 8];
-    source.read_exact(&mut seq_scratch[0..len])?;
+    // P2PModel patch: checked slice (see `Packet::decode`).
+    let scratch = seq_scratch.get_mut(0..len).ok_or(io::ErrorKind::InvalidData)?;
+    source.read_exact(scratch)?;
     Ok(u64::from_le_bytes(seq_scratch))
 }
 
@@ -394,34 +397,6 @@ mod tests {
     use crate::{crypto::generate_random_bytes, NETCODE_MAX_PACKET_BYTES, NETCODE_MAX_PAYLOAD_BYTES};
 
     use super::*;
-
-    // P2PModel patch: a prefix announcing a 9..=15-byte sequence is an error, not a panic.
-    #[test]
-    fn sequence_longer_than_8_bytes_is_refused() {
-        let key = generate_random_bytes();
-        for nibble in 9u8..=15 {
-            let mut buffer = vec![0u8; 64];
-            buffer[0] = (nibble << 4) | PacketType::KeepAlive as u8;
-            let mut replay = ReplayProtection::new();
-            assert!(Packet::decode(&mut buffer, 1, Some(&key), Some(&mut replay)).is_err());
-            assert!(read_sequence(&mut &[0u8; 16][..], usize::from(nibble)).is_err());
-        }
-    }
-
-    // P2PModel patch: a long sequence in a short packet leaves no room for the MAC: an error,
-    // not a panic (`len - 16` underflow in `dencrypted_in_place`).
-    #[test]
-    fn sequence_eating_into_the_mac_is_refused() {
-        let key = generate_random_bytes();
-        for seq_len in 1u8..=8 {
-            for len in 18..(1 + usize::from(seq_len) + NETCODE_MAC_BYTES) {
-                let mut buffer = vec![0u8; len];
-                buffer[0] = (seq_len << 4) | PacketType::KeepAlive as u8;
-                let mut replay = ReplayProtection::new();
-                assert!(Packet::decode(&mut buffer, 1, Some(&key), Some(&mut replay)).is_err());
-            }
-        }
-    }
 
     #[test]
     fn connection_request_serialization() {
@@ -548,5 +523,44 @@ mod tests {
             }
             _ => unreachable!(),
         }
+    }
+
+    // P2PModel patch: unauthenticated datagrams that panicked `Packet::decode`.
+    #[test]
+    fn hostile_prefix_and_lengths_are_errors_not_panics() {
+        let key = [7u8; 32];
+        for prefix in 0u8..=255 {
+            for len in [0usize, 1, 17, 18, 19, 24, 25, 40, 200] {
+                let mut buffer = vec![0u8; len];
+                if let Some(b) = buffer.first_mut() {
+                    *b = prefix;
+                }
+                let mut replay = ReplayProtection::new();
+                // Must not panic; a zero-filled buffer never authenticates.
+                let mut copy = buffer.clone();
+                let with_key = Packet::decode(&mut copy, 9, Some(&key), Some(&mut replay));
+                assert!(with_key.is_err() || prefix & 0x0F == 0, "prefix {prefix:#x} len {len}");
+                let _ = Packet::decode(&mut buffer, 9, None, None);
+            }
+        }
+        // The two crashes of 2.0.0: a sequence length of 15, and an 8-byte sequence followed by
+        // fewer than 16 bytes.
+        let mut buffer = [0u8; 40];
+        buffer[0] = 0xF5;
+        assert!(matches!(
+            Packet::decode(&mut buffer, 9, Some(&key), None),
+            Err(NetcodeError::InvalidPacketType)
+        ));
+        let mut buffer = [0u8; 18];
+        buffer[0] = 0x85;
+        assert!(matches!(
+            Packet::decode(&mut buffer, 9, Some(&key), None),
+            Err(NetcodeError::PacketTooSmall)
+        ));
+        // A sequence near u64::MAX (read before authentication) with replay protection.
+        let mut buffer = [0xFFu8; 40];
+        buffer[0] = 0x84;
+        let mut replay = ReplayProtection::new();
+        assert!(Packet::decode(&mut buffer, 9, Some(&key), Some(&mut replay)).is_err());
     }
 }

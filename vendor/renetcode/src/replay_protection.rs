@@ -22,7 +22,9 @@ impl ReplayProtection {
     }
 
     pub fn already_received(&self, sequence: u64) -> bool {
-        if sequence + NETCODE_REPLAY_BUFFER_SIZE as u64 <= self.most_recent_sequence {
+        // P2PModel patch: saturating (the sequence is read before the packet is authenticated:
+        // one near u64::MAX overflowed, a panic in builds with overflow checks).
+        if sequence.saturating_add(NETCODE_REPLAY_BUFFER_SIZE as u64) <= self.most_recent_sequence {
             return true;
         }
 
@@ -79,5 +81,14 @@ mod tests {
         for i in 0..max_sequence {
             assert!(replay_protection.already_received(i));
         }
+    }
+
+    // P2PModel patch: an unauthenticated sequence near u64::MAX does not overflow.
+    #[test]
+    fn huge_sequence_does_not_overflow() {
+        let mut replay_protection = ReplayProtection::new();
+        assert!(!replay_protection.already_received(u64::MAX - 1));
+        replay_protection.advance_sequence(1000);
+        assert!(!replay_protection.already_received(u64::MAX - 10));
     }
 }
