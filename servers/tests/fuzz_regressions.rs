@@ -98,6 +98,21 @@ fn the_harness_finds_minimises_and_reports_a_crash_reproducibly() {
     assert!(fuzz::exec(&t, &[0xff, 1, 1, 1], 0).is_err());
 }
 
+fn contains_a_panic(data: &[u8]) {
+    if data.first() == Some(&0xcc) {
+        let _ = std::panic::catch_unwind(|| panic!("inner"));
+    }
+}
+
+#[test]
+fn a_panic_the_target_catches_itself_still_counts() {
+    let t = Target { name: "test_contained", about: "", seeds, run: contains_a_panic };
+    let _quiet = fuzz::SilentPanics::install();
+    assert_eq!(fuzz::exec(&t, &[0], 0), Ok(()));
+    assert!(matches!(fuzz::exec(&t, &[0xcc], 0), Err(Failure::Contained(m)) if m.contains("inner")));
+    assert_eq!(fuzz::exec(&t, &[0], 0), Ok(()), "the record does not leak into the next exec");
+}
+
 #[test]
 fn an_exec_that_allocates_absurdly_is_a_failure() {
     let t = Target { name: "test_alloc", about: "", seeds, run: allocates };

@@ -293,6 +293,9 @@ thread_local! {
 pub enum Failure {
     /// The target panicked (message and location).
     Panic(String),
+    /// Something panicked inside the target and the target caught it (e.g. a
+    /// `guard::catch_panic` around renet): the process survives, but a bug was hit.
+    Contained(String),
     /// The exec allocated more than the limit (bytes allocated).
     Alloc(u64),
 }
@@ -301,6 +304,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Panic(m) => write!(f, "panic: {m}"),
+            Failure::Contained(m) => write!(f, "panic caught inside the target: {m}"),
             Failure::Alloc(b) => write!(f, "allocated {} MiB in one exec", b >> 20),
         }
     }
@@ -346,12 +350,17 @@ impl Drop for SilentPanics {
 /// Run one input through `target`; `Err` on a panic or an allocation blow-up. Install
 /// [`SilentPanics`] around many calls to keep stderr quiet.
 pub fn exec(target: &Target, data: &[u8], max_alloc: u64) -> Result<(), Failure> {
+    LAST_PANIC.with(|p| p.borrow_mut().take());
     ALLOC_BYTES.with(|b| b.set(0));
     ALLOC_ON.with(|on| on.set(max_alloc > 0));
     let r = catch_unwind(AssertUnwindSafe(|| (target.run)(data)));
     ALLOC_ON.with(|on| on.set(false));
     match r {
         Ok(()) => {
+            // Only seen under SilentPanics (the hook records); otherwise the hook printed it.
+            if let Some(m) = LAST_PANIC.with(|p| p.borrow_mut().take()) {
+                return Err(Failure::Contained(m));
+            }
             let used = ALLOC_BYTES.with(|b| b.get());
             if max_alloc > 0 && used > max_alloc { Err(Failure::Alloc(used)) } else { Ok(()) }
         }
