@@ -374,7 +374,7 @@ pub fn exec(target: &Target, data: &[u8], max_alloc: u64) -> Result<(), Failure>
 /// The crash's "kind" for deduplication: the panic location, or the message.
 fn signature(f: &Failure) -> String {
     match f {
-        Failure::Panic(m) => {
+        Failure::Panic(m) | Failure::Contained(m) => {
             m.rsplit_once(" at ").map(|(_, loc)| loc.to_string()).unwrap_or_else(|| m.clone())
         }
         Failure::Alloc(_) => "alloc".into(),
