@@ -1,6 +1,8 @@
-//! The client side of the shard's login service, and the wire format both sides share (the
-//! servers' `shard::login` module serves it): one encrypted UDP round trip that turns a name
-//! and a credential into a netcode connect token for the Agent.
+//! The shard's login service, sans-IO: the wire format both sides share (the servers'
+//! `shard::login` module serves it) and the client's handshake ([`ClientLogin`]): one
+//! encrypted UDP round trip that turns a name and a credential into a netcode connect token
+//! for the Agent. The blocking client (a UDP socket, 3 tries) is
+//! `bevy_p2pmodel::client::login::request_token`.
 //!
 //! The exchange is a Noise `NK` handshake (`Noise_NK_25519_ChaChaPoly_SHA256`, prologue
 //! [`PROLOGUE`]): the client pins the shard's static login key ([`LoginKey`], printed by
@@ -29,11 +31,10 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
-use renet_netcode::ConnectToken;
+use renetcode::ConnectToken;
 
 /// Size of every login request, in bytes; answers are never larger.
 pub const REQUEST_LEN: usize = 1400;
@@ -342,60 +343,6 @@ impl ClientLogin {
             Err(_) => ClientEvent::Ignored,
         }
     }
-}
-
-/// Client side: log in to `shard` as `name` with `credential` (empty for an open shard) and
-/// get a connect token. 3 tries, 1 s each, each with a fresh request; a wrong pinned key is
-/// [`LoginError::KeyMismatch`] as soon as the shard says so.
-pub fn request_token(
-    shard: &ShardAddress,
-    name: &str,
-    credential: &[u8],
-) -> Result<ConnectToken, LoginError> {
-    let server = shard.login;
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-    let socket = UdpSocket::bind(bind)?;
-    let req = LoginRequest { name: name.to_string(), credential: credential.to_vec() };
-    let mut attempts: Vec<ClientLogin> = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
-    for _ in 0..3 {
-        let (attempt, bytes) = ClientLogin::start(&shard.key, &req)?;
-        attempts.push(attempt);
-        socket.send_to(&bytes, server)?;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) if from == server => {
-                    for a in attempts.iter_mut() {
-                        match a.read(&buf[..n]) {
-                            ClientEvent::Ignored => continue,
-                            ClientEvent::KeyMismatch => return Err(LoginError::KeyMismatch(server)),
-                            ClientEvent::Answer(LoginAnswer::Token(t)) => return Ok(*t),
-                            ClientEvent::Answer(LoginAnswer::Refused(r)) => {
-                                return Err(LoginError::Refused(r));
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
-                    break;
-                }
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            }
-        }
-    }
-    Err(LoginError::Io(last))
 }
 
 #[cfg(test)]

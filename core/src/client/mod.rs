@@ -1,7 +1,7 @@
 //! The game client's networking core, sans-IO: a [`Mesh`] plus the shard protocol around it.
 //!
 //! [`ClientCore`] is what a player's process runs, without sockets or clocks: the driver
-//! (the Bevy [`ShardClientPlugin`](crate::plugins::ShardClientPlugin), the demo's bots, the
+//! (the Bevy `ShardClientPlugin` of `bevy_p2pmodel`, the demo's bots, the
 //! `bench shard` load generator) feeds it the shard's messages and the mesh socket's
 //! datagrams and sends what it returns. It does the bookkeeping every client needs:
 //!
@@ -19,8 +19,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
-pub mod login;
 
 use crate::config::MeshConfig;
 use crate::endpoint::{ClockAnchor, Endpoint, Transmit};
