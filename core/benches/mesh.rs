@@ -19,6 +19,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use p2pmodel_core::config::MeshConfig;
 use p2pmodel_core::crypto::{LinkCrypto, LinkKey};
 use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
@@ -27,8 +29,6 @@ use p2pmodel_core::link::{
 };
 use p2pmodel_core::mesh::Mesh;
 use p2pmodel_core::proto::peer::{LinkId, PeerKind, Side};
-use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const TICK: Duration = Duration::from_millis(50);
 /// One-way latency of the in-memory wire (a LAN / same-city pair).

@@ -118,9 +118,9 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use p2pmodel_core::endpoint::{Endpoint, Transmit};
 use hash::FxHashMap;
 use nat::NatBox;
+use p2pmodel_core::endpoint::{Endpoint, Transmit};
 
 // A `Sim` is its own world: drivers generic over `W: AsRef<Sim> + AsMut<Sim>` (the Bevy
 // driver's `SimMeshIo`, a test world wrapping a `Sim`) accept a bare `Sim` too.

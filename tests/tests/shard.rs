@@ -17,10 +17,10 @@ use bevy_p2pmodel::proto::shard::{
 };
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
+use p2pmodel_servers::shard::ShardInfo;
 use p2pmodel_servers::shard::game::GameServers;
 use p2pmodel_servers::shard::lobby::LobbyState;
 use p2pmodel_servers::shard::login::{LoginError, ShardAddress, request_token};
-use p2pmodel_servers::shard::ShardInfo;
 use p2pmodel_tests::shard_harness::{free_udp_port, start_shard};
 use renet::{ConnectionConfig, DefaultChannel, RenetClient};
 use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};

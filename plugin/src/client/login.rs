@@ -62,4 +62,3 @@ pub fn request_token(
     }
     Err(LoginError::Io(last))
 }
-
