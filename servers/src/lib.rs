@@ -5,10 +5,12 @@
 //! - [`shard`]: the Agent, Lobby and Game roles (`p2pmodel shard all`), login and tokens.
 //! - [`bench`]: `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
 //! - [`udp_driver`]: runs any sans-IO [`p2pmodel_core::endpoint::Endpoint`] on real UDP sockets.
+//! - [`fuzz`]: `p2pmodel fuzz` — structure-aware fuzzing of every decoder and network entry point.
 //! - [`netcheck`]: `p2pmodel netcheck` — learn the public address and NAT class from STUN servers.
 
 pub mod bench;
 pub mod config;
+pub mod fuzz;
 pub mod netcheck;
 pub mod relay;
 pub mod shard;

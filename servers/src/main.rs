@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use p2pmodel_servers::config::{RelayRoleConfig, ShardConfig};
 
+/// Counts bytes allocated during a `p2pmodel fuzz` exec (a relaxed load per allocation
+/// otherwise), so a decoder that allocates absurdly is caught.
+#[global_allocator]
+static ALLOC: p2pmodel_servers::fuzz::CountingAlloc = p2pmodel_servers::fuzz::CountingAlloc;
+
 /// P2PModel shard servers and operator tools.
 #[derive(Parser, Debug)]
 #[command(name = "p2pmodel", version, about, long_about = None)]
@@ -53,6 +58,9 @@ enum Command {
     /// private (prefer `secret_file`); publish the key with the login address, as
     /// `KEY@HOST:PORT` (what game clients pass to `--server`).
     Secret(SecretArgs),
+    /// Fuzz every decoder and network entry point for a while; prints execs and crashes.
+    #[command(long_about = p2pmodel_servers::fuzz::LONG_ABOUT)]
+    Fuzz(p2pmodel_servers::fuzz::FuzzArgs),
     /// Measure a component's performance (not a test: prints figures and a summary line).
     Bench {
         #[command(subcommand)]
@@ -179,6 +187,7 @@ enum RoleArg {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Fuzz(args) => p2pmodel_servers::fuzz::main(&args),
         Command::Netcheck(args) => report(p2pmodel_servers::netcheck::run(&args)),
         Command::Stun(args) => report(p2pmodel_servers::netcheck::serve_stun(&args)),
         Command::Shard { role: ShardRole::Relay { config } } => match RelayRoleConfig::load(&config) {
