@@ -4,39 +4,27 @@
 //! fallback and a P2P mesh, with a sans-IO core (no sockets, threads or clocks) and Bevy
 //! plugins that drive it.
 //!
+//! The sans-IO state machines live in [`p2pmodel_core`] (no Bevy, no sockets, no clock) and
+//! the simulator in `p2pmodel_sim`; this crate adds the Bevy plugins that drive them and
+//! re-exports the core's modules at their old paths, so `bevy_p2pmodel::link::Link` and
+//! `p2pmodel_core::link::Link` are the same type.
+//!
 //! Table of contents:
-//! - [`endpoint`]: the `handle_datagram / handle_timeout / poll_transmit / poll_timeout` loop
-//!   every state machine here offers.
-//! - [`codec`]: the serializer behind every serde wire format, with size limits and our own
-//!   error type.
-//! - [`proto`]: wire formats — the mesh socket's datagram header and the shard messages.
-//! - [`stun`]: RFC 8489 Binding client and server (sans-IO).
-//! - [`nat`]: NAT behaviour discovery (RFC 4787 / RFC 5780 terms).
-//! - [`crypto`]: per-link AEAD with replay protection.
-//! - [`config`]: every timing constant of the link, with its reason.
-//! - [`guard`]: panic containment where a dependency processes network input.
-//! - [`link`]: one peer pair: relay-first, probing, direct path, keepalive, failover.
-//! - [`mesh`]: many links over one socket, routed by link id.
-//! - [`relay`]: the relay's token check and forwarding logic (sans-IO).
-//! - [`client`]: the game client's core (mesh + shard protocol), sans-IO.
-//! - [`sim`]: a deterministic network simulator with RFC 4787 NAT models.
 //! - [`plugins`]: the Bevy plugins (mesh, shard client, diagnostics) that drive the core;
 //!   [`prelude`] has what a game needs.
+//! - [`client`]: the game client's core (`ClientCore`, from the core crate) and the blocking
+//!   login request ([`client::login::request_token`]).
+//! - Re-exported from [`p2pmodel_core`]: [`endpoint`], [`codec`], [`proto`], [`stun`], [`nat`],
+//!   [`crypto`], [`config`], [`guard`], [`link`], [`mesh`], [`relay`].
+//! - `sim` (feature `sim`, on by default): the deterministic network simulator,
+//!   `p2pmodel_sim`, and `plugins::sim`, its Bevy driver.
 
 pub mod client;
-pub mod codec;
-pub mod config;
-pub mod crypto;
-pub mod endpoint;
-pub mod guard;
-pub mod link;
-pub mod mesh;
-pub mod nat;
 pub mod plugins;
-pub mod proto;
-pub mod relay;
-pub mod sim;
-pub mod stun;
+
+pub use p2pmodel_core::{codec, config, crypto, endpoint, guard, link, mesh, nat, proto, relay, stun};
+#[cfg(feature = "sim")]
+pub use p2pmodel_sim as sim;
 
 /// What a game needs: the plugins, their sets, messages, components and resources, and the
 /// core types they carry.

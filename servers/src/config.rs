@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bevy_p2pmodel::relay::{Quota, RelayConfig};
+use p2pmodel_core::relay::{Quota, RelayConfig};
 use serde::Deserialize;
 use thiserror::Error;
 

@@ -1,16 +1,16 @@
 //! Operator tools around STUN: `p2pmodel netcheck` (what NAT am I behind?) and
 //! `p2pmodel stun` (run our RFC 5780 STUN server).
 //!
-//! Both are thin: [`bevy_p2pmodel::nat::NatDiscovery`] and
-//! [`bevy_p2pmodel::stun::StunServer`] on real sockets through [`crate::udp_driver`].
+//! Both are thin: [`p2pmodel_core::nat::NatDiscovery`] and
+//! [`p2pmodel_core::stun::StunServer`] on real sockets through [`crate::udp_driver`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
-use bevy_p2pmodel::stun::{StunServer, StunServerConfig};
+use p2pmodel_core::nat::{NatDiscovery, NatDiscoveryConfig, NatReport};
+use p2pmodel_core::stun::{StunServer, StunServerConfig};
 use thiserror::Error;
 
 use crate::udp_driver::{DriverError, UdpDriver};
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn human_report_names_every_field_with_seed_names() {
-        use bevy_p2pmodel::nat::{Observations, Probe, classify};
+        use p2pmodel_core::nat::{Observations, Probe, classify};
         let mut o = Observations::new(
             "10.0.0.2:5000".parse().unwrap(),
             "192.0.2.1:3478".parse().unwrap(),

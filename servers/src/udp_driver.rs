@@ -28,7 +28,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::endpoint::Endpoint;
+use p2pmodel_core::endpoint::Endpoint;
 use thiserror::Error;
 
 /// Largest UDP payload we read.
@@ -256,7 +256,7 @@ impl<E> Drop for UdpDriver<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bevy_p2pmodel::endpoint::Transmit;
+    use p2pmodel_core::endpoint::Transmit;
 
     /// Echoes every datagram back from the socket it arrived on, and counts timeouts.
     #[derive(Default)]

@@ -17,16 +17,16 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::crypto::LinkKey;
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint, Transmit};
-use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, LinkEvent, LinkParams, NatHint, Path, RelayParams};
-use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
-use bevy_p2pmodel::nat::{NatClass, NatReport};
 use bevy_p2pmodel::plugins::sim::SimShard;
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::relay::{TokenKeys, mint};
-use bevy_p2pmodel::sim::{HostConfig, HostId, LinkParams as Wire, NatConfig, NatId, Sim};
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::crypto::LinkKey;
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint, Transmit};
+use p2pmodel_core::link::{CHANNEL_RELIABLE, Candidate, LinkEvent, LinkParams, NatHint, Path, RelayParams};
+use p2pmodel_core::mesh::{Mesh, MeshEvent};
+use p2pmodel_core::nat::{NatClass, NatReport};
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::relay::{TokenKeys, mint};
+use p2pmodel_sim::{HostConfig, HostId, LinkParams as Wire, NatConfig, NatId, Sim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

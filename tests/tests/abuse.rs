@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::client::PeerPath as Kind;
 use bevy_p2pmodel::prelude::*;
-use bevy_p2pmodel::stun::{ChangeRequest, Message, TransactionId};
+use p2pmodel_core::client::PeerPath as Kind;
+use p2pmodel_core::stun::{ChangeRequest, Message, TransactionId};
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
 use p2pmodel_servers::shard::ShardInfo;

@@ -6,8 +6,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::link::{Candidate, CandidateKind};
-use bevy_p2pmodel::proto::shard::{ClientMessage, NatSummary, ShardMessage, decode, encode};
+use p2pmodel_core::link::{Candidate, CandidateKind};
+use p2pmodel_core::proto::shard::{ClientMessage, NatSummary, ShardMessage, decode, encode};
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::shard::agent::{AgentState, AgentTransport};
 use p2pmodel_servers::shard::login::request_token;

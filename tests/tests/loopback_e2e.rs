@@ -4,15 +4,15 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::crypto::LinkKey;
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
-use bevy_p2pmodel::link::{
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::crypto::LinkKey;
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
+use p2pmodel_core::link::{
     CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, LinkParams, NatHint, Path, RelayParams,
 };
-use bevy_p2pmodel::mesh::Mesh;
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::relay::{RelayConfig, TokenKeys, mint};
+use p2pmodel_core::mesh::Mesh;
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::relay::{RelayConfig, TokenKeys, mint};
 use p2pmodel_servers::relay::{RelayServer, RelayServerOptions};
 use p2pmodel_tests::loopback::{LoopPair, LoopRelay, drive, is_direct};
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use bevy::diagnostic::DiagnosticsStore;
 use bevy::prelude::*;
-use bevy_p2pmodel::client::PeerPath as Kind;
-use bevy_p2pmodel::endpoint::Transmit;
 use bevy_p2pmodel::plugins::diagnostics;
 use bevy_p2pmodel::plugins::sim::{SimMeshIo, SimShard, SimStepper};
 use bevy_p2pmodel::prelude::*;
-use bevy_p2pmodel::proto::shard::PathState;
-use bevy_p2pmodel::sim::HostConfig;
+use p2pmodel_core::client::PeerPath as Kind;
+use p2pmodel_core::endpoint::Transmit;
+use p2pmodel_core::proto::shard::PathState;
+use p2pmodel_sim::HostConfig;
 use p2pmodel_tests::{NatKind, World as Net};
 use serde::{Deserialize, Serialize};
 

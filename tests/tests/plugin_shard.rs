@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::client::PeerPath as Kind;
 use bevy_p2pmodel::prelude::*;
+use p2pmodel_core::client::PeerPath as Kind;
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_tests::shard_harness::{TEST_SECRET, free_udp_port, game_app, start_shard};
 

@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindRequest, RelayToken};
-use bevy_p2pmodel::relay::{DropReason, Quota, RelayConfig, TokenKeys, mint};
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::proto::relay::{BindAck, BindCookie, BindRequest, RelayToken};
+use p2pmodel_core::relay::{DropReason, Quota, RelayConfig, TokenKeys, mint};
 use p2pmodel_servers::config::{RelayRoleConfig, ShardConfig};
 use p2pmodel_servers::relay::client::{BindClient, peer_datagram};
 use p2pmodel_servers::relay::{RelayRuntime, RelayServer, RelayServerOptions, StatsSnapshot, relay_app};
@@ -169,7 +169,7 @@ fn relay_server_rejects_expired_forged_and_replayed_tokens() {
         LinkId(5),
         Side::A,
         &t,
-        &bevy_p2pmodel::proto::relay::BindKey([0; 32]),
+        &p2pmodel_core::proto::relay::BindKey([0; 32]),
         1,
         BindCookie::NONE,
     );
@@ -324,11 +324,11 @@ fn relay_server_metrics_endpoint_returns_the_counters() {
 fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
     let relay = start();
     let s = sock();
-    let tid = bevy_p2pmodel::stun::TransactionId::new([5; 12]);
-    let none = bevy_p2pmodel::stun::ChangeRequest::NONE;
+    let tid = p2pmodel_core::stun::TransactionId::new([5; 12]);
+    let none = p2pmodel_core::stun::ChangeRequest::NONE;
     // Padded as our clients send it: the relay answers nothing larger than the request.
-    let req = bevy_p2pmodel::stun::Message::padded_binding_request(tid, none).encode();
-    let bare = bevy_p2pmodel::stun::Message::binding_request(tid, none).encode();
+    let req = p2pmodel_core::stun::Message::padded_binding_request(tid, none).encode();
+    let bare = p2pmodel_core::stun::Message::binding_request(tid, none).encode();
     for &port in relay.local_addrs() {
         s.send_to(&bare, port).unwrap();
         s.send_to(&req, port).unwrap();
@@ -336,24 +336,24 @@ fn relay_server_answers_stun_on_both_ports_and_rotates_keys() {
         let (n, from) = s.recv_from(&mut buf).unwrap();
         assert_eq!(from, port, "answered from the socket asked");
         // the full STUN server answers: mapped address, and the RFC 5780 other address
-        let msg = bevy_p2pmodel::stun::Message::decode(&buf[..n]).unwrap();
+        let msg = p2pmodel_core::stun::Message::decode(&buf[..n]).unwrap();
         assert_eq!(&buf[..2], &[1u8, 1][..], "binding success");
         assert_eq!(&buf[8..20], &[5u8; 12][..], "transaction id echoed");
         let mapped = msg.attributes.iter().find_map(|a| match a {
-            bevy_p2pmodel::stun::Attribute::XorMappedAddress(x) => Some(*x),
+            p2pmodel_core::stun::Attribute::XorMappedAddress(x) => Some(*x),
             _ => None,
         });
         assert_eq!(mapped, Some(s.local_addr().unwrap()));
     }
     // RFC 5780 filtering test: "change port" is answered from the alternate port.
-    let tid = bevy_p2pmodel::stun::TransactionId::new([6; 12]);
-    let change = bevy_p2pmodel::stun::ChangeRequest { change_ip: false, change_port: true };
-    let req = bevy_p2pmodel::stun::Message::padded_binding_request(tid, change).encode();
+    let tid = p2pmodel_core::stun::TransactionId::new([6; 12]);
+    let change = p2pmodel_core::stun::ChangeRequest { change_ip: false, change_port: true };
+    let req = p2pmodel_core::stun::Message::padded_binding_request(tid, change).encode();
     s.send_to(&req, relay.local_addrs()[0]).unwrap();
     let mut buf = [0u8; 256];
     let (n, from) = s.recv_from(&mut buf).unwrap();
     assert_eq!(from, relay.local_addrs()[1], "answered from the other port");
-    assert_eq!(bevy_p2pmodel::stun::Message::decode(&buf[..n]).unwrap().transaction_id, tid);
+    assert_eq!(p2pmodel_core::stun::Message::decode(&buf[..n]).unwrap().transaction_id, tid);
     // Relay datagrams on the STUN-only port are dropped.
     let mut c = client(1, Side::A, &keys());
     s.send_to(&c.next_bind(), relay.local_addrs()[1]).unwrap();

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use bevy_p2pmodel::link::{LinkEvent, Path};
-use bevy_p2pmodel::nat::NatClass;
-use bevy_p2pmodel::sim::PathEnd;
+use p2pmodel_core::link::{LinkEvent, Path};
+use p2pmodel_core::nat::NatClass;
+use p2pmodel_sim::PathEnd;
 use p2pmodel_tests::{NatKind, Outcome, PairSetup, World, run_pair, setup_pair};
 
 /// Messages still in flight when a run stops: at 20 msg/s, one relay RTT plus a re-send.
@@ -59,7 +59,7 @@ fn tc02_restricted_to_port_restricted_is_direct_after_both_probe() {
         assert!(w.client_ref(h).mesh.link(link).unwrap().stats().probes_sent > 0, "both sides probe");
     }
     // the port-restricted side's first probes were filtered until its peer probed it
-    assert!(w.sim.stats().dropped(bevy_p2pmodel::sim::DropReason::NatFilter) > 0);
+    assert!(w.sim.stats().dropped(p2pmodel_sim::DropReason::NatFilter) > 0);
 }
 
 #[test]
@@ -79,17 +79,17 @@ fn tc04_full_cone_to_udp_firewall_falls_back_to_relay() {
     assert_eq!(o.verdict(), "relayed", "{o:?}");
     check_first_message(&w, &o);
     check_stream(&o);
-    assert!(w.sim.stats().dropped(bevy_p2pmodel::sim::DropReason::Firewall) > 0, "probes hit the firewall");
+    assert!(w.sim.stats().dropped(p2pmodel_sim::DropReason::Firewall) > 0, "probes hit the firewall");
 }
 
 /// TC-05 setup: two port-restricted sites whose NATs forget idle UDP mappings after 20 s.
 fn tc05_world(
     seed: u64,
     keepalive: bool,
-) -> (World, bevy_p2pmodel::sim::HostId, bevy_p2pmodel::sim::HostId, bevy_p2pmodel::sim::NatId) {
+) -> (World, p2pmodel_sim::HostId, p2pmodel_sim::HostId, p2pmodel_sim::NatId) {
     let mut w = World::new(seed);
     w.mesh_config.link.keepalive = keepalive;
-    let timeout = |c: bevy_p2pmodel::sim::NatConfig| c.binding_timeout(Duration::from_secs(20));
+    let timeout = |c: p2pmodel_sim::NatConfig| c.binding_timeout(Duration::from_secs(20));
     let mut sa = w.site_with(NatKind::PortRestricted, timeout);
     let mut sb = w.site_with(NatKind::PortRestricted, timeout);
     let a = w.client(&mut sa);
@@ -365,7 +365,7 @@ fn birthday_paradox_punches_port_restricted_to_random_symmetric() {
 
 #[test]
 fn relay_tokens_expire_unless_the_shard_refreshes_them() {
-    use bevy_p2pmodel::proto::peer::Side;
+    use p2pmodel_core::proto::peer::Side;
     for refresh in [false, true] {
         let mut w = World::new(112);
         let mut sa = w.site(NatKind::SymmetricRandom);
@@ -395,7 +395,7 @@ fn relay_tokens_expire_unless_the_shard_refreshes_them() {
                 .node::<p2pmodel_tests::PunchServer>(w.server)
                 .relay()
                 .stats()
-                .dropped(bevy_p2pmodel::relay::DropReason::ExpiredToken);
+                .dropped(p2pmodel_core::relay::DropReason::ExpiredToken);
             assert!(expired > 0, "the relay refused to forward on an expired token");
         }
     }

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
-use bevy_p2pmodel::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, Path};
-use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
-use bevy_p2pmodel::proto::peer::LinkId;
-use bevy_p2pmodel::proto::shard::{
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
+use p2pmodel_core::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, Path};
+use p2pmodel_core::mesh::{Mesh, MeshEvent};
+use p2pmodel_core::proto::peer::LinkId;
+use p2pmodel_core::proto::shard::{
     ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage, decode, encode,
 };
 use p2pmodel_servers::config::ShardConfig;
@@ -79,7 +79,7 @@ struct Client {
     /// Party invitations received: (party, from).
     invites: Vec<(String, PlayerId)>,
     /// Every PeerIntro's parameters, by peer name.
-    intro_params: HashMap<String, bevy_p2pmodel::link::LinkParams>,
+    intro_params: HashMap<String, p2pmodel_core::link::LinkParams>,
     welcomes: usize,
 }
 
@@ -511,7 +511,7 @@ fn shard_unauthenticated_clients_reach_nothing_and_a_second_shard_is_untouched()
 fn shard_roles_in_separate_apps_over_internal_links_survive_a_killed_game_process() {
     use bevy::app::App;
     use bevy::prelude::MinimalPlugins;
-    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_core::proto::shard::Role;
     use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
     use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
 
@@ -808,7 +808,7 @@ fn shard_routes_peer_messages_only_between_introduced_players_and_sends_nearby_n
 fn shard_internal_links_reconnect_after_a_lobby_restart_and_the_new_lobby_places_players() {
     use bevy::app::App;
     use bevy::prelude::MinimalPlugins;
-    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_core::proto::shard::Role;
     use p2pmodel_servers::shard::remote::{RemoteBus, RemoteBusPlugin};
     use p2pmodel_servers::shard::{add_agent, add_games, add_lobby};
 
@@ -1019,7 +1019,7 @@ fn login_over_loopback_right_key_wrong_key_short_requests_and_a_flood() {
     assert!(flood_out <= 10 * 40, "{flood_out}");
     assert!(server.stats.rate_limited_source.load(Relaxed) > 0);
     // Another source IP (127.0.0.2 is loopback too on Linux) still logs in.
-    use bevy_p2pmodel::client::login::{ClientEvent, ClientLogin, LoginAnswer, LoginRequest};
+    use p2pmodel_core::login::{ClientEvent, ClientLogin, LoginAnswer, LoginRequest};
     let other = UdpSocket::bind("127.0.0.2:0").unwrap();
     let (mut c, req) =
         ClientLogin::start(&addr.key, &LoginRequest { name: "cid".into(), credential: vec![] }).unwrap();

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::nat::{Filtering, Mapping, NatClass, NatDiscovery, NatDiscoveryConfig, NatReport};
-use bevy_p2pmodel::stun::{
+use p2pmodel_core::nat::{Filtering, Mapping, NatClass, NatDiscovery, NatDiscoveryConfig, NatReport};
+use p2pmodel_core::stun::{
     BindingRequest, ChangeRequest, RetransmitConfig, StunDrops, StunServer, StunServerConfig, TransactionId,
 };
 use p2pmodel_servers::udp_driver::UdpDriver;
@@ -163,14 +163,14 @@ impl Binding {
     }
 }
 
-impl bevy_p2pmodel::endpoint::Endpoint for Binding {
+impl p2pmodel_core::endpoint::Endpoint for Binding {
     fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &[u8]) {
         self.tx.handle_datagram(now, from, data);
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
     }
-    fn poll_transmit(&mut self) -> Option<bevy_p2pmodel::endpoint::Transmit> {
+    fn poll_transmit(&mut self) -> Option<p2pmodel_core::endpoint::Transmit> {
         self.tx.poll_transmit()
     }
     fn poll_timeout(&self) -> Option<Instant> {

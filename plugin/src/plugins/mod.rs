@@ -7,7 +7,7 @@
 //! - [`ShardClientPlugin`]: login, the renet/netcode connection to the shard (or any
 //!   [`ShardTransport`]), [`ShardState`], [`ShardRequest`] in and [`ShardEvent`] out.
 //! - [`P2pDiagnosticsPlugin`]: registered Bevy diagnostics (RTT, loss, paths, bandwidth).
-//! - [`sim`]: the simulator as a [`MeshIo`], an in-memory shard and an app stepper, so the
+//! - `sim` (feature `sim`): the simulator as a [`MeshIo`], an in-memory shard and an app stepper, so the
 //!   same systems run over simulated NATs in tests and examples.
 //!
 //! Every frame, like bevy_renet:
@@ -27,6 +27,7 @@ mod io;
 mod mesh;
 mod sender;
 mod shard;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use diagnostics::P2pDiagnosticsPlugin;

@@ -46,18 +46,6 @@ use crate::relay::{Relay, RelayConfig, RelayEndpoint, TokenKeys, mint};
 use crate::sim::{HostConfig, HostId, Sim};
 use crate::stun::{StunServer, StunServerConfig};
 
-impl AsRef<Sim> for Sim {
-    fn as_ref(&self) -> &Sim {
-        self
-    }
-}
-
-impl AsMut<Sim> for Sim {
-    fn as_mut(&mut self) -> &mut Sim {
-        self
-    }
-}
-
 /// Most datagrams a [`SimMailbox`] holds before it drops (a stalled app must not grow
 /// memory without bound).
 pub const MAILBOX_CAPACITY: usize = 65_536;

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::relay::{Quota, RelayConfig, TokenKeys, mint};
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::relay::{Quota, RelayConfig, TokenKeys, mint};
 
 use crate::relay::batch::{RecvBatch, SendBatch};
 use crate::relay::client::{BindClient, peer_datagram};

@@ -34,12 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
-use bevy_p2pmodel::link::{CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkEvent, Path};
-use bevy_p2pmodel::mesh::{Mesh, MeshEvent};
-use bevy_p2pmodel::proto::peer::LinkId;
-use bevy_p2pmodel::proto::shard::{
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
+use p2pmodel_core::link::{CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkEvent, Path};
+use p2pmodel_core::mesh::{Mesh, MeshEvent};
+use p2pmodel_core::proto::peer::LinkId;
+use p2pmodel_core::proto::shard::{
     ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
 };
 use rand::{Rng, SeedableRng};
@@ -539,7 +539,7 @@ impl Generator {
             }
             if let Some(payload) = c.nc.process_packet(&mut self.buf[..n]) {
                 let renet = &mut c.renet;
-                if bevy_p2pmodel::guard::catch_panic(|| renet.process_packet(payload)).is_err() {
+                if p2pmodel_core::guard::catch_panic(|| renet.process_packet(payload)).is_err() {
                     // A renet that panicked mid-update is not used again: this bot is done.
                     c.renet = RenetClient::new(ConnectionConfig::default());
                     c.renet.disconnect();

@@ -13,23 +13,23 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::client::{ClientConfig, ClientCore};
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::crypto::{LinkCrypto, LinkKey};
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
-use bevy_p2pmodel::link::{
+use p2pmodel_core::client::{ClientConfig, ClientCore};
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::crypto::{LinkCrypto, LinkKey};
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
+use p2pmodel_core::link::{
     CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkParams, NatHint, RelayParams, predict,
 };
-use bevy_p2pmodel::mesh::Mesh;
-use bevy_p2pmodel::nat::{NatDiscovery, NatDiscoveryConfig};
-use bevy_p2pmodel::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
-use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
-use bevy_p2pmodel::proto::shard::{
+use p2pmodel_core::mesh::Mesh;
+use p2pmodel_core::nat::{NatDiscovery, NatDiscoveryConfig};
+use p2pmodel_core::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
+use p2pmodel_core::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
+use p2pmodel_core::proto::shard::{
     ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage, decode,
     encode,
 };
-use bevy_p2pmodel::relay::{Action, Relay, RelayConfig, ReplyBuf, TokenKeys, mint};
-use bevy_p2pmodel::stun::{
+use p2pmodel_core::relay::{Action, Relay, RelayConfig, ReplyBuf, TokenKeys, mint};
+use p2pmodel_core::stun::{
     Attribute, ChangeRequest, Class, Message, StunServer, StunServerConfig, TransactionId,
 };
 use rand::SeedableRng;
@@ -41,7 +41,7 @@ use renetcode::{
 
 use crate::shard::keys::{TokenMinter, name_from_user_data};
 use crate::shard::link::role_from;
-use bevy_p2pmodel::client::login::{ClientLogin, LoginAnswer};
+use p2pmodel_core::login::{ClientLogin, LoginAnswer};
 
 use crate::shard::login::{
     LoginKey, LoginLimits, LoginRequest, LoginService, OnlineNames, OpenAccounts, login_public_key,
@@ -686,7 +686,7 @@ pub fn relay_stun_hook(data: &[u8]) {
         }
         if let Some(len) = binding_response(from, bytes, &mut out) {
             let m = Message::decode(&out[..len]).expect("the minimal responder's answer decodes");
-            assert_eq!(m.mapped_address(), Some(bevy_p2pmodel::proto::relay::canonical(from)));
+            assert_eq!(m.mapped_address(), Some(p2pmodel_core::proto::relay::canonical(from)));
         }
     }
 }
@@ -1268,7 +1268,7 @@ pub fn intro_from(data: &[u8]) -> LinkParams {
     let relay = if r.u8() & 1 == 0 {
         None
     } else {
-        let mut tok = [0u8; bevy_p2pmodel::proto::relay::TOKEN_LEN];
+        let mut tok = [0u8; p2pmodel_core::proto::relay::TOKEN_LEN];
         for b in &mut tok {
             *b = r.u8();
         }
@@ -1344,8 +1344,8 @@ mod tests {
         assert!(
             rec.to_a
                 .iter()
-                .any(|(_, d)| bevy_p2pmodel::proto::classify(d)
-                    == Ok(bevy_p2pmodel::proto::DatagramClass::Stun)),
+                .any(|(_, d)| p2pmodel_core::proto::classify(d)
+                    == Ok(p2pmodel_core::proto::DatagramClass::Stun)),
             "STUN"
         );
         assert!(!rec.to_relay.is_empty() && !rec.to_stun.is_empty());

@@ -6,8 +6,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, RelayToken};
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, RelayToken};
 
 /// One side of one link, as a client of the relay.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl BindClient {
     }
 
     /// The next Bind's bytes (advances the counter).
-    pub fn next_bind(&mut self) -> [u8; bevy_p2pmodel::proto::relay::BIND_LEN] {
+    pub fn next_bind(&mut self) -> [u8; p2pmodel_core::proto::relay::BIND_LEN] {
         let b = BindRequest::encode(self.link, self.side, &self.token, &self.key, self.counter, self.cookie);
         self.counter += 1;
         b

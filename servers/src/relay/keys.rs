@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use bevy_p2pmodel::relay::TokenKeys;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use p2pmodel_core::relay::TokenKeys;
 use sha2::Sha256;
 
 use crate::config::SHARD_SECRET_LEN;
@@ -114,8 +114,8 @@ impl KeySchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bevy_p2pmodel::proto::peer::{LinkId, Side};
-    use bevy_p2pmodel::relay::{mint, verify_token};
+    use p2pmodel_core::proto::peer::{LinkId, Side};
+    use p2pmodel_core::relay::{mint, verify_token};
 
     #[test]
     fn keys_minted_tokens_verify_across_a_rotation() {

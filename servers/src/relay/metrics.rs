@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bevy_p2pmodel::relay::DropReason;
+use p2pmodel_core::relay::DropReason;
 
 use super::histogram::{BOUNDS_NS, BUCKETS};
 use super::server::{MetricsSource, StatsSnapshot};

@@ -1,7 +1,7 @@
 //! The Punch/Relay role: `p2pmodel shard relay`.
 //!
 //! - [`server`]: the data plane — sockets, one thread, batched I/O around the sans-IO
-//!   [`bevy_p2pmodel::relay::Relay`]; [`RelayServer`] is its handle.
+//!   [`p2pmodel_core::relay::Relay`]; [`RelayServer`] is its handle.
 //! - [`batch`]: `recvmmsg` / `sendmmsg` buffers, allocated once.
 //! - [`stun`]: the [`StunHook`] STUN datagrams are handed to, and a minimal Binding responder.
 //! - [`metrics`]: the Prometheus endpoint; [`histogram`]: forwarding latency buckets.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bevy_p2pmodel::relay::{
+use p2pmodel_core::relay::{
     Action, ClockAnchor, DropReason, Relay, RelayConfig, RelayStats, ReplyBuf, TokenKeys,
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -103,7 +103,7 @@ impl RelayServerOptions {
     }
 }
 
-/// Counters the data plane adds on top of the relay core's [`bevy_p2pmodel::relay::RelayStats`].
+/// Counters the data plane adds on top of the relay core's [`p2pmodel_core::relay::RelayStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PlaneStats {
     /// STUN datagrams answered.

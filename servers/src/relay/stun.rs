@@ -2,13 +2,13 @@
 //! minimal RFC 8489 Binding responder used until the full STUN server is plugged in.
 //!
 //! A datagram is STUN when its first byte is `0x00..=0x03` and bytes 4..8 hold the magic
-//! cookie ([`bevy_p2pmodel::proto::classify`]); everything else goes to the relay.
+//! cookie ([`p2pmodel_core::proto::classify`]); everything else goes to the relay.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use bevy_p2pmodel::proto::STUN_MAGIC_COOKIE;
-use bevy_p2pmodel::proto::relay::canonical;
+use p2pmodel_core::proto::STUN_MAGIC_COOKIE;
+use p2pmodel_core::proto::relay::canonical;
 
 /// Handles one STUN datagram: `(now, local, from, request, out)` → `Some((src, dst, len))`
 /// to send `out[..len]` from the local address `src` (one of the data plane's sockets; the
@@ -33,15 +33,15 @@ const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 
-/// The full STUN server (`bevy_p2pmodel::stun::StunServer`: RFC 8489 Binding, RFC 5780
+/// The full STUN server (`p2pmodel_core::stun::StunServer`: RFC 8489 Binding, RFC 5780
 /// CHANGE-REQUEST / OTHER-ADDRESS / RESPONSE-ORIGIN, RFC 3489 MAPPED-ADDRESS / CHANGED-ADDRESS)
 /// as the data plane's hook. `config.primary` must be the relay's primary socket address, and
 /// the alternate port / IP the other sockets the data plane opened, so a CHANGE-REQUEST is
 /// answered from the right socket. STUN is the control path, not the hot one: the server's
 /// queue allocates per answer, which is fine at STUN rates.
-pub fn stun_server_hook(config: bevy_p2pmodel::stun::StunServerConfig) -> StunHook {
-    use bevy_p2pmodel::endpoint::Endpoint;
-    let mut server = bevy_p2pmodel::stun::StunServer::new(config);
+pub fn stun_server_hook(config: p2pmodel_core::stun::StunServerConfig) -> StunHook {
+    use p2pmodel_core::endpoint::Endpoint;
+    let mut server = p2pmodel_core::stun::StunServer::new(config);
     Box::new(move |now, local, from, req, out| {
         server.handle_datagram(now, local, from, req);
         let mut answer = None;
@@ -58,12 +58,12 @@ pub fn stun_server_hook(config: bevy_p2pmodel::stun::StunServerConfig) -> StunHo
 
 /// The STUN server layout for the data plane's bound sockets (`local[0]` is the primary):
 /// another port on the primary IP is the alternate port, another IP the alternate IP.
-pub fn stun_config_for(local: &[SocketAddr]) -> bevy_p2pmodel::stun::StunServerConfig {
+pub fn stun_config_for(local: &[SocketAddr]) -> p2pmodel_core::stun::StunServerConfig {
     let primary = local[0];
     let alt_port =
         local.iter().find(|a| a.ip() == primary.ip() && a.port() != primary.port()).map(|a| a.port());
     let alt_ip = local.iter().find(|a| a.ip() != primary.ip()).map(|a| a.ip());
-    bevy_p2pmodel::stun::StunServerConfig {
+    p2pmodel_core::stun::StunServerConfig {
         primary,
         alt_port,
         alt_ip,
@@ -75,7 +75,7 @@ pub fn stun_config_for(local: &[SocketAddr]) -> bevy_p2pmodel::stun::StunServerC
 /// The minimal hook (tests, embedded uses without RFC 5780): answers a well-formed Binding request with a Binding success
 /// carrying XOR-MAPPED-ADDRESS (32 B for IPv4, 44 B for IPv6), from the socket it arrived
 /// on. No RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS, no MAPPED-ADDRESS for RFC 3489 clients:
-/// the full STUN server (`bevy_p2pmodel::stun`) replaces this hook.
+/// the full STUN server (`p2pmodel_core::stun`) replaces this hook.
 pub fn minimal_binding_responder() -> StunHook {
     Box::new(|_now, local, from, req, out| {
         let len = binding_response(from, req, out)?;

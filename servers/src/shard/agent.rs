@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, Role, ShardMessage, decode, encode};
 use bevy_renet::renet::{DefaultChannel, ServerEvent};
 use bevy_renet::{RenetReceive, RenetSend, RenetServer, RenetServerEvent, RenetServerPlugin};
+use p2pmodel_core::proto::shard::{ClientMessage, InternalMessage, Role, ShardMessage, decode, encode};
 use renet_netcode::{NETCODE_KEY_BYTES, NETCODE_USER_DATA_BYTES, ServerAuthentication, ServerConfig};
 use renetcode::{NetcodeServer, ServerResult};
 
@@ -33,7 +33,7 @@ use super::intro::{IntroRefusals, clean_mesh_info};
 use super::keys::name_from_user_data;
 use super::login::OnlineNames;
 use super::metrics::{self, ClientDropReason};
-use bevy_p2pmodel::guard::catch_panic;
+use p2pmodel_core::guard::catch_panic;
 
 /// SO_RCVBUF / SO_SNDBUF of the Agent's sockets: at 2,000 clients the Agent takes
 /// ~1.5 MB/s, so the kernel default (208 KiB) overflows when a frame is late by ~150 ms.

@@ -1,14 +1,14 @@
 //! The in-process internal link: role ↔ role messages as encoded bytes in per-role queues.
 //!
 //! Roles never call into each other's code; they exchange [`InternalMessage`]s encoded with
-//! [`bevy_p2pmodel::proto::shard::encode`], exactly what a cross-process link carries, so a
+//! [`p2pmodel_core::proto::shard::encode`], exactly what a cross-process link carries, so a
 //! role can move to its own process without changing its systems. Undecodable messages are
 //! counted and dropped.
 
 use std::collections::{HashMap, VecDeque};
 
 use bevy::prelude::Resource;
-use bevy_p2pmodel::proto::shard::{InternalMessage, Role, decode, encode};
+use p2pmodel_core::proto::shard::{InternalMessage, Role, decode, encode};
 
 /// Queues of encoded internal messages, one per destination role.
 #[derive(Resource, Default, Debug)]

@@ -13,13 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::crypto::LinkKey;
-use bevy_p2pmodel::link::{Candidate, LinkParams, NatHint, RelayParams};
-use bevy_p2pmodel::proto::peer::{LinkId, Side};
-use bevy_p2pmodel::proto::shard::{
+use p2pmodel_core::crypto::LinkKey;
+use p2pmodel_core::link::{Candidate, LinkParams, NatHint, RelayParams};
+use p2pmodel_core::proto::peer::{LinkId, Side};
+use p2pmodel_core::proto::shard::{
     ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
 };
-use bevy_p2pmodel::relay::mint;
+use p2pmodel_core::relay::mint;
 use rand::RngCore;
 
 use super::bus::ShardBus;
@@ -660,7 +660,7 @@ fn game_heartbeat(mut games: ResMut<GameServers>, mut bus: ResMut<ShardBus>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bevy_p2pmodel::proto::shard::ShardMessage;
+    use p2pmodel_core::proto::shard::ShardMessage;
 
     fn rules() -> GameRules {
         let cfg = crate::config::ShardConfig::parse(
@@ -773,7 +773,7 @@ mod tests {
 
     #[test]
     fn game_withholds_private_candidates_across_nats_and_caps_introductions_per_minute() {
-        use bevy_p2pmodel::link::CandidateKind;
+        use p2pmodel_core::link::CandidateKind;
         let mut r = rules();
         r.cfg.max_intros_per_min = 2;
         let mut bus = ShardBus::default();
@@ -909,7 +909,7 @@ mod tests {
         assert_eq!(npc_msgs.iter().filter(|(c, _)| *c == 1).count(), 100, "5 Hz over 20 s");
         assert!(npc_msgs.iter().all(|(c, n)| *c != 3 && *n > 0));
         // Sizes documented in docs/PROTOCOL.md §6.
-        let size = |m: &ShardMessage| bevy_p2pmodel::proto::shard::encode(m).unwrap().len();
+        let size = |m: &ShardMessage| p2pmodel_core::proto::shard::encode(m).unwrap().len();
         assert_eq!(size(&ShardMessage::Npcs { npcs: w.npcs() }), 56);
         let text = "x".repeat(200);
         assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);

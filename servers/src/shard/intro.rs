@@ -18,9 +18,9 @@ use std::net::IpAddr;
 #[cfg(test)]
 use std::net::{Ipv4Addr, SocketAddr};
 
-use bevy_p2pmodel::link::{Candidate, CandidateKind, clamp_port_delta};
-pub use bevy_p2pmodel::link::{Refusal, Scope, scope};
-use bevy_p2pmodel::proto::shard::NatSummary;
+use p2pmodel_core::link::{Candidate, CandidateKind, clamp_port_delta};
+pub use p2pmodel_core::link::{Refusal, Scope, scope};
+use p2pmodel_core::proto::shard::NatSummary;
 
 /// Candidates kept per player. A client lists one host candidate per interface address and
 /// one server-reflexive candidate; 16 covers a multi-homed dual-stack host with room to spare,

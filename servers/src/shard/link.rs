@@ -28,8 +28,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::proto::shard::{InternalMessage, MAX_MESSAGE, Role, decode, encode};
 use hkdf::Hkdf;
+use p2pmodel_core::proto::shard::{InternalMessage, MAX_MESSAGE, Role, decode, encode};
 use sha2::Sha256;
 use snow::StatelessTransportState;
 

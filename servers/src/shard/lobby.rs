@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::link::Candidate;
-use bevy_p2pmodel::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
+use p2pmodel_core::link::Candidate;
+use p2pmodel_core::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
 
 use super::bus::ShardBus;
 use super::party::Parties;

@@ -3,7 +3,7 @@
 //! model: a login backend mints tokens with the shard's key).
 //!
 //! The exchange is one encrypted UDP round trip, a Noise `NK` handshake (wire format in the
-//! client module [`bevy_p2pmodel::client::login`] and docs/PROTOCOL.md): the shard's static
+//! core module [`p2pmodel_core::login`] and docs/PROTOCOL.md): the shard's static
 //! login key pair derives from the shard secret ([`login_private_key`]), clients pin its
 //! public half ([`login_public_key`], printed by `p2pmodel secret` and `shard all`).
 //!
@@ -36,11 +36,13 @@ use sha2::Sha256;
 use super::keys::{TokenMinter, client_id_for, valid_name};
 use crate::config::SHARD_SECRET_LEN;
 
-// The client side lives in the plugin (games link it without the servers).
-use bevy_p2pmodel::client::login::{ANSWER_MAGIC, request_id};
-pub use bevy_p2pmodel::client::login::{
+// The wire format and the client's handshake live in the core, the blocking client in the
+// plugin (games link them without the servers).
+pub use bevy_p2pmodel::client::login::request_token;
+use p2pmodel_core::login::{ANSWER_MAGIC, request_id};
+pub use p2pmodel_core::login::{
     LoginAnswer, LoginError, LoginKey, LoginRequest, NOISE_PARAMS, PROLOGUE, REQUEST_LEN, REQUEST_MAGIC,
-    ShardAddress, key_notice, request_token,
+    ShardAddress, key_notice,
 };
 
 /// Label of the login key derivation (change it and every client's pinned key changes).
@@ -624,7 +626,7 @@ fn serve(socket: UdpSocket, mut service: LoginService, stop: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bevy_p2pmodel::client::login::{ClientEvent, ClientLogin, KEY_NOTICE_LEN};
+    use p2pmodel_core::login::{ClientEvent, ClientLogin, KEY_NOTICE_LEN};
 
     const SECRET: [u8; 32] = [7; 32];
 

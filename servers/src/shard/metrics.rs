@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::proto::shard::{InternalMessage, Role, ShardMessage};
+use p2pmodel_core::proto::shard::{InternalMessage, Role, ShardMessage};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 

@@ -15,7 +15,7 @@
 //! [`shard_app`] assembles every role in one App (`p2pmodel shard all`); docs/SHARD.md
 //! describes the login flow, the internal messages and failure handling.
 //!
-//! [`InternalMessage`]: bevy_p2pmodel::proto::shard::InternalMessage
+//! [`InternalMessage`]: p2pmodel_core::proto::shard::InternalMessage
 
 pub mod agent;
 pub mod bus;
@@ -307,7 +307,7 @@ pub enum SplitRole {
 /// Run one role in its own process, linked to the others over [`remote`] internal links.
 /// The relay runs separately (`p2pmodel shard relay`); clients are told its public address.
 pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dyn std::error::Error>> {
-    use bevy_p2pmodel::proto::shard::Role;
+    use p2pmodel_core::proto::shard::Role;
     use remote::{RemoteBus, RemoteBusPlugin};
     let mut app = App::new();
     app.add_plugins(bevy::log::LogPlugin::default());

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_p2pmodel::proto::shard::{InternalMessage, Role, encode};
+use p2pmodel_core::proto::shard::{InternalMessage, Role, encode};
 
 use super::agent::AgentState;
 use super::bus::ShardBus;

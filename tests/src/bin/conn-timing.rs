@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::link::{LinkEvent, Path};
-use bevy_p2pmodel::sim::PathEnd;
 use clap::Parser;
+use p2pmodel_core::link::{LinkEvent, Path};
+use p2pmodel_sim::PathEnd;
 use p2pmodel_tests::{NatKind, PairSetup, World, run_pair, setup_pair};
 
 /// Print connection-timing distributions from the simulator, or over loopback.
@@ -157,8 +157,8 @@ mod loopback {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use bevy_p2pmodel::link::{LinkEvent, Path};
-    use bevy_p2pmodel::proto::peer::LinkId;
+    use p2pmodel_core::link::{LinkEvent, Path};
+    use p2pmodel_core::proto::peer::LinkId;
     use p2pmodel_tests::loopback::{LoopPair, LoopRelay, Pinger, idle, is_direct, is_relayed, quantile};
 
     /// Both sides stream one reliable message this often while they stream.

@@ -1158,10 +1158,10 @@ impl Link {
                     renet.process_packet(&body)
                 });
                 if let Err(panic) = fed {
-                    bevy::log::warn!(link = ?self.id, %panic, "renet panicked on peer data; link broken");
+                    tracing::warn!(link = ?self.id, %panic, "renet panicked on peer data; link broken");
                     self.break_link(BreakReason::RenetPanic);
                 } else if self.renet.is_disconnected() {
-                    bevy::log::warn!(link = ?self.id, reason = ?self.renet.disconnect_reason(), "renet refused peer data; link broken");
+                    tracing::warn!(link = ?self.id, reason = ?self.renet.disconnect_reason(), "renet refused peer data; link broken");
                     self.break_link(BreakReason::RenetError);
                 } else {
                     if self.reliable_pending {
@@ -1290,7 +1290,7 @@ impl Link {
         });
         self.renet_time = self.renet_time.max(now);
         let packets = packets.unwrap_or_else(|panic| {
-            bevy::log::warn!(link = ?self.id, %panic, "renet panicked sending; link broken");
+            tracing::warn!(link = ?self.id, %panic, "renet panicked sending; link broken");
             self.break_link(BreakReason::RenetPanic);
             Vec::new()
         });

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::endpoint::{Endpoint, Transmit};
+use p2pmodel_core::endpoint::{Endpoint, Transmit};
 
 /// One datagram a [`Probe`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]

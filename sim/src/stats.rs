@@ -11,7 +11,7 @@ use super::topology::{HostId, NatId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// Random loss on a link (host uplink or core), see [`crate::sim::LinkParams::loss`].
+    /// Random loss on a link (host uplink or core), see [`crate::LinkParams::loss`].
     Loss,
     /// A NAT had a mapping for the destination, but its filtering rule refused the sender
     /// (RFC 4787 §5: address- or address-and-port-dependent filtering).
@@ -26,14 +26,14 @@ pub enum DropReason {
     NoSuchHost,
     /// Sent to its own NAT's public address while that NAT does not hairpin.
     HairpinOff,
-    /// Matched a rule added with [`crate::sim::Sim::block`].
+    /// Matched a rule added with [`crate::Sim::block`].
     Blocked,
     /// `Transmit::src` names an address the sending host does not have (or port 0).
     BadSource,
     /// `Transmit::dst` is not a unicast destination (unspecified, loopback, multicast,
     /// broadcast, or port 0).
     BadDestination,
-    /// The payload is larger than [`crate::sim::Sim::max_datagram`].
+    /// The payload is larger than [`crate::Sim::max_datagram`].
     TooLarge,
     /// A NAT had no free port left in its range for a new mapping.
     PortsExhausted,
@@ -80,8 +80,8 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// Datagram counters, for the whole simulation ([`crate::sim::Sim::stats`]) or for the
-/// datagrams one host sent and received ([`crate::sim::Sim::host_stats`]).
+/// Datagram counters, for the whole simulation ([`crate::Sim::stats`]) or for the
+/// datagrams one host sent and received ([`crate::Sim::host_stats`]).
 ///
 /// `delivered` can exceed `sent` because of duplication; every copy that does not reach a
 /// node is counted in `drops`.
@@ -130,8 +130,8 @@ impl fmt::Display for Stats {
     }
 }
 
-/// One line of the delivery trace ([`crate::sim::Sim::record_trace`],
-/// [`crate::sim::Sim::set_trace_hook`]): a datagram was sent, translated, delivered or dropped.
+/// One line of the delivery trace ([`crate::Sim::record_trace`],
+/// [`crate::Sim::set_trace_hook`]): a datagram was sent, translated, delivered or dropped.
 ///
 /// Times are offsets from the simulation start, so two runs with the same seed produce
 /// equal traces even though their base `Instant`s differ.

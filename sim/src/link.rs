@@ -8,7 +8,7 @@ use rand::Rng;
 ///
 /// Used for a host's uplink (applied once on the way out and once on the way in, so a
 /// datagram between two hosts crosses both uplinks) and for the optional core of the public
-/// realm ([`crate::sim::Sim::set_core`]).
+/// realm ([`crate::Sim::set_core`]).
 ///
 /// Per datagram and per crossing:
 /// 1. it is lost with probability `loss`;

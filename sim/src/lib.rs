@@ -1,6 +1,6 @@
-//! A deterministic, event-driven network simulator with RFC 4787 NAT models.
+//! # p2pmodel-sim: a deterministic, event-driven network simulator with RFC 4787 NAT models.
 //!
-//! Use it to run any [`Endpoint`] — this crate's STUN server, relay and mesh clients, or
+//! Use it to run any [`Endpoint`] — the core's (`p2pmodel-core`) STUN server, relay and mesh clients, or
 //! your own game networking code — across home routers, symmetric NATs, UDP-blocking
 //! firewalls, lossy Wi-Fi links and address changes, in virtual time: an hour of play runs
 //! in well under a second, and the same seed always gives the same run.
@@ -45,8 +45,8 @@
 //! ```
 //! use std::net::SocketAddr;
 //! use std::time::{Duration, Instant};
-//! use bevy_p2pmodel::endpoint::{Endpoint, Transmit};
-//! use bevy_p2pmodel::sim::{HostConfig, LinkParams, NatConfig, Sim};
+//! use p2pmodel_core::endpoint::{Endpoint, Transmit};
+//! use p2pmodel_sim::{HostConfig, LinkParams, NatConfig, Sim};
 //!
 //! /// Sends back every datagram to where it came from.
 //! #[derive(Default)]
@@ -118,9 +118,23 @@ use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::endpoint::{Endpoint, Transmit};
 use hash::FxHashMap;
 use nat::NatBox;
+use p2pmodel_core::endpoint::{Endpoint, Transmit};
+
+// A `Sim` is its own world: drivers generic over `W: AsRef<Sim> + AsMut<Sim>` (the Bevy
+// driver's `SimMeshIo`, a test world wrapping a `Sim`) accept a bare `Sim` too.
+impl AsRef<Sim> for Sim {
+    fn as_ref(&self) -> &Sim {
+        self
+    }
+}
+
+impl AsMut<Sim> for Sim {
+    fn as_mut(&mut self) -> &mut Sim {
+        self
+    }
+}
 
 /// An [`Endpoint`] the simulator can also hand back as its concrete type.
 trait SimNode: Endpoint + Any {}

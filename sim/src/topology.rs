@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use super::link::LinkParams;
 
-/// A host added with [`crate::sim::Sim::add_host`]. Only meaningful for the `Sim` that made it.
+/// A host added with [`crate::Sim::add_host`]. Only meaningful for the `Sim` that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostId(pub(crate) u32);
 
@@ -25,7 +25,7 @@ impl fmt::Display for HostId {
     }
 }
 
-/// A NAT box added with [`crate::sim::Sim::add_nat`]. Only meaningful for the `Sim` that
+/// A NAT box added with [`crate::Sim::add_nat`]. Only meaningful for the `Sim` that
 /// made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NatId(pub(crate) u32);
@@ -118,7 +118,7 @@ impl HostConfig {
     }
 }
 
-/// One side of a [`crate::sim::Sim::block`] rule: a whole IP, or one IP and port.
+/// One side of a [`crate::Sim::block`] rule: a whole IP, or one IP and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathEnd {
     /// Every port of this IP.

@@ -59,7 +59,7 @@ pub enum PortAllocation {
 ///
 /// ```
 /// use std::time::Duration;
-/// use bevy_p2pmodel::sim::{NatConfig, PortAllocation};
+/// use p2pmodel_sim::{NatConfig, PortAllocation};
 ///
 /// let home_router = NatConfig::port_restricted()
 ///     .public_ip([203, 0, 113, 7])
@@ -231,7 +231,7 @@ pub enum MappingScope {
     Addr(SocketAddr),
 }
 
-/// A snapshot of one live NAT mapping ([`crate::sim::Sim::nat_mappings`]).
+/// A snapshot of one live NAT mapping ([`crate::Sim::nat_mappings`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappingInfo {
     /// Internal (private-side) address.

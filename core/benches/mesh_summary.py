@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Per-message figures from the `mesh` criterion bench.
 
-    cargo bench -p bevy_p2pmodel --bench mesh
-    python3 plugin/benches/mesh_summary.py [CRITERION_DIR]
+    cargo bench -p p2pmodel-core --bench mesh
+    python3 core/benches/mesh_summary.py [CRITERION_DIR]
 
 CRITERION_DIR defaults to $CARGO_TARGET_DIR/criterion (or target/criterion). Uses criterion's
 median time per iteration; one `mesh/<case>/<K>` iteration is one 20 Hz tick in which each of

@@ -1,7 +1,7 @@
 //! Discovery against our [`StunServer`] through a tiny in-test NAT, in virtual time.
 //!
 //! The NAT here is deliberately minimal (one internal host, no timeouts, no hairpin); the
-//! full RFC 4787 simulator lives in `crate::sim` and is not used, so this module tests
+//! full RFC 4787 simulator lives in the `p2pmodel-sim` crate and is not used, so this module tests
 //! discovery on its own.
 
 use std::collections::{HashMap, HashSet};

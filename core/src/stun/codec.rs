@@ -76,7 +76,7 @@ pub mod attr_type {
 }
 
 /// Our requests are padded to at least this many bytes: the largest Binding response
-/// ([`crate::stun::MAX_RESPONSE_LEN`]) rounded up to a multiple of 4.
+/// ([`crate::stun::server::MAX_RESPONSE_LEN`]) rounded up to a multiple of 4.
 pub const PADDED_REQUEST_LEN: usize = 128;
 
 /// Why bytes are not an acceptable STUN message.

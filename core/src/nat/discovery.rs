@@ -132,7 +132,7 @@ impl NatDiscovery {
         self.obs.primary.mapped()
     }
 
-    /// Raw observations so far (for logs and for [`super::classify`]).
+    /// Raw observations so far (for logs and for [`super::classify()`]).
     pub fn observations(&self) -> &Observations {
         &self.obs
     }

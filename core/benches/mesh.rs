@@ -11,7 +11,7 @@
 //! The reference in the same run: `LinkCrypto::seal` + `open` of one datagram, the AEAD every
 //! message needs at least once.
 //!
-//! `cargo bench -p bevy_p2pmodel --bench mesh`; `python3 plugin/benches/mesh_summary.py` turns
+//! `cargo bench -p p2pmodel-core --bench mesh`; `python3 core/benches/mesh_summary.py` turns
 //! criterion's estimates into µs per message and the ratio to AEAD.
 
 use std::collections::VecDeque;
@@ -19,16 +19,16 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bevy_p2pmodel::config::MeshConfig;
-use bevy_p2pmodel::crypto::{LinkCrypto, LinkKey};
-use bevy_p2pmodel::endpoint::{ClockAnchor, Endpoint};
-use bevy_p2pmodel::link::{
-    CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkParams, NatHint, Path,
-};
-use bevy_p2pmodel::mesh::Mesh;
-use bevy_p2pmodel::proto::peer::{LinkId, PeerKind, Side};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use p2pmodel_core::config::MeshConfig;
+use p2pmodel_core::crypto::{LinkCrypto, LinkKey};
+use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
+use p2pmodel_core::link::{
+    CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkParams, NatHint, Path,
+};
+use p2pmodel_core::mesh::Mesh;
+use p2pmodel_core::proto::peer::{LinkId, PeerKind, Side};
 
 const TICK: Duration = Duration::from_millis(50);
 /// One-way latency of the in-memory wire (a LAN / same-city pair).

@@ -1,0 +1,719 @@
+//! The game client's networking core, sans-IO: a [`Mesh`] plus the shard protocol around it.
+//!
+//! [`ClientCore`] is what a player's process runs, without sockets or clocks: the driver
+//! (the Bevy `ShardClientPlugin` of `bevy_p2pmodel`, the demo's bots, the
+//! `bench shard` load generator) feeds it the shard's messages and the mesh socket's
+//! datagrams and sends what it returns. It does the bookkeeping every client needs:
+//!
+//! - login → NAT discovery against the shard's STUN server → `MeshInfo` → `EnterZone`, in
+//!   that order, so introductions carry our real candidates (discovery is capped by
+//!   [`ClientConfig::nat_timeout`], then we go on with what we have);
+//! - `PeerIntro` / `PeerOutro` / `EnteredZone` / `RelayRefresh` open, close and refresh links;
+//! - every path change is reported to the shard (`PathReport`, session tracking);
+//! - [`ClientCore::send`] picks the mesh when the peer has a path and the Game server
+//!   (`ToPeer`) otherwise — or always the server when P2P is off — so application messages
+//!   are never lost to a link that is still connecting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::MeshConfig;
+use crate::endpoint::{ClockAnchor, Endpoint, Transmit};
+use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
+use crate::mesh::{Mesh, MeshEvent, MeshStats};
+use crate::nat::NatReport;
+use crate::proto::peer::LinkId;
+use crate::proto::shard::{ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage};
+
+/// Largest application message [`ClientCore::send`] accepts (the server route's limit; the
+/// mesh fragments larger reliable messages, but both routes must take the same sizes).
+pub const MAX_APP_MESSAGE: usize = 1200;
+
+/// How an application message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Reliable and ordered per peer (chat, inventory, events).
+    Reliable,
+    /// Unreliable, latest wins (per-tick state).
+    Unreliable,
+}
+
+impl Channel {
+    fn mesh_channel(self) -> u8 {
+        match self {
+            Channel::Reliable => CHANNEL_RELIABLE,
+            Channel::Unreliable => CHANNEL_UNRELIABLE,
+        }
+    }
+}
+
+/// Where a peer's traffic goes now, as the user sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerPath {
+    /// Introduced; no mesh path yet (messages go through the server meanwhile).
+    Connecting,
+    /// Through the shard's relay.
+    Relayed,
+    /// Straight to the peer.
+    Direct,
+    /// The peer went silent (link timeout); messages go through the server.
+    Lost,
+    /// P2P is off: everything goes through the server.
+    Server,
+}
+
+impl PeerPath {
+    /// `connecting`, `relayed`, `direct`, `lost` or `server` (the bot's JSON names).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PeerPath::Connecting => "connecting",
+            PeerPath::Relayed => "relayed",
+            PeerPath::Direct => "direct",
+            PeerPath::Lost => "lost",
+            PeerPath::Server => "server",
+        }
+    }
+}
+
+/// Where the client is in the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Not logged in yet (waiting for the transport, then `Welcome`).
+    Connecting,
+    /// Logged in, not in a zone.
+    Lobby,
+    /// In a zone on a Game server.
+    InGame,
+}
+
+/// Settings of a [`ClientCore`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Player name sent at login.
+    pub name: String,
+    /// Open P2P links (`false`: every message goes through the Game server, for comparison).
+    pub p2p: bool,
+    /// The mesh's link settings.
+    pub mesh: MeshConfig,
+    /// Longest wait for NAT discovery before entering a zone anyway.
+    pub nat_timeout: Duration,
+    /// Seed for the mesh's randomness (STUN transaction ids). [`ClientConfig::new`] draws it
+    /// from the OS (a predictable id lets an on-path attacker forge STUN answers, i.e. our
+    /// public address); set a fixed one only for reproducible tests and simulations.
+    pub seed: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for a named player: P2P on, 3 s NAT discovery cap, a random seed.
+    pub fn new(name: impl Into<String>) -> Self {
+        ClientConfig {
+            name: name.into(),
+            p2p: true,
+            mesh: MeshConfig::default(),
+            nat_timeout: Duration::from_secs(3),
+            seed: rand::random(),
+        }
+    }
+}
+
+/// One introduced peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's player id.
+    pub player: PlayerId,
+    /// The peer's name.
+    pub name: String,
+    /// The link the shard assigned to the pair.
+    pub link: LinkId,
+    /// When the shard introduced us.
+    pub introduced_at: Instant,
+    /// Current path.
+    pub path: PeerPath,
+    /// The peer's address on a direct path, the relay's on a relayed one.
+    pub remote: Option<SocketAddr>,
+    /// Application bytes/messages we sent to this peer, and by which route.
+    pub sent: RouteCounters,
+    /// Application bytes/messages we received from this peer, and by which route.
+    pub received: RouteCounters,
+}
+
+/// Messages and bytes per route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Messages over the mesh.
+    pub p2p_messages: u64,
+    /// Application bytes over the mesh.
+    pub p2p_bytes: u64,
+    /// Messages through the Game server.
+    pub server_messages: u64,
+    /// Application bytes through the Game server.
+    pub server_bytes: u64,
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Login accepted.
+    Welcome {
+        /// Our player id.
+        player: PlayerId,
+    },
+    /// NAT discovery finished.
+    Nat(Box<NatReport>),
+    /// We are in a zone at this position (again, after a Game server failover).
+    EnteredZone {
+        /// Zone number.
+        zone: u32,
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// The shard introduced a peer.
+    PeerAdded {
+        /// The peer.
+        player: PlayerId,
+        /// Its name.
+        name: String,
+    },
+    /// A peer's path changed.
+    PeerPath {
+        /// The peer.
+        player: PlayerId,
+        /// New path.
+        path: PeerPath,
+        /// Peer (direct) or relay (relayed) address.
+        remote: Option<SocketAddr>,
+        /// Time since the introduction.
+        since_intro: Duration,
+    },
+    /// The shard un-introduced a peer (moved apart, left, Game server change).
+    PeerRemoved {
+        /// The peer.
+        player: PlayerId,
+    },
+    /// An application message from a peer.
+    Message {
+        /// The sender.
+        player: PlayerId,
+        /// The channel it was sent on.
+        channel: Channel,
+        /// Application bytes.
+        data: Bytes,
+        /// `true` when it came over the mesh, `false` through the Game server.
+        p2p: bool,
+    },
+    /// A chat line.
+    Chat {
+        /// The speaker.
+        from: PlayerId,
+        /// The speaker's name.
+        name: String,
+        /// Text.
+        text: String,
+    },
+    /// NPCs in range.
+    Npcs(Vec<NpcState>),
+    /// The Game server corrected our position.
+    Correction {
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// The shard refused a request.
+    Refused(String),
+    /// A party's owner invites us: [`ClientCore::join_party`] with this name within 60 s.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The inviting owner.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Why [`ClientCore::send`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The player is not one of our introduced peers.
+    #[error("player {0:?} is not an introduced peer")]
+    UnknownPeer(PlayerId),
+    /// Larger than [`MAX_APP_MESSAGE`].
+    #[error("message of {0} bytes exceeds the {MAX_APP_MESSAGE}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Traffic totals of the client, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientTotals {
+    /// The mesh socket's counters (P2P and relay traffic).
+    pub mesh: MeshStats,
+    /// Application bytes sent through the Game server.
+    pub server_app_bytes_sent: u64,
+    /// Application bytes received through the Game server.
+    pub server_app_bytes_received: u64,
+}
+
+/// The client's sans-IO networking core. See the module docs.
+pub struct ClientCore {
+    cfg: ClientConfig,
+    mesh: Mesh,
+    phase: Phase,
+    player: Option<PlayerId>,
+    zone: Option<u32>,
+    want_zone: Option<u32>,
+    mesh_info_sent: bool,
+    nat_deadline: Option<Instant>,
+    /// NAT discovery was started (at `Welcome` or by [`ClientCore::start_nat_discovery`]).
+    nat_started: bool,
+    peers: BTreeMap<PlayerId, PeerInfo>,
+    by_link: HashMap<LinkId, PlayerId>,
+    outgoing: VecDeque<(ClientMessage, bool)>,
+    events: VecDeque<ClientEvent>,
+    move_tick: u32,
+    totals: ClientTotals,
+}
+
+impl std::fmt::Debug for ClientCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCore")
+            .field("name", &self.cfg.name)
+            .field("phase", &self.phase)
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl ClientCore {
+    /// A client whose mesh socket has these host addresses.
+    pub fn new(now: Instant, cfg: ClientConfig, clock: ClockAnchor, host_addrs: &[SocketAddr]) -> Self {
+        let mesh = Mesh::new(now, cfg.mesh.clone(), clock, host_addrs);
+        ClientCore {
+            cfg,
+            mesh,
+            phase: Phase::Connecting,
+            player: None,
+            zone: None,
+            want_zone: None,
+            mesh_info_sent: false,
+            nat_deadline: None,
+            nat_started: false,
+            peers: BTreeMap::new(),
+            by_link: HashMap::new(),
+            outgoing: VecDeque::new(),
+            events: VecDeque::new(),
+            move_tick: 0,
+            totals: ClientTotals::default(),
+        }
+    }
+
+    /// Run NAT discovery against `server` now, without waiting for a shard's `Welcome`
+    /// (mesh-only use, or to have the report ready before login). No-op with P2P off or
+    /// once discovery was started.
+    pub fn start_nat_discovery(&mut self, now: Instant, server: SocketAddr) {
+        if self.cfg.p2p && self.mesh.nat_report().is_none() && !self.nat_started {
+            self.nat_started = true;
+            self.mesh.start_nat_discovery(now, server, self.cfg.seed);
+            self.drain_mesh(now);
+        }
+    }
+
+    /// The transport to the shard is up: log in. Call again after a reconnect.
+    pub fn connected(&mut self) {
+        self.phase = Phase::Connecting;
+        self.mesh_info_sent = false;
+        self.push(ClientMessage::Login { name: self.cfg.name.clone() });
+    }
+
+    /// The transport to the shard is gone: every peer is forgotten.
+    pub fn disconnected(&mut self) {
+        self.phase = Phase::Connecting;
+        self.zone = None;
+        self.player = None;
+        self.clear_peers();
+    }
+
+    /// Ask to enter a zone (sent once NAT discovery is done, so introductions carry our
+    /// candidates).
+    pub fn enter_zone(&mut self, now: Instant, zone: u32) {
+        self.want_zone = Some(zone);
+        self.flush_zone_request(now);
+    }
+
+    /// Report our position to the Game server (it validates the speed).
+    pub fn move_to(&mut self, x: f32, y: f32) {
+        self.move_tick = self.move_tick.wrapping_add(1);
+        self.outgoing.push_back((ClientMessage::Move { tick: self.move_tick, x, y }, false));
+    }
+
+    /// Say something to the players in range.
+    pub fn chat(&mut self, text: impl Into<String>) {
+        self.push(ClientMessage::Chat { text: text.into() });
+    }
+
+    /// Join a party (empty name: leave it). A new name creates a party we own; an existing
+    /// one needs a pending invitation from its owner ([`ClientEvent::PartyInvite`]), else the
+    /// shard answers [`ClientEvent::Refused`].
+    pub fn join_party(&mut self, party: impl Into<String>) {
+        self.push(ClientMessage::JoinParty { party: party.into() });
+    }
+
+    /// Invite a player into our party (we must own it); it may join within 60 s.
+    pub fn invite_to_party(&mut self, player: PlayerId) {
+        self.push(ClientMessage::InviteToParty { player });
+    }
+
+    /// Send application bytes to one peer: over the mesh when it has a path, through the
+    /// Game server otherwise. Returns `true` when it went over the mesh.
+    pub fn send(&mut self, player: PlayerId, channel: Channel, data: Bytes) -> Result<bool, SendError> {
+        if data.len() > MAX_APP_MESSAGE {
+            return Err(SendError::TooLarge(data.len()));
+        }
+        let peer = self.peers.get_mut(&player).ok_or(SendError::UnknownPeer(player))?;
+        let len = data.len() as u64;
+        let mesh_ok = matches!(peer.path, PeerPath::Relayed | PeerPath::Direct);
+        if mesh_ok && self.mesh.send(peer.link, channel.mesh_channel(), data.clone()).unwrap_or(false) {
+            peer.sent.p2p_messages += 1;
+            peer.sent.p2p_bytes += len;
+            return Ok(true);
+        }
+        peer.sent.server_messages += 1;
+        peer.sent.server_bytes += len;
+        self.totals.server_app_bytes_sent += len;
+        let reliable = channel == Channel::Reliable;
+        self.outgoing
+            .push_back((ClientMessage::ToPeer { peer: player, reliable, data: data.to_vec() }, reliable));
+        Ok(false)
+    }
+
+    /// Send to every introduced peer. Returns how many went over the mesh.
+    pub fn broadcast(&mut self, channel: Channel, data: Bytes) -> Result<usize, SendError> {
+        let players: Vec<PlayerId> = self.peers.keys().copied().collect();
+        let mut p2p = 0;
+        for p in players {
+            p2p += usize::from(self.send(p, channel, data.clone())?);
+        }
+        Ok(p2p)
+    }
+
+    /// A message from the shard (decoded by the driver).
+    pub fn handle_shard_message(&mut self, now: Instant, msg: ShardMessage) {
+        match msg {
+            ShardMessage::Welcome { player, stun } => {
+                self.player = Some(player);
+                self.phase = Phase::Lobby;
+                self.events.push_back(ClientEvent::Welcome { player });
+                if self.cfg.p2p && self.mesh.nat_report().is_none() {
+                    // The shard may repeat Welcome (it answers every Login): a discovery
+                    // that is already running is not restarted.
+                    if !self.nat_started {
+                        self.nat_started = true;
+                        self.mesh.start_nat_discovery(now, stun, self.cfg.seed ^ player.0);
+                    }
+                    if !self.mesh_info_sent && self.nat_deadline.is_none() {
+                        self.nat_deadline = Some(now + self.cfg.nat_timeout);
+                    }
+                } else {
+                    self.send_mesh_info();
+                }
+                self.flush_zone_request(now);
+            }
+            ShardMessage::PeerIntro { peer, name, params } => {
+                if self.peers.contains_key(&peer) {
+                    self.remove_peer(peer);
+                }
+                let link = params.link;
+                let path = if self.cfg.p2p && self.mesh.add_link(now, params).is_ok() {
+                    PeerPath::Connecting
+                } else {
+                    PeerPath::Server
+                };
+                self.by_link.insert(link, peer);
+                self.peers.insert(
+                    peer,
+                    PeerInfo {
+                        player: peer,
+                        name: name.clone(),
+                        link,
+                        introduced_at: now,
+                        path,
+                        remote: None,
+                        sent: RouteCounters::default(),
+                        received: RouteCounters::default(),
+                    },
+                );
+                self.events.push_back(ClientEvent::PeerAdded { player: peer, name });
+            }
+            ShardMessage::PeerOutro { link } => {
+                if let Some(p) = self.by_link.get(&link).copied() {
+                    self.remove_peer(p);
+                }
+            }
+            ShardMessage::EnteredZone { zone, x, y } => {
+                // Links of a previous Game server are gone with it.
+                self.clear_peers();
+                self.phase = Phase::InGame;
+                self.zone = Some(zone);
+                self.events.push_back(ClientEvent::EnteredZone { zone, x, y });
+            }
+            ShardMessage::Correction { x, y } => self.events.push_back(ClientEvent::Correction { x, y }),
+            ShardMessage::Refused { reason } => self.events.push_back(ClientEvent::Refused(reason)),
+            ShardMessage::RelayRefresh { link, relay } => {
+                let _ = self.mesh.update_relay(now, link, relay);
+            }
+            ShardMessage::Chat { from, name, text } => {
+                self.events.push_back(ClientEvent::Chat { from, name, text })
+            }
+            ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Npcs(npcs)),
+            ShardMessage::PartyInvite { party, from, name } => {
+                self.events.push_back(ClientEvent::PartyInvite { party, from, name })
+            }
+            ShardMessage::FromPeer { peer, reliable, data } => {
+                let Some(info) = self.peers.get_mut(&peer) else { return };
+                info.received.server_messages += 1;
+                info.received.server_bytes += data.len() as u64;
+                self.totals.server_app_bytes_received += data.len() as u64;
+                let channel = if reliable { Channel::Reliable } else { Channel::Unreliable };
+                self.events.push_back(ClientEvent::Message {
+                    player: peer,
+                    channel,
+                    data: Bytes::from(data),
+                    p2p: false,
+                });
+            }
+        }
+    }
+
+    /// The next message for the shard, with `true` when it needs the reliable channel.
+    pub fn poll_shard_message(&mut self) -> Option<(ClientMessage, bool)> {
+        self.outgoing.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Where we are in the shard.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Our player id, once logged in.
+    pub fn player(&self) -> Option<PlayerId> {
+        self.player
+    }
+
+    /// Our zone, when in game.
+    pub fn zone(&self) -> Option<u32> {
+        self.zone
+    }
+
+    /// The settings this client runs with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Our introduced peers.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerInfo> {
+        self.peers.values()
+    }
+
+    /// One introduced peer.
+    pub fn peer(&self, player: PlayerId) -> Option<&PeerInfo> {
+        self.peers.get(&player)
+    }
+
+    /// Smoothed RTT to a peer over its current mesh path.
+    pub fn peer_rtt(&self, player: PlayerId) -> Option<Duration> {
+        let p = self.peers.get(&player)?;
+        self.mesh.link(p.link)?.rtt()
+    }
+
+    /// Packet loss toward a peer on the mesh (0–1), if it has a link.
+    pub fn peer_loss(&self, player: PlayerId) -> Option<f32> {
+        let p = self.peers.get(&player)?;
+        Some(self.mesh.link(p.link)?.packet_loss())
+    }
+
+    /// The NAT report, once discovery finished.
+    pub fn nat_report(&self) -> Option<&NatReport> {
+        self.mesh.nat_report()
+    }
+
+    /// The mesh (read-only: links, candidates, stats).
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Traffic totals.
+    pub fn totals(&self) -> ClientTotals {
+        ClientTotals { mesh: self.mesh.stats(), ..self.totals }
+    }
+
+    fn push(&mut self, msg: ClientMessage) {
+        self.outgoing.push_back((msg, true));
+    }
+
+    fn send_mesh_info(&mut self) {
+        if self.mesh_info_sent {
+            return;
+        }
+        self.mesh_info_sent = true;
+        self.nat_deadline = None;
+        let (candidates, nat) = if self.cfg.p2p {
+            let nat = match self.mesh.nat_report() {
+                Some(r) => NatSummary {
+                    class: r.class.as_str().into(),
+                    dependent_mapping: matches!(
+                        r.mapping,
+                        crate::nat::Mapping::AddressDependent | crate::nat::Mapping::AddressAndPortDependent
+                    ),
+                    port_delta: r.port_delta,
+                    public: r.public,
+                },
+                None => NatSummary {
+                    class: "unknown".into(),
+                    dependent_mapping: false,
+                    port_delta: None,
+                    public: None,
+                },
+            };
+            (self.mesh.local_candidates().to_vec(), nat)
+        } else {
+            (
+                Vec::new(),
+                NatSummary {
+                    class: "unknown".into(),
+                    dependent_mapping: false,
+                    port_delta: None,
+                    public: None,
+                },
+            )
+        };
+        self.push(ClientMessage::MeshInfo { candidates, nat });
+    }
+
+    fn flush_zone_request(&mut self, _now: Instant) {
+        if self.phase == Phase::Connecting || !self.mesh_info_sent {
+            return;
+        }
+        if let Some(zone) = self.want_zone.take() {
+            self.push(ClientMessage::EnterZone { zone });
+        }
+    }
+
+    fn remove_peer(&mut self, player: PlayerId) {
+        if let Some(p) = self.peers.remove(&player) {
+            self.by_link.remove(&p.link);
+            let _ = self.mesh.remove_link(p.link);
+            self.events.push_back(ClientEvent::PeerRemoved { player });
+        }
+    }
+
+    fn clear_peers(&mut self) {
+        let all: Vec<PlayerId> = self.peers.keys().copied().collect();
+        for p in all {
+            self.remove_peer(p);
+        }
+    }
+
+    /// Turn mesh events and received mesh messages into client events and shard reports.
+    fn drain_mesh(&mut self, now: Instant) {
+        while let Some(ev) = self.mesh.poll_event() {
+            match ev {
+                MeshEvent::Nat(report) => {
+                    self.events.push_back(ClientEvent::Nat(Box::new(report)));
+                    // Discovery outlived `nat_timeout`: the shard got "unknown"; correct it so
+                    // later introductions carry the right hint.
+                    self.mesh_info_sent = false;
+                    self.send_mesh_info();
+                    self.flush_zone_request(now);
+                }
+                MeshEvent::PublicAddress(_) => {}
+                MeshEvent::Link { link, event } => {
+                    let Some(player) = self.by_link.get(&link).copied() else { continue };
+                    let Some(peer) = self.peers.get_mut(&player) else { continue };
+                    let (path, remote) = match event {
+                        LinkEvent::Path(Path::None) => (PeerPath::Connecting, None),
+                        LinkEvent::Path(Path::Relayed { relay }) => (PeerPath::Relayed, Some(relay)),
+                        LinkEvent::Path(Path::Direct { remote }) => (PeerPath::Direct, Some(remote)),
+                        LinkEvent::Lost | LinkEvent::Broken => (PeerPath::Lost, peer.remote),
+                        LinkEvent::Recovered => match self.mesh.link(link).map(|l| l.path()) {
+                            Some(Path::Relayed { relay }) => (PeerPath::Relayed, Some(relay)),
+                            Some(Path::Direct { remote }) => (PeerPath::Direct, Some(remote)),
+                            _ => (PeerPath::Connecting, None),
+                        },
+                        LinkEvent::ObservedAddressChanged(_) | LinkEvent::DirectPathFailed(_) => continue,
+                    };
+                    if peer.path == path && peer.remote == remote {
+                        continue;
+                    }
+                    peer.path = path;
+                    peer.remote = remote;
+                    let since_intro = now.saturating_duration_since(peer.introduced_at);
+                    self.events.push_back(ClientEvent::PeerPath { player, path, remote, since_intro });
+                    let state = match path {
+                        PeerPath::Connecting | PeerPath::Server => PathState::Connecting,
+                        PeerPath::Relayed => PathState::Relayed,
+                        PeerPath::Direct => PathState::Direct,
+                        PeerPath::Lost => PathState::Lost,
+                    };
+                    let rtt_ms = self.mesh.link(link).and_then(|l| l.rtt()).map(|r| r.as_secs_f32() * 1000.0);
+                    self.push(ClientMessage::PathReport { link, path: state, rtt_ms });
+                }
+            }
+        }
+        for peer in self.peers.values_mut() {
+            for channel in [Channel::Reliable, Channel::Unreliable] {
+                while let Some(data) = self.mesh.receive(peer.link, channel.mesh_channel()) {
+                    peer.received.p2p_messages += 1;
+                    peer.received.p2p_bytes += data.len() as u64;
+                    self.events.push_back(ClientEvent::Message {
+                        player: peer.player,
+                        channel,
+                        data,
+                        p2p: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Endpoint for ClientCore {
+    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+        self.mesh.handle_datagram(now, local, from, data);
+        self.drain_mesh(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
+            self.mesh.handle_timeout(now);
+        }
+        if self.nat_deadline.is_some_and(|d| d <= now) {
+            self.send_mesh_info();
+            self.flush_zone_request(now);
+        }
+        self.drain_mesh(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.mesh.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.mesh.poll_timeout(), self.nat_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
