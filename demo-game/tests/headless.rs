@@ -108,8 +108,10 @@ fn two_bots_on_the_embedded_shard_connect_meet_and_lose_nothing() {
 fn an_unreachable_shard_is_a_clear_error_within_the_timeout() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
+    // A well-formed pinned key: nothing listens, so the login times out.
+    let server = format!("{}@{addr}", "ab".repeat(32));
     let mut cmd = demo();
-    cmd.args(["--headless", "--bot", "--json", "--server", &addr, "--exit-after", "60"]);
+    cmd.args(["--headless", "--bot", "--json", "--server", &server, "--exit-after", "60"]);
     let t0 = Instant::now();
     let out = run(cmd, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -128,6 +130,14 @@ fn bad_arguments_and_no_display_exit_with_2_and_say_why() {
     let out = run(cmd, Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--json needs --headless"));
+
+    // A shard address without its login key: the key is what makes the login safe.
+    let mut cmd = demo();
+    cmd.args(["--headless", "--bot", "--server", "127.0.0.1:7001"]);
+    let out = run(cmd, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("KEY@HOST:PORT") && stderr.contains("secret --show-public"), "{stderr}");
 
     let mut cmd = demo();
     cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
