@@ -37,7 +37,7 @@ impl From<client::SendError> for SendError {
 #[error("cannot decode the message as the requested type: {0}")]
 pub struct P2pDecodeError(pub String);
 
-/// Encode a value as [`P2pSender::send`] does (serde, [`crate::codec`]); larger than
+/// Encode a value as [`P2pSender::send`](super::P2pSender::send) does (serde, [`crate::codec`]); larger than
 /// [`client::MAX_APP_MESSAGE`] is [`SendError::TooLarge`].
 pub fn encode_message<T: Serialize>(value: &T) -> Result<Bytes, SendError> {
     match crate::codec::encode(value, client::MAX_APP_MESSAGE) {
@@ -47,7 +47,7 @@ pub fn encode_message<T: Serialize>(value: &T) -> Result<Bytes, SendError> {
     }
 }
 
-/// Decode a value sent with [`P2pSender::send`]; trailing bytes are an error, so a message
+/// Decode a value sent with [`P2pSender::send`](super::P2pSender::send); trailing bytes are an error, so a message
 /// of another type is less likely to decode by accident.
 pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, P2pDecodeError> {
     crate::codec::decode(bytes, client::MAX_APP_MESSAGE).map_err(|e| P2pDecodeError(e.to_string()))

@@ -1,5 +1,5 @@
 //! The relay server's counters as read from outside the data plane: [`StatsSnapshot`] (the
-//! relay core's counters plus the data plane's) and the [`MetricsSource`] the Prometheus
+//! relay core's counters plus the data plane's) and the `MetricsSource` the Prometheus
 //! endpoint reads. Shared by the server and the metrics endpoint, so neither imports the other
 //! for it.
 
