@@ -11,17 +11,8 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use thiserror::Error;
 
 use crate::proto::DecodeError;
+pub use crate::proto::intro::LinkKey;
 use crate::proto::peer::{LinkId, PEER_HEADER_LEN, PeerHeader, PeerKind, Side, TAG_LEN};
-
-/// The per-link secret the shard issues to both peers of a link.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LinkKey(pub [u8; 32]);
-
-impl std::fmt::Debug for LinkKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LinkKey(..)")
-    }
-}
 
 /// Why an incoming peer datagram was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

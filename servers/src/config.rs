@@ -610,7 +610,8 @@ impl ShardConfig {
     }
 
     /// Everything validated; the shard secret and the relay key as found (either may be
-    /// absent: the role decides). The returned config's `shard.secret` is zeros.
+    /// absent: the role decides). The returned config's `shard.secret` is zeros. Sections are
+    /// checked in file order, so the first error reported is the first in the file.
     #[allow(clippy::type_complexity)]
     fn parse_parts(
         text: &str,
@@ -621,295 +622,317 @@ impl ShardConfig {
         let raw: RawFile = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })?;
         let shard = raw.shard.ok_or_else(|| cx.invalid("shard", "is missing: add a [shard] section"))?;
+        let (shard, secret, relay_key) = shard_section(&cx, shard, &raw.relay, base)?;
+        let (relay, max_life) = relay_section(&cx, &raw.relay, shard.bind)?;
+        let agent = agent_section(&cx, raw.agent, shard.bind, base)?;
+        let lobby = lobby_section(&cx, raw.lobby, base)?;
+        let game = game_section(&cx, raw.game, max_life)?;
+        Ok((secret, relay_key, ShardConfig { shard, relay, agent, lobby, game }))
+    }
+}
 
-        let name = shard.name.ok_or_else(|| cx.invalid("shard.name", "is missing"))?;
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(
-                cx.invalid("shard.name", format!("is {name:?}; use letters, digits, '-', '_' or '.'"))
-            );
-        }
-        let secret = hex32(
-            &cx,
-            shard.secret,
-            shard.secret_file,
-            base,
+/// The `[shard]` section, with the shard secret and the relay key (`[relay] key`) as found;
+/// the section's `secret` is zeros.
+#[allow(clippy::type_complexity)]
+fn shard_section(
+    cx: &Ctx,
+    shard: RawShard,
+    relay: &RawRelay,
+    base: Option<&Path>,
+) -> Result<(ShardSection, Option<[u8; SHARD_SECRET_LEN]>, Option<RelayKey>), ConfigError> {
+    let name = shard.name.ok_or_else(|| cx.invalid("shard.name", "is missing"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(cx.invalid("shard.name", format!("is {name:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    let secret = hex32(
+        cx,
+        shard.secret,
+        shard.secret_file,
+        base,
+        "shard.secret",
+        "shard.secret_file",
+        "generate one with `p2pmodel secret`",
+    )?;
+    if let Some(why) = secret.as_ref().and_then(weak_secret) {
+        return Err(cx.invalid(
             "shard.secret",
-            "shard.secret_file",
-            "generate one with `p2pmodel secret`",
-        )?;
-        if let Some(why) = secret.as_ref().and_then(weak_secret) {
-            return Err(cx.invalid(
-                "shard.secret",
-                format!(
-                    "{why}: anyone could mint tokens and read logins; generate one with `p2pmodel secret`"
-                ),
-            ));
-        }
-        let relay_key = hex32(
-            &cx,
-            raw.relay.key.clone(),
-            raw.relay.key_file.clone(),
-            base,
-            "relay.key",
-            "relay.key_file",
-            "print the shard's with `p2pmodel relay-key --config FILE`",
-        )?
-        .map(RelayKey::from_bytes);
-        let bind = match &shard.bind {
-            Some(s) => cx.ip(s, "shard.bind")?,
-            None => IpAddr::from([0, 0, 0, 0]),
-        };
-        let public_addresses = shard
-            .public_addresses
-            .iter()
-            .map(|s| cx.ip(s, "shard.public_addresses"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let metrics = match &shard.metrics {
-            None => None,
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
-                cx.invalid("shard.metrics", format!("is {s:?}, not an IP:port (e.g. \"127.0.0.1:9100\")"))
-            })?),
-        };
+            format!("{why}: anyone could mint tokens and read logins; generate one with `p2pmodel secret`"),
+        ));
+    }
+    let relay_key = hex32(
+        cx,
+        relay.key.clone(),
+        relay.key_file.clone(),
+        base,
+        "relay.key",
+        "relay.key_file",
+        "print the shard's with `p2pmodel relay-key --config FILE`",
+    )?
+    .map(RelayKey::from_bytes);
+    let bind = match &shard.bind {
+        Some(s) => cx.ip(s, "shard.bind")?,
+        None => IpAddr::from([0, 0, 0, 0]),
+    };
+    let public_addresses = shard
+        .public_addresses
+        .iter()
+        .map(|s| cx.ip(s, "shard.public_addresses"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let metrics = match &shard.metrics {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            cx.invalid("shard.metrics", format!("is {s:?}, not an IP:port (e.g. \"127.0.0.1:9100\")"))
+        })?),
+    };
+    let section = ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics };
+    Ok((section, secret, relay_key))
+}
 
-        let r = raw.relay;
-        let port = cx.int(r.port, "relay.port", 0, 65535, 3478)? as u16;
-        let alt_port = cx.int(r.alternate_port, "relay.alternate_port", 0, 65535, 3479)? as u16;
-        if alt_port != 0 && alt_port == port {
-            return Err(cx.invalid("relay.alternate_port", "must differ from relay.port (or be 0 for none)"));
-        }
-        let alternate_ip = match &r.alternate_ip {
-            Some(s) => Some(cx.ip(s, "relay.alternate_ip")?),
-            None => None,
+/// The `[relay]` section (sockets bound on `bind`), and the longest token lifetime it allows.
+fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, u64), ConfigError> {
+    let port = cx.int(r.port, "relay.port", 0, 65535, 3478)? as u16;
+    let alt_port = cx.int(r.alternate_port, "relay.alternate_port", 0, 65535, 3479)? as u16;
+    if alt_port != 0 && alt_port == port {
+        return Err(cx.invalid("relay.alternate_port", "must differ from relay.port (or be 0 for none)"));
+    }
+    let alternate_ip = match &r.alternate_ip {
+        Some(s) => Some(cx.ip(s, "relay.alternate_ip")?),
+        None => None,
+    };
+    if alternate_ip.is_some_and(|ip| ip == bind) {
+        return Err(cx.invalid("relay.alternate_ip", "must differ from shard.bind"));
+    }
+    let socket_buffer_bytes =
+        cx.int(r.socket_buffer_bytes, "relay.socket_buffer_bytes", 65_536, 1 << 30, 4 << 20)? as usize;
+    let batch = cx.int(r.batch, "relay.batch", 1, 1024, 64)? as usize;
+    let day = 86_400;
+    let max_life = cx.int(r.max_token_lifetime_secs, "relay.max_token_lifetime_secs", 1, 30 * day, day)?;
+    let rotation = cx.int(r.token_key_rotation_secs, "relay.token_key_rotation_secs", 0, 365 * day, day)?;
+    if rotation != 0 && rotation < max_life {
+        return Err(cx.invalid(
+            "relay.token_key_rotation_secs",
+            format!(
+                "is {rotation}, shorter than relay.max_token_lifetime_secs ({max_life}): a token would \
+                 outlive two rotations and be refused early"
+            ),
+        ));
+    }
+    let core = relay_core(cx, r, max_life)?;
+    let stats_log_interval = Duration::from_secs(cx.int(
+        r.stats_log_interval_secs,
+        "relay.stats_log_interval_secs",
+        0,
+        day,
+        60,
+    )?);
+    let relay = RelaySection {
+        primary: SocketAddr::new(bind, port),
+        alternate: (alt_port != 0).then(|| SocketAddr::new(bind, alt_port)),
+        alternate_ip,
+        socket_buffer_bytes,
+        batch,
+        token_key_rotation: Duration::from_secs(rotation),
+        stats_log_interval,
+        core,
+    };
+    Ok((relay, max_life))
+}
+
+/// The relay core's settings from `[relay]` (timeouts, quotas, limits).
+fn relay_core(cx: &Ctx, r: &RawRelay, max_life: u64) -> Result<RelayConfig, ConfigError> {
+    let defaults = RelayConfig::default();
+    let quota = |q: Option<&RawQuota>, which: &'static str, d: Quota| -> Result<Quota, ConfigError> {
+        let (pk, bk) = match which {
+            "link" => ("relay.link_quota.packets_per_sec", "relay.link_quota.bytes_per_sec"),
+            _ => ("relay.source_quota.packets_per_sec", "relay.source_quota.bytes_per_sec"),
         };
-        if alternate_ip.is_some_and(|ip| ip == bind) {
-            return Err(cx.invalid("relay.alternate_ip", "must differ from shard.bind"));
-        }
-        let socket_buffer_bytes =
-            cx.int(r.socket_buffer_bytes, "relay.socket_buffer_bytes", 65_536, 1 << 30, 4 << 20)? as usize;
-        let batch = cx.int(r.batch, "relay.batch", 1, 1024, 64)? as usize;
-        let day = 86_400;
-        let max_life =
-            cx.int(r.max_token_lifetime_secs, "relay.max_token_lifetime_secs", 1, 30 * day, day)?;
-        let rotation =
-            cx.int(r.token_key_rotation_secs, "relay.token_key_rotation_secs", 0, 365 * day, day)?;
-        if rotation != 0 && rotation < max_life {
-            return Err(cx.invalid(
-                "relay.token_key_rotation_secs",
-                format!(
-                    "is {rotation}, shorter than relay.max_token_lifetime_secs ({max_life}): a token would \
-                     outlive two rotations and be refused early"
-                ),
-            ));
-        }
-        let defaults = RelayConfig::default();
-        let quota = |q: Option<RawQuota>, which: &'static str, d: Quota| -> Result<Quota, ConfigError> {
-            let (pk, bk) = match which {
-                "link" => ("relay.link_quota.packets_per_sec", "relay.link_quota.bytes_per_sec"),
-                _ => ("relay.source_quota.packets_per_sec", "relay.source_quota.bytes_per_sec"),
-            };
-            let (p, b) = q.map(|q| (q.packets_per_sec, q.bytes_per_sec)).unwrap_or((None, None));
-            Ok(Quota {
-                packets_per_sec: cx.int(p, pk, 1, i64::MAX, d.packets_per_sec as i64)?,
-                bytes_per_sec: cx.int(b, bk, 1500, i64::MAX, d.bytes_per_sec as i64)?,
-            })
-        };
-        let core = RelayConfig {
-            idle_timeout: Duration::from_secs(cx.int(
-                r.idle_timeout_secs,
-                "relay.idle_timeout_secs",
-                5,
-                3600,
-                60,
-            )?),
-            link_quota: quota(r.link_quota, "link", defaults.link_quota)?,
-            source_quota: quota(r.source_quota, "source", defaults.source_quota)?,
-            quota_burst: Duration::from_millis(cx.int(
-                r.quota_burst_ms,
-                "relay.quota_burst_ms",
-                10,
-                10_000,
-                250,
-            )?),
-            cookie_bucket: Duration::from_secs(cx.int(
-                r.cookie_bucket_secs,
-                "relay.cookie_bucket_secs",
-                5,
-                3600,
-                30,
-            )?),
-            max_token_lifetime: Duration::from_secs(max_life),
-            max_bindings: cx.int(r.max_bindings, "relay.max_bindings", 2, 1 << 26, 1 << 20)? as usize,
-            sweep_interval: Duration::from_millis(cx.int(
-                r.sweep_interval_ms,
-                "relay.sweep_interval_ms",
-                10,
-                60_000,
-                1000,
-            )?),
-        };
-        let stats_log_interval = Duration::from_secs(cx.int(
-            r.stats_log_interval_secs,
-            "relay.stats_log_interval_secs",
-            0,
-            day,
+        let (p, b) = q.map(|q| (q.packets_per_sec, q.bytes_per_sec)).unwrap_or((None, None));
+        Ok(Quota {
+            packets_per_sec: cx.int(p, pk, 1, i64::MAX, d.packets_per_sec as i64)?,
+            bytes_per_sec: cx.int(b, bk, 1500, i64::MAX, d.bytes_per_sec as i64)?,
+        })
+    };
+    Ok(RelayConfig {
+        idle_timeout: Duration::from_secs(cx.int(
+            r.idle_timeout_secs,
+            "relay.idle_timeout_secs",
+            5,
+            3600,
             60,
-        )?);
+        )?),
+        link_quota: quota(r.link_quota.as_ref(), "link", defaults.link_quota)?,
+        source_quota: quota(r.source_quota.as_ref(), "source", defaults.source_quota)?,
+        quota_burst: Duration::from_millis(cx.int(
+            r.quota_burst_ms,
+            "relay.quota_burst_ms",
+            10,
+            10_000,
+            250,
+        )?),
+        cookie_bucket: Duration::from_secs(cx.int(
+            r.cookie_bucket_secs,
+            "relay.cookie_bucket_secs",
+            5,
+            3600,
+            30,
+        )?),
+        max_token_lifetime: Duration::from_secs(max_life),
+        max_bindings: cx.int(r.max_bindings, "relay.max_bindings", 2, 1 << 26, 1 << 20)? as usize,
+        sweep_interval: Duration::from_millis(cx.int(
+            r.sweep_interval_ms,
+            "relay.sweep_interval_ms",
+            10,
+            60_000,
+            1000,
+        )?),
+    })
+}
 
-        let a = raw.agent;
-        let agent_port = cx.int(a.port, "agent.port", 0, 65535, 7000)? as u16;
-        let login_port = cx.int(a.login_port, "agent.login_port", 0, 65535, 7001)? as u16;
-        if login_port != 0 && login_port == agent_port {
-            return Err(cx.invalid("agent.login_port", "must differ from agent.port (or be 0 for none)"));
-        }
-        let agent = AgentSection {
-            addr: SocketAddr::new(bind, agent_port),
-            login: (login_port != 0).then(|| SocketAddr::new(bind, login_port)),
-            protocol_id: cx.int(a.protocol_id, "agent.protocol_id", 0, i64::MAX, 0x5032504d2d763031)?,
-            max_clients: cx.int(a.max_clients, "agent.max_clients", 1, 32_768, 1024)? as usize,
-            token_expire: Duration::from_secs(cx.int(
-                a.token_expire_secs,
-                "agent.token_expire_secs",
-                5,
-                day,
-                300,
-            )?),
-            client_timeout_secs: cx.int(a.client_timeout_secs, "agent.client_timeout_secs", 1, 600, 10)?
-                as i32,
-            max_messages_per_sec: cx.int(
-                a.max_messages_per_sec,
-                "agent.max_messages_per_sec",
-                1,
-                100_000,
-                120,
-            )? as u32,
-            accounts: match a.accounts.as_deref() {
-                None | Some("open") => Accounts::Open,
-                Some(f) if f.starts_with("file:") && f.len() > 5 => {
-                    let f = PathBuf::from(&f[5..]);
-                    Accounts::File(match base {
-                        Some(b) if f.is_relative() => b.join(f),
-                        _ => f,
-                    })
-                }
-                Some(other) => {
-                    return Err(cx.invalid(
-                        "agent.accounts",
-                        format!("is {other:?}; use \"open\" or \"file:accounts.toml\""),
-                    ));
-                }
-            },
-            max_clients_per_ip: cx.int(a.max_clients_per_ip, "agent.max_clients_per_ip", 1, 32_768, 16)?
-                as usize,
-            login_limits: {
-                let d = crate::shard::login::LoginLimits::default();
-                crate::shard::login::LoginLimits {
-                    per_source_per_sec: cx.float(
-                        a.login_per_source_per_sec,
-                        "agent.login_per_source_per_sec",
-                        0.01,
-                        1e6,
-                        d.per_source_per_sec,
-                    )? as f64,
-                    per_source_burst: cx.float(
-                        a.login_per_source_burst,
-                        "agent.login_per_source_burst",
-                        1.0,
-                        1e6,
-                        d.per_source_burst,
-                    )? as f64,
-                    global_per_sec: cx.float(
-                        a.login_per_sec,
-                        "agent.login_per_sec",
-                        0.01,
-                        1e7,
-                        d.global_per_sec,
-                    )? as f64,
-                    global_burst: cx.float(a.login_burst, "agent.login_burst", 1.0, 1e7, d.global_burst)?
-                        as f64,
-                    max_sources: d.max_sources,
-                }
-            },
-        };
-        let l = raw.lobby;
-        let heartbeat = Duration::from_millis(cx.int(l.heartbeat_ms, "lobby.heartbeat_ms", 10, 1000, 250)?);
-        let heartbeat_timeout = Duration::from_millis(cx.int(
-            l.heartbeat_timeout_ms,
-            "lobby.heartbeat_timeout_ms",
-            50,
-            3000,
-            1500,
-        )?);
-        if heartbeat_timeout < heartbeat * 2 {
-            return Err(cx.invalid(
-                "lobby.heartbeat_timeout_ms",
-                "must be at least twice lobby.heartbeat_ms, or one late heartbeat kills a healthy role",
-            ));
-        }
-        let lobby = LobbySection {
-            store: l.store.map(|f| match base {
+/// The `[agent]` section (sockets bound on `bind`; an accounts file relative to `base`).
+fn agent_section(
+    cx: &Ctx,
+    a: RawAgent,
+    bind: IpAddr,
+    base: Option<&Path>,
+) -> Result<AgentSection, ConfigError> {
+    let day = 86_400;
+    let agent_port = cx.int(a.port, "agent.port", 0, 65535, 7000)? as u16;
+    let login_port = cx.int(a.login_port, "agent.login_port", 0, 65535, 7001)? as u16;
+    if login_port != 0 && login_port == agent_port {
+        return Err(cx.invalid("agent.login_port", "must differ from agent.port (or be 0 for none)"));
+    }
+    let agent = AgentSection {
+        addr: SocketAddr::new(bind, agent_port),
+        login: (login_port != 0).then(|| SocketAddr::new(bind, login_port)),
+        protocol_id: cx.int(a.protocol_id, "agent.protocol_id", 0, i64::MAX, 0x5032504d2d763031)?,
+        max_clients: cx.int(a.max_clients, "agent.max_clients", 1, 32_768, 1024)? as usize,
+        token_expire: Duration::from_secs(cx.int(
+            a.token_expire_secs,
+            "agent.token_expire_secs",
+            5,
+            day,
+            300,
+        )?),
+        client_timeout_secs: cx.int(a.client_timeout_secs, "agent.client_timeout_secs", 1, 600, 10)? as i32,
+        max_messages_per_sec: cx.int(a.max_messages_per_sec, "agent.max_messages_per_sec", 1, 100_000, 120)?
+            as u32,
+        accounts: accounts(cx, a.accounts.as_deref(), base)?,
+        max_clients_per_ip: cx.int(a.max_clients_per_ip, "agent.max_clients_per_ip", 1, 32_768, 16)? as usize,
+        login_limits: login_limits(cx, &a)?,
+    };
+    Ok(agent)
+}
+
+/// `agent.accounts`: `"open"` (or absent) or `"file:PATH"` (relative to `base`).
+fn accounts(cx: &Ctx, accounts: Option<&str>, base: Option<&Path>) -> Result<Accounts, ConfigError> {
+    Ok(match accounts {
+        None | Some("open") => Accounts::Open,
+        Some(f) if f.starts_with("file:") && f.len() > 5 => {
+            let f = PathBuf::from(&f[5..]);
+            Accounts::File(match base {
                 Some(b) if f.is_relative() => b.join(f),
                 _ => f,
-            }),
-            zones: cx.int(l.zones, "lobby.zones", 1, 1000, 2)? as u32,
-            internal: match &l.internal {
-                None => SocketAddr::from(([127, 0, 0, 1], 7110)),
-                Some(s) => s.parse().map_err(|_| {
-                    cx.invalid("lobby.internal", format!("is {s:?}, not an IP:port (e.g. \"10.0.0.2:7110\")"))
-                })?,
-            },
-            heartbeat,
-            heartbeat_timeout,
-            guest_ttl: match cx.int(l.guest_ttl_secs, "lobby.guest_ttl_secs", 0, 100 * 365 * day, 7 * day)? {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
-            },
-        };
-        let g = raw.game;
-        let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
-        let tick_hz = cx.int(g.tick_hz, "game.tick_hz", 1, 240, 20)? as u32;
-        let game = GameSection {
-            tick_hz,
-            servers_per_zone: cx.int(g.servers_per_zone, "game.servers_per_zone", 1, 64, 2)? as u32,
-            max_speed: cx.float(g.max_speed, "game.max_speed", 0.1, 1e6, 10.0)?,
-            interest_radius,
-            hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
-            max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
-            max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)?
-                as usize,
-            capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
-            relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
-            npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
-            npc_area: cx.float(g.npc_area, "game.npc_area", 1.0, 1e6, 40.0)?,
-            npc_hz: cx.int(g.npc_hz, "game.npc_hz", 1, i64::from(tick_hz), 5.min(i64::from(tick_hz)))? as u32,
-        };
-        if game.relay_token_secs as u64 > max_life {
-            return Err(cx.invalid(
-                "game.relay_token_secs",
-                format!("is {}, longer than relay.max_token_lifetime_secs ({max_life}): relays would refuse the tokens", game.relay_token_secs),
-            ));
+            })
         }
+        Some(other) => {
+            return Err(
+                cx.invalid("agent.accounts", format!("is {other:?}; use \"open\" or \"file:accounts.toml\""))
+            );
+        }
+    })
+}
 
-        let config = ShardConfig {
-            shard: ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics },
-            relay: RelaySection {
-                primary: SocketAddr::new(bind, port),
-                alternate: (alt_port != 0).then(|| SocketAddr::new(bind, alt_port)),
-                alternate_ip,
-                socket_buffer_bytes,
-                batch,
-                token_key_rotation: Duration::from_secs(rotation),
-                stats_log_interval,
-                core,
-            },
-            agent,
-            lobby,
-            game,
-        };
-        Ok((secret, relay_key, config))
+/// The login service's rate limits from `[agent]`.
+fn login_limits(cx: &Ctx, a: &RawAgent) -> Result<crate::shard::login::LoginLimits, ConfigError> {
+    let d = crate::shard::login::LoginLimits::default();
+    Ok(crate::shard::login::LoginLimits {
+        per_source_per_sec: cx.float(
+            a.login_per_source_per_sec,
+            "agent.login_per_source_per_sec",
+            0.01,
+            1e6,
+            d.per_source_per_sec,
+        )? as f64,
+        per_source_burst: cx.float(
+            a.login_per_source_burst,
+            "agent.login_per_source_burst",
+            1.0,
+            1e6,
+            d.per_source_burst,
+        )? as f64,
+        global_per_sec: cx.float(a.login_per_sec, "agent.login_per_sec", 0.01, 1e7, d.global_per_sec)? as f64,
+        global_burst: cx.float(a.login_burst, "agent.login_burst", 1.0, 1e7, d.global_burst)? as f64,
+        max_sources: d.max_sources,
+    })
+}
+
+/// The `[lobby]` section (a store file relative to `base`).
+fn lobby_section(cx: &Ctx, l: RawLobby, base: Option<&Path>) -> Result<LobbySection, ConfigError> {
+    let day = 86_400;
+    let heartbeat = Duration::from_millis(cx.int(l.heartbeat_ms, "lobby.heartbeat_ms", 10, 1000, 250)?);
+    let heartbeat_timeout = Duration::from_millis(cx.int(
+        l.heartbeat_timeout_ms,
+        "lobby.heartbeat_timeout_ms",
+        50,
+        3000,
+        1500,
+    )?);
+    if heartbeat_timeout < heartbeat * 2 {
+        return Err(cx.invalid(
+            "lobby.heartbeat_timeout_ms",
+            "must be at least twice lobby.heartbeat_ms, or one late heartbeat kills a healthy role",
+        ));
     }
+    let lobby = LobbySection {
+        store: l.store.map(|f| match base {
+            Some(b) if f.is_relative() => b.join(f),
+            _ => f,
+        }),
+        zones: cx.int(l.zones, "lobby.zones", 1, 1000, 2)? as u32,
+        internal: match &l.internal {
+            None => SocketAddr::from(([127, 0, 0, 1], 7110)),
+            Some(s) => s.parse().map_err(|_| {
+                cx.invalid("lobby.internal", format!("is {s:?}, not an IP:port (e.g. \"10.0.0.2:7110\")"))
+            })?,
+        },
+        heartbeat,
+        heartbeat_timeout,
+        guest_ttl: match cx.int(l.guest_ttl_secs, "lobby.guest_ttl_secs", 0, 100 * 365 * day, 7 * day)? {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
+    };
+    Ok(lobby)
+}
+
+/// The `[game]` section; relay tokens must not outlive `max_life` (the relay's limit).
+fn game_section(cx: &Ctx, g: RawGame, max_life: u64) -> Result<GameSection, ConfigError> {
+    let day = 86_400;
+    let interest_radius = cx.float(g.interest_radius, "game.interest_radius", 1.0, 1e6, 50.0)?;
+    let tick_hz = cx.int(g.tick_hz, "game.tick_hz", 1, 240, 20)? as u32;
+    let game = GameSection {
+        tick_hz,
+        servers_per_zone: cx.int(g.servers_per_zone, "game.servers_per_zone", 1, 64, 2)? as u32,
+        max_speed: cx.float(g.max_speed, "game.max_speed", 0.1, 1e6, 10.0)?,
+        interest_radius,
+        hysteresis: cx.float(g.hysteresis, "game.hysteresis", 0.0, interest_radius as f64, 10.0)?,
+        max_peers: cx.int(g.max_peers, "game.max_peers", 1, 256, 16)? as usize,
+        max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)? as usize,
+        capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
+        relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
+        npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
+        npc_area: cx.float(g.npc_area, "game.npc_area", 1.0, 1e6, 40.0)?,
+        npc_hz: cx.int(g.npc_hz, "game.npc_hz", 1, i64::from(tick_hz), 5.min(i64::from(tick_hz)))? as u32,
+    };
+    if game.relay_token_secs as u64 > max_life {
+        return Err(cx.invalid(
+            "game.relay_token_secs",
+            format!("is {}, longer than relay.max_token_lifetime_secs ({max_life}): relays would refuse the tokens", game.relay_token_secs),
+        ));
+    }
+    Ok(game)
 }
 
 #[cfg(test)]

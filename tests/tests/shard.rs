@@ -284,6 +284,84 @@ fn walk(c: &mut Client, to: (f32, f32), tick: &mut u32) {
     c.renet.send_message(DefaultChannel::ReliableOrdered, encode(&msg).unwrap());
 }
 
+/// The Game server everyone is on stalls: its players move to the zone's other Game server
+/// with their positions within 5 s; when it comes back, it is reset and nobody moves back.
+fn survive_a_game_server_failure(shard: &mut Shard, ana: &mut Client, bob: &mut Client, cid: &mut Client) {
+    // Kill the Game server everyone is on: the Lobby notices the missing heartbeats and
+    // moves them to the other Game server of the zone, with their positions, within 5 s.
+    // Positions are checkpointed to the Lobby every 5 ticks (250 ms): let one land.
+    run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_millis(400), |_, _| false);
+    let game = shard.games().worlds.iter().find(|w| w.players().count() == 3).map(|w| w.id).unwrap();
+    let bob_pos = bob.pos;
+    let killed_at = Instant::now();
+    shard.app.world_mut().resource_mut::<GameServers>().pause(game); // a stalled process, state kept
+    let moved = run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(5), |_, cs| {
+        cs.iter().all(|c| c.entered.len() == 2)
+    });
+    assert!(moved, "players re-placed within 5 s");
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let other = shard.games().worlds.iter().find(|w| w.id != game).unwrap();
+    assert_eq!(other.players().count(), 3);
+    let (bx, by) = bob.entered[1];
+    assert!(
+        (bx - bob_pos.0).abs() < 1.0 && (by - bob_pos.1).abs() < 1.0,
+        "bob kept his position: {:?} vs {bob_pos:?}",
+        bob.entered
+    );
+    assert_eq!(cid.entered[1], (500.0, 0.0));
+    // The stalled server comes back: the Lobby resets it (its players live elsewhere now).
+    shard.app.world_mut().resource_mut::<GameServers>().resume(game);
+    let reset = run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(3), |s, _| {
+        s.lobby().games[&game].alive && s.games().get(game).unwrap().players().count() == 0
+    });
+    assert!(reset, "a returning Game server is reset and rejoins the pool");
+    assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
+}
+
+/// A party (ana near the origin, cid at x = 500) is introduced regardless of distance, only
+/// on the owner's invitation; bob, in no party, is not.
+fn party_meshes_across_the_map(shard: &mut Shard, ana: &mut Client, bob: &mut Client, cid: &mut Client) {
+    // A party meshes across the map: ana (near the origin) and cid (at x = 500). ana creates
+    // it; cid gets in only once ana invited it.
+    ana.send(&ClientMessage::JoinParty { party: "p".into() });
+    run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(2), |s, _| {
+        s.lobby().parties.owner("p").is_some()
+    });
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    bob.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let refused =
+        run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(5), |_, cs| {
+            cs[1].refused.iter().any(|r| r.contains("invit"))
+                && cs[2].refused.iter().any(|r| r.contains("invitation"))
+        });
+    assert!(
+        refused,
+        "no join without an invitation, no invitation but the owner's: {:?} {:?}",
+        bob.refused, cid.refused
+    );
+    ana.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
+    let ana_id = ana.player.unwrap();
+    assert!(run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(5), |_, cs| {
+        cs[2].invites.contains(&("p".into(), ana_id))
+    }));
+    cid.send(&ClientMessage::JoinParty { party: "p".into() });
+    let party = run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(5), |_, cs| {
+        match (cs[0].link_to("cid"), cs[2].link_to("ana")) {
+            (Some(l), Some(_)) => cs[0].mesh.link(l).is_some_and(|k| k.path() != Path::None),
+            _ => false,
+        }
+    });
+    assert!(party, "party members are introduced regardless of distance");
+    let plink = ana.link_to("cid").unwrap();
+    ana.mesh.send(plink, CHANNEL_RELIABLE, b"party on".to_vec()).unwrap();
+    let heard = run_until(shard, &mut [&mut *ana, &mut *bob, &mut *cid], Duration::from_secs(5), |_, cs| {
+        cs[2].p2p_received.iter().any(|m| m == "party on")
+    });
+    assert!(heard, "cid got ana's party message P2P");
+    assert!(bob.link_to("cid").is_none() && bob.link_to("ana").is_none(), "bob is in no party and far away");
+}
+
 #[test]
 fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_server_failure() {
     let store = std::env::temp_dir().join(format!("p2pm-shard-e2e-{}.json", std::process::id()));
@@ -364,78 +442,8 @@ fn shard_clients_login_meet_talk_p2p_part_mesh_as_a_party_and_survive_a_game_ser
     assert!(ana.links.is_empty() && bob.links.is_empty());
     assert!(cid.introduced.is_empty());
 
-    // Kill the Game server everyone is on: the Lobby notices the missing heartbeats and
-    // moves them to the other Game server of the zone, with their positions, within 5 s.
-    // Positions are checkpointed to the Lobby every 5 ticks (250 ms): let one land.
-    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_millis(400), |_, _| false);
-    let game = shard.games().worlds.iter().find(|w| w.players().count() == 3).map(|w| w.id).unwrap();
-    let bob_pos = bob.pos;
-    let killed_at = Instant::now();
-    shard.app.world_mut().resource_mut::<GameServers>().pause(game); // a stalled process, state kept
-    let moved =
-        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
-            cs.iter().all(|c| c.entered.len() == 2)
-        });
-    assert!(moved, "players re-placed within 5 s");
-    let took = killed_at.elapsed();
-    assert!(took < Duration::from_secs(5), "{took:?}");
-    let other = shard.games().worlds.iter().find(|w| w.id != game).unwrap();
-    assert_eq!(other.players().count(), 3);
-    let (bx, by) = bob.entered[1];
-    assert!(
-        (bx - bob_pos.0).abs() < 1.0 && (by - bob_pos.1).abs() < 1.0,
-        "bob kept his position: {:?} vs {bob_pos:?}",
-        bob.entered
-    );
-    assert_eq!(cid.entered[1], (500.0, 0.0));
-    // The stalled server comes back: the Lobby resets it (its players live elsewhere now).
-    shard.app.world_mut().resource_mut::<GameServers>().resume(game);
-    let reset = run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(3), |s, _| {
-        s.lobby().games[&game].alive && s.games().get(game).unwrap().players().count() == 0
-    });
-    assert!(reset, "a returning Game server is reset and rejoins the pool");
-    assert!(ana.entered.len() == 2 && bob.entered.len() == 2, "nobody was moved back");
-
-    // A party meshes across the map: ana (near the origin) and cid (at x = 500). ana creates
-    // it; cid gets in only once ana invited it.
-    ana.send(&ClientMessage::JoinParty { party: "p".into() });
-    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(2), |s, _| {
-        s.lobby().parties.owner("p").is_some()
-    });
-    cid.send(&ClientMessage::JoinParty { party: "p".into() });
-    bob.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
-    let refused =
-        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
-            cs[1].refused.iter().any(|r| r.contains("invit"))
-                && cs[2].refused.iter().any(|r| r.contains("invitation"))
-        });
-    assert!(
-        refused,
-        "no join without an invitation, no invitation but the owner's: {:?} {:?}",
-        bob.refused, cid.refused
-    );
-    ana.send(&ClientMessage::InviteToParty { player: cid.player.unwrap() });
-    let ana_id = ana.player.unwrap();
-    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
-        cs[2].invites.contains(&("p".into(), ana_id))
-    }));
-    cid.send(&ClientMessage::JoinParty { party: "p".into() });
-    let party =
-        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
-            match (cs[0].link_to("cid"), cs[2].link_to("ana")) {
-                (Some(l), Some(_)) => cs[0].mesh.link(l).is_some_and(|k| k.path() != Path::None),
-                _ => false,
-            }
-        });
-    assert!(party, "party members are introduced regardless of distance");
-    let plink = ana.link_to("cid").unwrap();
-    ana.mesh.send(plink, CHANNEL_RELIABLE, b"party on".to_vec()).unwrap();
-    let heard =
-        run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(5), |_, cs| {
-            cs[2].p2p_received.iter().any(|m| m == "party on")
-        });
-    assert!(heard, "cid got ana's party message P2P");
-    assert!(bob.link_to("cid").is_none() && bob.link_to("ana").is_none(), "bob is in no party and far away");
+    survive_a_game_server_failure(&mut shard, &mut ana, &mut bob, &mut cid);
+    party_meshes_across_the_map(&mut shard, &mut ana, &mut bob, &mut cid);
 
     // The store keeps the positions for the next login.
     drop(shard);

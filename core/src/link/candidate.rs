@@ -3,53 +3,9 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
+pub use crate::proto::intro::{Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, clamp_port_delta};
 
-/// Where a candidate address came from; also its probing priority (higher first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum CandidateKind {
-    /// A port guessed from a sequential allocator's last mapping.
-    Predicted,
-    /// The address the relay forwards through (never probed; listed for completeness).
-    Relayed,
-    /// Learned from a STUN server or the relay: the peer's public mapping.
-    ServerReflexive,
-    /// Learned from an authenticated datagram that arrived from an unlisted address.
-    PeerReflexive,
-    /// An address of the peer's own interfaces (works on a shared LAN).
-    Host,
-}
-
-/// One address at which a peer may be reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Candidate {
-    /// How it was learned.
-    pub kind: CandidateKind,
-    /// The address.
-    pub addr: SocketAddr,
-}
-
-impl Candidate {
-    /// Shorthand constructor.
-    pub fn new(kind: CandidateKind, addr: SocketAddr) -> Self {
-        Self { kind, addr }
-    }
-}
-
-/// Largest port step a NAT hint may carry: real sequential allocators step by 1 or 2 (a few
-/// more with concurrent users); anything beyond this is treated as unknown (`None`), so a
-/// hostile hint cannot aim predicted probes far from the peer's mapping.
-pub const MAX_PORT_DELTA: i32 = 64;
-
-/// What the shard knows of a peer's NAT, for port prediction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NatHint {
-    /// The peer's NAT maps per destination (ADM/APDM): its srflx port toward us is unknown.
-    pub dependent_mapping: bool,
-    /// Port step of a sequential allocator (`None` for random or preserving).
-    pub port_delta: Option<i32>,
-}
-
+// An inherent impl outside `proto`: the wire type stays free of the NAT discovery module.
 impl NatHint {
     /// The hint for a NAT that discovery classified.
     pub fn from_report(report: &crate::nat::NatReport) -> NatHint {
@@ -66,17 +22,6 @@ impl NatHint {
         }
         .sanitized()
     }
-
-    /// The hint with a `port_delta` outside `-MAX_PORT_DELTA..=MAX_PORT_DELTA` (or 0)
-    /// replaced by `None` (unknown): what a shard and a link apply to a hint from a player.
-    pub fn sanitized(self) -> NatHint {
-        NatHint { port_delta: clamp_port_delta(self.port_delta), ..self }
-    }
-}
-
-/// A reported port step if it is plausible (non-zero, within ±[`MAX_PORT_DELTA`]), else `None`.
-pub fn clamp_port_delta(delta: Option<i32>) -> Option<i32> {
-    delta.filter(|d| *d != 0 && d.unsigned_abs() <= MAX_PORT_DELTA.unsigned_abs())
 }
 
 /// Can a datagram be sent to this address at all? Refuses port 0 and unspecified,

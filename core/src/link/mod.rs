@@ -14,6 +14,8 @@
 
 mod candidate;
 
+pub use crate::proto::intro::{LinkParams, RelayParams};
+
 pub use candidate::{
     Candidate, CandidateKind, MAX_PORT_DELTA, NatHint, Refusal, Scope, clamp_port_delta, clean_candidates,
     is_probeable, predict, scope,
@@ -30,11 +32,11 @@ use renet::{ChannelConfig, ConnectionConfig, RenetClient, SendType};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LinkConfig;
-use crate::crypto::{LinkCrypto, LinkKey, OpenError};
+use crate::crypto::{LinkCrypto, OpenError};
 pub use crate::endpoint::ClockAnchor;
 use crate::endpoint::Transmit;
 use crate::proto::peer::{LinkId, PeerKind, Side};
-use crate::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
+use crate::proto::relay::{BindAck, BindCookie, BindRequest, MAX_PADDED_BIND};
 
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
@@ -45,34 +47,6 @@ const CHANNEL_CONTROL: u8 = 2;
 /// Buffer of the reliable application channel (unacked + queued bytes).
 const RELIABLE_MEMORY: usize = 5 << 20;
 const CONTROL_MEMORY: usize = 1 << 20;
-
-/// Everything a peer needs to open a link; the shard sends it in a `PeerIntro`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinkParams {
-    /// The link's id, unique within the shard.
-    pub link: LinkId,
-    /// Our side of the link.
-    pub side: Side,
-    /// The shared per-link key.
-    pub key: LinkKey,
-    /// The peer's candidate addresses.
-    pub remote: Vec<Candidate>,
-    /// What the shard knows of the peer's NAT (for port prediction).
-    pub remote_nat: NatHint,
-    /// The relay to use until (and besides) a direct path, if the shard runs one.
-    pub relay: Option<RelayParams>,
-}
-
-/// Where and how to bind at the relay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RelayParams {
-    /// The relay's public address.
-    pub addr: SocketAddr,
-    /// The shard-issued token for our side of the link.
-    pub token: RelayToken,
-    /// Key that authenticates our binds and the relay's acks.
-    pub bind_key: BindKey,
-}
 
 /// The path the link currently sends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

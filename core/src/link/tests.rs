@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::crypto::LinkKey;
 
 const A: &str = "10.0.0.1:4000";
 const B: &str = "10.0.0.2:4000";

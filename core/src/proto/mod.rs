@@ -11,6 +11,7 @@
 //!
 //! Every decoder returns `Result` and never panics, whatever the input.
 
+pub mod intro;
 pub mod peer;
 pub mod relay;
 pub mod shard;

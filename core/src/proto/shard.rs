@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::{self, CodecError};
-use crate::link::{Candidate, LinkParams};
+use crate::proto::intro::{Candidate, LinkParams};
 use crate::proto::peer::LinkId;
 
 /// Largest encoded shard message, in bytes (client ↔ shard and role ↔ role alike).
@@ -187,7 +187,7 @@ pub enum ShardMessage {
         /// The link.
         link: LinkId,
         /// Relay address, token and bind key for our side.
-        relay: crate::link::RelayParams,
+        relay: crate::proto::intro::RelayParams,
     },
     /// A chat line from a player in range (our own lines come back too).
     Chat {
@@ -368,8 +368,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::crypto::LinkKey;
-    use crate::link::{CandidateKind, NatHint};
+    use crate::proto::intro::{CandidateKind, LinkKey, NatHint};
     use crate::proto::peer::Side;
 
     #[test]

@@ -4,9 +4,9 @@
 use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
 use bevy::prelude::*;
 
-use super::mesh::P2pClient;
+use super::client::P2pClient;
+use super::sets::{P2pReceive, Step};
 use super::shard::ShardLink;
-use super::{P2pReceive, Step};
 use crate::client::PeerPath;
 
 /// Mean smoothed RTT over the peers that have one, in ms.

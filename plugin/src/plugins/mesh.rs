@@ -8,10 +8,12 @@ use bevy::prelude::*;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use super::client::P2pClient;
+use super::diagnostics::P2pDiagnosticsPlugin;
 use super::io::{MeshSocket, UdpMeshIo};
-use super::sender::{P2pDecodeError, decode_message};
+use super::message::{P2pDecodeError, decode_message};
+use super::sets::{Step, configure_sets};
 use super::shard::{LocalPlayer, ShardEvent};
-use super::{P2pDiagnosticsPlugin, Step, configure_sets};
 use crate::client::{self, Channel, ClientConfig, ClientCore, ClientEvent};
 use crate::endpoint::Endpoint;
 use crate::nat::NatReport;
@@ -52,10 +54,6 @@ impl Default for P2pMeshPlugin {
         P2pMeshPlugin::new("player")
     }
 }
-
-/// The client core (mesh + shard protocol); read peers and totals, or call it directly.
-#[derive(Resource, Debug, Deref, DerefMut)]
-pub struct P2pClient(pub ClientCore);
 
 /// Our NAT, once discovery finished.
 #[derive(Resource, Debug, Default, Clone)]

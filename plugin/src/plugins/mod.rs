@@ -20,62 +20,27 @@
 //!                           core shard messages → renet
 //! ```
 
-use bevy::prelude::*;
-
+mod client;
 pub mod diagnostics;
 mod io;
 mod mesh;
+mod message;
 mod sender;
+mod sets;
 mod shard;
 #[cfg(feature = "sim")]
 pub mod sim;
 
+pub use client::P2pClient;
 pub use diagnostics::P2pDiagnosticsPlugin;
 pub use io::{MeshIo, MeshSocket, UdpMeshIo, UdpMeshStats};
 pub use mesh::{
-    LocalNat, NatDiscovered, P2pClient, P2pMeshPlugin, P2pReceived, Peer, PeerConnected, PeerDisconnected,
-    PeerIndex, PeerPath, PeerPathChanged, PeerStats,
+    LocalNat, NatDiscovered, P2pMeshPlugin, P2pReceived, Peer, PeerConnected, PeerDisconnected, PeerIndex,
+    PeerPath, PeerPathChanged, PeerStats,
 };
-pub use sender::{P2pDecodeError, P2pSender, SendError, decode_message, encode_message};
+pub use message::{P2pDecodeError, SendError, decode_message, encode_message};
+pub use sender::P2pSender;
+pub use sets::{P2pReceive, P2pSend};
 pub use shard::{
     LocalPlayer, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport,
 };
-
-/// Systems that feed the shard's messages and the mesh socket's datagrams into the core and
-/// publish what happened (runs in `PreUpdate`, after bevy_renet's `RenetReceive`).
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct P2pReceive;
-
-/// Systems that hand the core's datagrams to the mesh socket and its shard messages to
-/// renet (runs in `PostUpdate`, before bevy_renet's `RenetSend`).
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct P2pSend;
-
-/// The order of the plugins' own steps inside [`P2pReceive`] and [`P2pSend`] (both plugins
-/// configure it, so either may be added alone).
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Step {
-    /// Shard transport → core.
-    ShardIn,
-    /// Mesh socket → core, timeouts.
-    MeshIn,
-    /// Core events → Bevy messages and entities.
-    Events,
-    /// State derived from the events (ShardState, auto zone, stats, diagnostics).
-    After,
-    /// Game requests → core.
-    Requests,
-    /// Core → mesh socket and shard transport.
-    Out,
-}
-
-/// Configure the two sets and the steps inside them (idempotent).
-pub(crate) fn configure_sets(app: &mut App) {
-    app.configure_sets(PreUpdate, P2pReceive.after(bevy_renet::RenetReceive));
-    app.configure_sets(PostUpdate, P2pSend.before(bevy_renet::RenetSend));
-    app.configure_sets(
-        PreUpdate,
-        (Step::ShardIn, Step::MeshIn, Step::Events, Step::After).chain().in_set(P2pReceive),
-    );
-    app.configure_sets(PostUpdate, (Step::Requests, Step::Out).chain().in_set(P2pSend));
-}

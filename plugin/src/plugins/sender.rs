@@ -1,59 +1,15 @@
-//! Sending typed application messages to peers: [`P2pSender`], and the one encoding both
-//! ends use (serde, encoded by [`crate::codec`]).
+//! Sending typed application messages to peers: [`P2pSender`] (encoding in
+//! [`message`](super::message)).
 
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::mesh::P2pClient;
-use crate::client::{self, Channel};
+use super::client::P2pClient;
+use super::message::{SendError, encode_message};
+use crate::client::Channel;
 use crate::proto::shard::PlayerId;
-
-/// Why a typed message could not be sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The player is not one of our introduced peers (not near us, or already gone).
-    #[error("player {0:?} is not an introduced peer")]
-    UnknownPeer(PlayerId),
-    /// The encoded message is larger than [`client::MAX_APP_MESSAGE`]; split it.
-    #[error("message of {0} bytes exceeds the {max}-byte limit", max = client::MAX_APP_MESSAGE)]
-    TooLarge(usize),
-    /// The value could not be encoded (a serde shape the encoding does not support).
-    #[error("cannot encode the message: {0}")]
-    Encode(String),
-}
-
-impl From<client::SendError> for SendError {
-    fn from(e: client::SendError) -> Self {
-        match e {
-            client::SendError::UnknownPeer(p) => SendError::UnknownPeer(p),
-            client::SendError::TooLarge(n) => SendError::TooLarge(n),
-        }
-    }
-}
-
-/// Why a received message did not decode as the requested type.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot decode the message as the requested type: {0}")]
-pub struct P2pDecodeError(pub String);
-
-/// Encode a value as [`P2pSender::send`] does (serde, [`crate::codec`]); larger than
-/// [`client::MAX_APP_MESSAGE`] is [`SendError::TooLarge`].
-pub fn encode_message<T: Serialize>(value: &T) -> Result<Bytes, SendError> {
-    match crate::codec::encode(value, client::MAX_APP_MESSAGE) {
-        Ok(b) => Ok(Bytes::from(b)),
-        Err(crate::codec::CodecError::TooLarge { len, .. }) => Err(SendError::TooLarge(len)),
-        Err(e) => Err(SendError::Encode(e.to_string())),
-    }
-}
-
-/// Decode a value sent with [`P2pSender::send`]; trailing bytes are an error, so a message
-/// of another type is less likely to decode by accident.
-pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, P2pDecodeError> {
-    crate::codec::decode(bytes, client::MAX_APP_MESSAGE).map_err(|e| P2pDecodeError(e.to_string()))
-}
 
 /// Send application messages to peers: over the mesh when the peer has a path (relayed or
 /// direct), through the Game server otherwise, so nothing is lost while a link connects.
@@ -83,25 +39,5 @@ impl P2pSender<'_> {
     /// Send raw bytes to one peer. `Ok(true)`: it went over the mesh.
     pub fn send_bytes(&mut self, player: PlayerId, channel: Channel, data: Bytes) -> Result<bool, SendError> {
         Ok(self.client.send(player, channel, data)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Hit {
-        target: u32,
-        damage: f32,
-    }
-
-    #[test]
-    fn roundtrip_and_wrong_type_is_an_error() {
-        let b = encode_message(&Hit { target: 7, damage: 1.5 }).unwrap();
-        assert_eq!(decode_message::<Hit>(&b).unwrap(), Hit { target: 7, damage: 1.5 });
-        assert!(decode_message::<String>(&b).is_err());
-        assert!(decode_message::<Hit>(&[0xff; 3]).is_err());
-        assert!(decode_message::<Vec<u8>>(&[0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err(), "hostile length");
     }
 }

@@ -13,9 +13,9 @@ use bevy_renet::netcode::{
 use bevy_renet::renet::{ConnectionConfig, DefaultChannel};
 use bevy_renet::{RenetClient, RenetClientPlugin};
 
+use super::client::P2pClient;
 use super::io::MeshSocket;
-use super::mesh::P2pClient;
-use super::{Step, configure_sets};
+use super::sets::{Step, configure_sets};
 use crate::client::Phase;
 use crate::client::login::{self, LoginKey, ShardAddress};
 use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decode, encode};

@@ -18,6 +18,7 @@
 mod cpu;
 pub mod shard;
 mod shard_plot;
+mod shard_result;
 mod turn;
 
 pub use cpu::CpuProbe;

@@ -48,6 +48,7 @@ use renet_netcode::{ClientAuthentication, ConnectToken};
 use renetcode::NetcodeClient;
 
 use super::cpu::CpuProbe;
+pub use super::shard_result::{PhaseResult, Row};
 use crate::config::ShardConfig;
 use crate::relay::RelayRuntime;
 use crate::shard::metrics;
@@ -145,109 +146,6 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=600.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds in [0, 600]")),
-    }
-}
-
-/// The figures of one phase (one client count, one P2P mode).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PhaseResult {
-    /// Clients asked for.
-    pub clients: u32,
-    /// P2P on (mesh) or off (through the Game server).
-    pub p2p: bool,
-    /// Clients connected to the Agent at the end of the window.
-    pub connected: u32,
-    /// Clients in the zone at the end of the window.
-    pub in_zone: u32,
-    /// Peer introductions received by all clients (both sides count).
-    pub introductions: u64,
-    /// Length of the measurement window, s.
-    pub window_s: f64,
-    /// Agent netcode sockets: bytes/s in and out.
-    pub agent_in_bps: f64,
-    /// See `agent_in_bps`.
-    pub agent_out_bps: f64,
-    /// Game servers (internal bus): bytes/s in and out.
-    pub game_in_bps: f64,
-    /// See `game_in_bps`.
-    pub game_out_bps: f64,
-    /// Relay: bytes/s received and forwarded.
-    pub relay_in_bps: f64,
-    /// See `relay_in_bps`.
-    pub relay_out_bps: f64,
-    /// What leaves the shard toward clients: Agent out + relay out, bytes/s.
-    pub egress_bps: f64,
-    /// What reaches the shard from clients: Agent in + relay in, bytes/s.
-    pub ingress_bps: f64,
-    /// Game tick wall time, ms.
-    pub tick_p50_ms: Option<f64>,
-    /// See `tick_p50_ms`.
-    pub tick_p99_ms: Option<f64>,
-    /// See `tick_p50_ms`.
-    pub tick_max_ms: Option<f64>,
-    /// Ticks timed in the window.
-    pub ticks: u64,
-    /// Bus wait client → Game (Agent routes a client message, the Game takes it), ms.
-    pub route_in_p50_ms: Option<f64>,
-    /// See `route_in_p50_ms`.
-    pub route_in_p99_ms: Option<f64>,
-    /// Bus wait role → Agent (a message for a client), ms.
-    pub route_out_p50_ms: Option<f64>,
-    /// See `route_out_p50_ms`.
-    pub route_out_p99_ms: Option<f64>,
-    /// Link ends (older than 3 s) on a direct path at the end of the window.
-    pub links_direct: u64,
-    /// … on the relay.
-    pub links_relayed: u64,
-    /// … with no path.
-    pub links_failed: u64,
-    /// Peer state messages sent / received per second (all clients).
-    pub state_sent_per_s: f64,
-    /// See `state_sent_per_s`.
-    pub state_recv_per_s: f64,
-    /// Client ticks run / expected in the window (< 1: the load generator fell behind).
-    pub generator_tick_ratio: f64,
-    /// Peer state messages sent / due in the window (< 1: mesh state skipped on late ticks,
-    /// the load generator short of CPU).
-    pub state_ratio: f64,
-    /// CPU of the shard's threads (shard app, relay, login) in the window, in CPUs.
-    pub shard_cpu: f64,
-    /// CPU of the load generator's threads in the window, in CPUs.
-    pub loadgen_cpu: f64,
-    /// Machine-wide busy share in the window.
-    pub machine_busy: Option<f64>,
-    /// Largest RSS of the process (shard + load generator) sampled in the window, MiB.
-    pub rss_peak_mib: f64,
-    /// Clients connected through each of the Agent's netcode sockets (by socket address).
-    pub agent_sockets: Vec<(String, u32)>,
-    /// UDP datagrams the kernel dropped for a full receive buffer in the window
-    /// (`RcvbufErrors`, machine-wide: this process and anything else on the box).
-    pub udp_rcvbuf_drops: u64,
-}
-
-impl PhaseResult {
-    fn share(&self, n: u64) -> f64 {
-        let all = self.links_direct + self.links_relayed + self.links_failed;
-        if all == 0 { 0.0 } else { n as f64 / all as f64 }
-    }
-    /// Share of link ends that are direct.
-    pub fn direct(&self) -> f64 {
-        self.share(self.links_direct)
-    }
-    /// Share relayed.
-    pub fn relayed(&self) -> f64 {
-        self.share(self.links_relayed)
-    }
-    /// Share without a path.
-    pub fn failed(&self) -> f64 {
-        self.share(self.links_failed)
-    }
-    /// The larger of the two routing p99s.
-    pub fn route_p99_ms(&self) -> Option<f64> {
-        match (self.route_in_p99_ms, self.route_out_p99_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
     }
 }
 
@@ -903,54 +801,16 @@ fn merge(probes: &[CpuProbe]) -> CpuProbe {
     CpuProbe::Tasks(dirs)
 }
 
+/// One simulated player: its name, its cluster and its offset from the cluster's centre.
+type Member = (String, usize, (f32, f32));
+
 /// Run one phase: a fresh shard, `n` clients, ramp, warm-up, measurement window.
 pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult, String> {
-    raise_nofile();
-    let need = u64::from(n) * 2 + 256;
-    if nofile_limit() < need {
-        return Err(format!(
-            "{n} clients need about {need} file descriptors; the limit is {} (raise it with `ulimit -n`)",
-            nofile_limit()
-        ));
-    }
-    if args.group_min > args.group_max {
-        return Err(format!("--group-min {} is larger than --group-max {}", args.group_min, args.group_max));
-    }
+    check_phase(args, n)?;
     metrics::enable();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ u64::from(n));
-    // Clusters and their members, laid out on a square map with room between clusters.
-    let mut sizes = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        let s = rng.random_range(args.group_min..=args.group_max).min(left);
-        sizes.push(s);
-        left -= s;
-    }
-    let world = (sizes.len() as f32).sqrt() * 250.0;
-    let clusters: Vec<Cluster> = sizes
-        .iter()
-        .map(|_| Cluster {
-            x: rng.random_range(0.0..world),
-            y: rng.random_range(0.0..world),
-            heading: rng.random_range(0.0..std::f32::consts::TAU),
-            next_turn: rng.random_range(0.0..5.0),
-        })
-        .collect();
-    let mut members = Vec::new(); // (name, cluster, offset)
-    for (k, s) in sizes.iter().enumerate() {
-        for _ in 0..*s {
-            let (r, a) = (rng.random_range(0.0f32..15.0), rng.random_range(0.0..std::f32::consts::TAU));
-            members.push((format!("b{}", members.len()), k, (r * a.cos(), r * a.sin())));
-        }
-    }
-    let store = std::env::temp_dir().join(format!("p2pm-bench-shard-{}-{n}-{p2p}.json", std::process::id()));
-    let mut chars = serde_json::Map::new();
-    for (j, (name, k, off)) in members.iter().enumerate() {
-        let (x, y) = (clusters[*k].x + off.0, clusters[*k].y + off.1);
-        chars.insert(name.clone(), serde_json::json!({"player": j + 1, "zone": 0, "x": x, "y": y}));
-    }
-    std::fs::write(&store, serde_json::Value::Object(chars).to_string())
-        .map_err(|e| format!("store: {e}"))?;
+    let (clusters, members, world) = lay_out(args, n, &mut rng);
+    let store = write_store(&clusters, &members, n, p2p)?;
     let cfg = bench_config(n, &store)?;
     let shard = start_shard(&cfg, store)?;
     let tick = Duration::from_secs_f64(1.0 / f64::from(cfg.game.tick_hz));
@@ -976,10 +836,98 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         world,
     };
     let mode = if p2p { "on " } else { "off" };
+    ramp_up(&mut g, args, n, &members, shard.login, mode)?;
+    // Warm-up.
+    let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup);
+    g.run(warm_until, |g, _| {
+        eprint!(
+            "\r  p2p {mode} N={n:<5} warm-up: connected {:>5}  in zone {:>5}                 ",
+            g.connected(),
+            g.in_zone()
+        );
+    });
+    let r = measure(&mut g, &shard, args, n, p2p);
+    eprintln!("\r  p2p {mode} N={n:<5} done{:<90}", "");
+    drop(g);
+    drop(shard);
+    Ok(r)
+}
 
-    // Logins on a helper thread; the generator adds clients at --ramp per second.
+/// Refuse a phase the process cannot run (too few file descriptors) or bad group sizes.
+fn check_phase(args: &ShardBenchArgs, n: u32) -> Result<(), String> {
+    raise_nofile();
+    let need = u64::from(n) * 2 + 256;
+    if nofile_limit() < need {
+        return Err(format!(
+            "{n} clients need about {need} file descriptors; the limit is {} (raise it with `ulimit -n`)",
+            nofile_limit()
+        ));
+    }
+    if args.group_min > args.group_max {
+        return Err(format!("--group-min {} is larger than --group-max {}", args.group_min, args.group_max));
+    }
+    Ok(())
+}
+
+/// Clusters and their members, laid out on a square map with room between clusters; also
+/// the map's side.
+fn lay_out(args: &ShardBenchArgs, n: u32, rng: &mut rand::rngs::StdRng) -> (Vec<Cluster>, Vec<Member>, f32) {
+    let mut sizes = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let s = rng.random_range(args.group_min..=args.group_max).min(left);
+        sizes.push(s);
+        left -= s;
+    }
+    let world = (sizes.len() as f32).sqrt() * 250.0;
+    let clusters: Vec<Cluster> = sizes
+        .iter()
+        .map(|_| Cluster {
+            x: rng.random_range(0.0..world),
+            y: rng.random_range(0.0..world),
+            heading: rng.random_range(0.0..std::f32::consts::TAU),
+            next_turn: rng.random_range(0.0..5.0),
+        })
+        .collect();
+    let mut members = Vec::new();
+    for (k, s) in sizes.iter().enumerate() {
+        for _ in 0..*s {
+            let (r, a) = (rng.random_range(0.0f32..15.0), rng.random_range(0.0..std::f32::consts::TAU));
+            members.push((format!("b{}", members.len()), k, (r * a.cos(), r * a.sin())));
+        }
+    }
+    (clusters, members, world)
+}
+
+/// The Lobby's character store for this phase: every member at its place, in zone 0.
+fn write_store(
+    clusters: &[Cluster],
+    members: &[Member],
+    n: u32,
+    p2p: bool,
+) -> Result<std::path::PathBuf, String> {
+    let store = std::env::temp_dir().join(format!("p2pm-bench-shard-{}-{n}-{p2p}.json", std::process::id()));
+    let mut chars = serde_json::Map::new();
+    for (j, (name, k, off)) in members.iter().enumerate() {
+        let (x, y) = (clusters[*k].x + off.0, clusters[*k].y + off.1);
+        chars.insert(name.clone(), serde_json::json!({"player": j + 1, "zone": 0, "x": x, "y": y}));
+    }
+    std::fs::write(&store, serde_json::Value::Object(chars).to_string())
+        .map_err(|e| format!("store: {e}"))?;
+    Ok(store)
+}
+
+/// Log every member in (on a helper thread) and add the clients at `--ramp` per second,
+/// until all are in the zone or the ramp's deadline passes.
+fn ramp_up(
+    g: &mut Generator,
+    args: &ShardBenchArgs,
+    n: u32,
+    members: &[Member],
+    login: crate::shard::login::ShardAddress,
+    mode: &str,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
-    let login = shard.login;
     let names: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
     let login_thread = std::thread::Builder::new()
         .name("p2pm-bench-login".into())
@@ -1031,17 +979,39 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     if g.in_zone() < n {
         tracing::warn!(in_zone = g.in_zone(), n, "not every client entered the zone before the deadline");
     }
-    // Warm-up.
-    let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup);
-    g.run(warm_until, |g, _| {
-        eprint!(
-            "\r  p2p {mode} N={n:<5} warm-up: connected {:>5}  in zone {:>5}                 ",
-            g.connected(),
-            g.in_zone()
-        );
-    });
+    Ok(())
+}
 
-    // Measurement window.
+/// Every counter a phase's figures are differences of, read at one instant.
+struct Sample {
+    agent: [u64; 4],
+    game: [u64; 4],
+    relay: crate::relay::StatsSnapshot,
+    shard_ns: Option<u64>,
+    loadgen_ns: Option<u64>,
+    machine: Option<(u64, u64, u64)>,
+    counters: Counters,
+}
+
+impl Sample {
+    fn take(g: &Generator, shard: &ShardUnderTest, shard_cpu: &CpuProbe, gen_cpu: &CpuProbe) -> Sample {
+        let reg = metrics::registry();
+        let (agent, game, relay) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
+        let (shard_ns, loadgen_ns, machine) =
+            (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
+        Sample { agent, game, relay, shard_ns, loadgen_ns, machine, counters: g.counters }
+    }
+}
+
+/// The measurement window: run `--seconds`, showing progress, and compute the figures.
+fn measure(
+    g: &mut Generator,
+    shard: &ShardUnderTest,
+    args: &ShardBenchArgs,
+    n: u32,
+    p2p: bool,
+) -> PhaseResult {
+    let mode = if p2p { "on " } else { "off" };
     let reg = metrics::registry();
     let shard_cpu = merge(&[
         CpuProbe::threads_named("p2pm-shard"),
@@ -1050,14 +1020,12 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     ]);
     let gen_cpu = CpuProbe::this_thread();
     metrics::reset_histograms();
-    let (a0, g0, r0) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
-    let (s0, l0, m0) = (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
-    let c0 = g.counters;
+    let s0 = Sample::take(g, shard, &shard_cpu, &gen_cpu);
     let drops0 = udp_rcvbuf_errors();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.seconds);
     let mut rss_peak = rss_mib();
-    let mut last = (start, reg.agent.read()[1], r0.forwarded_bytes);
+    let mut last = (start, reg.agent.read()[1], s0.relay.forwarded_bytes);
     g.run(until, |g, now| {
         rss_peak = rss_peak.max(rss_mib());
         let (a, r) = (reg.agent.read()[1], shard.relay.server.snapshot().forwarded_bytes);
@@ -1074,13 +1042,29 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         last = (now, a, r);
     });
     let window = start.elapsed().as_secs_f64();
-    let (a1, g1, r1) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
-    let (s1, l1, m1) = (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
-    let c1 = g.counters;
+    let s1 = Sample::take(g, shard, &shard_cpu, &gen_cpu);
     rss_peak = rss_peak.max(rss_mib());
     let now = Instant::now();
-    let (direct, relayed, failed) =
-        if p2p && args.mesh != MeshLoad::None { g.link_paths(now) } else { (0, 0, 0) };
+    let links = if p2p && args.mesh != MeshLoad::None { g.link_paths(now) } else { (0, 0, 0) };
+    let mut r = phase_result(g, n, p2p, window, &s0, &s1, links);
+    r.rss_peak_mib = rss_peak;
+    r.udp_rcvbuf_drops = udp_rcvbuf_errors().saturating_sub(drops0);
+    r
+}
+
+/// The figures of a window of `window` seconds between two samples; `links` are the link ends
+/// (direct, relayed, failed) at its end.
+fn phase_result(
+    g: &Generator,
+    n: u32,
+    p2p: bool,
+    window: f64,
+    s0: &Sample,
+    s1: &Sample,
+    links: (u64, u64, u64),
+) -> PhaseResult {
+    let reg = metrics::registry();
+    let (c0, c1) = (s0.counters, s1.counters);
     let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / window;
     let cpu = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / window,
@@ -1088,7 +1072,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     };
     let q = |h: &std::sync::Mutex<metrics::Histogram>, p: f64| h.lock().ok().and_then(|h| h.quantile_ms(p));
     let (tick_max, ticks) = reg.tick.lock().map(|h| (h.max_ms(), h.count())).unwrap_or((0.0, 0));
-    let expected_ticks = g.clients.len() as f64 * window / tick.as_secs_f64();
+    let expected_ticks = g.clients.len() as f64 * window / g.tick.as_secs_f64();
     let mut r = PhaseResult {
         clients: n,
         p2p,
@@ -1096,12 +1080,12 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         in_zone: g.in_zone(),
         introductions: g.clients.iter().map(|c| c.intros).sum(),
         window_s: window,
-        agent_in_bps: per_s(a0[0], a1[0]),
-        agent_out_bps: per_s(a0[1], a1[1]),
-        game_in_bps: per_s(g0[0], g1[0]),
-        game_out_bps: per_s(g0[1], g1[1]),
-        relay_in_bps: per_s(r0.received_bytes, r1.received_bytes),
-        relay_out_bps: per_s(r0.forwarded_bytes, r1.forwarded_bytes),
+        agent_in_bps: per_s(s0.agent[0], s1.agent[0]),
+        agent_out_bps: per_s(s0.agent[1], s1.agent[1]),
+        game_in_bps: per_s(s0.game[0], s1.game[0]),
+        game_out_bps: per_s(s0.game[1], s1.game[1]),
+        relay_in_bps: per_s(s0.relay.received_bytes, s1.relay.received_bytes),
+        relay_out_bps: per_s(s0.relay.forwarded_bytes, s1.relay.forwarded_bytes),
         tick_p50_ms: q(&reg.tick, 0.5),
         tick_p99_ms: q(&reg.tick, 0.99),
         tick_max_ms: (ticks > 0).then_some(tick_max),
@@ -1110,9 +1094,9 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         route_in_p99_ms: q(&reg.route_to_game, 0.99),
         route_out_p50_ms: q(&reg.route_to_agent, 0.5),
         route_out_p99_ms: q(&reg.route_to_agent, 0.99),
-        links_direct: direct,
-        links_relayed: relayed,
-        links_failed: failed,
+        links_direct: links.0,
+        links_relayed: links.1,
+        links_failed: links.2,
         state_sent_per_s: per_s(c0.state_sent, c1.state_sent),
         state_recv_per_s: per_s(c0.state_recv, c1.state_recv),
         state_ratio: if c1.state_due > c0.state_due {
@@ -1125,14 +1109,12 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
         } else {
             0.0
         },
-        shard_cpu: cpu(s0, s1),
-        loadgen_cpu: cpu(l0, l1),
-        machine_busy: m0.zip(m1).map(|(a, b)| {
+        shard_cpu: cpu(s0.shard_ns, s1.shard_ns),
+        loadgen_cpu: cpu(s0.loadgen_ns, s1.loadgen_ns),
+        machine_busy: s0.machine.zip(s1.machine).map(|(a, b)| {
             let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
             busy as f64 / (busy + idle + steal).max(1) as f64
         }),
-        rss_peak_mib: rss_peak,
-        udp_rcvbuf_drops: udp_rcvbuf_errors().saturating_sub(drops0),
         agent_sockets: {
             let mut m = std::collections::BTreeMap::new();
             for c in g.clients.iter().filter(|c| c.nc.is_connected()) {
@@ -1144,10 +1126,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     };
     r.egress_bps = r.agent_out_bps + r.relay_out_bps;
     r.ingress_bps = r.agent_in_bps + r.relay_in_bps;
-    eprintln!("\r  p2p {mode} N={n:<5} done{:<90}", "");
-    drop(g);
-    drop(shard);
-    Ok(r)
+    r
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -1230,9 +1209,6 @@ fn print_phase(r: &PhaseResult, json: bool) {
         println!("json: {s}");
     }
 }
-
-/// One client count's phases: `(off, on)`.
-pub type Row = (Option<PhaseResult>, Option<PhaseResult>);
 
 fn summary(n: u32, row: &Row) -> String {
     let on = row.1.as_ref();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::shard::{PhaseResult, Row};
+use super::shard_result::{PhaseResult, Row};
 
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 

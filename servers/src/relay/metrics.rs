@@ -15,7 +15,7 @@ use std::time::Duration;
 use p2pmodel_core::relay::DropReason;
 
 use super::histogram::{BOUNDS_NS, BUCKETS};
-use super::server::{MetricsSource, StatsSnapshot};
+use super::stats::{MetricsSource, StatsSnapshot};
 
 /// The metrics listener thread.
 pub struct MetricsServer {

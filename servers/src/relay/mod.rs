@@ -17,6 +17,7 @@ pub mod histogram;
 pub mod keys;
 pub mod metrics;
 pub mod server;
+pub mod stats;
 pub mod stun;
 
 pub use app::{RelayControlPlugin, RelayRuntime, relay_app, run_relay};

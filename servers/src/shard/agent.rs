@@ -15,10 +15,8 @@
 //! in the last 10 s per socket); a netcode client connects to the first address and moves on
 //! to the next one only if that one times out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
@@ -31,6 +29,7 @@ use renetcode::{NetcodeServer, ServerResult};
 use super::bus::ShardBus;
 use super::intro::{IntroRefusals, clean_mesh_info};
 use super::keys::name_from_user_data;
+pub use super::load::AgentLoad;
 use super::login::OnlineNames;
 use super::metrics::{self, ClientDropReason};
 use p2pmodel_core::guard::catch_panic;
@@ -46,8 +45,6 @@ const RENET_ACK: u8 = 4;
 pub const CLIENTS_PER_SOCKET: usize = 1024;
 /// Netcode sockets at most (a connect token lists at most 32 server addresses).
 pub const MAX_SOCKETS: usize = 32;
-/// How long a minted token counts toward its socket's load before the client connects.
-const PENDING_WINDOW: Duration = Duration::from_secs(10);
 /// Ack-only packets to one client at most this often. renet repeats its pending ack ranges
 /// in an Ack packet on *every* send until the client acknowledges that Ack, i.e. once per
 /// Agent frame (60 Hz) for a client that sends at 20 Hz — ~1.5 kB/s per client of pure acks,
@@ -55,66 +52,6 @@ const PENDING_WINDOW: Duration = Duration::from_secs(10);
 /// a skipped Ack loses nothing; 50 ms (one game tick) keeps reliable resends (≥ 200 ms) and
 /// RTT estimates sound.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Load of the Agent's netcode sockets, shared with the login service, which orders the
-/// addresses in each connect token least-loaded first.
-#[derive(Debug, Clone)]
-pub struct AgentLoad(Arc<LoadInner>);
-
-#[derive(Debug)]
-struct LoadInner {
-    addrs: Vec<SocketAddr>,
-    connected: Vec<AtomicUsize>,
-    recent: Mutex<VecDeque<(Instant, usize)>>,
-}
-
-impl AgentLoad {
-    /// Load tracking for sockets at these public addresses.
-    pub fn new(addrs: Vec<SocketAddr>) -> AgentLoad {
-        let connected = addrs.iter().map(|_| AtomicUsize::new(0)).collect();
-        AgentLoad(Arc::new(LoadInner { addrs, connected, recent: Mutex::new(VecDeque::new()) }))
-    }
-
-    /// The sockets' public addresses, in socket order.
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.0.addrs
-    }
-
-    /// Connected clients per socket.
-    pub fn connected(&self) -> Vec<usize> {
-        self.0.connected.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-    }
-
-    /// The addresses for a new connect token, least-loaded first (connected + tokens minted
-    /// in the last 10 s); records the mint against the first one.
-    pub fn addrs_for_token(&self) -> Vec<SocketAddr> {
-        let mut load = self.connected();
-        let now = Instant::now();
-        let Ok(mut recent) = self.0.recent.lock() else { return self.0.addrs.clone() };
-        while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > PENDING_WINDOW) {
-            recent.pop_front();
-        }
-        for (_, i) in recent.iter() {
-            load[*i] += 1;
-        }
-        let mut order: Vec<usize> = (0..load.len()).collect();
-        order.sort_by_key(|i| (load[*i], *i));
-        if let Some(first) = order.first() {
-            recent.push_back((now, *first));
-        }
-        order.into_iter().map(|i| self.0.addrs[i]).collect()
-    }
-
-    fn add(&self, socket: usize, delta: isize) {
-        if let Some(c) = self.0.connected.get(socket) {
-            if delta >= 0 {
-                c.fetch_add(delta as usize, Ordering::Relaxed);
-            } else {
-                let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-            }
-        }
-    }
-}
 
 struct NetcodePort {
     socket: UdpSocket,

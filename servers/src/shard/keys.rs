@@ -77,7 +77,7 @@ pub struct TokenMinter {
     pub timeout_secs: i32,
     /// The Agent's socket load: when set, tokens list its addresses least-loaded first
     /// (instead of `agent_addrs`).
-    pub balance: Option<super::agent::AgentLoad>,
+    pub balance: Option<super::load::AgentLoad>,
 }
 
 impl std::fmt::Debug for TokenMinter {
@@ -105,8 +105,8 @@ impl TokenMinter {
         }
     }
 
-    /// Tokens list the Agent's sockets least-loaded first (see [`super::agent::AgentLoad`]).
-    pub fn balanced(mut self, load: super::agent::AgentLoad) -> TokenMinter {
+    /// Tokens list the Agent's sockets least-loaded first (see [`super::load::AgentLoad`]).
+    pub fn balanced(mut self, load: super::load::AgentLoad) -> TokenMinter {
         self.agent_addrs = load.addrs().to_vec();
         self.balance = Some(load);
         self

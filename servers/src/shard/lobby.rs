@@ -247,109 +247,23 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
                         bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
                     }
                 }
-                ClientMessage::JoinParty { party } => {
-                    let Some(player) = lobby.clients.get(&client).map(|c| c.player) else { continue };
-                    let party = match lobby.parties.join(player, &party, now) {
-                        Ok(party) => party,
-                        Err(e) => {
-                            let msg = ShardMessage::Refused { reason: e.to_string() };
-                            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
-                            continue;
-                        }
-                    };
-                    let Some(c) = lobby.clients.get_mut(&client) else { continue };
-                    c.party = party.clone();
-                    let Some((zone, g)) = c.placed else { continue };
-                    // Meshing needs one server: join the party's server if none plays on ours.
-                    let here = lobby.clients.iter().any(|(id, o)| {
-                        *id != client && party.is_some() && o.party == party && o.placed == Some((zone, g))
-                    });
-                    match lobby.party_game(client, zone) {
-                        Some(pg) if pg != g && !here => {
-                            info!(client, party = ?party, from = g, to = pg, "moving a player to its party's game server");
-                            bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
-                            lobby.place(&mut bus, client, zone);
-                        }
-                        _ => bus.send(Role::Game(g), &InternalMessage::SetParty { client, party }),
-                    }
-                }
+                ClientMessage::JoinParty { party } => join_party(&mut lobby, &mut bus, client, &party, now),
                 ClientMessage::InviteToParty { player: to } => {
-                    let Some((from, from_name)) =
-                        lobby.clients.get(&client).map(|c| (c.player, c.name.clone()))
-                    else {
-                        continue;
-                    };
-                    let target = lobby.clients.iter().find(|(_, c)| c.player == to).map(|(id, _)| *id);
-                    let invited = match target {
-                        Some(target) => lobby
-                            .parties
-                            .invite(from, to, now)
-                            .map(|p| (p, target))
-                            .map_err(|e| e.to_string()),
-                        None => Err(format!("player {} is not online", to.0)),
-                    };
-                    match invited {
-                        Ok((party, target)) => {
-                            info!(client, party = %party, invited = to.0, "party invitation");
-                            let msg = ShardMessage::PartyInvite { party, from, name: from_name };
-                            bus.send(Role::Agent, &InternalMessage::ToClient { client: target, msg });
-                        }
-                        Err(reason) => {
-                            let msg = ShardMessage::Refused { reason };
-                            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
-                        }
-                    }
+                    invite_to_party(&mut lobby, &mut bus, client, to, now)
                 }
                 ClientMessage::MeshInfo { candidates, nat } => {
                     if let Some(c) = lobby.clients.get_mut(&client) {
                         c.mesh = Some((candidates, nat));
                     }
                 }
-                ClientMessage::EnterZone { zone } => {
-                    let placed = lobby.clients.get(&client).and_then(|c| c.placed);
-                    if zone >= lobby.zones {
-                        let msg = ShardMessage::Refused { reason: format!("no zone {zone}") };
-                        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
-                    } else if let Some((z, g)) = placed
-                        && z != zone
-                    {
-                        bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
-                        lobby.place(&mut bus, client, zone);
-                    } else if placed.is_none() {
-                        lobby.place(&mut bus, client, zone);
-                    }
-                }
+                ClientMessage::EnterZone { zone } => enter_zone(&mut lobby, &mut bus, client, zone),
                 _ => {
                     let msg = ShardMessage::Refused { reason: "enter a zone first".into() };
                     bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
                 }
             },
             InternalMessage::Positions { game, players } => {
-                let Some(info) = lobby.games.get_mut(&game) else { continue };
-                info.last_heard = now;
-                info.heard = true;
-                let (zone, alive) = (info.zone, info.alive);
-                let by_player: HashMap<PlayerId, (f32, f32)> =
-                    players.into_iter().map(|(p, x, y)| (p, (x, y))).collect();
-                // A restarted Lobby learns where its re-announced clients play.
-                let resync = alive && lobby.started.elapsed() < RESYNC_WINDOW;
-                let mut updates = Vec::new();
-                for (client, c) in lobby.clients.iter_mut() {
-                    if resync && c.placed.is_none() && by_player.contains_key(&c.player) {
-                        info!(client, name = %c.name, zone, game, "resync: player found on its game server");
-                        c.placed = Some((zone, game));
-                        bus.send(Role::Agent, &InternalMessage::Route { client: *client, game: Some(game) });
-                    }
-                    if c.placed.is_some_and(|(_, g)| g == game)
-                        && let Some(&pos) = by_player.get(&c.player)
-                    {
-                        c.pos = pos;
-                        updates.push((c.name.clone(), c.placed.map(|(z, _)| z).unwrap_or(0), pos));
-                    }
-                }
-                for (name, zone, (x, y)) in updates {
-                    lobby.store.update(&name, zone, x, y);
-                }
+                positions(&mut lobby, &mut bus, game, players, now)
             }
             _ => {}
         }
@@ -359,6 +273,111 @@ fn lobby_inbox(mut lobby: ResMut<LobbyState>, mut bus: ResMut<ShardBus>) {
         if let Err(e) = lobby.store.flush() {
             warn!("character store write failed: {e}");
         }
+    }
+}
+
+/// A client asks to join a party: join it, or refuse; move it to the party's Game server if
+/// none of the party plays on its own.
+fn join_party(lobby: &mut LobbyState, bus: &mut ShardBus, client: u64, party: &str, now: Instant) {
+    let Some(player) = lobby.clients.get(&client).map(|c| c.player) else { return };
+    let party = match lobby.parties.join(player, party, now) {
+        Ok(party) => party,
+        Err(e) => {
+            let msg = ShardMessage::Refused { reason: e.to_string() };
+            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+            return;
+        }
+    };
+    let Some(c) = lobby.clients.get_mut(&client) else { return };
+    c.party = party.clone();
+    let Some((zone, g)) = c.placed else { return };
+    // Meshing needs one server: join the party's server if none plays on ours.
+    let here = lobby
+        .clients
+        .iter()
+        .any(|(id, o)| *id != client && party.is_some() && o.party == party && o.placed == Some((zone, g)));
+    match lobby.party_game(client, zone) {
+        Some(pg) if pg != g && !here => {
+            info!(client, party = ?party, from = g, to = pg, "moving a player to its party's game server");
+            bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
+            lobby.place(bus, client, zone);
+        }
+        _ => bus.send(Role::Game(g), &InternalMessage::SetParty { client, party }),
+    }
+}
+
+/// A client invites a player to its party: the invitee gets a `PartyInvite`, or the client
+/// a `Refused`.
+fn invite_to_party(lobby: &mut LobbyState, bus: &mut ShardBus, client: u64, to: PlayerId, now: Instant) {
+    let Some((from, from_name)) = lobby.clients.get(&client).map(|c| (c.player, c.name.clone())) else {
+        return;
+    };
+    let target = lobby.clients.iter().find(|(_, c)| c.player == to).map(|(id, _)| *id);
+    let invited = match target {
+        Some(target) => lobby.parties.invite(from, to, now).map(|p| (p, target)).map_err(|e| e.to_string()),
+        None => Err(format!("player {} is not online", to.0)),
+    };
+    match invited {
+        Ok((party, target)) => {
+            info!(client, party = %party, invited = to.0, "party invitation");
+            let msg = ShardMessage::PartyInvite { party, from, name: from_name };
+            bus.send(Role::Agent, &InternalMessage::ToClient { client: target, msg });
+        }
+        Err(reason) => {
+            let msg = ShardMessage::Refused { reason };
+            bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+        }
+    }
+}
+
+/// A client asks for a zone: place it (leaving its current Game server), or refuse.
+fn enter_zone(lobby: &mut LobbyState, bus: &mut ShardBus, client: u64, zone: u32) {
+    let placed = lobby.clients.get(&client).and_then(|c| c.placed);
+    if zone >= lobby.zones {
+        let msg = ShardMessage::Refused { reason: format!("no zone {zone}") };
+        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+    } else if let Some((z, g)) = placed
+        && z != zone
+    {
+        bus.send(Role::Game(g), &InternalMessage::ClientLeft { client });
+        lobby.place(bus, client, zone);
+    } else if placed.is_none() {
+        lobby.place(bus, client, zone);
+    }
+}
+
+/// A Game server reports its players' positions: a heartbeat too; positions go to the store,
+/// and a restarted Lobby learns where its re-announced clients play.
+fn positions(
+    lobby: &mut LobbyState,
+    bus: &mut ShardBus,
+    game: u32,
+    players: Vec<(PlayerId, f32, f32)>,
+    now: Instant,
+) {
+    let Some(info) = lobby.games.get_mut(&game) else { return };
+    info.last_heard = now;
+    info.heard = true;
+    let (zone, alive) = (info.zone, info.alive);
+    let by_player: HashMap<PlayerId, (f32, f32)> = players.into_iter().map(|(p, x, y)| (p, (x, y))).collect();
+    // A restarted Lobby learns where its re-announced clients play.
+    let resync = alive && lobby.started.elapsed() < RESYNC_WINDOW;
+    let mut updates = Vec::new();
+    for (client, c) in lobby.clients.iter_mut() {
+        if resync && c.placed.is_none() && by_player.contains_key(&c.player) {
+            info!(client, name = %c.name, zone, game, "resync: player found on its game server");
+            c.placed = Some((zone, game));
+            bus.send(Role::Agent, &InternalMessage::Route { client: *client, game: Some(game) });
+        }
+        if c.placed.is_some_and(|(_, g)| g == game)
+            && let Some(&pos) = by_player.get(&c.player)
+        {
+            c.pos = pos;
+            updates.push((c.name.clone(), c.placed.map(|(z, _)| z).unwrap_or(0), pos));
+        }
+    }
+    for (name, zone, (x, y)) in updates {
+        lobby.store.update(&name, zone, x, y);
     }
 }
 

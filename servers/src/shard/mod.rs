@@ -23,6 +23,7 @@ pub mod game;
 pub mod intro;
 pub mod keys;
 pub mod link;
+pub mod load;
 pub mod lobby;
 pub mod login;
 pub mod metrics;
