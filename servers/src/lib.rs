@@ -3,7 +3,7 @@
 //! - [`config`]: `shard.toml`, validated, with errors that name the key.
 //! - [`relay`]: the Punch/Relay role (`p2pmodel shard relay`): data plane and control plane.
 //! - [`shard`]: the Agent, Lobby and Game roles (`p2pmodel shard all`), login and tokens.
-//! - [`bench`]: `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
+//! - [`bench`](mod@bench): `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
 //! - [`udp_driver`]: runs any sans-IO [`p2pmodel_core::endpoint::Endpoint`] on real UDP sockets.
 //! - [`fuzz`]: `p2pmodel fuzz` — structure-aware fuzzing of every decoder and network entry point.
 //! - [`netcheck`]: `p2pmodel netcheck` — learn the public address and NAT class from STUN servers.

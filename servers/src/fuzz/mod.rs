@@ -86,7 +86,7 @@ pub struct FuzzArgs {
     /// Save up to this many distinct crashes per target (all are counted).
     #[arg(long, default_value_t = 8)]
     pub keep: usize,
-    /// Write each target's seed inputs to DIR/<target>/ and exit (e.g. a cargo-fuzz corpus:
+    /// Write each target's seed inputs to `DIR/<target>/` and exit (e.g. a cargo-fuzz corpus:
     /// `--write-seeds fuzz/corpus`).
     #[arg(long, value_name = "DIR")]
     pub write_seeds: Option<PathBuf>,

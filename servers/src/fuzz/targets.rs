@@ -440,7 +440,7 @@ fn seeds_peer_datagram() -> Vec<Vec<u8>> {
     stream_seeds(&items)
 }
 
-/// Datagrams into a fresh [`mesh_a`] from the source the selector picks.
+/// Datagrams into a fresh `mesh_a` from the source the selector picks.
 pub fn peer_datagram(data: &[u8]) {
     let t0 = Instant::now();
     let mut now = t0;
@@ -479,7 +479,7 @@ fn seeds_link_renet_payload() -> Vec<Vec<u8>> {
 }
 
 /// Renet packets sealed as peer B's Data datagrams (valid AEAD, fresh packet numbers) into a
-/// fresh [`mesh_a`]; selector bit 0: via the relay address instead of B's.
+/// fresh `mesh_a`; selector bit 0: via the relay address instead of B's.
 pub fn link_renet_payload(data: &[u8]) {
     let t0 = Instant::now();
     let mut now = t0;

@@ -83,7 +83,7 @@ pub struct RelayServerOptions {
     pub core: RelayConfig,
     /// Token keys to start with (later ones via [`RelayServer::set_keys`]).
     pub keys: TokenKeys,
-    /// Where STUN datagrams go; `None`: [`minimal_binding_responder`].
+    /// Where STUN datagrams go; `None`: [`minimal_binding_responder`](crate::relay::stun::minimal_binding_responder).
     pub stun: Option<StunHook>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
