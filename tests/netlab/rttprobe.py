@@ -31,7 +31,11 @@ def main() -> int:
         now = time.monotonic()
         if n < count and now >= next_send:
             tid = os.urandom(12)
-            s.sendto(struct.pack("!HHI", 0x0001, 0, MAGIC) + tid, (sip, sport))
+            # Padded with P2PM-PADDING (0xC050) to 128 bytes: the relay answers no request
+            # with more bytes than it carried.
+            pad = 128 - 20 - 4
+            req = struct.pack("!HHI", 0x0001, 4 + pad, MAGIC) + tid + struct.pack("!HH", 0xC050, pad) + bytes(pad)
+            s.sendto(req, (sip, sport))
             sent[tid] = now
             n += 1
             next_send += interval
