@@ -31,7 +31,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use renetcode::ConnectToken;
@@ -127,10 +127,13 @@ impl fmt::Debug for ShardAddress {
     }
 }
 
-impl FromStr for ShardAddress {
-    type Err = String;
-    /// `<key-hex>@HOST:PORT`; HOST may be a name (resolved now, first address).
-    fn from_str(s: &str) -> Result<ShardAddress, String> {
+impl ShardAddress {
+    /// Parse `<key-hex>@HOST:PORT`, turning `HOST:PORT` into an address with `resolve` (the
+    /// core does no I/O: a driver passes a DNS lookup, [`FromStr`] accepts IP literals only).
+    pub fn parse_with(
+        s: &str,
+        resolve: impl FnOnce(&str) -> Result<SocketAddr, String>,
+    ) -> Result<ShardAddress, String> {
         let Some((key, addr)) = s.trim().split_once('@') else {
             return Err(format!(
                 "{s:?} is not KEY@HOST:PORT (the shard's login key, printed by `p2pmodel shard all` \
@@ -138,12 +141,19 @@ impl FromStr for ShardAddress {
             ));
         };
         let key: LoginKey = key.parse()?;
-        let login = addr
-            .to_socket_addrs()
-            .map_err(|e| format!("{addr:?} is not HOST:PORT: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{addr:?} resolves to no address"))?;
-        Ok(ShardAddress { login, key })
+        Ok(ShardAddress { login: resolve(addr)?, key })
+    }
+}
+
+impl FromStr for ShardAddress {
+    type Err = String;
+    /// `<key-hex>@IP:PORT` (an IP literal; names need a resolver: [`ShardAddress::parse_with`]).
+    fn from_str(s: &str) -> Result<ShardAddress, String> {
+        ShardAddress::parse_with(s, |addr| {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                format!("{addr:?} is not IP:PORT (a host name needs resolving: ShardAddress::parse_with)")
+            })
+        })
     }
 }
 
@@ -378,6 +388,14 @@ mod tests {
         assert_eq!(a.login, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(a.to_string().parse::<ShardAddress>().unwrap(), a);
         assert!("127.0.0.1:7001".parse::<ShardAddress>().unwrap_err().contains("KEY@HOST:PORT"));
+        // The core does no DNS: a name needs the driver's resolver.
+        let named = format!("{k}@shard.example:7001");
+        assert!(named.parse::<ShardAddress>().unwrap_err().contains("IP:PORT"));
+        let at = ShardAddress::parse_with(&named, |h| {
+            assert_eq!(h, "shard.example:7001");
+            Ok("192.0.2.7:7001".parse().unwrap())
+        });
+        assert_eq!(at.unwrap(), ShardAddress::new("192.0.2.7:7001".parse().unwrap(), k));
     }
 
     #[test]

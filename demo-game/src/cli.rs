@@ -198,7 +198,7 @@ impl Cli {
 }
 
 fn parse_shard(s: &str) -> Result<ShardAddress, String> {
-    s.parse()
+    bevy_p2pmodel::client::login::resolve_shard_address(s)
 }
 
 fn parse_name(s: &str) -> Result<String, String> {

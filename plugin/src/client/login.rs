@@ -3,11 +3,22 @@
 //! blocking client that runs it over a UDP socket.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bevy_renet::netcode::ConnectToken;
 pub use p2pmodel_core::login::*;
+
+/// Parse `<key-hex>@HOST:PORT` where HOST may be a DNS name (resolved now, blocking; the
+/// first address is used): what a game's `--server` option takes.
+pub fn resolve_shard_address(s: &str) -> Result<ShardAddress, String> {
+    ShardAddress::parse_with(s, |addr| {
+        addr.to_socket_addrs()
+            .map_err(|e| format!("{addr:?} is not HOST:PORT: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr:?} resolves to no address"))
+    })
+}
 
 /// Client side: log in to `shard` as `name` with `credential` (empty for an open shard) and
 /// get a connect token. 3 tries, 1 s each, each with a fresh request; a wrong pinned key is
@@ -61,4 +72,17 @@ pub fn request_token(
         }
     }
     Err(LoginError::Io(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_address_may_name_its_host() {
+        let key = "ab".repeat(32);
+        let a = resolve_shard_address(&format!("{key}@localhost:7001")).unwrap();
+        assert!(a.login.ip().is_loopback() && a.login.port() == 7001, "{a}");
+        assert!(resolve_shard_address("localhost:7001").unwrap_err().contains("KEY@HOST:PORT"));
+    }
 }
