@@ -44,6 +44,7 @@ pub use p2pmodel_core::login::{
     LoginAnswer, LoginError, LoginKey, LoginRequest, NOISE_PARAMS, PROLOGUE, REQUEST_LEN, REQUEST_MAGIC,
     ShardAddress, key_notice,
 };
+use p2pmodel_core::relay::quota::TokenBucket;
 
 /// Label of the login key derivation (change it and every client's pinned key changes).
 const LOGIN_KEY_LABEL: &[u8] = b"p2pmodel login key v1";
@@ -287,24 +288,14 @@ impl Default for LoginLimits {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
+/// Requests are counted in thousandths, so fractional rates (`0.5` per second) fit the
+/// relay's integer [`TokenBucket`].
+const REQUEST: u64 = 1000;
 
-impl Bucket {
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// A full bucket of `burst` requests refilling at `rate` requests per second.
+fn bucket(now: Instant, rate: f64, burst: f64) -> TokenBucket {
+    let rate = rate.max(1e-3);
+    TokenBucket::new(now, (rate * REQUEST as f64).round() as u64, Duration::from_secs_f64(burst / rate))
 }
 
 /// Why the limiter dropped a request.
@@ -321,8 +312,9 @@ pub enum Limited {
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: LoginLimits,
-    sources: HashMap<IpAddr, Bucket>,
-    global: Option<Bucket>,
+    /// Per source: its bucket and when it last asked (for sweeping idle sources).
+    sources: HashMap<IpAddr, (TokenBucket, Instant)>,
+    global: Option<TokenBucket>,
     last_sweep: Option<Instant>,
 }
 
@@ -346,18 +338,22 @@ impl RateLimiter {
         let since = self.last_sweep.map(|t| now.saturating_duration_since(t));
         let full = self.sources.len() >= l.max_sources && !self.sources.contains_key(&ip);
         if since.is_none_or(|d| d >= Duration::from_secs(1) || (full && d >= Duration::from_millis(50))) {
-            self.sources.retain(|_, b| now.saturating_duration_since(b.at) < refill);
+            self.sources.retain(|_, (_, at)| now.saturating_duration_since(*at) < refill);
             self.last_sweep = Some(now);
         }
         if self.sources.len() >= l.max_sources && !self.sources.contains_key(&ip) {
             return Err(Limited::Global);
         }
-        let b = self.sources.entry(ip).or_insert(Bucket { tokens: l.per_source_burst, at: now });
-        if !b.take(now, l.per_source_per_sec, l.per_source_burst) {
+        let (b, at) = self
+            .sources
+            .entry(ip)
+            .or_insert_with(|| (bucket(now, l.per_source_per_sec, l.per_source_burst), now));
+        *at = now;
+        if !b.try_take(now, REQUEST) {
             return Err(Limited::Source);
         }
-        let g = self.global.get_or_insert(Bucket { tokens: l.global_burst, at: now });
-        if !g.take(now, l.global_per_sec, l.global_burst) {
+        let g = self.global.get_or_insert_with(|| bucket(now, l.global_per_sec, l.global_burst));
+        if !g.try_take(now, REQUEST) {
             return Err(Limited::Global);
         }
         Ok(())
