@@ -25,13 +25,11 @@ impl NatHint {
 }
 
 /// Can a datagram be sent to this address at all? Refuses port 0 and unspecified,
-/// multicast and (IPv4) broadcast addresses: probing them is useless or harmful whoever
-/// listed them. Which *scopes* are acceptable (private, loopback) is the shard's decision.
+/// multicast and (IPv4) broadcast addresses ([`Refusal::Unusable`]): probing them is useless
+/// or harmful whoever listed them. Which *scopes* are acceptable (private, loopback) is the
+/// shard's decision.
 pub fn is_probeable(addr: &SocketAddr) -> bool {
-    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
-        return false;
-    }
-    !matches!(addr.ip(), IpAddr::V4(v4) if v4.is_broadcast())
+    scope(addr) != Err(Refusal::Unusable)
 }
 
 /// Where an address is reachable from, for the per-pair decision.

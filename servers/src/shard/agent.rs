@@ -207,8 +207,7 @@ impl AgentTransport {
                 .remove(&id)
                 .or_else(|| renet.disconnect_reason(id).and_then(ClientDropReason::from_renet));
             if let Some(reason) = reason {
-                *self.dropped.entry(reason).or_default() += 1;
-                metrics::agent_dropped_client(reason);
+                count_drop(&mut self.dropped, reason);
                 if reason != ClientDropReason::Kicked {
                     warn!(client_id = id, reason = reason.label(), renet = ?renet.disconnect_reason(id), "dropping client");
                 }
@@ -223,9 +222,7 @@ impl AgentTransport {
             if self.owner.get(&id) == Some(&i) {
                 // netcode no longer knew the client: finish the drop here, so it is not
                 // listed (and counted) again next frame.
-                self.owner.remove(&id);
-                self.load.add(i, -1);
-                renet.remove_connection(id);
+                forget(&mut self.owner, &self.load, renet, id);
             }
         }
         self.panicked.clear();
@@ -245,16 +242,12 @@ impl AgentTransport {
                 Ok(Err(_)) => continue,
                 Err(panic) => {
                     warn!(client_id = id, %panic, reason = "renet_panic", "renet panicked sending; dropping client");
-                    *self.dropped.entry(ClientDropReason::RenetPanic).or_default() += 1;
-                    metrics::agent_dropped_client(ClientDropReason::RenetPanic);
+                    count_drop(&mut self.dropped, ClientDropReason::RenetPanic);
                     let NetcodePort { socket, server } = &mut self.ports[i];
                     let r = server.disconnect(id);
                     let (owner, load) = (&mut self.owner, &self.load);
                     handle(r, i, socket, renet, owner, load, &mut Vec::new(), &mut HashMap::new());
-                    if owner.remove(&id).is_some() {
-                        load.add(i, -1);
-                    }
-                    renet.remove_connection(id);
+                    forget(owner, load, renet, id);
                     continue;
                 }
             };
@@ -325,6 +318,20 @@ pub fn bind_transport(config: &crate::config::ShardConfig) -> Result<AgentTransp
     let key = super::keys::netcode_key(&config.shard.secret);
     AgentTransport::new(sockets, public, config.agent.max_clients, config.agent.protocol_id, key)
         .map_err(|source| super::ShardError::Bind { what: "agent", addr: first, source })
+}
+
+/// Count a dropped client, here and process-wide.
+fn count_drop(dropped: &mut HashMap<ClientDropReason, u64>, reason: ClientDropReason) {
+    *dropped.entry(reason).or_default() += 1;
+    metrics::agent_dropped_client(reason);
+}
+
+/// Forget a client netcode no longer knows: its socket's load, and its renet connection.
+fn forget(owner: &mut HashMap<u64, usize>, load: &AgentLoad, renet: &mut RenetServer, id: u64) {
+    if let Some(i) = owner.remove(&id) {
+        load.add(i, -1);
+    }
+    renet.remove_connection(id);
 }
 
 #[allow(clippy::too_many_arguments)]
