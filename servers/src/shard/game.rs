@@ -675,8 +675,9 @@ mod tests {
         }
     }
 
-    fn join(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
-        let m = InternalMessage::Join {
+    /// Player `client` (player id `client`, name `p<client>`) joins zone 0 at `(x, 0)`.
+    fn join_msg(client: u64, x: f32) -> InternalMessage {
+        InternalMessage::Join {
             client,
             player: PlayerId(client),
             name: format!("p{client}"),
@@ -687,8 +688,11 @@ mod tests {
             nat: None,
             party: None,
             ip: None,
-        };
-        w.handle(bus, r, m);
+        }
+    }
+
+    fn join(w: &mut GameWorld, bus: &mut ShardBus, r: &GameRules, client: u64, x: f32) {
+        w.handle(bus, r, join_msg(client, x));
     }
 
     fn to_clients(bus: &mut ShardBus) -> Vec<(u64, ShardMessage)> {
@@ -783,26 +787,20 @@ mod tests {
         for (client, ip, x) in
             [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)]
         {
-            let m = InternalMessage::Join {
-                client,
-                player: PlayerId(client),
-                name: format!("p{client}"),
-                zone: 0,
-                x,
-                y: 0.0,
-                candidates: vec![
+            let mut m = join_msg(client, x);
+            if let InternalMessage::Join { candidates, nat, ip: observed, .. } = &mut m {
+                *candidates = vec![
                     cand(CandidateKind::Host, &format!("192.168.0.{client}:5000")),
                     cand(CandidateKind::ServerReflexive, &format!("{ip}:{}", 6000 + client)),
-                ],
-                nat: Some(NatSummary {
+                ];
+                *nat = Some(NatSummary {
                     class: "symmetric".into(),
                     dependent_mapping: true,
                     port_delta: Some(i32::MAX),
                     public: None,
-                }),
-                party: None,
-                ip: Some(ip.parse().unwrap()),
-            };
+                });
+                *observed = Some(ip.parse().unwrap());
+            }
             w.handle(&mut bus, &r, m);
         }
         w.step(&mut bus, &r);
