@@ -36,4 +36,5 @@ pub mod mesh;
 pub mod nat;
 pub mod proto;
 pub mod relay;
+pub mod shard;
 pub mod stun;

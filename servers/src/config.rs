@@ -24,8 +24,7 @@ use thiserror::Error;
 
 use crate::relay::RelayKey;
 
-/// Length of the shard secret in bytes (64 hex digits in the file).
-pub const SHARD_SECRET_LEN: usize = 32;
+pub use p2pmodel_core::relay::SHARD_SECRET_LEN;
 
 /// Why `shard.toml` could not be used.
 #[derive(Debug, Error)]
@@ -148,41 +147,8 @@ pub struct LobbySection {
     pub guest_ttl: Option<Duration>,
 }
 
-/// `[game]`: the authoritative world.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GameSection {
-    /// `tick_hz` (default 20): fixed simulation rate.
-    pub tick_hz: u32,
-    /// `servers_per_zone` (default 2): Game servers per zone (failover needs 2).
-    pub servers_per_zone: u32,
-    /// `max_speed` (default 10.0 units/s): faster moves are refused with a `Correction`.
-    pub max_speed: f32,
-    /// `interest_radius` (default 50.0): players this close are introduced.
-    pub interest_radius: f32,
-    /// `hysteresis` (default 10.0): an introduced pair is un-introduced only beyond
-    /// `interest_radius + hysteresis`, so a pair at the edge does not flap.
-    pub hysteresis: f32,
-    /// `max_peers` (default 16): introductions per client at most.
-    pub max_peers: usize,
-    /// `max_intros_per_min` (default 120, 1..=10,000): new introductions per player within
-    /// any minute; beyond it the Game server stops introducing that player until the minute
-    /// passes (counted), so moving around cannot harvest every player's address.
-    pub max_intros_per_min: usize,
-    /// `relay_token_secs` (default 3600): lifetime of the relay tokens in introductions.
-    pub relay_token_secs: u32,
-    /// `capacity` (default 200): players a Game server takes before the Lobby places new
-    /// players on the next one of the zone (the zone's servers are channels: players on
-    /// different servers do not see each other, so the Lobby fills them in order).
-    pub capacity: usize,
-    /// `npcs` (default 6): server-simulated NPCs per Game server, wandering around the spawn
-    /// point (the state P2P does not carry).
-    pub npcs: u32,
-    /// `npc_area` (default 40.0): NPCs stay within this distance of the spawn point (0, 0).
-    pub npc_area: f32,
-    /// `npc_hz` (default 5; at most `tick_hz`): how often each player is sent the NPCs within
-    /// its interest radius (every `tick_hz / npc_hz` ticks).
-    pub npc_hz: u32,
-}
+/// `[game]`: the authoritative world (the struct lives with the Game role in the core).
+pub use p2pmodel_core::shard::GameConfig as GameSection;
 
 /// `[shard]`: what every role of one shard shares.
 #[derive(Clone)]

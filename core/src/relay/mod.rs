@@ -25,6 +25,7 @@
 pub mod config;
 mod endpoint;
 mod engine;
+pub mod keys;
 pub mod quota;
 pub mod stats;
 pub mod token;
@@ -35,5 +36,6 @@ mod tests;
 pub use config::{Quota, RelayConfig};
 pub use endpoint::RelayEndpoint;
 pub use engine::{Action, BindingInfo, COOKIE_SECRET_LEN, ClockAnchor, Notify, Relay, ReplyBuf};
+pub use keys::{KeySchedule, MINT_LAG, RelayKey, SHARD_SECRET_LEN};
 pub use stats::{DropReason, RelayStats};
 pub use token::{TokenError, TokenKeys, check_expiry, mint, verify_token};

@@ -14,7 +14,8 @@ pub mod app;
 pub mod batch;
 pub mod client;
 pub mod histogram;
-pub mod keys;
+/// Relay token keys (moved to the core: the shard's minter and every relay share them).
+pub use p2pmodel_core::relay::keys;
 pub mod metrics;
 pub mod server;
 pub mod stats;

@@ -22,12 +22,10 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy_renet::renet::{DefaultChannel, ServerEvent};
 use bevy_renet::{RenetReceive, RenetSend, RenetServer, RenetServerEvent, RenetServerPlugin};
-use p2pmodel_core::proto::shard::{ClientMessage, InternalMessage, Role, ShardMessage, decode, encode};
 use renet_netcode::{NETCODE_KEY_BYTES, NETCODE_USER_DATA_BYTES, ServerAuthentication, ServerConfig};
 use renetcode::{NetcodeServer, ServerResult};
 
 use super::bus::ShardBus;
-use super::intro::{IntroRefusals, clean_mesh_info};
 use super::keys::name_from_user_data;
 pub use super::load::AgentLoad;
 use super::login::OnlineNames;
@@ -445,56 +443,23 @@ fn transport_disconnect_on_exit(
     }
 }
 
-/// One client session.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Name bound in the connect token.
-    pub name: String,
-    /// Game server the client's game-phase messages go to (`None`: lobby phase).
-    pub game: Option<u32>,
-    /// The IP the client's packets come from (told to the Lobby and Games only to judge
-    /// which of its candidates a peer may get, see [`super::intro`]).
-    pub ip: Option<std::net::IpAddr>,
-    tokens: f32,
-    refill: Instant,
-}
+pub use p2pmodel_core::shard::agent::{AgentRouter, Outgoing, Session};
 
-/// The Agent's state.
-#[derive(Resource, Debug)]
+/// The Agent's state: the core's [`AgentRouter`] (sessions, budget, routing) and the names
+/// online, shared with the login service.
+#[derive(Resource, Debug, Deref, DerefMut)]
 pub struct AgentState {
-    /// Sessions by netcode client id.
-    pub sessions: HashMap<u64, Session>,
+    /// Sessions, counters and routing.
+    #[deref]
+    pub router: AgentRouter,
     /// Names online (shared with the login service).
     pub online: OnlineNames,
-    /// Messages allowed per client per second.
-    pub max_messages_per_sec: u32,
-    /// Client messages that did not decode (dropped).
-    pub decode_errors: u64,
-    /// Client messages over the budget (dropped).
-    pub rate_limited: u64,
-    /// `MeshInfo` candidates and hints refused, by reason.
-    pub intro: IntroRefusals,
-    heartbeat: Duration,
-    last_heartbeat: Instant,
-    last_log: Instant,
-    logged: (u64, u64, IntroRefusals),
 }
 
 impl AgentState {
     /// A fresh Agent state.
     pub fn new(online: OnlineNames, max_messages_per_sec: u32, heartbeat: Duration) -> AgentState {
-        AgentState {
-            sessions: HashMap::new(),
-            online,
-            max_messages_per_sec,
-            decode_errors: 0,
-            rate_limited: 0,
-            intro: IntroRefusals::default(),
-            heartbeat,
-            last_heartbeat: Instant::now(),
-            last_log: Instant::now(),
-            logged: (0, 0, IntroRefusals::default()),
-        }
+        AgentState { router: AgentRouter::new(max_messages_per_sec, heartbeat), online }
     }
 }
 
@@ -530,22 +495,12 @@ fn on_server_event(
                 return;
             }
             info!(client_id, %name, "client connected");
-            let budget = agent.max_messages_per_sec as f32;
-            agent.sessions.insert(
-                client_id,
-                Session { name: name.clone(), game: None, ip, tokens: budget, refill: Instant::now() },
-            );
-            bus.send(Role::Lobby, &InternalMessage::ClientJoined { client: client_id, name, ip });
+            agent.router.connect(Instant::now(), &mut bus, client_id, name, ip);
         }
         ServerEvent::ClientDisconnected { client_id, reason } => {
-            if let Some(s) = agent.sessions.remove(&client_id) {
+            if let Some(s) = agent.router.disconnect(&mut bus, client_id) {
                 info!(client_id, name = %s.name, ?reason, "client disconnected");
                 agent.online.disconnect(&s.name);
-                let left = InternalMessage::ClientLeft { client: client_id };
-                if let Some(g) = s.game {
-                    bus.send(Role::Game(g), &left);
-                }
-                bus.send(Role::Lobby, &left);
             }
         }
     }
@@ -557,77 +512,15 @@ fn client_to_roles(
     mut bus: ResMut<ShardBus>,
 ) {
     let now = Instant::now();
-    let budget = agent.max_messages_per_sec as f32;
     let ids: Vec<u64> = agent.sessions.keys().copied().collect();
     for client in ids {
         for ch in [2u8, 1, 0] {
             while let Some(bytes) = server.receive_message(client, ch) {
-                let Some(s) = agent.sessions.get_mut(&client) else { break };
-                let elapsed = now.duration_since(s.refill).as_secs_f32();
-                s.refill = now;
-                s.tokens = (s.tokens + elapsed * budget).min(budget);
-                if s.tokens < 1.0 {
-                    agent.rate_limited += 1;
-                    continue;
-                }
-                s.tokens -= 1.0;
-                let (game, ip) = (s.game, s.ip);
-                let msg = match decode::<ClientMessage>(&bytes) {
-                    // What a player says of its reachability is cleaned here, once, before
-                    // the Lobby or a Game stores it (see `super::intro`).
-                    Ok(ClientMessage::MeshInfo { candidates, nat }) => {
-                        let before = agent.intro;
-                        let (candidates, nat) = clean_mesh_info(&candidates, nat, ip, &mut agent.intro);
-                        if agent.intro != before {
-                            debug!(client, refused = ?agent.intro, "MeshInfo cleaned");
-                        }
-                        ClientMessage::MeshInfo { candidates, nat }
-                    }
-                    Ok(m) => m,
-                    Err(_) => {
-                        agent.decode_errors += 1;
-                        continue;
-                    }
-                };
-                let lobby_phase = matches!(
-                    msg,
-                    ClientMessage::Login { .. }
-                        | ClientMessage::EnterZone { .. }
-                        | ClientMessage::JoinParty { .. }
-                        | ClientMessage::InviteToParty { .. }
-                );
-                let also_lobby = matches!(msg, ClientMessage::MeshInfo { .. });
-                let wrapped = InternalMessage::FromClient { client, msg };
-                match game {
-                    Some(g) if !lobby_phase => {
-                        bus.send(Role::Game(g), &wrapped);
-                        if also_lobby {
-                            bus.send(Role::Lobby, &wrapped);
-                        }
-                    }
-                    _ => bus.send(Role::Lobby, &wrapped),
-                }
+                agent.router.from_client(now, &mut bus, client, &bytes);
             }
         }
     }
-    if now.duration_since(agent.last_heartbeat) >= agent.heartbeat {
-        agent.last_heartbeat = now;
-        bus.send(Role::Lobby, &InternalMessage::Heartbeat { from: Role::Agent });
-    }
-    // Once a minute, when something changed: what clients sent that was dropped or refused.
-    let counts = (agent.decode_errors, agent.rate_limited, agent.intro);
-    if now.duration_since(agent.last_log) >= Duration::from_secs(60) && counts != agent.logged {
-        agent.last_log = now;
-        agent.logged = counts;
-        let refused: Vec<String> =
-            agent.intro.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-        info!(
-            decode_errors = counts.0,
-            rate_limited = counts.1,
-            candidates_refused = %refused.join(" "),
-            "agent stats"
-        );
-    }
+    agent.router.tick(now, &mut bus);
 }
 
 fn roles_to_clients(
@@ -635,29 +528,9 @@ fn roles_to_clients(
     mut agent: ResMut<AgentState>,
     mut bus: ResMut<ShardBus>,
 ) {
-    for m in bus.drain(Role::Agent) {
-        match m {
-            InternalMessage::ToClient { client, msg } => {
-                if !agent.sessions.contains_key(&client) {
-                    continue;
-                }
-                let ch = match msg {
-                    ShardMessage::Correction { .. }
-                    | ShardMessage::Npcs { .. }
-                    | ShardMessage::FromPeer { reliable: false, .. } => DefaultChannel::Unreliable,
-                    _ => DefaultChannel::ReliableOrdered,
-                };
-                if let Ok(b) = encode(&msg) {
-                    server.send_message(client, ch, b);
-                }
-            }
-            InternalMessage::Route { client, game } => {
-                if let Some(s) = agent.sessions.get_mut(&client) {
-                    s.game = game;
-                }
-            }
-            _ => {}
-        }
+    for o in agent.router.to_clients(&mut bus) {
+        let ch = if o.reliable { DefaultChannel::ReliableOrdered } else { DefaultChannel::Unreliable };
+        server.send_message(o.client, ch, o.bytes);
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use p2pmodel_core::proto::shard::{InternalMessage, Role, ShardMessage};
+use p2pmodel_core::shard::BusObserver;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -321,17 +322,16 @@ pub fn sender_of(msg: &InternalMessage) -> Option<Role> {
     }
 }
 
-/// Per-bus send stamps, so a drain can tell how long each message waited. Lives inside the
-/// [`super::bus::ShardBus`]; inert (empty) while metrics are off.
+/// Per-bus send stamps, so a drain can tell how long each message waited: the observer of
+/// the [`super::bus::ShardBus`]; inert (empty) while metrics are off.
 #[derive(Debug, Default)]
 pub struct BusClock {
     stamps: HashMap<Role, VecDeque<Instant>>,
 }
 
-impl BusClock {
-    /// Hook: `msg` (encoded to `len` bytes) was queued for `to`.
+impl BusObserver for BusClock {
     #[inline]
-    pub fn sent(&mut self, to: Role, msg: &InternalMessage, len: usize) {
+    fn sent(&mut self, to: Role, msg: &InternalMessage, len: usize) {
         if !enabled() {
             return;
         }
@@ -345,17 +345,16 @@ impl BusClock {
         self.stamps.entry(to).or_default().push_back(Instant::now());
     }
 
-    /// Hook: raw bytes were queued for `to` (stamped only, so drains stay aligned).
+    /// Stamped only, so drains stay aligned.
     #[inline]
-    pub fn sent_raw(&mut self, to: Role) {
+    fn sent_raw(&mut self, to: Role) {
         if enabled() {
             self.stamps.entry(to).or_default().push_back(Instant::now());
         }
     }
 
-    /// Hook: `n` messages queued for `role` were taken off the bus now.
     #[inline]
-    pub fn drained(&mut self, role: Role, n: usize) {
+    fn drained(&mut self, role: Role, n: usize) {
         let Some(q) = self.stamps.get_mut(&role) else { return };
         if !enabled() {
             q.clear();
@@ -376,8 +375,7 @@ impl BusClock {
         }
     }
 
-    /// Hook: everything queued for `role` was dropped.
-    pub fn cleared(&mut self, role: Role) {
+    fn cleared(&mut self, role: Role) {
         self.stamps.remove(&role);
     }
 }

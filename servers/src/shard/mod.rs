@@ -1,4 +1,7 @@
-//! The shard roles: Agent (DMZ gateway) → Lobby → Game, as Bevy plugins.
+//! The shard roles: Agent (DMZ gateway) → Lobby → Game, as Bevy apps over real sockets.
+//!
+//! The role logic is the core's ([`p2pmodel_core::shard`], sans-IO): these modules drive it
+//! with Bevy systems, renet/netcode for clients and the internal links between processes.
 //!
 //! - [`keys`]: the netcode key and client ids derived from the shard secret; token minting.
 //! - [`login`]: the login service (name → connect token) and its pluggable [`login::AccountCheck`].
@@ -20,14 +23,16 @@
 pub mod agent;
 pub mod bus;
 pub mod game;
-pub mod intro;
+/// What a player says of its reachability, checked (moved to the core with the roles).
+pub use p2pmodel_core::shard::intro;
 pub mod keys;
 pub mod link;
 pub mod load;
 pub mod lobby;
 pub mod login;
 pub mod metrics;
-pub mod party;
+/// Parties by invitation (moved to the core with the roles).
+pub use p2pmodel_core::shard::party;
 pub mod remote;
 pub mod store;
 
@@ -43,9 +48,9 @@ use crate::config::ShardConfig;
 use crate::relay::{KeySchedule, RelayKey};
 use agent::{AgentPlugin, AgentState};
 use bus::ShardBus;
-use game::{GamePlugin, GameRules, GameServers, GameWorld};
+use game::{GamePlugin, GameRules, GameServers};
 use keys::TokenMinter;
-use lobby::{LobbyPlugin, LobbyState};
+use lobby::{Lobby, LobbyPlugin, LobbyState};
 use login::{AccountCheck, FileAccounts, LoginServer, LoginService, OnlineNames, OpenAccounts};
 use store::Store;
 
@@ -218,14 +223,15 @@ pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Resul
         (config.agent.accounts == crate::config::Accounts::Open).then_some(config.lobby.guest_ttl).flatten();
     let store = Store::open(config.lobby.store.clone()).map_err(ShardError::Store)?.with_ttl(ttl);
     app.init_resource::<ShardBus>()
-        .insert_resource(LobbyState::new(
-            store,
+        .insert_resource(LobbyState(Lobby::new(
+            std::time::Instant::now(),
+            Box::new(store),
             config.lobby.zones,
             all_games(config),
             stun,
             config.lobby.heartbeat_timeout,
             config.game.capacity,
-        ))
+        )))
         .add_plugins(LobbyPlugin);
     Ok(())
 }
@@ -233,15 +239,15 @@ pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Resul
 /// Game servers `games` (`(number, zone)`); `relay` is put in introductions.
 pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], relay: Option<SocketAddr>) {
     app.init_resource::<ShardBus>()
-        .insert_resource(GameServers {
-            worlds: games.iter().map(|(g, z)| GameWorld::new(*g, *z)).collect(),
-            rules: GameRules {
+        .insert_resource(GameServers::new(
+            games,
+            GameRules {
                 cfg: config.game.clone(),
                 relay,
                 keys: relay_schedule(config),
                 heartbeat: config.lobby.heartbeat,
             },
-        })
+        ))
         .add_plugins(GamePlugin { tick_hz: config.game.tick_hz });
 }
 

@@ -19,16 +19,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use p2pmodel_core::proto::shard::{InternalMessage, Role, encode};
+use p2pmodel_core::proto::shard::{Role, encode};
 
 use super::agent::AgentState;
 use super::bus::ShardBus;
 use super::link::{InternalLink, role_bytes, role_from};
 use crate::config::SHARD_SECRET_LEN;
 
-/// Longest wait between two reconnect attempts of a lost internal link (the first retry
-/// comes after 100 ms, doubling up to this).
-pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+pub use p2pmodel_core::shard::RECONNECT_MAX;
 /// First wait before reconnecting a lost internal link.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Frames a connecting role keeps while its link is down (older ones are dropped, counted).
@@ -294,14 +292,7 @@ impl Plugin for RemoteBusPlugin {
 /// back, so a restarted Lobby knows them before their next message.
 fn resync_frames(agent: &AgentState) -> Vec<Vec<u8>> {
     let to = role_bytes(Role::Lobby);
-    agent
-        .sessions
-        .iter()
-        .filter_map(|(client, s)| {
-            let msg = InternalMessage::ClientJoined { client: *client, name: s.name.clone(), ip: s.ip };
-            encode(&msg).ok().map(|b| [to.as_slice(), &b].concat())
-        })
-        .collect()
+    agent.resync().iter().filter_map(|msg| encode(msg).ok().map(|b| [to.as_slice(), &b].concat())).collect()
 }
 
 fn pump(mut remote: ResMut<RemoteBus>, mut bus: ResMut<ShardBus>, agent: Option<Res<AgentState>>) {

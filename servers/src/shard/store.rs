@@ -132,6 +132,20 @@ impl Store {
     }
 }
 
+/// The Lobby reads and writes characters through the core's store interface.
+impl p2pmodel_core::shard::CharacterStore for Store {
+    fn load_or_create(&mut self, name: &str) -> p2pmodel_core::shard::StoredCharacter {
+        let c = Store::load_or_create(self, name);
+        p2pmodel_core::shard::StoredCharacter { player: c.player, zone: c.zone, x: c.x, y: c.y }
+    }
+    fn update(&mut self, name: &str, zone: u32, x: f32, y: f32) {
+        Store::update(self, name, zone, x, y)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Store::flush(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,20 +7,25 @@
 //! ranges); a server-reflexive candidate must carry the IP the Agent sees; an implausible
 //! `port_delta` becomes unknown. The Lobby and the Game store the cleaned list.
 //!
-//! Then per pair, when the Game builds a `PeerIntro` ([`for_peer`]): private candidates
+//! Then per pair, when the Game builds a `PeerIntro` ([`introduce`], which uses [`for_peer`]): private candidates
 //! (RFC 1918, CGNAT 100.64/10, IPv6 ULA) reach the other player only when both players'
 //! packets come from the same public IP (they share a NAT: the LAN path is theirs); loopback
 //! candidates only when both come from the same loopback IP (both run on the shard's own
 //! host: development and tests). Everything refused is counted by reason.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 #[cfg(test)]
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
-use p2pmodel_core::link::{Candidate, CandidateKind, clamp_port_delta};
-pub use p2pmodel_core::link::{Refusal, Scope, scope};
-use p2pmodel_core::proto::shard::NatSummary;
+use rand::RngCore;
+
+use crate::link::{Candidate, CandidateKind, clamp_port_delta};
+pub use crate::link::{Refusal, Scope, scope};
+use crate::proto::intro::{LinkKey, LinkParams, NatHint, RelayParams};
+use crate::proto::peer::{LinkId, Side};
+use crate::proto::shard::NatSummary;
+use crate::relay::{TokenKeys, mint};
 
 /// Candidates kept per player. A client lists one host candidate per interface address and
 /// one server-reflexive candidate; 16 covers a multi-homed dual-stack host with room to spare,
@@ -161,6 +166,82 @@ pub fn for_peer(
         .collect()
 }
 
+/// What the shard knows of one player of a pair: its cleaned candidates, its NAT and the IP
+/// its packets come from.
+#[derive(Debug, Clone, Copy)]
+pub struct IntroSide<'a> {
+    /// Candidates as [`clean_mesh_info`] kept them.
+    pub candidates: &'a [Candidate],
+    /// Its NAT, as the peer's link should know it.
+    pub nat: NatHint,
+    /// The IP its packets come from (decides who gets its private candidates).
+    pub ip: Option<IpAddr>,
+}
+
+/// The relay a pair falls back to and the keys its tokens are minted with.
+#[derive(Debug, Clone, Copy)]
+pub struct IntroRelay<'a> {
+    /// The relay's address.
+    pub addr: SocketAddr,
+    /// The minting keys of now ([`crate::relay::KeySchedule::minting_keys`]).
+    pub keys: &'a TokenKeys,
+    /// Unix second the tokens expire.
+    pub expiry_unix: u32,
+}
+
+impl IntroRelay<'_> {
+    /// A fresh token for `side` of `link` (an introduction, or a `RelayRefresh`).
+    pub fn params(&self, link: LinkId, side: Side) -> RelayParams {
+        let (token, bind_key) = mint(self.keys, link, side, self.expiry_unix);
+        RelayParams { addr: self.addr, token, bind_key }
+    }
+}
+
+/// Both halves of one introduction: what side A and side B are told.
+#[derive(Debug, Clone)]
+pub struct Introduction {
+    /// For side A (the lower player id by convention): B's candidates and NAT.
+    pub a: LinkParams,
+    /// For side B: A's candidates and NAT.
+    pub b: LinkParams,
+}
+
+/// The NAT hint a peer gets from a player's `MeshInfo` summary (unknown if none was sent).
+pub fn nat_hint(summary: Option<&NatSummary>) -> NatHint {
+    summary
+        .map(|n| NatHint { dependent_mapping: n.dependent_mapping, port_delta: n.port_delta }.sanitized())
+        .unwrap_or_default()
+}
+
+/// **The** peer introduction, used by the Game server, the simulator and the tests alike:
+/// a fresh link key from `rng`, each side the other's candidates (scoped by [`for_peer`]) and
+/// NAT hint, and relay tokens for both sides. Side A probes with the same rules as side B;
+/// the side only names the relay slot and the key direction.
+pub fn introduce(
+    rng: &mut dyn RngCore,
+    link: LinkId,
+    a: &IntroSide<'_>,
+    b: &IntroSide<'_>,
+    relay: Option<&IntroRelay<'_>>,
+    refusals: &mut IntroRefusals,
+) -> Introduction {
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
+    let key = LinkKey(key);
+    let half =
+        |me: &IntroSide<'_>, other: &IntroSide<'_>, side: Side, refusals: &mut IntroRefusals| LinkParams {
+            link,
+            side,
+            key: key.clone(),
+            remote: for_peer(other.candidates, other.ip, me.ip, refusals),
+            remote_nat: other.nat.sanitized(),
+            relay: relay.map(|r| r.params(link, side)),
+        };
+    let pa = half(a, b, Side::A, refusals);
+    let pb = half(b, a, Side::B, refusals);
+    Introduction { a: pa, b: pb }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +345,37 @@ mod tests {
         assert_eq!(for_peer(&cands, Some(a), Some(a), &mut st), [cands[0], cands[2]], "same NAT");
         assert_eq!(for_peer(&cands, Some(lo), Some(lo), &mut st), cands, "both on the shard's host");
         assert_eq!((st.private_withheld, st.loopback_withheld), (2, 3));
+    }
+
+    #[test]
+    fn an_introduction_gives_each_side_the_other_s_scoped_candidates_one_key_and_its_own_token() {
+        use crate::relay::verify_token;
+        use rand::SeedableRng;
+        let keys = TokenKeys::new(1, [9; 32]);
+        let relay = IntroRelay { addr: "8.8.8.8:3478".parse().unwrap(), keys: &keys, expiry_unix: 2_000 };
+        let ca = [c(CandidateKind::Host, "10.0.0.2:5000"), c(CandidateKind::ServerReflexive, "8.8.4.4:6000")];
+        let cb = [c(CandidateKind::ServerReflexive, "9.9.9.9:7000")];
+        let hint = nat_hint(Some(&nat(Some(2))));
+        let a = IntroSide { candidates: &ca, nat: hint, ip: Some("8.8.4.4".parse().unwrap()) };
+        let b = IntroSide { candidates: &cb, nat: NatHint::default(), ip: Some("9.9.9.9".parse().unwrap()) };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut st = IntroRefusals::default();
+        let i = introduce(&mut rng, LinkId(7), &a, &b, Some(&relay), &mut st);
+        assert_eq!((i.a.side, i.b.side, i.a.link, i.b.link), (Side::A, Side::B, LinkId(7), LinkId(7)));
+        assert_eq!(i.a.key.0, i.b.key.0, "one key for both sides");
+        assert_eq!(i.a.remote, cb, "A learns B's candidates");
+        assert_eq!(i.b.remote, ca[1..], "B (another NAT) does not learn A's private address");
+        assert_eq!(st.private_withheld, 1);
+        assert_eq!((i.b.remote_nat.dependent_mapping, i.b.remote_nat.port_delta), (true, Some(2)));
+        for (p, side) in [(&i.a, Side::A), (&i.b, Side::B)] {
+            let r = p.relay.as_ref().expect("relay params");
+            let bind_key = verify_token(&keys, LinkId(7), side, &r.token).expect("accepted for its side");
+            assert_eq!(bind_key, r.bind_key);
+            let other = if side == Side::A { Side::B } else { Side::A };
+            assert!(verify_token(&keys, LinkId(7), other, &r.token).is_err(), "not for the other side");
+        }
+        let again = introduce(&mut rng, LinkId(8), &a, &b, None, &mut st);
+        assert_ne!(again.a.key.0, i.a.key.0, "a fresh key per introduction");
+        assert!(again.a.relay.is_none());
     }
 }

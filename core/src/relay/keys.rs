@@ -15,12 +15,13 @@
 
 use std::time::Duration;
 
+use super::TokenKeys;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use p2pmodel_core::relay::TokenKeys;
 use sha2::Sha256;
 
-use crate::config::SHARD_SECRET_LEN;
+/// Bytes of a shard secret (the root of every key of a shard).
+pub const SHARD_SECRET_LEN: usize = 32;
 
 const LABEL: &[u8] = b"p2pm-relay-token-key";
 const RELAY_KEY_INFO: &[u8] = b"p2pmodel relay v1";
@@ -114,8 +115,8 @@ impl KeySchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p2pmodel_core::proto::peer::{LinkId, Side};
-    use p2pmodel_core::relay::{mint, verify_token};
+    use crate::proto::peer::{LinkId, Side};
+    use crate::relay::{mint, verify_token};
 
     #[test]
     fn keys_minted_tokens_verify_across_a_rotation() {

@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use p2pmodel_core::proto::shard::PlayerId;
+use crate::proto::shard::PlayerId;
 
 /// How long an invitation can be accepted.
 pub const INVITE_TTL: Duration = Duration::from_secs(60);

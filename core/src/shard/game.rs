@@ -1,0 +1,915 @@
+//! Game servers: the authoritative world of a zone at a fixed tick, movement validation,
+//! interest management on a grid with hysteresis, and **mesh membership** — players in
+//! range are introduced (`PeerIntro`), drifted-apart pairs un-introduced (`PeerOutro`), and
+//! every pair's path (direct / relayed / lost) is tracked from the clients' `PathReport`s.
+//! Besides, the server state P2P does not carry: chat within the interest radius, messages
+//! routed between introduced peers that have no P2P path (`ToPeer` → `FromPeer`), and NPCs.
+//!
+//! One [`GameWorld`] per Game server, sans-IO: its driver calls [`GameWorld::handle`] for each
+//! message on the [`Bus`], [`GameWorld::step`] at `tick_hz` with the Unix time, and sends a
+//! heartbeat when [`GameWorld::heartbeat_due`] says so. It talks to other roles only through
+//! the bus.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tracing::{debug, info};
+
+use super::bus::Bus;
+use super::intro::{IntroRefusals, IntroRelay, IntroSide, introduce, nat_hint};
+use crate::link::Candidate;
+use crate::proto::peer::{LinkId, Side};
+use crate::proto::shard::{
+    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
+};
+use crate::relay::KeySchedule;
+
+/// Longest chat line delivered, in characters (longer lines are cut at a char boundary).
+pub const MAX_CHAT_CHARS: usize = 200;
+/// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
+pub const MAX_PEER_DATA: usize = 1200;
+/// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
+/// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
+const POSITIONS_PER_MESSAGE: usize = 2048;
+/// NPC walking speed (units per second) before the `game.max_speed` cap.
+const NPC_SPEED: f32 = 2.0;
+
+/// `[game]` of a shard's config: the authoritative world's rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GameConfig {
+    /// `tick_hz` (default 20): fixed simulation rate.
+    pub tick_hz: u32,
+    /// `servers_per_zone` (default 2): Game servers per zone (failover needs 2).
+    pub servers_per_zone: u32,
+    /// `max_speed` (default 10.0 units/s): faster moves are refused with a `Correction`.
+    pub max_speed: f32,
+    /// `interest_radius` (default 50.0): players this close are introduced.
+    pub interest_radius: f32,
+    /// `hysteresis` (default 10.0): an introduced pair is un-introduced only beyond
+    /// `interest_radius + hysteresis`, so a pair at the edge does not flap.
+    pub hysteresis: f32,
+    /// `max_peers` (default 16): introductions per client at most.
+    pub max_peers: usize,
+    /// `max_intros_per_min` (default 120, 1..=10,000): new introductions per player within
+    /// any minute; beyond it the Game server stops introducing that player until the minute
+    /// passes (counted), so moving around cannot harvest every player's address.
+    pub max_intros_per_min: usize,
+    /// `relay_token_secs` (default 3600): lifetime of the relay tokens in introductions.
+    pub relay_token_secs: u32,
+    /// `capacity` (default 200): players a Game server takes before the Lobby places new
+    /// players on the next one of the zone (the zone's servers are channels: players on
+    /// different servers do not see each other, so the Lobby fills them in order).
+    pub capacity: usize,
+    /// `npcs` (default 6): server-simulated NPCs per Game server, wandering around the spawn
+    /// point (the state P2P does not carry).
+    pub npcs: u32,
+    /// `npc_area` (default 40.0): NPCs stay within this distance of the spawn point (0, 0).
+    pub npc_area: f32,
+    /// `npc_hz` (default 5; at most `tick_hz`): how often each player is sent the NPCs within
+    /// its interest radius (every `tick_hz / npc_hz` ticks).
+    pub npc_hz: u32,
+}
+
+impl Default for GameConfig {
+    /// The defaults `[game]` documents (a config file overrides each one).
+    fn default() -> Self {
+        GameConfig {
+            tick_hz: 20,
+            servers_per_zone: 2,
+            max_speed: 10.0,
+            interest_radius: 50.0,
+            hysteresis: 10.0,
+            max_peers: 16,
+            max_intros_per_min: 120,
+            relay_token_secs: 3600,
+            capacity: 200,
+            npcs: 6,
+            npc_area: 40.0,
+            npc_hz: 5,
+        }
+    }
+}
+
+/// Game rules and what introductions need.
+#[derive(Debug, Clone)]
+pub struct GameRules {
+    /// `[game]` settings.
+    pub cfg: GameConfig,
+    /// The relay clients fall back to (`None`: introductions carry no relay).
+    pub relay: Option<SocketAddr>,
+    /// Relay token keys, derived from the shard secret.
+    pub keys: KeySchedule,
+    /// Heartbeat interval toward the Lobby.
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct GamePlayer {
+    client: u64,
+    name: String,
+    x: f32,
+    y: f32,
+    last_move_tick: u64,
+    candidates: Vec<Candidate>,
+    nat: Option<NatSummary>,
+    party: Option<String>,
+    /// The IP its packets come from (Agent-observed): who may get its private candidates.
+    ip: Option<IpAddr>,
+    peers: usize,
+    /// Ticks of its introductions within the last minute (at most `game.max_intros_per_min`).
+    intro_ticks: VecDeque<u64>,
+    /// At its introduction cap (counted once per time it reaches the cap).
+    capped: bool,
+    /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
+    saw_npcs: bool,
+}
+
+impl GamePlayer {
+    fn intro_side(&self) -> IntroSide<'_> {
+        IntroSide { candidates: &self.candidates, nat: nat_hint(self.nat.as_ref()), ip: self.ip }
+    }
+}
+
+/// What a Game server counted; logged once a minute when something changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GameStats {
+    /// Chat lines delivered (each to everyone in range).
+    pub chat_lines: u64,
+    /// `ToPeer` messages routed to an introduced peer.
+    pub peer_routed: u64,
+    /// `ToPeer` messages dropped: too large, or for a player not introduced to the sender.
+    pub peer_dropped: u64,
+    /// Moves refused by speed validation.
+    pub corrections: u64,
+    /// Times a player reached `game.max_intros_per_min` (its further introductions wait).
+    pub intros_capped: u64,
+    /// Candidates withheld from a peer by scope (private / loopback across NATs).
+    pub intro: IntroRefusals,
+}
+
+/// A server-simulated character: walks to a random point of the NPC area, then another.
+#[derive(Debug, Clone)]
+struct Npc {
+    state: NpcState,
+    target: (f32, f32),
+    speed: f32,
+}
+
+/// splitmix64: a tiny deterministic generator, so a zone's NPCs wander the same way on
+/// every run and every channel.
+#[derive(Debug, Clone)]
+struct Wander(u64);
+
+impl Wander {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A uniform point of the disc of radius `r` around the origin.
+    fn in_disc(&mut self, r: f32) -> (f32, f32) {
+        let a = self.unit() * std::f32::consts::TAU;
+        let d = r * self.unit().sqrt();
+        (d * a.cos(), d * a.sin())
+    }
+}
+
+/// An introduced pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    /// The link id both were given.
+    pub link: LinkId,
+    /// The path each side reported last (`[A, B]`, A = the lower player id).
+    pub paths: [Option<PathState>; 2],
+    /// Unix time the pair's relay tokens expire; refreshed at 80 % of their life.
+    pub token_expiry: u64,
+}
+
+/// One Game server.
+#[derive(Debug)]
+pub struct GameWorld {
+    /// Its number in the shard.
+    pub id: u32,
+    /// Its zone.
+    pub zone: u32,
+    players: BTreeMap<PlayerId, GamePlayer>,
+    by_client: HashMap<u64, PlayerId>,
+    pairs: BTreeMap<(PlayerId, PlayerId), Pair>,
+    by_link: HashMap<LinkId, (PlayerId, PlayerId)>,
+    next_link: u32,
+    tick: u64,
+    last_heartbeat: Option<Instant>,
+    /// Link keys come from here (seeded from OS entropy by the servers, from the run's seed
+    /// in the simulator).
+    rng: StdRng,
+    npcs: Vec<Npc>,
+    wander: Wander,
+    /// Counters (chat, routed peer messages, corrections).
+    pub stats: GameStats,
+    logged: GameStats,
+}
+
+impl GameWorld {
+    /// An empty Game server; `seed` seeds the generator of its link keys (give it OS entropy
+    /// outside tests).
+    pub fn new(id: u32, zone: u32, seed: [u8; 32]) -> GameWorld {
+        GameWorld {
+            id,
+            zone,
+            players: BTreeMap::new(),
+            by_client: HashMap::new(),
+            pairs: BTreeMap::new(),
+            by_link: HashMap::new(),
+            next_link: 1,
+            tick: 0,
+            last_heartbeat: None,
+            rng: StdRng::from_seed(seed),
+            npcs: Vec::new(),
+            wander: Wander(0x5eed_0000_0000_0000 ^ u64::from(zone)),
+            stats: GameStats::default(),
+            logged: GameStats::default(),
+        }
+    }
+
+    /// The NPCs' current state.
+    pub fn npcs(&self) -> Vec<NpcState> {
+        self.npcs.iter().map(|n| n.state).collect()
+    }
+
+    /// Spawn `game.npcs` NPCs in the NPC area (first tick), then walk each one step.
+    fn step_npcs(&mut self, rules: &GameRules) {
+        let cfg = &rules.cfg;
+        let area = cfg.npc_area;
+        while self.npcs.len() < cfg.npcs as usize {
+            let (x, y) = self.wander.in_disc(area);
+            let target = self.wander.in_disc(area);
+            let speed = NPC_SPEED.min(cfg.max_speed) * (0.5 + 0.5 * self.wander.unit());
+            let id = self.npcs.len() as u32;
+            self.npcs.push(Npc { state: NpcState { id, x, y }, target, speed });
+        }
+        let dt = 1.0 / cfg.tick_hz.max(1) as f32;
+        for n in &mut self.npcs {
+            let (dx, dy) = (n.target.0 - n.state.x, n.target.1 - n.state.y);
+            let d = (dx * dx + dy * dy).sqrt();
+            let step = n.speed * dt;
+            if d <= step {
+                (n.state.x, n.state.y) = n.target;
+                n.target = self.wander.in_disc(area);
+            } else {
+                n.state.x += dx / d * step;
+                n.state.y += dy / d * step;
+            }
+        }
+    }
+
+    /// Send every player the NPCs within its interest radius (and one empty list after the
+    /// last one left its range).
+    fn send_npcs(&mut self, bus: &mut Bus, rules: &GameRules) {
+        let r2 = rules.cfg.interest_radius.powi(2);
+        for g in self.players.values_mut() {
+            let npcs: Vec<NpcState> = self
+                .npcs
+                .iter()
+                .filter(|n| (n.state.x - g.x).powi(2) + (n.state.y - g.y).powi(2) <= r2)
+                .map(|n| n.state)
+                .collect();
+            if npcs.is_empty() && !g.saw_npcs {
+                continue;
+            }
+            g.saw_npcs = !npcs.is_empty();
+            Self::to_client(bus, g.client, ShardMessage::Npcs { npcs });
+        }
+    }
+
+    /// A chat line from `from`: cut to [`MAX_CHAT_CHARS`] characters (control characters
+    /// removed, whitespace trimmed), delivered to every player within the interest radius,
+    /// the speaker included. Empty lines are ignored.
+    fn chat(&mut self, bus: &mut Bus, rules: &GameRules, from: PlayerId, text: &str) {
+        let Some(speaker) = self.players.get(&from) else { return };
+        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(MAX_CHAT_CHARS).collect();
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        let r2 = rules.cfg.interest_radius.powi(2);
+        for g in self.players.values() {
+            if (g.x - speaker.x).powi(2) + (g.y - speaker.y).powi(2) <= r2 {
+                let msg = ShardMessage::Chat { from, name: speaker.name.clone(), text: text.to_string() };
+                Self::to_client(bus, g.client, msg);
+            }
+        }
+        self.stats.chat_lines += 1;
+    }
+
+    /// Route an application message from `from` to `peer` through the server, only between
+    /// players introduced to each other; anything else is dropped and counted.
+    fn route_to_peer(
+        &mut self,
+        bus: &mut Bus,
+        from: PlayerId,
+        peer: PlayerId,
+        reliable: bool,
+        data: Vec<u8>,
+    ) {
+        let key = if from < peer { (from, peer) } else { (peer, from) };
+        match self.players.get(&peer) {
+            Some(g) if data.len() <= MAX_PEER_DATA && self.pairs.contains_key(&key) => {
+                self.stats.peer_routed += 1;
+                Self::to_client(bus, g.client, ShardMessage::FromPeer { peer: from, reliable, data });
+            }
+            _ => {
+                self.stats.peer_dropped += 1;
+                debug!(
+                    game = self.id,
+                    ?from,
+                    ?peer,
+                    len = data.len(),
+                    "ToPeer dropped (not introduced or too large)"
+                );
+            }
+        }
+    }
+
+    /// Introduced pairs, by player ids.
+    pub fn pairs(&self) -> impl Iterator<Item = (&(PlayerId, PlayerId), &Pair)> {
+        self.pairs.iter()
+    }
+
+    /// Players on this server: `(player, name, x, y)`.
+    pub fn players(&self) -> impl Iterator<Item = (PlayerId, &str, f32, f32)> {
+        self.players.iter().map(|(p, g)| (*p, g.name.as_str(), g.x, g.y))
+    }
+
+    fn to_client(bus: &mut Bus, client: u64, msg: ShardMessage) {
+        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+    }
+
+    fn remove_player(&mut self, bus: &mut Bus, p: PlayerId) {
+        let keys: Vec<_> = self.pairs.keys().filter(|(a, b)| *a == p || *b == p).copied().collect();
+        for k in keys {
+            self.outro(bus, k);
+        }
+        if let Some(g) = self.players.remove(&p) {
+            self.by_client.remove(&g.client);
+        }
+    }
+
+    fn outro(&mut self, bus: &mut Bus, k: (PlayerId, PlayerId)) {
+        if let Some(pair) = self.pairs.remove(&k) {
+            self.by_link.remove(&pair.link);
+            for p in [k.0, k.1] {
+                if let Some(g) = self.players.get_mut(&p) {
+                    g.peers = g.peers.saturating_sub(1);
+                    Self::to_client(bus, g.client, ShardMessage::PeerOutro { link: pair.link });
+                }
+            }
+        }
+    }
+
+    fn intro(&mut self, bus: &mut Bus, rules: &GameRules, k: (PlayerId, PlayerId), unix: u64) {
+        let link = LinkId((self.id << 24) | (self.next_link & 0x00ff_ffff));
+        self.next_link = self.next_link.wrapping_add(1);
+        let expiry = (unix + u64::from(rules.cfg.relay_token_secs)) as u32;
+        let minting = rules.keys.minting_keys(unix);
+        let (Some(a), Some(b)) = (self.players.get(&k.0), self.players.get(&k.1)) else {
+            return;
+        };
+        let relay = rules.relay.map(|addr| IntroRelay { addr, keys: &minting, expiry_unix: expiry });
+        let i = introduce(
+            &mut self.rng,
+            link,
+            &a.intro_side(),
+            &b.intro_side(),
+            relay.as_ref(),
+            &mut self.stats.intro,
+        );
+        for (me, other, peer, params) in [(a, b, k.1, i.a), (b, a, k.0, i.b)] {
+            let msg = ShardMessage::PeerIntro { peer, name: other.name.clone(), params };
+            Self::to_client(bus, me.client, msg);
+        }
+        let tick = self.tick;
+        for p in [k.0, k.1] {
+            if let Some(g) = self.players.get_mut(&p) {
+                g.peers += 1;
+                g.intro_ticks.push_back(tick);
+            }
+        }
+        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: u64::from(expiry) });
+        self.by_link.insert(link, k);
+    }
+
+    /// Send both sides of every pair whose relay tokens are within the last fifth of their
+    /// life a fresh token (`ShardMessage::RelayRefresh`), so relayed links outlive them.
+    pub fn refresh_tokens(&mut self, bus: &mut Bus, rules: &GameRules, unix: u64) {
+        let Some(addr) = rules.relay else { return };
+        let life = u64::from(rules.cfg.relay_token_secs);
+        let minting = rules.keys.minting_keys(unix);
+        for (k, pair) in self.pairs.iter_mut() {
+            if unix + life / 5 < pair.token_expiry {
+                continue;
+            }
+            pair.token_expiry = unix + life;
+            let refresh = IntroRelay { addr, keys: &minting, expiry_unix: pair.token_expiry as u32 };
+            for (p, side) in [(k.0, Side::A), (k.1, Side::B)] {
+                let Some(g) = self.players.get(&p) else { continue };
+                let relay = refresh.params(pair.link, side);
+                Self::to_client(bus, g.client, ShardMessage::RelayRefresh { link: pair.link, relay });
+            }
+        }
+    }
+
+    /// One message from the bus (the Lobby's placements, the Agent's client messages).
+    pub fn handle(&mut self, bus: &mut Bus, rules: &GameRules, m: InternalMessage) {
+        match m {
+            InternalMessage::Reset => self.clear(),
+            InternalMessage::SetParty { client, party } => {
+                if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
+                    g.party = party;
+                }
+            }
+            InternalMessage::Join { client, player, name, x, y, candidates, nat, party, ip, .. } => {
+                if self.players.contains_key(&player) {
+                    self.remove_player(bus, player);
+                }
+                self.by_client.insert(client, player);
+                self.players.insert(
+                    player,
+                    GamePlayer {
+                        client,
+                        name,
+                        x,
+                        y,
+                        last_move_tick: self.tick,
+                        candidates,
+                        nat,
+                        party,
+                        ip,
+                        peers: 0,
+                        intro_ticks: VecDeque::new(),
+                        capped: false,
+                        saw_npcs: false,
+                    },
+                );
+                Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
+            }
+            InternalMessage::ClientLeft { client } => {
+                if let Some(p) = self.by_client.get(&client).copied() {
+                    self.remove_player(bus, p);
+                }
+            }
+            InternalMessage::FromClient { client, msg } => {
+                let Some(p) = self.by_client.get(&client).copied() else { return };
+                match msg {
+                    ClientMessage::Move { x, y, .. } => {
+                        let tick = self.tick;
+                        let Some(g) = self.players.get_mut(&p) else { return };
+                        let dt =
+                            (tick.saturating_sub(g.last_move_tick)).max(1) as f32 / rules.cfg.tick_hz as f32;
+                        let allowed = rules.cfg.max_speed * dt * 1.5 + 0.5;
+                        let d = ((x - g.x).powi(2) + (y - g.y).powi(2)).sqrt();
+                        if x.is_finite() && y.is_finite() && d <= allowed {
+                            (g.x, g.y, g.last_move_tick) = (x, y, tick);
+                        } else {
+                            self.stats.corrections += 1;
+                            Self::to_client(bus, client, ShardMessage::Correction { x: g.x, y: g.y });
+                        }
+                    }
+                    ClientMessage::MeshInfo { candidates, nat } => {
+                        if let Some(g) = self.players.get_mut(&p) {
+                            g.candidates = candidates;
+                            g.nat = Some(nat);
+                        }
+                    }
+                    ClientMessage::Chat { text } => self.chat(bus, rules, p, &text),
+                    ClientMessage::ToPeer { peer, reliable, data } => {
+                        self.route_to_peer(bus, p, peer, reliable, data)
+                    }
+                    ClientMessage::PathReport { link, path, .. } => {
+                        if let Some(k) = self.by_link.get(&link).copied()
+                            && (k.0 == p || k.1 == p)
+                            && let Some(pair) = self.pairs.get_mut(&k)
+                        {
+                            pair.paths[usize::from(k.1 == p)] = Some(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One fixed tick at Unix second `unix`: interest management and mesh membership, token
+    /// refresh, positions to the Lobby, NPCs.
+    pub fn step(&mut self, bus: &mut Bus, rules: &GameRules, unix: u64) {
+        self.tick += 1;
+        let r = rules.cfg.interest_radius;
+        let leave = r + rules.cfg.hysteresis;
+        let cell = leave.max(1.0);
+        let mut grid: HashMap<(i32, i32), Vec<PlayerId>> = HashMap::new();
+        for (p, g) in &self.players {
+            grid.entry(((g.x / cell).floor() as i32, (g.y / cell).floor() as i32)).or_default().push(*p);
+        }
+        let dist = |a: &GamePlayer, b: &GamePlayer| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+        let same_party = |a: &GamePlayer, b: &GamePlayer| a.party.is_some() && a.party == b.party;
+        // Un-introduce pairs that drifted beyond the hysteresis band.
+        let far: Vec<_> = self
+            .pairs
+            .keys()
+            .filter(|(a, b)| match (self.players.get(a), self.players.get(b)) {
+                (Some(x), Some(y)) => dist(x, y) > leave && !same_party(x, y),
+                _ => true,
+            })
+            .copied()
+            .collect();
+        for k in far {
+            self.outro(bus, k);
+        }
+        // Introduce new pairs within range (nearest first), capped per client.
+        let mut candidates = Vec::new();
+        // Party members first (distance counts as zero), whatever the distance.
+        let mut parties: HashMap<&str, Vec<PlayerId>> = HashMap::new();
+        for (p, g) in &self.players {
+            if let Some(party) = &g.party {
+                parties.entry(party.as_str()).or_default().push(*p);
+            }
+        }
+        for members in parties.values() {
+            for (i, p) in members.iter().enumerate() {
+                for q in &members[i + 1..] {
+                    let k = if p < q { (*p, *q) } else { (*q, *p) };
+                    if !self.pairs.contains_key(&k) {
+                        candidates.push((0.0f32, k.0, k.1));
+                    }
+                }
+            }
+        }
+        for (p, g) in &self.players {
+            let c = ((g.x / cell).floor() as i32, (g.y / cell).floor() as i32);
+            for dx in -1..=1 {
+                for dy in -1..=1 {
+                    for q in grid.get(&(c.0 + dx, c.1 + dy)).into_iter().flatten() {
+                        if q > p && !self.pairs.contains_key(&(*p, *q)) {
+                            let d = dist(g, &self.players[q]);
+                            if d <= r && !same_party(g, &self.players[q]) {
+                                candidates.push((d, *p, *q));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Introductions per player per minute are capped, so moving around (or in and out
+        // of parties) cannot harvest every player's address: the oldest count drops out of
+        // the window after a minute of ticks.
+        let window = u64::from(rules.cfg.tick_hz.max(1)) * 60;
+        let tick = self.tick;
+        for g in self.players.values_mut() {
+            while g.intro_ticks.front().is_some_and(|t| t + window <= tick) {
+                g.intro_ticks.pop_front();
+            }
+            if g.intro_ticks.len() < rules.cfg.max_intros_per_min {
+                g.capped = false;
+            }
+        }
+        for (_, p, q) in candidates {
+            let cap = rules.cfg.max_peers;
+            let rate = rules.cfg.max_intros_per_min;
+            if self.players[&p].peers >= cap || self.players[&q].peers >= cap {
+                continue;
+            }
+            let mut over = false;
+            for x in [p, q] {
+                let Some(g) = self.players.get_mut(&x) else { continue };
+                if g.intro_ticks.len() >= rate {
+                    over = true;
+                    if !g.capped {
+                        g.capped = true;
+                        self.stats.intros_capped += 1;
+                        debug!(game = self.id, player = ?x, "introductions per minute reached; waiting");
+                    }
+                }
+            }
+            if !over {
+                self.intro(bus, rules, (p, q), unix);
+            }
+        }
+        if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1))) {
+            self.refresh_tokens(bus, rules, unix);
+        }
+        if self.tick.is_multiple_of(5) {
+            // In chunks, so each message stays under the 64 KiB shard message limit.
+            let all: Vec<_> = self.players.iter().map(|(p, g)| (*p, g.x, g.y)).collect();
+            for players in all.chunks(POSITIONS_PER_MESSAGE) {
+                bus.send(
+                    Role::Lobby,
+                    &InternalMessage::Positions { game: self.id, players: players.to_vec() },
+                );
+            }
+        }
+        self.step_npcs(rules);
+        if self.tick.is_multiple_of(u64::from((rules.cfg.tick_hz / rules.cfg.npc_hz.max(1)).max(1))) {
+            self.send_npcs(bus, rules);
+        }
+        if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1)) * 60) && self.stats != self.logged {
+            self.logged = self.stats;
+            info!(game = self.id, zone = self.zone, players = self.players.len(), pairs = self.pairs.len(), stats = ?self.stats, "game server stats");
+        }
+    }
+}
+
+impl GameWorld {
+    /// Whether a heartbeat to the Lobby is due at `now` (every `rules.heartbeat`); marks it
+    /// sent.
+    pub fn heartbeat_due(&mut self, now: Instant, every: Duration) -> bool {
+        let due = self.last_heartbeat.is_none_or(|t| now.saturating_duration_since(t) >= every);
+        if due {
+            self.last_heartbeat = Some(now);
+        }
+        due
+    }
+
+    /// Forget every player and pair (a killed process: the Lobby moves its players).
+    pub fn clear(&mut self) {
+        self.players.clear();
+        self.by_client.clear();
+        self.pairs.clear();
+        self.by_link.clear();
+    }
+
+    /// The current tick number.
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::{Candidate, LinkParams};
+    use crate::proto::shard::ShardMessage;
+
+    /// The Unix time the tests' Game servers tick at.
+    const UNIX: u64 = 1_790_000_000;
+
+    fn rules() -> GameRules {
+        GameRules {
+            cfg: GameConfig::default(),
+            relay: Some("127.0.0.1:3478".parse().unwrap()),
+            keys: KeySchedule::new(crate::relay::RelayKey::derive(&[7; 32]), Duration::ZERO),
+            heartbeat: Duration::from_millis(250),
+        }
+    }
+
+    /// Player `client` (player id `client`, name `p<client>`) joins zone 0 at `(x, 0)`.
+    fn join_msg(client: u64, x: f32) -> InternalMessage {
+        InternalMessage::Join {
+            client,
+            player: PlayerId(client),
+            name: format!("p{client}"),
+            zone: 0,
+            x,
+            y: 0.0,
+            candidates: Vec::new(),
+            nat: None,
+            party: None,
+            ip: None,
+        }
+    }
+
+    fn join(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, x: f32) {
+        w.handle(bus, r, join_msg(client, x));
+    }
+
+    fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
+        bus.drain(Role::Agent)
+            .into_iter()
+            .filter_map(|m| match m {
+                InternalMessage::ToClient { client, msg } => Some((client, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mv(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, x: f32) {
+        let msg = ClientMessage::Move { tick: 0, x, y: 0.0 };
+        w.handle(bus, r, InternalMessage::FromClient { client, msg });
+    }
+
+    #[test]
+    fn game_introduces_with_hysteresis_and_validates_speed() {
+        let r = rules(); // radius 50, hysteresis 10, max speed 10/s at 20 Hz
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(3, 0, [3; 32]);
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        join(&mut w, &mut bus, &r, 2, 45.0);
+        w.step(&mut bus, &r, UNIX);
+        let out = to_clients(&mut bus);
+        let intros: Vec<_> =
+            out.iter().filter(|(_, m)| matches!(m, ShardMessage::PeerIntro { .. })).collect();
+        assert_eq!(intros.len(), 2, "{out:?}");
+        if let (_, ShardMessage::PeerIntro { params, .. }) = intros[0] {
+            assert_eq!(params.link.0 >> 24, 3, "link ids carry the game number");
+            assert!(params.relay.is_some());
+        }
+        // Walk p2 to 55 (inside the hysteresis band): still linked. 10/s at 20 Hz → 0.5 per
+        // tick, plus slack; a 20-unit jump is refused with a correction.
+        mv(&mut w, &mut bus, &r, 2, 65.0);
+        assert!(matches!(to_clients(&mut bus)[..], [(2, ShardMessage::Correction { x, .. })] if x == 45.0));
+        for _ in 0..20 {
+            w.step(&mut bus, &r, UNIX);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x.min(55.0));
+        }
+        assert_eq!(w.players[&PlayerId(2)].x, 55.0);
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 1, "inside radius + hysteresis: kept");
+        to_clients(&mut bus);
+        for _ in 0..20 {
+            w.step(&mut bus, &r, UNIX);
+            let x = w.players[&PlayerId(2)].x + 0.5;
+            mv(&mut w, &mut bus, &r, 2, x);
+        }
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 0, "beyond 60: un-introduced");
+        let outros =
+            to_clients(&mut bus).into_iter().filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }));
+        assert_eq!(outros.count(), 2);
+        // Tokens near expiry are refreshed for both sides of live pairs, once.
+        join(&mut w, &mut bus, &r, 3, 300.0);
+        join(&mut w, &mut bus, &r, 4, 310.0);
+        w.step(&mut bus, &r, UNIX);
+        to_clients(&mut bus);
+        let expiry = w.pairs().next().map(|(_, p)| p.token_expiry).expect("3 and 4 introduced");
+        w.refresh_tokens(&mut bus, &r, expiry - u64::from(r.cfg.relay_token_secs) / 2);
+        assert!(to_clients(&mut bus).is_empty(), "half-way through its life: no refresh");
+        w.refresh_tokens(&mut bus, &r, expiry - 10);
+        let refreshed = to_clients(&mut bus);
+        assert_eq!(refreshed.len(), 2, "{refreshed:?}");
+        for (_, m) in &refreshed {
+            let ShardMessage::RelayRefresh { relay, .. } = m else { panic!("{m:?}") };
+            assert_eq!(
+                u64::from(relay.token.expiry_unix_secs),
+                expiry - 10 + u64::from(r.cfg.relay_token_secs)
+            );
+        }
+        w.refresh_tokens(&mut bus, &r, expiry - 9);
+        assert!(to_clients(&mut bus).is_empty(), "already refreshed");
+        // Garbage on the bus is counted, never a panic.
+        bus.send_raw(Role::Game(3), vec![0xff; 9]);
+        assert!(bus.drain(Role::Game(3)).is_empty());
+        assert_eq!(bus.errors, 1);
+    }
+
+    #[test]
+    fn game_withholds_private_candidates_across_nats_and_caps_introductions_per_minute() {
+        use crate::link::CandidateKind;
+        let mut r = rules();
+        r.cfg.max_intros_per_min = 2;
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(1, 0, [1; 32]);
+        let cand = |k, a: &str| Candidate::new(k, a.parse().unwrap());
+        // 1 and 2 share a public IP (one NAT), 3 is elsewhere, 4 is far away for now.
+        for (client, ip, x) in
+            [(1u64, "8.8.4.4", 0.0), (2, "8.8.4.4", 1.0), (3, "9.9.9.9", 2.0), (4, "1.1.1.1", 400.0)]
+        {
+            let mut m = join_msg(client, x);
+            if let InternalMessage::Join { candidates, nat, ip: observed, .. } = &mut m {
+                *candidates = vec![
+                    cand(CandidateKind::Host, &format!("192.168.0.{client}:5000")),
+                    cand(CandidateKind::ServerReflexive, &format!("{ip}:{}", 6000 + client)),
+                ];
+                *nat = Some(NatSummary {
+                    class: "symmetric".into(),
+                    dependent_mapping: true,
+                    port_delta: Some(i32::MAX),
+                    public: None,
+                });
+                *observed = Some(ip.parse().unwrap());
+            }
+            w.handle(&mut bus, &r, m);
+        }
+        w.step(&mut bus, &r, UNIX);
+        let intros: Vec<(u64, PlayerId, LinkParams)> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::PeerIntro { peer, params, .. } => Some((c, peer, params)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(intros.len(), 6, "1-2, 1-3, 2-3 introduced: {intros:?}");
+        for (c, peer, params) in &intros {
+            let private = params.remote.iter().filter(|x| x.kind == CandidateKind::Host).count();
+            let same_nat = [*c, peer.0] == [1, 2] || [*c, peer.0] == [2, 1];
+            assert_eq!(private, usize::from(same_nat), "{c} <- {peer:?}: {:?}", params.remote);
+            assert_eq!(params.remote_nat.port_delta, None, "implausible step: unknown");
+        }
+        assert_eq!(w.stats.intro.private_withheld, 4);
+        // Everyone has used its 2 introductions of this minute: 4 walking in waits.
+        for _ in 0..20 {
+            w.players.get_mut(&PlayerId(4)).unwrap().x = 3.0;
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert_eq!(w.pairs().count(), 3, "no new introduction within the minute");
+        assert!(w.stats.intros_capped >= 3, "{:?}", w.stats);
+        let capped = w.stats.intros_capped;
+        for _ in 0..20 {
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert_eq!(w.stats.intros_capped, capped, "counted once per player reaching the cap");
+        // A minute of ticks later the window has room again.
+        for _ in 0..r.cfg.tick_hz * 60 {
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert!(w.pairs().any(|(k, _)| k.1 == PlayerId(4)), "introduced after the minute");
+    }
+
+    #[test]
+    fn game_chat_is_cut_and_local_peer_messages_need_an_introduction_and_npcs_wander_in_bounds() {
+        let r = rules(); // radius 50, 20 Hz, 6 NPCs in 40 units at 5 Hz
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(1, 0, [1; 32]);
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        join(&mut w, &mut bus, &r, 2, 45.0);
+        join(&mut w, &mut bus, &r, 3, 200.0);
+        w.step(&mut bus, &r, UNIX);
+        to_clients(&mut bus);
+        // 300 two-byte characters: cut to 200 characters at a char boundary.
+        let say = |w: &mut GameWorld, bus: &mut Bus, text: String| {
+            w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg: ClientMessage::Chat { text } });
+        };
+        say(&mut w, &mut bus, "é".repeat(300));
+        let got = to_clients(&mut bus);
+        let mut heard: Vec<u64> = got.iter().map(|(c, _)| *c).collect();
+        heard.sort();
+        assert_eq!(heard, [1, 2], "speaker and the player in range, not the far one");
+        let ShardMessage::Chat { from, text, .. } = &got[0].1 else { panic!("{got:?}") };
+        assert_eq!((*from, text.chars().count(), text.len()), (PlayerId(1), 200, 400));
+        say(&mut w, &mut bus, " \n\t ".into());
+        assert!(to_clients(&mut bus).is_empty(), "blank lines are ignored");
+        // ToPeer: routed to an introduced peer only, at most 1200 bytes.
+        let send = |w: &mut GameWorld, bus: &mut Bus, peer: u64, len: usize| {
+            let msg = ClientMessage::ToPeer { peer: PlayerId(peer), reliable: true, data: vec![7; len] };
+            w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg });
+        };
+        send(&mut w, &mut bus, 2, 1200);
+        send(&mut w, &mut bus, 2, 1201);
+        send(&mut w, &mut bus, 3, 10);
+        send(&mut w, &mut bus, 99, 10);
+        let got = to_clients(&mut bus);
+        assert!(
+            matches!(&got[..], [(2, ShardMessage::FromPeer { peer: PlayerId(1), reliable: true, data })] if data.len() == 1200),
+            "{got:?}"
+        );
+        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped, w.stats.chat_lines), (1, 3, 1));
+        // NPCs: deterministic per zone, inside the area, at most max_speed.
+        let mut twin = GameWorld::new(7, 0, [7; 32]);
+        let mut other_zone = GameWorld::new(8, 1, [8; 32]);
+        twin.step(&mut bus, &r, UNIX); // w has run one tick already
+        let mut last = w.npcs();
+        assert_eq!(last.len(), 6);
+        for _ in 0..400 {
+            w.step(&mut bus, &r, UNIX);
+            twin.step(&mut bus, &r, UNIX);
+            other_zone.step(&mut bus, &r, UNIX);
+            let now = w.npcs();
+            for (a, b) in last.iter().zip(&now) {
+                let moved = ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+                assert!(moved <= r.cfg.max_speed / r.cfg.tick_hz as f32 + 1e-4, "{a:?} -> {b:?}");
+                assert!((b.x.powi(2) + b.y.powi(2)).sqrt() <= r.cfg.npc_area + 1e-3, "{b:?}");
+            }
+            last = now;
+        }
+        assert_eq!(w.npcs(), twin.npcs(), "same zone, same walk");
+        assert_ne!(w.npcs(), other_zone.npcs(), "each zone its own walk");
+        // Every 4th tick each player gets the NPCs in its radius; the far player gets none.
+        let npc_msgs: Vec<(u64, usize)> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::Npcs { npcs } => Some((c, npcs.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(npc_msgs.iter().filter(|(c, _)| *c == 1).count(), 100, "5 Hz over 20 s");
+        assert!(npc_msgs.iter().all(|(c, n)| *c != 3 && *n > 0));
+        // Sizes documented in docs/PROTOCOL.md §6.
+        let size = |m: &ShardMessage| crate::proto::shard::encode(m).unwrap().len();
+        assert_eq!(size(&ShardMessage::Npcs { npcs: w.npcs() }), 56);
+        let text = "x".repeat(200);
+        assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);
+        let data = vec![0; MAX_PEER_DATA];
+        assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
+    }
+}
