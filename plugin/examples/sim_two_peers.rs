@@ -1,5 +1,5 @@
 //! Two Bevy apps behind simulated home routers (port-restricted cone and full cone) meet
-//! through an in-memory shard, talk through the relay at once and switch to a direct path
+//! through the shard (its real roles, in memory), talk through the relay at once and switch to a direct path
 //! when hole punching succeeds. Everything runs in virtual time: ~8 s of play in well under
 //! a second. `cargo run -p bevy_p2pmodel --example sim_two_peers`
 use std::cell::RefCell;
@@ -23,10 +23,10 @@ fn main() {
     let mut sim = Sim::new(42);
     sim.set_core(LinkParams::with_latency(Duration::from_millis(10)));
     let punch = SimPunchServer::add_to(&mut sim, [203, 0, 113, 1].into(), [203, 0, 113, 2].into(), 42);
-    let shard =
-        SimShard::new(punch.addr, Some((punch.addr, punch.keys.clone())), punch.token_expiry(3600), 42);
-    let home = sim.add_nat(NatConfig::port_restricted().public_ip([198, 51, 100, 1]));
-    let cafe = sim.add_nat(NatConfig::full_cone().public_ip([198, 51, 100, 2]));
+    // The shard's roles (Agent routing, Lobby, Game servers) on a host of their own.
+    let shard = SimShard::add_to(&mut sim, [203, 0, 113, 9].into(), &punch, 42, |_| {});
+    let home = sim.add_nat(NatConfig::port_restricted().public_ip([198, 18, 100, 1]));
+    let cafe = sim.add_nat(NatConfig::full_cone().public_ip([198, 18, 100, 2]));
     let wifi = LinkParams::with_latency(Duration::from_millis(15)).jitter(Duration::from_millis(3));
 
     let mut st = SimStepper::new(Rc::new(RefCell::new(sim)), Duration::from_millis(10));

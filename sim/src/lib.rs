@@ -95,6 +95,7 @@
 //! ```
 
 mod hash;
+pub mod hosts;
 mod link;
 mod nat;
 mod stats;

@@ -7,8 +7,11 @@
 //! `Mesh` plus a small application that streams sequence-numbered reliable messages to every
 //! peer and records what arrives, and when.
 //!
-//! The shard's part (introductions) is played by [`World::introduce`], which mints link keys
-//! and relay tokens exactly as the Game server will.
+//! The shard's introduction is [`World::introduce`]: it calls the one peer introduction of
+//! the core (`p2pmodel_core::shard::intro::introduce`, what the Game server calls), so a
+//! test chooses the instant two clients meet. [`World::plugin_shard`] adds the whole shard
+//! (the real Agent/Lobby/Game roles) for tests of full clients; `tests/shard_sim.rs` runs the
+//! seed scenarios through it.
 
 pub mod loopback;
 pub mod shard_harness;
@@ -19,13 +22,15 @@ use std::time::{Duration, Instant};
 
 use bevy_p2pmodel::plugins::sim::SimShard;
 use p2pmodel_core::config::MeshConfig;
-use p2pmodel_core::crypto::LinkKey;
 use p2pmodel_core::endpoint::{ClockAnchor, Endpoint, Transmit};
-use p2pmodel_core::link::{CHANNEL_RELIABLE, Candidate, LinkEvent, LinkParams, NatHint, Path, RelayParams};
+use p2pmodel_core::link::{CHANNEL_RELIABLE, LinkEvent, NatHint, Path};
 use p2pmodel_core::mesh::{Mesh, MeshEvent};
 use p2pmodel_core::nat::{NatClass, NatReport};
 use p2pmodel_core::proto::peer::{LinkId, Side};
-use p2pmodel_core::relay::{TokenKeys, mint};
+use p2pmodel_core::relay::{KeySchedule, RelayKey, TokenKeys};
+use p2pmodel_core::shard::LocalShardConfig;
+use p2pmodel_core::shard::intro::{IntroRefusals, IntroRelay, IntroSide, introduce};
+use p2pmodel_sim::hosts::PunchInfo;
 use p2pmodel_sim::{HostConfig, HostId, LinkParams as Wire, NatConfig, NatId, Sim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +39,8 @@ use rand_chacha::ChaCha8Rng;
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// Its second IP (RFC 5780 change-IP tests).
 pub const SERVER_IP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// Where the shard's roles run ([`World::plugin_shard`]); they exchange no datagrams.
+pub const SHARD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 /// STUN primary port; the relay listens here too (demultiplexed by first byte).
 pub const PUNCH_PORT: u16 = 3478;
 /// STUN alternate port.
@@ -238,6 +245,7 @@ pub struct World {
     pub sim: Sim,
     /// The punch server host.
     pub server: HostId,
+    schedule: KeySchedule,
     keys: TokenKeys,
     rng: ChaCha8Rng,
     next_link: u32,
@@ -260,7 +268,8 @@ impl World {
         let start = sim.now();
         let clock = ClockAnchor { at: start, unix_micros: UNIX_START * 1_000_000 };
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        let keys = TokenKeys::new(1, rng.random());
+        let schedule = KeySchedule::new(RelayKey::from_bytes(rng.random()), Duration::ZERO);
+        let keys = schedule.relay_keys(UNIX_START);
         let node = PunchServer::new(
             IpAddr::V4(SERVER_IP),
             IpAddr::V4(SERVER_IP2),
@@ -272,6 +281,7 @@ impl World {
         World {
             sim,
             server,
+            schedule,
             keys,
             rng,
             next_link: 1,
@@ -293,7 +303,7 @@ impl World {
 
     /// A new site with `kind`'s NAT changed by `tweak` (binding timeout, hairpinning, …).
     pub fn site_with(&mut self, kind: NatKind, tweak: impl FnOnce(NatConfig) -> NatConfig) -> Site {
-        let public_ip = Ipv4Addr::new(198, 51, 100, self.next_public);
+        let public_ip = Ipv4Addr::new(198, 18, 100, self.next_public);
         self.next_public += 1;
         let nat = kind.nat_config().map(|c| self.sim.add_nat(tweak(c).public_ip(public_ip)));
         Site { nat, kind, next_host: 2, public_ip }
@@ -363,8 +373,9 @@ impl World {
         report.map(NatHint::from_report).unwrap_or_default()
     }
 
-    /// Introduce `a` and `b` as the Game server does: a fresh link id and key, each side's
-    /// candidates and NAT hint, relay tokens for both sides. Both get it at the same instant.
+    /// Introduce `a` and `b` with the Game server's introduction (the core's one
+    /// implementation): a fresh link id and key, each side the other's candidates and NAT
+    /// hint, relay tokens for both sides. Both get it at the same instant.
     pub fn introduce(&mut self, a: HostId, b: HostId) -> LinkId {
         self.introduce_with_token_life(a, b, Duration::from_secs(3600))
     }
@@ -372,9 +383,10 @@ impl World {
     /// Mint a relay token for `host`'s side of `link`, valid for `life` from now, and hand it
     /// to its mesh, as the shard does before the previous token expires.
     pub fn refresh_relay_token(&mut self, host: HostId, link: LinkId, side: Side, life: Duration) {
-        let expiry = (self.clock.unix_secs_at(self.sim.now()) + life.as_secs()) as u32;
-        let (token, bind_key) = mint(&self.keys, link, side, expiry);
-        let params = RelayParams { addr: self.punch_addr(), token, bind_key };
+        let unix = self.clock.unix_secs_at(self.sim.now());
+        let keys = self.schedule.minting_keys(unix);
+        let relay = IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
+        let params = relay.params(link, side);
         let now = self.sim.now();
         self.client_mut(host).mesh.update_relay(now, link, params).expect("link exists");
     }
@@ -383,30 +395,23 @@ impl World {
     pub fn introduce_with_token_life(&mut self, a: HostId, b: HostId, life: Duration) -> LinkId {
         let link = LinkId(self.next_link);
         self.next_link += 1;
-        let key = LinkKey(self.rng.random());
-        let expiry = (self.clock.unix_secs_at(self.sim.now()) + life.as_secs()) as u32;
-        let relay = self.punch_addr();
-        let info = |w: &World, h: HostId| -> (Vec<Candidate>, NatHint) {
+        let unix = self.clock.unix_secs_at(self.sim.now());
+        let keys = self.schedule.minting_keys(unix);
+        let relay = IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
+        // Candidates as the client reports them, seen from its public IP (as the Agent sees it).
+        let info = |w: &World, h: HostId| {
             let c = w.client_ref(h);
-            (c.mesh.local_candidates().to_vec(), Self::hint(c.mesh.nat_report()))
+            let ip = c.mesh.nat_report().and_then(|r| r.public).map(|a| a.ip());
+            (c.mesh.local_candidates().to_vec(), Self::hint(c.mesh.nat_report()), ip)
         };
-        let (cand_a, hint_a) = info(self, a);
-        let (cand_b, hint_b) = info(self, b);
-        let params = |side: Side, remote: Vec<Candidate>, remote_nat: NatHint, keys: &TokenKeys| {
-            let (token, bind_key) = mint(keys, link, side, expiry);
-            LinkParams {
-                link,
-                side,
-                key: key.clone(),
-                remote,
-                remote_nat,
-                relay: Some(RelayParams { addr: relay, token, bind_key }),
-            }
-        };
-        let pa = params(Side::A, cand_b, hint_b, &self.keys);
-        let pb = params(Side::B, cand_a, hint_a, &self.keys);
+        let (cand_a, hint_a, ip_a) = info(self, a);
+        let (cand_b, hint_b, ip_b) = info(self, b);
+        let side_a = IntroSide { candidates: &cand_a, nat: hint_a, ip: ip_a };
+        let side_b = IntroSide { candidates: &cand_b, nat: hint_b, ip: ip_b };
+        let mut refused = IntroRefusals::default();
+        let intro = introduce(&mut self.rng, link, &side_a, &side_b, Some(&relay), &mut refused);
         let now = self.sim.now();
-        for (h, p) in [(a, pa), (b, pb)] {
+        for (h, p) in [(a, intro.a), (b, intro.b)] {
             let c = self.client_mut(h);
             c.links.entry(link).or_default().intro_at = Some(now);
             c.mesh.add_link(now, p).expect("fresh link id");
@@ -598,15 +603,23 @@ impl World {
         .uplink(home_uplink())
     }
 
-    /// An in-memory shard ([`SimShard`]) that sends clients to this world's punch server
-    /// for STUN and relaying, with relay tokens valid for an hour.
+    /// The shard's roles ([`SimShard`]: Agent routing, Lobby, Game servers) on a host of
+    /// this world, sending clients to its punch server for STUN and relaying; `tweak` changes
+    /// the roles' settings.
+    pub fn plugin_shard_with(&mut self, tweak: impl FnOnce(&mut LocalShardConfig)) -> SimShard {
+        let punch = PunchInfo {
+            host: self.server,
+            addr: self.punch_addr(),
+            schedule: self.schedule.clone(),
+            keys: self.keys.clone(),
+            clock: self.clock,
+        };
+        let seed = self.rng.random();
+        SimShard::add_to(&mut self.sim, IpAddr::V4(SHARD_IP), &punch, seed, tweak)
+    }
+
+    /// [`World::plugin_shard_with`] with `p2pmodel shard`'s defaults.
     pub fn plugin_shard(&mut self) -> SimShard {
-        let expiry = (self.clock.unix_secs_at(self.sim.now()) + 3600) as u32;
-        SimShard::new(
-            self.punch_addr(),
-            Some((self.punch_addr(), self.keys.clone())),
-            expiry,
-            self.rng.random(),
-        )
+        self.plugin_shard_with(|_| {})
     }
 }

@@ -106,7 +106,7 @@ fn pair(seed: u64, ka: NatKind, kb: NatKind, notes: u32) -> Pair {
     let mut sa = net.site(ka);
     let mut sb = net.site(kb);
     let (ha, hb) = (net.next_host(&mut sa), net.next_host(&mut sb));
-    let shard = net.plugin_shard();
+    let shard = net.plugin_shard_with(|c| c.zones = 2);
     let clock = net.clock();
     let mut st = SimStepper::new(Rc::new(RefCell::new(net)), FRAME);
     let a = st.client_app("ana", ha, &shard, clock);
@@ -218,12 +218,14 @@ fn port_restricted_and_full_cone_meet_relayed_then_direct_and_exchange_notes_in_
         |p: bevy::diagnostic::DiagnosticPath| store.get(&p).is_some_and(|d| d.values().any(|v| *v > 0.0));
     assert!(ever(diagnostics::BYTES_OUT_PER_S) && ever(diagnostics::BYTES_IN_PER_S), "mesh traffic measured");
 
-    // The shard was told about the paths (session tracking).
-    assert!(shard.path_reports().iter().any(|(p, _, s)| *p == pa && *s == PathState::Direct));
+    // The Game server was told about the paths (session tracking), by both sides.
+    assert_eq!(shard.pair_paths(pa, pb), Some([Some(PathState::Direct); 2]));
 
-    // The shard un-introduces the pair: PeerDisconnected, entity gone, sends refused.
-    assert!(shard.outro(pa, pb));
+    // Bo goes to another zone: the Game server un-introduces the pair — PeerDisconnected,
+    // entity gone, sends refused.
+    st.world_mut(b).write_message(ShardRequest::EnterZone(1));
     st.run_frames(2);
+    assert_eq!(shard.pairs(), 0);
     assert_eq!(log(&st, a).disconnected, [pb]);
     assert_eq!(log(&st, b).disconnected, [pa]);
     assert!(peer_entities(&mut st, a).is_empty() && peer_entities(&mut st, b).is_empty());

@@ -122,7 +122,7 @@ fn simulator(args: &Args) {
         w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
         w.client_mut(b).set_stream(Some(Duration::from_millis(50)));
         w.run(Duration::from_secs(3));
-        w.sim.set_nat_public_ip(sa.nat.unwrap(), std::net::Ipv4Addr::new(198, 51, 100, 200)).unwrap();
+        w.sim.set_nat_public_ip(sa.nat.unwrap(), std::net::Ipv4Addr::new(198, 18, 100, 200)).unwrap();
         let changed = w.sim.now();
         w.run(Duration::from_secs(5));
         let back = [a, b].map(|h| {
