@@ -17,7 +17,7 @@ use p2pmodel_core::endpoint::{ClockAnchor, Endpoint, Transmit};
 use p2pmodel_core::proto::shard::{ClientMessage, PathState, PlayerId, ShardMessage, decode, encode};
 use p2pmodel_core::proto::{DatagramClass, classify};
 use p2pmodel_core::relay::{KeySchedule, Relay, RelayConfig, RelayEndpoint, RelayKey, TokenKeys};
-use p2pmodel_core::shard::{CharacterStore, LocalShard, LocalShardConfig, MemoryStore};
+use p2pmodel_core::shard::{CharacterStore, LocalShard, LocalShardConfig};
 use p2pmodel_core::stun::{StunServer, StunServerConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -307,18 +307,19 @@ impl SimShard {
         self.lock().shard.stop_lobby();
     }
 
-    /// Start a new Lobby with `store` (what persisted); the Agent re-announces its clients.
-    pub fn start_lobby(&self, store: Box<dyn CharacterStore>) {
+    /// Start a new Lobby with `store` (`None`: the shard's store, whose characters
+    /// survived); the Agent re-announces its clients.
+    pub fn start_lobby(&self, store: Option<Box<dyn CharacterStore>>) {
         let mut s = self.lock();
         let now = s.now;
         s.shard.start_lobby(now, store);
         s.drain();
     }
 
-    /// Restart the Lobby with an empty in-memory store (nothing persisted).
+    /// Restart the Lobby at once with the shard's store (characters persisted).
     pub fn restart_lobby(&self) {
         self.stop_lobby();
-        self.start_lobby(Box::<MemoryStore>::default());
+        self.start_lobby(None);
     }
 
     /// Messages for clients that had no connection (dropped).

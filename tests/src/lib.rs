@@ -15,6 +15,7 @@
 
 pub mod loopback;
 pub mod shard_harness;
+pub mod shard_world;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -385,7 +386,8 @@ impl World {
     pub fn refresh_relay_token(&mut self, host: HostId, link: LinkId, side: Side, life: Duration) {
         let unix = self.clock.unix_secs_at(self.sim.now());
         let keys = self.schedule.minting_keys(unix);
-        let relay = IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
+        let relay =
+            IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
         let params = relay.params(link, side);
         let now = self.sim.now();
         self.client_mut(host).mesh.update_relay(now, link, params).expect("link exists");
@@ -397,7 +399,8 @@ impl World {
         self.next_link += 1;
         let unix = self.clock.unix_secs_at(self.sim.now());
         let keys = self.schedule.minting_keys(unix);
-        let relay = IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
+        let relay =
+            IntroRelay { addr: self.punch_addr(), keys: &keys, expiry_unix: (unix + life.as_secs()) as u32 };
         // Candidates as the client reports them, seen from its public IP (as the Agent sees it).
         let info = |w: &World, h: HostId| {
             let c = w.client_ref(h);

@@ -45,24 +45,38 @@ pub trait CharacterStore: Send + Sync {
     fn flush(&mut self) -> std::io::Result<()>;
 }
 
-/// Characters in memory only (simulator, tests): player ids from 1 in order of first login.
-#[derive(Debug, Default)]
+/// Characters in memory (simulator, tests): player ids from 1 in order of first login.
+/// Clones share the characters, like a database that outlives a Lobby process: give a
+/// restarted Lobby a clone and it keeps every player's id and position.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    chars: BTreeMap<String, StoredCharacter>,
+    chars: std::sync::Arc<std::sync::Mutex<BTreeMap<String, StoredCharacter>>>,
+}
+
+impl MemoryStore {
+    fn chars(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredCharacter>> {
+        self.chars.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Characters stored.
+    pub fn len(&self) -> usize {
+        self.chars().len()
+    }
+
+    /// No character stored?
+    pub fn is_empty(&self) -> bool {
+        self.chars().is_empty()
+    }
 }
 
 impl CharacterStore for MemoryStore {
     fn load_or_create(&mut self, name: &str) -> StoredCharacter {
-        let next = self.chars.len() as u64 + 1;
-        *self.chars.entry(name.to_string()).or_insert(StoredCharacter {
-            player: next,
-            zone: 0,
-            x: 0.0,
-            y: 0.0,
-        })
+        let mut chars = self.chars();
+        let next = chars.len() as u64 + 1;
+        *chars.entry(name.to_string()).or_insert(StoredCharacter { player: next, zone: 0, x: 0.0, y: 0.0 })
     }
     fn update(&mut self, name: &str, zone: u32, x: f32, y: f32) {
-        if let Some(c) = self.chars.get_mut(name) {
+        if let Some(c) = self.chars().get_mut(name) {
             (c.zone, c.x, c.y) = (zone, x, y);
         }
     }

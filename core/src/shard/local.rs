@@ -40,6 +40,8 @@ pub struct LocalShardConfig {
     pub max_messages_per_sec: u32,
     /// Seeds the Game servers' link keys (same seed, same run).
     pub seed: u64,
+    /// The characters (a clone shares them): what survives a Lobby restart.
+    pub store: MemoryStore,
 }
 
 impl LocalShardConfig {
@@ -56,6 +58,7 @@ impl LocalShardConfig {
             heartbeat_timeout: Duration::from_secs(1),
             max_messages_per_sec: 200,
             seed,
+            store: MemoryStore::default(),
         }
     }
 }
@@ -109,7 +112,7 @@ impl LocalShard {
             rng,
             cfg,
         };
-        shard.lobby = Some(shard.new_lobby(now, Box::<MemoryStore>::default()));
+        shard.lobby = Some(shard.new_lobby(now, Box::new(shard.cfg.store.clone())));
         shard
     }
 
@@ -216,9 +219,11 @@ impl LocalShard {
         self.lobby = None;
     }
 
-    /// Start a fresh Lobby at `now` with `store` (what survived the crash): the Agent
-    /// re-announces its clients first, as it does when its internal link comes back.
-    pub fn start_lobby(&mut self, now: Instant, store: Box<dyn CharacterStore>) {
+    /// Start a fresh Lobby at `now` with `store` (`None`: the config's store, whose
+    /// characters survived): the Agent re-announces its clients first, as it does when its
+    /// internal link comes back.
+    pub fn start_lobby(&mut self, now: Instant, store: Option<Box<dyn CharacterStore>>) {
+        let store = store.unwrap_or_else(|| Box::new(self.cfg.store.clone()));
         self.lobby = Some(self.new_lobby(now, store));
         for m in self.agent.resync() {
             self.bus.send(Role::Lobby, &m);

@@ -1,0 +1,158 @@
+//! The seed scenarios with the real shard in the simulator: full clients (`ClientCore`, what
+//! the plugin and the bots run) log in to the production Agent/Lobby/Game logic, discover
+//! their NAT, enter a zone and are introduced by the Game server — nobody introduces them by
+//! hand. Then a Game-server crash and a Lobby restart, at exact instants of virtual time.
+//!
+//! `tests/scenarios.rs` holds the mesh-level versions with timing checks (first message,
+//! time to direct), where a test picks the instant two clients meet.
+
+use std::time::Duration;
+
+use p2pmodel_core::client::{ClientEvent, PeerPath};
+use p2pmodel_core::proto::shard::PathState;
+use p2pmodel_sim::HostId;
+use p2pmodel_tests::NatKind;
+use p2pmodel_tests::shard_world::ShardWorld;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Two players on sites of kinds `ka` and `kb`, introduced by the shard, streaming both ways
+/// for `secs` seconds.
+fn pair(seed: u64, ka: NatKind, kb: NatKind, secs: u64) -> (ShardWorld, HostId, HostId) {
+    let mut w = ShardWorld::new(seed, |_| {});
+    let (mut sa, mut sb) = (w.world.site(ka), w.world.site(kb));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC), "the Game server introduced them");
+    w.stream(&[a, b]);
+    w.run(Duration::from_secs(secs));
+    (w, a, b)
+}
+
+/// Both directions complete: every message once, none missing, most over the mesh.
+fn check_streams(w: &ShardWorld, a: HostId, b: HostId) {
+    for (from, to) in [(a, b), (b, a)] {
+        let (got, gaps, dups) = w.p(to).stream_from(w.id(from));
+        let sent = w.p(from).sent[&w.id(to)];
+        assert!(got > 150, "{got} of {sent} messages");
+        assert_eq!((gaps, dups), (0, 0), "{got} received of {sent}");
+        assert!(sent - got <= 8, "at most a relay RTT in flight: {got} of {sent}");
+    }
+}
+
+fn check_path(w: &ShardWorld, a: HostId, b: HostId, want: PeerPath) {
+    let (ia, ib) = (w.id(a), w.id(b));
+    assert_eq!((w.p(a).path(ib), w.p(b).path(ia)), (Some(want), Some(want)));
+    // Session tracking: the Game server heard both sides report it.
+    let state = if want == PeerPath::Direct { PathState::Direct } else { PathState::Relayed };
+    assert_eq!(w.shard.pair_paths(ia, ib), Some([Some(state); 2]));
+}
+
+#[test]
+fn seed_pairs_through_the_real_shard_end_on_the_expected_path_with_complete_streams() {
+    let cases = [
+        ("TC-01", NatKind::FullCone, NatKind::FullCone, PeerPath::Direct),
+        ("TC-02", NatKind::Restricted, NatKind::PortRestricted, PeerPath::Direct),
+        ("TC-03", NatKind::SymmetricRandom, NatKind::SymmetricRandom, PeerPath::Relayed),
+        ("TC-04", NatKind::FullCone, NatKind::UdpFirewall, PeerPath::Relayed),
+        ("TC-07", NatKind::SymmetricRandom, NatKind::FullCone, PeerPath::Direct),
+        ("open", NatKind::Open, NatKind::PortRestricted, PeerPath::Direct),
+        ("seq", NatKind::SymmetricSequential, NatKind::PortRestricted, PeerPath::Direct),
+    ];
+    for (i, (name, ka, kb, want)) in cases.into_iter().enumerate() {
+        let (w, a, b) = pair(200 + i as u64, ka, kb, 12);
+        println!("{name}: {ka:?} <-> {kb:?}");
+        check_path(&w, a, b, want);
+        check_streams(&w, a, b);
+        assert_eq!(w.shard.with(|s| s.agent().decode_errors + s.agent().rate_limited), 0);
+    }
+}
+
+#[test]
+fn tc06_an_address_change_mid_stream_loses_nothing_and_the_pair_goes_direct_again() {
+    let mut w = ShardWorld::new(206, |_| {});
+    let (mut sa, mut sb) = (w.world.site(NatKind::PortRestricted), w.world.site(NatKind::FullCone));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(5 * SEC);
+    assert_eq!(w.p(a).path(w.id(b)), Some(PeerPath::Direct));
+    let t = w.world.sim.now();
+    w.world.sim.set_nat_public_ip(sa.nat.unwrap(), std::net::Ipv4Addr::new(198, 18, 100, 200)).unwrap();
+    w.run(10 * SEC);
+    assert!(
+        w.p(b).path_changes(w.id(a), PeerPath::Direct).iter().any(|x| *x > t),
+        "direct again after the change"
+    );
+    check_path(&w, a, b, PeerPath::Direct);
+    check_streams(&w, a, b);
+}
+
+#[test]
+fn a_game_server_crash_moves_the_pair_to_the_zone_s_other_server_which_introduces_it_again() {
+    let (mut w, a, b) = pair(207, NatKind::PortRestricted, NatKind::FullCone, 4);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let first = w.shard.game_of(ia).expect("placed");
+    assert_eq!(w.shard.game_of(ib), Some(first), "a zone's first server fills first");
+    let t = w.world.sim.now();
+    let sent_before = w.p(a).sent[&ib];
+    w.shard.kill_game(first);
+    // The Lobby hears nothing for its heartbeat timeout (1 s), then moves both.
+    w.run(3 * SEC);
+    let second = w.shard.game_of(ia).expect("placed again");
+    assert_ne!(second, first);
+    assert_eq!(w.shard.game_of(ib), Some(second));
+    for (me, peer) in [(a, ib), (b, ia)] {
+        let moved =
+            w.p(me).events.iter().any(|(at, e)| *at > t && matches!(e, ClientEvent::EnteredZone { .. }));
+        assert!(moved, "told of the new server");
+        let again = w
+            .p(me)
+            .events
+            .iter()
+            .filter(|(at, e)| {
+                *at > t && matches!(e, ClientEvent::PeerAdded { player, .. } if *player == peer)
+            })
+            .count();
+        assert_eq!(again, 1, "introduced once by the new server");
+        let handover = w
+            .p(me)
+            .events
+            .iter()
+            .find(|(at, e)| *at > t && matches!(e, ClientEvent::EnteredZone { .. }))
+            .unwrap()
+            .0;
+        assert!(handover - t < 2 * SEC, "moved {:?} after the crash", handover - t);
+    }
+    w.run(6 * SEC);
+    check_path(&w, a, b, PeerPath::Direct);
+    // The stream flows on the new link.
+    let after: Vec<_> = w.p(b).received[&ia].iter().filter(|g| g.at > t + 3 * SEC).collect();
+    assert!(after.len() > 100, "{} messages after the handover", after.len());
+    assert!(after.iter().all(|g| g.seq >= sent_before), "new messages, in the stream's numbering");
+}
+
+#[test]
+fn a_lobby_restart_keeps_players_playing_and_places_newcomers_with_stable_ids() {
+    let (mut w, a, b) = pair(208, NatKind::Restricted, NatKind::PortRestricted, 3);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let game = w.shard.game_of(ia).unwrap();
+    w.shard.stop_lobby();
+    w.run(2 * SEC);
+    // The Game servers and the Agent go on without it: the pair keeps streaming.
+    w.shard.restart_lobby();
+    w.run(SEC);
+    assert_eq!((w.shard.game_of(ia), w.shard.game_of(ib)), (Some(game), Some(game)), "resynced placements");
+    let mut sc = w.world.site(NatKind::FullCone);
+    let c = w.player(&mut sc, "cy", 0);
+    assert!(w.until_introduced(a, c, 10 * SEC) && w.until_introduced(b, c, 10 * SEC));
+    let ic = w.id(c);
+    assert!(![ia, ib].contains(&ic), "a new id, not one of the players already in game ({ic:?})");
+    w.stream(&[c]);
+    w.run(8 * SEC);
+    check_streams(&w, a, b);
+    let (got, gaps, dups) = w.p(a).stream_from(ic);
+    assert!(got > 100 && gaps == 0 && dups == 0, "{got} {gaps} {dups}");
+    assert_eq!(w.p(c).path(ia), Some(PeerPath::Direct));
+}
