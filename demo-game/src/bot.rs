@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bevy::app::AppExit;
 use bevy::prelude::*;
 use bevy::state::app::StatesPlugin;
+use bevy_p2pmodel::client::ShardNotice;
 use bevy_p2pmodel::plugins::{
     NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink,
 };
@@ -147,7 +148,7 @@ fn report_events(
     }
     for ev in shard.read() {
         // The shard may repeat `Welcome` (it answers every `Login`): one line per run.
-        if let ShardEvent::Welcome { player } = ev
+        if let ShardNotice::Welcome { player } = &ev.0
             && !*welcomed
         {
             *welcomed = true;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_p2pmodel::client::login::ShardAddress;
-use bevy_p2pmodel::client::{Channel, ClientConfig, PeerPath as Route};
+use bevy_p2pmodel::client::{Channel, ClientConfig, PeerPath as Route, ShardNotice};
 use bevy_p2pmodel::plugins::{
     P2pMeshPlugin, P2pReceived, P2pSender, PeerConnected, PeerDisconnected, PeerPathChanged,
     ShardClientPlugin, ShardEvent, ShardRequest,
@@ -317,37 +317,37 @@ fn on_shard_events(
     settings: Res<NetSettings>,
 ) {
     for ev in events.read() {
-        match ev {
-            ShardEvent::Welcome { player } => {
+        match &ev.0 {
+            ShardNotice::Welcome { player } => {
                 info!(name = %settings.name, player = player.0, "logged in");
                 me.player = Some(*player);
             }
-            ShardEvent::EnteredZone { zone, x, y } => {
+            ShardNotice::EnteredZone { zone, x, y } => {
                 info!(name = %settings.name, zone, x, y, "entered zone");
                 me.in_game = true;
                 me.pos = Vec2::new(*x, *y);
                 me.entered_at = Some(me.pos);
                 chat.push("*", format!("entered zone {zone} at ({x:.0}, {y:.0})"));
             }
-            ShardEvent::Chat { name, text, .. } => chat.push(name.clone(), text.clone()),
-            ShardEvent::Npcs(list) => npcs.0 = list.clone(),
-            ShardEvent::Correction { x, y } => {
+            ShardNotice::Chat { name, text, .. } => chat.push(name.clone(), text.clone()),
+            ShardNotice::Npcs(list) => npcs.0 = list.clone(),
+            ShardNotice::Correction { x, y } => {
                 warn!(name = %settings.name, x, y, "position corrected by the shard");
                 me.pos = Vec2::new(*x, *y);
             }
-            ShardEvent::Refused(why) if !me.in_game => fail(
+            ShardNotice::Refused(why) if !me.in_game => fail(
                 &mut failure,
                 &mut exit,
                 format!("the shard at {} refused {:?}: {why}", settings.login.login, settings.name),
             ),
-            ShardEvent::Refused(why) => {
+            ShardNotice::Refused(why) => {
                 warn!("shard refused a request: {why}");
                 chat.push("*", format!("refused: {why}"));
             }
-            ShardEvent::PartyInvite { party, name, .. } => {
+            ShardNotice::PartyInvite { party, name, .. } => {
                 chat.push("*", format!("{name} invites you to party {party:?}"));
             }
-            ShardEvent::Disconnected(why) if me.player.is_none() => fail(
+            ShardNotice::Disconnected(why) if me.player.is_none() => fail(
                 &mut failure,
                 &mut exit,
                 format!(
@@ -355,7 +355,7 @@ fn on_shard_events(
                     settings.login.login
                 ),
             ),
-            ShardEvent::Disconnected(why) => fail(
+            ShardNotice::Disconnected(why) => fail(
                 &mut failure,
                 &mut exit,
                 format!("disconnected from the shard at {}: {why}", settings.login.login),

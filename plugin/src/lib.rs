@@ -30,7 +30,7 @@ pub use p2pmodel_sim as sim;
 /// core types they carry.
 pub mod prelude {
     pub use crate::client::login::{LoginKey, ShardAddress};
-    pub use crate::client::{Channel, ClientConfig, PeerPath as PathKind};
+    pub use crate::client::{Channel, ClientConfig, PeerPath as PathKind, ShardNotice};
     pub use crate::nat::NatReport;
     pub use crate::plugins::diagnostics as p2p_diagnostics;
     pub use crate::plugins::{

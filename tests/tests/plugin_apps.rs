@@ -300,7 +300,7 @@ fn disconnect_request_drops_peers_on_both_sides() {
     st.world_mut(a).write_message(ShardRequest::Disconnect);
     st.run_frames(3);
     assert_eq!(state(&st, a), ShardState::Disconnected);
-    assert!(matches!(log(&st, a).shard_events.last(), Some(ShardEvent::Disconnected(_))));
+    assert!(matches!(log(&st, a).shard_events.last(), Some(ShardEvent(ShardNotice::Disconnected(_)))));
     assert_eq!(st.world(a).resource::<LocalPlayer>().player, None);
     assert!(peer_entities(&mut st, a).is_empty(), "our peers are gone");
     assert!(peer_entities(&mut st, b).is_empty(), "the shard told the other side");

@@ -135,7 +135,12 @@ fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
     let mut saw_connecting = false;
     let ended = run_until(&mut [&mut app], Duration::from_secs(6), |apps| {
         saw_connecting |= state(apps[0]) == ShardState::Connecting;
-        apps[0].world().resource::<Seen>().events.iter().any(|e| matches!(e, ShardEvent::Disconnected(_)))
+        apps[0]
+            .world()
+            .resource::<Seen>()
+            .events
+            .iter()
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(_))))
     });
     assert!(ended && saw_connecting);
     app.update();
@@ -149,7 +154,12 @@ fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
     let mut app = game("ana", wrong);
     let start = Instant::now();
     let ended = run_until(&mut [&mut shard, &mut app], Duration::from_secs(6), |apps| {
-        apps[1].world().resource::<Seen>().events.iter().any(|e| matches!(e, ShardEvent::Disconnected(_)))
+        apps[1]
+            .world()
+            .resource::<Seen>()
+            .events
+            .iter()
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(_))))
     });
     assert!(ended, "no Disconnected event");
     assert!(
@@ -161,7 +171,7 @@ fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, ShardEvent::Disconnected(why) if why.contains("login key does not match"))),
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(why)) if why.contains("login key does not match"))),
         "{events:?}"
     );
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use p2pmodel_core::client::{ClientEvent, PeerPath};
+use p2pmodel_core::client::{ClientEvent, PeerPath, ShardNotice};
 use p2pmodel_core::proto::shard::PathState;
 use p2pmodel_sim::HostId;
 use p2pmodel_tests::NatKind;
@@ -104,8 +104,11 @@ fn a_game_server_crash_moves_the_pair_to_the_zone_s_other_server_which_introduce
     assert_ne!(second, first);
     assert_eq!(w.shard.game_of(ib), Some(second));
     for (me, peer) in [(a, ib), (b, ia)] {
-        let moved =
-            w.p(me).events.iter().any(|(at, e)| *at > t && matches!(e, ClientEvent::EnteredZone { .. }));
+        let moved = w
+            .p(me)
+            .events
+            .iter()
+            .any(|(at, e)| *at > t && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })));
         assert!(moved, "told of the new server");
         let again = w
             .p(me)
@@ -120,7 +123,7 @@ fn a_game_server_crash_moves_the_pair_to_the_zone_s_other_server_which_introduce
             .p(me)
             .events
             .iter()
-            .find(|(at, e)| *at > t && matches!(e, ClientEvent::EnteredZone { .. }))
+            .find(|(at, e)| *at > t && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })))
             .unwrap()
             .0;
         assert!(handover - t < 2 * SEC, "moved {:?} after the crash", handover - t);

@@ -153,16 +153,15 @@ pub struct RouteCounters {
     pub server_bytes: u64,
 }
 
-/// Something the application should know.
+/// What the shard told the client: the half of [`ClientEvent`] that a game's UI shows.
+/// Drivers pass it on as is (the Bevy plugin's `ShardEvent` wraps it), so it is written once.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientEvent {
+pub enum ShardNotice {
     /// Login accepted.
     Welcome {
         /// Our player id.
         player: PlayerId,
     },
-    /// NAT discovery finished.
-    Nat(Box<NatReport>),
     /// We are in a zone at this position (again, after a Game server failover).
     EnteredZone {
         /// Zone number.
@@ -172,6 +171,47 @@ pub enum ClientEvent {
         /// World y.
         y: f32,
     },
+    /// A chat line from a player in range (ours come back too).
+    Chat {
+        /// The speaker.
+        from: PlayerId,
+        /// The speaker's name.
+        name: String,
+        /// Text.
+        text: String,
+    },
+    /// NPCs within our interest range.
+    Npcs(Vec<NpcState>),
+    /// The Game server corrected our position.
+    Correction {
+        /// World x.
+        x: f32,
+        /// World y.
+        y: f32,
+    },
+    /// The shard refused a request.
+    Refused(String),
+    /// A party's owner invites us: [`ClientCore::join_party`] with this name within 60 s.
+    PartyInvite {
+        /// The party.
+        party: String,
+        /// The inviting owner.
+        from: PlayerId,
+        /// Its name.
+        name: String,
+    },
+    /// The connection to the shard ended or could not be made (the driver's transport
+    /// reports it); the reason is for the user.
+    Disconnected(String),
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// What the shard said (login, zone, chat, refusals...).
+    Shard(ShardNotice),
+    /// NAT discovery finished.
+    Nat(Box<NatReport>),
     /// The shard introduced a peer.
     PeerAdded {
         /// The peer.
@@ -205,35 +245,6 @@ pub enum ClientEvent {
         data: Bytes,
         /// `true` when it came over the mesh, `false` through the Game server.
         p2p: bool,
-    },
-    /// A chat line.
-    Chat {
-        /// The speaker.
-        from: PlayerId,
-        /// The speaker's name.
-        name: String,
-        /// Text.
-        text: String,
-    },
-    /// NPCs in range.
-    Npcs(Vec<NpcState>),
-    /// The Game server corrected our position.
-    Correction {
-        /// World x.
-        x: f32,
-        /// World y.
-        y: f32,
-    },
-    /// The shard refused a request.
-    Refused(String),
-    /// A party's owner invites us: [`ClientCore::join_party`] with this name within 60 s.
-    PartyInvite {
-        /// The party.
-        party: String,
-        /// The inviting owner.
-        from: PlayerId,
-        /// Its name.
-        name: String,
     },
 }
 
@@ -357,8 +368,8 @@ impl ClientCore {
     }
 
     /// Join a party (empty name: leave it). A new name creates a party we own; an existing
-    /// one needs a pending invitation from its owner ([`ClientEvent::PartyInvite`]), else the
-    /// shard answers [`ClientEvent::Refused`].
+    /// one needs a pending invitation from its owner ([`ShardNotice::PartyInvite`]), else the
+    /// shard answers [`ShardNotice::Refused`].
     pub fn join_party(&mut self, party: impl Into<String>) {
         self.push(ClientMessage::JoinParty { party: party.into() });
     }
@@ -407,7 +418,7 @@ impl ClientCore {
             ShardMessage::Welcome { player, stun } => {
                 self.player = Some(player);
                 self.phase = Phase::Lobby;
-                self.events.push_back(ClientEvent::Welcome { player });
+                self.events.push_back(ClientEvent::Shard(ShardNotice::Welcome { player }));
                 if self.cfg.p2p && self.mesh.nat_report().is_none() {
                     // The shard may repeat Welcome (it answers every Login): a discovery
                     // that is already running is not restarted.
@@ -459,19 +470,23 @@ impl ClientCore {
                 self.clear_peers();
                 self.phase = Phase::InGame;
                 self.zone = Some(zone);
-                self.events.push_back(ClientEvent::EnteredZone { zone, x, y });
+                self.events.push_back(ClientEvent::Shard(ShardNotice::EnteredZone { zone, x, y }));
             }
-            ShardMessage::Correction { x, y } => self.events.push_back(ClientEvent::Correction { x, y }),
-            ShardMessage::Refused { reason } => self.events.push_back(ClientEvent::Refused(reason)),
+            ShardMessage::Correction { x, y } => {
+                self.events.push_back(ClientEvent::Shard(ShardNotice::Correction { x, y }))
+            }
+            ShardMessage::Refused { reason } => {
+                self.events.push_back(ClientEvent::Shard(ShardNotice::Refused(reason)))
+            }
             ShardMessage::RelayRefresh { link, relay } => {
                 let _ = self.mesh.update_relay(now, link, relay);
             }
             ShardMessage::Chat { from, name, text } => {
-                self.events.push_back(ClientEvent::Chat { from, name, text })
+                self.events.push_back(ClientEvent::Shard(ShardNotice::Chat { from, name, text }))
             }
-            ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Npcs(npcs)),
+            ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Shard(ShardNotice::Npcs(npcs))),
             ShardMessage::PartyInvite { party, from, name } => {
-                self.events.push_back(ClientEvent::PartyInvite { party, from, name })
+                self.events.push_back(ClientEvent::Shard(ShardNotice::PartyInvite { party, from, name }))
             }
             ShardMessage::FromPeer { peer, reliable, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };

@@ -14,6 +14,7 @@ use super::io::{MeshSocket, UdpMeshIo};
 use super::message::{P2pDecodeError, decode_message};
 use super::sets::{Step, configure_sets};
 use super::shard::{LocalPlayer, ShardEvent};
+use crate::client::ShardNotice;
 use crate::client::{self, Channel, ClientConfig, ClientCore, ClientEvent};
 use crate::endpoint::Endpoint;
 use crate::nat::NatReport;
@@ -290,32 +291,15 @@ fn publish_events(
                 local_nat.0 = Some((*report).clone());
                 out.nat.write(NatDiscovered(*report));
             }
-            ClientEvent::Welcome { player } => {
+            ClientEvent::Shard(notice) => {
                 if let Some(lp) = local_player.as_mut() {
-                    lp.player = Some(player);
+                    match &notice {
+                        ShardNotice::Welcome { player } => lp.player = Some(*player),
+                        ShardNotice::EnteredZone { zone, .. } => lp.zone = Some(*zone),
+                        _ => {}
+                    }
                 }
-                out.shard.write(ShardEvent::Welcome { player });
-            }
-            ClientEvent::EnteredZone { zone, x, y } => {
-                if let Some(lp) = local_player.as_mut() {
-                    lp.zone = Some(zone);
-                }
-                out.shard.write(ShardEvent::EnteredZone { zone, x, y });
-            }
-            ClientEvent::Chat { from, name, text } => {
-                out.shard.write(ShardEvent::Chat { from, name, text });
-            }
-            ClientEvent::Npcs(npcs) => {
-                out.shard.write(ShardEvent::Npcs(npcs));
-            }
-            ClientEvent::Correction { x, y } => {
-                out.shard.write(ShardEvent::Correction { x, y });
-            }
-            ClientEvent::Refused(reason) => {
-                out.shard.write(ShardEvent::Refused(reason));
-            }
-            ClientEvent::PartyInvite { party, from, name } => {
-                out.shard.write(ShardEvent::PartyInvite { party, from, name });
+                out.shard.write(ShardEvent(notice));
             }
         }
     }

@@ -16,9 +16,9 @@ use bevy_renet::{RenetClient, RenetClientPlugin};
 use super::client::P2pClient;
 use super::io::MeshSocket;
 use super::sets::{Step, configure_sets};
-use crate::client::Phase;
 use crate::client::login::{self, LoginKey, ShardAddress};
-use crate::proto::shard::{ClientMessage, NpcState, PlayerId, ShardMessage, decode, encode};
+use crate::client::{Phase, ShardNotice};
+use crate::proto::shard::{ClientMessage, PlayerId, ShardMessage, decode, encode};
 
 /// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
 /// [`P2pMeshPlugin`](crate::plugins::P2pMeshPlugin) and Bevy's `StatesPlugin` (added if
@@ -108,55 +108,10 @@ pub enum ShardRequest {
     InviteToParty(PlayerId),
 }
 
-/// What the shard told us (read with `MessageReader<ShardEvent>`).
-#[derive(Message, Debug, Clone, PartialEq)]
-pub enum ShardEvent {
-    /// Login accepted.
-    Welcome {
-        /// Our player id.
-        player: PlayerId,
-    },
-    /// We are in a zone at this position (again after a Game server failover).
-    EnteredZone {
-        /// Zone number.
-        zone: u32,
-        /// World x.
-        x: f32,
-        /// World y.
-        y: f32,
-    },
-    /// A chat line from a player in range (ours come back too).
-    Chat {
-        /// The speaker.
-        from: PlayerId,
-        /// The speaker's name.
-        name: String,
-        /// Text.
-        text: String,
-    },
-    /// NPCs within our interest range.
-    Npcs(Vec<NpcState>),
-    /// The Game server corrected our position.
-    Correction {
-        /// World x.
-        x: f32,
-        /// World y.
-        y: f32,
-    },
-    /// The shard refused a request.
-    Refused(String),
-    /// A party's owner invites us: send `ShardRequest::JoinParty(party)` within 60 s to join.
-    PartyInvite {
-        /// The party.
-        party: String,
-        /// The inviting owner.
-        from: PlayerId,
-        /// Its name.
-        name: String,
-    },
-    /// The connection ended or could not be made; the reason is for the user.
-    Disconnected(String),
-}
+/// What the shard told us (read with `MessageReader<ShardEvent>`): the core's
+/// [`ShardNotice`], as a Bevy message (match on `&event.0`, or on `*event` through `Deref`).
+#[derive(Message, Debug, Clone, PartialEq, Deref)]
+pub struct ShardEvent(pub ShardNotice);
 
 /// Who we are in the shard.
 #[derive(Resource, Debug, Clone, Default, PartialEq, Eq)]
@@ -384,12 +339,12 @@ fn shard_in(
                     }
                     Err(e) => {
                         link.mode = Mode::Idle;
-                        events.write(ShardEvent::Disconnected(e));
+                        events.write(ShardEvent(ShardNotice::Disconnected(e)));
                     }
                 },
                 Some(Err(e)) => {
                     link.mode = Mode::Idle;
-                    events.write(ShardEvent::Disconnected(e));
+                    events.write(ShardEvent(ShardNotice::Disconnected(e)));
                 }
             }
         }
@@ -407,7 +362,7 @@ fn shard_in(
                 link.mode = Mode::Idle;
                 link.connected = false;
                 client.disconnected();
-                events.write(ShardEvent::Disconnected(reason));
+                events.write(ShardEvent(ShardNotice::Disconnected(reason)));
                 return;
             }
             if renet.is_connected() && !link.connected {
@@ -435,7 +390,7 @@ fn shard_in(
             } else if !up && link.connected {
                 link.connected = false;
                 client.disconnected();
-                events.write(ShardEvent::Disconnected("transport closed".into()));
+                events.write(ShardEvent(ShardNotice::Disconnected("transport closed".into())));
             }
             while let Some(msg) = transport.receive() {
                 client.handle_shard_message(now, msg);
@@ -468,13 +423,13 @@ fn shard_after(
     for ev in events.read() {
         match ev {
             // The shard answers every Login with Welcome; ask for the zone once.
-            ShardEvent::Welcome { .. } if !*zone_asked => {
+            ShardEvent(ShardNotice::Welcome { .. }) if !*zone_asked => {
                 *zone_asked = true;
                 if let Some(zone) = settings.auto_zone {
                     client.enter_zone(socket.0.now(), zone);
                 }
             }
-            ShardEvent::Disconnected(_) => {
+            ShardEvent(ShardNotice::Disconnected(_)) => {
                 *zone_asked = false;
                 local.player = None;
                 local.zone = None;
@@ -519,7 +474,9 @@ fn handle_requests(
                     match spawned {
                         Ok(_) => link.mode = Mode::LoggingIn(slot),
                         Err(e) => {
-                            events.write(ShardEvent::Disconnected(format!("cannot start the login: {e}")));
+                            events.write(ShardEvent(ShardNotice::Disconnected(format!(
+                                "cannot start the login: {e}"
+                            ))));
                         }
                     }
                 }
@@ -552,7 +509,7 @@ fn handle_requests(
                 if was_connected {
                     client.disconnected();
                 }
-                events.write(ShardEvent::Disconnected("disconnected by the game".into()));
+                events.write(ShardEvent(ShardNotice::Disconnected("disconnected by the game".into())));
             }
             ShardRequest::EnterZone(zone) => client.enter_zone(now, *zone),
             ShardRequest::Move { x, y } => {
