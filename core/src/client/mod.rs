@@ -7,7 +7,8 @@
 //!
 //! - login → NAT discovery against the shard's STUN server → `MeshInfo` → `EnterZone`, in
 //!   that order, so introductions carry our real candidates (discovery is capped by
-//!   [`ClientConfig::nat_timeout`], then we go on with what we have);
+//!   [`ClientConfig::nat_timeout`], then we go on with what we have; a known network can skip
+//!   it with [`ClientConfig::assume_nat`]);
 //! - `PeerIntro` / `PeerOutro` / `EnteredZone` / `RelayRefresh` open, close and refresh links;
 //! - every path change is reported to the shard (`PathReport`, session tracking);
 //! - [`ClientCore::send`] picks the mesh when the peer has a path and the Game server
@@ -104,6 +105,10 @@ pub struct ClientConfig {
     /// from the OS (a predictable id lets an on-path attacker forge STUN answers, i.e. our
     /// public address); set a fixed one only for reproducible tests and simulations.
     pub seed: u64,
+    /// Skip NAT discovery at `Welcome` and announce this NAT summary with the host
+    /// candidates at once (load tests and simulations on a known network); `None` (default):
+    /// discover against the shard's STUN server.
+    pub assume_nat: Option<NatSummary>,
 }
 
 impl ClientConfig {
@@ -115,6 +120,7 @@ impl ClientConfig {
             mesh: MeshConfig::default(),
             nat_timeout: Duration::from_secs(3),
             seed: rand::random(),
+            assume_nat: None,
         }
     }
 }
@@ -408,7 +414,7 @@ impl ClientCore {
                 self.player = Some(player);
                 self.phase = Phase::Lobby;
                 self.events.push_back(ClientEvent::Welcome { player });
-                if self.cfg.p2p && self.mesh.nat_report().is_none() {
+                if self.cfg.p2p && self.mesh.nat_report().is_none() && self.cfg.assume_nat.is_none() {
                     // The shard may repeat Welcome (it answers every Login): a discovery
                     // that is already running is not restarted.
                     if !self.nat_started {
@@ -577,24 +583,11 @@ impl ClientCore {
                     port_delta: r.port_delta,
                     public: r.public,
                 },
-                None => NatSummary {
-                    class: "unknown".into(),
-                    dependent_mapping: false,
-                    port_delta: None,
-                    public: None,
-                },
+                None => self.cfg.assume_nat.clone().unwrap_or_else(unknown_nat),
             };
             (self.mesh.local_candidates().to_vec(), nat)
         } else {
-            (
-                Vec::new(),
-                NatSummary {
-                    class: "unknown".into(),
-                    dependent_mapping: false,
-                    port_delta: None,
-                    public: None,
-                },
-            )
+            (Vec::new(), unknown_nat())
         };
         self.push(ClientMessage::MeshInfo { candidates, nat });
     }
@@ -684,6 +677,11 @@ impl ClientCore {
             }
         }
     }
+}
+
+/// The NAT summary of a client that has not (or not yet) discovered its NAT.
+fn unknown_nat() -> NatSummary {
+    NatSummary { class: "unknown".into(), dependent_mapping: false, port_delta: None, public: None }
 }
 
 impl Endpoint for ClientCore {

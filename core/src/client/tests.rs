@@ -151,3 +151,35 @@ fn stun_transaction_ids_are_random_by_default_and_fixed_only_when_asked() {
     };
     assert_eq!(first_tid(fixed()), first_tid(fixed()), "an explicit seed repeats");
 }
+
+#[test]
+fn an_assumed_nat_skips_discovery_and_announces_the_host_candidates_at_once() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+    let host: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let open = NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+    let mut cfg = ClientConfig::new("ana");
+    cfg.assume_nat = Some(open.clone());
+    let mut c = ClientCore::new(now, cfg, clock, &[host]);
+    c.enter_zone(now, 0);
+    c.connected();
+    let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+    c.handle_shard_message(now, ShardMessage::Welcome { player: PlayerId(4), stun });
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            ClientMessage::Login { name: "ana".into() },
+            ClientMessage::MeshInfo {
+                candidates: vec![crate::link::Candidate::new(crate::link::CandidateKind::Host, host)],
+                nat: open,
+            },
+            ClientMessage::EnterZone { zone: 0 },
+        ],
+        "no wait for NAT discovery"
+    );
+    assert!(c.poll_transmit().is_none(), "no STUN request");
+    assert_eq!(c.poll_timeout(), None, "no discovery deadline");
+    // Links still open: P2P is on.
+    c.handle_shard_message(now, intro(2, 5));
+    assert_eq!(c.peer(PlayerId(2)).unwrap().path, PeerPath::Connecting);
+}
