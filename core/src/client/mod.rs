@@ -325,7 +325,7 @@ impl ClientCore {
         if self.cfg.p2p && self.mesh.nat_report().is_none() && !self.nat_started {
             self.nat_started = true;
             self.mesh.start_nat_discovery(now, server, self.cfg.seed);
-            self.drain_mesh(now);
+            self.drain_mesh(now, None);
         }
     }
 
@@ -616,8 +616,9 @@ impl ClientCore {
         }
     }
 
-    /// Turn mesh events and received mesh messages into client events and shard reports.
-    fn drain_mesh(&mut self, now: Instant) {
+    /// Turn mesh events, and the messages received on link `touched` (the one a datagram
+    /// reached: no other link has new ones), into client events and shard reports.
+    fn drain_mesh(&mut self, now: Instant, touched: Option<LinkId>) {
         while let Some(ev) = self.mesh.poll_event() {
             match ev {
                 MeshEvent::Nat(report) => {
@@ -662,7 +663,8 @@ impl ClientCore {
                 }
             }
         }
-        for peer in self.peers.values_mut() {
+        let peer = touched.and_then(|l| self.by_link.get(&l)).and_then(|p| self.peers.get_mut(p));
+        if let Some(peer) = peer {
             for channel in [Channel::Reliable, Channel::Unreliable] {
                 while let Some(data) = self.mesh.receive(peer.link, channel.mesh_channel()) {
                     peer.received.p2p_messages += 1;
@@ -686,8 +688,8 @@ fn unknown_nat() -> NatSummary {
 
 impl Endpoint for ClientCore {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        self.mesh.handle_datagram(now, local, from, data);
-        self.drain_mesh(now);
+        let touched = self.mesh.handle_datagram_to_link(now, local, from, data);
+        self.drain_mesh(now, touched);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -698,7 +700,7 @@ impl Endpoint for ClientCore {
             self.send_mesh_info();
             self.flush_zone_request(now);
         }
-        self.drain_mesh(now);
+        self.drain_mesh(now, None);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {

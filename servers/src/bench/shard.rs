@@ -372,8 +372,12 @@ impl Generator {
         // `--mesh none`: the shard's side of P2P on without links, i.e. a core that opens none.
         cfg.p2p = self.p2p && self.mesh != MeshLoad::None;
         // No NAT discovery on loopback: announce an open NAT and the host candidate at once.
-        cfg.assume_nat =
-            Some(NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None });
+        cfg.assume_nat = Some(NatSummary {
+            class: "open".into(),
+            dependent_mapping: false,
+            port_delta: None,
+            public: None,
+        });
         let mut core = ClientCore::new(now, cfg, clock, &[mesh_addr]);
         core.enter_zone(now, 0);
         self.by_mesh_addr.insert(mesh_addr, i);
@@ -434,8 +438,7 @@ impl Generator {
 
     fn on_shard_datagram(&mut self, i: usize, now: Instant) {
         let c = &mut self.clients[i];
-        loop {
-            let Ok((n, from)) = c.nc_sock.recv_from(&mut self.buf) else { break };
+        while let Ok((n, from)) = c.nc_sock.recv_from(&mut self.buf) {
             if from != c.nc.server_addr() {
                 continue;
             }
