@@ -7,7 +7,8 @@
 //!
 //! - login → NAT discovery against the shard's STUN server → `MeshInfo` → `EnterZone`, in
 //!   that order, so introductions carry our real candidates (discovery is capped by
-//!   [`ClientConfig::nat_timeout`], then we go on with what we have);
+//!   [`ClientConfig::nat_timeout`], then we go on with what we have; a known network can skip
+//!   it with [`ClientConfig::assume_nat`]);
 //! - `PeerIntro` / `PeerOutro` / `EnteredZone` / `RelayRefresh` open, close and refresh links;
 //! - every path change is reported to the shard (`PathReport`, session tracking);
 //! - [`ClientCore::send`] picks the mesh when the peer has a path and the Game server
@@ -104,6 +105,10 @@ pub struct ClientConfig {
     /// from the OS (a predictable id lets an on-path attacker forge STUN answers, i.e. our
     /// public address); set a fixed one only for reproducible tests and simulations.
     pub seed: u64,
+    /// Skip NAT discovery at `Welcome` and announce this NAT summary with the host
+    /// candidates at once (load tests and simulations on a known network); `None` (default):
+    /// discover against the shard's STUN server.
+    pub assume_nat: Option<NatSummary>,
 }
 
 impl ClientConfig {
@@ -115,6 +120,7 @@ impl ClientConfig {
             mesh: MeshConfig::default(),
             nat_timeout: Duration::from_secs(3),
             seed: rand::random(),
+            assume_nat: None,
         }
     }
 }
@@ -330,7 +336,7 @@ impl ClientCore {
         if self.cfg.p2p && self.mesh.nat_report().is_none() && !self.nat_started {
             self.nat_started = true;
             self.mesh.start_nat_discovery(now, server, self.cfg.seed);
-            self.drain_mesh(now);
+            self.drain_mesh(now, None);
         }
     }
 
@@ -419,7 +425,7 @@ impl ClientCore {
                 self.player = Some(player);
                 self.phase = Phase::Lobby;
                 self.events.push_back(ClientEvent::Shard(ShardNotice::Welcome { player }));
-                if self.cfg.p2p && self.mesh.nat_report().is_none() {
+                if self.cfg.p2p && self.mesh.nat_report().is_none() && self.cfg.assume_nat.is_none() {
                     // The shard may repeat Welcome (it answers every Login): a discovery
                     // that is already running is not restarted.
                     if !self.nat_started {
@@ -592,24 +598,11 @@ impl ClientCore {
                     port_delta: r.port_delta,
                     public: r.public,
                 },
-                None => NatSummary {
-                    class: "unknown".into(),
-                    dependent_mapping: false,
-                    port_delta: None,
-                    public: None,
-                },
+                None => self.cfg.assume_nat.clone().unwrap_or_else(unknown_nat),
             };
             (self.mesh.local_candidates().to_vec(), nat)
         } else {
-            (
-                Vec::new(),
-                NatSummary {
-                    class: "unknown".into(),
-                    dependent_mapping: false,
-                    port_delta: None,
-                    public: None,
-                },
-            )
+            (Vec::new(), unknown_nat())
         };
         self.push(ClientMessage::MeshInfo { candidates, nat });
     }
@@ -638,8 +631,9 @@ impl ClientCore {
         }
     }
 
-    /// Turn mesh events and received mesh messages into client events and shard reports.
-    fn drain_mesh(&mut self, now: Instant) {
+    /// Turn mesh events, and the messages received on link `touched` (the one a datagram
+    /// reached: no other link has new ones), into client events and shard reports.
+    fn drain_mesh(&mut self, now: Instant, touched: Option<LinkId>) {
         while let Some(ev) = self.mesh.poll_event() {
             match ev {
                 MeshEvent::Nat(report) => {
@@ -684,7 +678,8 @@ impl ClientCore {
                 }
             }
         }
-        for peer in self.peers.values_mut() {
+        let peer = touched.and_then(|l| self.by_link.get(&l)).and_then(|p| self.peers.get_mut(p));
+        if let Some(peer) = peer {
             for channel in [Channel::Reliable, Channel::Unreliable] {
                 while let Some(data) = self.mesh.receive(peer.link, channel.mesh_channel()) {
                     peer.received.p2p_messages += 1;
@@ -701,10 +696,15 @@ impl ClientCore {
     }
 }
 
+/// The NAT summary of a client that has not (or not yet) discovered its NAT.
+fn unknown_nat() -> NatSummary {
+    NatSummary { class: "unknown".into(), dependent_mapping: false, port_delta: None, public: None }
+}
+
 impl Endpoint for ClientCore {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        self.mesh.handle_datagram(now, local, from, data);
-        self.drain_mesh(now);
+        let touched = self.mesh.handle_datagram_to_link(now, local, from, data);
+        self.drain_mesh(now, touched);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -715,7 +715,7 @@ impl Endpoint for ClientCore {
             self.send_mesh_info();
             self.flush_zone_request(now);
         }
-        self.drain_mesh(now);
+        self.drain_mesh(now, None);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -151,3 +151,100 @@ fn stun_transaction_ids_are_random_by_default_and_fixed_only_when_asked() {
     };
     assert_eq!(first_tid(fixed()), first_tid(fixed()), "an explicit seed repeats");
 }
+
+#[test]
+fn an_assumed_nat_skips_discovery_and_announces_the_host_candidates_at_once() {
+    let now = Instant::now();
+    let clock = ClockAnchor { at: now, unix_micros: 1_790_000_000_000_000 };
+    let host: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let open = NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+    let mut cfg = ClientConfig::new("ana");
+    cfg.assume_nat = Some(open.clone());
+    let mut c = ClientCore::new(now, cfg, clock, &[host]);
+    c.enter_zone(now, 0);
+    c.connected();
+    let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+    c.handle_shard_message(now, ShardMessage::Welcome { player: PlayerId(4), stun });
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            ClientMessage::Login { name: "ana".into() },
+            ClientMessage::MeshInfo {
+                candidates: vec![crate::link::Candidate::new(crate::link::CandidateKind::Host, host)],
+                nat: open,
+            },
+            ClientMessage::EnterZone { zone: 0 },
+        ],
+        "no wait for NAT discovery"
+    );
+    assert!(c.poll_transmit().is_none(), "no STUN request");
+    assert_eq!(c.poll_timeout(), None, "no discovery deadline");
+    // Links still open: P2P is on.
+    c.handle_shard_message(now, intro(2, 5));
+    assert_eq!(c.peer(PlayerId(2)).unwrap().path, PeerPath::Connecting);
+}
+
+#[test]
+fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
+    use crate::link::{Candidate, CandidateKind};
+    let t0 = Instant::now();
+    let clock = ClockAnchor { at: t0, unix_micros: 1_790_000_000_000_000 };
+    let (ha, hb): (SocketAddr, SocketAddr) =
+        ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:4000".parse().unwrap());
+    let open = NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+    let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+    let client = |name: &str, player: u64, host: SocketAddr, peer: u64, side: Side, remote: SocketAddr| {
+        let mut cfg = ClientConfig::new(name);
+        cfg.seed = 0;
+        cfg.assume_nat = Some(open.clone());
+        let mut c = ClientCore::new(t0, cfg, clock, &[host]);
+        c.connected();
+        c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(player), stun });
+        let ShardMessage::PeerIntro { name, mut params, .. } = intro(peer, 5) else { unreachable!() };
+        params.side = side;
+        params.remote = vec![Candidate::new(CandidateKind::Host, remote)];
+        c.handle_shard_message(t0, ShardMessage::PeerIntro { peer: PlayerId(peer), name, params });
+        c
+    };
+    let mut a = client("ana", 1, ha, 2, Side::A, hb);
+    let mut b = client("bo", 2, hb, 1, Side::B, ha);
+    // Shuttle datagrams both ways for `ms` of virtual time, 5 ms a step.
+    let mut now = t0;
+    let mut run = |a: &mut ClientCore, b: &mut ClientCore, ms: u64| {
+        for _ in 0..ms / 5 {
+            while let Some(t) = a.poll_transmit() {
+                b.handle_datagram(now, hb, ha, &t.payload);
+            }
+            while let Some(t) = b.poll_transmit() {
+                a.handle_datagram(now, ha, hb, &t.payload);
+            }
+            now += Duration::from_millis(5);
+            for c in [&mut *a, &mut *b] {
+                if c.poll_timeout().is_some_and(|t| t <= now) {
+                    c.handle_timeout(now);
+                }
+            }
+        }
+    };
+    run(&mut a, &mut b, 500);
+    assert_eq!(a.peer(PlayerId(2)).unwrap().path, PeerPath::Direct);
+    assert_eq!(b.peer(PlayerId(1)).unwrap().path, PeerPath::Direct);
+    while b.poll_event().is_some() {}
+    assert_eq!(a.send(PlayerId(2), Channel::Unreliable, Bytes::from_static(b"pos")), Ok(true));
+    assert_eq!(a.send(PlayerId(2), Channel::Reliable, Bytes::from_static(b"hit")), Ok(true));
+    run(&mut a, &mut b, 500);
+    let got: Vec<(Channel, Bytes)> = std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Message { player: PlayerId(1), channel, data, p2p: true } => Some((channel, data)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.contains(&(Channel::Unreliable, Bytes::from_static(b"pos"))));
+    assert!(got.contains(&(Channel::Reliable, Bytes::from_static(b"hit"))));
+    assert_eq!(b.peer(PlayerId(1)).unwrap().received.p2p_messages, 2);
+    assert!(
+        drain(&mut a).iter().all(|m| !matches!(m, ClientMessage::ToPeer { .. })),
+        "nothing through the server"
+    );
+}

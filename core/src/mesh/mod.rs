@@ -253,6 +253,29 @@ impl Mesh {
         self.stats
     }
 
+    /// [`Endpoint::handle_datagram`], returning the link the datagram reached: the only one
+    /// that may have new messages for [`Mesh::receive`] (`None`: STUN, or dropped).
+    pub fn handle_datagram_to_link(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Option<LinkId> {
+        self.now = now;
+        self.stats.received += 1;
+        self.stats.bytes_received += data.len() as u64;
+        let touched = match self.route(now, local, from, data) {
+            Ok(link) => link,
+            Err(reason) => {
+                self.stats.drop(reason);
+                None
+            }
+        };
+        self.collect_one(touched);
+        touched
+    }
+
     /// Pull transmits and events out of every link and the STUN agent.
     fn collect(&mut self) {
         let mut out = Collected::default();
@@ -446,17 +469,7 @@ fn open_drop(e: OpenError) -> DropReason {
 
 impl Endpoint for Mesh {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
-        self.now = now;
-        self.stats.received += 1;
-        self.stats.bytes_received += data.len() as u64;
-        let touched = match self.route(now, local, from, data) {
-            Ok(link) => link,
-            Err(reason) => {
-                self.stats.drop(reason);
-                None
-            }
-        };
-        self.collect_one(touched);
+        self.handle_datagram_to_link(now, local, from, data);
     }
 
     fn handle_timeout(&mut self, now: Instant) {

@@ -5,19 +5,23 @@
 //! own thread (`p2pm-shard`, frames at 60 Hz like `shard all`) with [`crate::shard::metrics`]
 //! on. The load generator is one thread that drives every client sans-IO:
 //! - a renetcode [`NetcodeClient`] + [`RenetClient`] on its own UDP socket (the shard
-//!   connection, encrypted, through the real Agent sockets);
-//! - a [`Mesh`] on a second UDP socket (relay binds and relayed data go to the real relay);
-//! - all sockets in one `epoll` set, every mesh timer in one heap, a 20 Hz tick per client
+//!   connection, encrypted, through the real Agent sockets): the transport;
+//! - a [`ClientCore`] (the game client's sans-IO core: the shard protocol and a mesh) whose
+//!   datagrams use a second UDP socket (relay binds and relayed data go to the real relay);
+//! - all sockets in one `epoll` set, every core timer in one heap, a 20 Hz tick per client
 //!   (phases staggered).
 //!
-//! Clients log in (`login::request_token`, on a helper thread), send Login + MeshInfo +
-//! EnterZone, then move like players: clusters of `--group-min..=--group-max` players around
-//! cluster centres that wander the map (members keep a loose formation around the centre),
-//! sending `Move` every tick within the speed limit, and a 32-byte state message (player,
-//! tick, position, velocity) at the tick rate to every introduced peer — over the mesh
-//! (`--p2p on`, unreliable channel) or through the Game server (`--p2p off`:
-//! `ClientMessage::ToPeer { reliable: false }`, delivered as `ShardMessage::FromPeer`).
-//! Characters start at their cluster's position (a pre-written character store).
+//! Clients log in (`login::request_token`, on a helper thread); their core sends Login, then
+//! MeshInfo (NAT discovery skipped: an "open" NAT and the loopback host candidate, see
+//! [`ClientConfig::assume_nat`]) and EnterZone, handles introductions and reports paths. They
+//! move like players: clusters of `--group-min..=--group-max` players around cluster centres
+//! that wander the map (members keep a loose formation around the centre), sending `Move`
+//! every tick within the speed limit, and a 32-byte state message (player, tick, position,
+//! velocity) at the tick rate to every introduced peer with [`ClientCore::send`] — over the
+//! mesh (`--p2p on`, unreliable channel; through the Game server while a link has no path)
+//! or through the Game server (`--p2p off`: `ClientMessage::ToPeer { reliable: false }`,
+//! delivered as `ShardMessage::FromPeer`). Characters start at their cluster's position (a
+//! pre-written character store).
 //!
 //! Mesh datagrams between two clients of this process are handed over in memory by default
 //! (`--wire memory`): they never touch a server, and on 2 shared cores the kernel's loopback
@@ -34,14 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use p2pmodel_core::config::MeshConfig;
+use bytes::Bytes;
+use p2pmodel_core::client::{Channel, ClientConfig, ClientCore, ClientEvent, ShardNotice};
 use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
-use p2pmodel_core::link::{CHANNEL_UNRELIABLE, Candidate, CandidateKind, LinkEvent, Path};
-use p2pmodel_core::mesh::{Mesh, MeshEvent};
-use p2pmodel_core::proto::peer::LinkId;
-use p2pmodel_core::proto::shard::{
-    ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
-};
+use p2pmodel_core::link::Path;
+use p2pmodel_core::proto::shard::{NatSummary, PlayerId, ShardMessage, decode, encode};
 use rand::{Rng, SeedableRng};
 use renet::{ConnectionConfig, DefaultChannel, RenetClient};
 use renet_netcode::{ClientAuthentication, ConnectToken};
@@ -127,7 +128,8 @@ pub struct ShardBenchArgs {
     /// With P2P on, how much of the mesh the clients run: `full` (links and per-tick state),
     /// `idle` (links opened and kept alive, no state), `none` (no links: the shard's side of
     /// P2P on — Moves, introductions — at full rate where the load generator cannot afford
-    /// every client's mesh; no path shares then).
+    /// every client's mesh; the cores run with P2P off and send no state; no path shares
+    /// then).
     #[arg(long, value_enum, default_value_t = MeshLoad::Full)]
     pub mesh: MeshLoad,
     /// Random seed (cluster layout and movement).
@@ -286,27 +288,28 @@ struct Cluster {
 }
 
 struct Client {
-    name: String,
     cluster: usize,
     offset: (f32, f32),
     nc: NetcodeClient,
     renet: RenetClient,
     nc_sock: UdpSocket,
-    mesh: Mesh,
+    /// The shard protocol and the mesh; its datagrams use `mesh_sock`.
+    core: ClientCore,
     mesh_sock: UdpSocket,
     mesh_addr: SocketAddr,
     last_update: Instant,
     next_tick: Instant,
+    /// `core.connected()` was called.
     joined: bool,
     dead: bool,
-    player: Option<PlayerId>,
     entered: bool,
     pos: (f32, f32),
     vel: (f32, f32),
     tick: u32,
-    /// Introduced peers: link → (peer, introduced at).
-    links: HashMap<LinkId, (PlayerId, Instant)>,
+    /// Introductions received (`ClientEvent::PeerAdded`).
     intros: u64,
+    /// Reused buffer for the introduced peers of a tick.
+    peers: Vec<PlayerId>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -365,29 +368,39 @@ impl Generator {
         let now = Instant::now();
         let clock = ClockAnchor { at: now, unix_micros: unix().as_micros() as u64 };
         let phase = self.tick.mul_f64(self.rng.random::<f64>());
+        let mut cfg = ClientConfig::new(name);
+        // `--mesh none`: the shard's side of P2P on without links, i.e. a core that opens none.
+        cfg.p2p = self.p2p && self.mesh != MeshLoad::None;
+        // No NAT discovery on loopback: announce an open NAT and the host candidate at once.
+        cfg.assume_nat = Some(NatSummary {
+            class: "open".into(),
+            dependent_mapping: false,
+            port_delta: None,
+            public: None,
+        });
+        let mut core = ClientCore::new(now, cfg, clock, &[mesh_addr]);
+        core.enter_zone(now, 0);
         self.by_mesh_addr.insert(mesh_addr, i);
         self.is_dirty.push(false);
         self.clients.push(Client {
-            name,
             cluster,
             offset,
             nc,
             renet: RenetClient::new(ConnectionConfig::default()),
             nc_sock,
-            mesh: Mesh::new(now, MeshConfig::default(), clock, &[mesh_addr]),
+            core,
             mesh_sock,
             mesh_addr,
             last_update: now,
             next_tick: now + phase,
             joined: false,
             dead: false,
-            player: None,
             entered: false,
             pos: (0.0, 0.0),
             vel: (0.0, 0.0),
             tick: 0,
-            links: HashMap::new(),
             intros: 0,
+            peers: Vec::new(),
         });
         Ok(())
     }
@@ -405,6 +418,7 @@ impl Generator {
         }
         if c.nc.is_disconnected() {
             c.dead = true;
+            c.core.disconnected();
             return;
         }
         if c.nc.is_connected() {
@@ -422,16 +436,9 @@ impl Generator {
         }
     }
 
-    fn send_shard(&mut self, i: usize, channel: DefaultChannel, msg: &ClientMessage) {
-        if let Ok(b) = encode(msg) {
-            self.clients[i].renet.send_message(channel, b);
-        }
-    }
-
     fn on_shard_datagram(&mut self, i: usize, now: Instant) {
-        loop {
-            let c = &mut self.clients[i];
-            let Ok((n, from)) = c.nc_sock.recv_from(&mut self.buf) else { break };
+        let c = &mut self.clients[i];
+        while let Ok((n, from)) = c.nc_sock.recv_from(&mut self.buf) {
             if from != c.nc.server_addr() {
                 continue;
             }
@@ -444,66 +451,40 @@ impl Generator {
                 }
             }
         }
-        let mut msgs = Vec::new();
-        let c = &mut self.clients[i];
-        for ch in [0u8, 2] {
+        for ch in [DefaultChannel::ReliableOrdered, DefaultChannel::Unreliable].map(u8::from) {
             while let Some(b) = c.renet.receive_message(ch) {
                 if let Ok(m) = decode::<ShardMessage>(&b) {
-                    msgs.push(m);
+                    c.core.handle_shard_message(now, m);
                 }
             }
         }
-        for m in msgs {
-            self.on_shard(i, now, m);
-        }
+        self.drain_core(i, now);
     }
 
-    fn on_shard(&mut self, i: usize, now: Instant, msg: ShardMessage) {
-        let p2p = self.p2p;
+    /// Drain a core after any input: shard messages into renet, events (positions,
+    /// introductions, received state), datagrams (in memory or to the socket); re-arm its
+    /// timer.
+    fn drain_core(&mut self, i: usize, now: Instant) {
         let c = &mut self.clients[i];
-        match msg {
-            ShardMessage::Welcome { player, .. } => c.player = Some(player),
-            ShardMessage::EnteredZone { x, y, .. } => {
-                for (l, _) in c.links.drain() {
-                    let _ = c.mesh.remove_link(l);
-                }
-                c.pos = (x, y);
-                c.entered = true;
+        while let Some((msg, reliable)) = c.core.poll_shard_message() {
+            let channel = if reliable { DefaultChannel::ReliableOrdered } else { DefaultChannel::Unreliable };
+            if let Ok(b) = encode(&msg) {
+                c.renet.send_message(channel, b);
             }
-            ShardMessage::PeerIntro { peer, params, .. } => {
-                let link = params.link;
-                c.intros += 1;
-                c.links.insert(link, (peer, now));
-                if p2p && self.mesh != MeshLoad::None {
-                    let _ = c.mesh.add_link(now, params);
-                    self.after_mesh(i, now);
-                }
-            }
-            ShardMessage::PeerOutro { link } => {
-                if c.links.remove(&link).is_some() && p2p {
-                    let _ = c.mesh.remove_link(link);
-                }
-            }
-            ShardMessage::Correction { x, y } => c.pos = (x, y),
-            ShardMessage::RelayRefresh { link, relay } => {
-                if p2p {
-                    let _ = c.mesh.update_relay(now, link, relay);
-                    self.after_mesh(i, now);
-                }
-            }
-            ShardMessage::FromPeer { .. } => self.counters.state_recv += 1,
-            ShardMessage::Refused { .. }
-            | ShardMessage::Chat { .. }
-            | ShardMessage::Npcs { .. }
-            | ShardMessage::PartyInvite { .. } => {}
         }
-    }
-
-    /// Drain a mesh after any input: transmits (in memory or to the socket), events (path
-    /// reports), received state; re-arm its timer.
-    fn after_mesh(&mut self, i: usize, now: Instant) {
-        let c = &mut self.clients[i];
-        while let Some(t) = c.mesh.poll_transmit() {
+        while let Some(ev) = c.core.poll_event() {
+            match ev {
+                ClientEvent::Message { .. } => self.counters.state_recv += 1,
+                ClientEvent::Shard(ShardNotice::EnteredZone { x, y, .. }) => {
+                    c.pos = (x, y);
+                    c.entered = true;
+                }
+                ClientEvent::Shard(ShardNotice::Correction { x, y }) => c.pos = (x, y),
+                ClientEvent::PeerAdded { .. } => c.intros += 1,
+                _ => {}
+            }
+        }
+        while let Some(t) = c.core.poll_transmit() {
             match self.by_mesh_addr.get(&t.dst) {
                 Some(&dst) if self.memory_wire => self.wire.push_back((dst, c.mesh_addr, t.payload.to_vec())),
                 _ => {
@@ -511,48 +492,27 @@ impl Generator {
                 }
             }
         }
-        let mut reports = Vec::new();
-        while let Some(ev) = c.mesh.poll_event() {
-            if let MeshEvent::Link { link, event: LinkEvent::Path(p) } = ev {
-                let path = match p {
-                    Path::None => PathState::Connecting,
-                    Path::Relayed { .. } => PathState::Relayed,
-                    Path::Direct { .. } => PathState::Direct,
-                };
-                reports.push(ClientMessage::PathReport { link, path, rtt_ms: None });
-            }
-        }
-        if let Some(t) = c.mesh.poll_timeout() {
+        if let Some(t) = c.core.poll_timeout() {
             self.timers.push(Reverse((t.max(now), i)));
-        }
-        for r in reports {
-            self.send_shard(i, DefaultChannel::ReliableOrdered, &r);
         }
     }
 
-    /// Hand a datagram to client `i`'s mesh; its output is collected by [`Self::flush_dirty`]
-    /// once per turn, however many datagrams it got.
+    /// Hand a datagram to client `i`'s core; its output is collected by
+    /// [`Self::flush_dirty`] once per turn, however many datagrams it got.
     fn on_mesh_datagram(&mut self, i: usize, from: SocketAddr, data: &[u8], now: Instant) {
         let c = &mut self.clients[i];
-        c.mesh.handle_datagram(now, c.mesh_addr, from, data);
+        c.core.handle_datagram(now, c.mesh_addr, from, data);
         if !self.is_dirty[i] {
             self.is_dirty[i] = true;
             self.dirty.push(i);
         }
     }
 
-    /// Received state, transmits, events and timers of every mesh that got datagrams.
+    /// Received state, transmits, events and timers of every core that got datagrams.
     fn flush_dirty(&mut self, now: Instant) {
         for i in std::mem::take(&mut self.dirty) {
             self.is_dirty[i] = false;
-            let c = &mut self.clients[i];
-            let ids: Vec<LinkId> = c.links.keys().copied().collect();
-            for l in ids {
-                while c.mesh.receive(l, CHANNEL_UNRELIABLE).is_some() {
-                    self.counters.state_recv += 1;
-                }
-            }
-            self.after_mesh(i, now);
+            self.drain_core(i, now);
         }
     }
 
@@ -594,19 +554,8 @@ impl Generator {
         let c = &mut self.clients[i];
         if c.nc.is_connected() && !c.joined {
             c.joined = true;
-            let nat =
-                NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
-            let name = c.name.clone();
-            let cands = vec![Candidate::new(CandidateKind::Host, c.mesh_addr)];
-            self.send_shard(i, DefaultChannel::ReliableOrdered, &ClientMessage::Login { name });
-            self.send_shard(
-                i,
-                DefaultChannel::ReliableOrdered,
-                &ClientMessage::MeshInfo { candidates: cands, nat },
-            );
-            self.send_shard(i, DefaultChannel::ReliableOrdered, &ClientMessage::EnterZone { zone: 0 });
+            c.core.connected();
         }
-        let c = &mut self.clients[i];
         if c.entered {
             let target = (cx + c.offset.0, cy + c.offset.1);
             let (dx, dy) = (target.0 - c.pos.0, target.1 - c.pos.1);
@@ -615,32 +564,40 @@ impl Generator {
             c.vel = if d > 1e-3 { (dx / d * step, dy / d * step) } else { (0.0, 0.0) };
             c.pos = (c.pos.0 + c.vel.0, c.pos.1 + c.vel.1);
             c.tick = c.tick.wrapping_add(1);
-            let mv = ClientMessage::Move { tick: c.tick, x: c.pos.0, y: c.pos.1 };
-            let mut state = vec![0u8; self.state_bytes];
-            state[..8].copy_from_slice(&c.player.map_or(0, |p| p.0).to_le_bytes());
-            state[8..12].copy_from_slice(&c.tick.to_le_bytes());
-            for (k, v) in [c.pos.0, c.pos.1, c.vel.0, c.vel.1].iter().enumerate() {
-                state[12 + 4 * k..16 + 4 * k].copy_from_slice(&v.to_le_bytes());
-            }
-            let peers: Vec<(LinkId, PlayerId)> = c.links.iter().map(|(l, (p, _))| (*l, *p)).collect();
-            self.send_shard(i, DefaultChannel::Unreliable, &mv);
+            c.core.move_to(c.pos.0, c.pos.1);
+            let mut peers = std::mem::take(&mut c.peers);
+            peers.clear();
+            peers.extend(c.core.peers().map(|p| p.player));
             self.counters.state_due += peers.len() as u64;
-            let peers = if late || (self.p2p && self.mesh != MeshLoad::Full) { Vec::new() } else { peers };
-            for (link, peer) in peers {
-                self.counters.state_sent += 1;
-                if self.p2p {
-                    let _ = self.clients[i].mesh.send(link, CHANNEL_UNRELIABLE, state.clone());
-                } else {
-                    let msg = ClientMessage::ToPeer { peer, reliable: false, data: state.clone() };
-                    self.send_shard(i, DefaultChannel::Unreliable, &msg);
+            if !(late || (self.p2p && self.mesh != MeshLoad::Full)) {
+                let state = self.state_message(i);
+                let c = &mut self.clients[i];
+                for &peer in &peers {
+                    self.counters.state_sent += 1;
+                    let _ = c.core.send(peer, Channel::Unreliable, state.clone());
                 }
             }
+            let c = &mut self.clients[i];
+            c.peers = peers;
             if self.p2p && !late {
-                self.clients[i].mesh.handle_timeout(now);
-                self.after_mesh(i, now);
+                c.core.handle_timeout(now);
             }
         }
+        self.drain_core(i, now);
         self.pump_shard(i, now);
+    }
+
+    /// Client `i`'s per-tick state message: player, tick, position, velocity, padded to
+    /// `--state-bytes`.
+    fn state_message(&self, i: usize) -> Bytes {
+        let c = &self.clients[i];
+        let mut state = vec![0u8; self.state_bytes];
+        state[..8].copy_from_slice(&c.core.player().map_or(0, |p| p.0).to_le_bytes());
+        state[8..12].copy_from_slice(&c.tick.to_le_bytes());
+        for (k, v) in [c.pos.0, c.pos.1, c.vel.0, c.vel.1].iter().enumerate() {
+            state[12 + 4 * k..16 + 4 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        Bytes::from(state)
     }
 
     /// Run the loop until `until`; `on_second` is called about once a second.
@@ -719,9 +676,9 @@ impl Generator {
                 }
                 self.timers.pop();
                 let c = &mut self.clients[i];
-                if c.mesh.poll_timeout().is_some_and(|d| d <= now) {
-                    c.mesh.handle_timeout(now);
-                    self.after_mesh(i, now);
+                if c.core.poll_timeout().is_some_and(|d| d <= now) {
+                    c.core.handle_timeout(now);
+                    self.drain_core(i, now);
                 }
             }
             if now >= next_second {
@@ -742,11 +699,11 @@ impl Generator {
     fn link_paths(&self, now: Instant) -> (u64, u64, u64) {
         let (mut d, mut r, mut f) = (0, 0, 0);
         for c in &self.clients {
-            for (l, (_, since)) in &c.links {
-                if now.duration_since(*since) < Duration::from_secs(3) {
+            for p in c.core.peers() {
+                if now.duration_since(p.introduced_at) < Duration::from_secs(3) {
                     continue;
                 }
-                match c.mesh.link(*l).map(|k| k.path()) {
+                match c.core.mesh().link(p.link).map(|k| k.path()) {
                     Some(Path::Direct { .. }) => d += 1,
                     Some(Path::Relayed { .. }) => r += 1,
                     _ => f += 1,
