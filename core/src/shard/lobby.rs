@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::RECONNECT_MAX;
 use super::bus::Bus;
 use super::party::Parties;
 use crate::link::Candidate;
@@ -84,6 +83,10 @@ impl CharacterStore for MemoryStore {
         Ok(())
     }
 }
+
+/// Longest wait between an internal link's reconnect attempts (the Lobby gives Game servers
+/// this long after its own start to link before judging their heartbeats).
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// After a start, how long the Lobby adopts placements it learns from Games' `Positions`
 /// (a restarted Lobby's resync); later, only its own placements count.

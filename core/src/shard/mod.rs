@@ -32,10 +32,5 @@ pub use game::{GameConfig, GameRules, GameStats, GameWorld, Pair};
 pub use intro::{IntroRefusals, IntroSide, Introduction, introduce};
 pub use lobby::{CharacterStore, Lobby, MemoryStore, StoredCharacter};
 pub use local::{LocalShard, LocalShardConfig};
+pub use lobby::RECONNECT_MAX;
 pub use party::{Parties, PartyError};
-
-use std::time::Duration;
-
-/// Longest wait between an internal link's reconnect attempts (the Lobby gives Game servers
-/// this long after its own start to link before judging their heartbeats).
-pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
