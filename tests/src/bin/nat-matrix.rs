@@ -1,11 +1,15 @@
 //! Regenerates `docs/NAT-MATRIX.md`: for every pair of NAT classes, run the production mesh,
-//! STUN and relay code in the simulator over many seeds and report how the pair connects.
+//! STUN and relay code in the simulator over many seeds and report how the pair connects —
+//! once introduced at a chosen instant with the core's introduction (the timing columns), and
+//! once as full clients the real shard roles log in, place and introduce (the shard column).
 //!
 //! `cargo run -p p2pmodel-tests --release --bin nat-matrix -- --seeds 20 > docs/NAT-MATRIX.md`
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use p2pmodel_core::client::PeerPath;
+use p2pmodel_tests::shard_world::ShardWorld;
 use p2pmodel_tests::{NatKind, run_pair};
 
 /// Print the NAT class matrix as Markdown.
@@ -28,6 +32,28 @@ struct Cell {
     broken_streams: u32,
     to_direct: Vec<Duration>,
     first: Vec<Duration>,
+    /// Through the real shard: direct / relayed / failed, and broken streams.
+    shard: [u32; 4],
+}
+
+/// One run of the pair as full clients of the real shard roles: the path both ends report
+/// and whether both streams arrived whole (no gap, no duplicate).
+fn through_shard(seed: u64, a: NatKind, b: NatKind, secs: u64) -> (Option<PeerPath>, bool) {
+    let mut w = ShardWorld::new(seed, |_| {});
+    let (mut sa, mut sb) = (w.world.site(a), w.world.site(b));
+    let (ha, hb) = (w.player(&mut sa, "a", 0), w.player(&mut sb, "b", 0));
+    if !w.until_introduced(ha, hb, Duration::from_secs(10)) {
+        return (None, false);
+    }
+    w.stream(&[ha, hb]);
+    w.run(Duration::from_secs(secs));
+    let (ia, ib) = (w.id(ha), w.id(hb));
+    let (pa, pb) = (w.p(ha).path(ib), w.p(hb).path(ia));
+    let whole = [(ha, ib), (hb, ia)].iter().all(|(me, from)| {
+        let (got, gaps, dups) = w.p(*me).stream_from(*from);
+        got > 0 && gaps == 0 && dups == 0
+    });
+    (if pa == pb { pa } else { None }, whole)
 }
 
 fn median(v: &mut [Duration]) -> Option<Duration> {
@@ -63,6 +89,13 @@ fn main() {
             }
             cell.to_direct.extend(o.time_to_direct());
             cell.first.extend(o.first_message);
+            let (path, whole) = through_shard(1000 + seed, *a, *b, args.secs);
+            match path {
+                Some(PeerPath::Direct) => cell.shard[0] += 1,
+                Some(PeerPath::Relayed) => cell.shard[1] += 1,
+                _ => cell.shard[2] += 1,
+            }
+            cell.shard[3] += u32::from(!whole);
         }
         cells.push(cell);
     }
@@ -82,14 +115,20 @@ fn main() {
     println!("- **outcome**: share of runs ending direct / relayed / failed (D/R/F).");
     println!("- **to direct**: median ms from introduction until both ends send directly.");
     println!("- **first msg**: median ms from introduction to the first delivered message (relay-first).");
+    println!("- **stream**: runs where the reliable stream had a gap, duplicate or reordering (must be 0).");
     println!(
-        "- **stream**: runs where the reliable stream had a gap, duplicate or reordering (must be 0).\n"
+        "- **via shard D/R/F (broken)**: the same seeds as full clients (`ClientCore`) of the real shard roles \
+         (Agent routing, Lobby, Game server on the simulator's clock): login, NAT discovery, zone, introduction \
+         by the Game server, both streaming; final path of both ends, and runs where a stream had a gap or \
+         duplicate.\n"
     );
-    println!("| A | B | outcome D/R/F | direct rate | to direct (ms) | first msg (ms) | broken streams |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| A | B | outcome D/R/F | direct rate | to direct (ms) | first msg (ms) | broken streams | via shard D/R/F (broken) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for ((a, b), mut c) in pairs.into_iter().zip(cells) {
         println!(
-            "| {} | {} | {}/{}/{} | {:.0} % | {} | {} | {} |",
+            "| {} | {} | {}/{}/{} | {:.0} % | {} | {} | {} | {}/{}/{} ({}) |",
             a.name(),
             b.name(),
             c.direct,
@@ -98,7 +137,11 @@ fn main() {
             100.0 * c.direct as f64 / n as f64,
             fmt_ms(median(&mut c.to_direct)),
             fmt_ms(median(&mut c.first)),
-            c.broken_streams
+            c.broken_streams,
+            c.shard[0],
+            c.shard[1],
+            c.shard[2],
+            c.shard[3]
         );
     }
     println!("\n## How to read it\n");
