@@ -21,16 +21,16 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2pmodel_core::config::MeshConfig;
-use p2pmodel_core::crypto::LinkKey;
 use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
-use p2pmodel_core::link::{CHANNEL_RELIABLE, LinkEvent, LinkParams, NatHint, Path, RelayParams};
+use p2pmodel_core::link::{CHANNEL_RELIABLE, LinkEvent, NatHint, Path, RelayParams};
 use p2pmodel_core::mesh::{Mesh, MeshEvent};
 use p2pmodel_core::proto::peer::{LinkId, Side};
-use p2pmodel_core::relay::{TokenKeys, mint};
+use p2pmodel_core::relay::TokenKeys;
+use p2pmodel_core::shard::intro::{IntroRefusals, IntroRelay, IntroSide, introduce};
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
 use p2pmodel_servers::relay::client::{BindClient, peer_datagram};
@@ -91,11 +91,15 @@ impl LoopRelay {
         self.clock
     }
 
+    /// The relay as an introduction names it: tokens valid for an hour, as the shard mints.
+    pub fn intro_relay(&self) -> IntroRelay<'_> {
+        let expiry_unix = (self.clock.unix_secs_at(Instant::now()) + 3600) as u32;
+        IntroRelay { addr: self.addr(), keys: &self.keys, expiry_unix }
+    }
+
     /// A relay token for `side` of `link`, valid for an hour, as the shard mints it.
     pub fn relay_params(&self, link: LinkId, side: Side) -> RelayParams {
-        let expiry = (self.clock.unix_secs_at(Instant::now()) + 3600) as u32;
-        let (token, bind_key) = mint(&self.keys, link, side, expiry);
-        RelayParams { addr: self.addr(), token, bind_key }
+        self.intro_relay().params(link, side)
     }
 
     /// A bind client for `side` of `link` (for raw pings through the relay).
@@ -283,23 +287,22 @@ impl LoopPair {
         })
     }
 
-    /// Introduce A and B on `link` as the Game server does: a fresh link key, each side's
-    /// candidates (its host address), relay tokens for both sides, both at the same instant.
-    /// If A streams, its first message is queued at once (it leaves on the first path).
+    /// Introduce A and B on `link` with the Game server's introduction (the core's one
+    /// implementation): a fresh link key, each side's candidates (its loopback host address:
+    /// both "behind" 127.0.0.1, so the scope rules let them through), relay tokens for both
+    /// sides, both at the same instant. If A streams, its first message is queued at once
+    /// (it leaves on the first path).
     pub fn introduce(&mut self, relay: &LoopRelay, link: LinkId) {
-        let key = LinkKey(rand::rng().random());
         let cand_a = self.a.mesh.local_candidates().to_vec();
         let cand_b = self.b.mesh.local_candidates().to_vec();
+        let lo = Some(IpAddr::from([127, 0, 0, 1]));
+        let side_a = IntroSide { candidates: &cand_a, nat: NatHint::default(), ip: lo };
+        let side_b = IntroSide { candidates: &cand_b, nat: NatHint::default(), ip: lo };
+        let mut refused = IntroRefusals::default();
+        let intro =
+            introduce(&mut rand::rng(), link, &side_a, &side_b, Some(&relay.intro_relay()), &mut refused);
         let now = Instant::now();
-        for (peer, side, remote) in [(&mut self.a, Side::A, cand_b), (&mut self.b, Side::B, cand_a)] {
-            let params = LinkParams {
-                link,
-                side,
-                key: key.clone(),
-                remote,
-                remote_nat: NatHint::default(),
-                relay: Some(relay.relay_params(link, side)),
-            };
+        for (peer, params) in [(&mut self.a, intro.a), (&mut self.b, intro.b)] {
             peer.links.entry(link).or_default().intro_at = Some(now);
             peer.mesh.add_link(now, params).expect("fresh link id");
         }

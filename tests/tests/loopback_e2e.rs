@@ -5,14 +5,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2pmodel_core::config::MeshConfig;
-use p2pmodel_core::crypto::LinkKey;
 use p2pmodel_core::endpoint::{ClockAnchor, Endpoint};
-use p2pmodel_core::link::{
-    CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, LinkParams, NatHint, Path, RelayParams,
-};
+use p2pmodel_core::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent, NatHint, Path};
 use p2pmodel_core::mesh::Mesh;
-use p2pmodel_core::proto::peer::{LinkId, Side};
-use p2pmodel_core::relay::{RelayConfig, TokenKeys, mint};
+use p2pmodel_core::proto::peer::LinkId;
+use p2pmodel_core::relay::{RelayConfig, TokenKeys};
+use p2pmodel_core::shard::intro::{IntroRefusals, IntroRelay, IntroSide, introduce};
 use p2pmodel_servers::relay::{RelayServer, RelayServerOptions};
 use p2pmodel_tests::loopback::{LoopPair, LoopRelay, drive, is_direct};
 
@@ -66,20 +64,14 @@ fn a_link_with_no_direct_path_falls_back_to_the_real_relay_and_delivers_in_order
     // Each side is told only of an address where nobody listens: punching cannot succeed.
     let dead = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let link = LinkId(77);
-    let key = LinkKey([5; 32]);
-    let expiry = unix.as_secs() as u32 + 600;
-    for (peer, side) in [(&mut a, Side::A), (&mut b, Side::B)] {
-        let (token, bind_key) = mint(&keys, link, side, expiry);
-        let params = LinkParams {
-            link,
-            side,
-            key: key.clone(),
-            remote: vec![Candidate::new(CandidateKind::ServerReflexive, dead)],
-            remote_nat: NatHint::default(),
-            relay: Some(RelayParams { addr: relay_addr, token, bind_key }),
-        };
-        peer.mesh.add_link(now, params).unwrap();
-    }
+    let tokens = IntroRelay { addr: relay_addr, keys: &keys, expiry_unix: unix.as_secs() as u32 + 600 };
+    let dead = [Candidate::new(CandidateKind::ServerReflexive, dead)];
+    let lo = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let side = IntroSide { candidates: &dead, nat: NatHint::default(), ip: lo };
+    let mut refused = IntroRefusals::default();
+    let intro = introduce(&mut rand::rng(), link, &side, &side, Some(&tokens), &mut refused);
+    a.mesh.add_link(now, intro.a).unwrap();
+    b.mesh.add_link(now, intro.b).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut sent = 0u32;

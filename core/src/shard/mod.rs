@@ -30,7 +30,7 @@ pub use agent::{AgentRouter, Session};
 pub use bus::{Bus, BusObserver};
 pub use game::{GameConfig, GameRules, GameStats, GameWorld, Pair};
 pub use intro::{IntroRefusals, IntroSide, Introduction, introduce};
+pub use lobby::RECONNECT_MAX;
 pub use lobby::{CharacterStore, Lobby, MemoryStore, StoredCharacter};
 pub use local::{LocalShard, LocalShardConfig};
-pub use lobby::RECONNECT_MAX;
 pub use party::{Parties, PartyError};
