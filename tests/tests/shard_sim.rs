@@ -159,3 +159,54 @@ fn a_lobby_restart_keeps_players_playing_and_places_newcomers_with_stable_ids() 
     assert!(got > 100 && gaps == 0 && dups == 0, "{got} {gaps} {dups}");
     assert_eq!(w.p(c).path(ia), Some(PeerPath::Direct));
 }
+
+#[test]
+fn tc05_with_keepalive_an_idle_pair_outlives_the_nat_binding_timeout() {
+    let mut w = ShardWorld::new(205, |_| {});
+    let timeout = |c: p2pmodel_sim::NatConfig| c.binding_timeout(Duration::from_secs(20));
+    let mut sa = w.world.site_with(NatKind::PortRestricted, timeout);
+    let mut sb = w.world.site_with(NatKind::PortRestricted, timeout);
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(3 * SEC);
+    for h in [a, b] {
+        w.p_mut(h).stream_every = None;
+    }
+    w.run(90 * SEC); // 4.5 × the NAT's binding timeout, both idle
+    let t = w.world.sim.now();
+    w.stream(&[a, b]);
+    w.run(5 * SEC);
+    assert!(w.p(a).path_changes(w.id(b), PeerPath::Lost).is_empty(), "never lost");
+    check_path(&w, a, b, PeerPath::Direct);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let resumed = w.p(b).received[&ia].iter().filter(|g| g.at > t).count();
+    assert!(resumed > 80 && w.p(b).received[&ia].iter().filter(|g| g.at > t).all(|g| g.p2p), "{resumed}");
+    let (_, gaps, dups) = w.p(a).stream_from(ib);
+    assert_eq!((gaps, dups), (0, 0));
+}
+
+#[test]
+fn a_blocked_direct_path_fails_over_to_the_relay_and_the_game_server_hears_it() {
+    let mut w = ShardWorld::new(209, |_| {});
+    let (mut sa, mut sb) = (w.world.site(NatKind::PortRestricted), w.world.site(NatKind::FullCone));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(5 * SEC);
+    check_path(&w, a, b, PeerPath::Direct);
+    let ip = |s: &p2pmodel_tests::Site| w.world.sim.nat_public_ip(s.nat.unwrap());
+    let (ipa, ipb) = (ip(&sa), ip(&sb));
+    w.world.sim.block(p2pmodel_sim::PathEnd::Ip(ipa), p2pmodel_sim::PathEnd::Ip(ipb));
+    let t = w.world.sim.now();
+    w.run(10 * SEC);
+    for (me, peer) in [(a, w.id(b)), (b, w.id(a))] {
+        let relayed = w.p(me).path_changes(peer, PeerPath::Relayed).into_iter().find(|x| *x > t);
+        let after = relayed.expect("on the relay") - t;
+        assert!(after <= SEC, "on the relay {after:?} after the block");
+    }
+    check_path(&w, a, b, PeerPath::Relayed);
+    check_streams(&w, a, b);
+}
