@@ -347,6 +347,16 @@ fn on_shard_events(
             ShardNotice::PartyInvite { party, name, .. } => {
                 chat.push("*", format!("{name} invites you to party {party:?}"));
             }
+            ShardNotice::Reconnecting { attempt, retry_in, reason } => {
+                warn!(name = %settings.name, attempt, ?retry_in, %reason, "shard connection lost; reconnecting");
+                chat.push(
+                    "*",
+                    format!(
+                        "shard unreachable ({reason}); peers stay connected, retry {attempt} in {:.1} s",
+                        retry_in.as_secs_f32()
+                    ),
+                );
+            }
             ShardNotice::Disconnected(why) if me.player.is_none() => fail(
                 &mut failure,
                 &mut exit,

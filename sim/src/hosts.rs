@@ -126,6 +126,11 @@ struct Conn {
 #[derive(Debug)]
 struct Inner {
     shard: LocalShard,
+    /// What a restart starts from (the same store and keys: a process restarted on its disk).
+    cfg: LocalShardConfig,
+    clock: ClockAnchor,
+    /// The whole shard is down: connections are refused until [`SimShard::restart`].
+    down: bool,
     now: Instant,
     conns: BTreeMap<u64, Conn>,
     next_client: u64,
@@ -189,7 +194,10 @@ impl SimShard {
         tweak(&mut cfg);
         let now = sim.now();
         let shard = SimShard(Arc::new(Mutex::new(Inner {
-            shard: LocalShard::new(now, cfg, punch.clock),
+            shard: LocalShard::new(now, cfg.clone(), punch.clock),
+            cfg,
+            clock: punch.clock,
+            down: false,
             now,
             conns: BTreeMap::new(),
             next_client: 1,
@@ -220,6 +228,9 @@ impl SimShard {
     pub fn reconnect(&self, client: u64) {
         let mut s = self.lock();
         let now = s.now;
+        if s.down {
+            return;
+        }
         let Some(c) = s.conns.get_mut(&client) else { return };
         if c.connected {
             return;
@@ -320,6 +331,34 @@ impl SimShard {
     pub fn restart_lobby(&self) {
         self.stop_lobby();
         self.start_lobby(None);
+    }
+
+    /// The whole shard process dies (`kill -9`): every connection drops at once, every role
+    /// loses its memory; what its store holds survives. Connections are refused until
+    /// [`SimShard::restart`].
+    pub fn crash(&self) {
+        let mut s = self.lock();
+        s.down = true;
+        for c in s.conns.values_mut() {
+            c.connected = false;
+            c.inbox.clear();
+        }
+        let (now, cfg, clock) = (s.now, s.cfg.clone(), s.clock);
+        s.shard = LocalShard::new(now, cfg, clock);
+    }
+
+    /// The shard process is back (fresh roles on the same store and keys): clients may
+    /// reconnect and resume.
+    pub fn restart(&self) {
+        let mut s = self.lock();
+        let (now, cfg, clock) = (s.now, s.cfg.clone(), s.clock);
+        s.shard = LocalShard::new(now, cfg, clock);
+        s.down = false;
+    }
+
+    /// Whether the shard is down.
+    pub fn is_down(&self) -> bool {
+        self.lock().down
     }
 
     /// Messages for clients that had no connection (dropped).

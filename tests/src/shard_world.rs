@@ -54,15 +54,33 @@ pub struct Player {
     /// Every event with its time.
     pub events: Vec<(Instant, ClientEvent)>,
     now: Instant,
+    /// Reconnection attempts since the shard connection was lost, and when the next one is.
+    attempt: u32,
+    next_retry: Option<Instant>,
 }
 
 impl Player {
     fn service(&mut self, now: Instant) {
         self.now = now;
+        // A suspended session reconnects with capped exponential backoff, as the plugin does
+        // (without its jitter, so runs repeat).
+        if !self.connected && self.next_retry.is_some_and(|t| now >= t) {
+            self.shard.reconnect(self.client);
+            self.attempt += 1;
+            let delay = Duration::from_millis(250).saturating_mul(1 << self.attempt.min(5));
+            self.next_retry = Some(now + delay.min(Duration::from_secs(8)));
+        }
         let up = self.shard.is_connected(self.client);
         if up != self.connected {
             self.connected = up;
-            if up { self.core.connected() } else { self.core.disconnected() }
+            if up {
+                self.attempt = 0;
+                self.next_retry = None;
+                self.core.connected();
+            } else {
+                self.core.disconnected();
+                self.next_retry = Some(now + Duration::from_millis(250));
+            }
         }
         while let Some(m) = self.shard.receive(self.client) {
             self.core.handle_shard_message(now, m);
@@ -189,6 +207,8 @@ impl ShardWorld {
             received: BTreeMap::new(),
             events: Vec::new(),
             now,
+            attempt: 0,
+            next_retry: None,
         };
         self.world.sim.add_host(host, p)
     }

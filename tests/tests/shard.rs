@@ -196,7 +196,11 @@ impl Client {
                 }
                 self.pos = (x, y);
                 self.entered.push((x, y));
+                // This raw client keeps no link across servers: say so, and get introduced
+                // at once.
+                self.send(&ClientMessage::KeepLinks { links: Vec::new() });
             }
+            ShardMessage::Session { .. } | ShardMessage::PeerKept { .. } => {}
             ShardMessage::Correction { x, y } => self.pos = (x, y),
             ShardMessage::Refused { reason } => self.refused.push(reason),
             ShardMessage::RelayRefresh { link, relay } => {

@@ -90,13 +90,13 @@ fn tc06_an_address_change_mid_stream_loses_nothing_and_the_pair_goes_direct_agai
 }
 
 #[test]
-fn a_game_server_crash_moves_the_pair_to_the_zone_s_other_server_which_introduces_it_again() {
+fn a_game_server_crash_hands_the_pair_over_to_the_zone_s_other_server_without_a_dropped_link() {
     let (mut w, a, b) = pair(207, NatKind::PortRestricted, NatKind::FullCone, 4);
     let (ia, ib) = (w.id(a), w.id(b));
     let first = w.shard.game_of(ia).expect("placed");
     assert_eq!(w.shard.game_of(ib), Some(first), "a zone's first server fills first");
+    let link = w.p(a).core.peer(ib).unwrap().link;
     let t = w.world.sim.now();
-    let sent_before = w.p(a).sent[&ib];
     w.shard.kill_game(first);
     // The Lobby hears nothing for its heartbeat timeout (1 s), then moves both.
     w.run(3 * SEC);
@@ -104,36 +104,29 @@ fn a_game_server_crash_moves_the_pair_to_the_zone_s_other_server_which_introduce
     assert_ne!(second, first);
     assert_eq!(w.shard.game_of(ib), Some(second));
     for (me, peer) in [(a, ib), (b, ia)] {
-        let moved = w
-            .p(me)
+        let p = w.p(me);
+        let after =
+            |f: &dyn Fn(&ClientEvent) -> bool| p.events.iter().filter(|(at, e)| *at > t && f(e)).count();
+        let handover = p
             .events
             .iter()
-            .any(|(at, e)| *at > t && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })));
-        assert!(moved, "told of the new server");
-        let again = w
-            .p(me)
-            .events
-            .iter()
-            .filter(|(at, e)| {
-                *at > t && matches!(e, ClientEvent::PeerAdded { player, .. } if *player == peer)
-            })
-            .count();
-        assert_eq!(again, 1, "introduced once by the new server");
-        let handover = w
-            .p(me)
-            .events
-            .iter()
-            .find(|(at, e)| *at > t && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })))
-            .unwrap()
-            .0;
+            .find(|(at, e)| *at > t && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })));
+        let handover = handover.expect("told of the new server").0;
         assert!(handover - t < 2 * SEC, "moved {:?} after the crash", handover - t);
+        // The players do not notice: the link both still have is kept, not introduced again.
+        assert_eq!(
+            after(&|e| matches!(e, ClientEvent::PeerAdded { .. } | ClientEvent::PeerRemoved { .. })),
+            0
+        );
+        assert_eq!(p.core.peer(peer).map(|x| x.link), Some(link), "the same link");
     }
+    assert_eq!(w.shard.with(|s| s.games().iter().map(|g| g.stats.links_kept).sum::<u64>()), 1);
     w.run(6 * SEC);
     check_path(&w, a, b, PeerPath::Direct);
-    // The stream flows on the new link.
-    let after: Vec<_> = w.p(b).received[&ia].iter().filter(|g| g.at > t + 3 * SEC).collect();
-    assert!(after.len() > 100, "{} messages after the handover", after.len());
-    assert!(after.iter().all(|g| g.seq >= sent_before), "new messages, in the stream's numbering");
+    // The stream never stopped: every message once, none missing, across the handover.
+    check_streams(&w, a, b);
+    let gap = w.p(b).received[&ia].windows(2).map(|g| g[1].at - g[0].at).max().unwrap();
+    assert!(gap < Duration::from_millis(200), "longest silence {gap:?}");
 }
 
 #[test]
@@ -209,4 +202,61 @@ fn a_blocked_direct_path_fails_over_to_the_relay_and_the_game_server_hears_it() 
     }
     check_path(&w, a, b, PeerPath::Relayed);
     check_streams(&w, a, b);
+}
+
+#[test]
+fn a_whole_shard_outage_keeps_the_pair_playing_and_the_sessions_resume_with_their_ids_and_links() {
+    // Among them a direct pair and a relayed pair (the relay is its own process and stays up).
+    let mut w = ShardWorld::new(210, |_| {});
+    let (mut sa, mut sb) = (w.world.site(NatKind::PortRestricted), w.world.site(NatKind::FullCone));
+    let (mut sc, mut sd) = (w.world.site(NatKind::SymmetricRandom), w.world.site(NatKind::SymmetricRandom));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    let c = w.player(&mut sc, "cy", 0);
+    let d = w.player(&mut sd, "di", 0);
+    let all = [a, b, c, d];
+    assert!(w.until_introduced(a, b, 10 * SEC) && w.until_introduced(c, d, 10 * SEC));
+    w.stream(&all);
+    w.run(5 * SEC);
+    let ids: Vec<_> = all.iter().map(|h| w.id(*h)).collect();
+    let links: Vec<_> =
+        all.iter().map(|h| w.p(*h).core.peers().map(|p| (p.player, p.link)).collect::<Vec<_>>()).collect();
+    let t = w.world.sim.now();
+    w.shard.crash();
+    w.run(30 * SEC);
+    for h in all {
+        let p = w.p(h);
+        assert_eq!(p.core.phase(), p2pmodel_core::client::Phase::Reconnecting);
+        // 30 s without any shard: the streams went on over the links.
+        for peer in p.core.peers() {
+            let fresh = p.received[&peer.player].iter().filter(|g| g.at > t + 29 * SEC).count();
+            assert!(fresh > 10, "still receiving from {:?} after 29 s without a shard", peer.player);
+        }
+    }
+    w.shard.restart();
+    let back = w.world.sim.now();
+    w.run(15 * SEC);
+    for (i, h) in all.iter().enumerate() {
+        let p = w.p(*h);
+        assert_eq!(p.core.phase(), p2pmodel_core::client::Phase::InGame, "resumed");
+        assert_eq!(p.core.player(), Some(ids[i]), "same player id");
+        let now_links: Vec<_> = p.core.peers().map(|x| (x.player, x.link)).collect();
+        assert_eq!(now_links, links[i], "the same peers over the same links");
+        let noticed = p.events.iter().filter(|(at, e)| {
+            *at > t && matches!(e, ClientEvent::PeerAdded { .. } | ClientEvent::PeerRemoved { .. })
+        });
+        assert_eq!(noticed.count(), 0, "no re-introduction, no drop");
+        let welcomed = p
+            .events
+            .iter()
+            .find(|(at, e)| *at > back && matches!(e, ClientEvent::Shard(ShardNotice::EnteredZone { .. })));
+        assert!(welcomed.expect("back in the zone").0 - back < 3 * SEC);
+    }
+    assert_eq!(w.shard.with(|s| s.lobby().map(|l| (l.resumed, l.resumes_refused))), Some((4, 0)));
+    // All four stand at the spawn point: the six pairs were meshed, and all six are kept.
+    assert_eq!(w.shard.with(|s| s.games().iter().map(|g| g.stats.links_kept).sum::<u64>()), 6);
+    check_streams(&w, a, b);
+    check_streams(&w, c, d);
+    check_path(&w, a, b, PeerPath::Direct);
+    check_path(&w, c, d, PeerPath::Relayed);
 }

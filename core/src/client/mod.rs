@@ -88,6 +88,9 @@ pub enum Phase {
     Lobby,
     /// In a zone on a Game server.
     InGame,
+    /// The shard connection was lost after a login: links keep running, peer messages go
+    /// over the mesh; the driver reconnects and the core resumes the session.
+    Reconnecting,
 }
 
 /// Settings of a [`ClientCore`].
@@ -109,6 +112,10 @@ pub struct ClientConfig {
     /// candidates at once (load tests and simulations on a known network); `None` (default):
     /// discover against the shard's STUN server.
     pub assume_nat: Option<NatSummary>,
+    /// After entering a zone on a (new) Game server, how long a live link waits to be kept
+    /// (`PeerKept`) or introduced again before it is closed: long enough for the peer to
+    /// reconnect too after a shard outage (default 30 s).
+    pub keep_grace: Duration,
 }
 
 impl ClientConfig {
@@ -121,6 +128,7 @@ impl ClientConfig {
             nat_timeout: Duration::from_secs(3),
             seed: rand::random(),
             assume_nat: None,
+            keep_grace: Duration::from_secs(30),
         }
     }
 }
@@ -209,6 +217,16 @@ pub enum ShardNotice {
     /// The connection to the shard ended or could not be made (the driver's transport
     /// reports it); the reason is for the user.
     Disconnected(String),
+    /// The connection to the shard was lost after a login: the session is suspended, links
+    /// keep running, and the driver tries again (attempt `attempt`, in `retry_in`).
+    Reconnecting {
+        /// Reconnection attempts so far (1 for the first).
+        attempt: u32,
+        /// When the next attempt starts.
+        retry_in: Duration,
+        /// What happened, for the user.
+        reason: String,
+    },
 }
 
 /// Something the application should know.
@@ -263,6 +281,9 @@ pub enum SendError {
     /// Larger than [`MAX_APP_MESSAGE`].
     #[error("message of {0} bytes exceeds the {MAX_APP_MESSAGE}-byte limit")]
     TooLarge(usize),
+    /// The shard is unreachable and the peer has no P2P link (P2P off).
+    #[error("the shard is unreachable and this peer has no P2P link")]
+    Offline,
 }
 
 /// Traffic totals of the client, for metrics.
@@ -294,6 +315,12 @@ pub struct ClientCore {
     events: VecDeque<ClientEvent>,
     move_tick: u32,
     totals: ClientTotals,
+    /// The newest resume ticket the shard gave us.
+    ticket: Option<Vec<u8>>,
+    /// Since when each peer waits to be kept (`PeerKept`) or introduced again after an
+    /// `EnteredZone`; peers still waiting after `ClientConfig::keep_grace` are dropped.
+    unconfirmed: BTreeMap<PlayerId, Instant>,
+    last_now: Option<Instant>,
 }
 
 impl std::fmt::Debug for ClientCore {
@@ -326,6 +353,9 @@ impl ClientCore {
             events: VecDeque::new(),
             move_tick: 0,
             totals: ClientTotals::default(),
+            ticket: None,
+            unconfirmed: BTreeMap::new(),
+            last_now: None,
         }
     }
 
@@ -340,18 +370,46 @@ impl ClientCore {
         }
     }
 
-    /// The transport to the shard is up: log in. Call again after a reconnect.
+    /// The transport to the shard is up: log in, or — after a lost connection, with a
+    /// ticket — resume the session (same player, zone, party; live links kept).
     pub fn connected(&mut self) {
-        self.phase = Phase::Connecting;
+        self.outgoing.clear();
         self.mesh_info_sent = false;
-        self.push(ClientMessage::Login { name: self.cfg.name.clone() });
+        match (&self.ticket, self.phase) {
+            (Some(ticket), Phase::Reconnecting) => {
+                let ticket = ticket.clone();
+                self.push(ClientMessage::Resume { ticket });
+            }
+            _ => {
+                self.phase = Phase::Connecting;
+                self.push(ClientMessage::Login { name: self.cfg.name.clone() });
+            }
+        }
     }
 
-    /// The transport to the shard is gone: every peer is forgotten.
+    /// The transport to the shard is gone. After a login the session is only suspended:
+    /// links keep running (phase [`Phase::Reconnecting`]) until the driver reconnects; call
+    /// [`ClientCore::leave`] to end it. Before a login there is nothing to keep.
     pub fn disconnected(&mut self) {
+        self.outgoing.clear();
+        if self.player.is_some() && self.phase != Phase::Connecting {
+            if self.zone.is_some() {
+                self.want_zone = self.zone;
+            }
+            self.phase = Phase::Reconnecting;
+            return;
+        }
+        self.leave();
+    }
+
+    /// End the session (the game disconnects on purpose): every peer is forgotten.
+    pub fn leave(&mut self) {
+        self.outgoing.clear();
         self.phase = Phase::Connecting;
         self.zone = None;
         self.player = None;
+        self.ticket = None;
+        self.unconfirmed.clear();
         self.clear_peers();
     }
 
@@ -393,11 +451,16 @@ impl ClientCore {
         }
         let peer = self.peers.get_mut(&player).ok_or(SendError::UnknownPeer(player))?;
         let len = data.len() as u64;
-        let mesh_ok = matches!(peer.path, PeerPath::Relayed | PeerPath::Direct);
+        // Without the shard there is no server route: the link queues until it has a path.
+        let offline = self.phase == Phase::Reconnecting;
+        let mesh_ok = matches!(peer.path, PeerPath::Relayed | PeerPath::Direct) || offline;
         if mesh_ok && self.mesh.send(peer.link, channel.mesh_channel(), data.clone()).unwrap_or(false) {
             peer.sent.p2p_messages += 1;
             peer.sent.p2p_bytes += len;
             return Ok(true);
+        }
+        if offline {
+            return Err(SendError::Offline);
         }
         peer.sent.server_messages += 1;
         peer.sent.server_bytes += len;
@@ -441,6 +504,7 @@ impl ClientCore {
                 self.flush_zone_request(now);
             }
             ShardMessage::PeerIntro { peer, name, params } => {
+                self.unconfirmed.remove(&peer);
                 if self.peers.contains_key(&peer) {
                     self.remove_peer(peer);
                 }
@@ -472,11 +536,34 @@ impl ClientCore {
                 }
             }
             ShardMessage::EnteredZone { zone, x, y } => {
-                // Links of a previous Game server are gone with it.
-                self.clear_peers();
+                // A new Game server (zone change, failover, resume): offer it our live links;
+                // the ones it keeps are confirmed with `PeerKept`, the rest are dropped after
+                // `keep_grace` unless the peer is introduced again.
+                if self.zone.is_some_and(|z| z != zone) {
+                    self.clear_peers();
+                }
+                let links: Vec<(LinkId, PlayerId)> =
+                    self.peers.values().map(|p| (p.link, p.player)).collect();
+                for (_, p) in &links {
+                    self.unconfirmed.insert(*p, now);
+                }
+                self.push(ClientMessage::KeepLinks { links });
                 self.phase = Phase::InGame;
                 self.zone = Some(zone);
+                self.want_zone = None;
                 self.events.push_back(ClientEvent::Shard(ShardNotice::EnteredZone { zone, x, y }));
+            }
+            ShardMessage::PeerKept { peer, link } => {
+                if self.peers.get(&peer).is_some_and(|p| p.link == link) {
+                    self.unconfirmed.remove(&peer);
+                    // The new Game server tracks the pair's path from our reports.
+                    self.report_path(link);
+                }
+            }
+            ShardMessage::Session { ticket } => {
+                if ticket.len() <= crate::shard::resume::MAX_TICKET {
+                    self.ticket = Some(ticket);
+                }
             }
             ShardMessage::Correction { x, y } => {
                 self.events.push_back(ClientEvent::Shard(ShardNotice::Correction { x, y }))
@@ -616,6 +703,37 @@ impl ClientCore {
         }
     }
 
+    /// Tell the shard the current path of `link` (session tracking); nothing while offline.
+    fn report_path(&mut self, link: LinkId) {
+        if self.phase == Phase::Reconnecting {
+            return;
+        }
+        let Some(peer) = self.by_link.get(&link).and_then(|p| self.peers.get(p)) else { return };
+        let state = match peer.path {
+            PeerPath::Connecting | PeerPath::Server => PathState::Connecting,
+            PeerPath::Relayed => PathState::Relayed,
+            PeerPath::Direct => PathState::Direct,
+            PeerPath::Lost => PathState::Lost,
+        };
+        let rtt_ms = self.mesh.link(link).and_then(|l| l.rtt()).map(|r| r.as_secs_f32() * 1000.0);
+        self.push(ClientMessage::PathReport { link, path: state, rtt_ms });
+    }
+
+    /// Drop peers that no Game server kept or introduced again within `keep_grace`.
+    fn expire_unconfirmed(&mut self, now: Instant) {
+        let grace = self.cfg.keep_grace;
+        let stale: Vec<PlayerId> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= grace)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.unconfirmed.remove(&p);
+            self.remove_peer(p);
+        }
+    }
+
     fn remove_peer(&mut self, player: PlayerId) {
         if let Some(p) = self.peers.remove(&player) {
             self.by_link.remove(&p.link);
@@ -667,14 +785,7 @@ impl ClientCore {
                     peer.remote = remote;
                     let since_intro = now.saturating_duration_since(peer.introduced_at);
                     self.events.push_back(ClientEvent::PeerPath { player, path, remote, since_intro });
-                    let state = match path {
-                        PeerPath::Connecting | PeerPath::Server => PathState::Connecting,
-                        PeerPath::Relayed => PathState::Relayed,
-                        PeerPath::Direct => PathState::Direct,
-                        PeerPath::Lost => PathState::Lost,
-                    };
-                    let rtt_ms = self.mesh.link(link).and_then(|l| l.rtt()).map(|r| r.as_secs_f32() * 1000.0);
-                    self.push(ClientMessage::PathReport { link, path: state, rtt_ms });
+                    self.report_path(link);
                 }
             }
         }
@@ -708,9 +819,11 @@ impl Endpoint for ClientCore {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
         if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
             self.mesh.handle_timeout(now);
         }
+        self.expire_unconfirmed(now);
         if self.nat_deadline.is_some_and(|d| d <= now) {
             self.send_mesh_info();
             self.flush_zone_request(now);
@@ -723,10 +836,8 @@ impl Endpoint for ClientCore {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.mesh.poll_timeout(), self.nat_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let keep = self.unconfirmed.values().min().map(|t| *t + self.cfg.keep_grace);
+        [self.mesh.poll_timeout(), self.nat_deadline, keep].into_iter().flatten().min()
     }
 }
 

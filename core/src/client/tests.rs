@@ -118,13 +118,71 @@ fn a_connecting_peer_gets_messages_through_the_server_and_outro_or_zone_change_f
     c.handle_shard_message(t0, ShardMessage::PeerOutro { link: LinkId(5) });
     assert!(c.peer(PlayerId(2)).is_none());
     assert_eq!(c.mesh().links().count(), 1);
+    // A (new) Game server: we offer the link we still have; unkept, it is closed after
+    // `keep_grace`.
+    drain(&mut c);
     c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 0, x: 1.0, y: 2.0 });
+    assert!(
+        matches!(&drain(&mut c)[..], [ClientMessage::KeepLinks { links }] if links[..] == [(LinkId(6), PlayerId(3))])
+    );
+    assert_eq!(c.peers().count(), 1, "kept while the new server decides");
+    let grace = c.config().keep_grace;
+    assert!(c.poll_timeout().is_some_and(|t| t <= t0 + grace));
+    c.handle_timeout(t0 + grace);
     assert_eq!(c.peers().count(), 0);
     assert_eq!(c.mesh().links().count(), 0);
     let removed = std::iter::from_fn(|| c.poll_event())
         .filter(|e| matches!(e, ClientEvent::PeerRemoved { .. }))
         .count();
     assert_eq!(removed, 2);
+    // Another zone: links of the old one go at once.
+    c.handle_shard_message(t0, intro(4, 7));
+    c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 1, x: 0.0, y: 0.0 });
+    assert_eq!(c.peers().count(), 0);
+}
+
+#[test]
+fn a_lost_shard_connection_keeps_the_links_and_the_reconnect_resumes_with_the_ticket() {
+    let (mut c, t0) = core(true);
+    c.connected();
+    let stun = "203.0.113.1:3478".parse().unwrap();
+    c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(1), stun });
+    c.handle_shard_message(t0, ShardMessage::Session { ticket: vec![7; 60] });
+    c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 2, x: 0.0, y: 0.0 });
+    c.handle_shard_message(t0, intro(2, 5));
+    drain(&mut c);
+    c.disconnected();
+    assert_eq!(c.phase(), Phase::Reconnecting);
+    assert_eq!((c.peers().count(), c.mesh().links().count()), (1, 1), "links outlive the shard");
+    assert_eq!(c.player(), Some(PlayerId(1)));
+    // No server route: the message waits in the link for a path, nothing goes to the shard.
+    assert_eq!(c.send(PlayerId(2), Channel::Reliable, Bytes::from_static(b"offline")), Ok(true));
+    assert!(drain(&mut c).is_empty());
+    c.connected();
+    assert!(matches!(&drain(&mut c)[..], [ClientMessage::Resume { ticket }] if ticket[..] == [7; 60]));
+    // Back on a Game server, which keeps the link both sides reported.
+    c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(1), stun });
+    c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 2, x: 0.0, y: 0.0 });
+    let out = drain(&mut c);
+    assert!(
+        out.iter().any(
+            |m| matches!(m, ClientMessage::KeepLinks { links } if links[..] == [(LinkId(5), PlayerId(2))])
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|m| matches!(m, ClientMessage::EnterZone { .. })),
+        "the resume placed us: {out:?}"
+    );
+    c.handle_shard_message(t0, ShardMessage::PeerKept { peer: PlayerId(2), link: LinkId(5) });
+    c.handle_timeout(t0 + c.config().keep_grace * 2);
+    assert_eq!(c.peers().count(), 1, "kept");
+    assert!(!std::iter::from_fn(|| c.poll_event()).any(|e| matches!(e, ClientEvent::PeerRemoved { .. })));
+    // Leaving on purpose forgets everything; the next connection logs in afresh.
+    c.leave();
+    c.connected();
+    assert!(matches!(&drain(&mut c)[..], [ClientMessage::Login { .. }]));
+    assert_eq!(c.peers().count(), 0);
 }
 
 #[test]

@@ -132,6 +132,20 @@ pub enum ClientMessage {
         /// The invited player.
         player: PlayerId,
     },
+    /// After a reconnect, instead of `Login`: come back to the session this ticket (the
+    /// newest [`ShardMessage::Session`]) names — same player, zone and party; the links we
+    /// still have are reported next with [`ClientMessage::KeepLinks`].
+    Resume {
+        /// The ticket, as received (at most 77 bytes; see `shard::resume`).
+        ticket: Vec<u8>,
+    },
+    /// Right after every [`ShardMessage::EnteredZone`]: the links we still have (link id and
+    /// peer). The Game server keeps every pair both sides report (answering
+    /// [`ShardMessage::PeerKept`]) instead of introducing it again; at most 64 are read.
+    KeepLinks {
+        /// `(link, peer)` of each live link.
+        links: Vec<(LinkId, PlayerId)>,
+    },
 }
 
 /// Shard → client.
@@ -170,9 +184,10 @@ pub enum ShardMessage {
         /// Why, for the user.
         reason: String,
     },
-    /// We are in a zone, on a Game server, at this position: sent on entering a zone and
-    /// again when the shard moved us to another Game server (the old one failed). Links of
-    /// the previous Game server are closed by the client; new introductions follow.
+    /// We are in a zone, on a Game server, at this position: sent on entering a zone, after a
+    /// resume, and again when the shard moved us to another Game server (the old one failed).
+    /// The client answers [`ClientMessage::KeepLinks`]; links the new server keeps are
+    /// confirmed with [`ShardMessage::PeerKept`], other pairs are introduced again.
     EnteredZone {
         /// Zone number.
         zone: u32,
@@ -221,6 +236,21 @@ pub enum ShardMessage {
         from: PlayerId,
         /// Its name.
         name: String,
+    },
+    /// Our resume ticket (after `Welcome`, on every zone or party change, and every few
+    /// minutes): keep the newest and present it in [`ClientMessage::Resume`] after a
+    /// reconnect.
+    Session {
+        /// Opaque to the client.
+        ticket: Vec<u8>,
+    },
+    /// The Game server kept a link both of us reported in [`ClientMessage::KeepLinks`]: it
+    /// is part of the mesh again, no new introduction follows.
+    PeerKept {
+        /// The peer.
+        peer: PlayerId,
+        /// The kept link.
+        link: LinkId,
     },
 }
 

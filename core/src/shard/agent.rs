@@ -130,6 +130,7 @@ impl AgentRouter {
         let lobby_phase = matches!(
             msg,
             ClientMessage::Login { .. }
+                | ClientMessage::Resume { .. }
                 | ClientMessage::EnterZone { .. }
                 | ClientMessage::JoinParty { .. }
                 | ClientMessage::InviteToParty { .. }

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use tracing::{debug, info};
 
 use super::bus::Bus;
@@ -31,6 +31,8 @@ use crate::relay::KeySchedule;
 pub const MAX_CHAT_CHARS: usize = 200;
 /// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
 pub const MAX_PEER_DATA: usize = 1200;
+/// Links a `KeepLinks` may list (more than `max_peers` ever allows; the rest are ignored).
+pub const MAX_KEEP_LINKS: usize = 64;
 /// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
 /// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
 const POSITIONS_PER_MESSAGE: usize = 2048;
@@ -125,6 +127,12 @@ struct GamePlayer {
     capped: bool,
     /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
     saw_npcs: bool,
+    /// The links it still has, from its `KeepLinks` (kept when the peer reports the same).
+    claims: Vec<(LinkId, PlayerId)>,
+    /// It sent `KeepLinks` since it joined (until then, or `hold` ticks, it is not
+    /// introduced: a pair it still has must be kept, not introduced twice).
+    reported: bool,
+    joined_tick: u64,
 }
 
 impl GamePlayer {
@@ -146,6 +154,9 @@ pub struct GameStats {
     pub corrections: u64,
     /// Times a player reached `game.max_intros_per_min` (its further introductions wait).
     pub intros_capped: u64,
+    /// Pairs kept from both sides' `KeepLinks` instead of introduced again (after a resume
+    /// or a Game-server handover).
+    pub links_kept: u64,
     /// Candidates withheld from a peer by scope (private / loopback across NATs).
     pub intro: IntroRefusals,
 }
@@ -231,7 +242,9 @@ impl GameWorld {
             by_client: HashMap::new(),
             pairs: BTreeMap::new(),
             by_link: HashMap::new(),
-            next_link: 1,
+            // Link ids start at a random point, so a restarted server does not hand out ids
+            // of links that outlived it (and allocation skips ids in use).
+            next_link: StdRng::from_seed(seed).next_u32(),
             tick: 0,
             last_heartbeat: None,
             rng: StdRng::from_seed(seed),
@@ -378,7 +391,11 @@ impl GameWorld {
     }
 
     fn intro(&mut self, bus: &mut Bus, rules: &GameRules, k: (PlayerId, PlayerId), unix: u64) {
-        let link = LinkId((self.id << 24) | (self.next_link & 0x00ff_ffff));
+        let mut link = LinkId((self.id << 24) | (self.next_link & 0x00ff_ffff));
+        while self.by_link.contains_key(&link) || link.0 == 0 {
+            self.next_link = self.next_link.wrapping_add(1);
+            link = LinkId((self.id << 24) | (self.next_link & 0x00ff_ffff));
+        }
         self.next_link = self.next_link.wrapping_add(1);
         let expiry = (unix + u64::from(rules.cfg.relay_token_secs)) as u32;
         let minting = rules.keys.minting_keys(unix);
@@ -407,6 +424,31 @@ impl GameWorld {
         }
         self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: u64::from(expiry) });
         self.by_link.insert(link, k);
+    }
+
+    /// Keep the pair `p`–`q` on `link` when both reported it alive (`KeepLinks`): no new
+    /// introduction, both told `PeerKept`; its relay tokens are refreshed within a second.
+    fn keep(&mut self, bus: &mut Bus, rules: &GameRules, p: PlayerId, q: PlayerId, link: LinkId) {
+        let k = if p < q { (p, q) } else { (q, p) };
+        if p == q || self.pairs.contains_key(&k) || self.by_link.contains_key(&link) {
+            return;
+        }
+        let (Some(a), Some(b)) = (self.players.get(&p), self.players.get(&q)) else { return };
+        let cap = rules.cfg.max_peers;
+        if !b.reported || !b.claims.contains(&(link, p)) || a.peers >= cap || b.peers >= cap {
+            return;
+        }
+        let (ca, cb) = (a.client, b.client);
+        Self::to_client(bus, ca, ShardMessage::PeerKept { peer: q, link });
+        Self::to_client(bus, cb, ShardMessage::PeerKept { peer: p, link });
+        for x in [p, q] {
+            if let Some(g) = self.players.get_mut(&x) {
+                g.peers += 1;
+            }
+        }
+        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: 0 });
+        self.by_link.insert(link, k);
+        self.stats.links_kept += 1;
     }
 
     /// Send both sides of every pair whose relay tokens are within the last fifth of their
@@ -459,6 +501,9 @@ impl GameWorld {
                         intro_ticks: VecDeque::new(),
                         capped: false,
                         saw_npcs: false,
+                        claims: Vec::new(),
+                        reported: false,
+                        joined_tick: self.tick,
                     },
                 );
                 Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
@@ -494,6 +539,16 @@ impl GameWorld {
                     ClientMessage::Chat { text } => self.chat(bus, rules, p, &text),
                     ClientMessage::ToPeer { peer, reliable, data } => {
                         self.route_to_peer(bus, p, peer, reliable, data)
+                    }
+                    ClientMessage::KeepLinks { mut links } => {
+                        links.truncate(MAX_KEEP_LINKS);
+                        if let Some(g) = self.players.get_mut(&p) {
+                            g.claims = links.clone();
+                            g.reported = true;
+                        }
+                        for (link, q) in links {
+                            self.keep(bus, rules, p, q, link);
+                        }
                     }
                     ClientMessage::PathReport { link, path, .. } => {
                         if let Some(k) = self.by_link.get(&link).copied()
@@ -584,6 +639,11 @@ impl GameWorld {
                 g.capped = false;
             }
         }
+        // A player that just joined is not introduced until it said which links it still has
+        // (or for a second): a pair both still have is kept, not introduced twice.
+        let hold = u64::from(rules.cfg.tick_hz.max(1));
+        let waiting = |g: &GamePlayer| !g.reported && tick.saturating_sub(g.joined_tick) < hold;
+        candidates.retain(|(_, p, q)| !waiting(&self.players[p]) && !waiting(&self.players[q]));
         for (_, p, q) in candidates {
             let cap = rules.cfg.max_peers;
             let rate = rules.cfg.max_intros_per_min;
@@ -689,8 +749,14 @@ mod tests {
         }
     }
 
+    /// Join, then report no live link (what a fresh client does after `EnteredZone`).
     fn join(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, x: f32) {
         w.handle(bus, r, join_msg(client, x));
+        keep(w, bus, r, client, vec![]);
+    }
+
+    fn keep(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, links: Vec<(LinkId, PlayerId)>) {
+        w.handle(bus, r, InternalMessage::FromClient { client, msg: ClientMessage::KeepLinks { links } });
     }
 
     fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
@@ -800,6 +866,7 @@ mod tests {
                 *observed = Some(ip.parse().unwrap());
             }
             w.handle(&mut bus, &r, m);
+            keep(&mut w, &mut bus, &r, client, vec![]);
         }
         w.step(&mut bus, &r, UNIX);
         let intros: Vec<(u64, PlayerId, LinkParams)> = to_clients(&mut bus)
@@ -911,5 +978,50 @@ mod tests {
         assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);
         let data = vec![0; MAX_PEER_DATA];
         assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
+    }
+
+    #[test]
+    fn a_pair_both_sides_still_have_is_kept_not_introduced_again_and_newcomers_wait_for_their_report() {
+        let r = rules();
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(5, 0, [5; 32]);
+        let old = LinkId(0x0300_0042); // from a Game server that died
+        for c in [1, 2, 3] {
+            w.handle(&mut bus, &r, join_msg(c, c as f32));
+        }
+        to_clients(&mut bus);
+        // Nobody reported yet: no introduction during the hold (one second of ticks).
+        for _ in 0..5 {
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert_eq!(w.pairs().count(), 0);
+        to_clients(&mut bus);
+        // 1 and 2 both still have `old`; 3 has nothing.
+        keep(&mut w, &mut bus, &r, 1, vec![(old, PlayerId(2))]);
+        assert!(to_clients(&mut bus).is_empty(), "one side is not enough");
+        keep(&mut w, &mut bus, &r, 2, vec![(old, PlayerId(1))]);
+        let kept = to_clients(&mut bus);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept.iter().all(|(_, m)| matches!(m, ShardMessage::PeerKept { link, .. } if *link == old)));
+        keep(&mut w, &mut bus, &r, 3, vec![(LinkId(99), PlayerId(1))]);
+        w.step(&mut bus, &r, UNIX);
+        let intros: Vec<_> = to_clients(&mut bus)
+            .into_iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::PeerIntro { peer, params, .. } => Some((c, peer, params.link)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(intros.len(), 4, "1-3 and 2-3 introduced (3's claim on 1 was one-sided): {intros:?}");
+        assert!(intros.iter().all(|(_, _, l)| *l != old && l.0 >> 24 == 5), "fresh ids of this server");
+        assert_eq!((w.pairs().count(), w.stats.links_kept), (3, 1));
+        // The kept pair's tokens are refreshed on the next second.
+        for _ in 0..r.cfg.tick_hz {
+            w.step(&mut bus, &r, UNIX);
+        }
+        let refreshed = to_clients(&mut bus)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ShardMessage::RelayRefresh { link, .. } if *link == old));
+        assert_eq!(refreshed.count(), 2);
     }
 }

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use super::bus::Bus;
 use super::party::Parties;
+use super::resume::{ResumeKey, TICKET_RENEW, Ticket};
 use crate::link::Candidate;
 use crate::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
 
@@ -142,6 +143,19 @@ pub struct Lobby {
     last_flush: Instant,
     last_check: Instant,
     started: Instant,
+    resume: ResumeKey,
+    /// Unix second at `started` (tickets carry Unix times).
+    unix_start: u64,
+    /// The nonce of the newest ticket issued to each player (single use).
+    tickets: HashMap<PlayerId, u64>,
+    next_nonce: u64,
+    last_renew: Instant,
+    /// The time of the message or check being handled.
+    now: Instant,
+    /// Resumes refused (forged, expired, replayed, another player's).
+    pub resumes_refused: u64,
+    /// Sessions resumed.
+    pub resumed: u64,
 }
 
 impl std::fmt::Debug for Lobby {
@@ -162,17 +176,32 @@ impl Drop for Lobby {
     }
 }
 
+/// What a Lobby is started with (besides its store and its Game servers).
+#[derive(Debug, Clone)]
+pub struct LobbySettings {
+    /// Number of zones.
+    pub zones: u32,
+    /// The STUN/relay server clients use (told in `Welcome`).
+    pub stun: SocketAddr,
+    /// Silence after which a Game server is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// Players per Game server before the next one is used.
+    pub capacity: usize,
+    /// The key resume tickets are sealed with (from the shard secret).
+    pub resume: ResumeKey,
+    /// Unix second at the start (tickets carry Unix times).
+    pub unix: u64,
+}
+
 impl Lobby {
     /// A Lobby started at `now` for `games` (number → zone).
     pub fn new(
         now: Instant,
         store: Box<dyn CharacterStore>,
-        zones: u32,
         games: impl IntoIterator<Item = (u32, u32)>,
-        stun: SocketAddr,
-        heartbeat_timeout: Duration,
-        capacity: usize,
+        settings: LobbySettings,
     ) -> Lobby {
+        let LobbySettings { zones, stun, heartbeat_timeout, capacity, resume, unix } = settings;
         Lobby {
             clients: HashMap::new(),
             games: games
@@ -188,6 +217,80 @@ impl Lobby {
             last_flush: now,
             last_check: now,
             started: now,
+            resume,
+            unix_start: unix,
+            tickets: HashMap::new(),
+            // Nonces grow across restarts too (milliseconds of the start time).
+            next_nonce: unix.saturating_mul(1000),
+            last_renew: now,
+            now,
+            resumes_refused: 0,
+            resumed: 0,
+        }
+    }
+
+    fn unix(&self) -> u64 {
+        self.unix_start + self.now.saturating_duration_since(self.started).as_secs()
+    }
+
+    /// Seal a fresh ticket for `client`'s session and send it (`ShardMessage::Session`).
+    fn issue_ticket(&mut self, bus: &mut Bus, client: u64) {
+        let Some(c) = self.clients.get(&client) else { return };
+        self.next_nonce += 1;
+        let t = Ticket {
+            player: c.player,
+            zone: c.placed.map(|(z, _)| z),
+            party: c.party.clone(),
+            issued: self.unix(),
+            nonce: self.next_nonce,
+        };
+        self.tickets.insert(c.player, t.nonce);
+        let msg = ShardMessage::Session { ticket: self.resume.seal(&t) };
+        bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+    }
+
+    /// A reconnected client presents its ticket: same player (the connection's name must
+    /// map to the ticket's player), newest issue, unexpired → welcomed back into its party
+    /// and zone. Otherwise refused and welcomed as a fresh login.
+    fn resume(&mut self, bus: &mut Bus, client: u64, ticket: &[u8]) {
+        let Some(c) = self.clients.get(&client) else { return };
+        let (player, stun) = (c.player, self.stun);
+        let checked = self.resume.open(ticket, self.unix()).map_err(|e| e.to_string()).and_then(|t| {
+            if t.player != player {
+                Err("ticket of another player".to_string())
+            } else if self.tickets.get(&player).is_some_and(|n| *n != t.nonce) {
+                Err("ticket already used or replaced".to_string())
+            } else {
+                Ok(t)
+            }
+        });
+        bus.send(
+            Role::Agent,
+            &InternalMessage::ToClient { client, msg: ShardMessage::Welcome { player, stun } },
+        );
+        let t = match checked {
+            Ok(t) => t,
+            Err(reason) => {
+                self.resumes_refused += 1;
+                warn!(client, %reason, "resume refused; a fresh session instead");
+                let msg = ShardMessage::Refused { reason: format!("resume refused: {reason}") };
+                bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                self.issue_ticket(bus, client);
+                return;
+            }
+        };
+        self.resumed += 1;
+        if let Some(party) = t.party.as_deref().and_then(|p| self.parties.restore(player, p))
+            && let Some(c) = self.clients.get_mut(&client)
+        {
+            c.party = Some(party);
+        }
+        info!(client, player = player.0, zone = ?t.zone, "session resumed");
+        match t.zone.filter(|z| *z < self.zones) {
+            Some(zone) if self.clients.get(&client).is_some_and(|c| c.placed.is_none()) => {
+                self.place(bus, client, zone)
+            }
+            _ => self.issue_ticket(bus, client),
         }
     }
 
@@ -258,6 +361,7 @@ impl Lobby {
         );
         bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
         info!(client, name = %c.name, zone, game, "player placed");
+        self.issue_ticket(bus, client);
     }
 }
 
@@ -271,6 +375,7 @@ impl Lobby {
 
     /// One message for the Lobby.
     pub fn handle(&mut self, now: Instant, bus: &mut Bus, m: InternalMessage) {
+        self.now = now;
         let lobby = self;
         match m {
             InternalMessage::Heartbeat { from: Role::Game(g) } => {
@@ -321,8 +426,10 @@ impl Lobby {
                     if let Some(c) = lobby.clients.get(&client) {
                         let msg = ShardMessage::Welcome { player: c.player, stun: lobby.stun };
                         bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
+                        lobby.issue_ticket(bus, client);
                     }
                 }
+                ClientMessage::Resume { ticket } => lobby.resume(bus, client, &ticket),
                 ClientMessage::JoinParty { party } => join_party(lobby, bus, client, &party, now),
                 ClientMessage::InviteToParty { player: to } => invite_to_party(lobby, bus, client, to, now),
                 ClientMessage::MeshInfo { candidates, nat } => {
@@ -344,6 +451,14 @@ impl Lobby {
     /// Once per frame: write the store every 2 s, and move the players of Game servers that
     /// missed their heartbeats.
     pub fn check(&mut self, now: Instant, bus: &mut Bus) {
+        self.now = now;
+        if now.saturating_duration_since(self.last_renew) >= TICKET_RENEW {
+            self.last_renew = now;
+            let clients: Vec<u64> = self.clients.keys().copied().collect();
+            for c in clients {
+                self.issue_ticket(bus, c);
+            }
+        }
         if now.saturating_duration_since(self.last_flush) > Duration::from_secs(2) {
             self.last_flush = now;
             if let Err(e) = self.store.flush() {
@@ -368,7 +483,9 @@ fn join_party(lobby: &mut Lobby, bus: &mut Bus, client: u64, party: &str, now: I
     };
     let Some(c) = lobby.clients.get_mut(&client) else { return };
     c.party = party.clone();
-    let Some((zone, g)) = c.placed else { return };
+    let placed = c.placed;
+    lobby.issue_ticket(bus, client);
+    let Some((zone, g)) = placed else { return };
     // Meshing needs one server: join the party's server if none plays on ours.
     let here = lobby
         .clients

@@ -9,13 +9,14 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::agent::{AgentRouter, Outgoing};
 use super::bus::Bus;
 use super::game::{GameConfig, GameRules, GameWorld};
-use super::lobby::{CharacterStore, Lobby, MemoryStore};
+use super::lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore};
+use super::resume::ResumeKey;
 use crate::proto::shard::{InternalMessage, Role};
 use crate::relay::{ClockAnchor, KeySchedule};
 
@@ -42,6 +43,8 @@ pub struct LocalShardConfig {
     pub seed: u64,
     /// The characters (a clone shares them): what survives a Lobby restart.
     pub store: MemoryStore,
+    /// The key resume tickets are sealed with (the servers derive it from the shard secret).
+    pub resume: ResumeKey,
 }
 
 impl LocalShardConfig {
@@ -59,6 +62,7 @@ impl LocalShardConfig {
             max_messages_per_sec: 200,
             seed,
             store: MemoryStore::default(),
+            resume: ResumeKey(ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7375_6d65).random()),
         }
     }
 }
@@ -119,7 +123,15 @@ impl LocalShard {
     fn new_lobby(&self, now: Instant, store: Box<dyn CharacterStore>) -> Lobby {
         let games = self.games.iter().map(|g| (g.id, g.zone));
         let cfg = &self.cfg;
-        Lobby::new(now, store, cfg.zones, games, cfg.stun, cfg.heartbeat_timeout, cfg.game.capacity)
+        let settings = LobbySettings {
+            zones: cfg.zones,
+            stun: cfg.stun,
+            heartbeat_timeout: cfg.heartbeat_timeout,
+            capacity: cfg.game.capacity,
+            resume: cfg.resume.clone(),
+            unix: self.clock.unix_secs_at(now),
+        };
+        Lobby::new(now, store, games, settings)
     }
 
     /// A client connected with `name` from `ip` (its transport is the caller's).

@@ -25,12 +25,13 @@ pub mod intro;
 pub mod lobby;
 pub mod local;
 pub mod party;
+pub mod resume;
 
 pub use agent::{AgentRouter, Session};
 pub use bus::{Bus, BusObserver};
 pub use game::{GameConfig, GameRules, GameStats, GameWorld, Pair};
 pub use intro::{IntroRefusals, IntroSide, Introduction, introduce};
 pub use lobby::RECONNECT_MAX;
-pub use lobby::{CharacterStore, Lobby, MemoryStore, StoredCharacter};
+pub use lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore, StoredCharacter};
 pub use local::{LocalShard, LocalShardConfig};
 pub use party::{Parties, PartyError};

@@ -114,6 +114,24 @@ impl Parties {
         Ok(Some(name))
     }
 
+    /// `player` comes back to `name` with a resume ticket the shard sealed while it was a
+    /// member: it joins without an invitation; a party that ended meanwhile is created again,
+    /// owned by `player`.
+    pub fn restore(&mut self, player: PlayerId, name: &str) -> Option<String> {
+        let name: String = name.chars().take(MAX_PARTY_NAME).collect();
+        if name.is_empty() {
+            return None;
+        }
+        self.leave(player);
+        self.parties
+            .entry(name.clone())
+            .or_insert_with(|| Party { owner: player, members: BTreeSet::new(), invites: HashMap::new() })
+            .members
+            .insert(player);
+        self.member_of.insert(player, name.clone());
+        Some(name)
+    }
+
     /// `from` invites `to` into its party, until `now + INVITE_TTL`. Returns the party name.
     pub fn invite(&mut self, from: PlayerId, to: PlayerId, now: Instant) -> Result<String, PartyError> {
         let name = self.member_of.get(&from).ok_or(PartyError::NoParty)?;

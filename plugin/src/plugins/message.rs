@@ -18,6 +18,9 @@ pub enum SendError {
     /// The encoded message is larger than [`client::MAX_APP_MESSAGE`]; split it.
     #[error("message of {0} bytes exceeds the {max}-byte limit", max = client::MAX_APP_MESSAGE)]
     TooLarge(usize),
+    /// The shard is unreachable and this peer has no P2P link (P2P off): nothing can carry it.
+    #[error("the shard is unreachable and this peer has no P2P link")]
+    Offline,
     /// The value could not be encoded (a serde shape the encoding does not support).
     #[error("cannot encode the message: {0}")]
     Encode(String),
@@ -28,6 +31,7 @@ impl From<client::SendError> for SendError {
         match e {
             client::SendError::UnknownPeer(p) => SendError::UnknownPeer(p),
             client::SendError::TooLarge(n) => SendError::TooLarge(n),
+            client::SendError::Offline => SendError::Offline,
         }
     }
 }

@@ -80,6 +80,10 @@ pub enum ShardState {
     Lobby,
     /// In a zone: peers are introduced here.
     InGame,
+    /// The shard connection was lost after a login: links to peers keep running and peer
+    /// messages flow over them; the plugin reconnects (capped exponential backoff with
+    /// jitter) and resumes the session (same player, zone, party, links).
+    Reconnecting,
 }
 
 /// What the game asks of the shard (write with `MessageWriter<ShardRequest>`).
@@ -155,6 +159,27 @@ enum Mode {
     Renet,
     /// A custom transport; `active` is false after a `Disconnect` request.
     Custom { transport: Box<dyn ShardTransport>, active: bool },
+    /// The session is suspended; the next attempt starts at `at` (renet: a new login;
+    /// custom: `ShardTransport::connect`).
+    Backoff { at: std::time::Instant, custom: Option<Box<dyn ShardTransport>> },
+}
+
+/// First reconnection delay; doubled per failed attempt up to [`RECONNECT_MAX_DELAY`], with
+/// ±25 % jitter so a shard's players do not all come back in the same instant.
+pub const RECONNECT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest delay between reconnection attempts.
+pub const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// The delay before reconnection attempt `attempt` (1, 2, …): capped exponential, ±25 %
+/// jitter drawn from the OS-seeded hasher.
+pub fn reconnect_delay(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = RECONNECT_FIRST_DELAY.saturating_mul(1u32 << attempt.saturating_sub(1).min(6));
+    let base = base.min(RECONNECT_MAX_DELAY);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    base.mul_f64(0.75 + 0.5 * unit)
 }
 
 /// The connection to the shard: renet (after login) or a custom [`ShardTransport`], with
@@ -170,6 +195,8 @@ pub struct ShardLink {
     unsent: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Reconnection attempts since the connection was lost (0: not reconnecting).
+    attempt: u32,
 }
 
 impl std::fmt::Debug for ShardLink {
@@ -179,6 +206,7 @@ impl std::fmt::Debug for ShardLink {
             Mode::LoggingIn(_) => "logging-in",
             Mode::Renet => "renet",
             Mode::Custom { .. } => "custom",
+            Mode::Backoff { .. } => "backoff",
         };
         f.debug_struct("ShardLink")
             .field("mode", &mode)
@@ -198,6 +226,7 @@ impl ShardLink {
             unsent: 0,
             bytes_in: 0,
             bytes_out: 0,
+            attempt: 0,
         }
     }
 
@@ -243,14 +272,19 @@ impl ShardLink {
     }
 
     fn state(&self, phase: Phase) -> ShardState {
+        if phase == Phase::Reconnecting {
+            return ShardState::Reconnecting;
+        }
         match &self.mode {
             Mode::Idle | Mode::Custom { active: false, .. } => ShardState::Disconnected,
+            Mode::Backoff { .. } => ShardState::Reconnecting,
             Mode::LoggingIn(_) => ShardState::Connecting,
             Mode::Renet | Mode::Custom { .. } if !self.connected => ShardState::Connecting,
             _ => match phase {
                 Phase::Connecting => ShardState::Connecting,
                 Phase::Lobby => ShardState::Lobby,
                 Phase::InGame => ShardState::InGame,
+                Phase::Reconnecting => ShardState::Reconnecting,
             },
         }
     }
@@ -314,11 +348,57 @@ fn unix_now() -> std::time::Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-/// Shard transport → core; connection state changes.
+/// The connection is gone. With a session (logged in) the core suspends it — links keep
+/// running — and a reconnection is scheduled; before any login the attempt just failed.
+fn lost(
+    link: &mut ShardLink,
+    client: &mut P2pClient,
+    now: std::time::Instant,
+    reason: String,
+    custom: Option<Box<dyn ShardTransport>>,
+    events: &mut MessageWriter<ShardEvent>,
+) {
+    link.connected = false;
+    client.disconnected();
+    if client.phase() == Phase::Reconnecting {
+        link.attempt += 1;
+        let retry_in = reconnect_delay(link.attempt);
+        warn!(attempt = link.attempt, ?retry_in, %reason, "shard connection lost; links keep running, reconnecting");
+        link.mode = Mode::Backoff { at: now + retry_in, custom };
+        events.write(ShardEvent(ShardNotice::Reconnecting { attempt: link.attempt, retry_in, reason }));
+    } else {
+        link.attempt = 0;
+        link.mode = match custom {
+            Some(transport) => Mode::Custom { transport, active: false },
+            None => Mode::Idle,
+        };
+        events.write(ShardEvent(ShardNotice::Disconnected(reason)));
+    }
+}
+
+/// Request a connect token on a thread (the login is blocking UDP request/response).
+fn start_login(settings: &ShardSettings, name: String) -> Result<LoginSlot, String> {
+    let slot: LoginSlot = Arc::new(Mutex::new(None));
+    let (shard, out, credential) = (settings.shard, slot.clone(), settings.credential.clone());
+    std::thread::Builder::new()
+        .name("p2pmodel-login".into())
+        .spawn(move || {
+            let answer = login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
+            if let Ok(mut s) = out.lock() {
+                *s = Some(answer);
+            }
+        })
+        .map_err(|e| format!("cannot start the login: {e}"))?;
+    Ok(slot)
+}
+
+/// Shard transport → core; connection state changes; reconnection.
+#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn shard_in(
     mut commands: Commands,
     mut link: ResMut<ShardLink>,
     mut client: ResMut<P2pClient>,
+    settings: Res<ShardSettings>,
     socket: NonSend<MeshSocket>,
     renet: Option<ResMut<RenetClient>>,
     mut events: MessageWriter<ShardEvent>,
@@ -327,6 +407,33 @@ fn shard_in(
     let link = &mut *link;
     match &mut link.mode {
         Mode::Idle => {}
+        Mode::Backoff { at, .. } => {
+            if now < *at {
+                return;
+            }
+            let Mode::Backoff { custom, .. } = std::mem::replace(&mut link.mode, Mode::Idle) else { return };
+            match custom {
+                Some(mut transport) => {
+                    transport.connect();
+                    if transport.is_connected() {
+                        link.mode = Mode::Custom { transport, active: true };
+                    } else {
+                        lost(
+                            link,
+                            &mut client,
+                            now,
+                            "shard unreachable".into(),
+                            Some(transport),
+                            &mut events,
+                        );
+                    }
+                }
+                None => match start_login(&settings, client.config().name.clone()) {
+                    Ok(slot) => link.mode = Mode::LoggingIn(slot),
+                    Err(e) => lost(link, &mut client, now, e, None, &mut events),
+                },
+            }
+        }
         Mode::LoggingIn(slot) => {
             let answer = slot.lock().ok().and_then(|mut s| s.take());
             match answer {
@@ -337,15 +444,9 @@ fn shard_in(
                         commands.insert_resource(transport);
                         link.mode = Mode::Renet;
                     }
-                    Err(e) => {
-                        link.mode = Mode::Idle;
-                        events.write(ShardEvent(ShardNotice::Disconnected(e)));
-                    }
+                    Err(e) => lost(link, &mut client, now, e, None, &mut events),
                 },
-                Some(Err(e)) => {
-                    link.mode = Mode::Idle;
-                    events.write(ShardEvent(ShardNotice::Disconnected(e)));
-                }
+                Some(Err(e)) => lost(link, &mut client, now, e, None, &mut events),
             }
         }
         Mode::Renet => {
@@ -359,14 +460,12 @@ fn shard_in(
                     .unwrap_or_else(|| "disconnected".into());
                 commands.remove_resource::<RenetClient>();
                 commands.remove_resource::<NetcodeClientTransport>();
-                link.mode = Mode::Idle;
-                link.connected = false;
-                client.disconnected();
-                events.write(ShardEvent(ShardNotice::Disconnected(reason)));
+                lost(link, &mut client, now, reason, None, &mut events);
                 return;
             }
             if renet.is_connected() && !link.connected {
                 link.connected = true;
+                link.attempt = 0;
                 client.connected();
             }
             for channel in [u8::from(DefaultChannel::ReliableOrdered), u8::from(DefaultChannel::Unreliable)] {
@@ -386,11 +485,14 @@ fn shard_in(
             let up = transport.is_connected();
             if up && !link.connected {
                 link.connected = true;
+                link.attempt = 0;
                 client.connected();
             } else if !up && link.connected {
-                link.connected = false;
-                client.disconnected();
-                events.write(ShardEvent(ShardNotice::Disconnected("transport closed".into())));
+                let Mode::Custom { transport, .. } = std::mem::replace(&mut link.mode, Mode::Idle) else {
+                    return;
+                };
+                lost(link, &mut client, now, "transport closed".into(), Some(transport), &mut events);
+                return;
             }
             while let Some(msg) = transport.receive() {
                 client.handle_shard_message(now, msg);
@@ -459,39 +561,31 @@ fn handle_requests(
     for req in requests.read() {
         match req {
             ShardRequest::Connect => match &mut link.mode {
-                Mode::Idle => {
-                    let slot: LoginSlot = Arc::new(Mutex::new(None));
-                    let (shard, name, out) = (settings.shard, client.config().name.clone(), slot.clone());
-                    let credential = settings.credential.clone();
-                    let spawned =
-                        std::thread::Builder::new().name("p2pmodel-login".into()).spawn(move || {
-                            let answer =
-                                login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
-                            if let Ok(mut s) = out.lock() {
-                                *s = Some(answer);
-                            }
-                        });
-                    match spawned {
-                        Ok(_) => link.mode = Mode::LoggingIn(slot),
-                        Err(e) => {
-                            events.write(ShardEvent(ShardNotice::Disconnected(format!(
-                                "cannot start the login: {e}"
-                            ))));
-                        }
+                Mode::Idle => match start_login(&settings, client.config().name.clone()) {
+                    Ok(slot) => link.mode = Mode::LoggingIn(slot),
+                    Err(e) => {
+                        events.write(ShardEvent(ShardNotice::Disconnected(e)));
                     }
-                }
+                },
                 Mode::Custom { transport, active } if !*active => {
                     transport.connect();
                     *active = true;
                 }
+                // Reconnecting: try now.
+                Mode::Backoff { at, .. } => *at = now,
                 _ => {}
             },
             ShardRequest::Disconnect => {
-                let was_connected = link.connected;
                 match &mut link.mode {
                     Mode::Idle => continue,
                     Mode::Custom { active: false, .. } => continue,
                     Mode::LoggingIn(_) => link.mode = Mode::Idle,
+                    Mode::Backoff { custom, .. } => {
+                        link.mode = match custom.take() {
+                            Some(transport) => Mode::Custom { transport, active: false },
+                            None => Mode::Idle,
+                        };
+                    }
                     Mode::Renet => {
                         if let Some(t) = netcode.as_mut() {
                             t.disconnect();
@@ -506,9 +600,9 @@ fn handle_requests(
                     }
                 }
                 link.connected = false;
-                if was_connected {
-                    client.disconnected();
-                }
+                link.attempt = 0;
+                // On purpose: the session ends, peers are dropped (no resume).
+                client.leave();
                 events.write(ShardEvent(ShardNotice::Disconnected("disconnected by the game".into())));
             }
             ShardRequest::EnterZone(zone) => client.enter_zone(now, *zone),

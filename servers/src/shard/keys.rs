@@ -28,6 +28,12 @@ pub fn netcode_key(secret: &[u8; SHARD_SECRET_LEN]) -> [u8; NETCODE_KEY_BYTES] {
     hmac(secret, b"p2pm-netcode-key", &[])
 }
 
+/// The key the Lobby seals resume tickets with (`p2pmodel_core::shard::resume`): every
+/// Lobby of the shard, restarted or not, opens the tickets of the others.
+pub fn resume_key(secret: &[u8; SHARD_SECRET_LEN]) -> p2pmodel_core::shard::resume::ResumeKey {
+    p2pmodel_core::shard::resume::ResumeKey(hmac(secret, b"p2pm-resume-key", &[]))
+}
+
 /// The stable client id of a player name (netcode refuses a second connection with the same
 /// id, so one name is online at most once).
 pub fn client_id_for(secret: &[u8; SHARD_SECRET_LEN], name: &str) -> u64 {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use bevy::prelude::*;
-pub use p2pmodel_core::shard::lobby::{GameInfo, Lobby, LobbyClient, RESYNC_WINDOW};
+pub use p2pmodel_core::shard::lobby::{GameInfo, Lobby, LobbyClient, LobbySettings, RESYNC_WINDOW};
 
 use super::bus::ShardBus;
 

@@ -50,7 +50,7 @@ use agent::{AgentPlugin, AgentState};
 use bus::ShardBus;
 use game::{GamePlugin, GameRules, GameServers};
 use keys::TokenMinter;
-use lobby::{Lobby, LobbyPlugin, LobbyState};
+use lobby::{Lobby, LobbyPlugin, LobbySettings, LobbyState};
 use login::{AccountCheck, FileAccounts, LoginServer, LoginService, OnlineNames, OpenAccounts};
 use store::Store;
 
@@ -226,11 +226,17 @@ pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Resul
         .insert_resource(LobbyState(Lobby::new(
             std::time::Instant::now(),
             Box::new(store),
-            config.lobby.zones,
             all_games(config),
-            stun,
-            config.lobby.heartbeat_timeout,
-            config.game.capacity,
+            LobbySettings {
+                zones: config.lobby.zones,
+                stun,
+                heartbeat_timeout: config.lobby.heartbeat_timeout,
+                capacity: config.game.capacity,
+                resume: keys::resume_key(&config.shard.secret),
+                unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            },
         )))
         .add_plugins(LobbyPlugin);
     Ok(())
