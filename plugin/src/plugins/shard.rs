@@ -393,7 +393,6 @@ fn start_login(settings: &ShardSettings, name: String) -> Result<LoginSlot, Stri
 }
 
 /// Shard transport → core; connection state changes; reconnection.
-#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn shard_in(
     mut commands: Commands,
     mut link: ResMut<ShardLink>,
