@@ -14,7 +14,7 @@ use bevy::prelude::*;
 use bevy::state::app::StatesPlugin;
 use bevy_p2pmodel::client::ShardNotice;
 use bevy_p2pmodel::plugins::{
-    NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink,
+    NatDiscovered, P2pClient, PeerConnected, PeerPathChanged, ShardEvent, ShardLink, ShardState,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,6 +30,9 @@ use crate::net::{
 pub const WANDER_RADIUS: f32 = 20.0;
 /// Walking speed while wandering (units per second).
 pub const WANDER_SPEED: f32 = 5.0;
+/// Longest a live peer (introduced, streaming to us at 20 Hz) may stay silent before the run
+/// fails: well above a failover (< 1 s), far below "this pair stopped talking".
+pub const MAX_SILENCE: Duration = Duration::from_secs(5);
 /// Frame rate of the headless bot loop.
 const BOT_FRAME_HZ: f64 = 60.0;
 
@@ -139,8 +142,22 @@ fn report_events(
     mut first: MessageReader<FirstMessage>,
     settings: Res<NetSettings>,
     mut welcomed: Local<bool>,
+    state: Res<State<ShardState>>,
+    mut last_state: Local<Option<ShardState>>,
 ) {
     let now = Instant::now();
+    if *last_state != Some(*state.get()) {
+        *last_state = Some(*state.get());
+        let name = match state.get() {
+            ShardState::Disconnected => "disconnected",
+            ShardState::Connecting => "connecting",
+            ShardState::Lobby => "lobby",
+            ShardState::InGame => "in_game",
+            ShardState::Reconnecting => "reconnecting",
+        };
+        info!(bot = %settings.name, state = name, "shard state");
+        emit(&rep, Event::Shard { state: name.into(), t_ms: clock.ms(now) });
+    }
     // With P2P off the plugin reports no path changes: the one path, `server`, is set at
     // the introduction.
     for c in introduced.read().filter(|_| !settings.p2p) {
@@ -220,7 +237,7 @@ fn stats(clock: &RunClock, remotes: &Remotes, client: &P2pClient, link: Option<&
 fn report_stats(
     rep: Res<BotReporting>,
     clock: Res<RunClock>,
-    remotes: Res<Remotes>,
+    mut remotes: ResMut<Remotes>,
     client: Res<P2pClient>,
     link: Option<Res<ShardLink>>,
     settings: Res<NetSettings>,
@@ -233,6 +250,18 @@ fn report_stats(
         return;
     }
     timer.0 = Some(next + Duration::from_secs(1));
+    // A live peer that stopped delivering is a failure the user must see.
+    for (p, r) in remotes.0.iter_mut().filter(|(_, r)| r.present) {
+        let Some(since) = r.last_heard else { continue };
+        let silent = now.saturating_duration_since(since);
+        if silent > r.worst_silence && !clock.silence_excused(since) {
+            if silent > MAX_SILENCE && r.worst_silence <= MAX_SILENCE {
+                warn!(bot = %settings.name, peer = %r.name, ?silent, "a live peer is silent");
+                emit(&rep, Event::Silent { peer: p.0, silent_ms: silent.as_millis() as u64 });
+            }
+            r.worst_silence = silent;
+        }
+    }
     let line = stats(&clock, &remotes, &client, link.as_deref());
     if rep.json {
         emit(&rep, line);
@@ -271,7 +300,8 @@ fn finish(
         return;
     }
     let clean = remotes.0.values().all(|r| r.reliable.gaps() == 0 && r.reliable.dups() == 0);
-    let ok = failure.0.is_none() && me.player.is_some() && clean;
+    let talking = remotes.0.values().all(|r| r.worst_silence <= MAX_SILENCE);
+    let ok = failure.0.is_none() && me.player.is_some() && clean && talking;
     emit(&rep, stats(&clock, &remotes, &client, link.as_deref()));
     emit(&rep, Event::Exit { ok });
     let summary: Vec<String> = remotes
@@ -279,13 +309,14 @@ fn finish(
         .values()
         .map(|r| {
             format!(
-                "{}: {} sent, {} received ({} reliable), {} gaps, {} dups",
+                "{}: {} sent, {} received ({} reliable), {} gaps, {} dups, longest silence {} ms",
                 r.name,
                 r.sent,
                 r.received,
                 r.reliable.distinct(),
                 r.reliable.gaps(),
-                r.reliable.dups()
+                r.reliable.dups(),
+                r.worst_silence.as_millis()
             )
         })
         .collect();
@@ -297,7 +328,7 @@ fn finish(
         fail(
             &mut failure,
             &mut exit,
-            format!("bot {}: reliable gaps or duplicates: {summary:?}", settings.name),
+            format!("bot {}: reliable gaps, duplicates or a silent peer: {summary:?}", settings.name),
         );
     }
 }

@@ -27,6 +27,22 @@ impl JsonLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The shard connection changed state: `connecting`, `lobby`, `in_game`,
+    /// `reconnecting` (lost after a login: links keep running) or `disconnected`.
+    Shard {
+        /// The new state.
+        state: String,
+        /// Since the bot started.
+        t_ms: u64,
+    },
+    /// A live peer delivered nothing for longer than [`crate::bot::MAX_SILENCE`] (the run
+    /// fails).
+    Silent {
+        /// The peer's player id.
+        peer: u64,
+        /// How long it has been silent.
+        silent_ms: u64,
+    },
     /// Logged in to the shard.
     Connected {
         /// Our player id.
@@ -83,7 +99,8 @@ pub enum Event {
     },
     /// The last line.
     Exit {
-        /// Logged in, and no reliable gaps or duplicates from any peer.
+        /// Logged in, no reliable gaps or duplicates from any peer, and no live peer silent
+        /// for longer than [`crate::bot::MAX_SILENCE`].
         ok: bool,
     },
 }

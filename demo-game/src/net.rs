@@ -164,6 +164,11 @@ pub struct Remote {
     pub received: u64,
     /// Whether anything arrived yet.
     pub heard: bool,
+    /// When the last message arrived.
+    pub last_heard: Option<Instant>,
+    /// The longest silence of this peer while it was introduced and we were not in a
+    /// `--pause-at` window (a live peer that stops delivering fails the bot).
+    pub worst_silence: Duration,
 }
 
 impl Remote {
@@ -234,6 +239,18 @@ pub struct RunClock {
     pause: Option<(Duration, Duration)>,
     /// Inside the `--pause-at` window: nothing is sent to peers.
     pub paused: bool,
+}
+
+impl RunClock {
+    /// Whether a silence of the peers ending `now` may be ours: it overlaps the `--pause-at`
+    /// window or the 15 s after it (a link that idled past its NAT binding is found lost and
+    /// rebuilt then).
+    pub fn silence_excused(&self, since: Instant) -> bool {
+        self.pause.is_some_and(|(at, len)| {
+            let (from, to) = (self.start + at, self.start + at + len + Duration::from_secs(15));
+            since < to && Instant::now() > from
+        })
+    }
 }
 
 impl RunClock {
@@ -396,6 +413,8 @@ fn on_peer_events(
             sent: 0,
             received: 0,
             heard: false,
+            last_heard: None,
+            worst_silence: Duration::ZERO,
         });
         r.intro_at = now;
         r.present = true;
@@ -433,6 +452,7 @@ fn on_peer_messages(
             }
         };
         r.received += 1;
+        r.last_heard = Some(now);
         if !r.heard {
             r.heard = true;
             let since_intro = now.saturating_duration_since(r.intro_at);

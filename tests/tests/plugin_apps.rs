@@ -306,3 +306,37 @@ fn disconnect_request_drops_peers_on_both_sides() {
     assert!(peer_entities(&mut st, b).is_empty(), "the shard told the other side");
     assert_eq!(log(&st, b).disconnected.len(), 1);
 }
+
+#[test]
+fn a_shard_crash_leaves_the_apps_reconnecting_with_their_peers_and_they_resume_when_it_is_back() {
+    let Pair { mut st, shard, a, b } = pair(13, NatKind::PortRestricted, NatKind::FullCone, 400);
+    let ok = st.run_until(800, |st| [a, b].iter().all(|&x| log(st, x).paths.last() == Some(&Kind::Direct)));
+    assert!(ok, "direct first");
+    let (pa, pb) = (shard.player("ana").unwrap(), shard.player("bo").unwrap());
+    let before = log(&st, b).notes.len();
+    shard.crash();
+    st.run_frames(300); // 3 s without any shard
+    for x in [a, b] {
+        assert_eq!(state(&st, x), ShardState::Reconnecting);
+        assert!(peer_entities(&mut st, x).len() == 1, "the peer stays");
+        assert!(log(&st, x).disconnected.is_empty(), "no PeerDisconnected");
+        let reconnecting = log(&st, x)
+            .shard_events
+            .iter()
+            .filter(|e| matches!(e.0, ShardNotice::Reconnecting { .. }))
+            .count();
+        assert!(reconnecting >= 2, "backing off: {reconnecting} attempts in 3 s");
+    }
+    let during = log(&st, b).notes.len() - before;
+    assert!(during > 200, "{during} notes over the mesh while the shard was down");
+    shard.restart();
+    let ok = st.run_until(1200, |st| [a, b].iter().all(|&x| state(st, x) == ShardState::InGame));
+    assert!(ok, "resumed within 12 s (backoff at most 8 s)");
+    assert_eq!(st.world(a).resource::<LocalPlayer>().player, Some(pa), "same player id");
+    assert_eq!(st.world(b).resource::<LocalPlayer>().player, Some(pb));
+    assert_eq!(log(&st, a).connected.len(), 1, "no second introduction");
+    assert!(st.run_until(600, |st| log(st, b).notes.len() == 400), "the stream completes");
+    let seqs: Vec<u32> = log(&st, b).notes.iter().map(|(n, _)| n.seq).collect();
+    assert_eq!(seqs, (0..400).collect::<Vec<_>>(), "every note once, in order, across the outage");
+    assert_eq!(shard.with(|s| s.lobby().map(|l| l.resumed)), Some(2));
+}
