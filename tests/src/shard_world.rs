@@ -68,7 +68,7 @@ impl Player {
             self.shard.reconnect(self.client);
             self.attempt += 1;
             let delay = Duration::from_millis(250).saturating_mul(1 << self.attempt.min(5));
-            self.next_retry = Some(now + delay.min(Duration::from_secs(8)));
+            self.next_retry = Some(now + delay.min(Duration::from_secs(4)));
         }
         let up = self.shard.is_connected(self.client);
         if up != self.connected {

@@ -331,7 +331,7 @@ fn a_shard_crash_leaves_the_apps_reconnecting_with_their_peers_and_they_resume_w
     assert!(during > 200, "{during} notes over the mesh while the shard was down");
     shard.restart();
     let ok = st.run_until(1200, |st| [a, b].iter().all(|&x| state(st, x) == ShardState::InGame));
-    assert!(ok, "resumed within 12 s (backoff at most 8 s)");
+    assert!(ok, "resumed within 12 s (backoff at most 4 s + 25 %)");
     assert_eq!(st.world(a).resource::<LocalPlayer>().player, Some(pa), "same player id");
     assert_eq!(st.world(b).resource::<LocalPlayer>().player, Some(pb));
     assert_eq!(log(&st, a).connected.len(), 1, "no second introduction");

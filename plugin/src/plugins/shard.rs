@@ -168,7 +168,7 @@ enum Mode {
 /// ±25 % jitter so a shard's players do not all come back in the same instant.
 pub const RECONNECT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Longest delay between reconnection attempts.
-pub const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(8);
+pub const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The delay before reconnection attempt `attempt` (1, 2, …): capped exponential, ±25 %
 /// jitter drawn from the OS-seeded hasher.
@@ -639,5 +639,25 @@ fn shard_out(mut link: ResMut<ShardLink>, mut client: ResMut<P2pClient>, renet: 
             },
             _ => link.unsent += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+
+    #[test]
+    fn reconnection_delays_double_from_250_ms_to_a_4_s_cap_with_jitter() {
+        for attempt in 1..=12u32 {
+            let base =
+                RECONNECT_FIRST_DELAY.saturating_mul(1 << (attempt - 1).min(6)).min(RECONNECT_MAX_DELAY);
+            let d: Vec<_> = (0..50).map(|_| reconnect_delay(attempt)).collect();
+            assert!(
+                d.iter().all(|x| *x >= base.mul_f64(0.75) && *x <= base.mul_f64(1.25)),
+                "{attempt}: {d:?}"
+            );
+            assert!(d.iter().any(|x| *x != d[0]), "jittered: {d:?}");
+        }
+        assert!(reconnect_delay(100) <= RECONNECT_MAX_DELAY.mul_f64(1.25));
     }
 }
