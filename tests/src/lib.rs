@@ -292,6 +292,18 @@ impl World {
         }
     }
 
+    /// A punch server as the one of this world comes back after a restart: same addresses
+    /// and token keys, no bindings (put it in place with `sim.node_mut`).
+    pub fn restarted_punch_server(&mut self) -> PunchServer {
+        PunchServer::new(
+            IpAddr::V4(SERVER_IP),
+            IpAddr::V4(SERVER_IP2),
+            self.keys.clone(),
+            self.clock,
+            self.rng.random(),
+        )
+    }
+
     /// The relay / STUN primary address.
     pub fn punch_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(SERVER_IP), PUNCH_PORT)

@@ -260,3 +260,32 @@ fn a_whole_shard_outage_keeps_the_pair_playing_and_the_sessions_resume_with_thei
     check_path(&w, a, b, PeerPath::Direct);
     check_path(&w, c, d, PeerPath::Relayed);
 }
+
+#[test]
+fn a_relay_restart_is_survived_by_the_relayed_pair_which_binds_again() {
+    let mut w = ShardWorld::new(211, |_| {});
+    let (mut sa, mut sb) = (w.world.site(NatKind::SymmetricRandom), w.world.site(NatKind::SymmetricRandom));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(5 * SEC);
+    check_path(&w, a, b, PeerPath::Relayed);
+    // The relay process restarts: same address and keys, no bindings.
+    let server = w.world.server;
+    let fresh = w.world.restarted_punch_server();
+    *w.world.sim.node_mut::<p2pmodel_tests::PunchServer>(server) = fresh;
+    let t = w.world.sim.now();
+    w.run(30 * SEC);
+    check_path(&w, a, b, PeerPath::Relayed);
+    check_streams(&w, a, b);
+    // Delivering again: the longest silence across the restart.
+    let ia = w.id(a);
+    let arrivals: Vec<_> = w.p(b).received[&ia].iter().filter(|g| g.at > t - SEC).map(|g| g.at).collect();
+    let gap = arrivals.windows(2).map(|p| p[1] - p[0]).max().unwrap();
+    println!("longest silence across the relay restart: {gap:?}");
+    assert!(
+        gap < SEC,
+        "back within a second (it was 10 s before the relayed path re-bound on silence): {gap:?}"
+    );
+}

@@ -187,7 +187,12 @@ struct RelayState {
     next_refresh: Instant,
     observed: Option<SocketAddr>,
     live: Liveness,
+    /// When we last bound again because the relayed path went silent.
+    last_rescue: Option<Instant>,
 }
+
+/// How often a silent relayed path re-binds (a restarted relay lost our binding).
+const RELAY_RESCUE_EVERY: Duration = Duration::from_secs(1);
 
 impl RelayState {
     /// Not bound yet; the first bind goes out at once.
@@ -203,7 +208,18 @@ impl RelayState {
             next_refresh: now,
             observed: None,
             live: Liveness::new(now),
+            last_rescue: None,
         }
+    }
+
+    /// When a silent relayed path should bind again: the relay may have restarted and lost
+    /// our binding. Only while bound, idle (no attempt running) and unanswered for `timeout`.
+    fn rescue_at(&self, timeout: Duration) -> Option<Instant> {
+        if !self.bound || self.attempt.is_some() {
+            return None;
+        }
+        let u = self.live.unanswered_since? + timeout;
+        Some(self.last_rescue.map_or(u, |t| u.max(t + RELAY_RESCUE_EVERY)))
     }
 }
 
@@ -591,6 +607,11 @@ impl Link {
             } else if self.cfg.keepalive || !r.bound {
                 at(r.next_refresh);
             }
+            if self.direct.is_none()
+                && let Some(t) = r.rescue_at(self.path_timeout())
+            {
+                at(t);
+            }
         }
         if let Some(b) = &self.birthday {
             at(b.next);
@@ -674,6 +695,17 @@ impl Link {
 
     fn relay_timers(&mut self, now: Instant) {
         let keepalive = self.cfg.keepalive;
+        let (timeout, direct) = (self.path_timeout(), self.direct.is_some());
+        // On the relayed path, silence after our sends may mean the relay restarted and lost
+        // our binding: bind again now (at most once a second) rather than at the next refresh
+        // (15 s) or the link timeout (10 s).
+        if let Some(r) = self.relay.as_mut().filter(|_| !direct)
+            && r.rescue_at(timeout).is_some_and(|t| now >= t)
+        {
+            r.last_rescue = Some(now);
+            self.start_bind(now);
+            return;
+        }
         let Some(r) = self.relay.as_mut() else { return };
         match r.attempt {
             Some(a) if now >= a.next_retry => {
