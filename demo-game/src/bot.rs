@@ -30,9 +30,6 @@ use crate::net::{
 pub const WANDER_RADIUS: f32 = 20.0;
 /// Walking speed while wandering (units per second).
 pub const WANDER_SPEED: f32 = 5.0;
-/// Longest a live peer (introduced, streaming to us at 20 Hz) may stay silent before the run
-/// fails: well above a failover (< 1 s), far below "this pair stopped talking".
-pub const MAX_SILENCE: Duration = Duration::from_secs(5);
 /// Frame rate of the headless bot loop.
 const BOT_FRAME_HZ: f64 = 60.0;
 
@@ -255,7 +252,7 @@ fn report_stats(
         let Some(since) = r.last_heard else { continue };
         let silent = now.saturating_duration_since(since);
         if silent > r.worst_silence && !clock.silence_excused(since) {
-            if silent > MAX_SILENCE && r.worst_silence <= MAX_SILENCE {
+            if silent > settings.max_silence && r.worst_silence <= settings.max_silence {
                 warn!(bot = %settings.name, peer = %r.name, ?silent, "a live peer is silent");
                 emit(&rep, Event::Silent { peer: p.0, silent_ms: silent.as_millis() as u64 });
             }
@@ -300,7 +297,7 @@ fn finish(
         return;
     }
     let clean = remotes.0.values().all(|r| r.reliable.gaps() == 0 && r.reliable.dups() == 0);
-    let talking = remotes.0.values().all(|r| r.worst_silence <= MAX_SILENCE);
+    let talking = remotes.0.values().all(|r| r.worst_silence <= settings.max_silence);
     let ok = failure.0.is_none() && me.player.is_some() && clean && talking;
     emit(&rep, stats(&clock, &remotes, &client, link.as_deref()));
     emit(&rep, Event::Exit { ok });

@@ -83,6 +83,11 @@ pub struct Cli {
     /// How long the pause started by --pause-at lasts.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "pause_at")]
     pub pause_for: Option<Duration>,
+    /// A bot fails when a live peer delivers nothing for longer than this: well above a
+    /// failover (< 1 s), far below "this pair stopped talking" (raise it when a test cuts a
+    /// network on purpose).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "5")]
+    pub max_silence: Duration,
 }
 
 /// A switch given as `on` or `off`.
@@ -145,6 +150,8 @@ pub struct Settings {
     pub zone: u32,
     /// `--pause-at`, `--pause-for`: no peer traffic in this window after the start.
     pub pause: Option<(Duration, Duration)>,
+    /// `--max-silence`.
+    pub max_silence: Duration,
 }
 
 impl Cli {
@@ -193,6 +200,7 @@ impl Cli {
             keepalive: self.keepalive == OnOff::On,
             zone: self.zone,
             pause: self.pause_at.zip(self.pause_for),
+            max_silence: self.max_silence,
         })
     }
 }

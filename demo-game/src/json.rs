@@ -35,7 +35,7 @@ pub enum Event {
         /// Since the bot started.
         t_ms: u64,
     },
-    /// A live peer delivered nothing for longer than [`crate::bot::MAX_SILENCE`] (the run
+    /// A live peer delivered nothing for longer than `--max-silence` (5 s) (the run
     /// fails).
     Silent {
         /// The peer's player id.
@@ -100,7 +100,7 @@ pub enum Event {
     /// The last line.
     Exit {
         /// Logged in, no reliable gaps or duplicates from any peer, and no live peer silent
-        /// for longer than [`crate::bot::MAX_SILENCE`].
+        /// for longer than `--max-silence` (5 s).
         ok: bool,
     },
 }

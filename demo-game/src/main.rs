@@ -110,6 +110,7 @@ fn net_settings(s: &Settings, login: ShardAddress, name: String) -> NetSettings 
         exit_after: s.exit_after,
         pause: s.pause,
         spawn: s.spawn.map(|(x, y)| Vec2::new(x, y)),
+        max_silence: s.max_silence,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct NetSettings {
     pub pause: Option<(Duration, Duration)>,
     /// `--spawn`.
     pub spawn: Option<Vec2>,
+    /// `--max-silence`: longest a live peer may stay silent before a bot's run fails.
+    pub max_silence: Duration,
 }
 
 /// The plugin and the demo's networking systems for one client.

@@ -3,7 +3,7 @@
 
 usage: botcheck.py A.jsonl B.jsonl --expect direct|relayed|direct-or-relayed
                    [--max-first-ms N] [--max-direct-ms N] [--after-ms N]
-                   [--expect-lost] [--no-lost] [--require-direct-after-ms N]
+                   [--expect-lost] [--no-lost] [--require-direct-after-ms N] [--reconnected]
 
 Prints one line: `ok|fail <figures>`; exit status 0 only for ok. Figures: the final path each side
 saw, time from introduction to the first delivered message and to the direct path, RTT, and the
@@ -33,7 +33,7 @@ def load(path):
 
 def summarize(events):
     s = {"connected": False, "paths": [], "first_ms": None, "direct_ms": None, "lost": [],
-         "stats": None, "exit": None, "player": None}
+         "stats": None, "exit": None, "player": None, "shard": []}
     for e in events:
         k = e.get("event")
         if k == "connected":
@@ -51,6 +51,8 @@ def summarize(events):
             s["stats"] = e
         elif k == "exit":
             s["exit"] = e.get("ok")
+        elif k == "shard":
+            s["shard"].append(e.get("state"))
     return s
 
 
@@ -64,6 +66,8 @@ def main():
     ap.add_argument("--expect-lost", action="store_true", help="at least one side reports a lost path")
     ap.add_argument("--no-lost", action="store_true", help="no side may report a lost path")
     ap.add_argument("--min-received", type=int, default=1)
+    ap.add_argument("--reconnected", action="store_true",
+                    help="each side went reconnecting and back in_game (the shard restarted)")
     args = ap.parse_args()
 
     sides = [summarize(load(args.a)), summarize(load(args.b))]
@@ -101,6 +105,12 @@ def main():
             problems.append(f"{name} direct at {s['direct_ms']}ms > {args.max_direct_ms}ms")
         if args.no_lost and s["lost"]:
             problems.append(f"{name} reported lost")
+        if args.reconnected:
+            st_seq = s["shard"]
+            r = st_seq.index("reconnecting") if "reconnecting" in st_seq else None
+            if r is None or "in_game" not in st_seq[r:]:
+                problems.append(f"{name} shard states {st_seq}: no reconnecting -> in_game")
+            figs[-1] += " shard=" + ">".join(st_seq)
         if s["exit"] is not True:
             problems.append(f"{name} exit ok={s['exit']}")
     if args.expect_lost and not any(s["lost"] for s in sides):

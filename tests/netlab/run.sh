@@ -411,24 +411,25 @@ start_shard() {
     echo "[agent]"
     echo "port = $AGENT_PORT"
     echo "login_port = $LOGIN_PORT"
-    echo "client_timeout_secs = 30"
+    # Long enough for a loaded lab, short enough that a killed Agent is noticed in the
+    # shard outage scenario.
+    echo "client_timeout_secs = 10"
     # Up to 26 bots start at once, several behind one NAT address: room above the defaults.
     echo "max_clients_per_ip = 64"
     echo "login_per_source_burst = 30"
     echo
     echo "[lobby]"
     echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""
-    echo "zones = 14"
+    # On disk, so a killed and restarted Lobby keeps every player's id (resume, issue #13).
+    echo "store = \"$WORK/characters.json\""
+    echo "zones = 18"
     echo "heartbeat_ms = 250"
     echo "heartbeat_timeout_ms = 1500"
     echo
     echo "[game]"
     echo "servers_per_zone = 1"
   } >>"$WORK/shard.toml"
-  nsx int "$BIN" shard lobby --config "$WORK/shard.toml" >"$WORK/lobby.log" 2>&1 &
-  sleep 0.5
-  nsx int "$BIN" shard game --config "$WORK/shard.toml" >"$WORK/game.log" 2>&1 &
-  nsx srv "$BIN" shard agent --config "$WORK/shard.toml" >"$WORK/agent.log" 2>&1 &
+  run_roles
   # The login key bots pin (derived from the shard secret): KEY@HOST:PORT.
   LOGIN_KEY="$("$BIN" secret --show-public --config "$WORK/shard.toml")" || {
     log "cannot read the shard's login key"; return 1; }
@@ -441,6 +442,15 @@ start_shard() {
   done
   log "shard did not come up"; tail -n 3 "$WORK/agent.log" "$WORK/lobby.log" "$WORK/game.log" >&2
   return 1
+}
+
+# The shard's roles (the relay runs on its own, see start_servers); logs are appended, so a
+# restart keeps the history.
+run_roles() {
+  nsx int "$BIN" shard lobby --config "$WORK/shard.toml" >>"$WORK/lobby.log" 2>&1 &
+  sleep 0.5
+  nsx int "$BIN" shard game --config "$WORK/shard.toml" >>"$WORK/game.log" 2>&1 &
+  nsx srv "$BIN" shard agent --config "$WORK/shard.toml" >>"$WORK/agent.log" 2>&1 &
 }
 
 # bot NS NAME ZONE SECS [extra args...] — one headless bot in namespace NS; prints its pid.
@@ -496,6 +506,34 @@ act_block() {
   nsx "$1-nat" nft add rule ip p2pm_block blockfwd meta l4proto udp ip daddr != "{ $SRV1, $SRV2 }" ip saddr != "{ $SRV1, $SRV2 }" drop
 }
 
+# The whole shard (Agent, Lobby, Game) is killed -9 and comes back after $1 seconds.
+act_outage() {
+  local r
+  for r in agent lobby game; do pkill -9 -f "$BIN shard $r --config $WORK/shard.toml"; done
+  sleep "$1"
+  run_roles
+}
+# The site's network drops entirely (shard connection and paths) for $2 seconds.
+act_blackout() {
+  nsx "$1-nat" nft add table ip p2pm_black
+  nsx "$1-nat" nft add chain ip p2pm_black fwd '{ type filter hook forward priority -20; policy drop; }'
+  sleep "$2"
+  nsx "$1-nat" nft delete table ip p2pm_black
+}
+
+# Sessions outliving the shard (issue #13). After the parallel scenarios: it stops the shard.
+# Bots keep talking over their links (no gap, no peer silent > 5 s), report `reconnecting`,
+# and resume (`in_game` again) once the shard is back; then a client's whole network drops.
+run_outages() {
+  local jobs=()
+  pair "shard killed -9, back after 8 s: direct" 14 fc-c1 prc-c2 50 "--expect direct --reconnected" \
+    "" "" 8 act_outage 8 & jobs+=($!)
+  pair "shard killed -9, back after 8 s: relayed" 15 sym-c1 sym2-c1 50 "--expect relayed --reconnected" & jobs+=($!)
+  wait "${jobs[@]}"
+  pair "client network down 5 s" 16 rb-c1 fc2-c1 35 "--expect direct-or-relayed" \
+    "--max-silence 15" "--max-silence 15" 8 act_blackout rb 5
+}
+
 run_scenarios() {
   local s=$BOT_SECS jobs=()
   if [ -z "${DEMO:-}" ] || [ ! -x "$DEMO" ]; then
@@ -548,7 +586,7 @@ check_delayline() {
     result fail "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far (want +78..90 ms, loss <= 8 %)"
   fi
 }
-SCENARIOS=(check_dmz check_delayline run_scenarios)
+SCENARIOS=(check_dmz check_delayline run_scenarios run_outages)
 
 # ---------------------------------------------------------------- main
 build_all() {

@@ -152,6 +152,8 @@ pub struct Lobby {
     last_renew: Instant,
     /// The time of the message or check being handled.
     now: Instant,
+    /// Placements waiting for a Game server of their zone to be heard (a fresh Lobby).
+    waiting: Vec<(u64, u32)>,
     /// Resumes refused (forged, expired, replayed, another player's).
     pub resumes_refused: u64,
     /// Sessions resumed.
@@ -224,6 +226,7 @@ impl Lobby {
             next_nonce: unix.saturating_mul(1000),
             last_renew: now,
             now,
+            waiting: Vec::new(),
             resumes_refused: 0,
             resumed: 0,
         }
@@ -334,6 +337,13 @@ impl Lobby {
 
     fn place(&mut self, bus: &mut Bus, client: u64, zone: u32) {
         let Some(game) = self.party_game(client, zone).or_else(|| self.pick_game(zone)) else {
+            // A Lobby that just started has not heard its Game servers yet (they are linking
+            // again): placements wait for them; later, a zone without servers is refused.
+            if self.now.saturating_duration_since(self.started) < RESYNC_WINDOW {
+                self.waiting.retain(|(c, _)| *c != client);
+                self.waiting.push((client, zone));
+                return;
+            }
             let msg = ShardMessage::Refused { reason: format!("zone {zone} has no running game server") };
             bus.send(Role::Agent, &InternalMessage::ToClient { client, msg });
             return;
@@ -452,6 +462,11 @@ impl Lobby {
     /// missed their heartbeats.
     pub fn check(&mut self, now: Instant, bus: &mut Bus) {
         self.now = now;
+        for (client, zone) in std::mem::take(&mut self.waiting) {
+            if self.clients.get(&client).is_some_and(|c| c.placed.is_none()) {
+                self.place(bus, client, zone);
+            }
+        }
         if now.saturating_duration_since(self.last_renew) >= TICKET_RENEW {
             self.last_renew = now;
             let clients: Vec<u64> = self.clients.keys().copied().collect();
