@@ -23,11 +23,25 @@ pub struct LinkConfig {
     /// 10 s stays under all but the most aggressive ones (RFC 8445 suggests `Tr` ≥ 15 s for
     /// idle ICE; we trade a few bytes for fewer dead sessions).
     pub keepalive_interval: Duration,
-    /// A path whose oldest unanswered datagram is this old is declared failed (the link falls
-    /// back to the relay). The effective value is `max(path_timeout, 4 × smoothed RTT)`.
-    /// 400 ms keeps failover under 1 s with margin for the re-send on the relay.
+    /// Floor of the suspicion timeout: a direct path whose oldest unanswered datagram is
+    /// `max(path_suspect_after, 1.5 × smoothed RTT + ack_delay)` old is suspected, and the
+    /// link sends on the relay
+    /// at once while it keeps pinging the direct path; the first answer to a ping brings it
+    /// back. Under a 20 Hz stream acks arrive every ~50 ms, so 150 ms of silence is about
+    /// three missed acks; a spurious suspicion (a late answer on a jittery path) costs a relay
+    /// detour of about one RTT and no re-punch, which is why it can be this eager. With the
+    /// send cycle in front of it this puts both ends on the relay within 300 ms of a path's
+    /// death on paths up to ~100 ms RTT (Steam's relay network times out after 750 ms,
+    /// Tailscale trusts a silent path for 6.5 s).
+    pub path_suspect_after: Duration,
+    /// A direct path whose oldest unanswered datagram (or suspicion) is this old is declared
+    /// dead: `LinkEvent::DirectPathFailed`, re-bind and re-punch. By then the link has been on
+    /// the relay since the suspicion. The effective value is `max(path_timeout, 4 × RTT)`.
     pub path_timeout: Duration,
-    /// Ping after this much silence following a send, to tell a dead path from a one-way flow.
+    /// Ask the direct path for an answer (a keepalive) this long into the silence after an
+    /// unanswered send, or after we acked the peer's messages and heard nothing more (how
+    /// the receiving end of a one-way stream notices the stream's path died; one extra ping
+    /// when the stream merely stops), and this often while the path is suspect.
     pub path_ping_after: Duration,
     /// The link is declared lost when the peer has not answered anything for this long.
     pub link_timeout: Duration,
@@ -73,6 +87,7 @@ impl Default for LinkConfig {
             punch_timeout: Duration::from_secs(5),
             repunch_interval: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
+            path_suspect_after: Duration::from_millis(150),
             path_timeout: Duration::from_millis(400),
             path_ping_after: Duration::from_millis(150),
             link_timeout: Duration::from_secs(10),

@@ -401,3 +401,208 @@ fn relay_tokens_expire_unless_the_shard_refreshes_them() {
         }
     }
 }
+
+// ----- fast failover and one-side-idle links (issue #13) ----------------------------------
+
+use std::time::Instant;
+
+use p2pmodel_core::proto::peer::LinkId;
+use p2pmodel_sim::HostId;
+use p2pmodel_tests::Site;
+
+/// Start a 20 Hz one-way stream A → B on a punched pair, and after `settle` block the pair's
+/// direct path both ways (the relay keeps working). Returns when the block began.
+fn one_way_stream_then_kill(p: &mut PairSetup, settle: Duration) -> Instant {
+    let PairSetup { world: w, sites, a, b, link } = p;
+    w.client_mut(*a).set_stream(Some(Duration::from_millis(50)));
+    w.run(settle);
+    assert_eq!(w.outcome(*a, *b, *link).verdict(), "direct");
+    let ip = |s: &Site| w.sim.nat_public_ip(s.nat.unwrap());
+    let (ipa, ipb) = (ip(&sites.0), ip(&sites.1));
+    w.sim.block(PathEnd::Ip(ipa), PathEnd::Ip(ipb));
+    w.sim.now()
+}
+
+/// How long after `after` `host` first reported sending on the relay.
+fn relayed_after(w: &World, host: HostId, link: LinkId, after: Instant) -> Option<Duration> {
+    w.event_time(host, link, after, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. }))).map(|t| t - after)
+}
+
+/// Stop A's stream, let everything in flight arrive, and check that every message A sent
+/// arrived at B exactly once, in order (no gaps, no duplicates, nothing missing).
+fn drain_and_check_complete(p: &mut PairSetup) {
+    let PairSetup { world: w, a, b, link, .. } = p;
+    w.client_mut(*a).set_stream(None);
+    w.run(Duration::from_secs(3));
+    let o = w.outcome(*a, *b, *link);
+    assert!(o.sent > 20, "the stream ran: {o:?}");
+    assert!(o.stream_ok(0) && o.received == o.sent, "every message arrived once, in order: {o:?}");
+}
+
+#[test]
+fn both_ends_of_a_one_way_stream_are_on_the_relay_within_300_ms_of_the_direct_path_dying() {
+    let limit = Duration::from_millis(300);
+    let (mut worst_a, mut worst_b) = (Duration::ZERO, Duration::ZERO);
+    for seed in 0..40u64 {
+        let mut p = setup_pair(1300 + seed, NatKind::PortRestricted, NatKind::FullCone);
+        // the block falls at a different point of the 50 ms send cycle in every run
+        let settle = Duration::from_secs(3) + Duration::from_millis(seed * 7 % 50);
+        let killed = one_way_stream_then_kill(&mut p, settle);
+        let PairSetup { world: w, a, b, link, .. } = &mut p;
+        let (a, b, link) = (*a, *b, *link);
+        for h in [a, b] {
+            let stats = w.client_ref(h).mesh.link(link).unwrap().stats();
+            assert_eq!(stats.suspicions, 0, "a healthy path (0.1 % loss) was never suspected");
+        }
+        w.run(Duration::from_secs(2));
+        let ta = relayed_after(w, a, link, killed).expect("the sender moved to the relay");
+        let tb = relayed_after(w, b, link, killed).expect("the receiver moved to the relay");
+        assert!(ta <= limit && tb <= limit, "seed {seed}: sender {} ms, receiver {} ms", ms(ta), ms(tb));
+        (worst_a, worst_b) = (worst_a.max(ta), worst_b.max(tb));
+        drain_and_check_complete(&mut p);
+        assert_eq!(p.world.outcome(a, b, link).verdict(), "relayed");
+    }
+    eprintln!("worst: sender {} ms, receiver {} ms", ms(worst_a), ms(worst_b));
+}
+
+#[test]
+fn a_lossy_jittery_direct_path_costs_at_most_short_relay_detours_and_no_messages() {
+    // (core latency, ±jitter, loss) on every core crossing, on top of the home uplinks:
+    // a 200 ms-RTT path with 5 % loss and ±25 ms jitter, and a short one with 10 % loss
+    for (i, (latency, jitter, loss)) in [(40, 25, 0.05), (10, 10, 0.10)].into_iter().enumerate() {
+        let mut w = World::new(1400 + i as u64);
+        w.sim.set_core(
+            p2pmodel_sim::LinkParams::with_latency(Duration::from_millis(latency))
+                .jitter(Duration::from_millis(jitter))
+                .loss(loss),
+        );
+        let mut sa = w.site(NatKind::PortRestricted);
+        let mut sb = w.site(NatKind::FullCone);
+        let a = w.client(&mut sa);
+        let b = w.client(&mut sb);
+        w.discover(&[a, b]);
+        let link = w.introduce(a, b);
+        w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
+        w.run(Duration::from_secs(60));
+        let mut suspicions = 0;
+        for h in [a, b] {
+            let stats = w.client_ref(h).mesh.link(link).unwrap().stats();
+            let log = &w.client_ref(h).links[&link];
+            assert!(
+                !log.events
+                    .iter()
+                    .any(|(_, e)| matches!(e, LinkEvent::DirectPathFailed(_) | LinkEvent::Lost)),
+                "loss and jitter never fail the path: {:?}",
+                log.events
+            );
+            assert!(matches!(w.client_ref(h).path(link), Path::Direct { .. }), "{:?}", log.events);
+            // a suspicion sends on the relay only until the next answer on the direct path
+            assert!(stats.relay_sent * 20 < stats.direct_sent, "{stats:?}");
+            suspicions += stats.suspicions;
+        }
+        eprintln!("core {latency} ± {jitter} ms, {} % loss: {suspicions} suspicions in 60 s", loss * 100.0);
+        drain_and_check_complete(&mut PairSetup { world: w, sites: (sa, sb), a, b, link });
+    }
+}
+
+/// A full-cone A and a B behind a random-port symmetric NAT that forgets idle mappings after
+/// 20 s, punched direct. B's mapping toward the relay is its own (the NAT maps per
+/// destination), so only B's own traffic to the relay keeps it.
+fn idle_side_world(seed: u64, keepalive: bool) -> PairSetup {
+    let mut w = World::new(seed);
+    w.mesh_config.link.keepalive = keepalive;
+    let mut sa = w.site(NatKind::FullCone);
+    let mut sb = w.site_with(NatKind::SymmetricRandom, |c| c.binding_timeout(Duration::from_secs(20)));
+    let a = w.client(&mut sa);
+    let b = w.client(&mut sb);
+    w.discover(&[a, b]);
+    let link = w.introduce(a, b);
+    PairSetup { world: w, sites: (sa, sb), a, b, link }
+}
+
+#[test]
+fn with_keepalive_a_one_way_link_keeps_delivering_past_the_idle_sides_nat_timeout() {
+    let mut p = idle_side_world(1500, true);
+    let PairSetup { world: w, a, b, link, .. } = &mut p;
+    let (a, b, link) = (*a, *b, *link);
+    // A sends one message every 30 s; B never sends anything of its own
+    w.client_mut(a).set_stream(Some(Duration::from_secs(30)));
+    w.run(Duration::from_secs(150));
+    let log = &w.client_ref(b).links[&link];
+    assert_eq!(log.received.len(), 5, "{:?}", log.received);
+    let sent_at = |k: usize| log.received[0].at + Duration::from_secs(30) * k as u32;
+    for (k, r) in log.received.iter().enumerate().skip(1) {
+        assert!(r.at - sent_at(k) <= w.peer_rtt(), "message {k} went straight through");
+    }
+    for h in [a, b] {
+        let log = &w.client_ref(h).links[&link];
+        let direct = log.events.iter().position(|(_, e)| matches!(e, LinkEvent::Path(Path::Direct { .. })));
+        let after = &log.events[direct.expect("went direct") + 1..];
+        assert!(after.is_empty(), "never left the direct path: {:?}", log.events);
+    }
+    // then a 20 Hz stream whose direct path dies: B's relay mapping was kept alive too (its
+    // relay refreshes)
+    let killed = one_way_stream_then_kill(&mut p, Duration::from_secs(2));
+    p.world.run(Duration::from_secs(2));
+    for h in [a, b] {
+        let t = relayed_after(&p.world, h, link, killed).expect("on the relay");
+        assert!(t <= Duration::from_millis(300), "on the relay after {} ms", ms(t));
+    }
+    drain_and_check_complete(&mut p);
+}
+
+#[test]
+fn without_keepalive_the_idle_sides_dead_relay_mapping_is_detected_and_repaired_on_failover() {
+    use p2pmodel_sim::DropReason;
+    let mut p = idle_side_world(1501, false);
+    // A streams; B only acks, straight to A: its NAT's mapping toward the relay expires
+    let killed = one_way_stream_then_kill(&mut p, Duration::from_secs(30));
+    let PairSetup { world: w, sites, a, b, link } = &mut p;
+    let (a, b, link) = (*a, *b, *link);
+    let relay = w.punch_addr();
+    let nat_b = sites.1.nat.unwrap();
+    assert!(
+        !w.sim.nat_mappings(nat_b).iter().any(|m| m.contacted.contains(&relay)),
+        "B's NAT forgot its idle mapping toward the relay"
+    );
+    let unmapped = w.sim.stats().dropped(DropReason::NoMapping);
+    w.run(Duration::from_secs(3));
+    assert!(
+        w.sim.stats().dropped(DropReason::NoMapping) > unmapped,
+        "the relay first forwarded A's data to B's dead mapping"
+    );
+    // A moves to the relay as fast as with keepalive; B, whose stream stopped, pings the dead
+    // direct path, suspects it and re-binds at the relay from a fresh mapping
+    let ta = relayed_after(w, a, link, killed).expect("A on the relay");
+    let tb = relayed_after(w, b, link, killed).expect("B detected the loss and moved to the relay");
+    assert!(ta <= Duration::from_millis(300), "A after {} ms", ms(ta));
+    assert!(tb <= Duration::from_millis(600), "B after {} ms", ms(tb));
+    for h in [a, b] {
+        assert!(matches!(w.client_ref(h).path(link), Path::Relayed { .. }));
+    }
+    drain_and_check_complete(&mut p);
+}
+
+#[test]
+fn without_keepalive_a_sparse_one_way_link_detects_the_idle_sides_nat_timeout() {
+    let PairSetup { world: mut w, a, b, link, .. } = idle_side_world(1502, false);
+    // A sends one message every 30 s; B's NAT forgets its idle mapping toward A after 20 s
+    let first = w.sim.now();
+    w.client_mut(a).set_stream(Some(Duration::from_secs(30)));
+    w.run(Duration::from_secs(32));
+    let second = first + Duration::from_secs(30);
+    assert_eq!(w.client_ref(b).links[&link].received.len(), 1, "the second message met the dead mapping");
+    // A noticed at once: on the relay (B's relay mapping is dead too, so the message waits
+    // in A's reliable channel) and the direct path declared failed — nothing silently lost
+    let relayed = relayed_after(&w, a, link, second).expect("A moved to the relay");
+    assert!(relayed <= Duration::from_millis(300), "A on the relay {} ms after sending", ms(relayed));
+    let failed = w.event_time(a, link, second, |e| matches!(e, LinkEvent::DirectPathFailed(_)));
+    assert!(failed.is_some_and(|t| t - second <= Duration::from_secs(1)), "{failed:?}");
+    // B speaks again (fresh mappings): A's waiting message arrives, once, in order
+    w.client_mut(a).set_stream(None);
+    w.client_mut(b).set_stream(Some(Duration::from_secs(1)));
+    w.run(Duration::from_secs(5));
+    let o = w.outcome(a, b, link);
+    assert!(o.stream_ok(0) && o.received == 2, "{o:?}");
+    assert_ne!(o.verdict(), "failed");
+}

@@ -127,6 +127,10 @@ pub struct LinkStats {
     pub rejected: u64,
     /// Direct paths that failed and fell back.
     pub failovers: u64,
+    /// Times the direct path went unanswered for the suspicion timeout (or the peer moved to
+    /// the relay) and sending moved to the relay; most end in a failover, a few (a late
+    /// answer on a jittery path) in a return to the direct path.
+    pub suspicions: u64,
     /// Candidates from the peer's updates refused: a private, loopback or link-local address
     /// when the shard's list held none (the shard judged the two are not behind one NAT).
     pub candidates_refused: u64,
@@ -141,11 +145,14 @@ struct Liveness {
     last_recv: Option<Instant>,
     unanswered_since: Option<Instant>,
     last_ping: Option<Instant>,
+    /// The first ack of the peer's messages we sent since we last heard on the path (the
+    /// receiving end of a one-way stream sends nothing else).
+    acked_since: Option<Instant>,
 }
 
 impl Liveness {
     fn new(now: Instant) -> Self {
-        Self { last_send: now, last_recv: None, unanswered_since: None, last_ping: None }
+        Self { last_send: now, last_recv: None, unanswered_since: None, last_ping: None, acked_since: None }
     }
     fn sent(&mut self, now: Instant) {
         self.last_send = now;
@@ -154,6 +161,7 @@ impl Liveness {
     fn received(&mut self, now: Instant) {
         self.last_recv = Some(now);
         self.unanswered_since = None;
+        self.acked_since = None;
     }
 }
 
@@ -164,6 +172,12 @@ struct DirectPath {
     local: Option<SocketAddr>,
     kind: CandidateKind,
     live: Liveness,
+    /// The path went unanswered for the suspicion timeout (or the peer moved to the relay)
+    /// at this instant: we send on the relay and keep pinging here until an answer to one of
+    /// our own datagrams clears it, or `path_timeout` declares the path dead.
+    suspected_at: Option<Instant>,
+    /// The peer's last renet datagram (messages or acks) that came over this path.
+    last_peer_data: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -457,12 +471,13 @@ impl Link {
 
     /// The path we currently send on.
     pub fn path(&self) -> Path {
-        if let Some(d) = &self.direct {
-            Path::Direct { remote: d.addr }
-        } else if let Some(r) = self.relay.as_ref().filter(|r| r.bound && r.peer_bound) {
-            Path::Relayed { relay: r.params.addr }
-        } else {
-            Path::None
+        let relay = self.relay.as_ref().filter(|r| r.bound && r.peer_bound).map(|r| r.params.addr);
+        match (&self.direct, relay) {
+            // A suspect direct path gives way to the relay (if there is one to give way to).
+            (Some(d), Some(relay)) if d.suspected_at.is_some() => Path::Relayed { relay },
+            (Some(d), _) => Path::Direct { remote: d.addr },
+            (None, Some(relay)) => Path::Relayed { relay },
+            (None, None) => Path::None,
         }
     }
 
@@ -627,7 +642,15 @@ impl Link {
         if let Some(d) = &self.direct {
             if let Some(u) = d.live.unanswered_since {
                 at(u + self.path_timeout());
-                at(d.live.last_ping.filter(|p| *p >= u).unwrap_or(u) + self.cfg.path_ping_after);
+                if d.suspected_at.is_none() {
+                    at(u + self.suspect_timeout());
+                }
+            }
+            if let Some(s) = d.suspected_at {
+                at(s + self.path_timeout());
+            }
+            if let Some(p) = self.next_direct_ping(d) {
+                at(p);
             }
             if self.cfg.keepalive {
                 at(d.live.last_send + self.cfg.keepalive_interval);
@@ -640,7 +663,7 @@ impl Link {
             at(u + self.cfg.link_timeout);
         }
         // renet's reliable channels re-send on their own clock while anything is unacked
-        if let Some(t) = self.ack_due {
+        if let Some(t) = self.ack_due.filter(|_| self.path() != Path::None) {
             at(t);
         }
         if self.path() != Path::None && self.reliable_pending() {
@@ -660,6 +683,30 @@ impl Link {
 
     fn path_timeout(&self) -> Duration {
         self.cfg.path_timeout.max(self.srtt.map_or(Duration::ZERO, |r| r * 4))
+    }
+
+    /// How long a send may go unanswered on the direct path before we suspect it: the
+    /// answer to a send takes one RTT plus the peer's ack delay; half an RTT more covers
+    /// jitter, `path_suspect_after` the paths whose RTT is tiny or unknown. (No RTT variance
+    /// term: a busy path gets almost no samples after punching, so the variance would stay
+    /// at its first guess.)
+    fn suspect_timeout(&self) -> Duration {
+        let rtt = self.srtt.map_or(Duration::ZERO, |r| r + r / 2);
+        self.cfg.path_suspect_after.max(rtt + self.cfg.ack_delay)
+    }
+
+    /// When to ask the direct path for an answer (a keepalive), if at all: at once and every
+    /// `path_ping_after` while it is suspect; `path_ping_after` into the silence after an
+    /// unanswered send; and `path_ping_after` after we acked the peer's messages and heard
+    /// nothing more — the receiving end of a one-way stream sends nothing that expects an
+    /// answer, and this is how it notices that the path died under the stream.
+    fn next_direct_ping(&self, d: &DirectPath) -> Option<Instant> {
+        let after = self.cfg.path_ping_after;
+        if let Some(s) = d.suspected_at {
+            return Some(d.live.last_ping.filter(|p| *p >= s).map_or(s, |p| p + after));
+        }
+        let since = d.live.unanswered_since.or(d.live.acked_since)?;
+        Some(d.live.last_ping.filter(|p| *p >= since).unwrap_or(since) + after)
     }
 
     /// Drive timers: bind retries and refreshes, probe rounds, keepalives, failure detection.
@@ -822,18 +869,54 @@ impl Link {
 
     fn direct_timers(&mut self, now: Instant) {
         let Some(d) = self.direct else { return };
-        if let Some(u) = d.live.unanswered_since {
-            if now >= u + self.path_timeout() {
-                self.fail_direct(now);
-                return;
-            }
-            let pinged_since = d.live.last_ping.filter(|p| *p >= u);
-            if now >= pinged_since.unwrap_or(u) + self.cfg.path_ping_after {
-                self.send_ping(now, d.addr);
-            }
-        } else if self.cfg.keepalive && now >= d.live.last_send + self.cfg.keepalive_interval {
+        let dead_after = self.path_timeout();
+        // Dead: a send unanswered for `path_timeout`, or suspect that long without an answer
+        // to our pings (the peer's own datagrams may still reach us on a one-way failure).
+        if d.live.unanswered_since.is_some_and(|u| now >= u + dead_after)
+            || d.suspected_at.is_some_and(|s| now >= s + dead_after)
+        {
+            self.fail_direct(now);
+            return;
+        }
+        if d.suspected_at.is_none()
+            && d.live.unanswered_since.is_some_and(|u| now >= u + self.suspect_timeout())
+        {
+            self.suspect_direct(now);
+            return;
+        }
+        let ask = self.next_direct_ping(&d).is_some_and(|t| now >= t);
+        let keepalive = self.cfg.keepalive
+            && d.live.unanswered_since.is_none()
+            && now >= d.live.last_send + self.cfg.keepalive_interval;
+        if ask || keepalive {
             self.send_ping(now, d.addr);
         }
+    }
+
+    /// The direct path looks dead: send on the relay from now on (at once — the relay stays
+    /// bound while we are direct), keep pinging the direct path and return to it when it
+    /// answers. A spurious suspicion (a late answer) costs a relay detour of about one RTT.
+    fn suspect_direct(&mut self, now: Instant) {
+        let Some(d) = self.direct.as_mut() else { return };
+        if d.suspected_at.is_some() {
+            return;
+        }
+        d.suspected_at = Some(now);
+        let addr = d.addr;
+        self.stats.suspicions += 1;
+        // Our own address may have changed (then the relay must learn the new one before it
+        // can carry our data): re-bind now.
+        if self.relay.as_ref().is_some_and(|r| r.attempt.is_none()) {
+            self.start_bind(now);
+        }
+        self.send_ping(now, addr);
+        // Tell the peer at once (an ack through the relay, if renet has anything to
+        // acknowledge) rather than with our next message: the receiving end of a one-way
+        // stream follows us to the relay when our data arrives there (see `handle_peer`).
+        self.ack_due = Some(now);
+        // One probe round: if the peer moved to an address we know of (one it reached us
+        // from), the pair validates within an RTT and replaces the suspect one.
+        self.probe_round(now);
     }
 
     fn fail_direct(&mut self, now: Instant) {
@@ -843,8 +926,9 @@ impl Link {
         for r in self.remote.iter_mut().filter(|r| r.cand.addr == d.addr) {
             r.validated = false;
         }
-        // Our own address may have changed: re-bind now so the relay follows us, and punch again.
-        if self.relay.as_ref().is_some_and(|r| r.attempt.is_none()) {
+        // Our own address may have changed: re-bind now so the relay follows us (unless the
+        // suspicion did already), and punch again.
+        if d.suspected_at.is_none() && self.relay.as_ref().is_some_and(|r| r.attempt.is_none()) {
             self.start_bind(now);
         }
         self.start_punch(now);
@@ -1074,6 +1158,7 @@ impl Link {
             State::Connected => {}
         }
         let via_relay = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
+        let mut ack_now = false;
         if via_relay {
             self.stats.relay_received += 1;
             if let Some(r) = self.relay.as_mut() {
@@ -1084,19 +1169,33 @@ impl Link {
                 }
             }
             // The peer sends through the relay while we use a direct path: it found that path
-            // dead (or has not validated it yet). Our acks on it expect no answer and prove
-            // nothing, so ask the direct path for one; silence for `path_timeout` fails us over
-            // too, instead of acking into a dead path while the peer re-sends its window.
+            // dead (or has not validated it yet). If it had been sending to us directly and
+            // has not for `path_ping_after`, it left the path: follow it to the relay at once
+            // (and ack there at once) instead of acking into a dead path while the peer
+            // re-sends its window. Otherwise (it never used the path, or a datagram it relayed
+            // during a short detour overtook its direct ones) ask the direct path for an
+            // answer, so that silence fails us over too.
             if let Some(d) = self.direct
-                && d.live.unanswered_since.is_none()
-                && d.live.last_ping.is_none_or(|p| now >= p + self.cfg.path_ping_after)
+                && d.suspected_at.is_none()
             {
-                self.send_ping(now, d.addr);
+                let peer_left = header.kind == PeerKind::Data
+                    && d.last_peer_data.is_some_and(|t| now >= t + self.cfg.path_ping_after);
+                if peer_left {
+                    self.suspect_direct(now);
+                    ack_now = true;
+                } else if d.live.unanswered_since.is_none()
+                    && d.live.last_ping.is_none_or(|p| now >= p + self.cfg.path_ping_after)
+                {
+                    self.send_ping(now, d.addr);
+                }
             }
         } else {
             self.stats.direct_received += 1;
             if let Some(d) = self.direct.as_mut().filter(|d| d.addr == from) {
                 d.live.received(now);
+                if header.kind == PeerKind::Data {
+                    d.last_peer_data = Some(now);
+                }
             } else if !self.remote.iter().any(|r| r.cand.addr == from)
                 && self.remote.len() < self.cfg.max_candidates
             {
@@ -1145,12 +1244,17 @@ impl Link {
                 {
                     let (_, sent) = self.pings.remove(pos).expect("position is valid");
                     self.rtt_sample(now - sent);
+                    // An answer to our own ping over the direct path: it works both ways.
+                    if let Some(d) = self.direct.as_mut().filter(|d| d.addr == from && !via_relay) {
+                        d.suspected_at = None;
+                    }
                 }
             }
             PeerKind::Data if self.broken.is_some() => self.stats.dropped_broken += 1,
             PeerKind::Data => {
                 if !is_renet_ack(&body) {
-                    self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+                    let due = if ack_now { now } else { now + self.cfg.ack_delay };
+                    self.ack_due = Some(self.ack_due.map_or(due, |t| t.min(due)));
                 }
                 // The peer's bytes reach renet here: a refusal closes renet's connection, a
                 // panic is caught; either way only this link breaks.
@@ -1208,6 +1312,9 @@ impl Link {
         };
         let (_, _, local, sent) = self.probes.remove(pos).expect("position is valid");
         self.rtt_sample(now - sent);
+        if let Some(d) = self.direct.as_mut().filter(|d| d.addr == from) {
+            d.suspected_at = None;
+        }
         let kind = match self.remote.iter_mut().find(|r| r.cand.addr == from) {
             Some(r) => {
                 r.validated = true;
@@ -1222,12 +1329,19 @@ impl Link {
         };
         let better = match &self.direct {
             None => true,
-            Some(d) => d.addr != from && kind == CandidateKind::Host && d.kind != CandidateKind::Host,
+            // A validated pair replaces a suspect one (e.g. the peer's address changed), and
+            // a host (LAN) pair a public one.
+            Some(d) => {
+                d.addr != from
+                    && (d.suspected_at.is_some()
+                        || (kind == CandidateKind::Host && d.kind != CandidateKind::Host))
+            }
         };
         if better {
             let mut live = Liveness::new(now);
             live.received(now);
-            self.direct = Some(DirectPath { addr: from, local, kind, live });
+            self.direct =
+                Some(DirectPath { addr: from, local, kind, live, suspected_at: None, last_peer_data: None });
             self.punch = None;
             self.birthday = None;
             self.next_repunch = None;
@@ -1267,7 +1381,7 @@ impl Link {
                 added = true;
             }
         }
-        if added && self.direct.is_none() {
+        if added && self.direct.is_none_or(|d| d.suspected_at.is_some()) {
             self.start_punch(now);
         }
     }
@@ -1318,6 +1432,14 @@ impl Link {
                 let d = self.crypto.seal(PeerKind::Data, &packet);
                 let src = self.direct.filter(|d| d.addr == dst).and_then(|d| d.local);
                 self.send_on_path(now, src, dst, d, expects_answer);
+                if !expects_answer && let Some(d) = self.direct.as_mut().filter(|d| d.addr == dst) {
+                    d.live.acked_since.get_or_insert(now);
+                }
+            }
+            // A due ack renet did not offer (nothing to acknowledge) is moot: forget it, or
+            // the deadline would stay in the past and the timer would spin.
+            if self.ack_due.is_some_and(|t| now >= t) {
+                self.ack_due = None;
             }
         }
         if path != self.reported {

@@ -237,3 +237,64 @@ fn peer_candidate_updates_add_local_addresses_only_when_the_shard_gave_some() {
     assert_eq!(near.remote.len(), 4);
     assert_eq!(near.stats().candidates_refused, 1);
 }
+
+/// A sends one reliable message every 50 ms for `d` (B only acks).
+fn stream(p: &mut Pair, next: &mut u32, d: Duration) {
+    let end = p.now + d;
+    while p.now < end {
+        assert!(p.a.send(CHANNEL_RELIABLE, next.to_be_bytes().to_vec()));
+        *next += 1;
+        p.run_for(Duration::from_millis(50));
+    }
+}
+
+fn received(link: &mut Link) -> Vec<u32> {
+    std::iter::from_fn(|| link.receive(CHANNEL_RELIABLE))
+        .map(|b| u32::from_be_bytes(b[..4].try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_outage_shorter_than_the_path_timeout_is_only_suspected_and_loses_nothing() {
+    let mut p = Pair::new();
+    p.run_for(Duration::from_millis(200));
+    let mut next = 0;
+    stream(&mut p, &mut next, Duration::from_secs(1));
+    // 250 ms of silence: past the suspicion timeout (150 ms), short of the path timeout
+    p.cut = true;
+    stream(&mut p, &mut next, Duration::from_millis(250));
+    p.cut = false;
+    stream(&mut p, &mut next, Duration::from_secs(1));
+    p.run_for(Duration::from_secs(1));
+    for link in [&p.a, &p.b] {
+        assert_eq!(link.path(), Path::Direct { remote: link.direct.unwrap().addr });
+        assert_eq!(link.stats().failovers, 0, "the first answer to a ping cleared the suspicion");
+    }
+    assert_eq!(p.a.stats().suspicions, 1, "the sender suspected the silent path");
+    assert!(!Pair::events(&mut p.a).iter().any(|e| matches!(e, LinkEvent::DirectPathFailed(_))));
+    assert_eq!(received(&mut p.b), (0..next).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_receiving_end_of_a_one_way_stream_notices_the_silence_itself() {
+    let mut p = Pair::new();
+    p.run_for(Duration::from_millis(200));
+    let mut next = 0;
+    stream(&mut p, &mut next, Duration::from_secs(1));
+    // the stream merely stops (B acked the last message already): B asks once whether the
+    // path still works, A answers, and that is all until the keepalive interval
+    let before = p.b.stats().direct_sent;
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.b.stats().direct_sent, before + 1, "one ping");
+    assert_eq!(p.b.stats().suspicions, 0);
+    // the path dies under the stream: B, which only acks, suspects it on its own — one
+    // path_ping_after after its last ack plus the suspicion timeout
+    stream(&mut p, &mut next, Duration::from_millis(500));
+    p.cut = true;
+    let cut_at = p.now;
+    stream(&mut p, &mut next, Duration::from_millis(400));
+    assert_eq!(p.b.stats().suspicions, 1, "the receiver noticed");
+    let cfg = LinkConfig::default();
+    let bound = cfg.ack_delay + cfg.path_ping_after + p.b.suspect_timeout() + p.latency;
+    assert!(p.b.direct.unwrap().suspected_at.unwrap() - cut_at <= bound);
+}

@@ -30,6 +30,13 @@ struct Args {
     /// Pairs in flight at once, all driven by one thread (loopback).
     #[arg(long, default_value_t = 10)]
     concurrent: usize,
+    /// The streaming side sends one reliable message this often, in ms (loopback; the
+    /// simulator always streams at 20 Hz).
+    #[arg(long, default_value_t = 10)]
+    stream_ms: u64,
+    /// Simulator: measure only failover and re-punch (skip the introductions).
+    #[arg(long)]
+    failover_only: bool,
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -41,6 +48,9 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn row(name: &str, v: &mut [Duration], unit: Duration, unit_name: &str) {
+    if v.is_empty() {
+        return; // not measured in this run (`--failover-only`)
+    }
     let (p50, p90, p99, max) = (pct(v, 0.5), pct(v, 0.9), pct(v, 0.99), pct(v, 1.0));
     let r = |d: Duration| d.as_secs_f64() / unit.as_secs_f64();
     println!(
@@ -58,7 +68,8 @@ fn row(name: &str, v: &mut [Duration], unit: Duration, unit_name: &str) {
 fn main() {
     let args = Args::parse();
     if args.loopback {
-        if let Err(e) = loopback::run(args.pairs, args.concurrent.max(1)) {
+        let stream = Duration::from_millis(args.stream_ms.max(1));
+        if let Err(e) = loopback::run(args.pairs, args.concurrent.max(1), stream) {
             eprintln!("loopback run failed: {e}");
             std::process::exit(1);
         }
@@ -85,7 +96,7 @@ fn simulator(args: &Args) {
         (NatKind::SymmetricRandom, NatKind::SymmetricRandom),
         (NatKind::FullCone, NatKind::UdpFirewall),
     ];
-    for (i, (a, b)) in pairs.iter().enumerate() {
+    for (i, (a, b)) in pairs.iter().enumerate().filter(|_| !args.failover_only) {
         eprint!("\rintroductions: pair {}/{}   ", i + 1, pairs.len());
         for seed in 0..args.seeds {
             let (w, ha, hb, link) = run_pair(7000 + seed, *a, *b, 3);
@@ -94,27 +105,42 @@ fn simulator(args: &Args) {
             direct_easy.extend(o.time_to_direct());
         }
     }
-    for seed in 0..args.seeds.min(30) {
+    for seed in (0..args.seeds.min(30)).filter(|_| !args.failover_only) {
         eprint!("\rbirthday: seed {seed}        ");
         let (w, ha, hb, link) = run_pair(8000 + seed, NatKind::PortRestricted, NatKind::SymmetricRandom, 6);
         direct_birthday.extend(w.outcome(ha, hb, link).time_to_direct());
     }
 
     let mut failover = Vec::new();
+    let mut failover_b = Vec::new();
+    let mut flow = Vec::new();
+    let mut stream_ok = 0;
     let mut repunch = Vec::new();
     for seed in 0..args.seeds {
         eprint!("\rfailover / re-punch: seed {seed}   ");
-        // failover: block the direct path mid-stream
-        let PairSetup { world: mut w, sites: (sa, sb), a, link, .. } =
+        // failover: block the direct path mid-stream (A streams to B at 20 Hz, B only acks)
+        let PairSetup { world: mut w, sites: (sa, sb), a, b, link } =
             setup_pair(9000 + seed, NatKind::PortRestricted, NatKind::FullCone);
         w.client_mut(a).set_stream(Some(Duration::from_millis(50)));
-        w.run(Duration::from_secs(3));
+        // at a different phase of the 50 ms send cycle per seed
+        w.run(Duration::from_secs(3) + Duration::from_millis(seed * 7 % 50));
         let (ipa, ipb) = (w.sim.nat_public_ip(sa.nat.unwrap()), w.sim.nat_public_ip(sb.nat.unwrap()));
         w.sim.block(PathEnd::Ip(ipa), PathEnd::Ip(ipb));
         let killed = w.sim.now();
+        let sent = w.client_ref(a).links[&link].sent;
         w.run(Duration::from_secs(3));
-        let relayed = w.event_time(a, link, killed, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. })));
-        failover.extend(relayed.map(|t| t - killed));
+        let relayed =
+            |h| w.event_time(h, link, killed, |e| matches!(e, LinkEvent::Path(Path::Relayed { .. })));
+        failover.extend(relayed(a).map(|t| t - killed));
+        failover_b.extend(relayed(b).map(|t| t - killed));
+        let resumed = w.client_ref(b).links[&link].received.iter().find(|r| r.seq >= sent).map(|r| r.at);
+        flow.extend(resumed.map(|t| t - killed));
+        // then let the stream drain: every message must arrive, once, in order
+        w.client_mut(a).set_stream(None);
+        w.run(Duration::from_secs(2));
+        if w.outcome(a, b, link).stream_ok(0) {
+            stream_ok += 1;
+        }
 
         // re-punch: A's NAT changes its public address mid-stream
         let PairSetup { world: mut w, sites: (sa, _), a, b, link } =
@@ -147,8 +173,15 @@ fn simulator(args: &Args) {
         peer_rtt,
         "peer RTT",
     );
-    row("direct path blocked → sending on the relay (failover)", &mut failover, relay_rtt, "relay RTT");
+    row("direct path blocked → sender (A) on the relay (failover)", &mut failover, relay_rtt, "relay RTT");
+    row("direct path blocked → receiver (B) on the relay", &mut failover_b, relay_rtt, "relay RTT");
+    row("direct path blocked → next new message delivered", &mut flow, relay_rtt, "relay RTT");
     row("public address change → both ends direct again (re-punch)", &mut repunch, peer_rtt, "peer RTT");
+    println!(
+        "\nFailover runs whose stream arrived complete (every message sent), in order, without \
+         duplicates: {stream_ok} of {}.",
+        args.seeds
+    );
 }
 
 /// The loopback mode: real sockets, the real clock, the real relay server.
@@ -161,8 +194,6 @@ mod loopback {
     use p2pmodel_core::proto::peer::LinkId;
     use p2pmodel_tests::loopback::{LoopPair, LoopRelay, Pinger, idle, is_direct, is_relayed, quantile};
 
-    /// Both sides stream one reliable message this often while they stream.
-    const STREAM: Duration = Duration::from_millis(10);
     /// Let a fresh direct path carry the stream this long before breaking it.
     const SETTLE: Duration = Duration::from_millis(300);
     /// Give up on a stage after this long (the figure is then missing from its row).
@@ -207,6 +238,7 @@ mod loopback {
 
     struct Runner {
         pair: LoopPair,
+        stream: Duration,
         links: (LinkId, LinkId),
         stage: Stage,
         since: Instant,
@@ -214,14 +246,14 @@ mod loopback {
     }
 
     impl Runner {
-        fn new(relay: &LoopRelay, i: u32) -> io::Result<Runner> {
+        fn new(relay: &LoopRelay, i: u32, stream: Duration) -> io::Result<Runner> {
             let mut pair = LoopPair::new(relay)?;
             let links = (LinkId(2 * i + 1), LinkId(2 * i + 2));
-            pair.a_every = Some(STREAM);
+            pair.a_every = Some(stream);
             pair.block_direct(true);
             pair.introduce(relay, links.0);
             let since = pair.intro;
-            Ok(Runner { pair, links, stage: Stage::Held, since, t: Times::default() })
+            Ok(Runner { pair, stream, links, stage: Stage::Held, since, t: Times::default() })
         }
 
         fn next(&mut self, stage: Stage) {
@@ -289,7 +321,7 @@ mod loopback {
                 Stage::Restore => {
                     let both = [&p.a, &p.b].iter().all(|x| matches!(x.path(link), Path::Direct { .. }));
                     if both {
-                        p.b_every = Some(STREAM);
+                        p.b_every = Some(self.stream);
                         next_stage = Some(Stage::SettleBeforeRebind(now + SETTLE));
                     } else if timed_out {
                         next_stage = Some(Stage::Done);
@@ -349,7 +381,7 @@ mod loopback {
     }
 
     /// Measure `pairs` pairs, `concurrent` at a time, and print the table.
-    pub fn run(pairs: usize, concurrent: usize) -> io::Result<()> {
+    pub fn run(pairs: usize, concurrent: usize, stream: Duration) -> io::Result<()> {
         let started = Instant::now();
         let relay = LoopRelay::start()?;
         let mut relay_ping = Pinger::via_relay(&relay, LinkId(u32::MAX), PING_EVERY)?;
@@ -359,7 +391,7 @@ mod loopback {
         let mut next = 0u32;
         while done.len() < pairs {
             while active.len() < concurrent && (next as usize) < pairs {
-                active.push(Runner::new(&relay, next)?);
+                active.push(Runner::new(&relay, next, stream)?);
                 next += 1;
             }
             let mut busy = relay_ping.step() | direct_ping.step();
@@ -403,8 +435,9 @@ mod loopback {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
             "Loopback, {pairs} pairs ({concurrent} at a time, one driver thread polling every {} µs), \
-             the real relay server on 127.0.0.1.",
-            p2pmodel_tests::loopback::POLL.as_micros()
+             the real relay server on 127.0.0.1; streams of one reliable message per {} ms.",
+            p2pmodel_tests::loopback::POLL.as_micros(),
+            stream.as_millis()
         );
         println!(
             "Round trips this driver sees (raw UDP ping, {} + {} samples through the run): \
