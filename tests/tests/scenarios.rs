@@ -496,8 +496,10 @@ fn a_lossy_jittery_direct_path_costs_at_most_short_relay_detours_and_no_messages
                 log.events
             );
             assert!(matches!(w.client_ref(h).path(link), Path::Direct { .. }), "{:?}", log.events);
-            // a suspicion sends on the relay only until the next answer on the direct path
-            assert!(stats.relay_sent * 20 < stats.direct_sent, "{stats:?}");
+            // a suspicion sends on the relay only until the next answer on the direct path:
+            // a few datagrams each (a bind, an ack, what was due), a small share in all
+            assert!(stats.relay_sent <= 6 * stats.suspicions + 10, "{stats:?}");
+            assert!(stats.relay_sent * 10 < stats.direct_sent, "{stats:?}");
             suspicions += stats.suspicions;
         }
         eprintln!("core {latency} ± {jitter} ms, {} % loss: {suspicions} suspicions in 60 s", loss * 100.0);
