@@ -29,6 +29,9 @@ pub struct Session {
     pub ip: Option<IpAddr>,
     tokens: f32,
     refill: Instant,
+    /// The client's last `MeshInfo`, cleaned: re-announced to a restarted Lobby so later
+    /// introductions still carry its candidates.
+    mesh_info: Option<ClientMessage>,
 }
 
 /// A message for one client, encoded, with the channel it goes on.
@@ -81,7 +84,8 @@ impl AgentRouter {
     /// A client connected (its name and source IP checked by the driver): tell the Lobby.
     pub fn connect(&mut self, now: Instant, bus: &mut Bus, client: u64, name: String, ip: Option<IpAddr>) {
         let tokens = self.max_messages_per_sec as f32;
-        self.sessions.insert(client, Session { name: name.clone(), game: None, ip, tokens, refill: now });
+        let session = Session { name: name.clone(), game: None, ip, tokens, refill: now, mesh_info: None };
+        self.sessions.insert(client, session);
         bus.send(Role::Lobby, &InternalMessage::ClientJoined { client, name, ip });
     }
 
@@ -119,7 +123,11 @@ impl AgentRouter {
                 if self.intro != before {
                     debug!(client, refused = ?self.intro, "MeshInfo cleaned");
                 }
-                ClientMessage::MeshInfo { candidates, nat }
+                let m = ClientMessage::MeshInfo { candidates, nat };
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.mesh_info = Some(m.clone());
+                }
+                m
             }
             Ok(m) => m,
             Err(_) => {
@@ -207,17 +215,18 @@ impl AgentRouter {
         out
     }
 
-    /// `ClientJoined` for every session: what a restarted Lobby must hear first, so it knows
-    /// the clients before their next message.
+    /// `ClientJoined` for every session, then its last `MeshInfo`: what a restarted Lobby
+    /// must hear first, so it knows the clients (and their candidates, for the introductions
+    /// of a later Game-server handover) before their next message.
     pub fn resync(&self) -> Vec<InternalMessage> {
-        self.sessions
-            .iter()
-            .map(|(client, s)| InternalMessage::ClientJoined {
-                client: *client,
-                name: s.name.clone(),
-                ip: s.ip,
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.sessions.len() * 2);
+        for (client, s) in &self.sessions {
+            out.push(InternalMessage::ClientJoined { client: *client, name: s.name.clone(), ip: s.ip });
+            if let Some(m) = &s.mesh_info {
+                out.push(InternalMessage::FromClient { client: *client, msg: m.clone() });
+            }
+        }
+        out
     }
 }
 
@@ -277,6 +286,30 @@ mod tests {
         );
         let out = a.to_clients(&mut bus);
         assert_eq!(out.iter().map(|o| (o.client, o.reliable)).collect::<Vec<_>>(), [(1, false), (1, true)]);
+        // A restarted Lobby hears every session again, with its last (cleaned) MeshInfo.
+        let nat = crate::proto::shard::NatSummary {
+            class: "open".into(),
+            dependent_mapping: false,
+            port_delta: None,
+            public: None,
+        };
+        a.from_client(
+            t0 + Duration::from_secs(2),
+            &mut bus,
+            1,
+            &enc(&ClientMessage::MeshInfo { candidates: vec![], nat }),
+        );
+        let resync = a.resync();
+        assert!(
+            matches!(
+                &resync[..],
+                [
+                    InternalMessage::ClientJoined { client: 1, .. },
+                    InternalMessage::FromClient { client: 1, msg: ClientMessage::MeshInfo { .. } }
+                ]
+            ),
+            "{resync:?}"
+        );
         // Leaving tells the Game server and the Lobby.
         bus.drain(Role::Game(4));
         lobby_msgs(&mut bus);
