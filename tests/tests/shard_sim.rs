@@ -289,3 +289,27 @@ fn a_relay_restart_is_survived_by_the_relayed_pair_which_binds_again() {
         "back within a second (it was 10 s before the relayed path re-bound on silence): {gap:?}"
     );
 }
+
+#[test]
+fn a_lobby_restart_keeps_the_parties_of_players_who_stay_connected() {
+    let (mut w, a, b) = pair(212, NatKind::Restricted, NatKind::PortRestricted, 2);
+    let (ia, ib) = (w.id(a), w.id(b));
+    // Ana creates a party and invites Bo, who accepts.
+    w.p_mut(a).core.join_party("wolves");
+    w.run(SEC);
+    w.p_mut(a).core.invite_to_party(ib);
+    w.run(SEC);
+    w.p_mut(b).core.join_party("wolves");
+    w.run(SEC);
+    let party_of = |w: &ShardWorld, p| {
+        w.shard.with(|s| s.lobby().and_then(|l| l.parties.party_of(p).map(str::to_string)))
+    };
+    assert_eq!((party_of(&w, ia), party_of(&w, ib)), (Some("wolves".into()), Some("wolves".into())));
+    w.shard.stop_lobby();
+    w.run(2 * SEC);
+    w.shard.restart_lobby();
+    w.run(3 * SEC);
+    // The Game servers told the new Lobby; nobody had to rejoin.
+    assert_eq!((party_of(&w, ia), party_of(&w, ib)), (Some("wolves".into()), Some("wolves".into())));
+    check_streams(&w, a, b);
+}

@@ -352,6 +352,16 @@ pub enum InternalMessage {
         /// `(player, x, y)` of every player on it.
         players: Vec<(PlayerId, f32, f32)>,
     },
+    /// Lobby → Game: a (restarted) Lobby asks which parties the Game's players are in.
+    ReportParties,
+    /// Game → Lobby: the party of each of its players that has one (answer to
+    /// `ReportParties`, in chunks like `Positions`).
+    Parties {
+        /// Game server number.
+        game: u32,
+        /// `(player, party)`.
+        members: Vec<(PlayerId, String)>,
+    },
 }
 
 /// Why a shard message failed to encode or decode.

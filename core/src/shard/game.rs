@@ -475,6 +475,19 @@ impl GameWorld {
     pub fn handle(&mut self, bus: &mut Bus, rules: &GameRules, m: InternalMessage) {
         match m {
             InternalMessage::Reset => self.clear(),
+            InternalMessage::ReportParties => {
+                let members: Vec<(PlayerId, String)> = self
+                    .players
+                    .iter()
+                    .filter_map(|(p, g)| g.party.clone().map(|party| (*p, party)))
+                    .collect();
+                for chunk in members.chunks(POSITIONS_PER_MESSAGE) {
+                    bus.send(
+                        Role::Lobby,
+                        &InternalMessage::Parties { game: self.id, members: chunk.to_vec() },
+                    );
+                }
+            }
             InternalMessage::SetParty { client, party } => {
                 if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
                     g.party = party;

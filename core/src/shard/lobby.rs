@@ -154,6 +154,9 @@ pub struct Lobby {
     now: Instant,
     /// Placements waiting for a Game server of their zone to be heard (a fresh Lobby).
     waiting: Vec<(u64, u32)>,
+    /// Parties the Game servers reported after a restart (`Parties`), by player: applied when
+    /// the player is known (the Agent's re-announcement may come later).
+    known_parties: HashMap<PlayerId, String>,
     /// Resumes refused (forged, expired, replayed, another player's).
     pub resumes_refused: u64,
     /// Sessions resumed.
@@ -227,8 +230,24 @@ impl Lobby {
             last_renew: now,
             now,
             waiting: Vec::new(),
+            known_parties: HashMap::new(),
             resumes_refused: 0,
             resumed: 0,
+        }
+    }
+
+    /// A party a Game server reported for `player` (after a Lobby restart): rejoin it.
+    fn restore_party(&mut self, bus: &mut Bus, player: PlayerId) {
+        let Some(client) = self.clients.iter().find(|(_, c)| c.player == player).map(|(id, _)| *id) else {
+            return;
+        };
+        let Some(party) = self.known_parties.remove(&player) else { return };
+        if self.clients.get(&client).is_some_and(|c| c.party.is_none()) {
+            let restored = self.parties.restore(player, &party);
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.party = restored;
+            }
+            self.issue_ticket(bus, client);
         }
     }
 
@@ -391,6 +410,11 @@ impl Lobby {
             InternalMessage::Heartbeat { from: Role::Game(g) } => {
                 if let Some(info) = lobby.games.get_mut(&g) {
                     info.last_heard = now;
+                    if !info.heard {
+                        // First word from it since we started: after a Lobby restart, learn
+                        // the parties its players are in (they were only in the old Lobby).
+                        bus.send(Role::Game(g), &InternalMessage::ReportParties);
+                    }
                     info.heard = true;
                     if !info.alive {
                         // Back after being declared dead (a pause, a partition): its players
@@ -420,6 +444,7 @@ impl Lobby {
                     },
                 );
                 // `Welcome` answers the client's `Login` (below), once per login: not here too.
+                lobby.restore_party(bus, player);
             }
             InternalMessage::ClientLeft { client } => {
                 if let Some(c) = lobby.clients.remove(&client) {
@@ -454,6 +479,13 @@ impl Lobby {
                 }
             },
             InternalMessage::Positions { game, players } => positions(lobby, bus, game, players, now),
+            InternalMessage::Parties { members, .. } => {
+                for (player, party) in members {
+                    // The Agent may not have re-announced this player yet: keep it until then.
+                    lobby.known_parties.insert(player, party);
+                    lobby.restore_party(bus, player);
+                }
+            }
             _ => {}
         }
     }
@@ -561,6 +593,10 @@ fn enter_zone(lobby: &mut Lobby, bus: &mut Bus, client: u64, zone: u32) {
 fn positions(lobby: &mut Lobby, bus: &mut Bus, game: u32, players: Vec<(PlayerId, f32, f32)>, now: Instant) {
     let Some(info) = lobby.games.get_mut(&game) else { return };
     info.last_heard = now;
+    if !info.heard {
+        // First word from it since we started (see `Heartbeat`): ask for its parties.
+        bus.send(Role::Game(game), &InternalMessage::ReportParties);
+    }
     info.heard = true;
     let (zone, alive) = (info.zone, info.alive);
     let by_player: HashMap<PlayerId, (f32, f32)> = players.into_iter().map(|(p, x, y)| (p, (x, y))).collect();
