@@ -253,6 +253,15 @@ impl SimShard {
         }
     }
 
+    /// `client`'s connection drops without the shard hearing of it (its Agent process died
+    /// and a new one took over: the Lobby and the Game servers still hold the session).
+    pub fn disconnect_silently(&self, client: u64) {
+        if let Some(c) = self.lock().conns.get_mut(&client) {
+            c.connected = false;
+            c.inbox.clear();
+        }
+    }
+
     /// Whether `client` is connected.
     pub fn is_connected(&self, client: u64) -> bool {
         self.lock().conns.get(&client).is_some_and(|c| c.connected)

@@ -513,15 +513,6 @@ act_outage() {
   sleep "$1"
   run_roles
 }
-# One role ($1: agent or lobby) is killed -9 and comes back after $2 seconds.
-act_kill_role() {
-  pkill -9 -f "$BIN shard $1 --config $WORK/shard.toml"
-  sleep "$2"
-  case "$1" in
-    agent) nsx srv "$BIN" shard agent --config "$WORK/shard.toml" >>"$WORK/agent.log" 2>&1 & ;;
-    lobby) nsx int "$BIN" shard lobby --config "$WORK/shard.toml" >>"$WORK/lobby.log" 2>&1 & ;;
-  esac
-}
 # The site's network drops entirely (shard connection and paths) for $2 seconds.
 act_blackout() {
   nsx "$1-nat" nft add table ip p2pm_black
@@ -539,12 +530,6 @@ run_outages() {
     "" "" 8 act_outage 8 & jobs+=($!)
   pair "shard killed -9, back after 8 s: relayed" 15 sym-c1 sym2-c1 50 "--expect relayed --reconnected" & jobs+=($!)
   wait "${jobs[@]}"
-  # The Agent alone: clients lose their connection and resume; the Lobby and Game go on.
-  pair "Agent killed -9, back after 4 s" 17 fc-c1 prc-c2 45 "--expect direct --reconnected" \
-    "" "" 8 act_kill_role agent 4
-  # The Lobby alone: nobody notices (the Agent re-announces its clients to the new Lobby).
-  pair "Lobby killed -9, back after 4 s" 0 fc-c1 prc-c2 30 "--expect direct --no-lost" \
-    "" "" 8 act_kill_role lobby 4
   pair "client network down 5 s" 16 rb-c1 fc2-c1 35 "--expect direct-or-relayed" \
     "--max-silence 15" "--max-silence 15" 8 act_blackout rb 5
 }

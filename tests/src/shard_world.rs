@@ -120,6 +120,11 @@ impl Player {
         }
     }
 
+    /// The shard's id of this player's connection.
+    pub fn client(&self) -> u64 {
+        self.client
+    }
+
     /// The path to `peer` as the client reports it (`None`: not introduced).
     pub fn path(&self, peer: PlayerId) -> Option<PeerPath> {
         self.core.peer(peer).map(|p| p.path)

@@ -313,3 +313,31 @@ fn a_lobby_restart_keeps_the_parties_of_players_who_stay_connected() {
     assert_eq!((party_of(&w, ia), party_of(&w, ib)), (Some("wolves".into()), Some("wolves".into())));
     check_streams(&w, a, b);
 }
+
+#[test]
+fn an_agent_restart_alone_is_resumed_on_the_same_game_server_with_the_same_links() {
+    let (mut w, a, b) = pair(213, NatKind::Restricted, NatKind::PortRestricted, 3);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let game = w.shard.game_of(ia);
+    let t = w.world.sim.now();
+    // Only the Agent goes: every connection drops, the Lobby and the Game keep the sessions.
+    for h in [a, b] {
+        let client = w.p(h).client();
+        w.shard.disconnect_silently(client);
+    }
+    w.run(10 * SEC);
+    for (h, peer) in [(a, ib), (b, ia)] {
+        let p = w.p(h);
+        assert_eq!(
+            p.core.phase(),
+            p2pmodel_core::client::Phase::InGame,
+            "resumed into the game, not the lobby"
+        );
+        let noticed = p.events.iter().filter(|(at, e)| {
+            *at > t && matches!(e, ClientEvent::PeerAdded { .. } | ClientEvent::PeerRemoved { .. })
+        });
+        assert_eq!(noticed.count(), 0, "the same link to {peer:?}");
+    }
+    assert_eq!(w.shard.game_of(ia), game, "the same Game server");
+    check_streams(&w, a, b);
+}

@@ -430,6 +430,13 @@ impl GameWorld {
     /// introduction, both told `PeerKept`; its relay tokens are refreshed within a second.
     fn keep(&mut self, bus: &mut Bus, rules: &GameRules, p: PlayerId, q: PlayerId, link: LinkId) {
         let k = if p < q { (p, q) } else { (q, p) };
+        if self.pairs.get(&k).is_some_and(|pair| pair.link == link) {
+            // Already kept (the peer re-joined, not us): confirm to the reporter.
+            if let Some(a) = self.players.get(&p) {
+                Self::to_client(bus, a.client, ShardMessage::PeerKept { peer: q, link });
+            }
+            return;
+        }
         if p == q || self.pairs.contains_key(&k) || self.by_link.contains_key(&link) {
             return;
         }
@@ -494,6 +501,15 @@ impl GameWorld {
                 }
             }
             InternalMessage::Join { client, player, name, x, y, candidates, nat, party, ip, .. } => {
+                // The same session placed again (its Agent restarted and it resumed): keep
+                // its pairs and position; it answers `EnteredZone` with `KeepLinks`.
+                if let Some(g) = self.players.get_mut(&player).filter(|g| g.client == client) {
+                    (g.candidates, g.nat, g.party, g.ip) = (candidates, nat, party, ip);
+                    (g.reported, g.joined_tick) = (false, self.tick);
+                    let (zone, x, y) = (self.zone, g.x, g.y);
+                    Self::to_client(bus, client, ShardMessage::EnteredZone { zone, x, y });
+                    return;
+                }
                 if self.players.contains_key(&player) {
                     self.remove_player(bus, player);
                 }
@@ -526,6 +542,7 @@ impl GameWorld {
                     self.remove_player(bus, p);
                 }
             }
+
             InternalMessage::FromClient { client, msg } => {
                 let Some(p) = self.by_client.get(&client).copied() else { return };
                 match msg {

@@ -255,6 +255,31 @@ impl Lobby {
         self.unix_start + self.now.saturating_duration_since(self.started).as_secs()
     }
 
+    /// Place `client` again on the Game server it is on (`Join` with its state, `Route` to the
+    /// Agent): a resumed session whose Game server never lost it.
+    fn rejoin(&mut self, bus: &mut Bus, client: u64, zone: u32, game: u32) {
+        let Some(c) = self.clients.get(&client) else { return };
+        let (candidates, nat) = match &c.mesh {
+            Some((cands, nat)) => (cands.clone(), Some(nat.clone())),
+            None => (Vec::new(), None),
+        };
+        let join = InternalMessage::Join {
+            client,
+            player: c.player,
+            name: c.name.clone(),
+            zone,
+            x: c.pos.0,
+            y: c.pos.1,
+            candidates,
+            nat,
+            party: c.party.clone(),
+            ip: c.ip,
+        };
+        bus.send(Role::Game(game), &join);
+        bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
+        self.issue_ticket(bus, client);
+    }
+
     /// Seal a fresh ticket for `client`'s session and send it (`ShardMessage::Session`).
     fn issue_ticket(&mut self, bus: &mut Bus, client: u64) {
         let Some(c) = self.clients.get(&client) else { return };
@@ -308,10 +333,12 @@ impl Lobby {
             c.party = Some(party);
         }
         info!(client, player = player.0, zone = ?t.zone, "session resumed");
-        match t.zone.filter(|z| *z < self.zones) {
-            Some(zone) if self.clients.get(&client).is_some_and(|c| c.placed.is_none()) => {
-                self.place(bus, client, zone)
-            }
+        let placed = self.clients.get(&client).and_then(|c| c.placed);
+        match (t.zone.filter(|z| *z < self.zones), placed) {
+            (Some(zone), None) => self.place(bus, client, zone),
+            // Still placed (only its Agent restarted): tell the new Agent where it plays and
+            // its Game server to take the session back (it keeps its pairs).
+            (_, Some((zone, game))) => self.rejoin(bus, client, zone, game),
             _ => self.issue_ticket(bus, client),
         }
     }
