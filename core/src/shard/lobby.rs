@@ -255,8 +255,9 @@ impl Lobby {
         self.unix_start + self.now.saturating_duration_since(self.started).as_secs()
     }
 
-    /// Place `client` again on the Game server it is on (`Join` with its state, `Route` to the
-    /// Agent): a resumed session whose Game server never lost it.
+    /// Send `client` to Game server `game` (`Join` with its state, `Route` to the Agent, a new
+    /// ticket): a fresh placement, or a resumed session whose Game server never lost it (the
+    /// Game keeps its pairs when the client is the same).
     fn rejoin(&mut self, bus: &mut Bus, client: u64, zone: u32, game: u32) {
         let Some(c) = self.clients.get(&client) else { return };
         let (candidates, nat) = match &c.mesh {
@@ -396,28 +397,8 @@ impl Lobby {
         };
         let Some(c) = self.clients.get_mut(&client) else { return };
         c.placed = Some((zone, game));
-        let (candidates, nat) = match &c.mesh {
-            Some((cands, nat)) => (cands.clone(), Some(nat.clone())),
-            None => (Vec::new(), None),
-        };
-        bus.send(
-            Role::Game(game),
-            &InternalMessage::Join {
-                client,
-                player: c.player,
-                name: c.name.clone(),
-                zone,
-                x: c.pos.0,
-                y: c.pos.1,
-                candidates,
-                nat,
-                party: c.party.clone(),
-                ip: c.ip,
-            },
-        );
-        bus.send(Role::Agent, &InternalMessage::Route { client, game: Some(game) });
         info!(client, name = %c.name, zone, game, "player placed");
-        self.issue_ticket(bus, client);
+        self.rejoin(bus, client, zone, game);
     }
 }
 

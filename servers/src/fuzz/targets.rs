@@ -106,6 +106,12 @@ pub fn all() -> Vec<Target> {
             run: shard_client_message,
         },
         Target {
+            name: "shard_roles",
+            about: "client messages (Resume tickets, KeepLinks, MeshInfo, ToPeer...) into the real Agent/Lobby/Game logic (LocalShard) from two placed clients, + ticks",
+            seeds: seeds_shard_roles,
+            run: shard_roles,
+        },
+        Target {
             name: "shard_server_message",
             about: "ShardMessage decoder, decoded messages fed into ClientCore (intros open real links) + timeouts",
             seeds: seeds_shard_server_message,
@@ -800,6 +806,57 @@ pub fn shard_client_message(data: &[u8]) {
     if let Ok(m) = decode::<InternalMessage>(data) {
         let _ = encode(&m);
     }
+}
+
+fn seeds_shard_roles() -> Vec<Vec<u8>> {
+    let ticket =
+        p2pmodel_core::shard::resume::ResumeKey([5; 32]).seal(&p2pmodel_core::shard::resume::Ticket {
+            player: PlayerId(1),
+            zone: Some(0),
+            party: Some("p".into()),
+            issued: UNIX0,
+            nonce: 1,
+        });
+    let mut msgs = client_messages();
+    msgs.push(ClientMessage::Resume { ticket });
+    msgs.push(ClientMessage::KeepLinks { links: vec![(LINK, PlayerId(2)), (LinkId(1), PlayerId(1))] });
+    // First byte: which client speaks; the rest: one encoded message.
+    encoded(&msgs).into_iter().enumerate().map(|(i, m)| [vec![i as u8 & 1], m].concat()).collect()
+}
+
+/// Any bytes as one client's message into every shard role at once (`LocalShard`: the Agent's
+/// budget and cleaning, the Lobby's tickets and placement, the Game's `KeepLinks` and
+/// routing), with both clients placed in a zone; then ticks. Nothing may panic.
+pub fn shard_roles(data: &[u8]) {
+    let Some((&who, msg)) = data.split_first() else { return };
+    let t0 = Instant::now();
+    let keys = p2pmodel_core::relay::KeySchedule::new(
+        p2pmodel_core::relay::RelayKey::from_bytes([3; 32]),
+        Duration::ZERO,
+    );
+    let addr = stun_cfg().primary;
+    let mut cfg = p2pmodel_core::shard::LocalShardConfig::new(addr, Some(addr), keys, 1);
+    cfg.resume = p2pmodel_core::shard::resume::ResumeKey([5; 32]);
+    cfg.game.npcs = 0;
+    let mut shard = p2pmodel_core::shard::LocalShard::new(t0, cfg, clock(t0));
+    let ip = Some(addr.ip());
+    for (client, name) in [(1, "ana"), (2, "bob")] {
+        shard.connect(t0, client, name, ip);
+        for m in [ClientMessage::Login { name: name.into() }, ClientMessage::EnterZone { zone: 0 }] {
+            shard.from_client(t0, client, &encode(&m).expect("small"));
+        }
+    }
+    let mut now = t0;
+    for _ in 0..3 {
+        now += Duration::from_millis(50);
+        shard.handle_timeout(now);
+    }
+    shard.from_client(now, 1 + u64::from(who & 1), msg);
+    for _ in 0..25 {
+        now += Duration::from_millis(50);
+        shard.handle_timeout(now);
+    }
+    while shard.poll_outgoing().is_some() {}
 }
 
 fn seeds_shard_server_message() -> Vec<Vec<u8>> {
