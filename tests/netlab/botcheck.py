@@ -4,6 +4,7 @@
 usage: botcheck.py A.jsonl B.jsonl --expect direct|relayed|direct-or-relayed
                    [--max-first-ms N] [--max-direct-ms N] [--after-ms N]
                    [--expect-lost] [--no-lost] [--require-direct-after-ms N] [--reconnected]
+                   [--same-link]
 
 Prints one line: `ok|fail <figures>`; exit status 0 only for ok. Figures: the final path each side
 saw, time from introduction to the first delivered message and to the direct path, RTT, and the
@@ -68,6 +69,8 @@ def main():
     ap.add_argument("--min-received", type=int, default=1)
     ap.add_argument("--reconnected", action="store_true",
                     help="each side went reconnecting and back in_game (the shard restarted)")
+    ap.add_argument("--same-link", action="store_true",
+                    help="the peers were introduced once: the link outlived whatever happened")
     args = ap.parse_args()
 
     sides = [summarize(load(args.a)), summarize(load(args.b))]
@@ -103,6 +106,11 @@ def main():
             problems.append(f"{name} first message {s['first_ms']}ms > {args.max_first_ms}ms")
         if args.max_direct_ms is not None and (s["direct_ms"] is None or s["direct_ms"] > args.max_direct_ms):
             problems.append(f"{name} direct at {s['direct_ms']}ms > {args.max_direct_ms}ms")
+        # A second introduction restarts the time since the introduction.
+        intros = 1 + sum(1 for (_, a), (_, b) in zip(s["paths"], s["paths"][1:])
+                         if a is not None and b is not None and b < a)
+        if args.same_link and intros > 1:
+            problems.append(f"{name} was introduced {intros} times")
         if args.no_lost and s["lost"]:
             problems.append(f"{name} reported lost")
         if args.reconnected:

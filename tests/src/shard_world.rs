@@ -57,6 +57,8 @@ pub struct Player {
     /// Reconnection attempts since the shard connection was lost, and when the next one is.
     attempt: u32,
     next_retry: Option<Instant>,
+    /// Does not reconnect (a player who closed the game, or whose network is gone for good).
+    pub offline: bool,
 }
 
 impl Player {
@@ -64,7 +66,7 @@ impl Player {
         self.now = now;
         // A suspended session reconnects with capped exponential backoff, as the plugin does
         // (without its jitter, so runs repeat).
-        if !self.connected && self.next_retry.is_some_and(|t| now >= t) {
+        if !self.connected && !self.offline && self.next_retry.is_some_and(|t| now >= t) {
             self.shard.reconnect(self.client);
             self.attempt += 1;
             let delay = Duration::from_millis(250).saturating_mul(1 << self.attempt.min(5));
@@ -118,6 +120,16 @@ impl Player {
                 *seq += 1;
             }
         }
+    }
+
+    /// Quit on purpose, as the plugin's `ShardRequest::Disconnect` does: the core's goodbye
+    /// goes out, then the connection closes; it does not reconnect.
+    pub fn leave(&mut self) {
+        self.core.leave();
+        let now = self.now;
+        self.flush(now);
+        self.shard.disconnect(self.client);
+        (self.connected, self.offline) = (false, true);
     }
 
     /// The shard's id of this player's connection.
@@ -214,6 +226,7 @@ impl ShardWorld {
             now,
             attempt: 0,
             next_retry: None,
+            offline: false,
         };
         self.world.sim.add_host(host, p)
     }

@@ -341,3 +341,63 @@ fn an_agent_restart_alone_is_resumed_on_the_same_game_server_with_the_same_links
     assert_eq!(w.shard.game_of(ia), game, "the same Game server");
     check_streams(&w, a, b);
 }
+
+#[test]
+fn a_connection_lost_at_a_live_agent_is_resumed_with_the_same_links_and_nothing_lost() {
+    let (mut w, a, b) = pair(214, NatKind::PortRestricted, NatKind::FullCone, 4);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let game = w.shard.game_of(ia);
+    let t = w.world.sim.now();
+    // The Agent times Ana's connection out (a blip, a changed address) and says so at once;
+    // she never said goodbye, so the shard holds her place and her pairs.
+    let client = w.p(a).client();
+    w.shard.disconnect(client);
+    w.run(10 * SEC);
+    assert_eq!(w.p(a).core.phase(), p2pmodel_core::client::Phase::InGame, "resumed into the game");
+    for (h, peer) in [(a, ib), (b, ia)] {
+        let changes = w.p(h).events.iter().filter(|(at, e)| {
+            *at > t && matches!(e, ClientEvent::PeerAdded { .. } | ClientEvent::PeerRemoved { .. })
+        });
+        assert_eq!(changes.count(), 0, "the same link to {peer:?}, never dropped");
+    }
+    assert_eq!(w.shard.game_of(ia), game, "back on the Game server that kept her pairs");
+    check_path(&w, a, b, PeerPath::Direct);
+    check_streams(&w, a, b);
+}
+
+#[test]
+fn a_player_who_leaves_is_dropped_at_once_and_one_who_never_comes_back_after_the_grace_period() {
+    let mut w = ShardWorld::new(215, |_| {});
+    let sites: Vec<_> = (0..3).map(|_| w.world.site(NatKind::FullCone)).collect();
+    let hosts: Vec<_> =
+        sites.into_iter().zip(["ana", "bo", "cy"]).map(|(mut s, name)| w.player(&mut s, name, 0)).collect();
+    let (a, b, c) = (hosts[0], hosts[1], hosts[2]);
+    assert!(w.until_introduced(a, b, 10 * SEC) && w.until_introduced(b, c, 10 * SEC));
+    w.stream(&[a, b, c]);
+    w.run(3 * SEC);
+    let (ia, ic) = (w.id(a), w.id(c));
+    let removed_at = |w: &ShardWorld, from, who| {
+        w.p(from).events.iter().find_map(|(at, e)| match e {
+            ClientEvent::PeerRemoved { player, .. } if *player == who => Some(*at),
+            _ => None,
+        })
+    };
+    // Ana quits on purpose: Bo hears of it within a tick, not after a grace period.
+    let t = w.world.sim.now();
+    w.p_mut(a).leave();
+    w.run(SEC);
+    let gone = removed_at(&w, b, ia).expect("Bo dropped Ana");
+    assert!(gone - t < 200 * Duration::from_millis(1), "{:?}", gone - t);
+    // Cy's connection is lost and she never comes back: her link with Bo keeps running for
+    // the grace period (she might resume), then the Game server drops the pair.
+    let t = w.world.sim.now();
+    w.p_mut(c).offline = true;
+    let client = w.p(c).client();
+    w.shard.disconnect(client);
+    w.run(25 * SEC);
+    assert_eq!(removed_at(&w, b, ic), None, "held for a resume");
+    w.run(7 * SEC);
+    let gone = removed_at(&w, b, ic).expect("dropped after the grace period");
+    let held = gone - t;
+    assert!(held >= 29 * SEC && held <= 31 * SEC, "{held:?}");
+}

@@ -402,9 +402,16 @@ impl ClientCore {
         self.leave();
     }
 
-    /// End the session (the game disconnects on purpose): every peer is forgotten.
+    /// End the session (the game disconnects on purpose): every peer is forgotten. While
+    /// connected, [`ClientMessage::Leave`] is queued as the last message: the transport
+    /// should send it before closing, so the shard ends the session at once (a connection
+    /// lost without it is held for a resume).
     pub fn leave(&mut self) {
+        let connected = matches!(self.phase, Phase::Lobby | Phase::InGame);
         self.outgoing.clear();
+        if connected {
+            self.outgoing.push_back((ClientMessage::Leave, true));
+        }
         self.phase = Phase::Connecting;
         self.zone = None;
         self.player = None;

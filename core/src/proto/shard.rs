@@ -146,6 +146,10 @@ pub enum ClientMessage {
         /// `(link, peer)` of each live link.
         links: Vec<(LinkId, PlayerId)>,
     },
+    /// The last message of a session ended on purpose (the game disconnects): the shard
+    /// drops our pairs at once. A connection lost without it is a player who is away: the
+    /// Game server keeps its pairs for a grace period so it can resume.
+    Leave,
 }
 
 /// Shard → client.
@@ -361,6 +365,14 @@ pub enum InternalMessage {
         game: u32,
         /// `(player, party)`.
         members: Vec<(PlayerId, String)>,
+    },
+    /// Agent → Lobby / Game: the client's connection was lost without a
+    /// [`ClientMessage::Leave`] (a timeout, a changed address): like `ClientLeft`, but its
+    /// Game server keeps its pairs for [`crate::shard::game::AWAY_GRACE`] so a resume finds
+    /// them.
+    ClientAway {
+        /// Netcode client id.
+        client: u64,
     },
 }
 

@@ -32,6 +32,8 @@ pub struct Session {
     /// The client's last `MeshInfo`, cleaned: re-announced to a restarted Lobby so later
     /// introductions still carry its candidates.
     mesh_info: Option<ClientMessage>,
+    /// It said [`ClientMessage::Leave`]: its disconnection ends the session at once.
+    leaving: bool,
 }
 
 /// A message for one client, encoded, with the channel it goes on.
@@ -84,15 +86,31 @@ impl AgentRouter {
     /// A client connected (its name and source IP checked by the driver): tell the Lobby.
     pub fn connect(&mut self, now: Instant, bus: &mut Bus, client: u64, name: String, ip: Option<IpAddr>) {
         let tokens = self.max_messages_per_sec as f32;
-        let session = Session { name: name.clone(), game: None, ip, tokens, refill: now, mesh_info: None };
+        let session = Session {
+            name: name.clone(),
+            game: None,
+            ip,
+            tokens,
+            refill: now,
+            mesh_info: None,
+            leaving: false,
+        };
         self.sessions.insert(client, session);
         bus.send(Role::Lobby, &InternalMessage::ClientJoined { client, name, ip });
     }
 
     /// A client is gone: tell its Game server and the Lobby. Returns its session.
+    ///
+    /// After its [`ClientMessage::Leave`] that is `ClientLeft` (the session ends); otherwise
+    /// `ClientAway`: the connection was lost (a timeout, a new address), so its Game server
+    /// keeps its pairs for a grace period and a resume finds its links where they were.
     pub fn disconnect(&mut self, bus: &mut Bus, client: u64) -> Option<Session> {
         let s = self.sessions.remove(&client)?;
-        let left = InternalMessage::ClientLeft { client };
+        let left = if s.leaving {
+            InternalMessage::ClientLeft { client }
+        } else {
+            InternalMessage::ClientAway { client }
+        };
         if let Some(g) = s.game {
             bus.send(Role::Game(g), &left);
         }
@@ -128,6 +146,12 @@ impl AgentRouter {
                     s.mesh_info = Some(m.clone());
                 }
                 m
+            }
+            Ok(ClientMessage::Leave) => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.leaving = true;
+                }
+                return;
             }
             Ok(m) => m,
             Err(_) => {
@@ -239,6 +263,10 @@ mod tests {
         bus.drain(Role::Lobby)
     }
 
+    fn enc(m: &ClientMessage) -> Vec<u8> {
+        encode(m).unwrap()
+    }
+
     #[test]
     fn the_agent_routes_by_phase_limits_each_client_and_drops_garbage() {
         let t0 = Instant::now();
@@ -246,7 +274,6 @@ mod tests {
         let mut a = AgentRouter::new(10, Duration::from_millis(250));
         a.connect(t0, &mut bus, 1, "ana".into(), None);
         assert!(matches!(&lobby_msgs(&mut bus)[..], [InternalMessage::ClientJoined { client: 1, .. }]));
-        let enc = |m: &ClientMessage| encode(m).unwrap();
         // Lobby phase: everything to the Lobby.
         a.from_client(t0, &mut bus, 1, &enc(&ClientMessage::Chat { text: "hi".into() }));
         assert_eq!(lobby_msgs(&mut bus).len(), 1);
@@ -310,11 +337,28 @@ mod tests {
             ),
             "{resync:?}"
         );
-        // Leaving tells the Game server and the Lobby.
+        // A lost connection (no `Leave`) tells the Game server and the Lobby the player is
+        // away: its Game server keeps its pairs for a resume.
         bus.drain(Role::Game(4));
         lobby_msgs(&mut bus);
         assert!(a.disconnect(&mut bus, 1).is_some());
-        assert_eq!(bus.drain(Role::Game(4)).len(), 1);
-        assert!(matches!(&lobby_msgs(&mut bus)[..], [InternalMessage::ClientLeft { client: 1 }]));
+        assert!(matches!(&bus.drain(Role::Game(4))[..], [InternalMessage::ClientAway { client: 1 }]));
+        assert!(matches!(&lobby_msgs(&mut bus)[..], [InternalMessage::ClientAway { client: 1 }]));
+    }
+
+    #[test]
+    fn a_client_that_says_leave_ends_its_session_at_once_and_the_message_goes_nowhere() {
+        let mut bus = Bus::default();
+        let mut a = AgentRouter::new(100, Duration::from_secs(1));
+        let t0 = Instant::now();
+        a.connect(t0, &mut bus, 7, "ana".into(), None);
+        lobby_msgs(&mut bus);
+        bus.send(Role::Agent, &InternalMessage::Route { client: 7, game: Some(2) });
+        a.to_clients(&mut bus);
+        a.from_client(t0, &mut bus, 7, &enc(&ClientMessage::Leave));
+        assert!(bus.drain(Role::Game(2)).is_empty() && lobby_msgs(&mut bus).is_empty(), "not forwarded");
+        assert!(a.disconnect(&mut bus, 7).is_some());
+        assert!(matches!(&bus.drain(Role::Game(2))[..], [InternalMessage::ClientLeft { client: 7 }]));
+        assert!(matches!(&lobby_msgs(&mut bus)[..], [InternalMessage::ClientLeft { client: 7 }]));
     }
 }

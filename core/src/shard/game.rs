@@ -33,6 +33,10 @@ pub const MAX_CHAT_CHARS: usize = 200;
 pub const MAX_PEER_DATA: usize = 1200;
 /// Links a `KeepLinks` may list (more than `max_peers` ever allows; the rest are ignored).
 pub const MAX_KEEP_LINKS: usize = 64;
+/// How long a player whose connection was lost ([`InternalMessage::ClientAway`]) keeps its
+/// place and its pairs: its links keep running meanwhile, and a resume within this time
+/// finds them (the client keeps unconfirmed links as long, `ClientConfig::keep_grace`).
+pub const AWAY_GRACE: Duration = Duration::from_secs(30);
 /// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
 /// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
 const POSITIONS_PER_MESSAGE: usize = 2048;
@@ -133,6 +137,9 @@ struct GamePlayer {
     /// introduced: a pair it still has must be kept, not introduced twice).
     reported: bool,
     joined_tick: u64,
+    /// Its connection was lost at this tick (`ClientAway`): not introduced to anyone, and
+    /// removed after [`AWAY_GRACE`] unless it resumes.
+    away: Option<u64>,
 }
 
 impl GamePlayer {
@@ -205,6 +212,8 @@ pub struct Pair {
     pub paths: [Option<PathState>; 2],
     /// Unix time the pair's relay tokens expire; refreshed at 80 % of their life.
     pub token_expiry: u64,
+    /// The tick it was introduced or kept.
+    pub since_tick: u64,
 }
 
 /// One Game server.
@@ -422,7 +431,8 @@ impl GameWorld {
                 g.intro_ticks.push_back(tick);
             }
         }
-        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: u64::from(expiry) });
+        let since_tick = self.tick;
+        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: u64::from(expiry), since_tick });
         self.by_link.insert(link, k);
     }
 
@@ -453,7 +463,7 @@ impl GameWorld {
                 g.peers += 1;
             }
         }
-        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: 0 });
+        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: 0, since_tick: self.tick });
         self.by_link.insert(link, k);
         self.stats.links_kept += 1;
     }
@@ -501,12 +511,18 @@ impl GameWorld {
                 }
             }
             InternalMessage::Join { client, player, name, x, y, candidates, nat, party, ip, .. } => {
-                // The same session placed again (its Agent restarted and it resumed): keep
-                // its pairs and position; it answers `EnteredZone` with `KeepLinks`.
-                if let Some(g) = self.players.get_mut(&player).filter(|g| g.client == client) {
+                // The same session placed again (it resumed after its connection was lost,
+                // or its Agent restarted): keep its pairs and position; it answers
+                // `EnteredZone` with `KeepLinks`, and pairs it no longer has are dropped then.
+                if let Some(g) =
+                    self.players.get_mut(&player).filter(|g| g.client == client || g.away.is_some())
+                {
+                    let old = std::mem::replace(&mut g.client, client);
                     (g.candidates, g.nat, g.party, g.ip) = (candidates, nat, party, ip);
-                    (g.reported, g.joined_tick) = (false, self.tick);
+                    (g.reported, g.joined_tick, g.away) = (false, self.tick, None);
                     let (zone, x, y) = (self.zone, g.x, g.y);
+                    self.by_client.remove(&old);
+                    self.by_client.insert(client, player);
                     Self::to_client(bus, client, ShardMessage::EnteredZone { zone, x, y });
                     return;
                 }
@@ -533,6 +549,7 @@ impl GameWorld {
                         claims: Vec::new(),
                         reported: false,
                         joined_tick: self.tick,
+                        away: None,
                     },
                 );
                 Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
@@ -540,6 +557,12 @@ impl GameWorld {
             InternalMessage::ClientLeft { client } => {
                 if let Some(p) = self.by_client.get(&client).copied() {
                     self.remove_player(bus, p);
+                }
+            }
+            InternalMessage::ClientAway { client } => {
+                let tick = self.tick;
+                if let Some(g) = self.by_client.get(&client).and_then(|p| self.players.get_mut(p)) {
+                    g.away.get_or_insert(tick);
                 }
             }
 
@@ -572,9 +595,24 @@ impl GameWorld {
                     }
                     ClientMessage::KeepLinks { mut links } => {
                         links.truncate(MAX_KEEP_LINKS);
-                        if let Some(g) = self.players.get_mut(&p) {
-                            g.claims = links.clone();
-                            g.reported = true;
+                        let Some(g) = self.players.get_mut(&p) else { return };
+                        g.claims = links.clone();
+                        g.reported = true;
+                        // Pairs it had before this placement but no longer has (it lost them,
+                        // or logged in afresh): dropped, so both sides are introduced again.
+                        let joined = g.joined_tick;
+                        let gone: Vec<_> = self
+                            .pairs
+                            .iter()
+                            .filter(|((a, b), pair)| {
+                                (*a == p || *b == p)
+                                    && pair.since_tick < joined
+                                    && !links.contains(&(pair.link, if *a == p { *b } else { *a }))
+                            })
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in gone {
+                            self.outro(bus, k);
                         }
                         for (link, q) in links {
                             self.keep(bus, rules, p, q, link);
@@ -599,6 +637,18 @@ impl GameWorld {
     /// refresh, positions to the Lobby, NPCs.
     pub fn step(&mut self, bus: &mut Bus, rules: &GameRules, unix: u64) {
         self.tick += 1;
+        // Players whose connection was lost and who did not resume in time leave now.
+        let grace = AWAY_GRACE.as_secs() * u64::from(rules.cfg.tick_hz.max(1));
+        let expired: Vec<PlayerId> = self
+            .players
+            .iter()
+            .filter(|(_, g)| g.away.is_some_and(|t| t + grace <= self.tick))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            debug!(game = self.id, player = ?p, "away too long; removed");
+            self.remove_player(bus, p);
+        }
         let r = rules.cfg.interest_radius;
         let leave = r + rules.cfg.hysteresis;
         let cell = leave.max(1.0);
@@ -672,7 +722,8 @@ impl GameWorld {
         // A player that just joined is not introduced until it said which links it still has
         // (or for a second): a pair both still have is kept, not introduced twice.
         let hold = u64::from(rules.cfg.tick_hz.max(1));
-        let waiting = |g: &GamePlayer| !g.reported && tick.saturating_sub(g.joined_tick) < hold;
+        let waiting =
+            |g: &GamePlayer| g.away.is_some() || (!g.reported && tick.saturating_sub(g.joined_tick) < hold);
         candidates.retain(|(_, p, q)| !waiting(&self.players[p]) && !waiting(&self.players[q]));
         for (_, p, q) in candidates {
             let cap = rules.cfg.max_peers;
@@ -1053,5 +1104,67 @@ mod tests {
             .into_iter()
             .filter(|(_, m)| matches!(m, ShardMessage::RelayRefresh { link, .. } if *link == old));
         assert_eq!(refreshed.count(), 2);
+    }
+
+    #[test]
+    fn a_player_whose_connection_is_lost_keeps_its_pairs_for_the_grace_period_then_leaves() {
+        let r = rules();
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(6, 0, [6; 32]);
+        for c in [1, 2, 3] {
+            join(&mut w, &mut bus, &r, c, c as f32);
+        }
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 3);
+        let link_13 = w.pairs().find(|(k, _)| **k == (PlayerId(1), PlayerId(3))).unwrap().1.link;
+        to_clients(&mut bus);
+        // 1's connection is lost: nobody is told anything, its pairs stay.
+        w.handle(&mut bus, &r, InternalMessage::ClientAway { client: 1 });
+        for _ in 0..r.cfg.tick_hz * 10 {
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert!(!to_clients(&mut bus).iter().any(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. })));
+        assert_eq!(w.pairs().count(), 3);
+        // A newcomer is not introduced to the absent player.
+        join(&mut w, &mut bus, &r, 4, 2.5);
+        w.step(&mut bus, &r, UNIX);
+        let intros = to_clients(&mut bus)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ShardMessage::PeerIntro { peer, .. } if *peer == PlayerId(1)))
+            .count();
+        assert_eq!(intros, 0);
+        // It resumes (same player): back in place, it still has the link to 3 but lost 2.
+        w.handle(&mut bus, &r, join_msg(1, 9.0));
+        assert!(
+            to_clients(&mut bus)
+                .iter()
+                .any(|(c, m)| *c == 1 && matches!(m, ShardMessage::EnteredZone { x, .. } if *x == 1.0)),
+            "its position, not the Lobby's"
+        );
+        keep(&mut w, &mut bus, &r, 1, vec![(link_13, PlayerId(3))]);
+        let outros: Vec<_> = to_clients(&mut bus)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }))
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(outros, [1, 2], "only the pair it no longer has is dropped");
+        assert!(w.pairs().any(|(k, p)| *k == (PlayerId(1), PlayerId(3)) && p.link == link_13));
+        // Away again, and this time for good: after the grace period its pairs go.
+        w.handle(&mut bus, &r, InternalMessage::ClientAway { client: 1 });
+        let grace = AWAY_GRACE.as_secs() as u32 * r.cfg.tick_hz;
+        for _ in 0..grace - 1 {
+            w.step(&mut bus, &r, UNIX);
+        }
+        assert!(w.players().any(|(p, ..)| p == PlayerId(1)), "still within the grace period");
+        to_clients(&mut bus);
+        w.step(&mut bus, &r, UNIX);
+        assert!(!w.players().any(|(p, ..)| p == PlayerId(1)));
+        assert!(w.pairs().all(|(k, _)| k.0 != PlayerId(1)));
+        let told: Vec<_> = to_clients(&mut bus)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ShardMessage::PeerOutro { .. }))
+            .map(|(c, _)| c)
+            .collect();
+        assert!(told.contains(&3), "its peers are told: {told:?}");
     }
 }

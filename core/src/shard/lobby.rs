@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::bus::Bus;
+use super::game::AWAY_GRACE;
 use super::party::Parties;
 use super::resume::{ResumeKey, TICKET_RENEW, Ticket};
 use crate::link::Candidate;
@@ -161,6 +162,10 @@ pub struct Lobby {
     pub resumes_refused: u64,
     /// Sessions resumed.
     pub resumed: u64,
+    /// Players whose connection was lost (`ClientAway`): where they played and since when.
+    /// A resume within [`AWAY_GRACE`] goes back to the same Game server, which kept their
+    /// pairs; their party membership waits as long.
+    away: HashMap<PlayerId, (Option<(u32, u32)>, Instant)>,
 }
 
 impl std::fmt::Debug for Lobby {
@@ -233,6 +238,7 @@ impl Lobby {
             known_parties: HashMap::new(),
             resumes_refused: 0,
             resumed: 0,
+            away: HashMap::new(),
         }
     }
 
@@ -344,6 +350,14 @@ impl Lobby {
         }
     }
 
+    /// The Game server `client` played on in `zone` before its connection was lost, if it is
+    /// alive: it still holds the player's pairs.
+    fn away_game(&mut self, client: u64, zone: u32) -> Option<u32> {
+        let player = self.clients.get(&client)?.player;
+        let ((z, g), _) = self.away.remove(&player).and_then(|(placed, t)| Some((placed?, t)))?;
+        (z == zone && self.games.get(&g).is_some_and(|i| i.alive)).then_some(g)
+    }
+
     /// Players per zone.
     pub fn population(&self, zone: u32) -> usize {
         self.clients.values().filter(|c| c.placed.is_some_and(|(z, _)| z == zone)).count()
@@ -383,7 +397,8 @@ impl Lobby {
     }
 
     fn place(&mut self, bus: &mut Bus, client: u64, zone: u32) {
-        let Some(game) = self.party_game(client, zone).or_else(|| self.pick_game(zone)) else {
+        let game = self.away_game(client, zone).or_else(|| self.party_game(client, zone));
+        let Some(game) = game.or_else(|| self.pick_game(zone)) else {
             // A Lobby that just started has not heard its Game servers yet (they are linking
             // again): placements wait for them; later, a zone without servers is refused.
             if self.now.saturating_duration_since(self.started) < RESYNC_WINDOW {
@@ -454,9 +469,15 @@ impl Lobby {
                 // `Welcome` answers the client's `Login` (below), once per login: not here too.
                 lobby.restore_party(bus, player);
             }
-            InternalMessage::ClientLeft { client } => {
+            InternalMessage::ClientLeft { client } | InternalMessage::ClientAway { client } => {
+                let away = matches!(m, InternalMessage::ClientAway { .. });
                 if let Some(c) = lobby.clients.remove(&client) {
-                    lobby.parties.leave(c.player);
+                    if away {
+                        // It may resume: its party and its Game server wait for it.
+                        lobby.away.insert(c.player, (c.placed, now));
+                    } else {
+                        lobby.parties.leave(c.player);
+                    }
                     let zone = c.placed.map(|(z, _)| z).unwrap_or(0);
                     lobby.store.update(&c.name, zone, c.pos.0, c.pos.1);
                     if let Err(e) = lobby.store.flush() {
@@ -502,6 +523,20 @@ impl Lobby {
     /// missed their heartbeats.
     pub fn check(&mut self, now: Instant, bus: &mut Bus) {
         self.now = now;
+        // Players away longer than the grace period have left: their party goes on without
+        // them (unless they are back, in the lobby).
+        let expired: Vec<PlayerId> = self
+            .away
+            .iter()
+            .filter(|(_, (_, t))| now.saturating_duration_since(*t) > AWAY_GRACE)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.away.remove(&p);
+            if !self.clients.values().any(|c| c.player == p) {
+                self.parties.leave(p);
+            }
+        }
         for (client, zone) in std::mem::take(&mut self.waiting) {
             if self.clients.get(&client).is_some_and(|c| c.placed.is_none()) {
                 self.place(bus, client, zone);

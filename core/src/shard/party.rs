@@ -122,6 +122,10 @@ impl Parties {
         if name.is_empty() {
             return None;
         }
+        if self.member_of.get(&player) == Some(&name) {
+            // Still a member (it was away and came back): nothing changes, ownership stays.
+            return Some(name);
+        }
         self.leave(player);
         self.parties
             .entry(name.clone())

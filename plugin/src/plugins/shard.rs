@@ -553,6 +553,7 @@ fn handle_requests(
     settings: Res<ShardSettings>,
     socket: NonSend<MeshSocket>,
     mut netcode: Option<ResMut<NetcodeClientTransport>>,
+    mut renet: Option<ResMut<RenetClient>>,
     mut requests: MessageReader<ShardRequest>,
     mut events: MessageWriter<ShardEvent>,
 ) {
@@ -575,9 +576,19 @@ fn handle_requests(
                 _ => {}
             },
             ShardRequest::Disconnect => {
+                if matches!(link.mode, Mode::Idle | Mode::Custom { active: false, .. }) {
+                    continue;
+                }
+                // On purpose: the session ends, peers are dropped (no resume). The core's
+                // last message (`Leave`) goes out before the connection closes, so the shard
+                // ends the session at once instead of holding it for a resume.
+                client.leave();
+                let mut goodbye: Vec<_> = std::iter::from_fn(|| client.poll_shard_message()).collect();
+                if !link.connected {
+                    goodbye.clear();
+                }
                 match &mut link.mode {
-                    Mode::Idle => continue,
-                    Mode::Custom { active: false, .. } => continue,
+                    Mode::Idle | Mode::Custom { active: false, .. } => {}
                     Mode::LoggingIn(_) => link.mode = Mode::Idle,
                     Mode::Backoff { custom, .. } => {
                         link.mode = match custom.take() {
@@ -587,6 +598,14 @@ fn handle_requests(
                     }
                     Mode::Renet => {
                         if let Some(t) = netcode.as_mut() {
+                            if let Some(r) = renet.as_mut().filter(|r| r.is_connected()) {
+                                for bytes in goodbye.iter().filter_map(|(m, _)| encode(m).ok()) {
+                                    r.send_message(DefaultChannel::ReliableOrdered, bytes);
+                                }
+                                if let Err(e) = t.send_packets(r) {
+                                    debug!("could not send the goodbye: {e}");
+                                }
+                            }
                             t.disconnect();
                         }
                         commands.remove_resource::<RenetClient>();
@@ -594,14 +613,15 @@ fn handle_requests(
                         link.mode = Mode::Idle;
                     }
                     Mode::Custom { transport, active } => {
+                        for (m, reliable) in &goodbye {
+                            transport.send(m, *reliable);
+                        }
                         transport.disconnect();
                         *active = false;
                     }
                 }
                 link.connected = false;
                 link.attempt = 0;
-                // On purpose: the session ends, peers are dropped (no resume).
-                client.leave();
                 events.write(ShardEvent(ShardNotice::Disconnected("disconnected by the game".into())));
             }
             ShardRequest::EnterZone(zone) => client.enter_zone(now, *zone),

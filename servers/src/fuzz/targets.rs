@@ -762,6 +762,7 @@ fn internal_messages() -> Vec<InternalMessage> {
         InternalMessage::Heartbeat { from: Role::Agent },
         InternalMessage::ClientJoined { client: 42, name: "ana".into(), ip: Some(a_host().ip()) },
         InternalMessage::ClientLeft { client: 42 },
+        InternalMessage::ClientAway { client: 42 },
         InternalMessage::Route { client: 42, game: Some(1) },
         InternalMessage::Route { client: 42, game: None },
         InternalMessage::Join {
@@ -820,8 +821,10 @@ fn seeds_shard_roles() -> Vec<Vec<u8>> {
     let mut msgs = client_messages();
     msgs.push(ClientMessage::Resume { ticket });
     msgs.push(ClientMessage::KeepLinks { links: vec![(LINK, PlayerId(2)), (LinkId(1), PlayerId(1))] });
-    // First byte: which client speaks; the rest: one encoded message.
-    encoded(&msgs).into_iter().enumerate().map(|(i, m)| [vec![i as u8 & 1], m].concat()).collect()
+    msgs.push(ClientMessage::Leave);
+    // First byte: which client speaks (bit 0) and whether its connection is lost after (bit
+    // 1); the rest: one encoded message.
+    encoded(&msgs).into_iter().enumerate().map(|(i, m)| [vec![i as u8 & 3], m].concat()).collect()
 }
 
 /// Any bytes as one client's message into every shard role at once (`LocalShard`: the Agent's
@@ -851,10 +854,22 @@ pub fn shard_roles(data: &[u8]) {
         now += Duration::from_millis(50);
         shard.handle_timeout(now);
     }
-    shard.from_client(now, 1 + u64::from(who & 1), msg);
-    for _ in 0..25 {
+    let client = 1 + u64::from(who & 1);
+    shard.from_client(now, client, msg);
+    for i in 0..25 {
         now += Duration::from_millis(50);
         shard.handle_timeout(now);
+        // Bit 1 of the first byte: then its connection is lost (a `Leave` it sent makes that
+        // the end of its session) and it comes back, logging in and asking for the zone.
+        if who & 2 != 0 && i == 5 {
+            shard.disconnect(now, client);
+        }
+        if who & 2 != 0 && i == 10 {
+            shard.connect(now, client, if client == 1 { "ana" } else { "bob" }, ip);
+            for m in [ClientMessage::Login { name: "x".into() }, ClientMessage::EnterZone { zone: 0 }] {
+                shard.from_client(now, client, &encode(&m).expect("small"));
+            }
+        }
     }
     while shard.poll_outgoing().is_some() {}
 }

@@ -75,6 +75,9 @@ pub struct AgentTransport {
     dropped: HashMap<ClientDropReason, u64>,
     /// Datagrams dropped because netcode panicked decoding them (caught).
     pub netcode_panics: u64,
+    /// Messages a client sent just before its connection closed (its `Leave` travels with
+    /// its disconnect): the Agent reads them before it ends the session.
+    last_words: Vec<(u64, Vec<u8>)>,
 }
 
 impl AgentTransport {
@@ -111,6 +114,7 @@ impl AgentTransport {
             last_ack: HashMap::new(),
             acks_deferred: 0,
             panicked: HashMap::new(),
+            last_words: Vec::new(),
             dropped: HashMap::new(),
             netcode_panics: 0,
         })
@@ -153,6 +157,8 @@ impl AgentTransport {
 
     /// Receive on every socket, advance every netcode server, feed payloads to `renet`.
     pub fn update(&mut self, dt: Duration, renet: &mut RenetServer) {
+        // Last words are read by the disconnect events of the frame they were kept in.
+        self.last_words.clear();
         let mut refuse = Vec::new();
         for (i, port) in self.ports.iter_mut().enumerate() {
             let NetcodePort { socket, server } = port;
@@ -182,11 +188,31 @@ impl AgentTransport {
                         continue;
                     }
                 };
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse, &mut self.panicked);
+                handle(
+                    r,
+                    i,
+                    socket,
+                    renet,
+                    &mut self.owner,
+                    &self.load,
+                    &mut refuse,
+                    &mut self.panicked,
+                    &mut self.last_words,
+                );
             }
             for id in server.clients_id() {
                 let r = server.update_client(id);
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut refuse, &mut self.panicked);
+                handle(
+                    r,
+                    i,
+                    socket,
+                    renet,
+                    &mut self.owner,
+                    &self.load,
+                    &mut refuse,
+                    &mut self.panicked,
+                    &mut self.last_words,
+                );
             }
         }
         for (i, id) in refuse {
@@ -216,7 +242,17 @@ impl AgentTransport {
             };
             let NetcodePort { socket, server } = &mut self.ports[i];
             let r = server.disconnect(id);
-            handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new(), &mut self.panicked);
+            handle(
+                r,
+                i,
+                socket,
+                renet,
+                &mut self.owner,
+                &self.load,
+                &mut Vec::new(),
+                &mut self.panicked,
+                &mut self.last_words,
+            );
             if self.owner.get(&id) == Some(&i) {
                 // netcode no longer knew the client: finish the drop here, so it is not
                 // listed (and counted) again next frame.
@@ -244,7 +280,17 @@ impl AgentTransport {
                     let NetcodePort { socket, server } = &mut self.ports[i];
                     let r = server.disconnect(id);
                     let (owner, load) = (&mut self.owner, &self.load);
-                    handle(r, i, socket, renet, owner, load, &mut Vec::new(), &mut HashMap::new());
+                    handle(
+                        r,
+                        i,
+                        socket,
+                        renet,
+                        owner,
+                        load,
+                        &mut Vec::new(),
+                        &mut HashMap::new(),
+                        &mut Vec::new(),
+                    );
                     forget(owner, load, renet, id);
                     continue;
                 }
@@ -275,13 +321,30 @@ impl AgentTransport {
         }
     }
 
+    /// The messages `client` sent in the packets before its disconnection, in order.
+    pub fn take_last_words(&mut self, client: u64) -> Vec<Vec<u8>> {
+        let (mine, rest) = std::mem::take(&mut self.last_words).into_iter().partition(|(c, _)| *c == client);
+        self.last_words = rest;
+        mine.into_iter().map(|(_, b)| b).collect()
+    }
+
     /// Tell every client we are going (at exit).
     pub fn disconnect_all(&mut self, renet: &mut RenetServer) {
         for (i, port) in self.ports.iter_mut().enumerate() {
             let NetcodePort { socket, server } = port;
             for id in server.clients_id() {
                 let r = server.disconnect(id);
-                handle(r, i, socket, renet, &mut self.owner, &self.load, &mut Vec::new(), &mut self.panicked);
+                handle(
+                    r,
+                    i,
+                    socket,
+                    renet,
+                    &mut self.owner,
+                    &self.load,
+                    &mut Vec::new(),
+                    &mut self.panicked,
+                    &mut self.last_words,
+                );
             }
         }
     }
@@ -342,6 +405,7 @@ fn handle(
     load: &AgentLoad,
     refuse: &mut Vec<(usize, u64)>,
     panicked: &mut HashMap<u64, ClientDropReason>,
+    last_words: &mut Vec<(u64, Vec<u8>)>,
 ) {
     let send = |p: &[u8], addr: SocketAddr| {
         metrics::agent_out(p.len());
@@ -372,6 +436,16 @@ fn handle(
             if owner.get(&client_id) == Some(&i) {
                 owner.remove(&client_id);
                 load.add(i, -1);
+                // What it sent in its last packets (a client that quits sends `Leave` right
+                // before its disconnect) is kept for the Agent; a client renet panicked on
+                // is not touched again.
+                if !panicked.contains_key(&client_id) {
+                    for ch in [2u8, 1, 0] {
+                        while let Some(bytes) = renet.receive_message(client_id, ch) {
+                            last_words.push((client_id, bytes.to_vec()));
+                        }
+                    }
+                }
                 renet.remove_connection(client_id);
             }
         }
@@ -475,7 +549,7 @@ impl Plugin for AgentPlugin {
 
 fn on_server_event(
     ev: On<RenetServerEvent>,
-    transport: Res<AgentTransport>,
+    mut transport: ResMut<AgentTransport>,
     mut agent: ResMut<AgentState>,
     mut bus: ResMut<ShardBus>,
     mut server: ResMut<RenetServer>,
@@ -498,6 +572,12 @@ fn on_server_event(
             agent.router.connect(Instant::now(), &mut bus, client_id, name, ip);
         }
         ServerEvent::ClientDisconnected { client_id, reason } => {
+            // Its last messages first: a `Leave` among them ends the session at once, without
+            // one the session is held for a resume.
+            let now = Instant::now();
+            for bytes in transport.take_last_words(client_id) {
+                agent.router.from_client(now, &mut bus, client_id, &bytes);
+            }
             if let Some(s) = agent.router.disconnect(&mut bus, client_id) {
                 info!(client_id, name = %s.name, ?reason, "client disconnected");
                 agent.online.disconnect(&s.name);
