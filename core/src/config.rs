@@ -78,6 +78,11 @@ pub struct LinkConfig {
     pub ack_delay: Duration,
     /// Send keepalives and relay refreshes at all. Off only to demonstrate NAT timeouts (TC-05).
     pub keepalive: bool,
+    /// Privacy mode: every byte goes through the relay. The link never tells the peer our
+    /// candidates, never probes, and ignores (does not answer) anything that does not come
+    /// from the relay, so the peer never learns our IP address (Steam's and Epic's relay-only
+    /// option). Costs the relay's detour in latency and the relay's bandwidth.
+    pub relay_only: bool,
 }
 
 impl Default for LinkConfig {
@@ -103,6 +108,7 @@ impl Default for LinkConfig {
             reliable_resend: Duration::from_millis(200),
             ack_delay: Duration::from_millis(20),
             keepalive: true,
+            relay_only: false,
         }
     }
 }

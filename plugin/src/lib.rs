@@ -30,14 +30,15 @@ pub use p2pmodel_sim as sim;
 /// core types they carry.
 pub mod prelude {
     pub use crate::client::login::{LoginKey, ShardAddress};
-    pub use crate::client::{Channel, ClientConfig, PeerPath as PathKind, ShardNotice};
+    pub use crate::client::{Channel, ClientConfig, DisconnectReason, PeerPath as PathKind, ShardNotice};
     pub use crate::nat::NatReport;
     pub use crate::plugins::diagnostics as p2p_diagnostics;
     pub use crate::plugins::{
-        LocalNat, LocalPlayer, MeshIo, MeshSocket, NatDiscovered, P2pClient, P2pDecodeError,
-        P2pDiagnosticsPlugin, P2pMeshPlugin, P2pReceive, P2pReceived, P2pSend, P2pSender, Peer,
-        PeerConnected, PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats, SendError,
-        ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport, UdpMeshIo,
+        FromPeer, LocalNat, LocalPlayer, MeshIo, MeshSocket, NatDiscovered, P2pAppExt, P2pChannel, P2pClient,
+        P2pDecodeError, P2pDiagnosticsPlugin, P2pMeshPlugin, P2pReceive, P2pReceived, P2pSend, P2pSender,
+        Peer, PeerConnected, PeerDisconnected, PeerIndex, PeerMessageRegistry, PeerPath, PeerPathChanged,
+        PeerSender, PeerStats, SendError, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState,
+        ShardTransport, TypedStats, UdpMeshIo,
     };
     pub use crate::proto::shard::{NpcState, PlayerId};
 }

@@ -145,6 +145,9 @@ pub struct LobbySection {
     /// `guest_ttl_secs` (default 604800 = 7 days; 0 = forever): with `agent.accounts =
     /// "open"`, characters not seen for this long are forgotten (names free again).
     pub guest_ttl: Option<Duration>,
+    /// `open_parties` (default false: joining needs the owner's invitation; true: parties
+    /// are rooms anyone joins while they have room) and `max_party_size` (default 32).
+    pub parties: p2pmodel_core::shard::PartyRules,
 }
 
 /// `[game]`: the authoritative world (the struct lives with the Game role in the core).
@@ -392,6 +395,8 @@ struct RawLobby {
     heartbeat_ms: Option<i64>,
     heartbeat_timeout_ms: Option<i64>,
     guest_ttl_secs: Option<i64>,
+    open_parties: Option<bool>,
+    max_party_size: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -409,6 +414,7 @@ struct RawGame {
     npcs: Option<i64>,
     npc_area: Option<f64>,
     npc_hz: Option<i64>,
+    interest: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -869,6 +875,10 @@ fn lobby_section(cx: &Ctx, l: RawLobby, base: Option<&Path>) -> Result<LobbySect
             0 => None,
             s => Some(Duration::from_secs(s)),
         },
+        parties: p2pmodel_core::shard::PartyRules {
+            open: l.open_parties.unwrap_or(false),
+            max_members: cx.int(l.max_party_size, "lobby.max_party_size", 2, 10_000, 32)? as usize,
+        },
     };
     Ok(lobby)
 }
@@ -891,6 +901,18 @@ fn game_section(cx: &Ctx, g: RawGame, max_life: u64) -> Result<GameSection, Conf
         npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
         npc_area: cx.float(g.npc_area, "game.npc_area", 1.0, 1e6, 40.0)?,
         npc_hz: cx.int(g.npc_hz, "game.npc_hz", 1, i64::from(tick_hz), 5.min(i64::from(tick_hz)))? as u32,
+        interest: match g.interest.as_deref() {
+            None | Some("distance") => p2pmodel_core::shard::Interest::Distance,
+            Some("groups") => p2pmodel_core::shard::Interest::Groups,
+            Some(other) => {
+                return Err(cx.invalid(
+                    "game.interest",
+                    format!(
+                        "is {other:?}: \"distance\" (an open world) or \"groups\" (party members only: rooms)"
+                    ),
+                ));
+            }
+        },
     };
     if game.relay_token_secs as u64 > max_life {
         return Err(cx.invalid(
@@ -1042,6 +1064,15 @@ mod tests {
         assert_eq!((c.game.npcs, c.game.npc_hz, c.game.npc_area), (0, 2, 40.0));
         let e = ShardConfig::parse(&format!("{m}[game]\ntick = 5\n")).unwrap_err().to_string();
         assert!(e.contains("tick"), "{e}");
+        // Rooms: party members only, anyone joins a room while it has room.
+        let c = ShardConfig::parse(&format!(
+            "{m}[game]\ninterest = \"groups\"\n[lobby]\nopen_parties = true\nmax_party_size = 8\n"
+        ))
+        .unwrap();
+        assert_eq!(c.game.interest, p2pmodel_core::shard::Interest::Groups);
+        assert_eq!(c.lobby.parties, p2pmodel_core::shard::PartyRules { open: true, max_members: 8 });
+        assert_eq!(err_key(&format!("{m}[game]\ninterest = \"rooms\"\n")), "game.interest");
+        assert_eq!(err_key(&format!("{m}[lobby]\nmax_party_size = 1\n")), "lobby.max_party_size");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod embedded;
 pub mod fuzz;
 pub mod netcheck;
 pub mod relay;

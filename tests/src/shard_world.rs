@@ -59,6 +59,10 @@ pub struct Player {
     next_retry: Option<Instant>,
     /// Does not reconnect (a player who closed the game, or whose network is gone for good).
     pub offline: bool,
+    /// Every IP a datagram reached us from.
+    pub heard_from: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The public IP of our site (our NAT's), as peers would see it.
+    pub public_ip: Option<std::net::IpAddr>,
 }
 
 impl Player {
@@ -166,6 +170,7 @@ impl Player {
 
 impl Endpoint for Player {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+        self.heard_from.insert(from.ip());
         self.core.handle_datagram(now, local, from, data);
         self.service(now);
     }
@@ -227,6 +232,8 @@ impl ShardWorld {
             attempt: 0,
             next_retry: None,
             offline: false,
+            heard_from: Default::default(),
+            public_ip: ip,
         };
         self.world.sim.add_host(host, p)
     }

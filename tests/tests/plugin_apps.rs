@@ -340,3 +340,71 @@ fn a_shard_crash_leaves_the_apps_reconnecting_with_their_peers_and_they_resume_w
     assert_eq!(seqs, (0..400).collect::<Vec<_>>(), "every note once, in order, across the outage");
     assert_eq!(shard.with(|s| s.lobby().map(|l| l.resumed)), Some(2));
 }
+
+/// Per-tick state of the typed-message test game: newest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Pose {
+    tick: u32,
+    x: f32,
+}
+
+/// An event of the typed-message test game: every one, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Hit {
+    n: u32,
+}
+
+/// What the typed test game received.
+#[derive(Resource, Default)]
+struct Typed {
+    poses: Vec<u32>,
+    hits: Vec<u32>,
+    sent: u32,
+}
+
+fn typed_send(mut t: ResMut<Typed>, mut tx: PeerSender, peers: Res<PeerIndex>) {
+    if peers.0.is_empty() || t.sent >= 200 {
+        return;
+    }
+    let tick = t.sent;
+    tx.broadcast(&Pose { tick, x: tick as f32 }).expect("small");
+    if tick.is_multiple_of(4) {
+        tx.broadcast(&Hit { n: tick / 4 }).expect("small");
+    }
+    t.sent += 1;
+}
+
+fn typed_receive(
+    mut t: ResMut<Typed>,
+    mut poses: MessageReader<FromPeer<Pose>>,
+    mut hits: MessageReader<FromPeer<Hit>>,
+) {
+    t.poses.extend(poses.read().map(|m| m.message.tick));
+    t.hits.extend(hits.read().map(|m| m.message.n));
+}
+
+#[test]
+fn typed_messages_arrive_on_their_channels_sequenced_ones_never_older_than_the_newest() {
+    let Pair { mut st, a, b, .. } = pair(17, NatKind::PortRestricted, NatKind::FullCone, 0);
+    for i in [a, b] {
+        let app = &mut st.apps[i];
+        // Registered after the mesh plugin here; the order of registrations must match.
+        app.add_peer_message::<Pose>(P2pChannel::UnreliableSequenced)
+            .add_peer_message::<Hit>(P2pChannel::ReliableOrdered)
+            .init_resource::<Typed>()
+            .add_systems(Update, (typed_receive, typed_send).chain());
+    }
+    assert_eq!(
+        st.world(a).resource::<PeerMessageRegistry>().names(),
+        [std::any::type_name::<Pose>(), std::any::type_name::<Hit>()]
+    );
+    st.run_until(3000, |st| st.world(a).resource::<Typed>().sent >= 200);
+    st.run_frames(200);
+    let got = st.world(b).resource::<Typed>();
+    assert_eq!(got.hits, (0..50).collect::<Vec<_>>(), "every event once, in order");
+    assert!(got.poses.len() > 150, "most poses: {}", got.poses.len());
+    assert!(got.poses.windows(2).all(|w| w[0] < w[1]), "never an older pose after a newer one");
+    assert_eq!(got.poses.last(), Some(&199));
+    let stats = *st.world(b).resource::<TypedStats>();
+    assert_eq!((stats.unknown_kind, stats.undecodable), (0, 0));
+}

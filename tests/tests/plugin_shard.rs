@@ -140,7 +140,7 @@ fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
             .resource::<Seen>()
             .events
             .iter()
-            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(_))))
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(DisconnectReason::Unreachable(_)))))
     });
     assert!(ended && saw_connecting);
     app.update();
@@ -171,7 +171,7 @@ fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(why)) if why.contains("login key does not match"))),
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(DisconnectReason::KeyMismatch(why))) if why.contains("login key does not match"))),
         "{events:?}"
     );
 }
@@ -276,4 +276,57 @@ fn killing_the_shard_keeps_the_games_talking_and_they_resume_when_it_restarts() 
         );
     }
     let _ = std::fs::remove_file(&store);
+}
+
+#[test]
+fn a_game_connects_when_it_decides_under_the_name_it_chose_and_a_refusal_is_typed() {
+    let (mut shard, login) = shard();
+    // Nothing happens at startup: no login, no connection.
+    let mut mesh = P2pMeshPlugin::new("nobody");
+    mesh.bind = "127.0.0.1:0".parse().unwrap();
+    mesh.client.nat_timeout = Duration::from_millis(500);
+    let mut plugin =
+        ShardClientPlugin::new(ShardAddress::new("127.0.0.1:9".parse().unwrap(), LoginKey([0; 32])));
+    plugin.auto_connect = false;
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins).add_plugins((mesh, plugin));
+    app.init_resource::<Seen>().add_systems(Update, watch);
+    app.finish();
+    app.cleanup();
+    let idle = run_until(&mut [&mut shard, &mut app], Duration::from_millis(500), |apps| {
+        state(apps[1]) != ShardState::Disconnected
+    });
+    assert!(!idle, "no connection before the game asks");
+    // The login screen: a name the shard refuses (too long), then a good one.
+    let long = "x".repeat(40);
+    app.world_mut().write_message(ShardRequest::ConnectTo { shard: login, name: long, credential: vec![] });
+    let refused = run_until(&mut [&mut shard, &mut app], Duration::from_secs(5), |apps| {
+        apps[1]
+            .world()
+            .resource::<Seen>()
+            .events
+            .iter()
+            .any(|e| matches!(e, ShardEvent(ShardNotice::Disconnected(_))))
+    });
+    let events = app.world().resource::<Seen>().events.clone();
+    assert!(refused, "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ShardEvent(ShardNotice::Disconnected(
+                DisconnectReason::LoginRefused(_) | DisconnectReason::Local(_)
+            ))
+        )),
+        "a typed reason: {events:?}"
+    );
+    app.world_mut().write_message(ShardRequest::ConnectTo {
+        shard: login,
+        name: "cyd".into(),
+        credential: vec![],
+    });
+    let in_game = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+        state(apps[1]) == ShardState::InGame
+    });
+    assert!(in_game, "state {:?}", state(&app));
+    assert_eq!(app.world().resource::<LocalPlayer>().name, "cyd");
 }

@@ -401,3 +401,28 @@ fn a_player_who_leaves_is_dropped_at_once_and_one_who_never_comes_back_after_the
     let held = gone - t;
     assert!(held >= 29 * SEC && held <= 31 * SEC, "{held:?}");
 }
+
+#[test]
+fn in_privacy_mode_a_peer_never_learns_our_address_and_the_link_runs_on_the_relay() {
+    let mut w = ShardWorld::new(216, |_| {});
+    // Two full-cone sites: without privacy mode they would go direct (TC-01).
+    let (mut sa, mut sb) = (w.world.site(NatKind::FullCone), w.world.site(NatKind::FullCone));
+    w.world.mesh_config.link.relay_only = true;
+    let a = w.player(&mut sa, "ana", 0);
+    w.world.mesh_config.link.relay_only = false;
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(12 * SEC);
+    let (ia, ib) = (w.id(a), w.id(b));
+    assert_eq!((w.p(a).path(ib), w.p(b).path(ia)), (Some(PeerPath::Relayed), Some(PeerPath::Relayed)));
+    check_streams(&w, a, b);
+    // Bo heard only the shard's servers (STUN, relay), never Ana's NAT.
+    let ana_ip = w.p(a).public_ip.expect("a site address");
+    assert!(!w.p(b).heard_from.contains(&ana_ip), "Bo heard from {:?}", w.p(b).heard_from);
+    // Ana's side of the link: nothing went directly, whatever Bo's probes reached her
+    // dropped unanswered.
+    let link = w.p(a).core.mesh().links().next().expect("one link");
+    assert_eq!(link.stats().direct_sent, 0);
+    println!("direct datagrams Ana dropped unanswered: {}", link.stats().direct_refused);
+}

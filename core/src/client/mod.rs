@@ -51,6 +51,29 @@ impl Channel {
     }
 }
 
+/// Why the shard connection ended or could not be made ([`ShardNotice::Disconnected`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    /// The game ended the session ([`ClientCore::leave`], the plugin's `Disconnect`).
+    #[error("disconnected by the game")]
+    ByGame,
+    /// The shard's login refused us (bad credential, name in use, shard full, rate limit).
+    #[error("login refused: {0}")]
+    LoginRefused(String),
+    /// The pinned login key is not the shard's (a wrong or outdated server address).
+    #[error("{0}")]
+    KeyMismatch(String),
+    /// Nobody answered (the login service or the shard), or the network failed.
+    #[error("shard unreachable: {0}")]
+    Unreachable(String),
+    /// The connection failed or was closed by the shard (timeout, refused token, kicked).
+    #[error("shard connection closed: {0}")]
+    Transport(String),
+    /// This machine could not start an attempt (a socket, a thread).
+    #[error("cannot connect: {0}")]
+    Local(String),
+}
+
 /// Where a peer's traffic goes now, as the user sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerPath {
@@ -214,9 +237,9 @@ pub enum ShardNotice {
         /// Its name.
         name: String,
     },
-    /// The connection to the shard ended or could not be made (the driver's transport
-    /// reports it); the reason is for the user.
-    Disconnected(String),
+    /// The connection to the shard ended or could not be made (the driver reports it), and
+    /// why: match on the reason, or show it (`Display` is a sentence for the user).
+    Disconnected(DisconnectReason),
     /// The connection to the shard was lost after a login: the session is suspended, links
     /// keep running, and the driver tries again (attempt `attempt`, in `retry_in`).
     Reconnecting {
@@ -418,6 +441,14 @@ impl ClientCore {
         self.ticket = None;
         self.unconfirmed.clear();
         self.clear_peers();
+    }
+
+    /// Log in under another name next time (a login screen). Only between sessions: while
+    /// one runs (or is suspended) the name stays.
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        if self.phase == Phase::Connecting && self.player.is_none() {
+            self.cfg.name = name.into();
+        }
     }
 
     /// Ask to enter a zone (sent once NAT discovery is done, so introductions carry our
@@ -694,7 +725,12 @@ impl ClientCore {
                 },
                 None => self.cfg.assume_nat.clone().unwrap_or_else(unknown_nat),
             };
-            (self.mesh.local_candidates().to_vec(), nat)
+            if self.cfg.mesh.link.relay_only {
+                // Privacy mode: the shard (and so every peer) learns no address of ours.
+                (Vec::new(), NatSummary { public: None, port_delta: None, ..nat })
+            } else {
+                (self.mesh.local_candidates().to_vec(), nat)
+            }
         } else {
             (Vec::new(), unknown_nat())
         };

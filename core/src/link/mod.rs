@@ -119,6 +119,9 @@ pub struct LinkStats {
     pub direct_received: u64,
     /// Authenticated datagrams received through the relay.
     pub relay_received: u64,
+    /// Authenticated datagrams that came directly while in privacy mode
+    /// ([`LinkConfig::relay_only`](crate::config::LinkConfig::relay_only)): dropped unanswered.
+    pub direct_refused: u64,
     /// Authenticated bytes received (both paths).
     pub bytes_received: u64,
     /// Probes sent.
@@ -355,12 +358,16 @@ impl std::fmt::Debug for Link {
 
 /// The renet channel layout both ends of every link use (renet is symmetric when a client's
 /// send and receive channel lists are the same).
+///
+/// The order is the send priority within a packet budget (renet fills channels in list
+/// order): link control, then unreliable state, then reliable data, so bulk reliable data
+/// cannot starve per-tick state. Ids, not order, must match between the two ends.
 fn channels(cfg: &LinkConfig) -> Vec<ChannelConfig> {
     let reliable = SendType::ReliableOrdered { resend_time: cfg.reliable_resend };
     vec![
         ChannelConfig {
-            channel_id: CHANNEL_RELIABLE,
-            max_memory_usage_bytes: RELIABLE_MEMORY,
+            channel_id: CHANNEL_CONTROL,
+            max_memory_usage_bytes: CONTROL_MEMORY,
             send_type: reliable.clone(),
         },
         ChannelConfig {
@@ -369,8 +376,8 @@ fn channels(cfg: &LinkConfig) -> Vec<ChannelConfig> {
             send_type: SendType::Unreliable,
         },
         ChannelConfig {
-            channel_id: CHANNEL_CONTROL,
-            max_memory_usage_bytes: CONTROL_MEMORY,
+            channel_id: CHANNEL_RELIABLE,
+            max_memory_usage_bytes: RELIABLE_MEMORY,
             send_type: reliable,
         },
     ]
@@ -414,6 +421,8 @@ impl Link {
             .map(|cand| Remote { cand, validated: false })
             .collect();
         let relay = params.relay.map(|p| RelayState::new(now, p, 0));
+        // Privacy mode: our candidates are never sent, theirs never probed.
+        let (local, remote) = if cfg.relay_only { (Vec::new(), Vec::new()) } else { (local, remote) };
         let mut link = Link {
             crypto: LinkCrypto::new(&params.key, params.link, params.side),
             id: params.link,
@@ -586,7 +595,7 @@ impl Link {
 
     /// Our own candidates changed (e.g. a new public address): tell the peer and re-punch.
     pub fn set_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
-        if local == self.local {
+        if local == self.local || self.cfg.relay_only {
             return;
         }
         self.local = local;
@@ -970,7 +979,7 @@ impl Link {
     }
 
     fn start_punch(&mut self, now: Instant) {
-        if self.remote.is_empty() {
+        if self.remote.is_empty() || self.cfg.relay_only {
             return;
         }
         self.next_repunch = None;
@@ -1143,6 +1152,14 @@ impl Link {
                 return Err(e);
             }
         };
+        let via_relay = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
+        if self.cfg.relay_only && !via_relay {
+            // Privacy mode: whatever reaches us directly is not answered, so the sender
+            // learns nothing (not even that this address is ours).
+            self.plaintext = body;
+            self.stats.direct_refused += 1;
+            return Ok(());
+        }
         self.stats.bytes_received += bytes.len() as u64;
         self.live.received(now);
         match self.state {
@@ -1157,7 +1174,6 @@ impl Link {
             State::Connecting => self.state = State::Connected,
             State::Connected => {}
         }
-        let via_relay = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
         let mut ack_now = false;
         if via_relay {
             self.stats.relay_received += 1;
@@ -1352,6 +1368,9 @@ impl Link {
         let Ok(Control::Candidates(cands)) = crate::codec::decode::<Control>(msg, MAX_CONTROL_MESSAGE) else {
             return;
         };
+        if self.cfg.relay_only {
+            return;
+        }
         let mut added = false;
         // Capped and de-duplicated in linear time first, like the shard's list in `new`; no
         // local-scope address unless the shard's list had one (see `allow_local`).

@@ -77,6 +77,20 @@ pub struct GameConfig {
     /// `npc_hz` (default 5; at most `tick_hz`): how often each player is sent the NPCs within
     /// its interest radius (every `tick_hz / npc_hz` ticks).
     pub npc_hz: u32,
+    /// `interest` (default `"distance"`): who is meshed with whom.
+    pub interest: Interest,
+}
+
+/// Who a Game server meshes: the per-client cap (`max_peers`) holds in both modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interest {
+    /// Players within `interest_radius` (with `hysteresis`), and party members at any
+    /// distance: an open world.
+    #[default]
+    Distance,
+    /// Party members only, at any distance; positions do not matter: the rooms of a
+    /// match-based game (with `lobby.open_parties`, a party is a room anyone joins).
+    Groups,
 }
 
 impl Default for GameConfig {
@@ -95,6 +109,7 @@ impl Default for GameConfig {
             npcs: 6,
             npc_area: 40.0,
             npc_hz: 5,
+            interest: Interest::Distance,
         }
     }
 }
@@ -658,11 +673,13 @@ impl GameWorld {
         }
         let dist = |a: &GamePlayer, b: &GamePlayer| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
         let same_party = |a: &GamePlayer, b: &GamePlayer| a.party.is_some() && a.party == b.party;
+        let groups = rules.cfg.interest == Interest::Groups;
         // Un-introduce pairs that drifted beyond the hysteresis band.
         let far: Vec<_> = self
             .pairs
             .keys()
             .filter(|(a, b)| match (self.players.get(a), self.players.get(b)) {
+                (Some(x), Some(y)) if groups => !same_party(x, y),
                 (Some(x), Some(y)) => dist(x, y) > leave && !same_party(x, y),
                 _ => true,
             })
@@ -690,7 +707,7 @@ impl GameWorld {
                 }
             }
         }
-        for (p, g) in &self.players {
+        for (p, g) in self.players.iter().filter(|_| !groups) {
             let c = ((g.x / cell).floor() as i32, (g.y / cell).floor() as i32);
             for dx in -1..=1 {
                 for dy in -1..=1 {
@@ -1166,5 +1183,31 @@ mod tests {
             .map(|(c, _)| c)
             .collect();
         assert!(told.contains(&3), "its peers are told: {told:?}");
+    }
+
+    #[test]
+    fn in_groups_mode_only_party_members_are_meshed_whatever_the_distance() {
+        let mut r = rules();
+        r.cfg.interest = Interest::Groups;
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(7, 0, [7; 32]);
+        // 1 and 2 in room "a" far apart; 3 in room "b" next to 1; 4 in no room next to 1.
+        for (c, x) in [(1, 0.0), (2, 5000.0), (3, 1.0), (4, 2.0)] {
+            join(&mut w, &mut bus, &r, c, x);
+        }
+        for (c, room) in [(1, "a"), (2, "a"), (3, "b")] {
+            w.handle(&mut bus, &r, InternalMessage::SetParty { client: c, party: Some(room.into()) });
+        }
+        w.step(&mut bus, &r, UNIX);
+        let pairs: Vec<_> = w.pairs().map(|(k, _)| (k.0.0, k.1.0)).collect();
+        assert_eq!(pairs, [(1, 2)]);
+        // 3 joins room "a": meshed with both; leaving it un-meshes it again.
+        w.handle(&mut bus, &r, InternalMessage::SetParty { client: 3, party: Some("a".into()) });
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 3);
+        w.handle(&mut bus, &r, InternalMessage::SetParty { client: 3, party: None });
+        w.step(&mut bus, &r, UNIX);
+        let pairs: Vec<_> = w.pairs().map(|(k, _)| (k.0.0, k.1.0)).collect();
+        assert_eq!(pairs, [(1, 2)]);
     }
 }

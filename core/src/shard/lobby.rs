@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use super::bus::Bus;
 use super::game::AWAY_GRACE;
-use super::party::Parties;
+use super::party::{Parties, PartyRules};
 use super::resume::{ResumeKey, TICKET_RENEW, Ticket};
 use crate::link::Candidate;
 use crate::proto::shard::{ClientMessage, InternalMessage, NatSummary, PlayerId, Role, ShardMessage};
@@ -201,6 +201,8 @@ pub struct LobbySettings {
     pub resume: ResumeKey,
     /// Unix second at the start (tickets carry Unix times).
     pub unix: u64,
+    /// Parties by invitation, or open rooms; their size.
+    pub parties: PartyRules,
 }
 
 impl Lobby {
@@ -211,7 +213,7 @@ impl Lobby {
         games: impl IntoIterator<Item = (u32, u32)>,
         settings: LobbySettings,
     ) -> Lobby {
-        let LobbySettings { zones, stun, heartbeat_timeout, capacity, resume, unix } = settings;
+        let LobbySettings { zones, stun, heartbeat_timeout, capacity, resume, unix, parties } = settings;
         Lobby {
             clients: HashMap::new(),
             games: games
@@ -221,7 +223,7 @@ impl Lobby {
             zones,
             stun,
             capacity,
-            parties: Parties::default(),
+            parties: Parties::new(parties),
             store,
             heartbeat_timeout,
             last_flush: now,

@@ -16,6 +16,7 @@ use super::agent::{AgentRouter, Outgoing};
 use super::bus::Bus;
 use super::game::{GameConfig, GameRules, GameWorld};
 use super::lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore};
+use super::party::PartyRules;
 use super::resume::ResumeKey;
 use crate::proto::shard::{InternalMessage, Role};
 use crate::relay::{ClockAnchor, KeySchedule};
@@ -45,6 +46,8 @@ pub struct LocalShardConfig {
     pub store: MemoryStore,
     /// The key resume tickets are sealed with (the servers derive it from the shard secret).
     pub resume: ResumeKey,
+    /// Parties by invitation, or open rooms.
+    pub parties: PartyRules,
 }
 
 impl LocalShardConfig {
@@ -63,6 +66,7 @@ impl LocalShardConfig {
             seed,
             store: MemoryStore::default(),
             resume: ResumeKey(ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7375_6d65).random()),
+            parties: PartyRules::default(),
         }
     }
 }
@@ -130,6 +134,7 @@ impl LocalShard {
             capacity: cfg.game.capacity,
             resume: cfg.resume.clone(),
             unix: self.clock.unix_secs_at(now),
+            parties: cfg.parties,
         };
         Lobby::new(now, store, games, settings)
     }

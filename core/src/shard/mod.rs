@@ -29,9 +29,9 @@ pub mod resume;
 
 pub use agent::{AgentRouter, Session};
 pub use bus::{Bus, BusObserver};
-pub use game::{GameConfig, GameRules, GameStats, GameWorld, Pair};
+pub use game::{GameConfig, GameRules, GameStats, GameWorld, Interest, Pair};
 pub use intro::{IntroRefusals, IntroSide, Introduction, introduce};
 pub use lobby::RECONNECT_MAX;
 pub use lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore, StoredCharacter};
 pub use local::{LocalShard, LocalShardConfig};
-pub use party::{Parties, PartyError};
+pub use party::{Parties, PartyError, PartyRules};

@@ -11,6 +11,10 @@
 //! - When the owner leaves, the member with the lowest player id owns the party; the last
 //!   member leaving ends it (and its invitations).
 //!
+//! - A party holds at most [`PartyRules::max_members`]; with [`PartyRules::open`] (rooms of a
+//!   match-based game) anyone may join an existing party without an invitation while it has
+//!   room.
+//!
 //! Sans-IO: every call takes the time, so tests drive expiry with virtual time.
 
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +47,26 @@ pub enum PartyError {
     /// [`MAX_INVITES`] invitations are pending.
     #[error("too many pending invitations (at most {MAX_INVITES})")]
     TooManyInvites,
+    /// The party has [`PartyRules::max_members`] members.
+    #[error("party {0:?} is full")]
+    Full(String),
+}
+
+/// How parties (or rooms) work on a shard (`[lobby]` `open_parties`, `max_party_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartyRules {
+    /// Anyone may join an existing party while it has room (rooms of a match-based game);
+    /// `false`: only with the owner's invitation.
+    pub open: bool,
+    /// Members at most.
+    pub max_members: usize,
+}
+
+impl Default for PartyRules {
+    /// By invitation, at most 32 members.
+    fn default() -> Self {
+        PartyRules { open: false, max_members: 32 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,9 +81,20 @@ struct Party {
 pub struct Parties {
     parties: HashMap<String, Party>,
     member_of: HashMap<PlayerId, String>,
+    rules: PartyRules,
 }
 
 impl Parties {
+    /// No party yet, under these rules.
+    pub fn new(rules: PartyRules) -> Parties {
+        Parties { rules, ..Parties::default() }
+    }
+
+    /// Members of `party` (empty if it does not exist).
+    pub fn members(&self, party: &str) -> usize {
+        self.parties.get(party).map_or(0, |p| p.members.len())
+    }
+
     /// The party `player` is in.
     pub fn party_of(&self, player: PlayerId) -> Option<&str> {
         self.member_of.get(&player).map(String::as_str)
@@ -95,8 +130,11 @@ impl Parties {
         }
         match self.parties.get_mut(&name) {
             Some(p) => {
+                if p.members.len() >= self.rules.max_members {
+                    return Err(PartyError::Full(name));
+                }
                 let valid = p.invites.remove(&player).is_some_and(|until| now < until);
-                if !valid {
+                if !valid && !self.rules.open {
                     return Err(PartyError::NotInvited(name));
                 }
                 self.leave(player);
@@ -219,5 +257,30 @@ mod tests {
         let long = "x".repeat(100);
         assert_eq!(ps.join(eve, &long, t0), Ok(Some("x".repeat(32))));
         assert_eq!(ps.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    #[test]
+    fn open_parties_are_rooms_anyone_joins_until_full_and_closed_ones_still_need_an_invitation() {
+        let t0 = Instant::now();
+        let mut rooms = Parties::new(PartyRules { open: true, max_members: 3 });
+        for p in 1..=3 {
+            assert_eq!(rooms.join(PlayerId(p), "arena-1", t0), Ok(Some("arena-1".into())));
+        }
+        assert_eq!(rooms.join(PlayerId(4), "arena-1", t0), Err(PartyError::Full("arena-1".into())));
+        assert_eq!(rooms.members("arena-1"), 3);
+        rooms.leave(PlayerId(2));
+        assert_eq!(rooms.join(PlayerId(4), "arena-1", t0), Ok(Some("arena-1".into())), "room again");
+        let mut closed = Parties::new(PartyRules { open: false, max_members: 2 });
+        closed.join(PlayerId(1), "wolves", t0).unwrap();
+        assert_eq!(closed.join(PlayerId(2), "wolves", t0), Err(PartyError::NotInvited("wolves".into())));
+        closed.invite(PlayerId(1), PlayerId(2), t0).unwrap();
+        closed.join(PlayerId(2), "wolves", t0).unwrap();
+        closed.invite(PlayerId(1), PlayerId(3), t0).unwrap();
+        assert_eq!(closed.join(PlayerId(3), "wolves", t0), Err(PartyError::Full("wolves".into())));
     }
 }

@@ -3,7 +3,8 @@
 //! - [`P2pMeshPlugin`]: the mesh socket ([`MeshIo`]), the [`P2pClient`] resource, one entity
 //!   per introduced peer ([`Peer`], [`PeerPath`], [`PeerStats`]), Bevy messages
 //!   ([`PeerConnected`], [`PeerPathChanged`], [`PeerDisconnected`], [`P2pReceived`],
-//!   [`NatDiscovered`]) and sending with [`P2pSender`].
+//!   [`NatDiscovered`]) and sending with [`P2pSender`]; typed messages a game registers
+//!   ([`P2pAppExt::add_peer_message`], read as [`FromPeer<T>`], sent with [`PeerSender`]).
 //! - [`ShardClientPlugin`]: login, the renet/netcode connection to the shard (or any
 //!   [`ShardTransport`]), [`ShardState`], [`ShardRequest`] in and [`ShardEvent`] out.
 //! - [`P2pDiagnosticsPlugin`]: registered Bevy diagnostics (RTT, loss, paths, bandwidth).
@@ -30,6 +31,7 @@ mod sets;
 mod shard;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod typed;
 
 pub use client::P2pClient;
 pub use diagnostics::P2pDiagnosticsPlugin;
@@ -43,4 +45,8 @@ pub use sender::P2pSender;
 pub use sets::{P2pReceive, P2pSend};
 pub use shard::{
     LocalPlayer, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport,
+};
+pub use typed::{
+    FromPeer, MAX_PEER_TYPES, P2pAppExt, P2pChannel, PeerMessage, PeerMessageRegistry, PeerSender, TYPED_TAG,
+    TypedStats,
 };

@@ -17,7 +17,7 @@ use super::client::P2pClient;
 use super::io::MeshSocket;
 use super::sets::{Step, configure_sets};
 use crate::client::login::{self, LoginKey, ShardAddress};
-use crate::client::{Phase, ShardNotice};
+use crate::client::{DisconnectReason, Phase, ShardNotice};
 use crate::proto::shard::{ClientMessage, PlayerId, ShardMessage, decode, encode};
 
 /// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
@@ -89,8 +89,23 @@ pub enum ShardState {
 /// What the game asks of the shard (write with `MessageWriter<ShardRequest>`).
 #[derive(Message, Debug, Clone, PartialEq)]
 pub enum ShardRequest {
-    /// Log in and connect (done at startup when `auto_connect`).
+    /// Log in and connect to the plugin's shard (done at startup when `auto_connect`); while
+    /// reconnecting: try now.
     Connect,
+    /// Log in to this shard (a server browser's choice, a login screen's name and
+    /// password) and connect; later reconnections use it too. Ignored while connected:
+    /// `Disconnect` first.
+    ConnectTo {
+        /// The shard's login service and its pinned key.
+        shard: ShardAddress,
+        /// Our player name.
+        name: String,
+        /// The credential for the shard's account check (empty for an open shard).
+        credential: Vec<u8>,
+    },
+    /// Connect with a connect token the game's own backend minted for this shard (skips the
+    /// login service; the token's name becomes ours).
+    ConnectWithToken(Box<ConnectToken>),
     /// Leave the shard: every peer is dropped.
     Disconnect,
     /// Enter a zone.
@@ -148,7 +163,7 @@ pub trait ShardTransport: Send + Sync + 'static {
 }
 
 /// A login answer, handed over by the login thread.
-type LoginSlot = Arc<Mutex<Option<Result<ConnectToken, String>>>>;
+type LoginSlot = Arc<Mutex<Option<Result<ConnectToken, DisconnectReason>>>>;
 
 enum Mode {
     /// Not connected, not trying.
@@ -290,12 +305,15 @@ impl ShardLink {
     }
 }
 
-/// The plugin's settings, as a resource for its systems.
+/// The plugin's settings, as a resource for its systems (`ConnectTo` changes them).
 #[derive(Resource, Debug, Clone)]
 struct ShardSettings {
     shard: ShardAddress,
     credential: Vec<u8>,
     auto_zone: Option<u32>,
+    /// Reconnect through the login service (`false` after `ConnectWithToken`: only the
+    /// game's backend can mint the next token, so the game sends another).
+    use_login: bool,
 }
 
 impl Plugin for ShardClientPlugin {
@@ -316,6 +334,7 @@ impl Plugin for ShardClientPlugin {
                 shard: self.shard,
                 credential: self.credential.clone(),
                 auto_zone: self.auto_zone,
+                use_login: true,
             })
             .add_message::<ShardRequest>()
             .add_message::<ShardEvent>()
@@ -354,7 +373,7 @@ fn lost(
     link: &mut ShardLink,
     client: &mut P2pClient,
     now: std::time::Instant,
-    reason: String,
+    reason: DisconnectReason,
     custom: Option<Box<dyn ShardTransport>>,
     events: &mut MessageWriter<ShardEvent>,
 ) {
@@ -365,6 +384,7 @@ fn lost(
         let retry_in = reconnect_delay(link.attempt);
         warn!(attempt = link.attempt, ?retry_in, %reason, "shard connection lost; links keep running, reconnecting");
         link.mode = Mode::Backoff { at: now + retry_in, custom };
+        let reason = reason.to_string();
         events.write(ShardEvent(ShardNotice::Reconnecting { attempt: link.attempt, retry_in, reason }));
     } else {
         link.attempt = 0;
@@ -377,19 +397,31 @@ fn lost(
 }
 
 /// Request a connect token on a thread (the login is blocking UDP request/response).
-fn start_login(settings: &ShardSettings, name: String) -> Result<LoginSlot, String> {
+fn start_login(settings: &ShardSettings, name: String) -> Result<LoginSlot, DisconnectReason> {
     let slot: LoginSlot = Arc::new(Mutex::new(None));
     let (shard, out, credential) = (settings.shard, slot.clone(), settings.credential.clone());
     std::thread::Builder::new()
         .name("p2pmodel-login".into())
         .spawn(move || {
-            let answer = login::request_token(&shard, &name, &credential).map_err(|e| e.to_string());
+            let answer = login::request_token(&shard, &name, &credential).map_err(login_reason);
             if let Ok(mut s) = out.lock() {
                 *s = Some(answer);
             }
         })
-        .map_err(|e| format!("cannot start the login: {e}"))?;
+        .map_err(|e| DisconnectReason::Local(format!("cannot start the login thread: {e}")))?;
     Ok(slot)
+}
+
+/// A failed login as the game sees it.
+fn login_reason(e: login::LoginError) -> DisconnectReason {
+    match e {
+        login::LoginError::Refused(r) => DisconnectReason::LoginRefused(r),
+        e @ login::LoginError::KeyMismatch(_) => DisconnectReason::KeyMismatch(e.to_string()),
+        login::LoginError::BadRequest(r) => DisconnectReason::Local(format!("bad login request: {r}")),
+        e @ (login::LoginError::Io(_) | login::LoginError::Malformed) => {
+            DisconnectReason::Unreachable(e.to_string())
+        }
+    }
 }
 
 /// Shard transport → core; connection state changes; reconnection.
@@ -421,11 +453,15 @@ fn shard_in(
                             link,
                             &mut client,
                             now,
-                            "shard unreachable".into(),
+                            DisconnectReason::Unreachable("the transport did not connect".into()),
                             Some(transport),
                             &mut events,
                         );
                     }
+                }
+                // A token session waits for the game's next `ConnectWithToken`.
+                None if !settings.use_login => {
+                    link.mode = Mode::Backoff { at: now + RECONNECT_MAX_DELAY, custom: None }
                 }
                 None => match start_login(&settings, client.config().name.clone()) {
                     Ok(slot) => link.mode = Mode::LoggingIn(slot),
@@ -457,6 +493,11 @@ fn shard_in(
                     .take()
                     .or_else(|| renet.disconnect_reason().map(|r| r.to_string()))
                     .unwrap_or_else(|| "disconnected".into());
+                let reason = if link.connected {
+                    DisconnectReason::Transport(reason)
+                } else {
+                    DisconnectReason::Unreachable(reason)
+                };
                 commands.remove_resource::<RenetClient>();
                 commands.remove_resource::<NetcodeClientTransport>();
                 lost(link, &mut client, now, reason, None, &mut events);
@@ -490,7 +531,8 @@ fn shard_in(
                 let Mode::Custom { transport, .. } = std::mem::replace(&mut link.mode, Mode::Idle) else {
                     return;
                 };
-                lost(link, &mut client, now, "transport closed".into(), Some(transport), &mut events);
+                let reason = DisconnectReason::Transport("transport closed".into());
+                lost(link, &mut client, now, reason, Some(transport), &mut events);
                 return;
             }
             while let Some(msg) = transport.receive() {
@@ -500,12 +542,13 @@ fn shard_in(
     }
 }
 
-fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, String> {
+fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, DisconnectReason> {
     let server_v6 = token.server_addresses.iter().flatten().next().is_some_and(|a| a.is_ipv6());
     let bind: SocketAddr = if server_v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-    let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot open the shard socket: {e}"))?;
+    let socket = UdpSocket::bind(bind)
+        .map_err(|e| DisconnectReason::Local(format!("cannot open the shard socket: {e}")))?;
     NetcodeClientTransport::new(unix_now(), ClientAuthentication::Secure { connect_token: token }, socket)
-        .map_err(|e| format!("cannot start the shard connection: {e}"))
+        .map_err(|e| DisconnectReason::Local(format!("cannot start the shard connection: {e}")))
 }
 
 /// [`ShardState`], auto zone and [`LocalPlayer`] from what happened this frame.
@@ -538,6 +581,9 @@ fn shard_after(
             _ => {}
         }
     }
+    if local.name != client.config().name {
+        local.name = client.config().name.clone();
+    }
     let want = link.state(client.phase());
     if *state.get() != want {
         next.set(want);
@@ -550,7 +596,7 @@ fn handle_requests(
     mut commands: Commands,
     mut link: ResMut<ShardLink>,
     mut client: ResMut<P2pClient>,
-    settings: Res<ShardSettings>,
+    mut settings: ResMut<ShardSettings>,
     socket: NonSend<MeshSocket>,
     mut netcode: Option<ResMut<NetcodeClientTransport>>,
     mut renet: Option<ResMut<RenetClient>>,
@@ -560,6 +606,31 @@ fn handle_requests(
     let now = socket.0.now();
     for req in requests.read() {
         match req {
+            ShardRequest::ConnectTo { shard, name, credential } => {
+                if !matches!(link.mode, Mode::Idle) {
+                    warn!(%shard, "ShardRequest::ConnectTo while connected or connecting: ignored (send Disconnect first)");
+                    continue;
+                }
+                (settings.shard, settings.credential, settings.use_login) =
+                    (*shard, credential.clone(), true);
+                client.set_name(name.clone());
+                match start_login(&settings, name.clone()) {
+                    Ok(slot) => link.mode = Mode::LoggingIn(slot),
+                    Err(e) => {
+                        events.write(ShardEvent(ShardNotice::Disconnected(e)));
+                    }
+                }
+            }
+            ShardRequest::ConnectWithToken(token) => {
+                if !matches!(link.mode, Mode::Idle | Mode::Backoff { custom: None, .. }) {
+                    warn!(
+                        "ShardRequest::ConnectWithToken while connected or connecting: ignored (send Disconnect first)"
+                    );
+                    continue;
+                }
+                settings.use_login = false;
+                link.mode = Mode::LoggingIn(Arc::new(Mutex::new(Some(Ok((**token).clone())))));
+            }
             ShardRequest::Connect => match &mut link.mode {
                 Mode::Idle => match start_login(&settings, client.config().name.clone()) {
                     Ok(slot) => link.mode = Mode::LoggingIn(slot),
@@ -622,7 +693,7 @@ fn handle_requests(
                 }
                 link.connected = false;
                 link.attempt = 0;
-                events.write(ShardEvent(ShardNotice::Disconnected("disconnected by the game".into())));
+                events.write(ShardEvent(ShardNotice::Disconnected(DisconnectReason::ByGame)));
             }
             ShardRequest::EnterZone(zone) => client.enter_zone(now, *zone),
             ShardRequest::Move { x, y } => {

@@ -236,6 +236,7 @@ pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Resul
                 unix: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                parties: config.lobby.parties,
             },
         )))
         .add_plugins(LobbyPlugin);
