@@ -196,6 +196,10 @@ pub struct RelaySection {
     pub socket_buffer_bytes: usize,
     /// `batch` (default 64): datagrams per recvmmsg / sendmmsg call.
     pub batch: usize,
+    /// `threads` (default 0 = one per CPU; at most 256): data-plane threads, each with its own
+    /// socket on the relay port and its own relay state, steered by link id in the kernel
+    /// (Linux; elsewhere 1). `p2pmodel shard relay --threads N` overrides it.
+    pub threads: usize,
     /// `token_key_rotation_secs` (default 86 400; 0 = never): the token key epoch length.
     /// Must be at least `max_token_lifetime_secs` so a token outlives at most one rotation.
     pub token_key_rotation: Duration,
@@ -433,6 +437,7 @@ struct RawRelay {
     alternate_ip: Option<String>,
     socket_buffer_bytes: Option<i64>,
     batch: Option<i64>,
+    threads: Option<i64>,
     token_key_rotation_secs: Option<i64>,
     stats_log_interval_secs: Option<i64>,
     idle_timeout_secs: Option<i64>,
@@ -673,6 +678,8 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
     let socket_buffer_bytes =
         cx.int(r.socket_buffer_bytes, "relay.socket_buffer_bytes", 65_536, 1 << 30, 4 << 20)? as usize;
     let batch = cx.int(r.batch, "relay.batch", 1, 1024, 64)? as usize;
+    let max_threads = crate::relay::steer::MAX_THREADS as i64;
+    let threads = cx.int(r.threads, "relay.threads", 0, max_threads, 0)? as usize;
     let day = 86_400;
     let max_life = cx.int(r.max_token_lifetime_secs, "relay.max_token_lifetime_secs", 1, 30 * day, day)?;
     let rotation = cx.int(r.token_key_rotation_secs, "relay.token_key_rotation_secs", 0, 365 * day, day)?;
@@ -699,6 +706,7 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
         alternate_ip,
         socket_buffer_bytes,
         batch,
+        threads,
         token_key_rotation: Duration::from_secs(rotation),
         stats_log_interval,
         core,
@@ -928,6 +936,9 @@ mod tests {
         assert_eq!(c.relay.core, RelayConfig::default());
         assert_eq!(c.relay.token_key_rotation, Duration::from_secs(86_400));
         assert_eq!(c.relay.listen_addrs().len(), 2);
+        assert_eq!(c.relay.threads, 0, "one data-plane thread per CPU");
+        let c = ShardConfig::parse(&format!("{}[relay]\nthreads = 4\n", minimal())).unwrap();
+        assert_eq!(c.relay.threads, 4);
         assert!(!format!("{:?}", c.shard).contains("0123456789abcdef"));
     }
 
@@ -991,6 +1002,8 @@ mod tests {
             "relay.alternate_port"
         );
         assert_eq!(err_key(&format!("{m}[relay]\nbatch = 0\n")), "relay.batch");
+        assert_eq!(err_key(&format!("{m}[relay]\nthreads = -1\n")), "relay.threads");
+        assert_eq!(err_key(&format!("{m}[relay]\nthreads = 257\n")), "relay.threads");
         assert_eq!(err_key(&format!("{m}[relay]\nidle_timeout_secs = 1\n")), "relay.idle_timeout_secs");
         assert_eq!(
             err_key(&format!("{m}[relay]\ntoken_key_rotation_secs = 60\n")),

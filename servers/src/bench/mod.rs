@@ -615,7 +615,7 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
 
     let (flows, relay) = ours(args).map_err(|e| format!("our relay setup: {e}"))?;
     // The data-plane thread ("relay-data-plane", `comm` keeps 15 bytes).
-    let ours_cpu = Some(CpuProbe::threads_named("relay-data-plan")).filter(|p| !p.is_empty());
+    let ours_cpu = Some(CpuProbe::threads_named("relay-dp-")).filter(|p| !p.is_empty());
     if ours_cpu.is_none() {
         println!("ours: data-plane thread not found in /proc/self/task: no CPU figures");
     }

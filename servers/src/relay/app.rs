@@ -46,6 +46,7 @@ impl RelayRuntime {
         );
         opts.socket_buffer_bytes = config.relay.socket_buffer_bytes;
         opts.batch = config.relay.batch;
+        opts.threads = config.relay.threads;
         opts.metrics = config.metrics;
 
         let server = RelayServer::start(opts)?;

@@ -28,6 +28,9 @@ pub struct PlaneStats {
     /// Datagrams longer than the receive buffer (`MSG_TRUNC`): dropped whole, never
     /// forwarded or answered cut short.
     pub truncated: u64,
+    /// Relay datagrams a thread received for another thread's link id (dropped; the kernel
+    /// steers by link id, so this stays 0 unless a foreign socket joined the port's group).
+    pub misrouted: u64,
 }
 
 /// A consistent-enough copy of every counter (each value is exact; values are read one by
@@ -45,6 +48,8 @@ pub struct StatsSnapshot {
     pub latency_sum_ns: u64,
     /// Key id tokens are currently minted under.
     pub current_key_id: u8,
+    /// Peer datagrams forwarded by each data-plane thread (how evenly link ids spread).
+    pub thread_forwarded: Vec<u64>,
 }
 
 impl std::ops::Deref for StatsSnapshot {
@@ -64,6 +69,7 @@ impl StatsSnapshot {
             + self.plane.send_errors
             + self.plane.batch_overflow
             + self.plane.truncated
+            + self.plane.misrouted
     }
 }
 
