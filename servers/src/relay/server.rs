@@ -32,7 +32,7 @@ use p2pmodel_core::relay::{
 };
 use thiserror::Error;
 
-use super::batch::{RecvBatch, SCRATCH_LEN, SendBatch, poll_readable};
+use super::batch::{MAX_GSO_SEGMENTS, RecvBatch, SCRATCH_LEN, SendBatch, poll_readable};
 use super::histogram::{self, BUCKETS};
 use super::metrics::MetricsServer;
 use super::stats::MetricsSource;
@@ -96,6 +96,15 @@ pub struct RelayServerOptions {
     pub stun: Option<StunHookFactory>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Send runs of same-size forwarded datagrams to one destination as one `UDP_SEGMENT`
+    /// message (GSO). Experimental: measured by `bench relay --gso`, off by default.
+    pub gso_send: bool,
+    /// Receive bursts from one source coalesced (`UDP_GRO`) and relay each datagram in them.
+    /// Experimental, off by default: GRO coalesces by address, not link id, so a burst of
+    /// one client's datagrams for several links reaches one thread and the datagrams of
+    /// links steered elsewhere are dropped (`misrouted`); fine for a benchmark's one link
+    /// per socket, not for production with several threads.
+    pub gro_recv: bool,
 }
 
 /// Makes one [`StunHook`] per data-plane thread.
@@ -114,6 +123,8 @@ impl RelayServerOptions {
             keys,
             stun: None,
             metrics: None,
+            gso_send: false,
+            gro_recv: false,
         }
     }
 }
@@ -388,6 +399,11 @@ impl RelayServer {
             if n > 1 {
                 relay = relay.with_shared_limits(limits.clone());
             }
+            if opts.gro_recv
+                && let Err(e) = super::batch::enable_gro(own.as_raw_fd())
+            {
+                tracing::warn!("UDP_GRO refused ({e}); receiving datagram by datagram");
+            }
             let mut reads = vec![(own.as_raw_fd(), 0)];
             if index == 0 {
                 // The STUN-only sockets are read by thread 0; any thread may answer from them.
@@ -407,8 +423,13 @@ impl RelayServer {
                     Some(make) => make(),
                     None => stun_server_hook(stun_config_for(&local)),
                 },
-                recv: RecvBatch::new(opts.batch),
-                send: SendBatch::new(opts.batch * 2, false),
+                recv: if opts.gro_recv { RecvBatch::with_gro(opts.batch) } else { RecvBatch::new(opts.batch) },
+                send: {
+                    let per = if opts.gro_recv { MAX_GSO_SEGMENTS } else { 1 };
+                    let mut b = SendBatch::new(opts.batch * 2 * per, false);
+                    b.set_gso(opts.gso_send);
+                    b
+                },
                 reply: ReplyBuf::default(),
                 plane: PlaneStats::default(),
                 latency: [0; BUCKETS],
@@ -607,43 +628,47 @@ impl DataPlane {
                 self.plane.truncated += 1;
                 continue;
             }
-            let (data, from) = self.recv.get(i);
-            let Some(from) = from else {
+            let Some(from) = self.recv.get(i).1 else {
                 self.plane.bad_source += 1;
                 continue;
             };
-            if is_stun(data) {
-                self.stun_datagram(t0, local, from, i);
-                continue;
-            }
-            if k != 0 {
-                self.plane.not_relay_port += 1;
-                continue;
-            }
-            if thread_of(data, self.threads).is_some_and(|t| t != self.index) {
-                // The kernel steers by link id; only a foreign socket in the group gets here.
-                self.plane.misrouted += 1;
-                continue;
-            }
-            match self.relay.process(t0, from, data, &mut self.reply) {
-                Action::Forward { to } => {
-                    if self.send.push_forward(&self.recv, i, to) {
-                        forwarded += 1;
-                    } else {
-                        self.plane.batch_overflow += 1;
-                    }
+            // One datagram, or each datagram of a coalesced (GRO) receive.
+            for (off, len) in self.recv.segments(i) {
+                let data = &self.recv.get(i).0[off..off + len];
+                if is_stun(data) {
+                    self.stun_datagram(t0, local, from, i, off, len);
+                    continue;
                 }
-                Action::Reply { to, len, notify } => {
-                    if !self.send.push_copy(&self.reply.reply[..len], to) {
-                        self.plane.batch_overflow += 1;
-                    }
-                    if let Some(n) = notify
-                        && !self.send.push_copy(&self.reply.notify[..n.len], n.to)
-                    {
-                        self.plane.batch_overflow += 1;
-                    }
+                if k != 0 {
+                    self.plane.not_relay_port += 1;
+                    continue;
                 }
-                Action::Drop(_) => {}
+                if thread_of(data, self.threads).is_some_and(|t| t != self.index) {
+                    // The kernel steers by link id; only a foreign socket in the group (or a
+                    // GRO burst mixing links) gets here.
+                    self.plane.misrouted += 1;
+                    continue;
+                }
+                match self.relay.process(t0, from, data, &mut self.reply) {
+                    Action::Forward { to } => {
+                        if self.send.push_forward_range(&self.recv, i, off, len, to) {
+                            forwarded += 1;
+                        } else {
+                            self.plane.batch_overflow += 1;
+                        }
+                    }
+                    Action::Reply { to, len, notify } => {
+                        if !self.send.push_copy(&self.reply.reply[..len], to) {
+                            self.plane.batch_overflow += 1;
+                        }
+                        if let Some(n) = notify
+                            && !self.send.push_copy(&self.reply.notify[..n.len], n.to)
+                        {
+                            self.plane.batch_overflow += 1;
+                        }
+                    }
+                    Action::Drop(_) => {}
+                }
             }
         }
         if !self.send.is_empty() {
@@ -657,12 +682,20 @@ impl DataPlane {
         }
     }
 
-    fn stun_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, i: usize) {
+    fn stun_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        i: usize,
+        off: usize,
+        len: usize,
+    ) {
         let Some(slot) = self.send.scratch_slot() else {
             self.plane.batch_overflow += 1;
             return;
         };
-        let (data, _) = self.recv.get(i);
+        let data = &self.recv.get(i).0[off..off + len];
         match (self.stun)(now, local, from, data, &mut slot[..SCRATCH_LEN]) {
             Some((src, dst, len)) if src == local => {
                 self.send.push_scratch(len, dst);
