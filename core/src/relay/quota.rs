@@ -99,7 +99,7 @@ pub(crate) enum SourceLimiter {
     /// One relay only (single-threaded data plane): no synchronisation.
     Local(FlowLimiter),
     /// Every relay of the data plane that has a binding at this address holds it.
-    Shared(Arc<Mutex<FlowLimiter>>),
+    Shared(SharedFlowLimiter),
 }
 
 impl SourceLimiter {
@@ -116,6 +116,9 @@ impl SourceLimiter {
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// One address's limiter, shared by the relays holding a binding at it.
+type SharedFlowLimiter = Arc<Mutex<FlowLimiter>>;
 
 /// What the relays of one multi-threaded data plane share so that its limits hold across
 /// threads exactly as in one relay (`Relay::with_shared_limits`):
@@ -134,7 +137,8 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// is not shared: both sides of a link always reach the same relay.
 #[derive(Debug, Default)]
 pub struct SharedLimits {
-    sources: Mutex<HashMap<SocketAddr, (u32, Arc<Mutex<FlowLimiter>>), RandomState>>,
+    /// Per address: how many relays hold its limiter, and the limiter.
+    sources: Mutex<HashMap<SocketAddr, (u32, SharedFlowLimiter), RandomState>>,
     entries: AtomicUsize,
 }
 
@@ -147,7 +151,7 @@ impl SharedLimits {
         now: Instant,
         quota: Quota,
         burst: Duration,
-    ) -> Arc<Mutex<FlowLimiter>> {
+    ) -> SharedFlowLimiter {
         let mut map = relock(&self.sources);
         let e =
             map.entry(addr).or_insert_with(|| (0, Arc::new(Mutex::new(FlowLimiter::new(now, quota, burst)))));

@@ -423,7 +423,11 @@ impl RelayServer {
                     Some(make) => make(),
                     None => stun_server_hook(stun_config_for(&local)),
                 },
-                recv: if opts.gro_recv { RecvBatch::with_gro(opts.batch) } else { RecvBatch::new(opts.batch) },
+                recv: if opts.gro_recv {
+                    RecvBatch::with_gro(opts.batch)
+                } else {
+                    RecvBatch::new(opts.batch)
+                },
                 send: {
                     let per = if opts.gro_recv { MAX_GSO_SEGMENTS } else { 1 };
                     let mut b = SendBatch::new(opts.batch * 2 * per, false);
