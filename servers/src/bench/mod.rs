@@ -44,7 +44,7 @@ use p2pmodel_core::relay::{Quota, RelayConfig, TokenKeys, mint};
 use crate::relay::batch::{MAX_GSO_SEGMENTS, RecvBatch, SendBatch, enable_gro, poll_readable};
 use crate::relay::client::{BindClient, peer_datagram};
 use crate::relay::steer::{MAX_THREADS, effective_threads, open_group};
-use crate::relay::{RelayServer, RelayServerOptions, StatsSnapshot};
+use crate::relay::{RelayServer, RelayServerOptions};
 
 /// `--gso`: which UDP segmentation offload runs to measure after the main targets.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +93,15 @@ pub struct RelayBenchArgs {
     /// Skip coturn even if it is installed.
     #[arg(long)]
     pub no_coturn: bool,
+    /// Sender threads of the load generator's throughput phase, each over its share of the
+    /// flows (0 = one per CPU). The latency phase uses one paced sender.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub senders: u16,
+    /// Rounds: each target's throughput and latency phases are split into this many parts,
+    /// measured target after target in every round, so a change in the machine's other load
+    /// hits all targets alike.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
     /// Throughput phase: at most this many datagrams sent and not yet received (closed-loop
     /// load; 0 = open loop, the sender blasts and the target's socket drops the excess).
     #[arg(long, default_value_t = 4096)]
@@ -314,140 +323,243 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64
 }
 
-/// Run both phases over `flows`; `ts_rx` is where the receiver finds the timestamp;
-/// `target_cpu` reads the CPU time of the target (none for the direct path); `gro`: the
-/// load generator sends bursts with GSO and receives with GRO.
-/// Returns the result and the raw latency samples (ns) of the latency phase.
-fn measure(
-    name: &str,
-    flows: &[Flow],
-    args: &RelayBenchArgs,
-    ts_rx: usize,
-    target_cpu: Option<&CpuProbe>,
+/// What keeps a target running while it is measured.
+enum Keep {
+    Direct,
+    Ours(RelayServer),
+    Coturn { _server: Coturn },
+    Raw { _forwarder: RawForwarder },
+}
+
+/// Throughput-phase figures summed over a target's rounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    packets: u64,
+    sent: u64,
+    elapsed_s: f64,
+    window_s: f64,
+    relay_ns: Option<u64>,
+    user_sys: Option<(u64, u64)>,
+    sender_ns: Option<u64>,
+    receiver_ns: Option<u64>,
+    softirq_ns: Option<u64>,
+    /// Machine jiffies in the windows: (busy, idle, steal, softirq).
+    machine: Option<(u64, u64, u64, u64)>,
+}
+
+fn add_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// One target under test: its flows, the receiver thread counting at its receivers for the
+/// whole run, and what its CPU time is.
+struct Target {
+    name: String,
+    flows: Vec<Flow>,
+    cpu: Option<CpuProbe>,
+    rx: Receiver,
+    record: Arc<AtomicBool>,
+    base: Instant,
     gro: bool,
-) -> (TargetResult, Vec<u64>) {
-    let base = Instant::now();
-    let record = Arc::new(AtomicBool::new(false));
-    let rx = start_receiver(
-        flows.iter().map(|f| f.rx.as_raw_fd()).collect(),
-        base,
-        ts_rx,
-        38,
-        record.clone(),
-        gro,
-    );
-    let mut blaster = Blaster::new(gro);
-    while rx.tid.load(Ordering::Relaxed) == 0 {
-        std::thread::yield_now();
-    }
-    let sender_cpu = CpuProbe::this_thread();
-    let receiver_cpu = CpuProbe::thread(rx.tid.load(Ordering::Relaxed) as u32);
-    let softirq_cpu = CpuProbe::ksoftirqd();
-    let read = |p: Option<&CpuProbe>| p.and_then(|p| p.read_ns());
-    let probes = [target_cpu, Some(&sender_cpu), Some(&receiver_cpu), Some(&softirq_cpu)];
+    keep: Keep,
+    acc: Acc,
+}
 
-    // Throughput: every flow in turn, a burst each, as fast as the sender can — but never
-    // more than `--max-in-flight` datagrams ahead of the receiver (closed loop), so the
-    // sender does not spend the shared CPUs on datagrams the target's socket would drop.
-    let start = Instant::now();
-    let us0 = target_cpu.and_then(|p| p.read_user_sys_ns());
-    let m0 = cpu::machine_jiffies();
-    let sirq0 = softirq_jiffies();
-    let cpu0 = probes.map(read);
-    let c0 = rx.count.load(Ordering::Relaxed);
-    let dur = Duration::from_secs_f64(args.seconds);
-    let cap = u64::from(args.max_in_flight);
-    let mut sent = 0u64;
-    let mut next_progress = start + Duration::from_secs(1);
-    let mut last_count = c0;
-    while start.elapsed() < dur {
-        for f in flows {
-            sent += blaster.send(f, base, BURST, false) as u64;
+impl Target {
+    /// `ts_rx`: where the receiver finds the timestamp; `gro`: the load generator sends
+    /// bursts with GSO and receives with GRO.
+    fn new(
+        name: String,
+        flows: Vec<Flow>,
+        ts_rx: usize,
+        gro: bool,
+        cpu: Option<CpuProbe>,
+        keep: Keep,
+    ) -> Target {
+        let base = Instant::now();
+        let record = Arc::new(AtomicBool::new(false));
+        let rx = start_receiver(
+            flows.iter().map(|f| f.rx.as_raw_fd()).collect(),
+            base,
+            ts_rx,
+            38,
+            record.clone(),
+            gro,
+        );
+        while rx.tid.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
         }
-        while cap > 0 && sent.saturating_sub(rx.count.load(Ordering::Relaxed) - c0) > cap {
-            if start.elapsed() >= dur {
-                break;
+        Target { name, flows, cpu, rx, record, base, gro, keep, acc: Acc::default() }
+    }
+
+    /// One throughput round of `secs`: `--senders` threads, each over its share of the flows
+    /// in turn, a burst each, as fast as it can — but all together never more than
+    /// `--max-in-flight` datagrams ahead of the receiver (closed loop), so the senders do not
+    /// spend the shared CPUs on datagrams the target's socket would drop. The CPU window
+    /// ends 100 ms after the senders stop, when the last datagrams have landed.
+    fn throughput_round(&mut self, args: &RelayBenchArgs, secs: f64, round: usize) {
+        let (flows, base, gro, name) = (&self.flows, self.base, self.gro, &self.name);
+        let receiver_cpu = CpuProbe::thread(self.rx.tid.load(Ordering::Relaxed) as u32);
+        let softirq_cpu = CpuProbe::ksoftirqd();
+        let read = |p: Option<&CpuProbe>| p.and_then(|p| p.read_ns());
+        let probes = [self.cpu.as_ref(), Some(&receiver_cpu), Some(&softirq_cpu)];
+        let senders = sender_threads(args).min(flows.len()).max(1);
+        let dur = Duration::from_secs_f64(secs);
+        let cap = u64::from(args.max_in_flight);
+        let count = &*self.rx.count;
+        let c0 = count.load(Ordering::Relaxed);
+        let (go, stop, sent_total) = (AtomicBool::new(false), AtomicBool::new(false), AtomicU64::new(0));
+        let (go, stop, sent_total) = (&go, &stop, &sent_total);
+        let (start, us0, m0, cpu0, elapsed, sender_ns) = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..senders)
+                .map(|j| {
+                    let mine: Vec<&Flow> = flows.iter().skip(j).step_by(senders).collect();
+                    sc.spawn(move || {
+                        let mut blaster = Blaster::new(gro);
+                        let me = CpuProbe::this_thread();
+                        while !go.load(Ordering::Acquire) {
+                            std::thread::yield_now();
+                        }
+                        let cpu_at_go = me.read_ns();
+                        while !stop.load(Ordering::Relaxed) {
+                            for f in &mine {
+                                let n = blaster.send(f, base, BURST, false) as u64;
+                                sent_total.fetch_add(n, Ordering::Relaxed);
+                            }
+                            while cap > 0
+                                && sent_total
+                                    .load(Ordering::Relaxed)
+                                    .saturating_sub(count.load(Ordering::Relaxed) - c0)
+                                    > cap
+                                && !stop.load(Ordering::Relaxed)
+                            {
+                                std::thread::sleep(Duration::from_micros(50));
+                            }
+                        }
+                        me.read_ns().zip(cpu_at_go).map(|(b, a)| b.saturating_sub(a))
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            let us0 = self.cpu.as_ref().and_then(|p| p.read_user_sys_ns());
+            let m0 = machine_jiffies();
+            let cpu0 = probes.map(read);
+            go.store(true, Ordering::Release);
+            let mut last = c0;
+            while start.elapsed() < dur {
+                std::thread::sleep(dur.saturating_sub(start.elapsed()).min(Duration::from_millis(250)));
+                let c = count.load(Ordering::Relaxed);
+                eprint!(
+                    "\r  round {round} {name:<14} throughput {:>4.2}/{secs:.2} s  {:>8} datagrams    ",
+                    start.elapsed().as_secs_f64(),
+                    c - last
+                );
+                last = c;
             }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        if Instant::now() >= next_progress {
-            let c = rx.count.load(Ordering::Relaxed);
-            eprint!(
-                "\r  {name:<14} throughput {:>4.1}/{:.1} s  {:>9.0} pkt/s   ",
-                start.elapsed().as_secs_f64(),
-                args.seconds,
-                (c - last_count) as f64
-            );
-            last_count = c;
-            next_progress += Duration::from_secs(1);
+            stop.store(true, Ordering::Relaxed);
+            let elapsed = start.elapsed().as_secs_f64();
+            let sender_ns: Option<u64> = handles.into_iter().map(|h| h.join().ok().flatten()).sum();
+            (start, us0, m0, cpu0, elapsed, sender_ns)
+        });
+        std::thread::sleep(Duration::from_millis(100)); // let in-flight datagrams land
+        let got = count.load(Ordering::Relaxed) - c0;
+        let cpu1 = probes.map(read);
+        let m1 = machine_jiffies();
+        let us1 = self.cpu.as_ref().and_then(|p| p.read_user_sys_ns());
+        let delta = |i: usize| cpu0[i].zip(cpu1[i]).map(|(a, b)| b.saturating_sub(a));
+        let a = &mut self.acc;
+        a.packets += got;
+        a.sent += sent_total.load(Ordering::Relaxed);
+        a.elapsed_s += elapsed;
+        a.window_s += start.elapsed().as_secs_f64();
+        a.relay_ns = add_opt(a.relay_ns, delta(0));
+        a.user_sys = match (a.user_sys, us0.zip(us1)) {
+            (acc, Some((x, y))) => {
+                let (u, s) = acc.unwrap_or((0, 0));
+                Some((u + y.0.saturating_sub(x.0), s + y.1.saturating_sub(x.1)))
+            }
+            (acc, None) => acc,
+        };
+        a.sender_ns = add_opt(a.sender_ns, sender_ns);
+        a.receiver_ns = add_opt(a.receiver_ns, delta(1));
+        a.softirq_ns = add_opt(a.softirq_ns, delta(2));
+        if let (Some(x), Some(y)) = (m0, m1) {
+            let d = (y.0 - x.0, y.1 - x.1, y.2 - x.2, y.3 - x.3);
+            let m = a.machine.unwrap_or_default();
+            a.machine = Some((m.0 + d.0, m.1 + d.1, m.2 + d.2, m.3 + d.3));
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(100)); // let in-flight datagrams land
-    let got = rx.count.load(Ordering::Relaxed) - c0;
-    let cpu1 = probes.map(read);
-    let m1 = cpu::machine_jiffies();
-    let sirq1 = softirq_jiffies();
-    let machine = m0.zip(m1).map(|(a, b)| {
-        let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
-        let all = (busy + idle + steal).max(1) as f64;
-        (busy as f64 / all, steal as f64 / all, all)
-    });
-    let us1 = target_cpu.and_then(|p| p.read_user_sys_ns());
-    let window_s = start.elapsed().as_secs_f64();
-    let pps = got as f64 / elapsed;
-    let delta = |i: usize| match (cpu0[i], cpu1[i]) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
 
-    // Latency: paced (catching up after an oversleep, so the average rate holds), every
-    // datagram timestamped when it is sent.
-    eprint!(
-        "\r  {name:<14} latency at {} pkt/s × {} B ...                    ",
-        args.latency_rate, args.latency_size
-    );
-    record.store(true, Ordering::Relaxed);
-    let gap = Duration::from_secs_f64(1.0 / f64::from(args.latency_rate.max(1)));
-    let lat_dur = Duration::from_secs_f64(args.latency_seconds);
-    let start = Instant::now();
-    let mut next = start;
-    let mut i = 0;
-    while start.elapsed() < lat_dur {
-        blaster.send(&flows[i % flows.len()], base, 1, true);
-        i += 1;
-        next += gap;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
+    /// One latency round of `secs`: one paced sender (catching up after an oversleep, so the
+    /// average rate holds), `--latency-size` datagrams, each timestamped when it is sent.
+    fn latency_round(&self, args: &RelayBenchArgs, secs: f64, round: usize) {
+        eprint!(
+            "\r  round {round} {:<14} latency at {} pkt/s × {} B ...                  ",
+            self.name, args.latency_rate, args.latency_size
+        );
+        let mut blaster = Blaster::new(self.gro);
+        self.record.store(true, Ordering::Relaxed);
+        let gap = Duration::from_secs_f64(1.0 / f64::from(args.latency_rate.max(1)));
+        let dur = Duration::from_secs_f64(secs);
+        let start = Instant::now();
+        let mut next = start;
+        let mut i = 0;
+        while start.elapsed() < dur {
+            blaster.send(&self.flows[i % self.flows.len()], self.base, 1, true);
+            i += 1;
+            next += gap;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
         }
+        std::thread::sleep(Duration::from_millis(50));
+        self.record.store(false, Ordering::Relaxed);
     }
-    std::thread::sleep(Duration::from_millis(100));
-    record.store(false, Ordering::Relaxed);
-    rx.stop.store(true, Ordering::Relaxed);
-    let mut lat = rx.thread.join().unwrap_or_default();
-    lat.sort_unstable();
-    eprintln!("\r  {name:<14} done                                                        ");
-    let r = TargetResult {
-        pps,
-        mbps: pps * f64::from(args.size) * 8.0 / 1e6,
-        delivered: if sent == 0 { 0.0 } else { got as f64 / sent as f64 },
-        one_way_p50_us: percentile(&lat, 0.5) / 1e3,
-        one_way_p99_us: percentile(&lat, 0.99) / 1e3,
-        p50_us: f64::NAN,
-        p99_us: f64::NAN,
-        packets: got,
-        window_s,
-        relay_cpu_ns: delta(0),
-        relay_user_sys_ns: us0.zip(us1).map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
-        sender_cpu_ns: delta(1),
-        receiver_cpu_ns: delta(2),
-        softirq_cpu_ns: delta(3),
-        machine_busy: machine.map(|m| m.0),
-        machine_steal: machine.map(|m| m.1),
-        machine_softirq: machine.zip(sirq0.zip(sirq1)).map(|(m, (a, b))| (b - a) as f64 / m.2),
-    };
-    (r, lat)
+
+    /// Stop the receiver and the target; the figures and the latency samples (ns, sorted).
+    fn finish(self, args: &RelayBenchArgs) -> (TargetResult, Vec<u64>, Keep) {
+        self.rx.stop.store(true, Ordering::Relaxed);
+        let mut lat = self.rx.thread.join().unwrap_or_default();
+        lat.sort_unstable();
+        let a = self.acc;
+        let pps = if a.elapsed_s > 0.0 { a.packets as f64 / a.elapsed_s } else { 0.0 };
+        let machine = a.machine.map(|(busy, idle, steal, sirq)| {
+            let all = (busy + idle + steal).max(1) as f64;
+            (busy as f64 / all, steal as f64 / all, sirq as f64 / all)
+        });
+        let r = TargetResult {
+            pps,
+            mbps: pps * f64::from(args.size) * 8.0 / 1e6,
+            delivered: if a.sent == 0 { 0.0 } else { a.packets as f64 / a.sent as f64 },
+            one_way_p50_us: percentile(&lat, 0.5) / 1e3,
+            one_way_p99_us: percentile(&lat, 0.99) / 1e3,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            packets: a.packets,
+            window_s: a.window_s,
+            relay_cpu_ns: a.relay_ns,
+            relay_user_sys_ns: a.user_sys,
+            sender_cpu_ns: a.sender_ns,
+            receiver_cpu_ns: a.receiver_ns,
+            softirq_cpu_ns: a.softirq_ns,
+            machine_busy: machine.map(|m| m.0),
+            machine_steal: machine.map(|m| m.1),
+            machine_softirq: machine.map(|m| m.2),
+        };
+        (r, lat, self.keep)
+    }
+}
+
+/// Machine-wide CPU jiffies from the `cpu` line of `/proc/stat`: (busy, idle + iowait,
+/// steal, softirq).
+fn machine_jiffies() -> Option<(u64, u64, u64, u64)> {
+    let (busy, idle, steal) = cpu::machine_jiffies()?;
+    Some((busy, idle, steal, softirq_jiffies()?))
 }
 
 /// Machine-wide softirq jiffies (`/proc/stat`, `cpu` line, 7th value).
@@ -722,6 +834,14 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "n/a".into())
 }
 
+/// Sender threads of the throughput phase.
+fn sender_threads(args: &RelayBenchArgs) -> usize {
+    match args.senders {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => usize::from(n),
+    }
+}
+
 /// Thread counts of the scaling run: 1, 2, 4 … below `n`, then `n`.
 fn thread_steps(n: usize) -> Vec<usize> {
     let mut v: Vec<usize> =
@@ -730,50 +850,57 @@ fn thread_steps(n: usize) -> Vec<usize> {
     v
 }
 
-/// One run of our relay: its result and its counters.
-struct OursRun {
-    name: String,
-    threads: usize,
-    r: TargetResult,
-    stats: StatsSnapshot,
-}
-
-fn run_ours(
-    args: &RelayBenchArgs,
-    threads: usize,
-    off: Offload,
-    added: &dyn Fn(TargetResult) -> TargetResult,
-) -> Result<OursRun, String> {
+fn setup_ours(args: &RelayBenchArgs, threads: usize, off: Offload) -> Result<Target, String> {
     let (flows, relay) = ours(args, threads, off).map_err(|e| format!("our relay setup: {e}"))?;
-    let threads = relay.threads();
-    let name = format!("ours/{threads}{}", off.suffix());
-    // The data-plane threads ("relay-dp-<i>").
-    let probe = Some(CpuProbe::threads_named("relay-dp-")).filter(|p| !p.is_empty());
+    let name = format!("ours/{}{}", relay.threads(), off.suffix());
+    let tids = relay.thread_ids();
+    let probe = (!tids.contains(&0))
+        .then(|| CpuProbe::Tasks(tids.iter().map(|t| format!("/proc/self/task/{t}")).collect()));
     if probe.is_none() {
-        println!("{name}: data-plane threads not found in /proc/self/task: no CPU figures");
+        println!("{name}: data-plane thread ids unknown: no CPU figures");
     }
-    let (r, _) = measure(&name, &flows, args, RX_TS_AT_OURS, probe.as_ref(), off.gro);
-    let stats = relay.snapshot();
-    drop(flows);
-    relay.shutdown();
-    Ok(OursRun { name, threads, r: added(r), stats })
+    Ok(Target::new(name, flows, RX_TS_AT_OURS, off.gro, probe, Keep::Ours(relay)))
 }
 
-fn run_raw(
-    args: &RelayBenchArgs,
-    threads: usize,
-    off: Offload,
-    added: &dyn Fn(TargetResult) -> TargetResult,
-) -> Result<(String, TargetResult), String> {
+fn setup_raw(args: &RelayBenchArgs, threads: usize, off: Offload) -> Result<Target, String> {
     let flows = direct(args).map_err(|e| format!("raw sockets: {e}"))?;
     let raw =
         RawForwarder::start(flows.iter().map(|f| f.rx.local_addr().expect("bound")).collect(), threads, off)
             .map_err(|e| format!("raw forwarder: {e}"))?;
     let name = format!("raw/{}{}", raw.tids.len(), off.suffix());
     let flows: Vec<Flow> = flows.into_iter().map(|f| Flow { dst: raw.addr, ..f }).collect();
-    let (r, _) = measure(&name, &flows, args, RX_TS_AT_OURS, Some(&raw.cpu_probe()), off.gro);
-    drop(raw);
-    Ok((name, added(r)))
+    let probe = raw.cpu_probe();
+    Ok(Target::new(name, flows, RX_TS_AT_OURS, off.gro, Some(probe), Keep::Raw { _forwarder: raw }))
+}
+
+fn setup_coturn(args: &RelayBenchArgs) -> Option<Target> {
+    if args.no_coturn {
+        println!("coturn: skipped (--no-coturn)");
+        return None;
+    }
+    if !which(&args.turnserver) {
+        println!("coturn: skipped — `{}` not found (Debian: apt-get install coturn)", args.turnserver);
+        return None;
+    }
+    match start_coturn(&args.turnserver, args.flows).and_then(|c| coturn_flows(&c, args).map(|f| (c, f))) {
+        Ok((c, flows)) => {
+            let pid = c.child.id();
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+            println!("coturn: {threads} threads in its process (its default: one relay thread per CPU)");
+            Some(Target::new(
+                "coturn".into(),
+                flows,
+                RX_TS_AT_TURN,
+                false,
+                Some(CpuProbe::Process(pid)),
+                Keep::Coturn { _server: c },
+            ))
+        }
+        Err(e) => {
+            println!("coturn: skipped — could not drive it: {e}");
+            None
+        }
+    }
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -790,135 +917,130 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = effective_threads(usize::from(args.threads));
+    let rounds = usize::from(args.rounds);
     println!(
-        "relay bench: {} flows × {} B datagrams, {} s throughput + {} s latency ({} pkt/s × {} B paced) per target, loopback, {cpus} CPUs, threads={n}",
-        args.flows, args.size, args.seconds, args.latency_seconds, args.latency_rate, args.latency_size
+        "relay bench: {} flows × {} B datagrams, {} s throughput ({} sender threads) + {} s latency ({} pkt/s × {} B paced) per target in {rounds} interleaved rounds, loopback, {cpus} CPUs, threads={n}",
+        args.flows,
+        args.size,
+        args.seconds,
+        sender_threads(args).min(args.flows as usize),
+        args.latency_seconds,
+        args.latency_rate,
+        args.latency_size
     );
-
-    // Direct path: the latency floor every target's latency is measured against.
-    let flows = direct(args).map_err(|e| format!("direct sockets: {e}"))?;
     println!("load average before: {}", loadavg());
-    let (direct_r, direct_lat) = measure("direct", &flows, args, RX_TS_AT_OURS, None, false);
-    drop(flows);
-    let floor = percentile(&direct_lat, 0.5) / 1e3;
-    println!(
-        "direct path (no relay): {:.0} pkt/s (the load generator's own ceiling here, sender {} + receiver {} CPU), one-way latency p50 {floor:.1} µs p99 {:.1} µs (p50 subtracted below)",
-        direct_r.pps,
-        ms(direct_r.sender_cpu_ns),
-        ms(direct_r.receiver_cpu_ns),
-        direct_r.one_way_p99_us,
-    );
-    let added = move |mut r: TargetResult| {
-        r.p50_us = r.one_way_p50_us - floor;
-        r.p99_us = r.one_way_p99_us - floor;
-        r
-    };
 
+    // Every target is set up first and stays up; then each round measures them one after
+    // the other, so a burst of other load on the machine hits all of them alike.
+    let mut targets = vec![];
+    targets.push(Target::new(
+        "direct".into(),
+        direct(args).map_err(|e| format!("direct sockets: {e}"))?,
+        RX_TS_AT_OURS,
+        false,
+        None,
+        Keep::Direct,
+    ));
     // Ours at 1, 2, 4 … N threads: the scaling; the last one is "ours" in the summary.
-    let mut scaling = vec![];
     for t in thread_steps(n) {
-        scaling.push(run_ours(args, t, Offload::default(), &added)?);
+        targets.push(setup_ours(args, t, Offload::default())?);
     }
-    let n = scaling.last().map_or(1, |o| o.threads);
-
-    let coturn_r = if args.no_coturn {
-        println!("coturn: skipped (--no-coturn)");
-        None
-    } else if !which(&args.turnserver) {
-        println!("coturn: skipped — `{}` not found (Debian: apt-get install coturn)", args.turnserver);
-        None
-    } else {
-        match start_coturn(&args.turnserver, args.flows).and_then(|c| coturn_flows(&c, args).map(|f| (c, f)))
-        {
-            Ok((c, flows)) => {
-                let probe = CpuProbe::Process(c.child.id());
-                let threads = probe.read_user_sys_ns().map(|_| {
-                    std::fs::read_dir(format!("/proc/{}/task", c.child.id())).map(|d| d.count()).unwrap_or(0)
-                });
-                println!(
-                    "coturn: {} threads in its process (its default: one relay thread per CPU)",
-                    opt(threads.map(|t| t as f64), 0)
-                );
-                let (r, _) = measure("coturn", &flows, args, RX_TS_AT_TURN, Some(&probe), false);
-                drop(flows);
-                drop(c);
-                Some(added(r))
-            }
-            Err(e) => {
-                println!("coturn: skipped — could not drive it: {e}");
-                None
-            }
-        }
-    };
-
-    let (raw_name, raw_r) = run_raw(args, n, Offload::default(), &added)?;
-
+    let ours_at = targets.len() - 1;
+    let coturn_at = setup_coturn(args).map(|t| {
+        targets.push(t);
+        targets.len() - 1
+    });
+    targets.push(setup_raw(args, n, Offload::default())?);
+    let raw_at = targets.len() - 1;
     let modes: &[Offload] = match args.gso {
         GsoArg::Off => &[],
         GsoArg::Send => &[Offload { gso_send: true, gro: false }],
         GsoArg::All => &[Offload { gso_send: true, gro: true }],
         GsoArg::Both => &[Offload { gso_send: true, gro: false }, Offload { gso_send: true, gro: true }],
     };
-    let mut offloaded = vec![];
+    let mut offload_at = vec![];
     for &m in modes {
-        let o = run_ours(args, n, m, &added)?;
-        let raw = run_raw(args, n, m, &added)?;
-        offloaded.push((o, raw));
+        targets.push(setup_ours(args, n, m)?);
+        targets.push(setup_raw(args, n, m)?);
+        offload_at.push((targets.len() - 2, targets.len() - 1));
     }
 
+    for round in 1..=rounds {
+        for t in targets.iter_mut() {
+            t.throughput_round(args, args.seconds / rounds as f64, round);
+        }
+        for t in &targets {
+            t.latency_round(args, args.latency_seconds / rounds as f64, round);
+        }
+    }
+    eprintln!("\r{:80}", "");
+
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let mut results = vec![];
+    let mut ours_stats = vec![];
+    for t in targets {
+        let (r, lat, keep) = t.finish(args);
+        if let Keep::Ours(relay) = &keep {
+            ours_stats.push((results.len(), relay.snapshot()));
+        }
+        results.push((r, lat));
+        drop(keep);
+    }
+    let direct_r = results[0].0;
+    let floor = percentile(&results[0].1, 0.5) / 1e3;
+    let res: Vec<TargetResult> = results
+        .iter()
+        .map(|(r, _)| TargetResult {
+            p50_us: r.one_way_p50_us - floor,
+            p99_us: r.one_way_p99_us - floor,
+            ..*r
+        })
+        .collect();
+    let stats_of = |i: usize| ours_stats.iter().find(|(j, _)| *j == i).map(|(_, s)| s);
+
+    println!(
+        "direct path (no relay): {:.0} pkt/s (the load generator's own ceiling here, senders {} + receiver {} CPU), one-way latency p50 {floor:.1} µs p99 {:.1} µs (p50 subtracted below)",
+        direct_r.pps,
+        ms(direct_r.sender_cpu_ns),
+        ms(direct_r.receiver_cpu_ns),
+        direct_r.one_way_p99_us,
+    );
     println!();
-    for o in &scaling {
-        line(&o.name, &o.r);
-    }
-    if let Some(c) = &coturn_r {
-        line("coturn", c);
-    }
-    line(&raw_name, &raw_r);
-    for (o, (name, r)) in &offloaded {
-        line(&o.name, &o.r);
+    for (name, r) in names.iter().zip(&res).skip(1) {
         line(name, r);
     }
-    let top = scaling.last().ok_or("no run of ours")?;
-    let (ours_r, s) = (top.r, &top.stats);
-    println!(
-        "{}: relay counters: forwarded {} (per thread {:?}) dropped {} (send errors {}, misrouted {}), in-relay recv→send p99 {:.1} µs",
-        top.name,
-        s.forwarded_packets,
-        s.thread_forwarded,
-        s.dropped_total(),
-        s.plane.send_errors,
-        s.plane.misrouted,
-        crate::relay::histogram::quantile_ns(&s.latency, 0.99).unwrap_or(0) as f64 / 1e3
-    );
-    println!(
-        "{}: {:.1} datagrams per recvmmsg on average",
-        top.name,
-        s.forwarded_packets as f64 / s.plane.recv_batches.max(1) as f64
-    );
-    for o in &scaling {
-        cpu_line(&o.name, &o.r);
+    let (ours_r, raw_r) = (res[ours_at], res[raw_at]);
+    let coturn_r = coturn_at.map(|i| res[i]);
+    if let Some(s) = stats_of(ours_at) {
+        println!(
+            "{}: relay counters: forwarded {} (per thread {:?}) dropped {} (send errors {}, misrouted {}), in-relay recv→send p99 {:.1} µs, {:.1} datagrams per recvmmsg",
+            names[ours_at],
+            s.forwarded_packets,
+            s.thread_forwarded,
+            s.dropped_total(),
+            s.plane.send_errors,
+            s.plane.misrouted,
+            crate::relay::histogram::quantile_ns(&s.latency, 0.99).unwrap_or(0) as f64 / 1e3,
+            s.forwarded_packets as f64 / s.plane.recv_batches.max(1) as f64
+        );
     }
-    if let Some(c) = &coturn_r {
-        cpu_line("coturn", c);
-    }
-    cpu_line(&raw_name, &raw_r);
-    for (o, (name, r)) in &offloaded {
-        cpu_line(&o.name, &o.r);
+    for (name, r) in names.iter().zip(&res).skip(1) {
         cpu_line(name, r);
     }
     println!("load average after: {}", loadavg());
 
-    let one = &scaling[0];
+    let scaling: Vec<usize> = (1..=ours_at).collect();
+    let one = res[1];
     println!(
         "scaling: {} | cpu_ns_per_pkt {}",
         scaling
             .iter()
-            .map(|o| format!("threads={} {:.0} pkt/s (×{:.2})", o.threads, o.r.pps, o.r.pps / one.r.pps))
+            .map(|&i| format!("{} {:.0} pkt/s (×{:.2})", names[i], res[i].pps, res[i].pps / one.pps))
             .collect::<Vec<_>>()
             .join(", "),
         scaling
             .iter()
-            .map(|o| format!("threads={} {}", o.threads, opt(o.r.cpu_ns_per_pkt(), 0)))
+            .map(|&i| format!("{} {}", names[i], opt(res[i].cpu_ns_per_pkt(), 0)))
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -926,31 +1048,29 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
         "latency at {} pkt/s × {} B: added one-way p50/p99 µs: {} {:.1}/{:.1}, coturn {}, {} {:.1}/{:.1}; p99 ours/raw={} p99 ours/coturn={}",
         args.latency_rate,
         args.latency_size,
-        top.name,
+        names[ours_at],
         ours_r.p50_us,
         ours_r.p99_us,
         coturn_r.map_or("skipped".into(), |c| format!("{:.1}/{:.1}", c.p50_us, c.p99_us)),
-        raw_name,
+        names[raw_at],
         raw_r.p50_us,
         raw_r.p99_us,
         ratio(Some(ours_r.p99_us), Some(raw_r.p99_us)),
         ratio(Some(ours_r.p99_us), coturn_r.map(|c| c.p99_us)),
     );
-    for (o, (name, r)) in &offloaded {
+    for &(o, r) in &offload_at {
         println!(
-            "offload {}: {} {:.0} pkt/s {} ns/pkt (plain {} ns/pkt, ×{}), {} {:.0} pkt/s {} ns/pkt (plain {} ns/pkt, ×{}), misrouted {}",
-            &o.name[o.name.find('+').unwrap_or(0)..],
-            o.name,
-            o.r.pps,
-            opt(o.r.cpu_ns_per_pkt(), 0),
-            opt(ours_r.cpu_ns_per_pkt(), 0),
-            ratio(o.r.cpu_ns_per_pkt(), ours_r.cpu_ns_per_pkt()),
-            name,
-            r.pps,
-            opt(r.cpu_ns_per_pkt(), 0),
-            opt(raw_r.cpu_ns_per_pkt(), 0),
-            ratio(r.cpu_ns_per_pkt(), raw_r.cpu_ns_per_pkt()),
-            o.stats.plane.misrouted,
+            "offload {}: {} {:.0} pkt/s {} ns/pkt (×{} of plain), {} {:.0} pkt/s {} ns/pkt (×{} of plain), misrouted {}",
+            &names[o][names[o].find('+').unwrap_or(0)..],
+            names[o],
+            res[o].pps,
+            opt(res[o].cpu_ns_per_pkt(), 0),
+            ratio(res[o].cpu_ns_per_pkt(), ours_r.cpu_ns_per_pkt()),
+            names[r],
+            res[r].pps,
+            opt(res[r].cpu_ns_per_pkt(), 0),
+            ratio(res[r].cpu_ns_per_pkt(), raw_r.cpu_ns_per_pkt()),
+            stats_of(o).map_or(0, |s| s.plane.misrouted),
         );
     }
     let ours_ns = ours_r.cpu_ns_per_pkt();

@@ -181,6 +181,8 @@ struct Published {
     /// The key id this thread's relay mints under (it applied the keys).
     key_id: AtomicU64,
     alive: AtomicBool,
+    /// The thread's OS id (0 until it runs), for CPU accounting.
+    tid: AtomicU64,
 }
 
 fn atomics<const N: usize>() -> [AtomicU64; N] {
@@ -223,6 +225,7 @@ impl Published {
             latency_sum_ns: AtomicU64::new(0),
             key_id: AtomicU64::new(u64::from(key_id)),
             alive: AtomicBool::new(true),
+            tid: AtomicU64::new(0),
         }
     }
 
@@ -483,6 +486,12 @@ impl RelayServer {
         (0..self.threads()).map(|i| self.shared.thread_snapshot(i)).collect()
     }
 
+    /// The OS thread ids of the data-plane threads (`/proc/self/task/<tid>`; 0 for one not
+    /// running yet), for CPU accounting.
+    pub fn thread_ids(&self) -> Vec<u32> {
+        self.shared.threads.iter().map(|t| t.tid.load(Ordering::Relaxed) as u32).collect()
+    }
+
     /// The limits the threads' relays share (per-source quotas, table bound).
     pub fn shared_limits(&self) -> &SharedLimits {
         &self.limits
@@ -573,6 +582,9 @@ struct DataPlane {
 
 impl DataPlane {
     fn run(mut self) {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+        self.shared.threads[self.index].tid.store(tid, Ordering::Relaxed);
         let fds: Vec<RawFd> = self.reads.iter().map(|r| r.0).collect();
         let mut last_publish = Instant::now();
         loop {
