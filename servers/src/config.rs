@@ -200,6 +200,10 @@ pub struct RelaySection {
     /// socket on the relay port and its own relay state, steered by link id in the kernel
     /// (Linux; elsewhere 1). `p2pmodel shard relay --threads N` overrides it.
     pub threads: usize,
+    /// `gso` (default false): send runs of same-size forwarded datagrams to one destination
+    /// as one `UDP_SEGMENT` message (Linux ≥ 4.18). Cuts the relay's CPU per datagram for
+    /// bursty flows (docs/BENCHMARKS.md); no effect on the wire.
+    pub gso: bool,
     /// `token_key_rotation_secs` (default 86 400; 0 = never): the token key epoch length.
     /// Must be at least `max_token_lifetime_secs` so a token outlives at most one rotation.
     pub token_key_rotation: Duration,
@@ -438,6 +442,7 @@ struct RawRelay {
     socket_buffer_bytes: Option<i64>,
     batch: Option<i64>,
     threads: Option<i64>,
+    gso: Option<bool>,
     token_key_rotation_secs: Option<i64>,
     stats_log_interval_secs: Option<i64>,
     idle_timeout_secs: Option<i64>,
@@ -707,6 +712,7 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
         socket_buffer_bytes,
         batch,
         threads,
+        gso: r.gso.unwrap_or(false),
         token_key_rotation: Duration::from_secs(rotation),
         stats_log_interval,
         core,
@@ -939,6 +945,11 @@ mod tests {
         assert_eq!(c.relay.threads, 0, "one data-plane thread per CPU");
         let c = ShardConfig::parse(&format!("{}[relay]\nthreads = 4\n", minimal())).unwrap();
         assert_eq!(c.relay.threads, 4);
+        assert!(!c.relay.gso);
+        let c = ShardConfig::parse(&format!("{}[relay]\ngso = true\n", minimal())).unwrap();
+        assert!(c.relay.gso);
+        let e = ShardConfig::parse(&format!("{}[relay]\ngso = 1\n", minimal())).unwrap_err().to_string();
+        assert!(e.contains("gso"), "{e}");
         assert!(!format!("{:?}", c.shard).contains("0123456789abcdef"));
     }
 

@@ -622,3 +622,56 @@ fn relay_server_source_quota_holds_across_threads() {
     assert_eq!(s.dropped(DropReason::SourceQuota) as usize, 2000 - got);
     assert_eq!(relay.shared_limits().sources(), 5);
 }
+
+#[test]
+fn relay_server_gso_and_gro_forward_every_datagram_in_order() {
+    use p2pmodel_servers::relay::batch::{RecvBatch, SendBatch};
+    use std::os::fd::AsRawFd;
+    for (gso_send, gro_recv) in [(true, false), (true, true)] {
+        let mut o =
+            RelayServerOptions::new(vec!["127.0.0.1:0".parse().unwrap()], RelayConfig::default(), keys());
+        o.threads = 2;
+        o.gso_send = gso_send;
+        o.gro_recv = gro_recv;
+        let relay = RelayServer::start(o).unwrap();
+        let r = relay.primary_addr();
+        let (a, b) = pair(&relay, 6);
+        // A burst of 40 datagrams of link 6 as one GSO message from the client.
+        let mut burst = SendBatch::new(64, false);
+        burst.set_gso(true);
+        for pn in 0..40 {
+            assert!(burst.push_copy(&data(6, Side::A, pn, 200), r));
+        }
+        assert_eq!(burst.flush(a.as_raw_fd(), &RecvBatch::new(1)).sent, 40);
+        let got = recv_data(&b, 40);
+        assert_eq!(
+            got,
+            (0..40).map(|pn| data(6, Side::A, pn, 200)).collect::<Vec<_>>(),
+            "{gso_send} {gro_recv}"
+        );
+        let s = wait_for(&relay, "40 forwarded", |s| s.forwarded_packets == 40);
+        assert_eq!(s.plane.misrouted, 0, "one link's burst stays on its thread");
+
+        // One client socket with two links steered to different threads (6 → 0, 7 → 1)
+        // sends one GSO burst mixing them. The kernel picks the socket for the whole burst
+        // by its first datagram (with or without GRO on the relay's socket): thread 0 gets
+        // link 7's half too and hands it to thread 1. Nothing is lost, order per link holds.
+        let e = sock();
+        client(7, Side::A, &keys()).bind_validated(&a, r, WAIT).unwrap();
+        client(7, Side::B, &keys()).bind_validated(&e, r, WAIT).unwrap();
+        let mut mixed = SendBatch::new(64, false);
+        mixed.set_gso(true);
+        for pn in 0..10u64 {
+            assert!(mixed.push_copy(&data(6 + (pn % 2) as u32, Side::A, 100 + pn, 200), r));
+        }
+        assert_eq!(mixed.flush(a.as_raw_fd(), &RecvBatch::new(1)).sent, 10);
+        let to_b = recv_data(&b, 5);
+        assert_eq!(to_b, (0..5).map(|k| data(6, Side::A, 100 + 2 * k, 200)).collect::<Vec<_>>());
+        let to_e = recv_data(&e, 5);
+        assert_eq!(to_e, (0..5).map(|k| data(7, Side::A, 101 + 2 * k, 200)).collect::<Vec<_>>());
+        let s = wait_for(&relay, "the mixed burst", |s| s.forwarded_packets == 50);
+        assert_eq!((s.plane.misrouted, s.plane.handoff_dropped), (5, 0), "link 7's half handed over");
+        let per = relay.thread_snapshots();
+        assert_eq!(per[1].forwarded_packets, 5, "thread 1 relayed link 7");
+    }
+}

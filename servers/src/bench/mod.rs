@@ -85,7 +85,7 @@ pub struct RelayBenchArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(38..=1400))]
     pub latency_size: u32,
     /// Seconds of the latency phase, per target.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub latency_seconds: f64,
     /// The coturn binary; coturn is skipped (with a note) when it cannot be found.
     #[arg(long, default_value = "turnserver")]
@@ -98,9 +98,9 @@ pub struct RelayBenchArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub senders: u16,
     /// Rounds: each target's throughput and latency phases are split into this many parts,
-    /// measured target after target in every round, so a change in the machine's other load
-    /// hits all targets alike.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
+    /// measured target after target in every round (every other round in reverse order), so
+    /// a change in the machine's other load hits all targets alike.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub rounds: u16,
     /// Throughput phase: at most this many datagrams sent and not yet received (closed-loop
     /// load; 0 = open loop, the sender blasts and the target's socket drops the excess).
@@ -966,11 +966,16 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     }
 
     for round in 1..=rounds {
-        for t in targets.iter_mut() {
-            t.throughput_round(args, args.seconds / rounds as f64, round);
+        // Every other round in reverse order: no target always follows the same one.
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
         }
-        for t in &targets {
-            t.latency_round(args, args.latency_seconds / rounds as f64, round);
+        for &i in &order {
+            targets[i].throughput_round(args, args.seconds / rounds as f64, round);
+        }
+        for &i in &order {
+            targets[i].latency_round(args, args.latency_seconds / rounds as f64, round);
         }
     }
     eprintln!("\r{:80}", "");
@@ -1013,7 +1018,7 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     let coturn_r = coturn_at.map(|i| res[i]);
     if let Some(s) = stats_of(ours_at) {
         println!(
-            "{}: relay counters: forwarded {} (per thread {:?}) dropped {} (send errors {}, misrouted {}), in-relay recv→send p99 {:.1} µs, {:.1} datagrams per recvmmsg",
+            "{}: relay counters: forwarded {} (per thread {:?}) dropped {} (send errors {}, handed off between threads {}), in-relay recv→send p99 {:.1} µs, {:.1} datagrams per recvmmsg",
             names[ours_at],
             s.forwarded_packets,
             s.thread_forwarded,
@@ -1060,7 +1065,7 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     );
     for &(o, r) in &offload_at {
         println!(
-            "offload {}: {} {:.0} pkt/s {} ns/pkt (×{} of plain), {} {:.0} pkt/s {} ns/pkt (×{} of plain), misrouted {}",
+            "offload {}: {} {:.0} pkt/s {} ns/pkt (×{} of plain), {} {:.0} pkt/s {} ns/pkt (×{} of plain), handed off between threads {}",
             &names[o][names[o].find('+').unwrap_or(0)..],
             names[o],
             res[o].pps,

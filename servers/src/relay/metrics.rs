@@ -186,6 +186,13 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         "Data-plane threads (one socket and one relay state each, steered by link id).",
         s.thread_forwarded.len(),
     );
+    metric(
+        &mut o,
+        "p2pmodel_relay_handed_off_packets_total",
+        "counter",
+        "Relay datagrams the kernel gave to another thread than their link id's (a GSO/GRO burst mixing links), handed over to theirs.",
+        s.plane.misrouted,
+    );
     let name = "p2pmodel_relay_thread_forwarded_packets_total";
     let _ =
         writeln!(o, "# HELP {name} Peer datagrams forwarded, by data-plane thread.\n# TYPE {name} counter");
@@ -205,7 +212,7 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         ("send_error", s.plane.send_errors),
         ("batch_overflow", s.plane.batch_overflow),
         ("truncated", s.plane.truncated),
-        ("misrouted", s.plane.misrouted),
+        ("handoff_full", s.plane.handoff_dropped),
     ] {
         let _ = writeln!(o, "{name}{{reason=\"{label}\"}} {v}");
     }

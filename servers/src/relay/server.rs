@@ -20,9 +20,9 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,6 +46,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(5);
 const IDLE_POLL_MS: i32 = 20;
 /// At most this many sockets (primary, alternate port, alternate IP × 2).
 pub const MAX_SOCKETS: usize = 4;
+/// Datagrams waiting in one thread's hand-off queue at most; more are dropped and counted.
+const HANDOFF_QUEUE: usize = 4096;
 
 /// Why the relay server could not start.
 #[derive(Debug, Error)]
@@ -97,13 +99,12 @@ pub struct RelayServerOptions {
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
     /// Send runs of same-size forwarded datagrams to one destination as one `UDP_SEGMENT`
-    /// message (GSO). Experimental: measured by `bench relay --gso`, off by default.
+    /// message (GSO; `relay.gso`). Off by default; measured by `bench relay --gso`.
     pub gso_send: bool,
     /// Receive bursts from one source coalesced (`UDP_GRO`) and relay each datagram in them.
-    /// Experimental, off by default: GRO coalesces by address, not link id, so a burst of
-    /// one client's datagrams for several links reaches one thread and the datagrams of
-    /// links steered elsewhere are dropped (`misrouted`); fine for a benchmark's one link
-    /// per socket, not for production with several threads.
+    /// Experimental (`bench relay --gso all`), off by default: GRO coalesces by address, not
+    /// link id, so a burst mixing links reaches one thread whole and the datagrams of links
+    /// steered elsewhere take the hand-off path (`misrouted`, a copy each).
     pub gro_recv: bool,
 }
 
@@ -130,7 +131,7 @@ impl RelayServerOptions {
 }
 
 const N_CORE: usize = RelayStats::COUNTERS;
-const N_PLANE: usize = 9;
+const N_PLANE: usize = 10;
 
 fn plane_array(p: &PlaneStats) -> [u64; N_PLANE] {
     [
@@ -143,6 +144,7 @@ fn plane_array(p: &PlaneStats) -> [u64; N_PLANE] {
         p.recv_batches,
         p.truncated,
         p.misrouted,
+        p.handoff_dropped,
     ]
 }
 
@@ -157,6 +159,7 @@ fn plane_from(p: [u64; N_PLANE]) -> PlaneStats {
         recv_batches,
         truncated,
         misrouted,
+        handoff_dropped,
     ] = p;
     PlaneStats {
         stun_answered,
@@ -168,6 +171,7 @@ fn plane_from(p: [u64; N_PLANE]) -> PlaneStats {
         recv_batches,
         truncated,
         misrouted,
+        handoff_dropped,
     }
 }
 
@@ -294,6 +298,45 @@ enum Control {
     SetKeys(TokenKeys),
 }
 
+/// A relay datagram the kernel gave to another thread than its link id's, on its way to the
+/// right one. Only GSO/GRO bursts mixing links take this path (a copy each); the kernel
+/// steers everything else.
+struct Handoff {
+    from: SocketAddr,
+    bytes: Box<[u8]>,
+}
+
+/// Where other threads hand a thread its datagrams: a bounded queue (lock-free) and an
+/// eventfd that wakes the thread from `poll`.
+struct Mailbox {
+    tx: SyncSender<Handoff>,
+    wake: OwnedFd,
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call; on success we own the new descriptor.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Queue `data` for thread `t` and wake it; false when its queue is full.
+fn hand_off(mailboxes: &[Mailbox], t: usize, from: SocketAddr, data: &[u8]) -> bool {
+    let Some(m) = mailboxes.get(t) else { return false };
+    match m.tx.try_send(Handoff { from, bytes: data.into() }) {
+        Ok(()) => {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+            unsafe { libc::write(m.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            true
+        }
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    }
+}
+
 /// A recent-window view of the latency histogram, for p50/p99 over the last
 /// [`LatencyWindow::SPAN`] instead of the whole uptime.
 struct LatencyWindow {
@@ -388,6 +431,14 @@ impl RelayServer {
         rand::fill(&mut cookie_secret);
         let limits = Arc::new(SharedLimits::default());
         let alts = Arc::new(alts);
+        let mut inboxes = vec![];
+        let mut mailboxes = vec![];
+        for _ in 0..n {
+            let (tx, rx) = mpsc::sync_channel(HANDOFF_QUEUE);
+            mailboxes.push(Mailbox { tx, wake: eventfd().map_err(ServerError::Thread)? });
+            inboxes.push(rx);
+        }
+        let mailboxes = Arc::new(mailboxes);
         let mut server = RelayServer {
             local: local.clone(),
             shared: shared.clone(),
@@ -397,7 +448,7 @@ impl RelayServer {
             window,
             limits: limits.clone(),
         };
-        for (index, own) in group.into_iter().enumerate() {
+        for ((index, own), inbox) in group.into_iter().enumerate().zip(inboxes) {
             let mut relay = Relay::new(opts.core.clone(), opts.keys.clone(), anchor, cookie_secret);
             if n > 1 {
                 relay = relay.with_shared_limits(limits.clone());
@@ -443,6 +494,8 @@ impl RelayServer {
                 latency_sum_ns: 0,
                 shared: shared.clone(),
                 control: rx,
+                mailboxes: mailboxes.clone(),
+                inbox,
             };
             // On failure, `server` is dropped: the threads already started stop.
             let t = std::thread::Builder::new()
@@ -578,6 +631,9 @@ struct DataPlane {
     latency_sum_ns: u64,
     shared: Arc<Shared>,
     control: Receiver<Control>,
+    /// Every thread's mailbox (this one's too: its eventfd is in this thread's poll set).
+    mailboxes: Arc<Vec<Mailbox>>,
+    inbox: Receiver<Handoff>,
 }
 
 impl DataPlane {
@@ -585,7 +641,10 @@ impl DataPlane {
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
         self.shared.threads[self.index].tid.store(tid, Ordering::Relaxed);
-        let fds: Vec<RawFd> = self.reads.iter().map(|r| r.0).collect();
+        let mut fds: Vec<RawFd> = self.reads.iter().map(|r| r.0).collect();
+        let wake = self.mailboxes[self.index].wake.as_raw_fd();
+        fds.push(wake);
+        let wake_bit = 1u64 << (fds.len() - 1);
         let mut last_publish = Instant::now();
         loop {
             if self.shared.shutdown.load(Ordering::Relaxed) {
@@ -603,7 +662,7 @@ impl DataPlane {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => break,
             }
-            let mut got = false;
+            let mut got = self.drain_inbox();
             for j in 0..self.reads.len() {
                 let (fd, k) = self.reads[j];
                 match self.recv.recv(fd, true) {
@@ -623,7 +682,11 @@ impl DataPlane {
             }
             if !got {
                 self.publish();
-                poll_readable(&fds, IDLE_POLL_MS);
+                if poll_readable(&fds, IDLE_POLL_MS) & wake_bit != 0 {
+                    let mut v = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a live buffer from our eventfd.
+                    unsafe { libc::read(wake, v.as_mut_ptr().cast(), v.len()) };
+                }
             }
         }
         self.publish();
@@ -659,10 +722,13 @@ impl DataPlane {
                     self.plane.not_relay_port += 1;
                     continue;
                 }
-                if thread_of(data, self.threads).is_some_and(|t| t != self.index) {
-                    // The kernel steers by link id; only a foreign socket in the group (or a
-                    // GRO burst mixing links) gets here.
+                if let Some(t) = thread_of(data, self.threads).filter(|&t| t != self.index) {
+                    // The kernel steers each datagram by link id, but a GSO/GRO burst goes
+                    // whole to the thread of its first datagram: pass the others on.
                     self.plane.misrouted += 1;
+                    if !hand_off(&self.mailboxes, t, from, data) {
+                        self.plane.handoff_dropped += 1;
+                    }
                     continue;
                 }
                 match self.relay.process(t0, from, data, &mut self.reply) {
@@ -737,6 +803,32 @@ impl DataPlane {
             }
             None => self.plane.stun_unanswered += 1,
         }
+    }
+
+    /// Relay the datagrams other threads handed to this one (rare path: sent one by one).
+    /// Returns whether there were any.
+    fn drain_inbox(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(h) = self.inbox.try_recv() {
+            any = true;
+            let now = Instant::now();
+            let send = |bytes: &[u8], to: SocketAddr, plane: &mut PlaneStats| {
+                if self.own.send_to(bytes, to).is_err() {
+                    plane.send_errors += 1;
+                }
+            };
+            match self.relay.process(now, h.from, &h.bytes, &mut self.reply) {
+                Action::Forward { to } => send(&h.bytes, to, &mut self.plane),
+                Action::Reply { to, len, notify } => {
+                    send(&self.reply.reply[..len], to, &mut self.plane);
+                    if let Some(n) = notify {
+                        send(&self.reply.notify[..n.len], n.to, &mut self.plane);
+                    }
+                }
+                Action::Drop(_) => {}
+            }
+        }
+        any
     }
 
     fn publish(&self) {

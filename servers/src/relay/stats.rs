@@ -28,9 +28,12 @@ pub struct PlaneStats {
     /// Datagrams longer than the receive buffer (`MSG_TRUNC`): dropped whole, never
     /// forwarded or answered cut short.
     pub truncated: u64,
-    /// Relay datagrams a thread received for another thread's link id (dropped; the kernel
-    /// steers by link id, so this stays 0 unless a foreign socket joined the port's group).
+    /// Relay datagrams a thread received for another thread's link id and handed to that
+    /// thread (the kernel steers each datagram by link id, but a GSO/GRO burst mixing links
+    /// goes whole to the thread of its first datagram). Not a drop.
     pub misrouted: u64,
+    /// Of those, dropped because the other thread's hand-off queue was full.
+    pub handoff_dropped: u64,
 }
 
 /// A consistent-enough copy of every counter (each value is exact; values are read one by
@@ -69,7 +72,7 @@ impl StatsSnapshot {
             + self.plane.send_errors
             + self.plane.batch_overflow
             + self.plane.truncated
-            + self.plane.misrouted
+            + self.plane.handoff_dropped
     }
 }
 

@@ -15,9 +15,11 @@
 //!
 //! Both sides of a link carry the same link id at the same offset, so they reach the same
 //! thread and its [`p2pmodel_core::relay::Relay`] holds the whole link. No datagram crosses
-//! threads in user space. [`thread_of`] is the same rule in Rust: each thread checks it and
-//! drops (and counts, `misrouted`) a datagram the kernel gave it for another thread, which
-//! only happens if a foreign socket joined the group.
+//! threads in user space on this path. [`thread_of`] is the same rule in Rust: each thread
+//! checks it and hands a datagram the kernel gave it for another thread to that thread
+//! (counted, `misrouted`). The kernel selects the socket once per packet it receives, so a
+//! GSO burst (or a GRO-coalesced one) mixing links arrives whole at the thread of its first
+//! datagram; that, and a foreign socket joining the group, are the only ways to get there.
 
 use std::io;
 use std::net::SocketAddr;
