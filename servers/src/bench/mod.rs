@@ -148,6 +148,8 @@ pub struct TargetResult {
     pub p50_us: f64,
     /// Added one-way latency, 99th percentile, µs.
     pub p99_us: f64,
+    /// The rate the latency phase achieved, datagrams per second.
+    pub latency_pps: f64,
     /// Datagrams received through the target during the throughput phase's CPU window.
     pub packets: u64,
     /// Wall time of that window, seconds.
@@ -193,6 +195,9 @@ struct Flow {
     /// The datagram of the latency phase.
     lat_template: Vec<u8>,
     ts_at: usize,
+    /// Our relay: the receiving side's client, which re-binds now and then so its binding
+    /// does not idle out (it never sends data), as a real client keeps it alive.
+    keepalive: Option<BindClient>,
 }
 
 /// Where the timestamp sits in what the receiver gets.
@@ -345,6 +350,9 @@ struct Acc {
     softirq_ns: Option<u64>,
     /// Machine jiffies in the windows: (busy, idle, steal, softirq).
     machine: Option<(u64, u64, u64, u64)>,
+    /// Latency phase: datagrams sent, seconds.
+    lat_sent: u64,
+    lat_s: f64,
 }
 
 fn add_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -367,6 +375,7 @@ struct Target {
     gro: bool,
     keep: Keep,
     acc: Acc,
+    last_keepalive: Instant,
 }
 
 impl Target {
@@ -393,7 +402,18 @@ impl Target {
         while rx.tid.load(Ordering::Relaxed) == 0 {
             std::thread::yield_now();
         }
-        Target { name, flows, cpu, rx, record, base, gro, keep, acc: Acc::default() }
+        Target {
+            name,
+            flows,
+            cpu,
+            rx,
+            record,
+            base,
+            gro,
+            keep,
+            acc: Acc::default(),
+            last_keepalive: Instant::now(),
+        }
     }
 
     /// One throughput round of `secs`: `--senders` threads, each over its share of the flows
@@ -402,6 +422,16 @@ impl Target {
     /// spend the shared CPUs on datagrams the target's socket would drop. The CPU window
     /// ends 100 ms after the senders stop, when the last datagrams have landed.
     fn throughput_round(&mut self, args: &RelayBenchArgs, secs: f64, round: usize) {
+        // Receiving sides re-bind every 15 s (the relay's idle timeout is 60 s); the acks
+        // reach the receiver thread, which ignores them.
+        if self.last_keepalive.elapsed() >= Duration::from_secs(15) {
+            self.last_keepalive = Instant::now();
+            for f in &mut self.flows {
+                if let Some(c) = &mut f.keepalive {
+                    let _ = f.rx.send_to(&c.next_bind(), f.dst);
+                }
+            }
+        }
         let (flows, base, gro, name) = (&self.flows, self.base, self.gro, &self.name);
         let receiver_cpu = CpuProbe::thread(self.rx.tid.load(Ordering::Relaxed) as u32);
         let softirq_cpu = CpuProbe::ksoftirqd();
@@ -496,7 +526,7 @@ impl Target {
 
     /// One latency round of `secs`: one paced sender (catching up after an oversleep, so the
     /// average rate holds), `--latency-size` datagrams, each timestamped when it is sent.
-    fn latency_round(&self, args: &RelayBenchArgs, secs: f64, round: usize) {
+    fn latency_round(&mut self, args: &RelayBenchArgs, secs: f64, round: usize) {
         eprint!(
             "\r  round {round} {:<14} latency at {} pkt/s × {} B ...                  ",
             self.name, args.latency_rate, args.latency_size
@@ -517,6 +547,8 @@ impl Target {
                 std::thread::sleep(next - now);
             }
         }
+        self.acc.lat_sent += i as u64;
+        self.acc.lat_s += start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(50));
         self.record.store(false, Ordering::Relaxed);
     }
@@ -540,6 +572,7 @@ impl Target {
             one_way_p99_us: percentile(&lat, 0.99) / 1e3,
             p50_us: f64::NAN,
             p99_us: f64::NAN,
+            latency_pps: if a.lat_s > 0.0 { a.lat_sent as f64 / a.lat_s } else { 0.0 },
             packets: a.packets,
             window_s: a.window_s,
             relay_cpu_ns: a.relay_ns,
@@ -595,12 +628,15 @@ fn ours(args: &RelayBenchArgs, threads: usize, off: Offload) -> io::Result<(Vec<
     let mut flows = vec![];
     for (i, (tx, rx)) in txs.into_iter().zip(rxs).enumerate() {
         let link = LinkId(i as u32 + 1);
+        let mut keepalive = None;
         for (s, side) in [(&tx, Side::A), (&rx, Side::B)] {
             let (t, k) = mint(&keys, link, side, unix_now() + 3600);
-            BindClient::new(link, side, t, k).bind_validated(s, r, Duration::from_secs(3))?;
+            let mut c = BindClient::new(link, side, t, k);
+            c.bind_validated(s, r, Duration::from_secs(3))?;
+            keepalive = Some(c);
         }
         let (template, lat_template) = templates(args, link);
-        flows.push(Flow { tx, rx, dst: r, template, lat_template, ts_at: RX_TS_AT_OURS });
+        flows.push(Flow { tx, rx, dst: r, template, lat_template, ts_at: RX_TS_AT_OURS, keepalive });
     }
     Ok((flows, relay))
 }
@@ -614,7 +650,7 @@ fn direct(args: &RelayBenchArgs) -> io::Result<Vec<Flow>> {
         .map(|(i, (tx, rx))| {
             let (template, lat_template) = templates(args, LinkId(i as u32 + 1));
             let dst = rx.local_addr().expect("bound");
-            Flow { tx, rx, dst, template, lat_template, ts_at: RX_TS_AT_OURS }
+            Flow { tx, rx, dst, template, lat_template, ts_at: RX_TS_AT_OURS, keepalive: None }
         })
         .collect())
 }
@@ -770,6 +806,7 @@ fn coturn_flows(c: &Coturn, args: &RelayBenchArgs) -> io::Result<Vec<Flow>> {
             template: channel_data(args.size),
             lat_template: channel_data(args.latency_size),
             ts_at: 4 + RX_TS_AT_TURN,
+            keepalive: None,
         });
     }
     Ok(flows)
@@ -786,13 +823,14 @@ fn which(bin: &str) -> bool {
 
 fn line(name: &str, r: &TargetResult) {
     println!(
-        "{name:<14} {:>10.0} pkt/s {:>8.1} Mbit/s  delivered {:>5.1}%  added one-way latency p50 {:>7.1} µs  p99 {:>7.1} µs  (one-way p99 {:.1} µs)",
+        "{name:<14} {:>10.0} pkt/s {:>8.1} Mbit/s  delivered {:>5.1}%  added one-way latency p50 {:>7.1} µs  p99 {:>7.1} µs  (one-way p99 {:.1} µs at {:.0} pkt/s)",
         r.pps,
         r.mbps,
         r.delivered * 100.0,
         r.p50_us,
         r.p99_us,
-        r.one_way_p99_us
+        r.one_way_p99_us,
+        r.latency_pps
     );
 }
 
@@ -1018,11 +1056,12 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     let coturn_r = coturn_at.map(|i| res[i]);
     if let Some(s) = stats_of(ours_at) {
         println!(
-            "{}: relay counters: forwarded {} (per thread {:?}) dropped {} (send errors {}, handed off between threads {}), in-relay recv→send p99 {:.1} µs, {:.1} datagrams per recvmmsg",
+            "{}: relay counters: forwarded {} (per thread {:?}) dropped {} {:?} (send errors {}, handed off between threads {}), in-relay recv→send p99 {:.1} µs, {:.1} datagrams per recvmmsg",
             names[ours_at],
             s.forwarded_packets,
             s.thread_forwarded,
             s.dropped_total(),
+            s.drops().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{}={n}", r.label())).collect::<Vec<_>>(),
             s.plane.send_errors,
             s.plane.misrouted,
             crate::relay::histogram::quantile_ns(&s.latency, 0.99).unwrap_or(0) as f64 / 1e3,
