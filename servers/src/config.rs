@@ -199,6 +199,14 @@ pub struct RelaySection {
     pub socket_buffer_bytes: usize,
     /// `batch` (default 64): datagrams per recvmmsg / sendmmsg call.
     pub batch: usize,
+    /// `threads` (default 0 = one per CPU; at most 256): data-plane threads, each with its own
+    /// socket on the relay port and its own relay state, steered by link id in the kernel
+    /// (Linux; elsewhere 1). `p2pmodel shard relay --threads N` overrides it.
+    pub threads: usize,
+    /// `gso` (default false): send runs of same-size forwarded datagrams to one destination
+    /// as one `UDP_SEGMENT` message (Linux ≥ 4.18). Cuts the relay's CPU per datagram for
+    /// bursty flows (docs/BENCHMARKS.md); no effect on the wire.
+    pub gso: bool,
     /// `token_key_rotation_secs` (default 86 400; 0 = never): the token key epoch length.
     /// Must be at least `max_token_lifetime_secs` so a token outlives at most one rotation.
     pub token_key_rotation: Duration,
@@ -439,6 +447,8 @@ struct RawRelay {
     alternate_ip: Option<String>,
     socket_buffer_bytes: Option<i64>,
     batch: Option<i64>,
+    threads: Option<i64>,
+    gso: Option<bool>,
     token_key_rotation_secs: Option<i64>,
     stats_log_interval_secs: Option<i64>,
     idle_timeout_secs: Option<i64>,
@@ -679,6 +689,8 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
     let socket_buffer_bytes =
         cx.int(r.socket_buffer_bytes, "relay.socket_buffer_bytes", 65_536, 1 << 30, 4 << 20)? as usize;
     let batch = cx.int(r.batch, "relay.batch", 1, 1024, 64)? as usize;
+    let max_threads = crate::relay::steer::MAX_THREADS as i64;
+    let threads = cx.int(r.threads, "relay.threads", 0, max_threads, 0)? as usize;
     let day = 86_400;
     let max_life = cx.int(r.max_token_lifetime_secs, "relay.max_token_lifetime_secs", 1, 30 * day, day)?;
     let rotation = cx.int(r.token_key_rotation_secs, "relay.token_key_rotation_secs", 0, 365 * day, day)?;
@@ -705,6 +717,8 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
         alternate_ip,
         socket_buffer_bytes,
         batch,
+        threads,
+        gso: r.gso.unwrap_or(false),
         token_key_rotation: Duration::from_secs(rotation),
         stats_log_interval,
         core,
@@ -950,6 +964,14 @@ mod tests {
         assert_eq!(c.relay.core, RelayConfig::default());
         assert_eq!(c.relay.token_key_rotation, Duration::from_secs(86_400));
         assert_eq!(c.relay.listen_addrs().len(), 2);
+        assert_eq!(c.relay.threads, 0, "one data-plane thread per CPU");
+        let c = ShardConfig::parse(&format!("{}[relay]\nthreads = 4\n", minimal())).unwrap();
+        assert_eq!(c.relay.threads, 4);
+        assert!(!c.relay.gso);
+        let c = ShardConfig::parse(&format!("{}[relay]\ngso = true\n", minimal())).unwrap();
+        assert!(c.relay.gso);
+        let e = ShardConfig::parse(&format!("{}[relay]\ngso = 1\n", minimal())).unwrap_err().to_string();
+        assert!(e.contains("gso"), "{e}");
         assert!(!format!("{:?}", c.shard).contains("0123456789abcdef"));
     }
 
@@ -1013,6 +1035,8 @@ mod tests {
             "relay.alternate_port"
         );
         assert_eq!(err_key(&format!("{m}[relay]\nbatch = 0\n")), "relay.batch");
+        assert_eq!(err_key(&format!("{m}[relay]\nthreads = -1\n")), "relay.threads");
+        assert_eq!(err_key(&format!("{m}[relay]\nthreads = 257\n")), "relay.threads");
         assert_eq!(err_key(&format!("{m}[relay]\nidle_timeout_secs = 1\n")), "relay.idle_timeout_secs");
         assert_eq!(
             err_key(&format!("{m}[relay]\ntoken_key_rotation_secs = 60\n")),

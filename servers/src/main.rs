@@ -92,6 +92,10 @@ enum ShardRole {
         /// enough, the shard secret is not needed.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Data-plane threads (overrides `relay.threads`; 0 = one per CPU).
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(0..=p2pmodel_servers::relay::steer::MAX_THREADS as i64))]
+        threads: Option<u16>,
     },
     /// Every role of the shard in one process: relay, Agent (+ login service), Lobby and
     /// every Game server. Prints what listens where.
@@ -190,8 +194,14 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => p2pmodel_servers::fuzz::main(&args),
         Command::Netcheck(args) => report(p2pmodel_servers::netcheck::run(&args)),
         Command::Stun(args) => report(p2pmodel_servers::netcheck::serve_stun(&args)),
-        Command::Shard { role: ShardRole::Relay { config } } => match RelayRoleConfig::load(&config) {
-            Ok(c) => run_relay(&c),
+        Command::Shard { role: ShardRole::Relay { config, threads } } => match RelayRoleConfig::load(&config)
+        {
+            Ok(mut c) => {
+                if let Some(n) = threads {
+                    c.relay.threads = usize::from(n);
+                }
+                run_relay(&c)
+            }
             Err(e) => {
                 eprintln!("p2pmodel: bad configuration: {e}");
                 ExitCode::from(2)

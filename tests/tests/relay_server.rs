@@ -37,6 +37,16 @@ fn start() -> RelayServer {
     start_with(RelayConfig::default(), false)
 }
 
+/// A relay with `threads` data-plane threads on one loopback port (no STUN-only port).
+fn start_threads(core: RelayConfig, threads: usize) -> RelayServer {
+    let mut o = RelayServerOptions::new(vec!["127.0.0.1:0".parse().unwrap()], core, keys());
+    o.threads = threads;
+    o.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = RelayServer::start(o).expect("relay starts on a free loopback port");
+    assert_eq!(relay.threads(), threads, "the kernel takes the steering program");
+    relay
+}
+
 fn sock() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -76,6 +86,20 @@ fn drain(s: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
     let mut buf = [0u8; 2048];
     while let Ok((n, _)) = s.recv_from(&mut buf) {
         out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// The next `n` relayed data datagrams on `s` (BindAcks skipped), waiting at most [`WAIT`].
+fn recv_data(s: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = vec![];
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        let (len, _) = s.recv_from(&mut buf).expect("relayed datagram");
+        if buf[0] == 0x22 {
+            out.push(buf[..len].to_vec());
+        }
     }
     out
 }
@@ -461,4 +485,193 @@ fn relay_server_config_errors_name_the_key() {
     let e = ShardConfig::load(&f).unwrap_err().to_string();
     assert!(e.contains("packets_per_second"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn relay_server_steers_both_sides_of_every_link_to_one_thread_and_sums_their_stats() {
+    for threads in [2usize, 4] {
+        let relay = start_threads(RelayConfig::default(), threads);
+        let r = relay.primary_addr();
+        // 24 links, every side on its own socket (48 source addresses).
+        let links: Vec<u32> = (0..24).map(|i| 1000 + i * 7).collect();
+        let pairs: Vec<(UdpSocket, UdpSocket)> = links.iter().map(|&l| pair(&relay, l)).collect();
+        for (&l, (a, b)) in links.iter().zip(&pairs) {
+            for pn in 0..5 {
+                a.send_to(&data(l, Side::A, pn, 100), r).unwrap();
+            }
+            b.send_to(&data(l, Side::B, 0, 90), r).unwrap();
+        }
+        for (&l, (a, b)) in links.iter().zip(&pairs) {
+            let to_b = recv_data(b, 5);
+            assert_eq!(to_b, (0..5).map(|pn| data(l, Side::A, pn, 100)).collect::<Vec<_>>(), "link {l}");
+            assert_eq!(recv_data(a, 1), vec![data(l, Side::B, 0, 90)], "link {l}");
+        }
+        let total = links.len() as u64 * 6;
+        let s = wait_for(&relay, "all forwarded", |s| s.forwarded_packets == total);
+        let per = relay.thread_snapshots();
+        assert_eq!(per.len(), threads);
+        for (i, t) in per.iter().enumerate() {
+            // Thread i holds exactly the links whose id ≡ i (mod threads), both sides.
+            let mine = links.iter().filter(|&&l| l as usize % threads == i).count() as u64;
+            assert_eq!(t.active_bindings, 2 * mine, "thread {i} of {threads}");
+            assert_eq!(t.forwarded_packets, 6 * mine, "thread {i} of {threads}");
+            assert_eq!(t.plane.misrouted, 0);
+        }
+        // The server's counters are the threads' sums.
+        let sum = |f: fn(&StatsSnapshot) -> u64| per.iter().map(f).sum::<u64>();
+        assert_eq!(s.active_bindings, sum(|t| t.active_bindings));
+        assert_eq!(s.binds_accepted, sum(|t| t.binds_accepted));
+        assert_eq!(s.received_packets, sum(|t| t.received_packets));
+        assert_eq!(s.latency.iter().sum::<u64>(), total);
+        assert_eq!(s.thread_forwarded, per.iter().map(|t| t.forwarded_packets).collect::<Vec<_>>());
+        assert_eq!(s.dropped_total(), 0);
+        let text = http_get(relay.metrics_addr().unwrap(), "/metrics");
+        for line in [
+            format!("p2pmodel_relay_data_plane_threads {threads}"),
+            format!("p2pmodel_relay_forwarded_packets_total {total}"),
+            format!("p2pmodel_relay_active_bindings {}", 2 * links.len()),
+            format!(
+                "p2pmodel_relay_thread_forwarded_packets_total{{thread=\"0\"}} {}",
+                per[0].forwarded_packets
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}
+
+#[test]
+fn relay_server_answers_stun_on_any_thread() {
+    let relay = start_threads(RelayConfig::default(), 2);
+    let tid = p2pmodel_core::stun::TransactionId::new([5; 12]);
+    let req =
+        p2pmodel_core::stun::Message::padded_binding_request(tid, p2pmodel_core::stun::ChangeRequest::NONE)
+            .encode();
+    // 32 source ports: the kernel spreads them over the threads by 4-tuple hash.
+    for _ in 0..32 {
+        let s = sock();
+        s.send_to(&req, relay.primary_addr()).unwrap();
+        let mut buf = [0u8; 256];
+        let (_, from) = s.recv_from(&mut buf).expect("answered");
+        assert_eq!(from, relay.primary_addr());
+    }
+    wait_for(&relay, "32 answers", |s| s.plane.stun_answered == 32);
+    let per = relay.thread_snapshots();
+    assert!(per.iter().all(|t| t.plane.stun_answered > 0), "both threads answered: {per:#?}");
+}
+
+#[test]
+fn relay_server_key_rotation_reaches_every_thread() {
+    let relay = start_threads(RelayConfig::default(), 4);
+    let r = relay.primary_addr();
+    let mut k = keys();
+    k.rotate(8, [8; 32]).unwrap();
+    k.rotate(9, [9; 32]).unwrap();
+    relay.set_keys(k.clone());
+    let deadline = Instant::now() + WAIT;
+    while !relay.thread_snapshots().iter().all(|t| t.current_key_id == 9) {
+        assert!(Instant::now() < deadline, "a thread kept its old keys");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // On every thread (links 0..4 steer to threads 0..4): the newest key binds, the previous
+    // one still does, the one before is forgotten.
+    for link in 0..4u32 {
+        let s = sock();
+        client(link, Side::A, &k).bind(&s, r, WAIT).unwrap();
+        client(link, Side::B, &TokenKeys::new(8, [8; 32])).bind(&s, r, WAIT).unwrap();
+        s.send_to(&client(link + 100, Side::A, &keys()).next_bind(), r).unwrap();
+    }
+    wait_for(&relay, "old-key refusals", |s| s.dropped(DropReason::UnknownKey) == 4);
+    for (i, t) in relay.thread_snapshots().iter().enumerate() {
+        assert_eq!(t.binds_accepted, 2, "thread {i}");
+        assert_eq!(t.dropped(DropReason::UnknownKey), 1, "thread {i}");
+    }
+}
+
+#[test]
+fn relay_server_source_quota_holds_across_threads() {
+    let core = RelayConfig {
+        source_quota: Quota { packets_per_sec: 200, bytes_per_sec: 10_000_000 },
+        ..RelayConfig::default()
+    };
+    let relay = start_threads(core, 2);
+    let r = relay.primary_addr();
+    // One client socket with four links, two on each thread; each peer elsewhere.
+    let me = sock();
+    let peers: Vec<UdpSocket> = (0..4).map(|_| sock()).collect();
+    for (l, p) in (0..4u32).zip(&peers) {
+        client(l, Side::A, &keys()).bind_validated(&me, r, WAIT).unwrap();
+        client(l, Side::B, &keys()).bind_validated(p, r, WAIT).unwrap();
+    }
+    drain(&me, Duration::from_millis(50));
+    let started = Instant::now();
+    for pn in 0..2000u64 {
+        let l = (pn % 4) as u32;
+        me.send_to(&data(l, Side::A, pn, 100), r).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let got: usize = peers.iter().map(|p| drain(p, Duration::from_millis(200)).len()).sum();
+    // One bucket for the address over both threads: 50 packets of burst + 200/s.
+    let allowed = 50 + (200.0 * (elapsed + 0.5)) as usize;
+    assert!(got <= allowed, "the address got {got} > {allowed} through two threads");
+    assert!(got >= 50, "the burst passes: {got}");
+    let per = relay.thread_snapshots();
+    // Both threads saw half of the flood each, and drew from the one bucket.
+    assert!(per.iter().all(|t| t.received_packets >= 1000), "{per:#?}");
+    let s = wait_for(&relay, "quota drops", |s| s.dropped(DropReason::SourceQuota) as usize + got >= 2000);
+    assert_eq!(s.dropped(DropReason::SourceQuota) as usize, 2000 - got);
+    assert_eq!(relay.shared_limits().sources(), 5);
+}
+
+#[test]
+fn relay_server_gso_and_gro_forward_every_datagram_in_order() {
+    use p2pmodel_servers::relay::batch::{RecvBatch, SendBatch};
+    use std::os::fd::AsRawFd;
+    for (gso_send, gro_recv) in [(true, false), (true, true)] {
+        let mut o =
+            RelayServerOptions::new(vec!["127.0.0.1:0".parse().unwrap()], RelayConfig::default(), keys());
+        o.threads = 2;
+        o.gso_send = gso_send;
+        o.gro_recv = gro_recv;
+        let relay = RelayServer::start(o).unwrap();
+        let r = relay.primary_addr();
+        let (a, b) = pair(&relay, 6);
+        // A burst of 40 datagrams of link 6 as one GSO message from the client.
+        let mut burst = SendBatch::new(64, false);
+        burst.set_gso(true);
+        for pn in 0..40 {
+            assert!(burst.push_copy(&data(6, Side::A, pn, 200), r));
+        }
+        assert_eq!(burst.flush(a.as_raw_fd(), &RecvBatch::new(1)).sent, 40);
+        let got = recv_data(&b, 40);
+        assert_eq!(
+            got,
+            (0..40).map(|pn| data(6, Side::A, pn, 200)).collect::<Vec<_>>(),
+            "{gso_send} {gro_recv}"
+        );
+        let s = wait_for(&relay, "40 forwarded", |s| s.forwarded_packets == 40);
+        assert_eq!(s.plane.misrouted, 0, "one link's burst stays on its thread");
+
+        // One client socket with two links steered to different threads (6 → 0, 7 → 1)
+        // sends one GSO burst mixing them. The kernel picks the socket for the whole burst
+        // by its first datagram (with or without GRO on the relay's socket): thread 0 gets
+        // link 7's half too and hands it to thread 1. Nothing is lost, order per link holds.
+        let e = sock();
+        client(7, Side::A, &keys()).bind_validated(&a, r, WAIT).unwrap();
+        client(7, Side::B, &keys()).bind_validated(&e, r, WAIT).unwrap();
+        let mut mixed = SendBatch::new(64, false);
+        mixed.set_gso(true);
+        for pn in 0..10u64 {
+            assert!(mixed.push_copy(&data(6 + (pn % 2) as u32, Side::A, 100 + pn, 200), r));
+        }
+        assert_eq!(mixed.flush(a.as_raw_fd(), &RecvBatch::new(1)).sent, 10);
+        let to_b = recv_data(&b, 5);
+        assert_eq!(to_b, (0..5).map(|k| data(6, Side::A, 100 + 2 * k, 200)).collect::<Vec<_>>());
+        let to_e = recv_data(&e, 5);
+        assert_eq!(to_e, (0..5).map(|k| data(7, Side::A, 101 + 2 * k, 200)).collect::<Vec<_>>());
+        let s = wait_for(&relay, "the mixed burst", |s| s.forwarded_packets == 50);
+        assert_eq!((s.plane.misrouted, s.plane.handoff_dropped), (5, 0), "link 7's half handed over");
+        let per = relay.thread_snapshots();
+        assert_eq!(per[1].forwarded_packets, 5, "thread 1 relayed link 7");
+    }
 }

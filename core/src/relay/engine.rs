@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use foldhash::fast::RandomState;
@@ -13,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::config::RelayConfig;
-use super::quota::FlowLimiter;
+use super::quota::{FlowLimiter, SharedLimits, SourceLimiter};
 use super::stats::{DropReason, RelayStats};
 use super::token::{TokenError, TokenKeys, check_expiry, verify_token};
 use crate::proto::peer::{LinkId, PEER_HEADER_LEN, PeerHeader, Side, TAG_LEN};
@@ -95,7 +96,7 @@ pub struct BindingInfo {
 
 /// Per-source state: the address's quota and how many live bindings use it.
 struct SourceState {
-    limiter: FlowLimiter,
+    limiter: SourceLimiter,
     refs: u32,
 }
 
@@ -148,6 +149,7 @@ fn route_key(link: LinkId, side: Side) -> u64 {
 
 fn acquire_source(
     sources: &mut HashMap<SocketAddr, SourceState, RandomState>,
+    shared: Option<&SharedLimits>,
     addr: SocketAddr,
     now: Instant,
     cfg: &RelayConfig,
@@ -155,17 +157,29 @@ fn acquire_source(
     sources
         .entry(addr)
         .or_insert_with(|| SourceState {
-            limiter: FlowLimiter::new(now, cfg.source_quota, cfg.quota_burst),
+            limiter: match shared {
+                Some(s) => {
+                    SourceLimiter::Shared(s.acquire_source(addr, now, cfg.source_quota, cfg.quota_burst))
+                }
+                None => SourceLimiter::Local(FlowLimiter::new(now, cfg.source_quota, cfg.quota_burst)),
+            },
             refs: 0,
         })
         .refs += 1;
 }
 
-fn release_source(sources: &mut HashMap<SocketAddr, SourceState, RandomState>, addr: SocketAddr) {
+fn release_source(
+    sources: &mut HashMap<SocketAddr, SourceState, RandomState>,
+    shared: Option<&SharedLimits>,
+    addr: SocketAddr,
+) {
     if let Some(s) = sources.get_mut(&addr) {
         s.refs = s.refs.saturating_sub(1);
         if s.refs == 0 {
             sources.remove(&addr);
+            if let Some(sh) = shared {
+                sh.release_source(addr);
+            }
         }
     }
 }
@@ -179,6 +193,7 @@ pub struct Relay {
     clock: ClockAnchor,
     bindings: HashMap<u64, Binding, RandomState>,
     sources: HashMap<SocketAddr, SourceState, RandomState>,
+    shared: Option<Arc<SharedLimits>>,
     stats: RelayStats,
     next_sweep: Instant,
 }
@@ -216,8 +231,26 @@ impl Relay {
             clock,
             bindings: HashMap::default(),
             sources: HashMap::default(),
+            shared: None,
             stats: RelayStats::default(),
             next_sweep,
+        }
+    }
+
+    /// Share the per-source quotas and the `max_bindings` bound with the other relays of a
+    /// multi-threaded data plane (one relay per thread, datagrams steered by link id), so
+    /// they hold over all threads together. Call before the first datagram.
+    pub fn with_shared_limits(mut self, shared: Arc<SharedLimits>) -> Relay {
+        debug_assert!(self.bindings.is_empty(), "share limits before any binding exists");
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether one more table entry may be created (and, when shared, reserve it).
+    fn reserve_entry(&self) -> bool {
+        match &self.shared {
+            Some(s) => s.reserve_entry(self.config.max_bindings),
+            None => self.bindings.len() < self.config.max_bindings,
         }
     }
 
@@ -402,7 +435,7 @@ impl Relay {
         let key = route_key(req.link, req.side);
         match self.bindings.get(&key) {
             Some(b) if req.counter <= b.last_counter => return Action::Drop(DropReason::Replay),
-            None if self.bindings.len() >= self.config.max_bindings => {
+            None if !self.reserve_entry() => {
                 return Action::Drop(DropReason::TableFull);
             }
             _ => {}
@@ -426,6 +459,7 @@ impl Relay {
         let cfg = &self.config;
         let stats = &mut self.stats;
         let sources = &mut self.sources;
+        let shared = self.shared.as_deref();
         let b = self.bindings.entry(key).or_insert_with(|| {
             stats.table_entries += 1;
             Binding {
@@ -445,8 +479,8 @@ impl Relay {
         let was_live = b.state(now, unix, cfg) == State::Live;
         if was_live {
             if b.addr != from {
-                release_source(sources, b.addr);
-                acquire_source(sources, from, now, cfg);
+                release_source(sources, shared, b.addr);
+                acquire_source(sources, shared, from, now, cfg);
                 b.addr = from;
                 b.validated = false;
                 b.rx = 0;
@@ -456,11 +490,11 @@ impl Relay {
         } else {
             if b.active {
                 // Expired but not swept yet.
-                release_source(sources, b.addr);
+                release_source(sources, shared, b.addr);
                 stats.active_bindings -= 1;
                 stats.bindings_expired += 1;
             }
-            acquire_source(sources, from, now, cfg);
+            acquire_source(sources, shared, from, now, cfg);
             b.active = true;
             b.addr = from;
             b.validated = false;
@@ -543,16 +577,20 @@ impl Relay {
         let cfg = &self.config;
         let stats = &mut self.stats;
         let sources = &mut self.sources;
+        let shared = self.shared.as_deref();
         self.bindings.retain(|_, b| {
             if b.active && b.state(now, unix, cfg) != State::Live {
                 b.active = false;
-                release_source(sources, b.addr);
+                release_source(sources, shared, b.addr);
                 stats.active_bindings -= 1;
                 stats.bindings_expired += 1;
             }
             let keep = b.active || b.floor_until > unix;
             if !keep {
                 stats.table_entries -= 1;
+                if let Some(s) = shared {
+                    s.release_entry();
+                }
             }
             keep
         });

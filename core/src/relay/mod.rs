@@ -37,5 +37,6 @@ pub use config::{Quota, RelayConfig};
 pub use endpoint::RelayEndpoint;
 pub use engine::{Action, BindingInfo, COOKIE_SECRET_LEN, ClockAnchor, Notify, Relay, ReplyBuf};
 pub use keys::{KeySchedule, MINT_LAG, RelayKey, SHARD_SECRET_LEN};
+pub use quota::SharedLimits;
 pub use stats::{DropReason, RelayStats};
 pub use token::{TokenError, TokenKeys, check_expiry, mint, verify_token};

@@ -1,7 +1,14 @@
 //! Token-bucket rate limiting on virtual time, in integer arithmetic (deterministic, no
-//! floating point, no allocation).
+//! floating point, no allocation), and the limits several relays of one data plane share
+//! ([`SharedLimits`]).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use foldhash::fast::RandomState;
 
 use super::config::Quota;
 
@@ -82,6 +89,105 @@ impl FlowLimiter {
         } else {
             false
         }
+    }
+}
+
+/// A source address's limiter: owned by one relay, or shared by the relays of a
+/// multi-threaded data plane (the address may have links on several threads).
+#[derive(Debug)]
+pub(crate) enum SourceLimiter {
+    /// One relay only (single-threaded data plane): no synchronisation.
+    Local(FlowLimiter),
+    /// Every relay of the data plane that has a binding at this address holds it.
+    Shared(SharedFlowLimiter),
+}
+
+impl SourceLimiter {
+    /// [`FlowLimiter::allow`] on the one limiter of this address.
+    pub(crate) fn allow(&mut self, now: Instant, len: usize) -> bool {
+        match self {
+            SourceLimiter::Local(l) => l.allow(now, len),
+            SourceLimiter::Shared(l) => relock(l).allow(now, len),
+        }
+    }
+}
+
+/// Lock, ignoring poisoning: nothing that holds these locks can panic half-way.
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One address's limiter, shared by the relays holding a binding at it.
+type SharedFlowLimiter = Arc<Mutex<FlowLimiter>>;
+
+/// What the relays of one multi-threaded data plane share so that its limits hold across
+/// threads exactly as in one relay (`Relay::with_shared_limits`):
+///
+/// - the **per-source quota**: one address may have links on every thread (links are steered
+///   by link id, not by address), so each address has one [`FlowLimiter`] shared by the
+///   relays that hold a binding at it. The per-datagram check locks that address's limiter
+///   only (a `Mutex` held for the bucket arithmetic, ~20 ns, no system call inside): it is
+///   uncontended unless one address sends on two threads at the same instant. The registry
+///   lock is taken only when a binding starts, moves or ends at an address (Bind path,
+///   sweep), never per datagram;
+/// - the **table bound** (`max_bindings`): one atomic count of entries over all relays,
+///   reserved before an entry is created, released when the sweep removes it (lock-free).
+///
+/// Per-(link, side) state (bindings, replay floors, link quotas, anti-amplification budgets)
+/// is not shared: both sides of a link always reach the same relay.
+#[derive(Debug, Default)]
+pub struct SharedLimits {
+    /// Per address: how many relays hold its limiter, and the limiter.
+    sources: Mutex<HashMap<SocketAddr, (u32, SharedFlowLimiter), RandomState>>,
+    entries: AtomicUsize,
+}
+
+impl SharedLimits {
+    /// The limiter of `addr` (created full with `quota` if no relay holds it yet); call
+    /// [`SharedLimits::release_source`] once per call when the caller stops using it.
+    pub(crate) fn acquire_source(
+        &self,
+        addr: SocketAddr,
+        now: Instant,
+        quota: Quota,
+        burst: Duration,
+    ) -> SharedFlowLimiter {
+        let mut map = relock(&self.sources);
+        let e =
+            map.entry(addr).or_insert_with(|| (0, Arc::new(Mutex::new(FlowLimiter::new(now, quota, burst)))));
+        e.0 += 1;
+        e.1.clone()
+    }
+
+    /// One holder of `addr`'s limiter is done with it; the last one removes it.
+    pub(crate) fn release_source(&self, addr: SocketAddr) {
+        let mut map = relock(&self.sources);
+        if let Some(e) = map.get_mut(&addr) {
+            e.0 = e.0.saturating_sub(1);
+            if e.0 == 0 {
+                map.remove(&addr);
+            }
+        }
+    }
+
+    /// Reserve one table entry if fewer than `max` exist over all relays.
+    pub(crate) fn reserve_entry(&self, max: usize) -> bool {
+        self.entries.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// An entry was removed.
+    pub(crate) fn release_entry(&self) {
+        let _ = self.entries.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Binding-table entries over all relays sharing these limits.
+    pub fn table_entries(&self) -> usize {
+        self.entries.load(Ordering::Acquire)
+    }
+
+    /// Source addresses with at least one live binding on some relay.
+    pub fn sources(&self) -> usize {
+        relock(&self.sources).len()
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -899,4 +900,110 @@ fn relay_hot_path_does_not_allocate() {
     let allocs = alloc_count::count() - before;
     assert_eq!(forwarded, 2_000);
     assert_eq!(allocs, 0, "the hot path allocated {allocs} times");
+}
+
+/// Bind `c` on `r` and echo the cookie: the address ends validated.
+fn bind_validated_on(r: &mut Relay, now: Instant, c: &mut Client) {
+    let mut buf = ReplyBuf::default();
+    for _ in 0..2 {
+        match r.process(now, c.addr, &c.next_bind(), &mut buf) {
+            Action::Reply { len, .. } => {
+                let reply = buf.reply[..len].to_vec();
+                c.take_ack(&reply);
+            }
+            other => panic!("bind refused: {other:?}"),
+        }
+    }
+    assert!(c.last_ack.is_some_and(|a| a.validated));
+}
+
+#[test]
+fn relay_shared_limits_hold_across_the_relays_of_one_data_plane() {
+    // Two relays, as two data-plane threads: links steered by link id (even → 0, odd → 1).
+    let config = RelayConfig {
+        source_quota: Quota { packets_per_sec: 1_000, bytes_per_sec: 10_000_000 },
+        max_bindings: 10,
+        ..RelayConfig::default()
+    };
+    let keys = TokenKeys::new(1, [0x11; 32]);
+    let t0 = Instant::now();
+    let run = |shared: Option<Arc<SharedLimits>>| {
+        let mk = || {
+            let r = Relay::new(
+                config.clone(),
+                keys.clone(),
+                ClockAnchor { at: t0, unix_micros: UNIX0 * 1_000_000 },
+                [0x77; 32],
+            );
+            match &shared {
+                Some(s) => r.with_shared_limits(s.clone()),
+                None => r,
+            }
+        };
+        let mut relays = [mk(), mk()];
+        let t = t0 + Duration::from_secs(1);
+        // One client address with 4 relayed links, two on each relay; each peer elsewhere.
+        let mut mine = vec![];
+        for l in 0..4u32 {
+            let link = 10 + l;
+            let r = &mut relays[(link % 2) as usize];
+            let mut m = Client::new(&keys, "198.51.100.1:4000", link, Side::A, HOUR);
+            let mut p = Client::new(&keys, &format!("203.0.113.{}:4000", l + 1), link, Side::B, HOUR);
+            bind_validated_on(r, t, &mut m);
+            bind_validated_on(r, t, &mut p);
+            mine.push(m);
+        }
+        // 4,000 pkt/s from the one address, spread over both relays, for 1 s.
+        let mut buf = ReplyBuf::default();
+        let mut ok = 0u64;
+        for i in 0..4_000u64 {
+            let now = t + Duration::from_micros(i * 250);
+            let m = &mine[(i % 4) as usize];
+            let r = &mut relays[(m.link.0 % 2) as usize];
+            if matches!(r.process(now, m.addr, &m.data(i, 100), &mut buf), Action::Forward { .. }) {
+                ok += 1;
+            }
+        }
+        let quota_drops: u64 = relays.iter().map(|r| r.stats().dropped(DropReason::SourceQuota)).sum();
+        assert_eq!(quota_drops, 4_000 - ok);
+        (relays, ok)
+    };
+
+    // Without sharing, each relay applies the address's quota on its own: twice the quota.
+    let (_, alone) = run(None);
+    assert!(alone > 2_000, "{alone}");
+
+    let shared = Arc::new(SharedLimits::default());
+    let (mut relays, ok) = run(Some(shared.clone()));
+    // Shared: one bucket for the address over both relays, 1 s × 1,000 pkt/s + 250 burst.
+    assert!((1_000..=1_251).contains(&ok), "{ok}");
+    assert_eq!(shared.sources(), 5, "the client and its four peers");
+
+    // The table bound spans both relays: 8 entries exist, 2 more fit, then none on either.
+    assert_eq!(shared.table_entries(), 8);
+    let t = t0 + Duration::from_secs(3);
+    for link in [20u32, 21] {
+        let mut c = Client::new(&keys, "198.51.100.9:4000", link, Side::A, HOUR);
+        bind_validated_on(&mut relays[(link % 2) as usize], t, &mut c);
+    }
+    let mut buf = ReplyBuf::default();
+    for link in [22u32, 23] {
+        let mut c = Client::new(&keys, "198.51.100.9:4000", link, Side::A, HOUR);
+        let r = &mut relays[(link % 2) as usize];
+        assert_eq!(r.process(t, c.addr, &c.next_bind(), &mut buf), Action::Drop(DropReason::TableFull));
+    }
+    let per_relay: u64 = relays.iter().map(|r| r.stats().table_entries).sum();
+    assert_eq!(per_relay, 10);
+
+    // Idle bindings end on both relays: the address is released; the replay floors go when
+    // their tokens expire, and the shared count with them.
+    for r in &mut relays {
+        r.handle_timeout(t0 + Duration::from_secs(100));
+    }
+    assert_eq!(shared.sources(), 0);
+    assert_eq!(shared.table_entries(), 10);
+    for r in &mut relays {
+        r.handle_timeout(t0 + Duration::from_secs(HOUR + 10));
+    }
+    assert_eq!(shared.table_entries(), 0);
 }

@@ -46,6 +46,8 @@ impl RelayRuntime {
         );
         opts.socket_buffer_bytes = config.relay.socket_buffer_bytes;
         opts.batch = config.relay.batch;
+        opts.threads = config.relay.threads;
+        opts.gso_send = config.relay.gso;
         opts.metrics = config.metrics;
 
         let server = RelayServer::start(opts)?;

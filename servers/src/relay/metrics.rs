@@ -179,6 +179,27 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         s.current_key_id,
     );
 
+    metric(
+        &mut o,
+        "p2pmodel_relay_data_plane_threads",
+        "gauge",
+        "Data-plane threads (one socket and one relay state each, steered by link id).",
+        s.thread_forwarded.len(),
+    );
+    metric(
+        &mut o,
+        "p2pmodel_relay_handed_off_packets_total",
+        "counter",
+        "Relay datagrams the kernel gave to another thread than their link id's (a GSO/GRO burst mixing links), handed over to theirs.",
+        s.plane.misrouted,
+    );
+    let name = "p2pmodel_relay_thread_forwarded_packets_total";
+    let _ =
+        writeln!(o, "# HELP {name} Peer datagrams forwarded, by data-plane thread.\n# TYPE {name} counter");
+    for (i, v) in s.thread_forwarded.iter().enumerate() {
+        let _ = writeln!(o, "{name}{{thread=\"{i}\"}} {v}");
+    }
+
     let name = "p2pmodel_relay_dropped_packets_total";
     let _ = writeln!(o, "# HELP {name} Datagrams dropped, by reason.\n# TYPE {name} counter");
     for r in DropReason::ALL {
@@ -191,6 +212,7 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         ("send_error", s.plane.send_errors),
         ("batch_overflow", s.plane.batch_overflow),
         ("truncated", s.plane.truncated),
+        ("handoff_full", s.plane.handoff_dropped),
     ] {
         let _ = writeln!(o, "{name}{{reason=\"{label}\"}} {v}");
     }

@@ -1,7 +1,8 @@
 //! The Punch/Relay role: `p2pmodel shard relay`.
 //!
-//! - [`server`]: the data plane — sockets, one thread, batched I/O around the sans-IO
-//!   [`p2pmodel_core::relay::Relay`]; [`RelayServer`] is its handle.
+//! - [`server`]: the data plane — one thread per core, each with its own socket and its own
+//!   sans-IO [`p2pmodel_core::relay::Relay`], batched I/O; [`RelayServer`] is its handle.
+//! - [`steer`]: the reuseport group and the BPF program that steers by link id.
 //! - [`batch`]: `recvmmsg` / `sendmmsg` buffers, allocated once.
 //! - [`stun`]: the [`StunHook`] STUN datagrams are handed to, and a minimal Binding responder.
 //! - [`metrics`]: the Prometheus endpoint; [`histogram`]: forwarding latency buckets.
@@ -19,9 +20,10 @@ pub use p2pmodel_core::relay::keys;
 pub mod metrics;
 pub mod server;
 pub mod stats;
+pub mod steer;
 pub mod stun;
 
 pub use app::{RelayControlPlugin, RelayRuntime, relay_app, run_relay};
 pub use keys::{KeySchedule, RelayKey};
-pub use server::{PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot};
+pub use server::{PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot, StunHookFactory};
 pub use stun::StunHook;

@@ -1,39 +1,43 @@
-//! The relay data plane: UDP sockets, one thread, [`Relay::process`] per datagram.
+//! The relay data plane: UDP sockets, one thread per core, [`Relay::process`] per datagram.
 //!
 //! ```text
+//! N threads (default one per CPU), each with its own socket on the relay port
+//! (SO_REUSEPORT, steered by link id in the kernel: `steer`) and its own `Relay`:
 //! loop {
-//!     control messages (keys, shutdown)      ← mpsc, try_recv: no lock on the hot path
-//!     recvmmsg (non-blocking) on each socket
-//!       STUN  → StunHook → answer
+//!     control messages (keys)                 ← mpsc, try_recv: no lock on the hot path
+//!     recvmmsg (non-blocking) on its sockets
+//!       STUN  → StunHook → answer              (any thread)
 //!       relay → Relay::process → Forward (same bytes, zero-copy) | Reply (BindAck) | Drop
 //!     sendmmsg the batch; record recv→send latency
-//!     publish counters to atomics every few ms (read by metrics and the control plane)
-//!     nothing to read → poll() all sockets, ≤ 20 ms
+//!     publish counters to its atomics every few ms (summed by metrics and the control plane)
+//!     nothing to read → poll() its sockets, ≤ 20 ms
 //! }
 //! ```
-//! The thread never waits for a Bevy frame; the Bevy control plane only sends it control
-//! messages and reads the published counters.
+//! The threads never wait for a Bevy frame; the Bevy control plane only sends them control
+//! messages and reads the published counters. The per-source quota and the table bound are
+//! shared by the threads' relays ([`SharedLimits`]); everything else of a link lives on the
+//! one thread its link id steers to.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2pmodel_core::relay::{
-    Action, ClockAnchor, DropReason, Relay, RelayConfig, RelayStats, ReplyBuf, TokenKeys,
+    Action, ClockAnchor, DropReason, Relay, RelayConfig, RelayStats, ReplyBuf, SharedLimits, TokenKeys,
 };
-use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
-use super::batch::{RecvBatch, SCRATCH_LEN, SendBatch, poll_readable};
+use super::batch::{MAX_GSO_SEGMENTS, RecvBatch, SCRATCH_LEN, SendBatch, poll_readable};
 use super::histogram::{self, BUCKETS};
 use super::metrics::MetricsServer;
 use super::stats::MetricsSource;
 pub use super::stats::{PlaneStats, StatsSnapshot};
+use super::steer::{effective_threads, open_group, open_udp, thread_of};
 use super::stun::{StunHook, is_stun, stun_config_for, stun_server_hook};
 
 /// How often the data plane publishes its counters.
@@ -42,6 +46,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(5);
 const IDLE_POLL_MS: i32 = 20;
 /// At most this many sockets (primary, alternate port, alternate IP × 2).
 pub const MAX_SOCKETS: usize = 4;
+/// Datagrams waiting in one thread's hand-off queue at most; more are dropped and counted.
+const HANDOFF_QUEUE: usize = 4096;
 
 /// Why the relay server could not start.
 #[derive(Debug, Error)]
@@ -79,77 +85,256 @@ pub struct RelayServerOptions {
     pub socket_buffer_bytes: usize,
     /// Datagrams per recvmmsg / sendmmsg.
     pub batch: usize,
+    /// Data-plane threads, each with its own socket on the primary address and its own
+    /// relay state; 0 = one per CPU. Capped at [`super::steer::MAX_THREADS`]; 1 where the
+    /// kernel cannot steer by link id (not Linux, or the BPF program refused).
+    pub threads: usize,
     /// The sans-IO relay's configuration.
     pub core: RelayConfig,
     /// Token keys to start with (later ones via [`RelayServer::set_keys`]).
     pub keys: TokenKeys,
-    /// Where STUN datagrams go; `None`: [`minimal_binding_responder`](crate::relay::stun::minimal_binding_responder).
-    pub stun: Option<StunHook>,
+    /// Makes the STUN hook of each thread (STUN may reach any thread); `None`: the full STUN
+    /// server ([`stun_server_hook`]) laid out over the opened sockets.
+    pub stun: Option<StunHookFactory>,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Send runs of same-size forwarded datagrams to one destination as one `UDP_SEGMENT`
+    /// message (GSO; `relay.gso`). Off by default; measured by `bench relay --gso`.
+    pub gso_send: bool,
+    /// Receive bursts from one source coalesced (`UDP_GRO`) and relay each datagram in them.
+    /// Experimental (`bench relay --gso all`), off by default: GRO coalesces by address, not
+    /// link id, so a burst mixing links reaches one thread whole and the datagrams of links
+    /// steered elsewhere take the hand-off path (`misrouted`, a copy each).
+    pub gro_recv: bool,
 }
 
+/// Makes one [`StunHook`] per data-plane thread.
+pub type StunHookFactory = Box<dyn Fn() -> StunHook + Send>;
+
 impl RelayServerOptions {
-    /// Options with defaults: 4 MiB socket buffers, batches of 64, the minimal STUN
-    /// responder, no metrics endpoint.
+    /// Options with defaults: 4 MiB socket buffers, batches of 64, one thread per CPU, the
+    /// full STUN server, no metrics endpoint.
     pub fn new(listen: Vec<SocketAddr>, core: RelayConfig, keys: TokenKeys) -> RelayServerOptions {
         RelayServerOptions {
             listen,
             socket_buffer_bytes: 4 << 20,
             batch: 64,
+            threads: 0,
             core,
             keys,
             stun: None,
             metrics: None,
+            gso_send: false,
+            gro_recv: false,
         }
     }
 }
 
 const N_CORE: usize = RelayStats::COUNTERS;
-const N_PLANE: usize = 8;
+const N_PLANE: usize = 10;
 
-/// Counters published by the data plane (single writer, many readers: no contention).
-struct Shared {
+fn plane_array(p: &PlaneStats) -> [u64; N_PLANE] {
+    [
+        p.stun_answered,
+        p.stun_unanswered,
+        p.not_relay_port,
+        p.bad_source,
+        p.send_errors,
+        p.batch_overflow,
+        p.recv_batches,
+        p.truncated,
+        p.misrouted,
+        p.handoff_dropped,
+    ]
+}
+
+fn plane_from(p: [u64; N_PLANE]) -> PlaneStats {
+    let [
+        stun_answered,
+        stun_unanswered,
+        not_relay_port,
+        bad_source,
+        send_errors,
+        batch_overflow,
+        recv_batches,
+        truncated,
+        misrouted,
+        handoff_dropped,
+    ] = p;
+    PlaneStats {
+        stun_answered,
+        stun_unanswered,
+        not_relay_port,
+        bad_source,
+        send_errors,
+        batch_overflow,
+        recv_batches,
+        truncated,
+        misrouted,
+        handoff_dropped,
+    }
+}
+
+/// Counters one data-plane thread publishes (single writer, many readers: no contention).
+struct Published {
     core: [AtomicU64; N_CORE],
     drops: [AtomicU64; DropReason::COUNT],
     plane: [AtomicU64; N_PLANE],
     latency: [AtomicU64; BUCKETS],
     latency_sum_ns: AtomicU64,
+    /// The key id this thread's relay mints under (it applied the keys).
     key_id: AtomicU64,
     alive: AtomicBool,
-    shutdown: AtomicBool,
+    /// The thread's OS id (0 until it runs), for CPU accounting.
+    tid: AtomicU64,
 }
 
 fn atomics<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
 
-impl Shared {
-    fn snapshot(&self) -> StatsSnapshot {
-        let c: [u64; N_CORE] = std::array::from_fn(|i| self.core[i].load(Ordering::Relaxed));
-        let p: [u64; N_PLANE] = std::array::from_fn(|i| self.plane[i].load(Ordering::Relaxed));
-        let drops = std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed));
-        StatsSnapshot {
-            core: RelayStats::from_counters(c, drops),
-            plane: PlaneStats {
-                stun_answered: p[0],
-                stun_unanswered: p[1],
-                not_relay_port: p[2],
-                bad_source: p[3],
-                send_errors: p[4],
-                batch_overflow: p[5],
-                recv_batches: p[6],
-                truncated: p[7],
-            },
-            latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
-            latency_sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
-            current_key_id: self.key_id.load(Ordering::Relaxed) as u8,
+fn load<const N: usize>(a: &[AtomicU64; N]) -> [u64; N] {
+    std::array::from_fn(|i| a[i].load(Ordering::Relaxed))
+}
+
+fn store<const N: usize>(a: &[AtomicU64; N], v: &[u64; N]) {
+    for (a, &v) in a.iter().zip(v) {
+        a.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Plain copies of a thread's published counters, summable.
+#[derive(Clone, Copy)]
+struct Counters {
+    core: [u64; N_CORE],
+    drops: [u64; DropReason::COUNT],
+    plane: [u64; N_PLANE],
+    latency: [u64; BUCKETS],
+    latency_sum_ns: u64,
+}
+
+fn add<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
+impl Published {
+    fn new(key_id: u8) -> Published {
+        Published {
+            core: atomics(),
+            drops: atomics(),
+            plane: atomics(),
+            latency: atomics(),
+            latency_sum_ns: AtomicU64::new(0),
+            key_id: AtomicU64::new(u64::from(key_id)),
+            alive: AtomicBool::new(true),
+            tid: AtomicU64::new(0),
         }
+    }
+
+    fn read(&self) -> Counters {
+        Counters {
+            core: load(&self.core),
+            drops: load(&self.drops),
+            plane: load(&self.plane),
+            latency: load(&self.latency),
+            latency_sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        add(&mut self.core, &o.core);
+        add(&mut self.drops, &o.drops);
+        add(&mut self.plane, &o.plane);
+        add(&mut self.latency, &o.latency);
+        self.latency_sum_ns += o.latency_sum_ns;
+    }
+
+    fn snapshot(&self, key_id: u8, thread_forwarded: Vec<u64>) -> StatsSnapshot {
+        StatsSnapshot {
+            core: RelayStats::from_counters(self.core, self.drops),
+            plane: plane_from(self.plane),
+            latency: self.latency,
+            latency_sum_ns: self.latency_sum_ns,
+            current_key_id: key_id,
+            thread_forwarded,
+        }
+    }
+}
+
+/// What the server and its threads share: each thread's counters, the key id, shutdown.
+struct Shared {
+    threads: Vec<Published>,
+    key_id: AtomicU64,
+    shutdown: AtomicBool,
+}
+
+/// Index of the forwarded-packets counter in [`RelayStats::counters`].
+const FORWARDED: usize = 2;
+
+impl Shared {
+    /// Every thread's counters summed (gauges too: each thread's bindings are its own).
+    fn snapshot(&self) -> StatsSnapshot {
+        let per: Vec<Counters> = self.threads.iter().map(Published::read).collect();
+        let mut sum = per[0];
+        for c in &per[1..] {
+            sum.add(c);
+        }
+        let forwarded = per.iter().map(|c| c.core[FORWARDED]).collect();
+        sum.snapshot(self.key_id.load(Ordering::Relaxed) as u8, forwarded)
+    }
+
+    fn thread_snapshot(&self, i: usize) -> StatsSnapshot {
+        let t = &self.threads[i];
+        let c = t.read();
+        c.snapshot(t.key_id.load(Ordering::Relaxed) as u8, vec![c.core[FORWARDED]])
     }
 }
 
 enum Control {
     SetKeys(TokenKeys),
+}
+
+/// A relay datagram the kernel gave to another thread than its link id's, on its way to the
+/// right one. Only GSO/GRO bursts mixing links take this path (a copy each); the kernel
+/// steers everything else.
+struct Handoff {
+    from: SocketAddr,
+    bytes: Box<[u8]>,
+}
+
+/// Where other threads hand a thread its datagrams: a bounded queue (lock-free) and an
+/// eventfd that wakes the thread from `poll`.
+struct Mailbox {
+    tx: SyncSender<Handoff>,
+    wake: OwnedFd,
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call; on success we own the new descriptor.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Queue `data` for thread `t` and wake it; false when its queue is full.
+fn hand_off(mailboxes: &[Mailbox], t: usize, from: SocketAddr, data: &[u8]) -> bool {
+    let Some(m) = mailboxes.get(t) else { return false };
+    match m.tx.try_send(Handoff { from, bytes: data.into() }) {
+        Ok(()) => {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+            unsafe { libc::write(m.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            true
+        }
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    }
 }
 
 /// A recent-window view of the latency histogram, for p50/p99 over the last
@@ -178,61 +363,54 @@ impl LatencyWindow {
     }
 }
 
-/// A running relay: the data-plane thread, its sockets and (optionally) the metrics
-/// endpoint. Dropping it stops both and waits for them.
+/// A running relay: the data-plane threads, their sockets and (optionally) the metrics
+/// endpoint. Dropping it stops them all and waits for them.
 pub struct RelayServer {
     local: Vec<SocketAddr>,
     shared: Arc<Shared>,
-    control: Sender<Control>,
-    thread: Option<JoinHandle<()>>,
+    control: Vec<Sender<Control>>,
+    threads: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
     window: Arc<Mutex<LatencyWindow>>,
+    limits: Arc<SharedLimits>,
 }
 
 impl std::fmt::Debug for RelayServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayServer").field("local", &self.local).finish_non_exhaustive()
+        f.debug_struct("RelayServer")
+            .field("local", &self.local)
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
     }
-}
-
-fn open_socket(addr: SocketAddr, buf: usize) -> Result<UdpSocket, ServerError> {
-    let err = |source| ServerError::Bind { addr, source };
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    if addr.is_ipv6() {
-        // Dual-stack when bound to [::]: IPv4 clients appear as IPv4-mapped addresses.
-        let _ = s.set_only_v6(false);
-    }
-    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-    let _ = s.set_recv_buffer_size(buf);
-    let _ = s.set_send_buffer_size(buf);
-    s.bind(&addr.into()).map_err(err)?;
-    Ok(s.into())
 }
 
 impl RelayServer {
-    /// Open the sockets, start the data-plane thread and the metrics endpoint.
+    /// Open the sockets, start the data-plane threads and the metrics endpoint.
     pub fn start(opts: RelayServerOptions) -> Result<RelayServer, ServerError> {
         if opts.listen.is_empty() || opts.listen.len() > MAX_SOCKETS {
             return Err(ServerError::ListenCount(opts.listen.len()));
         }
-        let sockets = opts
-            .listen
+        let buf = opts.socket_buffer_bytes;
+        let bind_err = |addr| move |source| ServerError::Bind { addr, source };
+        let primary = opts.listen[0];
+        let group: Vec<UdpSocket> = open_group(primary, buf, effective_threads(opts.threads))
+            .map_err(bind_err(primary))?
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let alts: Vec<UdpSocket> = opts.listen[1..]
             .iter()
-            .map(|&a| open_socket(a, opts.socket_buffer_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let local = sockets
-            .iter()
-            .zip(&opts.listen)
-            .map(|(s, &a)| s.local_addr().map_err(|source| ServerError::Bind { addr: a, source }))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|&a| open_udp(a, buf, false).map(Into::into).map_err(bind_err(a)))
+            .collect::<Result<_, _>>()?;
+        let mut local = vec![group[0].local_addr().map_err(bind_err(primary))?];
+        for (s, &a) in alts.iter().zip(&opts.listen[1..]) {
+            local.push(s.local_addr().map_err(bind_err(a))?);
+        }
+        let n = group.len();
+        let key_id = opts.keys.current_id();
         let shared = Arc::new(Shared {
-            core: atomics(),
-            drops: atomics(),
-            plane: atomics(),
-            latency: atomics(),
-            latency_sum_ns: AtomicU64::new(0),
-            key_id: AtomicU64::new(u64::from(opts.keys.current_id())),
-            alive: AtomicBool::new(true),
+            threads: (0..n).map(|_| Published::new(key_id)).collect(),
+            key_id: AtomicU64::new(u64::from(key_id)),
             shutdown: AtomicBool::new(false),
         });
         let window = Arc::new(Mutex::new(LatencyWindow { ring: Default::default() }));
@@ -247,31 +425,88 @@ impl RelayServer {
         let now = Instant::now();
         let unix_micros =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let anchor = ClockAnchor { at: now, unix_micros };
+        // One cookie secret and clock for all threads: a cookie is valid on any of them.
         let mut cookie_secret = [0u8; 32];
         rand::fill(&mut cookie_secret);
-        let relay = Relay::new(opts.core, opts.keys, ClockAnchor { at: now, unix_micros }, cookie_secret);
-        let (tx, rx) = mpsc::channel();
-        let plane = DataPlane {
-            relay,
-            sockets,
+        let limits = Arc::new(SharedLimits::default());
+        let alts = Arc::new(alts);
+        let mut inboxes = vec![];
+        let mut mailboxes = vec![];
+        for _ in 0..n {
+            let (tx, rx) = mpsc::sync_channel(HANDOFF_QUEUE);
+            mailboxes.push(Mailbox { tx, wake: eventfd().map_err(ServerError::Thread)? });
+            inboxes.push(rx);
+        }
+        let mailboxes = Arc::new(mailboxes);
+        let mut server = RelayServer {
             local: local.clone(),
-            v6: local.iter().map(|a| a.is_ipv6()).collect(),
-            stun: opts.stun.unwrap_or_else(|| stun_server_hook(stun_config_for(&local))),
-            recv: RecvBatch::new(opts.batch),
-            send: SendBatch::new(opts.batch * 2, false),
-            reply: ReplyBuf::default(),
-            plane: PlaneStats::default(),
-            latency: [0; BUCKETS],
-            latency_sum_ns: 0,
             shared: shared.clone(),
-            control: rx,
+            control: vec![],
+            threads: vec![],
+            metrics,
+            window,
+            limits: limits.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("relay-data-plane".into())
-            .spawn(move || plane.run())
-            .map_err(ServerError::Thread)?;
-        tracing::info!(listen = ?local, metrics = ?metrics.as_ref().map(|m| m.local_addr()), "relay data plane started");
-        Ok(RelayServer { local, shared, control: tx, thread: Some(thread), metrics, window })
+        for ((index, own), inbox) in group.into_iter().enumerate().zip(inboxes) {
+            let mut relay = Relay::new(opts.core.clone(), opts.keys.clone(), anchor, cookie_secret);
+            if n > 1 {
+                relay = relay.with_shared_limits(limits.clone());
+            }
+            if opts.gro_recv
+                && let Err(e) = super::batch::enable_gro(own.as_raw_fd())
+            {
+                tracing::warn!("UDP_GRO refused ({e}); receiving datagram by datagram");
+            }
+            let mut reads = vec![(own.as_raw_fd(), 0)];
+            if index == 0 {
+                // The STUN-only sockets are read by thread 0; any thread may answer from them.
+                reads.extend(alts.iter().enumerate().map(|(j, s)| (s.as_raw_fd(), j + 1)));
+            }
+            let (tx, rx) = mpsc::channel();
+            let plane = DataPlane {
+                index,
+                threads: n,
+                relay,
+                own,
+                alts: alts.clone(),
+                reads,
+                local: local.clone(),
+                v6: local.iter().map(|a| a.is_ipv6()).collect(),
+                stun: match &opts.stun {
+                    Some(make) => make(),
+                    None => stun_server_hook(stun_config_for(&local)),
+                },
+                recv: if opts.gro_recv {
+                    RecvBatch::with_gro(opts.batch)
+                } else {
+                    RecvBatch::new(opts.batch)
+                },
+                send: {
+                    let per = if opts.gro_recv { MAX_GSO_SEGMENTS } else { 1 };
+                    let mut b = SendBatch::new(opts.batch * 2 * per, false);
+                    b.set_gso(opts.gso_send);
+                    b
+                },
+                reply: ReplyBuf::default(),
+                plane: PlaneStats::default(),
+                latency: [0; BUCKETS],
+                latency_sum_ns: 0,
+                shared: shared.clone(),
+                control: rx,
+                mailboxes: mailboxes.clone(),
+                inbox,
+            };
+            // On failure, `server` is dropped: the threads already started stop.
+            let t = std::thread::Builder::new()
+                .name(format!("relay-dp-{index}"))
+                .spawn(move || plane.run())
+                .map_err(ServerError::Thread)?;
+            server.control.push(tx);
+            server.threads.push(t);
+        }
+        tracing::info!(listen = ?local, threads = n, metrics = ?server.metrics_addr(), "relay data plane started");
+        Ok(server)
     }
 
     /// The bound local addresses, primary first (ports resolved when 0 was asked for).
@@ -289,9 +524,30 @@ impl RelayServer {
         self.metrics.as_ref().map(|m| m.local_addr())
     }
 
-    /// The latest published counters (at most a few milliseconds old).
+    /// How many data-plane threads run.
+    pub fn threads(&self) -> usize {
+        self.shared.threads.len()
+    }
+
+    /// The latest published counters of all threads, summed (at most a few milliseconds old).
     pub fn snapshot(&self) -> StatsSnapshot {
         self.shared.snapshot()
+    }
+
+    /// Each thread's own counters; `current_key_id` is the key id that thread applied.
+    pub fn thread_snapshots(&self) -> Vec<StatsSnapshot> {
+        (0..self.threads()).map(|i| self.shared.thread_snapshot(i)).collect()
+    }
+
+    /// The OS thread ids of the data-plane threads (`/proc/self/task/<tid>`; 0 for one not
+    /// running yet), for CPU accounting.
+    pub fn thread_ids(&self) -> Vec<u32> {
+        self.shared.threads.iter().map(|t| t.tid.load(Ordering::Relaxed) as u32).collect()
+    }
+
+    /// The limits the threads' relays share (per-source quotas, table bound).
+    pub fn shared_limits(&self) -> &SharedLimits {
+        &self.limits
     }
 
     /// Forwarding latency (p50, p99) in nanoseconds over the last ~10 s, if any datagram was
@@ -300,15 +556,18 @@ impl RelayServer {
         recent_latency(&self.shared, &self.window)
     }
 
-    /// Replace the token keys (rotation). Takes effect within one loop iteration.
+    /// Replace the token keys (rotation) on every thread. Each applies them within one loop
+    /// iteration ([`RelayServer::thread_snapshots`] shows when).
     pub fn set_keys(&self, keys: TokenKeys) {
         self.shared.key_id.store(u64::from(keys.current_id()), Ordering::Relaxed);
-        let _ = self.control.send(Control::SetKeys(keys));
+        for c in &self.control {
+            let _ = c.send(Control::SetKeys(keys.clone()));
+        }
     }
 
-    /// Whether the data-plane thread is still running.
+    /// Whether every data-plane thread is still running.
     pub fn is_alive(&self) -> bool {
-        self.shared.alive.load(Ordering::Relaxed)
+        self.shared.threads.iter().all(|t| t.alive.load(Ordering::Relaxed))
     }
 
     /// Stop the data plane and the metrics endpoint and wait for them.
@@ -318,7 +577,7 @@ impl RelayServer {
 
     fn stop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         if let Some(m) = self.metrics.take() {
@@ -350,9 +609,17 @@ fn shared_reader(shared: &Arc<Shared>, window: &Arc<Mutex<LatencyWindow>>) -> Me
     })
 }
 
+/// One data-plane thread.
 struct DataPlane {
+    index: usize,
+    threads: usize,
     relay: Relay,
-    sockets: Vec<UdpSocket>,
+    /// This thread's socket on the primary address (local index 0).
+    own: UdpSocket,
+    /// The STUN-only sockets (local index 1..): read by thread 0, answered from by any.
+    alts: Arc<Vec<UdpSocket>>,
+    /// What this thread reads: (fd, local index).
+    reads: Vec<(RawFd, usize)>,
     local: Vec<SocketAddr>,
     v6: Vec<bool>,
     stun: StunHook,
@@ -364,11 +631,20 @@ struct DataPlane {
     latency_sum_ns: u64,
     shared: Arc<Shared>,
     control: Receiver<Control>,
+    /// Every thread's mailbox (this one's too: its eventfd is in this thread's poll set).
+    mailboxes: Arc<Vec<Mailbox>>,
+    inbox: Receiver<Handoff>,
 }
 
 impl DataPlane {
     fn run(mut self) {
-        let fds: Vec<RawFd> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+        self.shared.threads[self.index].tid.store(tid, Ordering::Relaxed);
+        let mut fds: Vec<RawFd> = self.reads.iter().map(|r| r.0).collect();
+        let wake = self.mailboxes[self.index].wake.as_raw_fd();
+        fds.push(wake);
+        let wake_bit = 1u64 << (fds.len() - 1);
         let mut last_publish = Instant::now();
         loop {
             if self.shared.shutdown.load(Ordering::Relaxed) {
@@ -376,14 +652,19 @@ impl DataPlane {
             }
             match self.control.try_recv() {
                 Ok(Control::SetKeys(k)) => {
-                    tracing::info!(key_id = k.current_id(), previous = ?k.previous_id(), "relay token keys rotated");
+                    if self.index == 0 {
+                        tracing::info!(key_id = k.current_id(), previous = ?k.previous_id(), "relay token keys rotated");
+                    }
+                    let id = k.current_id();
                     *self.relay.keys_mut() = k;
+                    self.shared.threads[self.index].key_id.store(u64::from(id), Ordering::Relaxed);
                 }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => break,
             }
-            let mut got = false;
-            for (k, &fd) in fds.iter().enumerate() {
+            let mut got = self.drain_inbox();
+            for j in 0..self.reads.len() {
+                let (fd, k) = self.reads[j];
                 match self.recv.recv(fd, true) {
                     Ok(0) => {}
                     Ok(_) => {
@@ -401,12 +682,18 @@ impl DataPlane {
             }
             if !got {
                 self.publish();
-                poll_readable(&fds, IDLE_POLL_MS);
+                if poll_readable(&fds, IDLE_POLL_MS) & wake_bit != 0 {
+                    let mut v = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a live buffer from our eventfd.
+                    unsafe { libc::read(wake, v.as_mut_ptr().cast(), v.len()) };
+                }
             }
         }
         self.publish();
-        self.shared.alive.store(false, Ordering::Relaxed);
-        tracing::info!("relay data plane stopped");
+        self.shared.threads[self.index].alive.store(false, Ordering::Relaxed);
+        if self.index == 0 {
+            tracing::info!("relay data plane stopped");
+        }
     }
 
     fn handle_batch(&mut self, k: usize, fd: RawFd) {
@@ -420,38 +707,50 @@ impl DataPlane {
                 self.plane.truncated += 1;
                 continue;
             }
-            let (data, from) = self.recv.get(i);
-            let Some(from) = from else {
+            let Some(from) = self.recv.get(i).1 else {
                 self.plane.bad_source += 1;
                 continue;
             };
-            if is_stun(data) {
-                self.stun_datagram(t0, local, from, i);
-                continue;
-            }
-            if k != 0 {
-                self.plane.not_relay_port += 1;
-                continue;
-            }
-            match self.relay.process(t0, from, data, &mut self.reply) {
-                Action::Forward { to } => {
-                    if self.send.push_forward(&self.recv, i, to) {
-                        forwarded += 1;
-                    } else {
-                        self.plane.batch_overflow += 1;
-                    }
+            // One datagram, or each datagram of a coalesced (GRO) receive.
+            for (off, len) in self.recv.segments(i) {
+                let data = &self.recv.get(i).0[off..off + len];
+                if is_stun(data) {
+                    self.stun_datagram(t0, local, from, i, off, len);
+                    continue;
                 }
-                Action::Reply { to, len, notify } => {
-                    if !self.send.push_copy(&self.reply.reply[..len], to) {
-                        self.plane.batch_overflow += 1;
-                    }
-                    if let Some(n) = notify
-                        && !self.send.push_copy(&self.reply.notify[..n.len], n.to)
-                    {
-                        self.plane.batch_overflow += 1;
-                    }
+                if k != 0 {
+                    self.plane.not_relay_port += 1;
+                    continue;
                 }
-                Action::Drop(_) => {}
+                if let Some(t) = thread_of(data, self.threads).filter(|&t| t != self.index) {
+                    // The kernel steers each datagram by link id, but a GSO/GRO burst goes
+                    // whole to the thread of its first datagram: pass the others on.
+                    self.plane.misrouted += 1;
+                    if !hand_off(&self.mailboxes, t, from, data) {
+                        self.plane.handoff_dropped += 1;
+                    }
+                    continue;
+                }
+                match self.relay.process(t0, from, data, &mut self.reply) {
+                    Action::Forward { to } => {
+                        if self.send.push_forward_range(&self.recv, i, off, len, to) {
+                            forwarded += 1;
+                        } else {
+                            self.plane.batch_overflow += 1;
+                        }
+                    }
+                    Action::Reply { to, len, notify } => {
+                        if !self.send.push_copy(&self.reply.reply[..len], to) {
+                            self.plane.batch_overflow += 1;
+                        }
+                        if let Some(n) = notify
+                            && !self.send.push_copy(&self.reply.notify[..n.len], n.to)
+                        {
+                            self.plane.batch_overflow += 1;
+                        }
+                    }
+                    Action::Drop(_) => {}
+                }
             }
         }
         if !self.send.is_empty() {
@@ -465,12 +764,20 @@ impl DataPlane {
         }
     }
 
-    fn stun_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, i: usize) {
+    fn stun_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        i: usize,
+        off: usize,
+        len: usize,
+    ) {
         let Some(slot) = self.send.scratch_slot() else {
             self.plane.batch_overflow += 1;
             return;
         };
-        let (data, _) = self.recv.get(i);
+        let data = &self.recv.get(i).0[off..off + len];
         match (self.stun)(now, local, from, data, &mut slot[..SCRATCH_LEN]) {
             Some((src, dst, len)) if src == local => {
                 self.send.push_scratch(len, dst);
@@ -478,10 +785,14 @@ impl DataPlane {
             }
             Some((src, dst, len)) => {
                 // RFC 5780 CHANGE-REQUEST: answer from another of our sockets (rare path).
-                match self.local.iter().position(|&a| a == src) {
-                    Some(j) => {
-                        let bytes = &slot[..len];
-                        if self.sockets[j].send_to(bytes, dst).is_ok() {
+                let sock = match self.local.iter().position(|&a| a == src) {
+                    Some(0) => Some(&self.own),
+                    Some(j) => self.alts.get(j - 1),
+                    None => None,
+                };
+                match sock {
+                    Some(s) => {
+                        if s.send_to(&slot[..len], dst).is_ok() {
                             self.plane.stun_answered += 1;
                         } else {
                             self.plane.send_errors += 1;
@@ -494,33 +805,39 @@ impl DataPlane {
         }
     }
 
+    /// Relay the datagrams other threads handed to this one (rare path: sent one by one).
+    /// Returns whether there were any.
+    fn drain_inbox(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(h) = self.inbox.try_recv() {
+            any = true;
+            let now = Instant::now();
+            let send = |bytes: &[u8], to: SocketAddr, plane: &mut PlaneStats| {
+                if self.own.send_to(bytes, to).is_err() {
+                    plane.send_errors += 1;
+                }
+            };
+            match self.relay.process(now, h.from, &h.bytes, &mut self.reply) {
+                Action::Forward { to } => send(&h.bytes, to, &mut self.plane),
+                Action::Reply { to, len, notify } => {
+                    send(&self.reply.reply[..len], to, &mut self.plane);
+                    if let Some(n) = notify {
+                        send(&self.reply.notify[..n.len], n.to, &mut self.plane);
+                    }
+                }
+                Action::Drop(_) => {}
+            }
+        }
+        any
+    }
+
     fn publish(&self) {
         let s = self.relay.stats();
-        let sh = &self.shared;
-        let core = s.counters();
-        for (a, v) in sh.core.iter().zip(core) {
-            a.store(v, Ordering::Relaxed);
-        }
-        for (a, (_, v)) in sh.drops.iter().zip(s.drops()) {
-            a.store(v, Ordering::Relaxed);
-        }
-        let p = &self.plane;
-        let plane = [
-            p.stun_answered,
-            p.stun_unanswered,
-            p.not_relay_port,
-            p.bad_source,
-            p.send_errors,
-            p.batch_overflow,
-            p.recv_batches,
-            p.truncated,
-        ];
-        for (a, v) in sh.plane.iter().zip(plane) {
-            a.store(v, Ordering::Relaxed);
-        }
-        for (a, &v) in sh.latency.iter().zip(&self.latency) {
-            a.store(v, Ordering::Relaxed);
-        }
-        sh.latency_sum_ns.store(self.latency_sum_ns, Ordering::Relaxed);
+        let me = &self.shared.threads[self.index];
+        store(&me.core, &s.counters());
+        store(&me.drops, &std::array::from_fn(|i| s.dropped(DropReason::ALL[i])));
+        store(&me.plane, &plane_array(&self.plane));
+        store(&me.latency, &self.latency);
+        me.latency_sum_ns.store(self.latency_sum_ns, Ordering::Relaxed);
     }
 }

@@ -28,6 +28,12 @@ pub struct PlaneStats {
     /// Datagrams longer than the receive buffer (`MSG_TRUNC`): dropped whole, never
     /// forwarded or answered cut short.
     pub truncated: u64,
+    /// Relay datagrams a thread received for another thread's link id and handed to that
+    /// thread (the kernel steers each datagram by link id, but a GSO/GRO burst mixing links
+    /// goes whole to the thread of its first datagram). Not a drop.
+    pub misrouted: u64,
+    /// Of those, dropped because the other thread's hand-off queue was full.
+    pub handoff_dropped: u64,
 }
 
 /// A consistent-enough copy of every counter (each value is exact; values are read one by
@@ -45,6 +51,8 @@ pub struct StatsSnapshot {
     pub latency_sum_ns: u64,
     /// Key id tokens are currently minted under.
     pub current_key_id: u8,
+    /// Peer datagrams forwarded by each data-plane thread (how evenly link ids spread).
+    pub thread_forwarded: Vec<u64>,
 }
 
 impl std::ops::Deref for StatsSnapshot {
@@ -64,6 +72,7 @@ impl StatsSnapshot {
             + self.plane.send_errors
             + self.plane.batch_overflow
             + self.plane.truncated
+            + self.plane.handoff_dropped
     }
 }
 
