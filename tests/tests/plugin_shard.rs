@@ -330,3 +330,27 @@ fn a_game_connects_when_it_decides_under_the_name_it_chose_and_a_refusal_is_type
     assert!(in_game, "state {:?}", state(&app));
     assert_eq!(app.world().resource::<LocalPlayer>().name, "cyd");
 }
+
+#[test]
+fn the_shard_connection_leaves_a_games_own_bevy_renet_client_alone_whatever_the_plugin_order() {
+    let (mut shard, login) = shard();
+    let mut mesh = P2pMeshPlugin::new("coex");
+    mesh.bind = "127.0.0.1:0".parse().unwrap();
+    mesh.client.nat_timeout = Duration::from_millis(500);
+    let mut app = App::new();
+    // Our plugins first, then the game's own bevy_renet client (for its own server): no
+    // duplicate-plugin panic, and the global `RenetClient` stays the game's.
+    app.add_plugins(MinimalPlugins)
+        .add_plugins((mesh, ShardClientPlugin::new(login)))
+        .add_plugins((bevy_renet::RenetClientPlugin, bevy_renet::netcode::NetcodeClientPlugin))
+        .insert_resource(bevy_renet::RenetClient::new(bevy_renet::renet::ConnectionConfig::default()));
+    app.finish();
+    app.cleanup();
+    let in_game = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+        state(apps[1]) == ShardState::InGame
+    });
+    assert!(in_game, "state {:?}", state(&app));
+    let games_own = app.world().resource::<bevy_renet::RenetClient>();
+    assert!(!games_own.is_connected(), "the game's client was not used for the shard");
+    assert!(app.world().resource::<ShardLink>().bytes_in() > 0);
+}

@@ -7,11 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
 use bevy::state::app::StatesPlugin;
-use bevy_renet::netcode::{
-    ClientAuthentication, ConnectToken, NetcodeClientPlugin, NetcodeClientTransport, NetcodeErrorEvent,
-};
+use bevy_renet::RenetClient;
+use bevy_renet::netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
 use bevy_renet::renet::{ConnectionConfig, DefaultChannel};
-use bevy_renet::{RenetClient, RenetClientPlugin};
 
 use super::client::P2pClient;
 use super::io::MeshSocket;
@@ -162,6 +160,13 @@ pub trait ShardTransport: Send + Sync + 'static {
     fn connect(&mut self) {}
 }
 
+/// The shard connection: renet over netcode, driven by the plugin's own systems.
+struct RenetConn {
+    renet: RenetClient,
+    netcode: NetcodeClientTransport,
+    last: std::time::Instant,
+}
+
 /// A login answer, handed over by the login thread.
 type LoginSlot = Arc<Mutex<Option<Result<ConnectToken, DisconnectReason>>>>;
 
@@ -170,8 +175,9 @@ enum Mode {
     Idle,
     /// The login request runs on a thread.
     LoggingIn(LoginSlot),
-    /// `RenetClient` + `NetcodeClientTransport` resources carry the connection.
-    Renet,
+    /// Our own renet client and netcode transport carry the connection (not the global
+    /// `RenetClient` resource: a game may use bevy_renet for something else).
+    Renet(Box<RenetConn>),
     /// A custom transport; `active` is false after a `Disconnect` request.
     Custom { transport: Box<dyn ShardTransport>, active: bool },
     /// The session is suspended; the next attempt starts at `at` (renet: a new login;
@@ -219,7 +225,7 @@ impl std::fmt::Debug for ShardLink {
         let mode = match self.mode {
             Mode::Idle => "idle",
             Mode::LoggingIn(_) => "logging-in",
-            Mode::Renet => "renet",
+            Mode::Renet(_) => "renet",
             Mode::Custom { .. } => "custom",
             Mode::Backoff { .. } => "backoff",
         };
@@ -294,7 +300,7 @@ impl ShardLink {
             Mode::Idle | Mode::Custom { active: false, .. } => ShardState::Disconnected,
             Mode::Backoff { .. } => ShardState::Reconnecting,
             Mode::LoggingIn(_) => ShardState::Connecting,
-            Mode::Renet | Mode::Custom { .. } if !self.connected => ShardState::Connecting,
+            Mode::Renet(_) | Mode::Custom { .. } if !self.connected => ShardState::Connecting,
             _ => match phase {
                 Phase::Connecting => ShardState::Connecting,
                 Phase::Lobby => ShardState::Lobby,
@@ -321,9 +327,6 @@ impl Plugin for ShardClientPlugin {
         if !app.is_plugin_added::<StatesPlugin>() {
             app.add_plugins(StatesPlugin);
         }
-        if !app.is_plugin_added::<RenetClientPlugin>() {
-            app.add_plugins((RenetClientPlugin, NetcodeClientPlugin));
-        }
         configure_sets(app);
         if !app.world().contains_resource::<ShardLink>() {
             app.insert_resource(ShardLink::new(Mode::Idle));
@@ -338,7 +341,6 @@ impl Plugin for ShardClientPlugin {
             })
             .add_message::<ShardRequest>()
             .add_message::<ShardEvent>()
-            .add_observer(on_netcode_error)
             .add_systems(Startup, startup(self.auto_connect))
             .add_systems(PreUpdate, shard_in.in_set(Step::ShardIn))
             .add_systems(PreUpdate, shard_after.in_set(Step::After))
@@ -356,11 +358,6 @@ fn startup(
             requests.write(ShardRequest::Connect);
         }
     }
-}
-
-fn on_netcode_error(e: On<NetcodeErrorEvent>, mut link: ResMut<ShardLink>) {
-    warn!("shard connection: {}", *e);
-    link.last_error = Some(e.to_string());
 }
 
 fn unix_now() -> std::time::Duration {
@@ -426,12 +423,10 @@ fn login_reason(e: login::LoginError) -> DisconnectReason {
 
 /// Shard transport → core; connection state changes; reconnection.
 fn shard_in(
-    mut commands: Commands,
     mut link: ResMut<ShardLink>,
     mut client: ResMut<P2pClient>,
     settings: Res<ShardSettings>,
     socket: NonSend<MeshSocket>,
-    renet: Option<ResMut<RenetClient>>,
     mut events: MessageWriter<ShardEvent>,
 ) {
     let now = socket.0.now();
@@ -474,19 +469,25 @@ fn shard_in(
             match answer {
                 None => {}
                 Some(Ok(token)) => match start_netcode(token) {
-                    Ok(transport) => {
-                        commands.insert_resource(RenetClient::new(ConnectionConfig::default()));
-                        commands.insert_resource(transport);
-                        link.mode = Mode::Renet;
+                    Ok(netcode) => {
+                        let renet = RenetClient::new(ConnectionConfig::default());
+                        link.mode = Mode::Renet(Box::new(RenetConn { renet, netcode, last: now }));
                     }
                     Err(e) => lost(link, &mut client, now, e, None, &mut events),
                 },
                 Some(Err(e)) => lost(link, &mut client, now, e, None, &mut events),
             }
         }
-        Mode::Renet => {
-            // Inserted by commands last frame at the earliest.
-            let Some(mut renet) = renet else { return };
+        Mode::Renet(conn) => {
+            // What bevy_renet's client systems do, on our own connection.
+            let dt = now.saturating_duration_since(conn.last);
+            conn.last = now;
+            conn.renet.update(dt);
+            if let Err(e) = conn.netcode.update(dt, &mut conn.renet) {
+                warn!("shard connection: {e}");
+                link.last_error = Some(e.to_string());
+            }
+            let renet = &mut conn.renet;
             if renet.is_disconnected() {
                 let reason = link
                     .last_error
@@ -498,8 +499,6 @@ fn shard_in(
                 } else {
                     DisconnectReason::Unreachable(reason)
                 };
-                commands.remove_resource::<RenetClient>();
-                commands.remove_resource::<NetcodeClientTransport>();
                 lost(link, &mut client, now, reason, None, &mut events);
                 return;
             }
@@ -591,15 +590,11 @@ fn shard_after(
 }
 
 /// [`ShardRequest`]s → core and connection.
-#[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn handle_requests(
-    mut commands: Commands,
     mut link: ResMut<ShardLink>,
     mut client: ResMut<P2pClient>,
     mut settings: ResMut<ShardSettings>,
     socket: NonSend<MeshSocket>,
-    mut netcode: Option<ResMut<NetcodeClientTransport>>,
-    mut renet: Option<ResMut<RenetClient>>,
     mut requests: MessageReader<ShardRequest>,
     mut events: MessageWriter<ShardEvent>,
 ) {
@@ -667,20 +662,17 @@ fn handle_requests(
                             None => Mode::Idle,
                         };
                     }
-                    Mode::Renet => {
-                        if let Some(t) = netcode.as_mut() {
-                            if let Some(r) = renet.as_mut().filter(|r| r.is_connected()) {
-                                for bytes in goodbye.iter().filter_map(|(m, _)| encode(m).ok()) {
-                                    r.send_message(DefaultChannel::ReliableOrdered, bytes);
-                                }
-                                if let Err(e) = t.send_packets(r) {
-                                    debug!("could not send the goodbye: {e}");
-                                }
+                    Mode::Renet(conn) => {
+                        let RenetConn { renet, netcode, .. } = &mut **conn;
+                        if renet.is_connected() {
+                            for bytes in goodbye.iter().filter_map(|(m, _)| encode(m).ok()) {
+                                renet.send_message(DefaultChannel::ReliableOrdered, bytes);
                             }
-                            t.disconnect();
+                            if let Err(e) = netcode.send_packets(renet) {
+                                debug!("could not send the goodbye: {e}");
+                            }
                         }
-                        commands.remove_resource::<RenetClient>();
-                        commands.remove_resource::<NetcodeClientTransport>();
+                        netcode.disconnect();
                         link.mode = Mode::Idle;
                     }
                     Mode::Custom { transport, active } => {
@@ -709,26 +701,34 @@ fn handle_requests(
 }
 
 /// Core → shard transport. Without a connection the messages are dropped and counted.
-fn shard_out(mut link: ResMut<ShardLink>, mut client: ResMut<P2pClient>, renet: Option<ResMut<RenetClient>>) {
+fn shard_out(mut link: ResMut<ShardLink>, mut client: ResMut<P2pClient>) {
     let link = &mut *link;
-    let mut renet = renet.filter(|r| r.is_connected());
     while let Some((msg, reliable)) = client.poll_shard_message() {
         if !link.connected {
             link.unsent += 1;
             continue;
         }
-        match (&mut link.mode, renet.as_mut()) {
-            (Mode::Custom { transport, active: true }, _) => transport.send(&msg, reliable),
-            (Mode::Renet, Some(r)) => match encode(&msg) {
+        match &mut link.mode {
+            Mode::Custom { transport, active: true } => transport.send(&msg, reliable),
+            Mode::Renet(conn) if conn.renet.is_connected() => match encode(&msg) {
                 Ok(bytes) => {
                     link.bytes_out += bytes.len() as u64;
                     let channel =
                         if reliable { DefaultChannel::ReliableOrdered } else { DefaultChannel::Unreliable };
-                    r.send_message(channel, bytes);
+                    conn.renet.send_message(channel, bytes);
                 }
                 Err(_) => link.unsent += 1,
             },
             _ => link.unsent += 1,
+        }
+    }
+    // What bevy_renet's `send_packets` system does, on our own connection (every frame: acks
+    // and keepalives too).
+    if let Mode::Renet(conn) = &mut link.mode {
+        let RenetConn { renet, netcode, .. } = &mut **conn;
+        if let Err(e) = netcode.send_packets(renet) {
+            debug!("shard connection: {e}");
+            link.last_error = Some(e.to_string());
         }
     }
 }
