@@ -204,6 +204,13 @@ fn port_restricted_and_full_cone_meet_relayed_then_direct_and_exchange_notes_in_
     let rtt = stats.rtt.expect("an RTT on the direct path");
     assert!(rtt > Duration::from_millis(20) && rtt < Duration::from_millis(500), "rtt {rtt:?}");
     assert_eq!(stats.p2p_messages_sent + stats.server_messages_sent, 60);
+    // Quality a game can show: when the link went direct, RTT spread, traffic rates.
+    let ttd = stats.time_to_direct.expect("went direct");
+    assert!(ttd > Duration::ZERO && ttd <= path.since_intro, "{ttd:?} vs {:?}", path.since_intro);
+    assert!(
+        stats.jitter.is_some() && stats.rtt_p99.is_some_and(|p| p >= Duration::from_millis(20)),
+        "{stats:?}"
+    );
     let b_stats = &peer_entities(&mut st, b)[0].2;
     assert_eq!(b_stats.p2p_messages_received + b_stats.server_messages_received, 60);
 
@@ -399,6 +406,9 @@ fn typed_messages_arrive_on_their_channels_sequenced_ones_never_older_than_the_n
         [std::any::type_name::<Pose>(), std::any::type_name::<Hit>()]
     );
     st.run_until(3000, |st| st.world(a).resource::<Typed>().sent >= 200);
+    // Streaming for two seconds: both ends measured the traffic rate (bytes/s, last second).
+    let (sa, sb) = (peer_entities(&mut st, a)[0].2, peer_entities(&mut st, b)[0].2);
+    assert!(sa.send_rate > 500.0 && sb.receive_rate > 500.0, "{sa:?} {sb:?}");
     st.run_frames(200);
     let got = st.world(b).resource::<Typed>();
     assert_eq!(got.hits, (0..50).collect::<Vec<_>>(), "every event once, in order");

@@ -681,6 +681,12 @@ impl ClientCore {
         self.mesh.link(p.link)?.rtt()
     }
 
+    /// RTT figures toward a peer on its current mesh path (smoothed, jitter, p99), if any.
+    pub fn peer_rtt_stats(&self, player: PlayerId) -> Option<crate::link::RttStats> {
+        let p = self.peers.get(&player)?;
+        self.mesh.link(p.link)?.rtt_stats()
+    }
+
     /// Packet loss toward a peer on the mesh (0–1), if it has a link.
     pub fn peer_loss(&self, player: PlayerId) -> Option<f32> {
         let p = self.peers.get(&player)?;

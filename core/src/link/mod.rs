@@ -48,6 +48,24 @@ const CHANNEL_CONTROL: u8 = 2;
 const RELIABLE_MEMORY: usize = 5 << 20;
 const CONTROL_MEMORY: usize = 1 << 20;
 
+/// RTT samples a link keeps for [`Link::rtt_stats`].
+pub const RTT_WINDOW: usize = 128;
+
+/// A link's RTT figures ([`Link::rtt_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RttStats {
+    /// Smoothed RTT (as [`Link::rtt`]).
+    pub smoothed: Duration,
+    /// RTT variation (RFC 6298 `RTTVAR`).
+    pub jitter: Duration,
+    /// 99th percentile of the recent samples.
+    pub p99: Option<Duration>,
+    /// Smallest recent sample.
+    pub min: Option<Duration>,
+    /// Samples in the window.
+    pub samples: usize,
+}
+
 /// The path the link currently sends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
@@ -322,6 +340,10 @@ pub struct Link {
     state: State,
     reported: Path,
     srtt: Option<Duration>,
+    /// RTT variation (RFC 6298 `RTTVAR`): the jitter a game shows.
+    rttvar: Duration,
+    /// The last [`RTT_WINDOW`] RTT samples on the current path (for percentiles).
+    rtt_window: VecDeque<Duration>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
     dirty: bool,
@@ -448,6 +470,8 @@ impl Link {
             state: State::Connecting,
             reported: Path::None,
             srtt: None,
+            rttvar: Duration::ZERO,
+            rtt_window: VecDeque::with_capacity(RTT_WINDOW),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             dirty: false,
@@ -1406,10 +1430,30 @@ impl Link {
     }
 
     fn rtt_sample(&mut self, sample: Duration) {
+        // RFC 6298 §2: RTTVAR first (from the old SRTT), then SRTT.
+        self.rttvar = match self.srtt {
+            None => sample / 2,
+            Some(s) => (self.rttvar * 3 + s.abs_diff(sample)) / 4,
+        };
         self.srtt = Some(match self.srtt {
             None => sample,
             Some(s) => (s * 7 + sample) / 8,
         });
+        if self.rtt_window.len() == RTT_WINDOW {
+            self.rtt_window.pop_front();
+        }
+        self.rtt_window.push_back(sample);
+    }
+
+    /// RTT figures of the current path: smoothed, jitter (RFC 6298 `RTTVAR`), and the 99th
+    /// percentile and minimum of the last [`RTT_WINDOW`] samples (probe, ping and keepalive
+    /// answers; `None` until there is one).
+    pub fn rtt_stats(&self) -> Option<RttStats> {
+        let smoothed = self.rtt()?;
+        let mut w: Vec<Duration> = self.rtt_window.iter().copied().collect();
+        w.sort_unstable();
+        let p99 = w.get((w.len() * 99).div_ceil(100).saturating_sub(1)).copied();
+        Some(RttStats { smoothed, jitter: self.rttvar, p99, min: w.first().copied(), samples: w.len() })
     }
 
     /// Move renet's packets onto the current path, and report a path change.
@@ -1463,6 +1507,8 @@ impl Link {
         }
         if path != self.reported {
             self.reported = path;
+            // Percentiles describe the current path.
+            self.rtt_window.clear();
             self.events.push_back(LinkEvent::Path(path));
         }
         self.timeout = self.compute_timeout();

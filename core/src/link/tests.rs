@@ -298,3 +298,28 @@ fn the_receiving_end_of_a_one_way_stream_notices_the_silence_itself() {
     let bound = cfg.ack_delay + cfg.path_ping_after + p.b.suspect_timeout() + p.latency;
     assert!(p.b.direct.unwrap().suspected_at.unwrap() - cut_at <= bound);
 }
+
+#[test]
+fn rtt_stats_give_the_smoothed_rtt_rfc6298_jitter_and_the_99th_percentile_of_recent_samples() {
+    let mut p = Pair::new();
+    assert_eq!(p.a.rtt_stats(), None, "no sample yet");
+    // 100 samples: 98 at 20 ms, two spikes at 200 ms.
+    for i in 0..100u64 {
+        let ms = if i == 40 || i == 80 { 200 } else { 20 };
+        p.a.rtt_sample(Duration::from_millis(ms));
+    }
+    let s = p.a.rtt_stats().unwrap();
+    assert_eq!(
+        (s.samples, s.min, s.p99),
+        (100, Some(Duration::from_millis(20)), Some(Duration::from_millis(200)))
+    );
+    assert!(s.smoothed < Duration::from_millis(25), "{s:?}");
+    assert!(s.jitter < Duration::from_millis(20), "decays after the spikes: {s:?}");
+    // A steady path has no jitter; the window keeps the last 128 samples.
+    for _ in 0..200 {
+        p.a.rtt_sample(Duration::from_millis(30));
+    }
+    let s = p.a.rtt_stats().unwrap();
+    assert_eq!((s.samples, s.p99), (RTT_WINDOW, Some(Duration::from_millis(30))));
+    assert!(s.jitter < Duration::from_millis(1), "{s:?}");
+}

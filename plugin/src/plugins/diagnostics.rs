@@ -5,6 +5,7 @@ use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnost
 use bevy::prelude::*;
 
 use super::client::P2pClient;
+use super::io::MeshSocket;
 use super::sets::{P2pReceive, Step};
 use super::shard::ShardLink;
 use crate::client::PeerPath;
@@ -63,12 +64,13 @@ struct Last {
     server_in: u64,
     server_out: u64,
     seeded: bool,
+    at: Option<std::time::Instant>,
 }
 
 fn measure(
     client: Option<Res<P2pClient>>,
     link: Option<Res<ShardLink>>,
-    time: Res<Time>,
+    socket: Option<NonSend<MeshSocket>>,
     mut last: Local<Last>,
     mut diagnostics: Diagnostics,
 ) {
@@ -104,7 +106,10 @@ fn measure(
 
     let mesh = client.totals().mesh;
     let (server_in, server_out) = link.map_or((0, 0), |l| (l.bytes_in(), l.bytes_out()));
-    let dt = time.delta_secs_f64();
+    // Rates on the network's clock (real time, or the simulator's), not `Time<Virtual>`,
+    // which a game may pause or scale.
+    let Some(now) = socket.map(|s| s.0.now()) else { return };
+    let dt = last.at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
     if last.seeded && dt > 0.0 {
         let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
         diagnostics.add_measurement(&BYTES_IN_PER_S, || rate(mesh.bytes_received, last.mesh_in));
@@ -112,6 +117,12 @@ fn measure(
         diagnostics.add_measurement(&SERVER_BYTES_IN_PER_S, || rate(server_in, last.server_in));
         diagnostics.add_measurement(&SERVER_BYTES_OUT_PER_S, || rate(server_out, last.server_out));
     }
-    *last =
-        Last { mesh_in: mesh.bytes_received, mesh_out: mesh.bytes_sent, server_in, server_out, seeded: true };
+    *last = Last {
+        mesh_in: mesh.bytes_received,
+        mesh_out: mesh.bytes_sent,
+        server_in,
+        server_out,
+        seeded: true,
+        at: Some(now),
+    };
 }

@@ -93,11 +93,25 @@ pub struct PeerPath {
     pub since_intro: Duration,
 }
 
-/// Per-peer measurements, refreshed every frame.
-#[derive(Component, Debug, Clone, Copy, Default, PartialEq)]
+/// Per-peer measurements, refreshed every frame (rates once a second, on the network's
+/// clock: real time, whatever the game does with `Time<Virtual>`).
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq, Reflect)]
+#[reflect(Component, Default, Debug)]
 pub struct PeerStats {
     /// Smoothed RTT on the current mesh path.
     pub rtt: Option<Duration>,
+    /// 99th percentile of the recent RTT samples on the current path (probe, ping and
+    /// keepalive answers).
+    pub rtt_p99: Option<Duration>,
+    /// RTT variation (RFC 6298 `RTTVAR`) on the current path.
+    pub jitter: Option<Duration>,
+    /// Application bytes per second to the peer over the last second (mesh + server).
+    pub send_rate: f64,
+    /// Application bytes per second from the peer over the last second (mesh + server).
+    pub receive_rate: f64,
+    /// How long after the introduction the link first went direct (`None`: not yet, or
+    /// relayed only).
+    pub time_to_direct: Option<Duration>,
     /// Packet loss toward the peer on the mesh (0–1, renet's estimate; 0 without a link).
     pub loss: f32,
     /// Application bytes sent to the peer (mesh + server routes).
@@ -197,6 +211,7 @@ impl Plugin for P2pMeshPlugin {
             .add_message::<PeerDisconnected>()
             .add_message::<P2pReceived>()
             .add_message::<NatDiscovered>()
+            .register_type::<PeerStats>()
             .add_message::<ShardEvent>()
             .add_systems(PreUpdate, receive_datagrams.in_set(Step::MeshIn))
             .add_systems(PreUpdate, publish_events.in_set(Step::Events))
@@ -305,12 +320,42 @@ fn publish_events(
     }
 }
 
+/// Byte counts of a peer at the start of its current rate window.
+#[derive(Default)]
+struct RateWindows(HashMap<PlayerId, (std::time::Instant, u64, u64)>);
+
 /// Refresh every peer's [`PeerStats`] from the core.
-fn update_peer_stats(client: Res<P2pClient>, mut peers: Query<(&Peer, &mut PeerStats)>) {
-    for (peer, mut stats) in &mut peers {
+fn update_peer_stats(
+    client: Res<P2pClient>,
+    socket: NonSend<MeshSocket>,
+    mut windows: Local<RateWindows>,
+    mut peers: Query<(&Peer, &PeerPath, &mut PeerStats)>,
+) {
+    let now = socket.0.now();
+    windows.0.retain(|p, _| client.peer(*p).is_some());
+    for (peer, path, mut stats) in &mut peers {
         let Some(info) = client.peer(peer.player) else { continue };
+        let (sent, received) = (
+            info.sent.p2p_bytes + info.sent.server_bytes,
+            info.received.p2p_bytes + info.received.server_bytes,
+        );
+        let (mut send_rate, mut receive_rate) = (stats.send_rate, stats.receive_rate);
+        let w = windows.0.entry(peer.player).or_insert((now, sent, received));
+        let secs = now.saturating_duration_since(w.0).as_secs_f64();
+        if secs >= 1.0 {
+            send_rate = sent.saturating_sub(w.1) as f64 / secs;
+            receive_rate = received.saturating_sub(w.2) as f64 / secs;
+            *w = (now, sent, received);
+        }
+        let rtt = client.peer_rtt_stats(peer.player);
+        let direct_now = (path.path == client::PeerPath::Direct).then_some(path.since_intro);
         let new = PeerStats {
             rtt: client.peer_rtt(peer.player),
+            rtt_p99: rtt.and_then(|r| r.p99),
+            jitter: rtt.map(|r| r.jitter),
+            send_rate,
+            receive_rate,
+            time_to_direct: stats.time_to_direct.or(direct_now),
             loss: client.peer_loss(peer.player).unwrap_or(0.0),
             bytes_sent: info.sent.p2p_bytes + info.sent.server_bytes,
             bytes_received: info.received.p2p_bytes + info.received.server_bytes,
