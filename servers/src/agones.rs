@@ -247,11 +247,9 @@ pub fn assignment(
 ) -> Result<Vec<(u32, u32)>, AgonesError> {
     let all = crate::shard::all_games(config);
     let ids: Vec<u32> = match gs.annotations.get(GAMES_ANNOTATION) {
-        Some(v) => v
-            .split(',')
-            .map(|s| s.trim().parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| AgonesError::Assignment(format!("{GAMES_ANNOTATION} is {v:?}, not numbers like \"0,2\"")))?,
+        Some(v) => v.split(',').map(|s| s.trim().parse::<u32>()).collect::<Result<_, _>>().map_err(|_| {
+            AgonesError::Assignment(format!("{GAMES_ANNOTATION} is {v:?}, not numbers like \"0,2\""))
+        })?,
         None => fallback.to_vec(),
     };
     if let Some(bad) = ids.iter().find(|g| !all.iter().any(|(n, _)| n == *g)) {
@@ -296,7 +294,9 @@ impl SdkClient {
             .spawn(move || worker(port, cmd_rx, up_tx, ok_tx))
             .map_err(|e| AgonesError::Connect(e.to_string()))?;
         match ok_rx.recv() {
-            Ok(Ok(())) => Ok((SdkClient { cmds: cmd_tx }, SdkWorker { updates: up_rx, thread: Some(thread) })),
+            Ok(Ok(())) => {
+                Ok((SdkClient { cmds: cmd_tx }, SdkWorker { updates: up_rx, thread: Some(thread) }))
+            }
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(AgonesError::Connect(e))
@@ -338,7 +338,9 @@ impl SdkWorker {
         match self.updates.recv_timeout(wait) {
             Ok(gs) => Ok(Some(gs)),
             Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(AgonesError::Closed("GameServer watch ended".into())),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(AgonesError::Closed("GameServer watch ended".into()))
+            }
         }
     }
 
@@ -536,7 +538,8 @@ pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<d
         "shard {} game servers {games:?} (number, zone), allocated as {}: lobby {}, relay {relay}",
         config.shard.name, gs.name, config.lobby.internal
     );
-    app.insert_resource(AgonesState { life, sdk: Box::new(sdk) }).add_plugins((RemoteBusPlugin, AgonesPlugin));
+    app.insert_resource(AgonesState { life, sdk: Box::new(sdk) })
+        .add_plugins((RemoteBusPlugin, AgonesPlugin));
     let exit = app.run();
     worker.finish();
     Ok(exit)

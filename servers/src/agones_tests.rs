@@ -94,7 +94,10 @@ fn lifecycle_ready_health_counts_and_shutdown_after_the_drain() {
     assert!(life.drain(t2));
     assert!(!life.drain(t2), "one drain");
     assert!(!life.serving());
-    assert!(!life.poll(t2 + Duration::from_millis(2400), &mut sdk), "the Lobby has not moved the players yet");
+    assert!(
+        !life.poll(t2 + Duration::from_millis(2400), &mut sdk),
+        "the Lobby has not moved the players yet"
+    );
     assert!(life.poll(t2 + Duration::from_millis(2500), &mut sdk));
     assert!(life.poll(t2 + 10 * s, &mut sdk));
     life.tick(t2 + 20 * s, 0, &mut sdk);
@@ -219,7 +222,8 @@ fn the_sdk_client_speaks_the_agones_sdk_protocol() {
     assert!(life.poll(t0 + 7 * s, &mut sdk));
     drop(sdk);
     worker.finish();
-    let calls = server.wait_for(|c| c.contains(&Call::Shutdown) && c.iter().filter(|c| **c == Call::Health).count() >= 3);
+    let calls = server
+        .wait_for(|c| c.contains(&Call::Shutdown) && c.iter().filter(|c| **c == Call::Health).count() >= 3);
     let pos = |x: &Call| calls.iter().position(|c| c == x).unwrap();
     let p = |n| Call::Count(PLAYERS_COUNTER.into(), n);
     let cap = Call::Capacity(PLAYERS_COUNTER.into(), 50);
@@ -229,7 +233,8 @@ fn the_sdk_client_speaks_the_agones_sdk_protocol() {
         .filter(|c| !matches!(c, Call::GetGameServer | Call::Watch | Call::Other(_)))
         .collect();
     assert_eq!(ordered, vec![Call::Ready, cap, p(0), p(7), Call::Shutdown], "{calls:?}");
-    let healths: Vec<usize> = calls.iter().enumerate().filter(|(_, c)| **c == Call::Health).map(|(i, _)| i).collect();
+    let healths: Vec<usize> =
+        calls.iter().enumerate().filter(|(_, c)| **c == Call::Health).map(|(i, _)| i).collect();
     assert!(healths.iter().all(|i| *i > pos(&Call::Ready)), "Health only after Ready: {calls:?}");
     assert_eq!(server.counter(), (7, 50), "the players Counter on the GameServer");
     assert_eq!(server.state(), "Shutdown");
@@ -239,6 +244,8 @@ fn the_sdk_client_speaks_the_agones_sdk_protocol() {
 /// API (the `agones` crate generates only the client). Messages are hand-declared with the
 /// field numbers of the SDK's `sdk.proto` and `beta.proto` (Agones 1.61); the GameServer is
 /// the crate's own type.
+// tonic's handlers return `Result<_, tonic::Status>` (a large error type we do not choose).
+#[allow(clippy::result_large_err)]
 mod fake {
     use std::convert::Infallible;
     use std::pin::Pin;
@@ -256,14 +263,6 @@ mod fake {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Empty {}
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Counter {
@@ -295,12 +294,6 @@ mod fake {
         pub counter_update_request: Option<CounterUpdateRequest>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct GetCounterRequest {
-        #[prost(string, tag = "1")]
-        pub name: String,
-    }
-
     struct State {
         calls: Vec<Call>,
         gs: agones::GameServer,
@@ -320,11 +313,15 @@ mod fake {
         /// Start on a free loopback port, GameServer `p2pmodel-test-gs` in state `Scheduled`.
         pub fn start() -> FakeSdk {
             let gs = agones::GameServer {
-                object_meta: Some(agones::ObjectMeta { name: "p2pmodel-test-gs".into(), ..Default::default() }),
+                object_meta: Some(agones::ObjectMeta {
+                    name: "p2pmodel-test-gs".into(),
+                    ..Default::default()
+                }),
                 spec: None,
                 status: Some(agones::Status { state: "Scheduled".into(), ..Default::default() }),
             };
-            let state = Arc::new(Mutex::new(State { calls: Vec::new(), gs, counter: (0, 0), watchers: Vec::new() }));
+            let state =
+                Arc::new(Mutex::new(State { calls: Vec::new(), gs, counter: (0, 0), watchers: Vec::new() }));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             listener.set_nonblocking(true).unwrap();
@@ -334,7 +331,8 @@ mod fake {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None).unwrap();
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from_listener(listener, true, None).unwrap();
                     let _ = tonic::transport::Server::builder()
                         .add_service(Sdk(f.clone()))
                         .add_service(Beta(f))
@@ -390,21 +388,51 @@ mod fake {
         }
     }
 
-    /// A handler closure as a tower Service (what tonic's method wrappers are).
+    /// A synchronous handler closure as a tower Service (what tonic's method wrappers are).
     struct Handler<F>(F);
 
     impl<F, M1, M2> Service<Request<M1>> for Handler<F>
     where
-        F: FnMut(Request<M1>) -> BoxFuture<Response<M2>, Status>,
+        F: FnMut(Request<M1>) -> Result<Response<M2>, Status>,
     {
         type Response = Response<M2>;
         type Error = Status;
-        type Future = BoxFuture<Response<M2>, Status>;
+        type Future = std::future::Ready<Result<Response<M2>, Status>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
             Poll::Ready(Ok(()))
         }
         fn call(&mut self, r: Request<M1>) -> Self::Future {
-            (self.0)(r)
+            std::future::ready((self.0)(r))
+        }
+    }
+
+    /// A [`Handler`], the closure's signature fixed by the bound.
+    fn handler<F, M1, M2>(f: F) -> Handler<F>
+    where
+        F: FnMut(Request<M1>) -> Result<Response<M2>, Status>,
+    {
+        Handler(f)
+    }
+
+    /// The Health stream: one recorded call per message.
+    struct Health(FakeSdk);
+
+    impl Service<Request<Streaming<Empty>>> for Health {
+        type Response = Response<Empty>;
+        type Error = Status;
+        type Future = BoxFuture<Response<Empty>, Status>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, r: Request<Streaming<Empty>>) -> Self::Future {
+            let f = self.0.clone();
+            Box::pin(async move {
+                let mut s = r.into_inner();
+                while let Ok(Some(_)) = s.message().await {
+                    f.record(Call::Health);
+                }
+                Ok(Response::new(Empty {}))
+            })
         }
     }
 
@@ -418,14 +446,18 @@ mod fake {
         }
     }
 
-    fn empty(f: &FakeSdk, call: Call, state: Option<&'static str>) -> Handler<impl FnMut(Request<Empty>) -> BoxFuture<Response<Empty>, Status>> {
+    fn empty(
+        f: &FakeSdk,
+        call: Call,
+        state: Option<&'static str>,
+    ) -> Handler<impl FnMut(Request<Empty>) -> Result<Response<Empty>, Status>> {
         let f = f.clone();
-        Handler(move |_r: Request<Empty>| {
+        handler(move |_r: Request<Empty>| {
             f.record(call.clone());
             if let Some(s) = state {
                 f.set_state(s, &[]);
             }
-            Box::pin(async { Ok(Response::new(Empty {})) }) as BoxFuture<_, _>
+            Ok(Response::new(Empty {}))
         })
     }
 
@@ -454,39 +486,33 @@ mod fake {
                 let codec = ProstCodec::<Empty, Empty>::default();
                 Ok(match method.as_str() {
                     "Ready" => Grpc::new(codec).unary(empty(&f, Call::Ready, Some("Ready")), req).await,
-                    "Shutdown" => Grpc::new(codec).unary(empty(&f, Call::Shutdown, Some("Shutdown")), req).await,
-                    "Allocate" => Grpc::new(codec).unary(empty(&f, Call::Other(method), Some("Allocated")), req).await,
-                    "Health" => {
-                        let h = Handler(move |r: Request<Streaming<Empty>>| {
-                            let f = f.clone();
-                            Box::pin(async move {
-                                let mut s = r.into_inner();
-                                while let Ok(Some(_)) = s.message().await {
-                                    f.record(Call::Health);
-                                }
-                                Ok(Response::new(Empty {}))
-                            }) as BoxFuture<_, _>
-                        });
-                        Grpc::new(codec).client_streaming(h, req).await
+                    "Shutdown" => {
+                        Grpc::new(codec).unary(empty(&f, Call::Shutdown, Some("Shutdown")), req).await
                     }
+                    "Allocate" => {
+                        Grpc::new(codec).unary(empty(&f, Call::Other(method), Some("Allocated")), req).await
+                    }
+                    "Health" => Grpc::new(codec).client_streaming(Health(f), req).await,
                     "GetGameServer" => {
-                        let h = Handler(move |_r: Request<Empty>| {
+                        let h = handler(move |_r: Request<Empty>| {
                             f.record(Call::GetGameServer);
                             let gs = f.state.lock().unwrap().gs.clone();
-                            Box::pin(async move { Ok(Response::new(gs)) }) as BoxFuture<_, _>
+                            Ok(Response::new(gs))
                         });
                         Grpc::new(ProstCodec::<agones::GameServer, Empty>::default()).unary(h, req).await
                     }
                     "WatchGameServer" => {
-                        let h = Handler(move |_r: Request<Empty>| {
+                        let h = handler(move |_r: Request<Empty>| {
                             f.record(Call::Watch);
                             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                             let mut st = f.state.lock().unwrap();
                             let _ = tx.send(st.gs.clone());
                             st.watchers.push(tx);
-                            Box::pin(async move { Ok(Response::new(Updates(rx))) }) as BoxFuture<_, _>
+                            Ok(Response::new(Updates(rx)))
                         });
-                        Grpc::new(ProstCodec::<agones::GameServer, Empty>::default()).server_streaming(h, req).await
+                        Grpc::new(ProstCodec::<agones::GameServer, Empty>::default())
+                            .server_streaming(h, req)
+                            .await
                     }
                     _ => {
                         f.record(Call::Other(method));
@@ -521,11 +547,11 @@ mod fake {
                 let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
                 Ok(match method.as_str() {
                     "UpdateCounter" => {
-                        let h = Handler(move |r: Request<UpdateCounterRequest>| {
+                        let h = handler(move |r: Request<UpdateCounterRequest>| {
                             let u = r.into_inner().counter_update_request.unwrap_or_default();
                             let mut st = f.state.lock().unwrap();
                             if u.name != super::PLAYERS_COUNTER {
-                                return Box::pin(async { Err(Status::not_found("no such counter")) }) as BoxFuture<_, _>;
+                                return Err(Status::not_found("no such counter"));
                             }
                             if let Some(c) = u.capacity {
                                 st.calls.push(Call::Capacity(u.name.clone(), c));
@@ -537,7 +563,7 @@ mod fake {
                             }
                             let (count, capacity) = st.counter;
                             let out = Counter { name: u.name, count, capacity };
-                            Box::pin(async move { Ok(Response::new(out)) }) as BoxFuture<_, _>
+                            Ok(Response::new(out))
                         });
                         Grpc::new(ProstCodec::<Counter, UpdateCounterRequest>::default()).unary(h, req).await
                     }
