@@ -278,7 +278,7 @@ pub struct SdkClient {
 
 /// The worker of an [`SdkClient`]: its GameServer updates and its thread.
 pub struct SdkWorker {
-    updates: mpsc::Receiver<GameServerView>,
+    updates: Option<mpsc::Receiver<GameServerView>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -295,7 +295,7 @@ impl SdkClient {
             .map_err(|e| AgonesError::Connect(e.to_string()))?;
         match ok_rx.recv() {
             Ok(Ok(())) => {
-                Ok((SdkClient { cmds: cmd_tx }, SdkWorker { updates: up_rx, thread: Some(thread) }))
+                Ok((SdkClient { cmds: cmd_tx }, SdkWorker { updates: Some(up_rx), thread: Some(thread) }))
             }
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -335,13 +335,22 @@ impl Agones for SdkClient {
 impl SdkWorker {
     /// The next GameServer update, waiting at most `wait`; `Err` when the watch ended.
     pub fn next_update(&self, wait: Duration) -> Result<Option<GameServerView>, AgonesError> {
-        match self.updates.recv_timeout(wait) {
+        let Some(updates) = &self.updates else {
+            return Err(AgonesError::Closed("no longer watching".into()));
+        };
+        match updates.recv_timeout(wait) {
             Ok(gs) => Ok(Some(gs)),
             Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err(AgonesError::Closed("GameServer watch ended".into()))
             }
         }
+    }
+
+    /// Stop watching the GameServer (every Counter update is a GameServer update: unread,
+    /// they would pile up).
+    pub fn stop_watching(&mut self) {
+        self.updates = None;
     }
 
     /// Wait until every queued call went out (all [`SdkClient`]s must be dropped first).
@@ -492,7 +501,7 @@ pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<d
     install_signal_handlers();
     let mut app = App::new();
     app.add_plugins(bevy::log::LogPlugin::default());
-    let (mut sdk, worker) = SdkClient::connect(None)?;
+    let (mut sdk, mut worker) = SdkClient::connect(None)?;
     let mut life = Lifecycle::new(HEALTH_EVERY, drain_wait(config));
     life.ready(&mut sdk);
     info!("agones: Ready; waiting for an allocation ({GAMES_ANNOTATION} names the Game servers)");
@@ -512,6 +521,7 @@ pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<d
             _ => {}
         }
     };
+    worker.stop_watching();
     let games = match assignment(config, &gs, fallback) {
         Ok(g) if !g.is_empty() => g,
         Ok(_) => return Err(AgonesError::Assignment("no Game servers".into()).into()),

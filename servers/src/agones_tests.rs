@@ -213,6 +213,9 @@ fn the_sdk_client_speaks_the_agones_sdk_protocol() {
         }
     };
     assert_eq!(allocated.name, "p2pmodel-test-gs");
+    let mut worker = worker;
+    worker.stop_watching();
+    assert!(worker.next_update(Duration::ZERO).is_err());
     let c = config(1, 2);
     assert_eq!(assignment(&c, &allocated, &[]).unwrap(), vec![(1, 0)]);
     life.allocated(t0 + s, 50, &mut sdk);
