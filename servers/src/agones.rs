@@ -491,6 +491,31 @@ pub fn drain_wait(config: &ShardConfig) -> Duration {
     config.lobby.heartbeat_timeout + Duration::from_secs(1)
 }
 
+/// Say Ready, then send Health until Agones reports the GameServer Allocated (its view, with
+/// the allocation's annotations) or `stop()` says to stop (then Shutdown is sent: `None`).
+pub fn wait_for_allocation(
+    life: &mut Lifecycle,
+    sdk: &mut dyn Agones,
+    worker: &SdkWorker,
+    mut stop: impl FnMut() -> bool,
+) -> Result<Option<GameServerView>, AgonesError> {
+    life.ready(sdk);
+    loop {
+        let now = Instant::now();
+        if stop() {
+            life.drain(now);
+            life.poll(now, sdk);
+            return Ok(None);
+        }
+        life.tick(now, 0, sdk);
+        if let Some(gs) = worker.next_update(Duration::from_millis(100))?
+            && gs.state == "Allocated"
+        {
+            return Ok(Some(gs));
+        }
+    }
+}
+
 /// `p2pmodel shard game --agones`: Ready, wait for an allocation (Health meanwhile), then run
 /// the allocated Game servers (like `shard game`) with [`AgonesPlugin`]; `fallback` is
 /// `--games`, used when the allocation names none.
@@ -503,23 +528,13 @@ pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<d
     app.add_plugins(bevy::log::LogPlugin::default());
     let (mut sdk, mut worker) = SdkClient::connect(None)?;
     let mut life = Lifecycle::new(HEALTH_EVERY, drain_wait(config));
-    life.ready(&mut sdk);
-    info!("agones: Ready; waiting for an allocation ({GAMES_ANNOTATION} names the Game servers)");
-    let gs = loop {
-        let now = Instant::now();
-        if SIGNALLED.swap(false, Ordering::Relaxed) {
-            life.drain(now);
-            life.poll(now, &mut sdk);
-            drop(sdk);
-            worker.finish();
-            info!("agones: signal received before an allocation; Shutdown sent");
-            return Ok(AppExit::Success);
-        }
-        life.tick(now, 0, &mut sdk);
-        match worker.next_update(Duration::from_millis(100))? {
-            Some(gs) if gs.state == "Allocated" => break gs,
-            _ => {}
-        }
+    info!("agones: connected; Ready, waiting for an allocation ({GAMES_ANNOTATION} names the Game servers)");
+    let stop = || SIGNALLED.swap(false, Ordering::Relaxed);
+    let Some(gs) = wait_for_allocation(&mut life, &mut sdk, &worker, stop)? else {
+        drop(sdk);
+        worker.finish();
+        info!("agones: signal received before an allocation; Shutdown sent");
+        return Ok(AppExit::Success);
     };
     worker.stop_watching();
     let games = match assignment(config, &gs, fallback) {

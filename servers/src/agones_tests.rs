@@ -243,6 +243,48 @@ fn the_sdk_client_speaks_the_agones_sdk_protocol() {
     assert_eq!(server.state(), "Shutdown");
 }
 
+/// The wait before an allocation, with the real SDK: Ready, Health meanwhile, then the
+/// allocated GameServer with its annotation; or Shutdown when told to stop first.
+#[test]
+fn waiting_for_an_allocation_sends_ready_and_health_and_returns_the_allocation() {
+    let server = fake::FakeSdk::start();
+    let (mut sdk, worker) = SdkClient::connect(Some(server.port)).unwrap();
+    let mut life = Lifecycle::new(Duration::ZERO, Duration::from_secs(5));
+    let s2 = server.clone();
+    let mut polls = 0;
+    let allocate_after_3_healths = || {
+        polls += 1;
+        if s2.calls().iter().filter(|c| **c == Call::Health).count() >= 3 && s2.state() == "Ready" {
+            s2.allocate(&[(GAMES_ANNOTATION, "0")]);
+        }
+        assert!(polls < 200, "no allocation seen");
+        false
+    };
+    let gs = wait_for_allocation(&mut life, &mut sdk, &worker, allocate_after_3_healths).unwrap().unwrap();
+    assert_eq!(gs.state, "Allocated");
+    assert_eq!(gs.annotations.get(GAMES_ANNOTATION).map(String::as_str), Some("0"));
+    assert_eq!(life.phase(), Phase::Ready, "allocated() comes once the Game servers run");
+
+    // A second process told to stop before any allocation: Ready, then Shutdown.
+    let other = fake::FakeSdk::start();
+    let (mut sdk2, worker2) = SdkClient::connect(Some(other.port)).unwrap();
+    let mut life2 = Lifecycle::new(Duration::from_secs(1), Duration::from_secs(5));
+    let mut n = 0;
+    let got = wait_for_allocation(&mut life2, &mut sdk2, &worker2, || {
+        n += 1;
+        n > 3
+    })
+    .unwrap();
+    assert!(got.is_none());
+    drop(sdk2);
+    worker2.finish();
+    let calls = other.wait_for(|c| c.contains(&Call::Shutdown));
+    let unary: Vec<Call> =
+        without_health(&calls).into_iter().filter(|c| matches!(c, Call::Ready | Call::Shutdown)).collect();
+    assert_eq!(unary, vec![Call::Ready, Call::Shutdown]);
+    assert_eq!(other.state(), "Shutdown");
+}
+
 /// An Agones SDK server (the sidecar's gRPC protocol) for tests, written with tonic's server
 /// API (the `agones` crate generates only the client). Messages are hand-declared with the
 /// field numbers of the SDK's `sdk.proto` and `beta.proto` (Agones 1.61); the GameServer is
@@ -376,6 +418,11 @@ mod fake {
         /// The players Counter: (count, capacity).
         pub fn counter(&self) -> (i64, i64) {
             self.state.lock().unwrap().counter
+        }
+
+        /// The calls so far.
+        pub fn calls(&self) -> Vec<Call> {
+            self.state.lock().unwrap().calls.clone()
         }
 
         /// The calls so far, once `done` holds (at most 10 s).
