@@ -516,13 +516,34 @@ pub fn wait_for_allocation(
     }
 }
 
+/// The allocated Game servers `games` (`(number, zone)`) in `app` (which has
+/// `MinimalPlugins`): linked to the Lobby at `lobby.internal`, with [`AgonesPlugin`];
+/// reports the players Counter's capacity (Game servers × `game.capacity`).
+pub fn add_allocated_games(
+    app: &mut App,
+    config: &ShardConfig,
+    games: &[(u32, u32)],
+    mut life: Lifecycle,
+    mut sdk: Box<dyn Agones>,
+) -> std::io::Result<()> {
+    use crate::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_core::proto::shard::Role;
+
+    let relay = crate::shard::public_addr(config, config.relay.primary);
+    let (hb, timeout, secret) = (config.lobby.heartbeat, config.lobby.heartbeat_timeout, config.shard.secret);
+    crate::shard::add_games(app, config, games, Some(relay));
+    let roles = games.iter().map(|(g, _)| Role::Game(*g)).collect();
+    app.insert_resource(RemoteBus::connect(roles, config.lobby.internal, secret, hb, timeout)?);
+    let capacity = i64::try_from(games.len() * config.game.capacity).unwrap_or(i64::MAX);
+    life.allocated(Instant::now(), capacity, sdk.as_mut());
+    app.insert_resource(AgonesState { life, sdk }).add_plugins((RemoteBusPlugin, AgonesPlugin));
+    Ok(())
+}
+
 /// `p2pmodel shard game --agones`: Ready, wait for an allocation (Health meanwhile), then run
 /// the allocated Game servers (like `shard game`) with [`AgonesPlugin`]; `fallback` is
 /// `--games`, used when the allocation names none.
 pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<dyn std::error::Error>> {
-    use crate::shard::remote::{RemoteBus, RemoteBusPlugin};
-    use p2pmodel_core::proto::shard::Role;
-
     install_signal_handlers();
     let mut app = App::new();
     app.add_plugins(bevy::log::LogPlugin::default());
@@ -551,20 +572,12 @@ pub fn run_game(config: &ShardConfig, fallback: &[u32]) -> Result<AppExit, Box<d
             return Err(e.into());
         }
     };
-    let relay = crate::shard::public_addr(config, config.relay.primary);
-    let (hb, timeout, secret) = (config.lobby.heartbeat, config.lobby.heartbeat_timeout, config.shard.secret);
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
-    crate::shard::add_games(&mut app, config, &games, Some(relay));
-    let roles = games.iter().map(|(g, _)| Role::Game(*g)).collect();
-    app.insert_resource(RemoteBus::connect(roles, config.lobby.internal, secret, hb, timeout)?);
-    let capacity = i64::try_from(games.len() * config.game.capacity).unwrap_or(i64::MAX);
-    life.allocated(Instant::now(), capacity, &mut sdk);
+    add_allocated_games(&mut app, config, &games, life, Box::new(sdk))?;
     println!(
-        "shard {} game servers {games:?} (number, zone), allocated as {}: lobby {}, relay {relay}",
+        "shard {} game servers {games:?} (number, zone), allocated as {}: lobby {}",
         config.shard.name, gs.name, config.lobby.internal
     );
-    app.insert_resource(AgonesState { life, sdk: Box::new(sdk) })
-        .add_plugins((RemoteBusPlugin, AgonesPlugin));
     let exit = app.run();
     worker.finish();
     Ok(exit)

@@ -285,6 +285,89 @@ fn waiting_for_an_allocation_sends_ready_and_health_and_returns_the_allocation()
     assert_eq!(other.state(), "Shutdown");
 }
 
+/// End to end over real sockets: a Game server process allocated through the SDK links to a
+/// real Lobby, which hears its Game server; on a drain the Lobby declares it dead (so it moves
+/// its players) before Shutdown reaches Agones.
+#[test]
+fn an_allocated_game_server_joins_the_lobby_and_drains_before_shutdown() {
+    use crate::shard::lobby::LobbyState;
+    use crate::shard::remote::{RemoteBus, RemoteBusPlugin};
+    use p2pmodel_core::proto::shard::Role;
+
+    let mut c = config(1, 2);
+    c.lobby.heartbeat = Duration::from_millis(50);
+    c.lobby.heartbeat_timeout = Duration::from_millis(400);
+    let mut lobby = App::new();
+    lobby.add_plugins(MinimalPlugins);
+    crate::shard::add_lobby(&mut lobby, &c, "127.0.0.1:3478".parse().unwrap()).unwrap();
+    let (bus, bound) = RemoteBus::listen(
+        vec![Role::Lobby],
+        "127.0.0.1:0".parse().unwrap(),
+        c.shard.secret,
+        c.lobby.heartbeat,
+        c.lobby.heartbeat_timeout,
+    )
+    .unwrap();
+    lobby.insert_resource(bus).add_plugins(RemoteBusPlugin);
+    c.lobby.internal = bound;
+
+    let server = fake::FakeSdk::start();
+    let (mut sdk, worker) = SdkClient::connect(Some(server.port)).unwrap();
+    let mut life = Lifecycle::new(Duration::from_millis(200), drain_wait(&c));
+    let s2 = server.clone();
+    let gs = wait_for_allocation(&mut life, &mut sdk, &worker, || {
+        if s2.state() == "Ready" {
+            s2.allocate(&[(GAMES_ANNOTATION, "1")]);
+        }
+        false
+    })
+    .unwrap()
+    .unwrap();
+    let games = assignment(&c, &gs, &[]).unwrap();
+    assert_eq!(games, vec![(1, 0)]);
+    let mut game = App::new();
+    game.add_plugins(MinimalPlugins);
+    add_allocated_games(&mut game, &c, &games, life, Box::new(sdk)).unwrap();
+
+    let heard =
+        |lobby: &App| lobby.world().resource::<LobbyState>().games.get(&1).map(|g| (g.heard, g.alive));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heard(&lobby) != Some((true, true)) {
+        assert!(Instant::now() < deadline, "the Lobby never heard Game server 1");
+        lobby.update();
+        game.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(heard(&lobby).map(|h| h.0), Some(true));
+    assert!(!lobby.world().resource::<LobbyState>().games[&0].heard, "Game server 0 was not allocated here");
+
+    let drained_at = Instant::now();
+    game.world_mut().resource_mut::<AgonesState>().life.drain(drained_at);
+    let mut dead_at = None;
+    while game.should_exit().is_none() {
+        assert!(Instant::now() < deadline, "no Shutdown after the drain");
+        lobby.update();
+        game.update();
+        if dead_at.is_none() && heard(&lobby) == Some((true, false)) {
+            dead_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let shutdown_at = Instant::now();
+    let dead_at = dead_at.expect("the Lobby declared the drained Game server dead before Shutdown");
+    assert!(dead_at - drained_at >= c.lobby.heartbeat_timeout / 2, "{:?}", dead_at - drained_at);
+    assert!(shutdown_at >= drained_at + drain_wait(&c));
+    drop(game);
+    worker.finish();
+    let calls = server.wait_for(|c| c.contains(&Call::Shutdown));
+    let ordered: Vec<Call> = without_health(&calls)
+        .into_iter()
+        .filter(|c| !matches!(c, Call::GetGameServer | Call::Watch | Call::Other(_)))
+        .collect();
+    let p = |n| Call::Count(PLAYERS_COUNTER.into(), n);
+    assert_eq!(ordered, vec![Call::Ready, Call::Capacity(PLAYERS_COUNTER.into(), 50), p(0), Call::Shutdown]);
+}
+
 /// An Agones SDK server (the sidecar's gRPC protocol) for tests, written with tonic's server
 /// API (the `agones` crate generates only the client). Messages are hand-declared with the
 /// field numbers of the SDK's `sdk.proto` and `beta.proto` (Agones 1.61); the GameServer is
