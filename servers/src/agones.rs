@@ -120,6 +120,14 @@ impl Lifecycle {
         }
     }
 
+    /// The GameServer is already Allocated (this container restarted inside an allocation):
+    /// no Ready, which would put the GameServer back into the warm pool.
+    pub fn skip_ready(&mut self) {
+        if self.phase == Phase::Starting {
+            self.phase = Phase::Ready;
+        }
+    }
+
     /// Agones allocated this process and its Game servers run: report the players Counter's
     /// capacity and a count of 0.
     pub fn allocated(&mut self, now: Instant, capacity: i64, sdk: &mut dyn Agones) {
@@ -382,6 +390,16 @@ fn worker(
                 return;
             }
         };
+        // The current GameServer first: a restarted container may already be Allocated.
+        match sdk.get_gameserver().await {
+            Ok(gs) => {
+                let _ = updates.send(GameServerView::from(gs));
+            }
+            Err(e) => {
+                let _ = ok.send(Err(e.to_string()));
+                return;
+            }
+        }
         let mut watcher = sdk.clone();
         tokio::spawn(async move {
             match watcher.watch_gameserver().await {
@@ -493,12 +511,19 @@ pub fn drain_wait(config: &ShardConfig) -> Duration {
 
 /// Say Ready, then send Health until Agones reports the GameServer Allocated (its view, with
 /// the allocation's annotations) or `stop()` says to stop (then Shutdown is sent: `None`).
+/// A GameServer already Allocated (the container restarted) is returned at once, without Ready.
 pub fn wait_for_allocation(
     life: &mut Lifecycle,
     sdk: &mut dyn Agones,
     worker: &SdkWorker,
     mut stop: impl FnMut() -> bool,
 ) -> Result<Option<GameServerView>, AgonesError> {
+    if let Some(gs) = worker.next_update(Duration::from_secs(5))?
+        && gs.state == "Allocated"
+    {
+        life.skip_ready();
+        return Ok(Some(gs));
+    }
     life.ready(sdk);
     loop {
         let now = Instant::now();

@@ -285,6 +285,24 @@ fn waiting_for_an_allocation_sends_ready_and_health_and_returns_the_allocation()
     assert_eq!(other.state(), "Shutdown");
 }
 
+/// A container restarted inside an allocation finds its GameServer Allocated: it takes the
+/// allocation's Game servers again and does not say Ready (that would return it to the pool).
+#[test]
+fn a_restarted_container_of_an_allocated_pod_resumes_without_ready() {
+    let server = fake::FakeSdk::start_in("Allocated", &[(GAMES_ANNOTATION, "0,1")]);
+    let (mut sdk, worker) = SdkClient::connect(Some(server.port)).unwrap();
+    let mut life = Lifecycle::new(Duration::from_secs(1), Duration::from_secs(5));
+    let gs = wait_for_allocation(&mut life, &mut sdk, &worker, || false).unwrap().unwrap();
+    assert_eq!(assignment(&config(1, 2), &gs, &[]).unwrap(), vec![(0, 0), (1, 0)]);
+    life.allocated(Instant::now(), 100, &mut sdk);
+    drop(sdk);
+    worker.finish();
+    let calls = server.calls();
+    assert!(!calls.contains(&Call::Ready), "{calls:?}");
+    assert!(calls.contains(&Call::Capacity(PLAYERS_COUNTER.into(), 100)), "{calls:?}");
+    assert_eq!(server.state(), "Allocated");
+}
+
 /// End to end over real sockets: a Game server process allocated through the SDK links to a
 /// real Lobby, which hears its Game server; on a drain the Lobby declares it dead (so it moves
 /// its players) before Shutdown reaches Agones.
@@ -440,13 +458,20 @@ mod fake {
     impl FakeSdk {
         /// Start on a free loopback port, GameServer `p2pmodel-test-gs` in state `Scheduled`.
         pub fn start() -> FakeSdk {
+            FakeSdk::start_in("Scheduled", &[])
+        }
+
+        /// Start with the GameServer in `state` with `annotations`.
+        pub fn start_in(state: &str, annotations: &[(&str, &str)]) -> FakeSdk {
+            let meta = agones::ObjectMeta {
+                name: "p2pmodel-test-gs".into(),
+                annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            };
             let gs = agones::GameServer {
-                object_meta: Some(agones::ObjectMeta {
-                    name: "p2pmodel-test-gs".into(),
-                    ..Default::default()
-                }),
+                object_meta: Some(meta),
                 spec: None,
-                status: Some(agones::Status { state: "Scheduled".into(), ..Default::default() }),
+                status: Some(agones::Status { state: state.into(), ..Default::default() }),
             };
             let state =
                 Arc::new(Mutex::new(State { calls: Vec::new(), gs, counter: (0, 0), watchers: Vec::new() }));
