@@ -11,7 +11,7 @@
 #
 # Run as root (chroot, mount namespaces). Env: P2PMODEL_RELEASE_BIN (skip the release build),
 # P2PMODEL_DEMO_BIN (skip the demo build), CARGO_TARGET_DIR, OCI_SMOKE_KEEP=1 (keep the work
-# directory). Exit 0 only when everything passed. ~1 min with warm builds.
+# directory). Exit 0 only when everything passed. ~15 s with warm builds.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
