@@ -279,7 +279,7 @@ enum Cmd {
 
 /// The official Agones SDK on a worker thread (a current-thread tokio runtime): our calls are
 /// queued in order; GameServer updates (WatchGameServer) come back through
-/// [`SdkClient::next_update`]. Failed calls are logged as warnings.
+/// [`SdkWorker::next_update`]. Failed calls are logged as warnings.
 pub struct SdkClient {
     cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
 }
