@@ -7,7 +7,11 @@
 //! - [`udp_driver`]: runs any sans-IO [`p2pmodel_core::endpoint::Endpoint`] on real UDP sockets.
 //! - [`fuzz`]: `p2pmodel fuzz` — structure-aware fuzzing of every decoder and network entry point.
 //! - [`netcheck`]: `p2pmodel netcheck` — learn the public address and NAT class from STUN servers.
+//! - `agones` (cargo feature `agones`): `p2pmodel shard game --agones`, Game servers as an
+//!   Agones GameServer (Ready, Health, allocation, players Counter, Shutdown).
 
+#[cfg(feature = "agones")]
+pub mod agones;
 pub mod bench;
 pub mod config;
 pub mod embedded;

@@ -115,6 +115,10 @@ enum ShardRole {
         /// The shard configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Connect to the Lobby here instead of `lobby.internal`; a host name (a Kubernetes
+        /// Service) is resolved once at startup.
+        #[arg(long, value_name = "HOST:PORT")]
+        lobby: Option<String>,
     },
     /// The Lobby alone; listens for internal links at `lobby.internal`. Start it first.
     Lobby {
@@ -130,6 +134,16 @@ enum ShardRole {
         /// Which Game servers (numbers, comma-separated; default: all of the shard).
         #[arg(long, value_delimiter = ',')]
         games: Vec<u32>,
+        /// Connect to the Lobby here instead of `lobby.internal`; a host name (a Kubernetes
+        /// Service) is resolved once at startup.
+        #[arg(long, value_name = "HOST:PORT")]
+        lobby: Option<String>,
+        /// Run as an Agones GameServer: Ready, wait for an allocation naming the Game servers
+        /// (annotation `p2pmodel.dev/games`, else --games), Health from the tick, the players
+        /// Counter, drain and Shutdown on SIGTERM (docs/OPERATIONS.md).
+        #[cfg(feature = "agones")]
+        #[arg(long)]
+        agones: bool,
     },
 }
 
@@ -163,8 +177,24 @@ fn run_relay(config: &RelayRoleConfig) -> ExitCode {
     }
 }
 
-fn run_role(config: &std::path::Path, role: RoleArg) -> ExitCode {
-    let c = match load(config) {
+/// The config with `--lobby` applied (a host name is resolved here, once).
+fn load_role(config: &std::path::Path, lobby: Option<&str>) -> Result<ShardConfig, ExitCode> {
+    let mut c = load(config)?;
+    if let Some(lobby) = lobby {
+        use std::net::ToSocketAddrs as _;
+        match lobby.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => c.lobby.internal = addr,
+            Ok(None) | Err(_) => {
+                eprintln!("p2pmodel: --lobby {lobby}: cannot resolve it to an address (HOST:PORT)");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(c)
+}
+
+fn run_role(config: &std::path::Path, lobby: Option<&str>, role: RoleArg) -> ExitCode {
+    let c = match load_role(config, lobby) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -233,10 +263,26 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Shard { role: ShardRole::Agent { config } } => run_role(&config, RoleArg::Agent),
-        Command::Shard { role: ShardRole::Lobby { config } } => run_role(&config, RoleArg::Lobby),
-        Command::Shard { role: ShardRole::Game { config, games } } => {
-            run_role(&config, RoleArg::Games(games))
+        Command::Shard { role: ShardRole::Agent { config, lobby } } => {
+            run_role(&config, lobby.as_deref(), RoleArg::Agent)
+        }
+        Command::Shard { role: ShardRole::Lobby { config } } => run_role(&config, None, RoleArg::Lobby),
+        #[cfg(feature = "agones")]
+        Command::Shard { role: ShardRole::Game { config, games, lobby, agones: true } } => {
+            match load_role(&config, lobby.as_deref()) {
+                Ok(c) => match p2pmodel_servers::agones::run_game(&c, &games) {
+                    Ok(exit) if exit.is_success() => ExitCode::SUCCESS,
+                    Ok(_) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("p2pmodel: agones: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(code) => code,
+            }
+        }
+        Command::Shard { role: ShardRole::Game { config, games, lobby, .. } } => {
+            run_role(&config, lobby.as_deref(), RoleArg::Games(games))
         }
         Command::Token { config, client_id, name } => match load(&config) {
             Ok(c) => {
