@@ -61,6 +61,10 @@ cleanup_lab() {
 }
 
 if [ "$(id -u)" != 0 ]; then echo "netlab: must run as root (sudo $0)" >&2; exit 2; fi
+# One lab per machine: namespaces share the p2pm-nl- prefix, and a run starts by removing a
+# crashed run's leftovers, so a second run waits here instead of tearing the first one down.
+exec 9>/run/lock/p2pm-netlab.lock
+if ! flock -n 9; then echo "netlab: another run holds the lab; waiting"; flock 9; fi
 if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
 for tool in ip nft conntrack turnserver turnutils_natdiscovery python3 ethtool; do
   command -v "$tool" >/dev/null || {
