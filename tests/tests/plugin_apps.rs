@@ -211,6 +211,21 @@ fn port_restricted_and_full_cone_meet_relayed_then_direct_and_exchange_notes_in_
         stats.jitter.is_some() && stats.rtt_p99.is_some_and(|p| p >= Duration::from_millis(20)),
         "{stats:?}"
     );
+    // Inspectors see the components whole (core types reflected through remote wrappers).
+    {
+        use bevy::reflect::{PartialReflect, ReflectRef};
+        let registry = st.world(a).resource::<AppTypeRegistry>().read();
+        for t in [
+            std::any::TypeId::of::<Peer>(),
+            std::any::TypeId::of::<PeerPath>(),
+            std::any::TypeId::of::<PeerStats>(),
+        ] {
+            assert!(registry.get(t).is_some(), "registered for reflection");
+        }
+        let ReflectRef::Struct(fields) = peer.reflect_ref() else { panic!("a struct") };
+        let player = fields.field("player").and_then(|f| f.try_downcast_ref::<PlayerId>());
+        assert_eq!(player, Some(&pb));
+    }
     let b_stats = &peer_entities(&mut st, b)[0].2;
     assert_eq!(b_stats.p2p_messages_received + b_stats.server_messages_received, 60);
 

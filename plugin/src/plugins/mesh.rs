@@ -72,20 +72,25 @@ impl PeerIndex {
 }
 
 /// An introduced peer (one entity each, despawned when the shard un-introduces it).
-#[derive(Component, Debug, Clone, PartialEq, Eq)]
+#[derive(Component, Debug, Clone, PartialEq, Eq, Reflect)]
+#[reflect(Component, Debug)]
 pub struct Peer {
     /// The peer's player id.
+    #[reflect(remote = super::reflect::PlayerIdReflect)]
     pub player: PlayerId,
     /// Its name.
     pub name: String,
     /// The link the shard assigned.
+    #[reflect(remote = super::reflect::LinkIdReflect)]
     pub link: LinkId,
 }
 
 /// How traffic to a peer travels now.
-#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Reflect)]
+#[reflect(Component, Debug)]
 pub struct PeerPath {
     /// Connecting, relayed, direct, lost or server.
+    #[reflect(remote = super::reflect::PeerPathKindReflect)]
     pub path: client::PeerPath,
     /// The peer's address (direct) or the relay's (relayed).
     pub remote: Option<SocketAddr>,
@@ -212,6 +217,8 @@ impl Plugin for P2pMeshPlugin {
             .add_message::<P2pReceived>()
             .add_message::<NatDiscovered>()
             .register_type::<PeerStats>()
+            .register_type::<Peer>()
+            .register_type::<PeerPath>()
             .add_message::<ShardEvent>()
             .add_systems(PreUpdate, receive_datagrams.in_set(Step::MeshIn))
             .add_systems(PreUpdate, publish_events.in_set(Step::Events))

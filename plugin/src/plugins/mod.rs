@@ -26,6 +26,7 @@ pub mod diagnostics;
 mod io;
 mod mesh;
 mod message;
+pub mod reflect;
 mod sender;
 mod sets;
 mod shard;
