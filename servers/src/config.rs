@@ -773,6 +773,8 @@ fn relay_core(cx: &Ctx, r: &RawRelay, max_life: u64) -> Result<RelayConfig, Conf
             60_000,
             1000,
         )?),
+        early_hold: defaults.early_hold,
+        max_early_bytes: defaults.max_early_bytes,
     })
 }
 

@@ -38,6 +38,12 @@ use crate::endpoint::Transmit;
 use crate::proto::peer::{LinkId, PeerKind, Side};
 use crate::proto::relay::{BindAck, BindCookie, BindRequest, MAX_PADDED_BIND};
 
+/// How long after a relay was given to the link its relayed path counts as usable before
+/// the relay confirmed both sides bound (zero-round-trip relay: data goes out at once in
+/// BindData datagrams). The relay holds such data up to its `early_hold` (2 s) for a peer
+/// that binds later; a peer that never binds (P2P off, gone) no longer looks reachable.
+const ZERO_RTT_WINDOW: Duration = Duration::from_secs(2);
+
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
 /// The renet channel for the application's unreliable messages (latest-state updates).
@@ -206,6 +212,9 @@ struct RelayState {
     live: Liveness,
     /// When we last bound again because the relayed path went silent.
     last_rescue: Option<Instant>,
+    /// Until when the relayed path counts as usable before the relay confirmed it (both
+    /// sides bound): data goes out in BindData datagrams meanwhile.
+    optimistic_until: Option<Instant>,
 }
 
 /// How often a silent relayed path re-binds (a restarted relay lost our binding).
@@ -226,7 +235,18 @@ impl RelayState {
             observed: None,
             live: Liveness::new(now),
             last_rescue: None,
+            optimistic_until: Some(now + ZERO_RTT_WINDOW),
         }
+    }
+
+    /// The relay confirmed both sides bound: plain data flows through it.
+    fn confirmed(&self) -> bool {
+        self.bound && self.peer_bound
+    }
+
+    /// Data may go to the relay: confirmed, or within the zero-round-trip window.
+    fn usable(&self) -> bool {
+        self.confirmed() || self.optimistic_until.is_some()
     }
 
     /// When a silent relayed path should bind again: the relay may have restarted and lost
@@ -480,7 +500,7 @@ impl Link {
 
     /// The path we currently send on.
     pub fn path(&self) -> Path {
-        let relay = self.relay.as_ref().filter(|r| r.bound && r.peer_bound).map(|r| r.params.addr);
+        let relay = self.relay.as_ref().filter(|r| r.usable()).map(|r| r.params.addr);
         match (&self.direct, relay) {
             // A suspect direct path gives way to the relay (if there is one to give way to).
             (Some(d), Some(relay)) if d.suspected_at.is_some() => Path::Relayed { relay },
@@ -636,6 +656,9 @@ impl Link {
             {
                 at(t);
             }
+            if let Some(t) = r.optimistic_until.filter(|_| !r.confirmed()) {
+                at(t);
+            }
         }
         if let Some(b) = &self.birthday {
             at(b.next);
@@ -750,6 +773,11 @@ impl Link {
     }
 
     fn relay_timers(&mut self, now: Instant) {
+        if let Some(r) = self.relay.as_mut()
+            && r.optimistic_until.is_some_and(|t| now >= t)
+        {
+            r.optimistic_until = None;
+        }
         let keepalive = self.cfg.keepalive;
         let (timeout, direct) = (self.path_timeout(), self.direct.is_some());
         // On the relayed path, silence after our sends may mean the relay restarted and lost
@@ -769,6 +797,7 @@ impl Link {
                     // This attempt failed; the relay binding is presumed gone.
                     r.attempt = None;
                     r.bound = false;
+                    r.optimistic_until = None;
                     r.next_refresh = now + self.cfg.relay_bind_rto * 8;
                 } else {
                     let tries = a.tries + 1;
@@ -976,6 +1005,38 @@ impl Link {
             payload.resize(MAX_PADDED_BIND, 0);
         }
         self.transmits.push_back(Transmit { src: None, dst, payload });
+    }
+
+    /// A datagram for the relay at `dst` while the relay has not confirmed both sides bound
+    /// goes in a BindData (zero-round-trip relay): it binds us (a fresh counter, our latest
+    /// cookie, padded while our address is not validated) and the relay forwards the data,
+    /// or holds it until the peer binds. Anything else is returned as it is.
+    fn with_bind_proof(&mut self, now: Instant, dst: SocketAddr, datagram: Vec<u8>) -> Vec<u8> {
+        let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == dst && !r.confirmed()) else {
+            return datagram;
+        };
+        let counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
+        let pad = if r.validated { 0 } else { MAX_PADDED_BIND };
+        match BindRequest::encode_with_data(
+            self.id,
+            self.side,
+            &r.params.token,
+            &r.params.bind_key,
+            counter,
+            r.cookie,
+            &datagram,
+            pad,
+        ) {
+            Some(b) => {
+                r.last_counter = counter;
+                b
+            }
+            None => {
+                // Too long to carry: bind on its own, the data follows as it is.
+                self.send_bind(now);
+                datagram
+            }
+        }
     }
 
     fn start_punch(&mut self, now: Instant) {
@@ -1450,6 +1511,7 @@ impl Link {
                 }
                 let d = self.crypto.seal(PeerKind::Data, &packet);
                 let src = self.direct.filter(|d| d.addr == dst).and_then(|d| d.local);
+                let d = self.with_bind_proof(now, dst, d);
                 self.send_on_path(now, src, dst, d, expects_answer);
                 if !expects_answer && let Some(d) = self.direct.as_mut().filter(|d| d.addr == dst) {
                     d.live.acked_since.get_or_insert(now);

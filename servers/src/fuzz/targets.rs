@@ -364,10 +364,17 @@ fn world() -> Recorded {
                 rec.to_relay.push((from, bytes.clone()));
                 match relay.process(now, from, &bytes, &mut buf) {
                     Action::Forward { to } => wire.push((now + latency, relay_addr(), to, bytes)),
-                    Action::Reply { to, len, notify } => {
+                    Action::Reply { to, len, notify, forward, early } => {
                         wire.push((now + latency, relay_addr(), to, buf.reply[..len].to_vec()));
+                        for d in buf.early_datagrams(early) {
+                            wire.push((now + latency, relay_addr(), to, d.to_vec()));
+                        }
                         if let Some(n) = notify {
                             wire.push((now + latency, relay_addr(), n.to, buf.notify[..n.len].to_vec()));
+                        }
+                        if let Some(e) = forward {
+                            let d = bytes[e.start..e.start + e.len].to_vec();
+                            wire.push((now + latency, relay_addr(), e.to, d));
                         }
                     }
                     Action::Drop(_) => {}
