@@ -623,7 +623,12 @@ impl ShardConfig {
         if !shard.relays.is_empty() && usize::from(relay.id) >= shard.relays.len() {
             return Err(cx.invalid(
                 "relay.id",
-                format!("is {}, but shard.relays lists {} relays (ids 0..{})", relay.id, shard.relays.len(), shard.relays.len()),
+                format!(
+                    "is {}, but shard.relays lists {} relays (ids 0..{})",
+                    relay.id,
+                    shard.relays.len(),
+                    shard.relays.len()
+                ),
             ));
         }
         let agent = agent_section(&cx, raw.agent, shard.bind, base)?;
@@ -701,7 +706,8 @@ fn shard_section(
     if relays.len() > p2pmodel_core::proto::shard::MAX_RELAYS {
         return Err(cx.invalid("shard.relays", "lists more than 16 relays"));
     }
-    let section = ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics, relays };
+    let section =
+        ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics, relays };
     Ok((section, secret, relay_key))
 }
 

@@ -111,7 +111,8 @@ impl PunchServer {
         let clock_unix = clock.unix_secs_at(clock.at);
         let server = PunchServer::new(ip, alt_ip, keys.relay_keys(clock_unix), clock, rng.random());
         let addr = server.relay_addr;
-        let host = sim.add_host(HostConfig::public(ip).extra_ip(alt_ip).port(3478), DelayLine::new(server, delays));
+        let host =
+            sim.add_host(HostConfig::public(ip).extra_ip(alt_ip).port(3478), DelayLine::new(server, delays));
         (host, ShardRelay { addr, keys })
     }
 }

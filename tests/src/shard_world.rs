@@ -17,8 +17,8 @@ use p2pmodel_core::client::{Channel, ClientConfig, ClientCore, ClientEvent, Peer
 use p2pmodel_core::endpoint::{Endpoint, Transmit};
 use p2pmodel_core::proto::shard::PlayerId;
 use p2pmodel_core::shard::LocalShardConfig;
-use p2pmodel_sim::HostId;
 use p2pmodel_core::shard::game::ShardRelay;
+use p2pmodel_sim::HostId;
 use p2pmodel_sim::hosts::{PunchServer, SimShard, public_ip};
 
 use crate::{Site, World};

@@ -443,7 +443,8 @@ const RELAY_IPS: [std::net::Ipv4Addr; 3] = [
 fn three_relays(seed: u64, extra: [[u64; 4]; 3], sites: usize) -> (ShardWorld, Vec<HostId>, Vec<HostId>) {
     let mut world = p2pmodel_tests::World::new(seed);
     let mut site_list: Vec<_> = (0..sites).map(|_| world.site(NatKind::SymmetricRandom)).collect();
-    let ips: Vec<std::net::IpAddr> = site_list.iter().map(|s| world.sim.nat_public_ip(s.nat.unwrap())).collect();
+    let ips: Vec<std::net::IpAddr> =
+        site_list.iter().map(|s| world.sim.nat_public_ip(s.nat.unwrap())).collect();
     let mut relays = Vec::new();
     let mut hosts = Vec::new();
     for (r, ip) in RELAY_IPS.iter().enumerate() {
@@ -460,7 +461,11 @@ fn three_relays(seed: u64, extra: [[u64; 4]; 3], sites: usize) -> (ShardWorld, V
 }
 
 /// The relay a pair's relayed path goes through, as both clients see it.
-fn relayed_via(w: &ShardWorld, a: HostId, b: HostId) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+fn relayed_via(
+    w: &ShardWorld,
+    a: HostId,
+    b: HostId,
+) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
     let (ia, ib) = (w.id(a), w.id(b));
     let via = |me: HostId, peer| {
         let p = w.p(me).core.peer(peer)?;
@@ -490,9 +495,17 @@ fn with_three_relays_each_pair_lands_on_the_relay_with_the_lowest_rtt_sum_not_ea
             let best = (0..3).min_by_key(|r| sum(*r, s, t)).unwrap();
             let (a, b) = (players[s], players[t]);
             let (chosen, standby) = w.shard.pair_relays(w.id(a), w.id(b)).expect("introduced");
-            println!("pair {s}-{t}: relay {chosen:?} (standby {standby:?}), best sum {best}, nearest {} / {}", nearest(s), nearest(t));
+            println!(
+                "pair {s}-{t}: relay {chosen:?} (standby {standby:?}), best sum {best}, nearest {} / {}",
+                nearest(s),
+                nearest(t)
+            );
             assert_eq!(chosen, Some(best as u8), "pair {s}-{t}: the lowest sum");
-            assert_eq!(relayed_via(&w, a, b), (Some(relay_addr(best)), Some(relay_addr(best))), "pair {s}-{t}");
+            assert_eq!(
+                relayed_via(&w, a, b),
+                (Some(relay_addr(best)), Some(relay_addr(best))),
+                "pair {s}-{t}"
+            );
             if best != nearest(s) && best != nearest(t) {
                 not_nearest += 1;
             }
@@ -519,7 +532,8 @@ fn a_relay_that_dies_mid_stream_is_replaced_for_its_pairs_within_a_second_withou
     let at = |r: usize| Some(std::net::SocketAddr::new(RELAY_IPS[r].into(), 3478));
     assert_eq!(relayed_via(&w, a, b), (at(0), at(0)));
     // Relay 0 dies.
-    w.world.sim.node_mut::<p2pmodel_sim::hosts::DelayLine<p2pmodel_tests::PunchServer>>(relays[0]).down = true;
+    w.world.sim.node_mut::<p2pmodel_sim::hosts::DelayLine<p2pmodel_tests::PunchServer>>(relays[0]).down =
+        true;
     let t = w.world.sim.now();
     w.run(10 * SEC);
     // Both sides went on through the standby at once, then the Game server, told by the
@@ -538,5 +552,57 @@ fn a_relay_that_dies_mid_stream_is_replaced_for_its_pairs_within_a_second_withou
     for h in [a, b] {
         let link = w.p(h).core.mesh().links().next().expect("one link");
         assert!(link.stats().relay_switches >= 1, "{:?}", link.stats());
+    }
+}
+
+#[test]
+fn a_relayed_pair_moves_to_a_relay_that_became_better_by_the_margin_and_not_for_less() {
+    // Relay 0 best at first; relay 1 worse by 30 ms of sum, relay 2 by 200 ms.
+    let extra = [[20, 20, 0, 0], [35, 35, 0, 0], [120, 120, 0, 0]];
+    let (mut w, relays, players) = three_relays(222, extra, 2);
+    let (a, b) = (players[0], players[1]);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(3 * SEC);
+    let (ia, ib) = (w.id(a), w.id(b));
+    assert_eq!(w.shard.pair_relays(ia, ib), Some((Some(0), Some(1))));
+    let site_ips: Vec<std::net::IpAddr> = [a, b].iter().map(|h| w.p(*h).public_ip.unwrap()).collect();
+    let set = |w: &mut ShardWorld, r: usize, ms: u64| {
+        let line =
+            w.world.sim.node_mut::<p2pmodel_sim::hosts::DelayLine<p2pmodel_tests::PunchServer>>(relays[r]);
+        for ip in &site_ips {
+            line.set_delay(*ip, Duration::from_millis(ms));
+        }
+    };
+    let moves = |w: &ShardWorld| w.shard.with(|s| s.games().iter().map(|g| g.stats.relay_moves).sum::<u64>());
+    // Relay 2 becomes 5 ms (one way, each side: 20 ms of sum) better than relay 0: below
+    // the margin, the pair stays.
+    set(&mut w, 2, 15);
+    w.run(40 * SEC); // past the clients' next RTT round (every 30 s)
+    assert_eq!(moves(&w), 0, "a gain below the margin moves nothing");
+    assert_eq!(w.shard.pair_relays(ia, ib).map(|p| p.0), Some(Some(0)));
+    // Relay 1 becomes 20 ms one way better than relay 0 (80 ms of sum): the pair moves.
+    set(&mut w, 1, 0);
+    let t = w.world.sim.now();
+    w.run(40 * SEC);
+    assert_eq!(moves(&w), 1);
+    assert_eq!(w.shard.pair_relays(ia, ib).map(|p| p.0), Some(Some(1)));
+    let at1 = Some(std::net::SocketAddr::new(RELAY_IPS[1].into(), 3478));
+    assert_eq!(relayed_via(&w, a, b), (at1, at1), "both sides moved");
+    check_streams(&w, a, b);
+    // Around the move (from a second before either side changed relay to two after), the
+    // streams never paused: each side kept sending through relay 0 until both were bound on
+    // relay 1.
+    let moved = [a, b].map(|h| w.p(h).path_changes(if h == a { ib } else { ia }, PeerPath::Relayed));
+    let moved = moved.iter().flatten().filter(|x| **x > t).min().copied().expect("a relay change");
+    for (from, to) in [(a, b), (b, a)] {
+        let arrivals: Vec<_> = w.p(to).received[&w.id(from)]
+            .iter()
+            .filter(|g| g.at + SEC > moved && g.at < moved + 2 * SEC)
+            .map(|g| g.at)
+            .collect();
+        let gap = arrivals.windows(2).map(|p| p[1] - p[0]).max().unwrap();
+        println!("longest silence around the move: {gap:?}");
+        assert!(gap < Duration::from_millis(100), "the move cost no silence: {gap:?}");
     }
 }

@@ -701,6 +701,12 @@ impl ClientCore {
         Some(self.mesh.link(p.link)?.packet_loss())
     }
 
+    /// Our round-trip time to each of the shard's relays, by index (`None`: not
+    /// measured, or no answer in the last round).
+    pub fn relay_rtts(&self) -> Vec<Option<Duration>> {
+        self.relay_rtts.rtts()
+    }
+
     /// The NAT report, once discovery finished.
     pub fn nat_report(&self) -> Option<&NatReport> {
         self.mesh.nat_report()

@@ -36,7 +36,7 @@ const RETRANSMIT: RetransmitConfig =
 #[derive(Debug)]
 struct Probe {
     addr: SocketAddr,
-    /// Smoothed RTT; `None` until a first answer, or after a round without one.
+    /// The last round's RTT; `None` until a first answer, or after a round without one.
     rtt: Option<Duration>,
     /// The running transaction of this round.
     tx: Option<BindingRequest>,
@@ -119,14 +119,18 @@ impl RelayRtts {
     /// Finished transactions become samples; a finished round may become a report.
     fn collect(&mut self) {
         for p in &mut self.probes {
-            let Some(outcome) = p.tx.as_ref().and_then(|tx| tx.outcome().map(|o| (o.clone(), tx.transmits())))
+            let Some(outcome) =
+                p.tx.as_ref().and_then(|tx| tx.outcome().map(|o| (o.clone(), tx.transmits())))
             else {
                 continue;
             };
             p.tx = None;
             p.rtt = match outcome {
-                // Only an answer to the one transmission is an RTT sample (Karn).
-                (Ok(r), 1) => Some(p.rtt.map_or(r.rtt, |old| (old + r.rtt) / 2)),
+                // Each round's answer is the relay's time now (a relay that got slower or
+                // faster counts at once; the report threshold and the Game server's margin
+                // absorb the noise). Only an answer to the one transmission is an RTT
+                // sample (Karn): after a retransmission, keep what we had.
+                (Ok(r), 1) => Some(r.rtt),
                 (Ok(r), _) => Some(p.rtt.unwrap_or(r.rtt)),
                 (Err(_), _) => None,
             };
@@ -184,8 +188,8 @@ fn moved(old: u16, new: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stun::{StunServer, StunServerConfig};
     use crate::endpoint::Endpoint;
+    use crate::stun::{StunServer, StunServerConfig};
 
     fn server(addr: SocketAddr) -> StunServer {
         StunServer::new(StunServerConfig {
@@ -201,8 +205,10 @@ mod tests {
     fn relay_rtts_are_measured_reported_once_and_a_silent_relay_is_unreachable() {
         let t0 = Instant::now();
         let me: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        let relays: Vec<SocketAddr> =
-            ["203.0.113.1:3478", "203.0.113.2:3478", "203.0.113.3:3478"].iter().map(|a| a.parse().unwrap()).collect();
+        let relays: Vec<SocketAddr> = ["203.0.113.1:3478", "203.0.113.2:3478", "203.0.113.3:3478"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         let mut servers: Vec<StunServer> = relays[..2].iter().map(|a| server(*a)).collect();
         let mut m = RelayRtts::new(1);
         m.set_relays(t0, &relays);

@@ -40,7 +40,6 @@ use crate::proto::peer::{LinkId, PeerKind, Side};
 use crate::proto::relay::{BindAck, BindRequest, MAX_PADDED_BIND};
 use relays::{BindAttempt, RelayState};
 
-
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
 /// The renet channel for the application's unreliable messages (latest-state updates).

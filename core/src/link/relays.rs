@@ -107,7 +107,6 @@ impl RelayState {
     }
 }
 
-
 /// How long a relay the link switched away from stays bound (when the shard names it
 /// neither primary nor standby), so datagrams still in flight through it are recognised as
 /// relayed rather than taken for the peer's own address.
@@ -223,9 +222,8 @@ impl Link {
             return;
         }
         let ok = |r: &RelayState| r.confirmed() && r.suspected_at.is_none();
-        let spare = |want: Option<SocketAddr>| {
-            self.spares.iter().position(|r| Some(r.params.addr) == want && ok(r))
-        };
+        let spare =
+            |want: Option<SocketAddr>| self.spares.iter().position(|r| Some(r.params.addr) == want && ok(r));
         let pick = match spare(self.primary) {
             Some(i) => Some(i),
             None if self.relay.as_ref().is_some_and(ok) => None,
@@ -298,7 +296,8 @@ impl Link {
 
     /// Bind retries and refreshes of the relay at `addr` (in use or spare).
     pub(super) fn bind_timer(&mut self, now: Instant, addr: SocketAddr) {
-        let (keepalive, tries_max, rto) = (self.cfg.keepalive, self.cfg.relay_bind_tries, self.cfg.relay_bind_rto);
+        let (keepalive, tries_max, rto) =
+            (self.cfg.keepalive, self.cfg.relay_bind_tries, self.cfg.relay_bind_rto);
         let Some(r) = self.relay_mut(addr) else { return };
         match r.attempt {
             Some(a) if now >= a.next_retry => {

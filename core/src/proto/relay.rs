@@ -279,7 +279,15 @@ impl BindRequest {
             return None;
         }
         let mut out = Vec::with_capacity(total.max(pad_to.min(MAX_BIND_DATA)));
-        out.extend_from_slice(&encode_kind(RelayKind::BindData, link, side, token, bind_key, counter, cookie));
+        out.extend_from_slice(&encode_kind(
+            RelayKind::BindData,
+            link,
+            side,
+            token,
+            bind_key,
+            counter,
+            cookie,
+        ));
         out.extend_from_slice(&(data.len() as u16).to_be_bytes());
         out.extend_from_slice(data);
         out.resize(total.max(pad_to.min(MAX_BIND_DATA)), 0);
@@ -592,7 +600,16 @@ mod tests {
         let k = key(1);
         let data = peer_datagram(0x0102_0304, Side::B, 100);
         let enc = |data: &[u8], pad| {
-            BindRequest::encode_with_data(LinkId(0x0102_0304), Side::B, &token(), &k, 99, BindCookie([5; 8]), data, pad)
+            BindRequest::encode_with_data(
+                LinkId(0x0102_0304),
+                Side::B,
+                &token(),
+                &k,
+                99,
+                BindCookie([5; 8]),
+                data,
+                pad,
+            )
         };
         let b = enc(&data, 0).unwrap();
         assert_eq!(b.len(), BIND_DATA_HEADER_LEN + 100);
@@ -614,7 +631,9 @@ mod tests {
         assert!(enc(&peer_datagram(0x0102_0304, Side::A, 100), 0).is_none());
         assert!(enc(&data[..29], 0).is_none());
         assert!(enc(&peer_datagram(0x0102_0304, Side::B, MAX_BIND_DATA - BIND_DATA_HEADER_LEN), 0).is_some());
-        assert!(enc(&peer_datagram(0x0102_0304, Side::B, MAX_BIND_DATA - BIND_DATA_HEADER_LEN + 1), 0).is_none());
+        assert!(
+            enc(&peer_datagram(0x0102_0304, Side::B, MAX_BIND_DATA - BIND_DATA_HEADER_LEN + 1), 0).is_none()
+        );
         // A length beyond the datagram, and every truncation, fail to decode.
         let mut long = b.clone();
         long[59..61].copy_from_slice(&101u16.to_be_bytes());

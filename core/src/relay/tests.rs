@@ -58,8 +58,17 @@ impl Client {
     fn next_bind_data(&mut self, pn: u64, len: usize, pad: usize) -> Vec<u8> {
         self.counter += 1;
         let d = self.data(pn, len);
-        BindRequest::encode_with_data(self.link, self.side, &self.token, &self.key, self.counter, self.cookie, &d, pad)
-            .expect("fits")
+        BindRequest::encode_with_data(
+            self.link,
+            self.side,
+            &self.token,
+            &self.key,
+            self.counter,
+            self.cookie,
+            &d,
+            pad,
+        )
+        .expect("fits")
     }
 
     /// A peer datagram of `len` bytes (header + opaque body + tag) from this side.
@@ -1033,7 +1042,14 @@ struct BindDataOutcome {
 }
 
 impl Harness {
-    fn bind_data(&mut self, now: Instant, c: &mut Client, pn: u64, len: usize, pad: usize) -> BindDataOutcome {
+    fn bind_data(
+        &mut self,
+        now: Instant,
+        c: &mut Client,
+        pn: u64,
+        len: usize,
+        pad: usize,
+    ) -> BindDataOutcome {
         let bytes = c.next_bind_data(pn, len, pad);
         self.bind_bytes(now, c, &bytes)
     }

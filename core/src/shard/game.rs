@@ -22,12 +22,12 @@ use super::bus::Bus;
 use super::intro::{IntroRefusals, IntroRelay, IntroSide, introduce, nat_hint};
 
 mod relays;
-pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 use crate::link::Candidate;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{
     ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
 };
+pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 
 /// Longest chat line delivered, in characters (longer lines are cut at a char boundary).
 pub const MAX_CHAT_CHARS: usize = 200;
@@ -801,7 +801,8 @@ impl GameWorld {
         let rtts_due = rules.relays.len() > 1;
         let waiting = |g: &GamePlayer| {
             g.away.is_some()
-                || ((!g.reported || (rtts_due && !g.rtt_reported)) && tick.saturating_sub(g.joined_tick) < hold)
+                || ((!g.reported || (rtts_due && !g.rtt_reported))
+                    && tick.saturating_sub(g.joined_tick) < hold)
         };
         candidates.retain(|(_, p, q)| !waiting(&self.players[p]) && !waiting(&self.players[q]));
         for (_, p, q) in candidates {
@@ -890,7 +891,10 @@ mod tests {
             cfg: GameConfig::default(),
             relays: vec![ShardRelay {
                 addr: "127.0.0.1:3478".parse().unwrap(),
-                keys: crate::relay::KeySchedule::new(crate::relay::RelayKey::derive(&[7; 32]), Duration::ZERO),
+                keys: crate::relay::KeySchedule::new(
+                    crate::relay::RelayKey::derive(&[7; 32]),
+                    Duration::ZERO,
+                ),
             }],
             heartbeat: Duration::from_millis(250),
         }

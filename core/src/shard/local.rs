@@ -98,11 +98,7 @@ impl LocalShard {
                 GameWorld::new(g, g / spz, seed)
             })
             .collect();
-        let rules = GameRules {
-            cfg: cfg.game.clone(),
-            relays: cfg.relays.clone(),
-            heartbeat: cfg.heartbeat,
-        };
+        let rules = GameRules { cfg: cfg.game.clone(), relays: cfg.relays.clone(), heartbeat: cfg.heartbeat };
         let agent = AgentRouter::new(cfg.max_messages_per_sec, cfg.heartbeat);
         let mut shard = LocalShard {
             rules,

@@ -129,12 +129,18 @@ pub fn relay_schedule(config: &ShardConfig) -> KeySchedule {
 /// own key schedule; without that list, the one relay at `relay` (this shard's own).
 pub fn shard_relays(config: &ShardConfig, relay: Option<SocketAddr>) -> Vec<ShardRelay> {
     let rotation = config.relay.token_key_rotation;
-    let addrs: Vec<SocketAddr> =
-        if config.shard.relays.is_empty() { relay.into_iter().collect() } else { config.shard.relays.clone() };
+    let addrs: Vec<SocketAddr> = if config.shard.relays.is_empty() {
+        relay.into_iter().collect()
+    } else {
+        config.shard.relays.clone()
+    };
     addrs
         .into_iter()
         .enumerate()
-        .map(|(id, addr)| ShardRelay { addr, keys: KeySchedule::for_relay(&config.shard.secret, id as u8, rotation) })
+        .map(|(id, addr)| ShardRelay {
+            addr,
+            keys: KeySchedule::for_relay(&config.shard.secret, id as u8, rotation),
+        })
         .collect()
 }
 

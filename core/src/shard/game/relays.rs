@@ -97,7 +97,11 @@ impl GameWorld {
     }
 
     /// The relay and the standby for the pair `k` (`None`: the shard has no relay).
-    pub(super) fn choose_relays(&self, rules: &GameRules, k: (PlayerId, PlayerId)) -> Option<(u8, Option<u8>)> {
+    pub(super) fn choose_relays(
+        &self,
+        rules: &GameRules,
+        k: (PlayerId, PlayerId),
+    ) -> Option<(u8, Option<u8>)> {
         if rules.relays.is_empty() {
             return None;
         }
@@ -109,7 +113,12 @@ impl GameWorld {
     }
 
     /// Mint `relay`'s tokens for both sides of `link`, valid until `expiry`.
-    fn relay_intro<'k>(rules: &GameRules, keys: &'k crate::relay::TokenKeys, relay: u8, expiry: u64) -> IntroRelay<'k> {
+    fn relay_intro<'k>(
+        rules: &GameRules,
+        keys: &'k crate::relay::TokenKeys,
+        relay: u8,
+        expiry: u64,
+    ) -> IntroRelay<'k> {
         IntroRelay { addr: rules.relays[usize::from(relay)].addr, keys, expiry_unix: expiry as u32 }
     }
 
