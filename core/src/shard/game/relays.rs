@@ -194,3 +194,125 @@ impl GameWorld {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::shard::{ClientMessage, InternalMessage, Role};
+    use crate::relay::verify_token;
+    use crate::shard::game::GameConfig;
+
+    const UNIX: u64 = 1_790_000_000;
+
+    fn rules() -> GameRules {
+        let relays = (0..3u8)
+            .map(|id| ShardRelay {
+                addr: SocketAddr::from(([198, 51, 100, 10 + id], 3478)),
+                keys: KeySchedule::for_relay(&[7; 32], id, Duration::ZERO),
+            })
+            .collect();
+        GameRules { cfg: GameConfig::default(), relays, heartbeat: Duration::from_millis(250) }
+    }
+
+    fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
+        bus.drain(Role::Agent)
+            .into_iter()
+            .filter_map(|m| match m {
+                InternalMessage::ToClient { client, msg } => Some((client, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn from(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, msg: ClientMessage) {
+        w.handle(bus, r, InternalMessage::FromClient { client, msg });
+    }
+
+    fn report(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, rtts: &[(u8, u16)]) {
+        from(w, bus, r, client, ClientMessage::RelayRtts { rtts: rtts.to_vec() });
+        w.step(bus, r, UNIX);
+    }
+
+    /// `(client, relay address)` of every `RelayRefresh` (true) / `RelayStandby` (false).
+    fn relay_msgs(out: &[(u64, ShardMessage)]) -> Vec<(u64, bool, SocketAddr)> {
+        out.iter()
+            .filter_map(|(c, m)| match m {
+                ShardMessage::RelayRefresh { relay, .. } => Some((*c, true, relay.addr)),
+                ShardMessage::RelayStandby { relay, .. } => Some((*c, false, relay.addr)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pairs_get_the_lowest_rtt_sum_hostile_reports_are_bounded_and_moves_have_hysteresis() {
+        let r = rules();
+        let addr = |i: usize| r.relays[i].addr;
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(1, 0, [1; 32]);
+        for c in [1, 2] {
+            let join = InternalMessage::Join {
+                client: c,
+                player: PlayerId(c),
+                name: format!("p{c}"),
+                zone: 0,
+                x: c as f32,
+                y: 0.0,
+                candidates: Vec::new(),
+                nat: None,
+                party: None,
+                ip: None,
+            };
+            w.handle(&mut bus, &r, join);
+            from(&mut w, &mut bus, &r, c, ClientMessage::KeepLinks { links: Vec::new() });
+        }
+        let out = to_clients(&mut bus);
+        let lists: Vec<_> = out.iter().filter(|(_, m)| matches!(m, ShardMessage::Relays { .. })).collect();
+        assert_eq!(lists.len(), 2, "each player is told the relays: {out:?}");
+        // Not introduced before both reported (or a second passed).
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 0);
+        report(&mut w, &mut bus, &r, 1, &[(0, 10), (1, 100), (2, 40)]);
+        assert_eq!(w.pairs().count(), 0, "still waiting for player 2");
+        // Player 2's report is hostile: 10,000 entries, unknown indices, repeats (the first
+        // of each index counts).
+        let mut hostile: Vec<(u8, u16)> = vec![(9, 1); 10_000];
+        hostile.splice(0..0, [(0, 90), (1, 10), (2, 40), (2, 1), (255, 0)]);
+        report(&mut w, &mut bus, &r, 2, &hostile);
+        let (_, pair) = w.pairs().next().expect("introduced");
+        // Sums: relay 0 100, relay 1 110, relay 2 80: relay 2, though it is nobody's nearest.
+        assert_eq!((pair.relay, pair.standby), (Some(2), Some(0)));
+        let out = to_clients(&mut bus);
+        for (c, m) in &out {
+            if let ShardMessage::PeerIntro { params, .. } = m {
+                let relay = params.relay.as_ref().expect("a relay");
+                assert_eq!(relay.addr, addr(2), "client {c}");
+                let side = params.side;
+                let at = |i: usize| verify_token(&r.relays[i].keys.relay_keys(UNIX), params.link, side, &relay.token);
+                assert!(at(2).is_ok() && at(0).is_err() && at(1).is_err(), "relay 2's token, refused elsewhere");
+            }
+        }
+        let standby: Vec<_> = relay_msgs(&out).into_iter().filter(|m| !m.1).collect();
+        assert_eq!(standby, vec![(1, false, addr(0)), (2, false, addr(0))]);
+        // A gain below the margin moves nothing: relay 0's sum 70 against 80.
+        report(&mut w, &mut bus, &r, 2, &[(0, 60), (1, 10), (2, 40)]);
+        assert!(relay_msgs(&to_clients(&mut bus)).is_empty());
+        // A big gain within MOVE_EVERY of the introduction waits for a report after it.
+        report(&mut w, &mut bus, &r, 2, &[(0, 20), (1, 10), (2, 40)]);
+        assert!(relay_msgs(&to_clients(&mut bus)).iter().all(|m| !m.1), "no move yet");
+        for _ in 0..MOVE_EVERY.as_secs() * u64::from(r.cfg.tick_hz) {
+            w.step(&mut bus, &r, UNIX);
+        }
+        to_clients(&mut bus);
+        report(&mut w, &mut bus, &r, 2, &[(0, 20), (1, 10), (2, 40)]);
+        let moved = relay_msgs(&to_clients(&mut bus));
+        assert_eq!(moved, vec![(1, true, addr(0)), (2, true, addr(0)), (1, false, addr(2)), (2, false, addr(2))]);
+        assert_eq!(w.stats.relay_moves, 1);
+        // Relay 0 unreachable for player 1: the pair moves at once, hysteresis or not.
+        report(&mut w, &mut bus, &r, 1, &[(0, RTT_UNREACHABLE), (1, 100), (2, 40)]);
+        let moved = relay_msgs(&to_clients(&mut bus));
+        assert_eq!(moved.iter().filter(|m| m.1).map(|m| m.2).collect::<Vec<_>>(), vec![addr(2), addr(2)]);
+        assert_eq!(w.stats.relay_moves, 2);
+        assert_eq!(w.pairs().next().map(|(_, p)| (p.relay, p.standby)), Some((Some(2), Some(1))));
+    }
+}
