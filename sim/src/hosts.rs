@@ -117,16 +117,21 @@ impl PunchServer {
     }
 }
 
+/// A datagram on its way into a [`DelayLine`]: (due, order, local, from, bytes).
+type Inbound = Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>;
+/// A datagram on its way out of a [`DelayLine`]: (due, order, src, dst, bytes).
+type Outbound = Reverse<(Instant, u64, Option<SocketAddr>, SocketAddr, Vec<u8>)>;
+
 /// A host behind delay lines toward some IPs, and a switch that takes it off the network:
 /// the simulator's way to put a relay "far" from one site and "near" another (its core
 /// latency is the same between any two hosts), and to kill it.
 pub struct DelayLine<E> {
     inner: E,
     delays: Vec<(IpAddr, Duration)>,
-    /// Datagrams on their way in: (due, order, local, from, bytes).
-    inbox: BinaryHeap<Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>>,
+    /// Datagrams on their way in.
+    inbox: BinaryHeap<Inbound>,
     /// Datagrams on their way out, by due time.
-    outbox: BinaryHeap<Reverse<(Instant, u64, Option<SocketAddr>, SocketAddr, Vec<u8>)>>,
+    outbox: BinaryHeap<Outbound>,
     seq: u64,
     now: Option<Instant>,
     /// Off the network: everything in or out is dropped.

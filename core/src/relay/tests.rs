@@ -1058,7 +1058,7 @@ impl Harness {
         match self.send(now, c.addr, bytes) {
             Action::Reply { to, len, notify, forward, early } => {
                 assert_eq!(to, c.addr);
-                let ack = c.take_ack(&self.buf.reply[..len].to_vec());
+                let ack = c.take_ack(&self.buf.reply[..len]);
                 BindDataOutcome {
                     ack,
                     early: self.buf.early_datagrams(early).map(<[u8]>::to_vec).collect(),

@@ -123,7 +123,9 @@ impl GameWorld {
     }
 
     /// Send both sides of the pair `k` on `link` the tokens of its relay (`RelayRefresh`)
-    /// and of its standby (`RelayStandby`), valid until `expiry`.
+    /// and of its standby (`RelayStandby`), valid until `expiry` (the relay's only
+    /// `with_primary`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_pair_relays(
         &self,
         bus: &mut Bus,
@@ -288,8 +290,13 @@ mod tests {
                 let relay = params.relay.as_ref().expect("a relay");
                 assert_eq!(relay.addr, addr(2), "client {c}");
                 let side = params.side;
-                let at = |i: usize| verify_token(&r.relays[i].keys.relay_keys(UNIX), params.link, side, &relay.token);
-                assert!(at(2).is_ok() && at(0).is_err() && at(1).is_err(), "relay 2's token, refused elsewhere");
+                let at = |i: usize| {
+                    verify_token(&r.relays[i].keys.relay_keys(UNIX), params.link, side, &relay.token)
+                };
+                assert!(
+                    at(2).is_ok() && at(0).is_err() && at(1).is_err(),
+                    "relay 2's token, refused elsewhere"
+                );
             }
         }
         let standby: Vec<_> = relay_msgs(&out).into_iter().filter(|m| !m.1).collect();
@@ -306,7 +313,10 @@ mod tests {
         to_clients(&mut bus);
         report(&mut w, &mut bus, &r, 2, &[(0, 20), (1, 10), (2, 40)]);
         let moved = relay_msgs(&to_clients(&mut bus));
-        assert_eq!(moved, vec![(1, true, addr(0)), (2, true, addr(0)), (1, false, addr(2)), (2, false, addr(2))]);
+        assert_eq!(
+            moved,
+            vec![(1, true, addr(0)), (2, true, addr(0)), (1, false, addr(2)), (2, false, addr(2))]
+        );
         assert_eq!(w.stats.relay_moves, 1);
         // Relay 0 unreachable for player 1: the pair moves at once, hysteresis or not.
         report(&mut w, &mut bus, &r, 1, &[(0, RTT_UNREACHABLE), (1, 100), (2, 40)]);
