@@ -169,14 +169,27 @@ impl GameWorld {
             let r = ranked(a, b, rules.relays.len());
             let (best, c_best, c_cur) = (r[0], cost(a, b, usize::from(r[0])), cost(a, b, usize::from(cur)));
             let dead = c_cur >= UNREACHABLE_COST && c_best < c_cur;
-            let gain = c_cur.saturating_sub(c_best);
-            let better = gain >= MOVE_MARGIN_MS && gain * 5 >= c_cur && self.tick >= pair.moved_tick + every;
-            let standby = r.iter().copied().find(|x| *x != best);
+            let gain = |from: u32, to: u32| {
+                let g = from.saturating_sub(to);
+                g >= MOVE_MARGIN_MS && g * 5 >= from
+            };
+            let better = gain(c_cur, c_best) && self.tick >= pair.moved_tick + every;
             if best != cur && (dead || better) {
+                let standby = r.iter().copied().find(|x| *x != best);
                 moves.push((*k, pair.link, best, standby, true));
-            } else if pair.standby != r.iter().copied().find(|x| *x != cur) {
-                let standby = r.iter().copied().find(|x| *x != cur);
-                moves.push((*k, pair.link, cur, standby, false));
+                continue;
+            }
+            // The standby changes only for a clearly better one (or when it is unreachable or
+            // missing): every change costs both sides a new binding.
+            let alt = r.iter().copied().find(|x| *x != cur);
+            let c = |x: u8| cost(a, b, usize::from(x));
+            let replace = match (pair.standby.filter(|s| *s != cur), alt) {
+                (None, Some(_)) => true,
+                (Some(s), Some(x)) => x != s && (c(s) >= UNREACHABLE_COST && c(x) < c(s) || gain(c(s), c(x))),
+                _ => false,
+            };
+            if replace {
+                moves.push((*k, pair.link, cur, alt, false));
             }
         }
         for g in self.players.values_mut() {
