@@ -1184,4 +1184,33 @@ mod tests {
         assert_eq!(e.key(), Some("relay.key"));
         assert!(!format!("{r:?}").contains(&key.to_hex()), "the key is redacted in Debug");
     }
+
+    #[test]
+    fn config_several_relays_by_id_each_with_its_own_key() {
+        let secret: [u8; 32] = parse_hex_secret(SECRET).unwrap();
+        let relays = "relays = [\"198.51.100.7:3478\", \"203.0.113.20:3478\"]\n";
+        let m = format!("{}{relays}", minimal());
+        let c = ShardConfig::parse(&m).unwrap();
+        assert_eq!(c.shard.relays.len(), 2);
+        assert_eq!(c.relay.id, 0, "default id");
+        // Relay 1's process: its key is relay 1's (not relay 0's), derived or given.
+        let one = format!("{m}[relay]\nid = 1\n");
+        let key1 = RelayKey::derive_for(&secret, 1);
+        assert_ne!(key1, RelayKey::derive(&secret));
+        assert_eq!(RelayRoleConfig::parse(&one).unwrap().key, key1);
+        assert_eq!(RelayRoleConfig::from(&ShardConfig::parse(&one).unwrap()).key, key1);
+        assert!(ShardConfig::parse(&format!("{one}key = \"{}\"\n", key1.to_hex())).is_ok());
+        let relay0_key = format!("{one}key = \"{}\"\n", RelayKey::derive(&secret).to_hex());
+        assert_eq!(err_key(&relay0_key), "relay.key", "relay 0's key on relay 1");
+        // Ids within the list; addresses valid and distinct; at most 16.
+        assert_eq!(err_key(&format!("{m}[relay]\nid = 2\n")), "relay.id");
+        assert_eq!(err_key(&format!("{}[relay]\nid = 16\n", minimal())), "relay.id");
+        let bad = format!("{}relays = [\"relay.example:3478\"]\n", minimal());
+        assert_eq!(err_key(&bad), "shard.relays");
+        let twice = format!("{}relays = [\"198.51.100.7:3478\", \"198.51.100.7:3478\"]\n", minimal());
+        assert_eq!(err_key(&twice), "shard.relays");
+        let many: Vec<String> = (0..17).map(|i| format!("\"198.51.100.{i}:3478\"")).collect();
+        let many = format!("{}relays = [{}]\n", minimal(), many.join(", "));
+        assert_eq!(err_key(&many), "shard.relays");
+    }
 }
