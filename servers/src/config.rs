@@ -169,6 +169,12 @@ pub struct ShardSection {
     pub public_addresses: Vec<IpAddr>,
     /// `metrics`: where the Prometheus endpoint listens (`None`: no endpoint).
     pub metrics: Option<SocketAddr>,
+    /// `relays`: the public addresses (`IP:port`) of the shard's relays, by relay id (the
+    /// index; each relay process has its `[relay] id`). At most 16. Empty (default): one
+    /// relay, the shard's own (`[relay] port` at the public address). With several, each
+    /// introduced pair gets the relay with the lowest RTT sum over its two players, and the
+    /// second best as a warm standby (docs/RELAY.md §9).
+    pub relays: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for ShardSection {
@@ -179,6 +185,7 @@ impl std::fmt::Debug for ShardSection {
             .field("bind", &self.bind)
             .field("public_addresses", &self.public_addresses)
             .field("metrics", &self.metrics)
+            .field("relays", &self.relays)
             .finish()
     }
 }
@@ -186,6 +193,10 @@ impl std::fmt::Debug for ShardSection {
 /// `[relay]`: the Punch/Relay role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySection {
+    /// `id` (default 0; below the length of `[shard] relays` when that is set): which of
+    /// the shard's relays this process is. Its key is relay `id`'s (`p2pmodel relay-key
+    /// --id N`) and it accepts only tokens minted for it.
+    pub id: u8,
     /// `port` (default 3478): the primary address `shard.bind:port`, where clients bind and
     /// relay data, and where STUN is answered.
     pub primary: SocketAddr,
@@ -251,7 +262,7 @@ impl From<&ShardConfig> for RelayRoleConfig {
     fn from(c: &ShardConfig) -> RelayRoleConfig {
         RelayRoleConfig {
             name: c.shard.name.clone(),
-            key: RelayKey::derive(&c.shard.secret),
+            key: RelayKey::derive_for(&c.shard.secret, c.relay.id),
             metrics: c.shard.metrics,
             relay: c.relay.clone(),
         }
@@ -293,11 +304,11 @@ impl Parts {
         let (secret, relay_key, config) = ShardConfig::parse_parts(text, path, base)?;
         let parts = Parts { secret, relay_key, config };
         if let (Some(s), Some(k)) = (&parts.secret, &parts.relay_key)
-            && RelayKey::derive(s) != *k
+            && RelayKey::derive_for(s, parts.config.relay.id) != *k
         {
             return Err(Ctx { path }.invalid(
                 "relay.key",
-                "does not match the shard secret (print the right one with `p2pmodel relay-key --config FILE`, or remove it)",
+                "does not match the shard secret for this relay.id (print the right one with `p2pmodel relay-key --config FILE --id N`, or remove it)",
             ));
         }
         Ok(parts)
@@ -317,7 +328,7 @@ impl Parts {
     fn into_relay(self, cx: &Ctx) -> Result<RelayRoleConfig, ConfigError> {
         let key = match (self.relay_key, &self.secret) {
             (Some(k), _) => k,
-            (None, Some(s)) => RelayKey::derive(s),
+            (None, Some(s)) => RelayKey::derive_for(s, self.config.relay.id),
             (None, None) => {
                 return Err(cx.invalid(
                     "relay.key",
@@ -435,11 +446,14 @@ struct RawShard {
     #[serde(default)]
     public_addresses: Vec<String>,
     metrics: Option<String>,
+    #[serde(default)]
+    relays: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRelay {
+    id: Option<i64>,
     key: Option<String>,
     key_file: Option<PathBuf>,
     port: Option<i64>,
@@ -606,6 +620,17 @@ impl ShardConfig {
         let shard = raw.shard.ok_or_else(|| cx.invalid("shard", "is missing: add a [shard] section"))?;
         let (shard, secret, relay_key) = shard_section(&cx, shard, &raw.relay, base)?;
         let (relay, max_life) = relay_section(&cx, &raw.relay, shard.bind)?;
+        if !shard.relays.is_empty() && usize::from(relay.id) >= shard.relays.len() {
+            return Err(cx.invalid(
+                "relay.id",
+                format!(
+                    "is {}, but shard.relays lists {} relays (ids 0..{})",
+                    relay.id,
+                    shard.relays.len(),
+                    shard.relays.len()
+                ),
+            ));
+        }
         let agent = agent_section(&cx, raw.agent, shard.bind, base)?;
         let lobby = lobby_section(&cx, raw.lobby, base)?;
         let game = game_section(&cx, raw.game, max_life)?;
@@ -668,7 +693,21 @@ fn shard_section(
             cx.invalid("shard.metrics", format!("is {s:?}, not an IP:port (e.g. \"127.0.0.1:9100\")"))
         })?),
     };
-    let section = ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics };
+    let mut relays = Vec::new();
+    for s in &shard.relays {
+        let a = s.parse::<SocketAddr>().map_err(|_| {
+            cx.invalid("shard.relays", format!("has {s:?}, not an IP:port (e.g. \"198.51.100.7:3478\")"))
+        })?;
+        if relays.contains(&a) {
+            return Err(cx.invalid("shard.relays", format!("lists {a} twice")));
+        }
+        relays.push(a);
+    }
+    if relays.len() > p2pmodel_core::proto::shard::MAX_RELAYS {
+        return Err(cx.invalid("shard.relays", "lists more than 16 relays"));
+    }
+    let section =
+        ShardSection { name, secret: [0; SHARD_SECRET_LEN], bind, public_addresses, metrics, relays };
     Ok((section, secret, relay_key))
 }
 
@@ -711,7 +750,9 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
         day,
         60,
     )?);
+    let id = cx.int(r.id, "relay.id", 0, p2pmodel_core::proto::shard::MAX_RELAYS as i64 - 1, 0)? as u8;
     let relay = RelaySection {
+        id,
         primary: SocketAddr::new(bind, port),
         alternate: (alt_port != 0).then(|| SocketAddr::new(bind, alt_port)),
         alternate_ip,
@@ -773,6 +814,8 @@ fn relay_core(cx: &Ctx, r: &RawRelay, max_life: u64) -> Result<RelayConfig, Conf
             60_000,
             1000,
         )?),
+        early_hold: defaults.early_hold,
+        max_early_bytes: defaults.max_early_bytes,
     })
 }
 
@@ -1140,5 +1183,34 @@ mod tests {
         let e = RelayRoleConfig::parse("[shard]\nname = \"x\"\n[relay]\nkey = \"12\"\n").unwrap_err();
         assert_eq!(e.key(), Some("relay.key"));
         assert!(!format!("{r:?}").contains(&key.to_hex()), "the key is redacted in Debug");
+    }
+
+    #[test]
+    fn config_several_relays_by_id_each_with_its_own_key() {
+        let secret: [u8; 32] = parse_hex_secret(SECRET).unwrap();
+        let relays = "relays = [\"198.51.100.7:3478\", \"203.0.113.20:3478\"]\n";
+        let m = format!("{}{relays}", minimal());
+        let c = ShardConfig::parse(&m).unwrap();
+        assert_eq!(c.shard.relays.len(), 2);
+        assert_eq!(c.relay.id, 0, "default id");
+        // Relay 1's process: its key is relay 1's (not relay 0's), derived or given.
+        let one = format!("{m}[relay]\nid = 1\n");
+        let key1 = RelayKey::derive_for(&secret, 1);
+        assert_ne!(key1, RelayKey::derive(&secret));
+        assert_eq!(RelayRoleConfig::parse(&one).unwrap().key, key1);
+        assert_eq!(RelayRoleConfig::from(&ShardConfig::parse(&one).unwrap()).key, key1);
+        assert!(ShardConfig::parse(&format!("{one}key = \"{}\"\n", key1.to_hex())).is_ok());
+        let relay0_key = format!("{one}key = \"{}\"\n", RelayKey::derive(&secret).to_hex());
+        assert_eq!(err_key(&relay0_key), "relay.key", "relay 0's key on relay 1");
+        // Ids within the list; addresses valid and distinct; at most 16.
+        assert_eq!(err_key(&format!("{m}[relay]\nid = 2\n")), "relay.id");
+        assert_eq!(err_key(&format!("{}[relay]\nid = 16\n", minimal())), "relay.id");
+        let bad = format!("{}relays = [\"relay.example:3478\"]\n", minimal());
+        assert_eq!(err_key(&bad), "shard.relays");
+        let twice = format!("{}relays = [\"198.51.100.7:3478\", \"198.51.100.7:3478\"]\n", minimal());
+        assert_eq!(err_key(&twice), "shard.relays");
+        let many: Vec<String> = (0..17).map(|i| format!("\"198.51.100.{i}:3478\"")).collect();
+        let many = format!("{}relays = [{}]\n", minimal(), many.join(", "));
+        assert_eq!(err_key(&many), "shard.relays");
     }
 }

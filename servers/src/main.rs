@@ -49,6 +49,10 @@ enum Command {
         /// The shard configuration (with the shard secret).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Which relay of the shard (`[relay] id`, the index in `[shard] relays`): each has
+        /// its own key.
+        #[arg(long, default_value_t = 0)]
+        id: u8,
     },
     /// Generate a shard secret and show the login public key clients pin; or show the key of
     /// an existing config; or hash a password for an accounts file.
@@ -237,9 +241,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::RelayKey { config } => match load(&config) {
+        Command::RelayKey { config, id } => match load(&config) {
             Ok(c) => {
-                println!("{}", p2pmodel_servers::relay::RelayKey::derive(&c.shard.secret).to_hex());
+                println!("{}", p2pmodel_servers::relay::RelayKey::derive_for(&c.shard.secret, id).to_hex());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

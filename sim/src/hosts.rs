@@ -8,7 +8,8 @@
 //! host ticks on the simulator's clock, so Game ticks, heartbeats and failure detection run
 //! in virtual time, and a Game-server crash or a Lobby restart happens at an exact instant.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use p2pmodel_core::endpoint::{ClockAnchor, Endpoint, Transmit};
 use p2pmodel_core::proto::shard::{ClientMessage, PathState, PlayerId, ShardMessage, decode, encode};
 use p2pmodel_core::proto::{DatagramClass, classify};
 use p2pmodel_core::relay::{KeySchedule, Relay, RelayConfig, RelayEndpoint, RelayKey, TokenKeys};
+use p2pmodel_core::shard::game::ShardRelay;
 use p2pmodel_core::shard::{CharacterStore, LocalShard, LocalShardConfig};
 use p2pmodel_core::stun::{StunServer, StunServerConfig};
 use rand::{Rng, SeedableRng};
@@ -89,6 +91,141 @@ impl PunchServer {
     /// The relay inside (stats).
     pub fn relay(&self) -> &Relay {
         self.relay.relay()
+    }
+
+    /// Add one more relay of a shard with several (issue #15) to `sim`: relay `id` on `ip`
+    /// (STUN on `ip` and `alt_ip`, ports 3478/3479), with its own random relay key, behind a
+    /// [`DelayLine`] that adds `delays` (one way, each direction) toward the IPs listed.
+    /// Returns its host and what the shard's Game servers mint its tokens with.
+    pub fn add_relay_to(
+        sim: &mut Sim,
+        ip: IpAddr,
+        alt_ip: IpAddr,
+        id: u8,
+        clock: ClockAnchor,
+        seed: u64,
+        delays: Vec<(IpAddr, Duration)>,
+    ) -> (HostId, ShardRelay) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let keys = KeySchedule::new(RelayKey::from_bytes(rng.random()), Duration::ZERO).with_relay_id(id);
+        let clock_unix = clock.unix_secs_at(clock.at);
+        let server = PunchServer::new(ip, alt_ip, keys.relay_keys(clock_unix), clock, rng.random());
+        let addr = server.relay_addr;
+        let host =
+            sim.add_host(HostConfig::public(ip).extra_ip(alt_ip).port(3478), DelayLine::new(server, delays));
+        (host, ShardRelay { addr, keys })
+    }
+}
+
+/// A datagram on its way into a [`DelayLine`]: (due, order, local, from, bytes).
+type Inbound = Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>;
+/// A datagram on its way out of a [`DelayLine`]: (due, order, src, dst, bytes).
+type Outbound = Reverse<(Instant, u64, Option<SocketAddr>, SocketAddr, Vec<u8>)>;
+
+/// A host behind delay lines toward some IPs, and a switch that takes it off the network:
+/// the simulator's way to put a relay "far" from one site and "near" another (its core
+/// latency is the same between any two hosts), and to kill it.
+pub struct DelayLine<E> {
+    inner: E,
+    delays: Vec<(IpAddr, Duration)>,
+    /// Datagrams on their way in.
+    inbox: BinaryHeap<Inbound>,
+    /// Datagrams on their way out, by due time.
+    outbox: BinaryHeap<Outbound>,
+    seq: u64,
+    now: Option<Instant>,
+    /// Off the network: everything in or out is dropped.
+    pub down: bool,
+}
+
+impl<E: Endpoint> DelayLine<E> {
+    /// `inner` behind lines adding `delays` toward (and from) the IPs listed.
+    pub fn new(inner: E, delays: Vec<(IpAddr, Duration)>) -> DelayLine<E> {
+        DelayLine {
+            inner,
+            delays,
+            inbox: BinaryHeap::new(),
+            outbox: BinaryHeap::new(),
+            seq: 0,
+            now: None,
+            down: false,
+        }
+    }
+
+    /// The host inside.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    /// The extra one-way delay toward `ip`.
+    pub fn delay_to(&self, ip: IpAddr) -> Duration {
+        self.delays.iter().find(|(a, _)| *a == ip).map_or(Duration::ZERO, |(_, d)| *d)
+    }
+
+    /// Change the extra delay toward `ip`.
+    pub fn set_delay(&mut self, ip: IpAddr, d: Duration) {
+        self.delays.retain(|(a, _)| *a != ip);
+        self.delays.push((ip, d));
+    }
+
+    fn collect(&mut self, now: Instant) {
+        while let Some(t) = self.inner.poll_transmit() {
+            if self.down {
+                continue;
+            }
+            let due = now + self.delay_to(t.dst.ip());
+            self.seq += 1;
+            self.outbox.push(Reverse((due, self.seq, t.src, t.dst, t.payload)));
+        }
+    }
+}
+
+impl<E: Endpoint> Endpoint for DelayLine<E> {
+    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+        self.now = Some(now);
+        if self.down {
+            self.inbox.clear();
+            self.outbox.clear();
+            return;
+        }
+        let d = self.delay_to(from.ip());
+        if d.is_zero() {
+            self.inner.handle_datagram(now, local, from, data);
+            self.collect(now);
+        } else {
+            self.seq += 1;
+            self.inbox.push(Reverse((now + d, self.seq, local, from, data.to_vec())));
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        while let Some(Reverse((due, ..))) = self.inbox.peek()
+            && *due <= now
+        {
+            let Some(Reverse((_, _, local, from, data))) = self.inbox.pop() else { break };
+            if !self.down {
+                self.inner.handle_datagram(now, local, from, &data);
+            }
+        }
+        if self.inner.poll_timeout().is_some_and(|t| t <= now) {
+            self.inner.handle_timeout(now);
+        }
+        self.collect(now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        let now = self.now?;
+        match self.outbox.peek() {
+            Some(Reverse((due, ..))) if *due <= now => {
+                let Reverse((_, _, src, dst, payload)) = self.outbox.pop()?;
+                (!self.down).then_some(Transmit { src, dst, payload })
+            }
+            _ => None,
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        let inbox = self.inbox.peek().map(|Reverse((t, ..))| *t);
+        let outbox = self.outbox.peek().map(|Reverse((t, ..))| *t);
+        [inbox, outbox, self.inner.poll_timeout()].into_iter().flatten().min()
     }
 }
 
@@ -309,6 +446,17 @@ impl SimShard {
         let k = if a < b { (a, b) } else { (b, a) };
         let s = self.lock();
         s.shard.games().iter().find_map(|g| g.pairs().find(|(p, _)| **p == k).map(|(_, pair)| pair.paths))
+    }
+
+    /// The relay (index in the shard's relay list) and the standby the pair `a`–`b` was
+    /// given, if it is introduced.
+    pub fn pair_relays(&self, a: PlayerId, b: PlayerId) -> Option<(Option<u8>, Option<u8>)> {
+        let k = if a < b { (a, b) } else { (b, a) };
+        let s = self.lock();
+        s.shard
+            .games()
+            .iter()
+            .find_map(|g| g.pairs().find(|(p, _)| **p == k).map(|(_, pair)| (pair.relay, pair.standby)))
     }
 
     /// Introduced pairs over all Game servers.

@@ -43,6 +43,8 @@ SITES=(
   "rb   port-restricted  1 0"
   "blk  port-restricted  1 0"
   "far  port-restricted  1 0 40/1"
+  "sfa  symmetric        1 0 40/0"
+  "sfb  symmetric        1 0 40/0"
 )
 
 log() { echo "netlab: $*"; }
@@ -426,7 +428,7 @@ start_shard() {
     echo "internal = \"$INT_LOBBY:$LOBBY_PORT\""
     # On disk, so a killed and restarted Lobby keeps every player's id (resume, issue #13).
     echo "store = \"$WORK/characters.json\""
-    echo "zones = 18"
+    echo "zones = 19"
     echo "heartbeat_ms = 250"
     echo "heartbeat_timeout_ms = 1500"
     echo
@@ -577,6 +579,9 @@ run_scenarios() {
   pair "NAT reboot mid-session" 11 rb-c1 fc2-c1 "$s" "--expect direct-or-relayed" "" "" 8 act_flush rb & jobs+=($!)
   pair "direct path blocked mid-session" 12 blk-c1 fc-c1 "$s" "--expect relayed" "" "" 8 act_block blk & jobs+=($!)
   pair "80 ms / 1 % loss each way path" 13 far-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
+  # Two symmetric sites, each behind 40 ms each way: relayed, relay RTT ~160 ms. The first
+  # message rides the first relayed datagram (zero-round-trip relay, issue #15): ~half that.
+  pair "zero-RTT relay, 160 ms relay RTT" 18 sfa-c1 sfb-c1 "$s" "--expect relayed" & jobs+=($!)
   wait "${jobs[@]}"
 }
 
@@ -622,7 +627,7 @@ if build_all && start_servers && start_shard; then
   # one background job per site; every check prints into $RES
   for s in "${SITES[@]}"; do
     read -r name preset n tmo <<<"$s"
-    case "$name" in tmo|fc2|sym2|t05?|mob|rb|blk|far) continue ;; esac   # same presets, verified once
+    case "$name" in tmo|fc2|sym2|t05?|mob|rb|blk|far|sfa|sfb) continue ;; esac   # same presets, verified once
     ( check_natdiscovery "$name-c1" "$name-c1" "$preset" "$LAN.10"; check_vovida "$name-c1" "$name-c1" "$preset"; check_netcheck "$name-c1" "$name-c1" "$preset"
       [ "$n" -ge 2 ] && check_netcheck "$name-c2" "$name-c2" "$preset"; true ) &
     pids+=($!)

@@ -17,8 +17,9 @@ use p2pmodel_core::client::{Channel, ClientConfig, ClientCore, ClientEvent, Peer
 use p2pmodel_core::endpoint::{Endpoint, Transmit};
 use p2pmodel_core::proto::shard::PlayerId;
 use p2pmodel_core::shard::LocalShardConfig;
+use p2pmodel_core::shard::game::ShardRelay;
 use p2pmodel_sim::HostId;
-use p2pmodel_sim::hosts::{SimShard, public_ip};
+use p2pmodel_sim::hosts::{PunchServer, SimShard, public_ip};
 
 use crate::{Site, World};
 
@@ -200,9 +201,30 @@ pub struct ShardWorld {
 impl ShardWorld {
     /// A world from `seed` whose shard has `zones` zones (and `tweak`'s other settings).
     pub fn new(seed: u64, tweak: impl FnOnce(&mut LocalShardConfig)) -> ShardWorld {
-        let mut world = World::new(seed);
+        Self::from_world(World::new(seed), tweak)
+    }
+
+    /// The shard on a world the caller prepared (sites, extra relays): see
+    /// [`ShardWorld::add_relay`].
+    pub fn from_world(mut world: World, tweak: impl FnOnce(&mut LocalShardConfig)) -> ShardWorld {
         let shard = world.plugin_shard_with(tweak);
         ShardWorld { world, shard }
+    }
+
+    /// One more relay for a shard with several, on public IP `ip` (STUN also on the next
+    /// IP), relay `id`, `delays` one way (each direction) farther from the IPs listed than
+    /// the simulator's core latency: give the result to the shard's `relays` (its index
+    /// must be `id`). The punch server is relay 0.
+    pub fn add_relay(
+        world: &mut World,
+        ip: std::net::Ipv4Addr,
+        id: u8,
+        delays: &[(std::net::IpAddr, Duration)],
+    ) -> (HostId, ShardRelay) {
+        let alt = std::net::Ipv4Addr::from(u32::from(ip) + 1);
+        let clock = world.clock();
+        let seed = world.sim.seed() ^ (u64::from(id) << 40);
+        PunchServer::add_relay_to(&mut world.sim, ip.into(), alt.into(), id, clock, seed, delays.to_vec())
     }
 
     /// A player named `name` on `site`: it connects, logs in, discovers its NAT against the

@@ -675,3 +675,69 @@ fn relay_server_gso_and_gro_forward_every_datagram_in_order() {
         assert_eq!(per[1].forwarded_packets, 5, "thread 1 relayed link 7");
     }
 }
+
+/// A BindData from `c` carrying `d`, padded to 1,200 bytes (as a link sends it unvalidated).
+fn bind_data(c: &mut BindClient, d: &[u8]) -> Vec<u8> {
+    c.counter += 1;
+    BindRequest::encode_with_data(c.link, c.side, &c.token, &c.key, c.counter, c.cookie, d, 1200).unwrap()
+}
+
+#[test]
+fn relay_server_zero_rtt_bind_data_is_held_until_the_peer_binds_then_forwarded_at_once() {
+    for threads in [1usize, 2] {
+        let relay = start_threads(RelayConfig::default(), threads);
+        let r = relay.primary_addr();
+        let (a, b) = (sock(), sock());
+        let (mut ca, mut cb) = (client(77, Side::A, &keys()), client(77, Side::B, &keys()));
+        // A's first datagram carries its binding; B has not bound: held, only A's ack comes back.
+        let first = data(77, Side::A, 0, 120);
+        a.send_to(&bind_data(&mut ca, &first), r).unwrap();
+        let got = drain(&a, Duration::from_millis(100));
+        assert_eq!(got.len(), 1);
+        assert!(!BindAck::decode_verified(&got[0], &ca.key).unwrap().peer_bound);
+        // B binds: its ack, then A's datagram, byte for byte.
+        let mut bind = cb.next_bind().to_vec();
+        bind.resize(1200, 0);
+        b.send_to(&bind, r).unwrap();
+        let got = drain(&b, Duration::from_millis(100));
+        assert_eq!(got.len(), 2, "ack + held datagram ({threads} threads)");
+        assert!(BindAck::decode_verified(&got[0], &cb.key).unwrap().peer_bound);
+        assert_eq!(got[1], first);
+        // Now B's BindData is forwarded at once (the datagram only), and A hears its peer bound.
+        let reply = data(77, Side::B, 0, 80);
+        b.send_to(&bind_data(&mut cb, &reply), r).unwrap();
+        let got = drain(&a, Duration::from_millis(100));
+        assert!(got.contains(&reply), "{threads} threads: {got:?}");
+        let s = wait_for(&relay, "zero-rtt counters", |s| {
+            s.core.early_delivered == 1 && s.core.bind_data_forwarded == 1
+        });
+        assert_eq!(s.core.early_held, 1);
+    }
+}
+
+#[test]
+fn relay_server_with_a_relay_id_accepts_only_its_own_tokens() {
+    let secret = "7d3a91c4e25f086b1ac9d47e3f0b2865a4c1e97d0f3b5a28c6e4d1f09b7a3e52";
+    let relays = "relays = [\"127.0.0.1:3478\", \"127.0.0.1:3479\"]";
+    let shard =
+        ShardConfig::parse(&format!("[shard]\nname = \"t\"\nsecret = \"{secret}\"\n{relays}\n")).unwrap();
+    let relay_cfg = RelayRoleConfig::parse(&format!(
+        "[shard]\nname = \"t\"\nbind = \"127.0.0.1\"\nsecret = \"{secret}\"\n{relays}\n[relay]\nid = 1\nport = 0\nalternate_port = 0\n"
+    ))
+    .unwrap();
+    let rt = RelayRuntime::start(&relay_cfg).unwrap();
+    let addr = rt.server.primary_addr();
+    // The Game servers' schedules, one per relay.
+    let minters = p2pmodel_servers::shard::shard_relays(&shard, None);
+    assert_eq!(minters.len(), 2);
+    let now = unix_now() as u64;
+    let (t, k) = mint(&minters[1].keys.minting_keys(now), LinkId(4), Side::B, unix_now() + 60);
+    BindClient::new(LinkId(4), Side::B, t, k).bind(&sock(), addr, WAIT).unwrap();
+    // Relay 0's token (same shard, same link) is refused here.
+    let (t, k) = mint(&minters[0].keys.minting_keys(now), LinkId(5), Side::A, unix_now() + 60);
+    assert!(
+        BindClient::new(LinkId(5), Side::A, t, k).bind(&sock(), addr, Duration::from_millis(300)).is_err()
+    );
+    let s = rt.server.snapshot();
+    assert!(s.core.dropped(DropReason::BadToken) >= 1, "{s:#?}");
+}

@@ -206,6 +206,10 @@ impl Client {
             ShardMessage::RelayRefresh { link, relay } => {
                 let _ = self.mesh.update_relay(Instant::now(), link, relay);
             }
+            ShardMessage::RelayStandby { link, relay } => {
+                let _ = self.mesh.update_standby(Instant::now(), link, relay);
+            }
+            ShardMessage::Relays { .. } => {}
             ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
             ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
             ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),

@@ -426,3 +426,183 @@ fn in_privacy_mode_a_peer_never_learns_our_address_and_the_link_runs_on_the_rela
     assert_eq!(link.stats().direct_sent, 0);
     println!("direct datagrams Ana dropped unanswered: {}", link.stats().direct_refused);
 }
+
+// ----- several relays per shard (issue #15) ------------------------------------------------
+
+/// Relay ids 0..3 on these IPs (STUN also on the next IP).
+const RELAY_IPS: [std::net::Ipv4Addr; 3] = [
+    std::net::Ipv4Addr::new(203, 0, 113, 20),
+    std::net::Ipv4Addr::new(203, 0, 113, 30),
+    std::net::Ipv4Addr::new(203, 0, 113, 40),
+];
+
+/// A shard whose relays are three relays behind delay lines: `extra[r][s]` ms one way
+/// (each direction) between relay `r` and site `s`, on top of the simulator's latency.
+/// Returns the world, the relays' hosts and the players' hosts (one per site, all
+/// symmetric-random: every pair is relayed).
+fn three_relays(seed: u64, extra: [[u64; 4]; 3], sites: usize) -> (ShardWorld, Vec<HostId>, Vec<HostId>) {
+    let mut world = p2pmodel_tests::World::new(seed);
+    let mut site_list: Vec<_> = (0..sites).map(|_| world.site(NatKind::SymmetricRandom)).collect();
+    let ips: Vec<std::net::IpAddr> =
+        site_list.iter().map(|s| world.sim.nat_public_ip(s.nat.unwrap())).collect();
+    let mut relays = Vec::new();
+    let mut hosts = Vec::new();
+    for (r, ip) in RELAY_IPS.iter().enumerate() {
+        let delays: Vec<_> =
+            ips.iter().enumerate().map(|(s, a)| (*a, Duration::from_millis(extra[r][s]))).collect();
+        let (host, relay) = ShardWorld::add_relay(&mut world, *ip, r as u8, &delays);
+        hosts.push(host);
+        relays.push(relay);
+    }
+    let mut w = ShardWorld::from_world(world, |cfg| cfg.relays = relays);
+    let names = ["ana", "bo", "cy", "di"];
+    let players = site_list.iter_mut().zip(names).map(|(s, n)| w.player(s, n, 0)).collect();
+    (w, hosts, players)
+}
+
+/// The relay a pair's relayed path goes through, as both clients see it.
+fn relayed_via(
+    w: &ShardWorld,
+    a: HostId,
+    b: HostId,
+) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+    let (ia, ib) = (w.id(a), w.id(b));
+    let via = |me: HostId, peer| {
+        let p = w.p(me).core.peer(peer)?;
+        (p.path == PeerPath::Relayed).then_some(p.remote?)
+    };
+    (via(a, ib), via(b, ia))
+}
+
+#[test]
+fn with_three_relays_each_pair_lands_on_the_relay_with_the_lowest_rtt_sum_not_each_player_s_nearest() {
+    // Extra one-way delay (ms) between relay r (rows) and site s (ana, bo, cy, di).
+    let extra = [[40, 15, 40, 40], [0, 90, 0, 0], [20, 20, 60, 60]];
+    let (mut w, _, players) = three_relays(220, extra, 4);
+    for (i, a) in players.iter().enumerate() {
+        for b in &players[i + 1..] {
+            assert!(w.until_introduced(*a, *b, 10 * SEC));
+        }
+    }
+    w.stream(&players);
+    w.run(5 * SEC);
+    let relay_addr = |r: usize| std::net::SocketAddr::new(RELAY_IPS[r].into(), 3478);
+    let sum = |r: usize, s: usize, t: usize| extra[r][s] + extra[r][t];
+    let nearest = |s: usize| (0..3).min_by_key(|r| extra[*r][s]).unwrap();
+    let mut not_nearest = 0;
+    for s in 0..4 {
+        for t in s + 1..4 {
+            let best = (0..3).min_by_key(|r| sum(*r, s, t)).unwrap();
+            let (a, b) = (players[s], players[t]);
+            let (chosen, standby) = w.shard.pair_relays(w.id(a), w.id(b)).expect("introduced");
+            println!(
+                "pair {s}-{t}: relay {chosen:?} (standby {standby:?}), best sum {best}, nearest {} / {}",
+                nearest(s),
+                nearest(t)
+            );
+            assert_eq!(chosen, Some(best as u8), "pair {s}-{t}: the lowest sum");
+            assert_eq!(
+                relayed_via(&w, a, b),
+                (Some(relay_addr(best)), Some(relay_addr(best))),
+                "pair {s}-{t}"
+            );
+            if best != nearest(s) && best != nearest(t) {
+                not_nearest += 1;
+            }
+            let (got, gaps, dups) = w.p(b).stream_from(w.id(a));
+            assert!(got > 50 && gaps == 0 && dups == 0, "pair {s}-{t}: {got} {gaps} {dups}");
+        }
+    }
+    assert!(not_nearest >= 1, "at least one pair's best relay is neither player's nearest");
+    // Introduced on their best relay at once: nobody had to move.
+    assert_eq!(w.shard.with(|s| s.games().iter().map(|g| g.stats.relay_moves).sum::<u64>()), 0);
+}
+
+#[test]
+fn a_relay_that_dies_mid_stream_is_replaced_for_its_pairs_within_a_second_without_a_gap() {
+    // Relay 0 is the best for the pair, relay 1 the standby, relay 2 the worst.
+    let extra = [[0, 0, 0, 0], [20, 20, 0, 0], [60, 60, 0, 0]];
+    let (mut w, relays, players) = three_relays(221, extra, 2);
+    let (a, b) = (players[0], players[1]);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(5 * SEC);
+    let (ia, ib) = (w.id(a), w.id(b));
+    assert_eq!(w.shard.pair_relays(ia, ib), Some((Some(0), Some(1))));
+    let at = |r: usize| Some(std::net::SocketAddr::new(RELAY_IPS[r].into(), 3478));
+    assert_eq!(relayed_via(&w, a, b), (at(0), at(0)));
+    // Relay 0 dies.
+    w.world.sim.node_mut::<p2pmodel_sim::hosts::DelayLine<p2pmodel_tests::PunchServer>>(relays[0]).down =
+        true;
+    let t = w.world.sim.now();
+    w.run(10 * SEC);
+    // Both sides went on through the standby at once, then the Game server, told by the
+    // clients' RTT reports that relay 0 is unreachable, made relay 1 the pair's relay.
+    assert_eq!(relayed_via(&w, a, b), (at(1), at(1)));
+    assert_eq!(w.shard.pair_relays(ia, ib), Some((Some(1), Some(2))));
+    assert!(w.shard.with(|s| s.games().iter().map(|g| g.stats.relay_moves).sum::<u64>()) >= 1);
+    check_streams(&w, a, b);
+    for (from, to) in [(a, b), (b, a)] {
+        let arrivals: Vec<_> =
+            w.p(to).received[&w.id(from)].iter().filter(|g| g.at > t - SEC).map(|g| g.at).collect();
+        let gap = arrivals.windows(2).map(|p| p[1] - p[0]).max().unwrap();
+        println!("longest silence across the relay's death: {gap:?}");
+        assert!(gap < SEC, "replaced within a second: {gap:?}");
+    }
+    for h in [a, b] {
+        let link = w.p(h).core.mesh().links().next().expect("one link");
+        assert!(link.stats().relay_switches >= 1, "{:?}", link.stats());
+    }
+}
+
+#[test]
+fn a_relayed_pair_moves_to_a_relay_that_became_better_by_the_margin_and_not_for_less() {
+    // Relay 0 best at first; relay 1 worse by 30 ms of sum, relay 2 by 200 ms.
+    let extra = [[20, 20, 0, 0], [35, 35, 0, 0], [120, 120, 0, 0]];
+    let (mut w, relays, players) = three_relays(222, extra, 2);
+    let (a, b) = (players[0], players[1]);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(3 * SEC);
+    let (ia, ib) = (w.id(a), w.id(b));
+    assert_eq!(w.shard.pair_relays(ia, ib), Some((Some(0), Some(1))));
+    let site_ips: Vec<std::net::IpAddr> = [a, b].iter().map(|h| w.p(*h).public_ip.unwrap()).collect();
+    let set = |w: &mut ShardWorld, r: usize, ms: u64| {
+        let line =
+            w.world.sim.node_mut::<p2pmodel_sim::hosts::DelayLine<p2pmodel_tests::PunchServer>>(relays[r]);
+        for ip in &site_ips {
+            line.set_delay(*ip, Duration::from_millis(ms));
+        }
+    };
+    let moves = |w: &ShardWorld| w.shard.with(|s| s.games().iter().map(|g| g.stats.relay_moves).sum::<u64>());
+    // Relay 2 becomes 5 ms (one way, each side: 20 ms of sum) better than relay 0: below
+    // the margin, the pair stays.
+    set(&mut w, 2, 15);
+    w.run(40 * SEC); // past the clients' next RTT round (every 30 s)
+    assert_eq!(moves(&w), 0, "a gain below the margin moves nothing");
+    assert_eq!(w.shard.pair_relays(ia, ib).map(|p| p.0), Some(Some(0)));
+    // Relay 1 becomes 20 ms one way better than relay 0 (80 ms of sum): the pair moves.
+    set(&mut w, 1, 0);
+    let t = w.world.sim.now();
+    w.run(40 * SEC);
+    assert_eq!(moves(&w), 1);
+    assert_eq!(w.shard.pair_relays(ia, ib).map(|p| p.0), Some(Some(1)));
+    let at1 = Some(std::net::SocketAddr::new(RELAY_IPS[1].into(), 3478));
+    assert_eq!(relayed_via(&w, a, b), (at1, at1), "both sides moved");
+    check_streams(&w, a, b);
+    // Around the move (from a second before either side changed relay to two after), the
+    // streams never paused: each side kept sending through relay 0 until both were bound on
+    // relay 1.
+    let moved = [a, b].map(|h| w.p(h).path_changes(if h == a { ib } else { ia }, PeerPath::Relayed));
+    let moved = moved.iter().flatten().filter(|x| **x > t).min().copied().expect("a relay change");
+    for (from, to) in [(a, b), (b, a)] {
+        let arrivals: Vec<_> = w.p(to).received[&w.id(from)]
+            .iter()
+            .filter(|g| g.at + SEC > moved && g.at < moved + 2 * SEC)
+            .map(|g| g.at)
+            .collect();
+        let gap = arrivals.windows(2).map(|p| p[1] - p[0]).max().unwrap();
+        println!("longest silence around the move: {gap:?}");
+        assert!(gap < Duration::from_millis(100), "the move cost no silence: {gap:?}");
+    }
+}

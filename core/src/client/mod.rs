@@ -29,6 +29,8 @@ use crate::nat::NatReport;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage};
 
+pub mod relay_rtt;
+
 /// Largest application message [`ClientCore::send`] accepts (the server route's limit; the
 /// mesh fragments larger reliable messages, but both routes must take the same sizes).
 pub const MAX_APP_MESSAGE: usize = 1200;
@@ -344,6 +346,9 @@ pub struct ClientCore {
     /// `EnteredZone`; peers still waiting after `ClientConfig::keep_grace` are dropped.
     unconfirmed: BTreeMap<PlayerId, Instant>,
     last_now: Option<Instant>,
+    /// Round-trip times to the shard's relays (`ShardMessage::Relays`), reported for the
+    /// Game server's relay choice.
+    relay_rtts: relay_rtt::RelayRtts,
 }
 
 impl std::fmt::Debug for ClientCore {
@@ -360,6 +365,7 @@ impl ClientCore {
     /// A client whose mesh socket has these host addresses.
     pub fn new(now: Instant, cfg: ClientConfig, clock: ClockAnchor, host_addrs: &[SocketAddr]) -> Self {
         let mesh = Mesh::new(now, cfg.mesh.clone(), clock, host_addrs);
+        let relay_rtts = relay_rtt::RelayRtts::new(cfg.seed ^ 0x7274_7473);
         ClientCore {
             cfg,
             mesh,
@@ -379,6 +385,7 @@ impl ClientCore {
             ticket: None,
             unconfirmed: BTreeMap::new(),
             last_now: None,
+            relay_rtts,
         }
     }
 
@@ -612,6 +619,13 @@ impl ClientCore {
             ShardMessage::RelayRefresh { link, relay } => {
                 let _ = self.mesh.update_relay(now, link, relay);
             }
+            ShardMessage::RelayStandby { link, relay } => {
+                let _ = self.mesh.update_standby(now, link, relay);
+            }
+            ShardMessage::Relays { relays } if self.cfg.p2p => {
+                self.relay_rtts.set_relays(now, &relays);
+            }
+            ShardMessage::Relays { .. } => {}
             ShardMessage::Chat { from, name, text } => {
                 self.events.push_back(ClientEvent::Shard(ShardNotice::Chat { from, name, text }))
             }
@@ -691,6 +705,12 @@ impl ClientCore {
     pub fn peer_loss(&self, player: PlayerId) -> Option<f32> {
         let p = self.peers.get(&player)?;
         Some(self.mesh.link(p.link)?.packet_loss())
+    }
+
+    /// Our round-trip time to each of the shard's relays, by index (`None`: not
+    /// measured, or no answer in the last round).
+    pub fn relay_rtts(&self) -> Vec<Option<Duration>> {
+        self.relay_rtts.rtts()
     }
 
     /// The NAT report, once discovery finished.
@@ -830,6 +850,11 @@ impl ClientCore {
                     if peer.path == path && peer.remote == remote {
                         continue;
                     }
+                    if peer.path == PeerPath::Relayed && path == PeerPath::Relayed {
+                        // The link left its relay (a move, or it stopped answering): time
+                        // the relays again, so the shard hears of a dead one at once.
+                        self.relay_rtts.measure_now(now);
+                    }
                     peer.path = path;
                     peer.remote = remote;
                     let since_intro = now.saturating_duration_since(peer.introduced_at);
@@ -861,8 +886,23 @@ fn unknown_nat() -> NatSummary {
     NatSummary { class: "unknown".into(), dependent_mapping: false, port_delta: None, public: None }
 }
 
+impl ClientCore {
+    /// A finished relay RTT round worth reporting goes to the shard (not while offline).
+    fn report_relay_rtts(&mut self) {
+        if let Some(rtts) = self.relay_rtts.poll_report()
+            && self.phase != Phase::Reconnecting
+        {
+            self.push(ClientMessage::RelayRtts { rtts });
+        }
+    }
+}
+
 impl Endpoint for ClientCore {
     fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+        if self.relay_rtts.handle_datagram(now, from, data) {
+            self.report_relay_rtts();
+            return;
+        }
         let touched = self.mesh.handle_datagram_to_link(now, local, from, data);
         self.drain_mesh(now, touched);
     }
@@ -873,6 +913,10 @@ impl Endpoint for ClientCore {
             self.mesh.handle_timeout(now);
         }
         self.expire_unconfirmed(now);
+        if self.relay_rtts.poll_timeout().is_some_and(|t| t <= now) {
+            self.relay_rtts.handle_timeout(now);
+        }
+        self.report_relay_rtts();
         if self.nat_deadline.is_some_and(|d| d <= now) {
             self.send_mesh_info();
             self.flush_zone_request(now);
@@ -881,12 +925,15 @@ impl Endpoint for ClientCore {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.mesh.poll_transmit()
+        self.mesh.poll_transmit().or_else(|| self.relay_rtts.poll_transmit())
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
         let keep = self.unconfirmed.values().min().map(|t| *t + self.cfg.keep_grace);
-        [self.mesh.poll_timeout(), self.nat_deadline, keep].into_iter().flatten().min()
+        [self.mesh.poll_timeout(), self.nat_deadline, keep, self.relay_rtts.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

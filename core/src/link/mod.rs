@@ -13,6 +13,7 @@
 //! path switch loses and duplicates nothing.
 
 mod candidate;
+mod relays;
 
 pub use crate::proto::intro::{LinkParams, RelayParams};
 
@@ -36,7 +37,8 @@ use crate::crypto::{LinkCrypto, OpenError};
 pub use crate::endpoint::ClockAnchor;
 use crate::endpoint::Transmit;
 use crate::proto::peer::{LinkId, PeerKind, Side};
-use crate::proto::relay::{BindAck, BindCookie, BindRequest, MAX_PADDED_BIND};
+use crate::proto::relay::{BindAck, BindRequest, MAX_PADDED_BIND};
+use relays::{BindAttempt, RelayState};
 
 /// The renet channel for the application's reliable, ordered messages.
 pub const CHANNEL_RELIABLE: u8 = 0;
@@ -157,6 +159,11 @@ pub struct LinkStats {
     pub candidates_refused: u64,
     /// Peer data datagrams ignored because the link is broken.
     pub dropped_broken: u64,
+    /// Times the link changed the relay it sends through (a move by the shard, a failover to
+    /// the standby, following the peer).
+    pub relay_switches: u64,
+    /// Times the relay in use went unanswered (or the peer left it) while a spare was bound.
+    pub relay_suspicions: u64,
 }
 
 /// Liveness of one path: when we last heard on it, and the oldest send not yet answered.
@@ -199,63 +206,6 @@ struct DirectPath {
     suspected_at: Option<Instant>,
     /// The peer's last renet datagram (messages or acks) that came over this path.
     last_peer_data: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct BindAttempt {
-    /// Counter of the attempt's first Bind; retransmissions carry fresh, higher counters.
-    first_counter: u64,
-    tries: u32,
-    next_retry: Instant,
-}
-
-#[derive(Debug)]
-struct RelayState {
-    params: RelayParams,
-    last_counter: u64,
-    bound: bool,
-    peer_bound: bool,
-    /// The relay has seen our cookie come back: it no longer caps what it sends us.
-    validated: bool,
-    cookie: BindCookie,
-    attempt: Option<BindAttempt>,
-    next_refresh: Instant,
-    observed: Option<SocketAddr>,
-    live: Liveness,
-    /// When we last bound again because the relayed path went silent.
-    last_rescue: Option<Instant>,
-}
-
-/// How often a silent relayed path re-binds (a restarted relay lost our binding).
-const RELAY_RESCUE_EVERY: Duration = Duration::from_secs(1);
-
-impl RelayState {
-    /// Not bound yet; the first bind goes out at once.
-    fn new(now: Instant, params: RelayParams, last_counter: u64) -> Self {
-        RelayState {
-            params,
-            last_counter,
-            bound: false,
-            peer_bound: false,
-            validated: false,
-            cookie: BindCookie::NONE,
-            attempt: None,
-            next_refresh: now,
-            observed: None,
-            live: Liveness::new(now),
-            last_rescue: None,
-        }
-    }
-
-    /// When a silent relayed path should bind again: the relay may have restarted and lost
-    /// our binding. Only while bound, idle (no attempt running) and unanswered for `timeout`.
-    fn rescue_at(&self, timeout: Duration) -> Option<Instant> {
-        if !self.bound || self.attempt.is_some() {
-            return None;
-        }
-        let u = self.live.unanswered_since? + timeout;
-        Some(self.last_rescue.map_or(u, |t| u.max(t + RELAY_RESCUE_EVERY)))
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -324,7 +274,15 @@ pub struct Link {
     /// a NAT / a host, so the peer's updates may list such addresses.
     allow_local: [bool; 2],
     local: Vec<Candidate>,
+    /// The relay we send through (when relayed).
     relay: Option<RelayState>,
+    /// Other relays kept bound: the shard's standby, the relay a move goes to, or the one
+    /// the link left (see `relays`).
+    spares: Vec<RelayState>,
+    /// The relay the shard wants the link on (the introduction's, then each `RelayRefresh`).
+    primary: Option<SocketAddr>,
+    /// The shard's standby relay (`RelayStandby`).
+    standby: Option<SocketAddr>,
     direct: Option<DirectPath>,
     punch: Option<Punch>,
     next_repunch: Option<Instant>,
@@ -442,6 +400,7 @@ impl Link {
             .into_iter()
             .map(|cand| Remote { cand, validated: false })
             .collect();
+        let primary = params.relay.as_ref().map(|p| p.addr);
         let relay = params.relay.map(|p| RelayState::new(now, p, 0));
         // Privacy mode: our candidates are never sent, theirs never probed.
         let (local, remote) = if cfg.relay_only { (Vec::new(), Vec::new()) } else { (local, remote) };
@@ -460,6 +419,9 @@ impl Link {
             rng: ChaCha8Rng::from_seed(seed),
             local,
             relay,
+            spares: Vec::new(),
+            primary,
+            standby: None,
             direct: None,
             punch: None,
             next_repunch: None,
@@ -504,7 +466,7 @@ impl Link {
 
     /// The path we currently send on.
     pub fn path(&self) -> Path {
-        let relay = self.relay.as_ref().filter(|r| r.bound && r.peer_bound).map(|r| r.params.addr);
+        let relay = self.relay.as_ref().filter(|r| r.usable()).map(|r| r.params.addr);
         match (&self.direct, relay) {
             // A suspect direct path gives way to the relay (if there is one to give way to).
             (Some(d), Some(relay)) if d.suspected_at.is_some() => Path::Relayed { relay },
@@ -601,22 +563,6 @@ impl Link {
         self.renet.receive_message(channel)
     }
 
-    /// The shard issued a fresh relay token (tokens expire; the shard refreshes them over the
-    /// client's shard connection before they do). Re-binds at once with the new token; the
-    /// bind counter carries on, so the relay sees no replay. A different relay address moves
-    /// the link to that relay.
-    pub fn update_relay(&mut self, now: Instant, params: RelayParams) {
-        match self.relay.as_mut() {
-            Some(r) if r.params.addr == params.addr => r.params = params,
-            _ => {
-                let last_counter = self.relay.as_ref().map_or(0, |r| r.last_counter);
-                self.relay = Some(RelayState::new(now, params, last_counter));
-            }
-        }
-        self.start_bind(now);
-        self.flush(now);
-    }
-
     /// Our own candidates changed (e.g. a new public address): tell the peer and re-punch.
     pub fn set_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
         if local == self.local || self.cfg.relay_only {
@@ -660,6 +606,15 @@ impl Link {
             {
                 at(t);
             }
+            if let Some(t) = r.optimistic_until.filter(|_| !r.confirmed()) {
+                at(t);
+            }
+        }
+        if let Some(t) = self.spares_timeout() {
+            at(t);
+        }
+        if let Some(t) = self.relay_suspect_at() {
+            at(t);
         }
         if let Some(b) = &self.birthday {
             at(b.next);
@@ -774,7 +729,11 @@ impl Link {
     }
 
     fn relay_timers(&mut self, now: Instant) {
-        let keepalive = self.cfg.keepalive;
+        if let Some(r) = self.relay.as_mut()
+            && r.optimistic_until.is_some_and(|t| now >= t)
+        {
+            r.optimistic_until = None;
+        }
         let (timeout, direct) = (self.path_timeout(), self.direct.is_some());
         // On the relayed path, silence after our sends may mean the relay restarted and lost
         // our binding: bind again now (at most once a second) rather than at the next refresh
@@ -784,29 +743,13 @@ impl Link {
         {
             r.last_rescue = Some(now);
             self.start_bind(now);
-            return;
         }
-        let Some(r) = self.relay.as_mut() else { return };
-        match r.attempt {
-            Some(a) if now >= a.next_retry => {
-                if a.tries >= self.cfg.relay_bind_tries {
-                    // This attempt failed; the relay binding is presumed gone.
-                    r.attempt = None;
-                    r.bound = false;
-                    r.next_refresh = now + self.cfg.relay_bind_rto * 8;
-                } else {
-                    let tries = a.tries + 1;
-                    r.attempt = Some(BindAttempt {
-                        first_counter: a.first_counter,
-                        tries,
-                        next_retry: now + self.cfg.relay_bind_rto * 2u32.pow(tries.min(6)),
-                    });
-                    self.send_bind(now);
-                }
-            }
-            None if (keepalive || !r.bound) && now >= r.next_refresh => self.start_bind(now),
-            _ => {}
+        for addr in self.relay_addrs() {
+            self.bind_timer(now, addr);
         }
+        self.relay_suspicion(now);
+        self.trim_relays(now);
+        self.select_relay(now);
     }
 
     fn punch_timers(&mut self, now: Instant) {
@@ -967,14 +910,23 @@ impl Link {
         self.start_punch(now);
     }
 
+    /// Bind at the relay in use (a new attempt).
     fn start_bind(&mut self, now: Instant) {
-        let Some(r) = self.relay.as_ref() else { return };
+        if let Some(addr) = self.relay.as_ref().map(|r| r.params.addr) {
+            self.start_bind_at(now, addr);
+        }
+    }
+
+    /// Bind at the relay at `addr` (in use or spare): a new attempt.
+    fn start_bind_at(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(r) = self.relay_ref(addr) else { return };
         let first_counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
         let refresh = self.refresh_interval(r);
-        let r = self.relay.as_mut().expect("checked above");
-        r.attempt = Some(BindAttempt { first_counter, tries: 1, next_retry: now + self.cfg.relay_bind_rto });
+        let rto = self.cfg.relay_bind_rto;
+        let Some(r) = self.relay_mut(addr) else { return };
+        r.attempt = Some(BindAttempt { first_counter, tries: 1, next_retry: now + rto });
         r.next_refresh = now + refresh;
-        self.send_bind(now);
+        self.send_bind_at(now, addr);
     }
 
     /// Until the peer is bound too, re-bind every second: the relay's "peer bound"
@@ -985,8 +937,8 @@ impl Link {
 
     /// Send a Bind with a fresh counter: every Bind, retransmissions included, must carry a
     /// counter above the last one the relay accepted, or the relay takes it for a replay.
-    fn send_bind(&mut self, now: Instant) {
-        let Some(r) = self.relay.as_mut() else { return };
+    fn send_bind_at(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(r) = relays::slot(&mut self.relay, &mut self.spares, addr) else { return };
         let counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
         r.last_counter = counter;
         let bytes =
@@ -1000,6 +952,38 @@ impl Link {
             payload.resize(MAX_PADDED_BIND, 0);
         }
         self.transmits.push_back(Transmit { src: None, dst, payload });
+    }
+
+    /// A datagram for the relay at `dst` while the relay has not confirmed both sides bound
+    /// goes in a BindData (zero-round-trip relay): it binds us (a fresh counter, our latest
+    /// cookie, padded while our address is not validated) and the relay forwards the data,
+    /// or holds it until the peer binds. Anything else is returned as it is.
+    fn with_bind_proof(&mut self, now: Instant, dst: SocketAddr, datagram: Vec<u8>) -> Vec<u8> {
+        let Some(r) = relays::slot(&mut self.relay, &mut self.spares, dst).filter(|r| !r.confirmed()) else {
+            return datagram;
+        };
+        let counter = self.clock.unix_micros_at(now).max(r.last_counter + 1);
+        let pad = if r.validated { 0 } else { MAX_PADDED_BIND };
+        match BindRequest::encode_with_data(
+            self.id,
+            self.side,
+            &r.params.token,
+            &r.params.bind_key,
+            counter,
+            r.cookie,
+            &datagram,
+            pad,
+        ) {
+            Some(b) => {
+                r.last_counter = counter;
+                b
+            }
+            None => {
+                // Too long to carry: bind on its own, the data follows as it is.
+                self.send_bind_at(now, dst);
+                datagram
+            }
+        }
     }
 
     fn start_punch(&mut self, now: Instant) {
@@ -1076,7 +1060,7 @@ impl Link {
         expects_answer: bool,
     ) {
         let len = bytes.len() as u64;
-        if let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == addr) {
+        if let Some(r) = relays::slot(&mut self.relay, &mut self.spares, addr) {
             r.live.last_send = now;
             if expects_answer {
                 r.live.sent(now);
@@ -1110,7 +1094,8 @@ impl Link {
     /// A relay control datagram (bind-ack) addressed to this link arrived from `from`.
     pub fn handle_relay(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), OpenError> {
         self.now = now;
-        let Some(r) = self.relay.as_mut().filter(|r| r.params.addr == from) else {
+        let in_use = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
+        let Some(r) = relays::slot(&mut self.relay, &mut self.spares, from) else {
             self.stats.rejected += 1;
             return Err(OpenError::WrongLink);
         };
@@ -1134,17 +1119,21 @@ impl Link {
             r.cookie = ack.cookie;
         }
         r.live.received(now);
+        // An answer to our own Bind: the relay works both ways.
+        r.suspected_at = None;
         if r.peer_bound && !was_peer_bound {
             r.next_refresh = now + self.cfg.relay_refresh_interval;
         } else if !r.peer_bound && r.attempt.is_none() {
             r.next_refresh = r.next_refresh.min(now + Duration::from_secs(1));
         }
-        let changed = r.observed.is_some_and(|o| o != ack.observed);
+        // Our public address as the relay in use sees it (behind an address-dependent NAT
+        // each relay sees another mapping: the spares' do not count).
+        let changed = in_use && r.observed.is_some_and(|o| o != ack.observed);
         r.observed = Some(ack.observed);
         if needs_confirm {
             // Echo the cookie at once: proves we receive at this address, which lifts the
             // relay's anti-amplification cap.
-            self.send_bind(now);
+            self.send_bind_at(now, from);
         }
         if changed {
             self.events.push_back(LinkEvent::ObservedAddressChanged(ack.observed));
@@ -1153,6 +1142,7 @@ impl Link {
             local.push(Candidate::new(CandidateKind::ServerReflexive, ack.observed));
             self.set_local_candidates(now, local);
         }
+        self.select_relay(now);
         self.flush(now);
         Ok(())
     }
@@ -1176,7 +1166,7 @@ impl Link {
                 return Err(e);
             }
         };
-        let via_relay = self.relay.as_ref().is_some_and(|r| r.params.addr == from);
+        let via_relay = self.relay_ref(from).is_some();
         if self.cfg.relay_only && !via_relay {
             // Privacy mode: whatever reaches us directly is not answered, so the sender
             // learns nothing (not even that this address is ours).
@@ -1201,12 +1191,18 @@ impl Link {
         let mut ack_now = false;
         if via_relay {
             self.stats.relay_received += 1;
-            if let Some(r) = self.relay.as_mut() {
+            if let Some(r) = relays::slot(&mut self.relay, &mut self.spares, from) {
                 r.live.received(now);
                 // Data from the peer through the relay proves both sides are bound.
                 if r.bound {
                     r.peer_bound = true;
                 }
+                if header.kind == PeerKind::Data {
+                    r.last_peer_data = Some(now);
+                }
+            }
+            if header.kind == PeerKind::Data {
+                self.follow_peer_relay(now, from);
             }
             // The peer sends through the relay while we use a direct path: it found that path
             // dead (or has not validated it yet). If it had been sending to us directly and
@@ -1494,6 +1490,7 @@ impl Link {
                 }
                 let d = self.crypto.seal(PeerKind::Data, &packet);
                 let src = self.direct.filter(|d| d.addr == dst).and_then(|d| d.local);
+                let d = self.with_bind_proof(now, dst, d);
                 self.send_on_path(now, src, dst, d, expects_answer);
                 if !expects_answer && let Some(d) = self.direct.as_mut().filter(|d| d.addr == dst) {
                     d.live.acked_since.get_or_insert(now);

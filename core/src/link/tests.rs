@@ -323,3 +323,155 @@ fn rtt_stats_give_the_smoothed_rtt_rfc6298_jitter_and_the_99th_percentile_of_rec
     assert_eq!((s.samples, s.p99), (RTT_WINDOW, Some(Duration::from_millis(30))));
     assert!(s.jitter < Duration::from_millis(1), "{s:?}");
 }
+
+/// Two links that can only meet through a relay (the core's `Relay`), every hop `hop` long.
+struct Relayed {
+    now: Instant,
+    a: Link,
+    b: Option<Link>,
+    relay: crate::relay::Relay,
+    hop: Duration,
+    in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+}
+
+const R: &str = "203.0.113.1:3478";
+
+impl Relayed {
+    /// A and B introduced at the same instant; `b_binds: false` is a peer that never opens
+    /// its link (P2P off).
+    fn new(b_binds: bool) -> Relayed {
+        let now = Instant::now();
+        let clock = ClockAnchor { at: now, unix_micros: 1_700_000_000_000_000 };
+        let keys = crate::relay::TokenKeys::new(1, [4; 32]);
+        let params = |side| {
+            let (token, bind_key) = crate::relay::mint(&keys, LinkId(9), side, 1_700_003_600);
+            LinkParams {
+                link: LinkId(9),
+                side,
+                key: LinkKey([3; 32]),
+                remote: vec![],
+                remote_nat: NatHint::default(),
+                relay: Some(RelayParams { addr: addr(R), token, bind_key }),
+            }
+        };
+        let new =
+            |side| Link::new(now, params(side), vec![], NatHint::default(), LinkConfig::default(), clock);
+        let relay =
+            crate::relay::Relay::new(crate::relay::RelayConfig::default(), keys.clone(), clock, [6; 32]);
+        let b = b_binds.then(|| new(Side::B));
+        Relayed {
+            now,
+            a: new(Side::A),
+            b,
+            relay,
+            hop: Duration::from_millis(25),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.in_flight.insert((self.now + self.hop, self.seq), (from, to, bytes));
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let limit = self.now + d;
+        loop {
+            let mut out = Vec::new();
+            while let Some(t) = self.a.poll_transmit() {
+                out.push((addr(A), t));
+            }
+            while let Some(t) = self.b.as_mut().and_then(|b| b.poll_transmit()) {
+                out.push((addr(B), t));
+            }
+            for (from, t) in out {
+                self.send(from, t.dst, t.payload);
+            }
+            let next_packet = self.in_flight.keys().next().map(|k| k.0);
+            let timers = [self.a.poll_timeout(), self.b.as_ref().and_then(|b| b.poll_timeout())];
+            let Some(next) = timers.into_iter().chain([next_packet]).flatten().min().filter(|n| *n <= limit)
+            else {
+                self.now = limit;
+                return;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            if next_packet == Some(next) {
+                let (_, (from, to, bytes)) = self.in_flight.pop_first().unwrap();
+                if to == addr(R) {
+                    let mut buf = crate::relay::ReplyBuf::default();
+                    match self.relay.process(now, from, &bytes, &mut buf) {
+                        crate::relay::Action::Forward { to } => self.send(addr(R), to, bytes),
+                        crate::relay::Action::Reply { to, len, notify, forward, early } => {
+                            self.send(addr(R), to, buf.reply[..len].to_vec());
+                            for d in buf.early_datagrams(early).map(<[u8]>::to_vec).collect::<Vec<_>>() {
+                                self.send(addr(R), to, d);
+                            }
+                            if let Some(n) = notify {
+                                self.send(addr(R), n.to, buf.notify[..n.len].to_vec());
+                            }
+                            if let Some(e) = forward {
+                                self.send(addr(R), e.to, bytes[e.start..e.start + e.len].to_vec());
+                            }
+                        }
+                        crate::relay::Action::Drop(_) => {}
+                    }
+                } else {
+                    let link = if to == addr(A) { Some(&mut self.a) } else { self.b.as_mut() };
+                    if let Some(link) = link {
+                        let _ = match bytes[0] {
+                            0x31 => link.handle_relay(now, from, &bytes),
+                            _ => link.handle_peer(now, None, from, &bytes),
+                        };
+                    }
+                }
+            } else {
+                if self.a.poll_timeout().is_some_and(|t| t <= now) {
+                    self.a.handle_timeout(now);
+                }
+                if let Some(b) = self.b.as_mut().filter(|b| b.poll_timeout().is_some_and(|t| t <= now)) {
+                    b.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_first_relayed_message_carries_its_binding_and_arrives_one_way_after_the_introduction() {
+    let mut p = Relayed::new(true);
+    assert_eq!(p.a.path(), Path::Relayed { relay: addr(R) }, "usable at once");
+    let t0 = p.now;
+    assert!(p.a.send(CHANNEL_RELIABLE, b"hello".to_vec()));
+    let mut got = None;
+    while got.is_none() && p.now < t0 + Duration::from_secs(1) {
+        p.run_for(Duration::from_millis(1));
+        got = p.b.as_mut().unwrap().receive(CHANNEL_RELIABLE).map(|m| (m, p.now));
+    }
+    let (msg, at) = got.expect("delivered");
+    assert_eq!(&msg[..], b"hello");
+    // A → relay → B: two hops of 25 ms (a relay RTT is four).
+    assert!(at - t0 <= Duration::from_millis(51), "{:?}", at - t0);
+    assert_eq!(p.relay.stats().bind_data_forwarded + p.relay.stats().early_delivered, 1);
+    // Once the relay confirmed both sides, plain peer datagrams (no bind proof) follow.
+    p.run_for(Duration::from_millis(200));
+    let binds = p.relay.stats().binds_accepted;
+    assert!(p.a.send(CHANNEL_RELIABLE, b"again".to_vec()));
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.b.as_mut().unwrap().receive(CHANNEL_RELIABLE).as_deref(), Some(&b"again"[..]));
+    assert_eq!(p.relay.stats().binds_accepted, binds, "no bind proof once confirmed");
+}
+
+#[test]
+fn a_peer_that_never_binds_leaves_the_relayed_path_unusable_after_the_zero_rtt_window() {
+    let mut p = Relayed::new(false);
+    assert!(p.a.send(CHANNEL_RELIABLE, b"anyone?".to_vec()));
+    p.run_for(Duration::from_millis(1900));
+    assert_eq!(p.a.path(), Path::Relayed { relay: addr(R) });
+    assert!(p.relay.stats().early_held >= 1, "held for a peer that may still bind");
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.a.path(), Path::None, "no peer bound within 2 s: not a usable path");
+    assert!(Pair::events(&mut p.a).contains(&LinkEvent::Path(Path::None)));
+}

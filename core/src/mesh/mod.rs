@@ -222,6 +222,13 @@ impl Mesh {
         Ok(())
     }
 
+    /// The shard named a standby relay for link `id` ([`Link::update_standby`]).
+    pub fn update_standby(&mut self, now: Instant, id: LinkId, params: RelayParams) -> Result<(), MeshError> {
+        self.links.get_mut(&id).ok_or(MeshError::NoSuchLink(id))?.update_standby(now, params);
+        self.collect();
+        Ok(())
+    }
+
     /// One link, to read its path, stats and RTT.
     pub fn link(&self, id: LinkId) -> Option<&Link> {
         self.links.get(&id)

@@ -13,6 +13,10 @@
 //!                      kind | link u32 | side u8 | counter u64 | flags u8 | cookie 8 B
 //!                      | family u8 (4|6) | port u16 | ip 4|16 B | mac 16 B
 //!                      mac = HMAC-SHA256(bind_key, everything before it)[..16]
+//!
+//! BindData (0x33)     a Bind (the same 59 B, kind 0x33, mac over bytes[0..43]) | len u16
+//!                      | one peer datagram (len B) | zero padding, at most 1,472 B: the first
+//!                      relayed datagrams of a link carry their own binding proof
 //! ```
 //!
 //! `0x32` (`BindConfirm`) is reserved: return routability is proven by echoing the relay's
@@ -44,6 +48,10 @@ pub enum RelayKind {
     /// Reserved. Return routability is proven by echoing the cookie in the next
     /// [`RelayKind::Bind`] instead; relays drop this kind.
     BindConfirm = 0x32,
+    /// Client → relay: a Bind with one peer datagram appended (zero-round-trip relay): the
+    /// relay binds, then forwards the datagram to the other side, or holds it for a moment
+    /// until the other side binds.
+    BindData = 0x33,
 }
 
 impl RelayKind {
@@ -53,6 +61,7 @@ impl RelayKind {
             0x30 => RelayKind::Bind,
             0x31 => RelayKind::BindAck,
             0x32 => RelayKind::BindConfirm,
+            0x33 => RelayKind::BindData,
             _ => return None,
         })
     }
@@ -73,6 +82,13 @@ pub const BIND_LEN: usize = 1 + 4 + 1 + TOKEN_LEN + 8 + COOKIE_LEN + MAC_LEN;
 /// anti-amplification allowance (as QUIC pads its Initial packets), so the relay may
 /// forward the first relayed data to it before the cookie round trip completes.
 pub const MAX_PADDED_BIND: usize = 1200;
+/// Length of a BindData's fixed part: the Bind fields and the `len u16` of the datagram.
+pub const BIND_DATA_HEADER_LEN: usize = BIND_LEN + 2;
+/// Longest BindData (an IPv4 path's 1,500-byte MTU less the IP and UDP headers): the peer
+/// datagram it carries is at most `MAX_BIND_DATA - BIND_DATA_HEADER_LEN` = 1,411 bytes.
+pub const MAX_BIND_DATA: usize = 1472;
+/// Shortest peer datagram (header + tag) a BindData may carry.
+const MIN_PEER_DATAGRAM: usize = 30;
 /// Offset of the Bind's mac (= the length of the part it authenticates).
 const BIND_MAC_AT: usize = BIND_LEN - MAC_LEN;
 /// Length of the BindAck fields before the observed address.
@@ -211,6 +227,9 @@ pub enum RelayProtoError {
 /// was sent from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BindRequest {
+    /// [`RelayKind::Bind`], or [`RelayKind::BindData`] when a peer datagram follows (the
+    /// kind byte is authenticated: a Bind's mac never verifies as a BindData's).
+    pub kind: RelayKind,
     /// The link to bind.
     pub link: LinkId,
     /// The sender's side of it.
@@ -236,11 +255,70 @@ impl BindRequest {
         counter: u64,
         cookie: BindCookie,
     ) -> [u8; BIND_LEN] {
-        let mut out = [0u8; BIND_LEN];
-        write_bind_body(&mut out, link, side, token, counter, cookie);
-        let tag = bind_key.tag(&out[..BIND_MAC_AT]);
-        out[BIND_MAC_AT..].copy_from_slice(&tag);
-        out
+        encode_kind(RelayKind::Bind, link, side, token, bind_key, counter, cookie)
+    }
+
+    /// Encode a BindData (kind `0x33`): a Bind authenticated with `bind_key` carrying the
+    /// peer datagram `data` of the same link and side, zero-padded to `pad_to` bytes in all
+    /// (a client pads until the relay has validated its address, as it pads Binds). `None`
+    /// when `data` is not a peer datagram of `(link, side)` or does not fit
+    /// [`MAX_BIND_DATA`] (send a Bind and the datagram separately then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_with_data(
+        link: LinkId,
+        side: Side,
+        token: &RelayToken,
+        bind_key: &BindKey,
+        counter: u64,
+        cookie: BindCookie,
+        data: &[u8],
+        pad_to: usize,
+    ) -> Option<Vec<u8>> {
+        let total = BIND_DATA_HEADER_LEN + data.len();
+        if total > MAX_BIND_DATA || !carries_route(data, link, side) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(total.max(pad_to.min(MAX_BIND_DATA)));
+        out.extend_from_slice(&encode_kind(
+            RelayKind::BindData,
+            link,
+            side,
+            token,
+            bind_key,
+            counter,
+            cookie,
+        ));
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+        out.resize(total.max(pad_to.min(MAX_BIND_DATA)), 0);
+        Some(out)
+    }
+
+    /// Parse a BindData without checking its mac or token: the Bind part and the range of
+    /// the peer datagram it carries, which must name the Bind's own link and side.
+    pub fn decode_with_data(bytes: &[u8]) -> Result<(BindRequest, std::ops::Range<usize>), DecodeError> {
+        if bytes.len() < BIND_DATA_HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        if bytes.len() > MAX_BIND_DATA {
+            return Err(DecodeError::Invalid("bind-data longer than its limit"));
+        }
+        if bytes[0] != RelayKind::BindData as u8 {
+            return Err(DecodeError::UnknownKind(bytes[0]));
+        }
+        let req = decode_body(bytes, RelayKind::BindData)?;
+        let len = usize::from(u16::from_be_bytes([bytes[BIND_LEN], bytes[BIND_LEN + 1]]));
+        let end = BIND_DATA_HEADER_LEN + len;
+        if end > bytes.len() {
+            return Err(DecodeError::Truncated);
+        }
+        if bytes[end..].iter().any(|b| *b != 0) {
+            return Err(DecodeError::Invalid("bind-data padding must be zero bytes"));
+        }
+        if !carries_route(&bytes[BIND_DATA_HEADER_LEN..end], req.link, req.side) {
+            return Err(DecodeError::Invalid("bind-data must carry a peer datagram of its link and side"));
+        }
+        Ok((req, BIND_DATA_HEADER_LEN..end))
     }
 
     /// Parse a Bind without checking its mac or token (the relay does that next).
@@ -257,35 +335,65 @@ impl BindRequest {
         if bytes[0] != RelayKind::Bind as u8 {
             return Err(DecodeError::UnknownKind(bytes[0]));
         }
-        let link = LinkId(be_u32(&bytes[1..5]));
-        let side = Side::from_byte(bytes[5])?;
-        let token = RelayToken::from_bytes(&bytes[6..27])?;
-        let counter = be_u64(&bytes[27..35]);
-        let mut cookie = [0u8; COOKIE_LEN];
-        cookie.copy_from_slice(&bytes[35..43]);
-        let mut mac = [0u8; MAC_LEN];
-        mac.copy_from_slice(&bytes[BIND_MAC_AT..BIND_LEN]);
-        Ok(BindRequest { link, side, token, counter, cookie: BindCookie(cookie), mac })
+        decode_body(bytes, RelayKind::Bind)
     }
 
     /// Whether the mac verifies under `bind_key` (constant time). The encoding is canonical,
     /// so re-encoding the parsed fields gives back the authenticated bytes.
     pub fn verify_mac(&self, bind_key: &BindKey) -> bool {
         let mut body = [0u8; BIND_LEN];
-        write_bind_body(&mut body, self.link, self.side, &self.token, self.counter, self.cookie);
+        write_bind_body(&mut body, self.kind, self.link, self.side, &self.token, self.counter, self.cookie);
         bind_key.verify(&body[..BIND_MAC_AT], &self.mac)
     }
 }
 
+/// Whether `data` is long enough for a peer datagram and names `(link, side)`.
+fn carries_route(data: &[u8], link: LinkId, side: Side) -> bool {
+    data.len() >= MIN_PEER_DATAGRAM
+        && (0x20..=0x25).contains(&data[0])
+        && be_u32(&data[1..5]) == link.0
+        && data[5] == side.to_byte()
+}
+
+fn encode_kind(
+    kind: RelayKind,
+    link: LinkId,
+    side: Side,
+    token: &RelayToken,
+    bind_key: &BindKey,
+    counter: u64,
+    cookie: BindCookie,
+) -> [u8; BIND_LEN] {
+    let mut out = [0u8; BIND_LEN];
+    write_bind_body(&mut out, kind, link, side, token, counter, cookie);
+    let tag = bind_key.tag(&out[..BIND_MAC_AT]);
+    out[BIND_MAC_AT..].copy_from_slice(&tag);
+    out
+}
+
+/// The Bind fields of `bytes` (at least [`BIND_LEN`] long, first byte checked by the caller).
+fn decode_body(bytes: &[u8], kind: RelayKind) -> Result<BindRequest, DecodeError> {
+    let link = LinkId(be_u32(&bytes[1..5]));
+    let side = Side::from_byte(bytes[5])?;
+    let token = RelayToken::from_bytes(&bytes[6..27])?;
+    let counter = be_u64(&bytes[27..35]);
+    let mut cookie = [0u8; COOKIE_LEN];
+    cookie.copy_from_slice(&bytes[35..43]);
+    let mut mac = [0u8; MAC_LEN];
+    mac.copy_from_slice(&bytes[BIND_MAC_AT..BIND_LEN]);
+    Ok(BindRequest { kind, link, side, token, counter, cookie: BindCookie(cookie), mac })
+}
+
 fn write_bind_body(
     out: &mut [u8; BIND_LEN],
+    kind: RelayKind,
     link: LinkId,
     side: Side,
     token: &RelayToken,
     counter: u64,
     cookie: BindCookie,
 ) {
-    out[0] = RelayKind::Bind as u8;
+    out[0] = kind as u8;
     out[1..5].copy_from_slice(&link.0.to_be_bytes());
     out[5] = side.to_byte();
     out[6..27].copy_from_slice(&token.to_bytes());
@@ -472,8 +580,78 @@ mod tests {
         assert_eq!(RelayKind::Bind as u8, 0x30);
         assert_eq!(RelayKind::BindAck as u8, 0x31);
         assert_eq!(RelayKind::BindConfirm as u8, 0x32);
+        assert_eq!(RelayKind::BindData as u8, 0x33);
         assert_eq!(RelayKind::from_byte(0x31), Some(RelayKind::BindAck));
-        assert_eq!(RelayKind::from_byte(0x33), None);
+        assert_eq!(RelayKind::from_byte(0x33), Some(RelayKind::BindData));
+        assert_eq!(RelayKind::from_byte(0x34), None);
+    }
+
+    /// A peer datagram of (`link`, `side`) of `len` bytes.
+    fn peer_datagram(link: u32, side: Side, len: usize) -> Vec<u8> {
+        let mut d = vec![0x22];
+        d.extend_from_slice(&link.to_be_bytes());
+        d.push(side.to_byte());
+        d.resize(len, 0x5a);
+        d
+    }
+
+    #[test]
+    fn relay_bind_data_layout_roundtrip_padding_and_limits() {
+        let k = key(1);
+        let data = peer_datagram(0x0102_0304, Side::B, 100);
+        let enc = |data: &[u8], pad| {
+            BindRequest::encode_with_data(
+                LinkId(0x0102_0304),
+                Side::B,
+                &token(),
+                &k,
+                99,
+                BindCookie([5; 8]),
+                data,
+                pad,
+            )
+        };
+        let b = enc(&data, 0).unwrap();
+        assert_eq!(b.len(), BIND_DATA_HEADER_LEN + 100);
+        assert_eq!(b[0], 0x33);
+        assert_eq!(&b[59..61], &100u16.to_be_bytes());
+        assert_eq!(&b[61..], &data[..]);
+        let (r, range) = BindRequest::decode_with_data(&b).unwrap();
+        assert_eq!((r.kind, r.counter, r.side, range.clone()), (RelayKind::BindData, 99, Side::B, 61..161));
+        assert!(r.verify_mac(&k) && !r.verify_mac(&key(2)));
+        // Padded: the same datagram, zeros after it; a non-zero byte there is refused.
+        let padded = enc(&data, MAX_PADDED_BIND).unwrap();
+        assert_eq!(padded.len(), MAX_PADDED_BIND);
+        assert_eq!(BindRequest::decode_with_data(&padded).unwrap().1, range);
+        let mut junk = padded.clone();
+        junk[MAX_PADDED_BIND - 1] = 1;
+        assert!(BindRequest::decode_with_data(&junk).is_err());
+        // Not carried: another link's or side's datagram, a runt, something too long.
+        assert!(enc(&peer_datagram(7, Side::B, 100), 0).is_none());
+        assert!(enc(&peer_datagram(0x0102_0304, Side::A, 100), 0).is_none());
+        assert!(enc(&data[..29], 0).is_none());
+        assert!(enc(&peer_datagram(0x0102_0304, Side::B, MAX_BIND_DATA - BIND_DATA_HEADER_LEN), 0).is_some());
+        assert!(
+            enc(&peer_datagram(0x0102_0304, Side::B, MAX_BIND_DATA - BIND_DATA_HEADER_LEN + 1), 0).is_none()
+        );
+        // A length beyond the datagram, and every truncation, fail to decode.
+        let mut long = b.clone();
+        long[59..61].copy_from_slice(&101u16.to_be_bytes());
+        assert_eq!(BindRequest::decode_with_data(&long), Err(DecodeError::Truncated));
+        for cut in 0..b.len() {
+            assert!(BindRequest::decode_with_data(&b[..cut]).is_err(), "{cut}");
+        }
+        // The kind byte is authenticated: a Bind's mac does not make a BindData, nor back.
+        let bind = BindRequest::encode(LinkId(0x0102_0304), Side::B, &token(), &k, 99, BindCookie([5; 8]));
+        let mut forged = bind.to_vec();
+        forged[0] = 0x33;
+        forged.extend_from_slice(&100u16.to_be_bytes());
+        forged.extend_from_slice(&data);
+        assert!(!BindRequest::decode_with_data(&forged).unwrap().0.verify_mac(&k));
+        let mut back = b[..BIND_LEN].to_vec();
+        back[0] = 0x30;
+        assert!(!BindRequest::decode(&back).unwrap().verify_mac(&k));
+        assert!(BindRequest::decode(&b).is_err(), "a BindData is not a Bind");
     }
 
     #[test]
@@ -568,9 +746,10 @@ mod tests {
             let n = rng.random_range(0..buf.len());
             rng.fill(&mut buf[..n]);
             if n > 0 && rng.random_bool(0.5) {
-                buf[0] = rng.random_range(0x30..=0x32);
+                buf[0] = rng.random_range(0x30..=0x33);
             }
             let _ = BindRequest::decode(&buf[..n]);
+            let _ = BindRequest::decode_with_data(&buf[..n]);
             assert!(BindAck::decode_verified(&buf[..n], &k).is_err());
             let _ = RelayToken::from_bytes(&buf[..n]);
         }

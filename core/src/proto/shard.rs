@@ -150,7 +150,20 @@ pub enum ClientMessage {
     /// drops our pairs at once. A connection lost without it is a player who is away: the
     /// Game server keeps its pairs for a grace period so it can resume.
     Leave,
+    /// Our round-trip times to the shard's relays ([`ShardMessage::Relays`]), measured with
+    /// STUN: `(relay index, ms)`, [`RTT_UNREACHABLE`] for a relay that did not answer. The
+    /// Game server picks each pair's relay by the sum of both players' times; it reads at
+    /// most [`MAX_RELAYS`] entries and ignores unknown indices.
+    RelayRtts {
+        /// `(relay index, round-trip ms)`.
+        rtts: Vec<(u8, u16)>,
+    },
 }
+
+/// Most relays a shard lists ([`ShardMessage::Relays`]) and a client reports on.
+pub const MAX_RELAYS: usize = 16;
+/// The round-trip time a client reports for a relay that did not answer.
+pub const RTT_UNREACHABLE: u16 = u16::MAX;
 
 /// Shard → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +268,22 @@ pub enum ShardMessage {
         peer: PlayerId,
         /// The kept link.
         link: LinkId,
+    },
+    /// The shard's relays by index (sent with `EnteredZone` when it has more than one):
+    /// measure the round-trip time to each (STUN) and report it with
+    /// [`ClientMessage::RelayRtts`], now and then again.
+    Relays {
+        /// Each relay's address (STUN is answered there too).
+        relays: Vec<SocketAddr>,
+    },
+    /// A second relay for a link: bind it too and keep it bound (a warm standby), and send
+    /// through it when the link's relay stops answering. A `RelayRefresh` naming another
+    /// relay than the link uses moves the link there once both sides are bound on it.
+    RelayStandby {
+        /// The link.
+        link: LinkId,
+        /// Relay address, token and bind key for our side.
+        relay: crate::proto::intro::RelayParams,
     },
 }
 

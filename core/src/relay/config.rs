@@ -67,6 +67,18 @@ pub struct RelayConfig {
     ///
     /// Default 1 s: a sweep is O(bindings); once a second keeps it far below 1% of a core.
     pub sweep_interval: Duration,
+    /// How long a peer datagram that arrived in a BindData before the other side was bound
+    /// is held for that side (zero-round-trip relay: the two sides of a new link bind at
+    /// about the same time, and the first to arrive must not lose its first message).
+    ///
+    /// Default 2 s: both sides get the introduction within a shard round trip of each
+    /// other, so their binds reach the relay well within it; renet re-sends anything older.
+    pub early_hold: Duration,
+    /// Most bytes of such held datagrams, over all bindings (at most 4 datagrams / 4 kB per
+    /// side; beyond it new ones are dropped and counted, and renet re-sends them).
+    ///
+    /// Default 8 MiB: ~2,000 links starting within `early_hold` of each other.
+    pub max_early_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -80,6 +92,8 @@ impl Default for RelayConfig {
             max_token_lifetime: Duration::from_secs(24 * 3600),
             max_bindings: 1 << 20,
             sweep_interval: Duration::from_secs(1),
+            early_hold: Duration::from_secs(2),
+            max_early_bytes: 8 << 20,
         }
     }
 }

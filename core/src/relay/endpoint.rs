@@ -41,17 +41,27 @@ impl Endpoint for RelayEndpoint {
             Action::Forward { to } => {
                 self.queue.push_back(Transmit { src: Some(local), dst: to, payload: data.to_vec() })
             }
-            Action::Reply { to, len, notify } => {
+            Action::Reply { to, len, notify, forward, early } => {
                 self.queue.push_back(Transmit {
                     src: Some(local),
                     dst: to,
                     payload: self.buf.reply[..len].to_vec(),
                 });
+                for d in self.buf.early_datagrams(early) {
+                    self.queue.push_back(Transmit { src: Some(local), dst: to, payload: d.to_vec() });
+                }
                 if let Some(n) = notify {
                     self.queue.push_back(Transmit {
                         src: Some(local),
                         dst: n.to,
                         payload: self.buf.notify[..n.len].to_vec(),
+                    });
+                }
+                if let Some(e) = forward {
+                    self.queue.push_back(Transmit {
+                        src: Some(local),
+                        dst: e.to,
+                        payload: data[e.start..e.start + e.len].to_vec(),
                     });
                 }
             }

@@ -22,6 +22,11 @@ use crate::proto::relay::{
     BindAck, BindCookie, BindKey, BindRequest, COOKIE_LABEL, COOKIE_LEN, MAX_BIND_ACK_LEN, RelayKind,
 };
 
+/// Most datagrams held for one side of a link until its peer binds (zero-round-trip relay).
+pub const EARLY_MAX_DATAGRAMS: usize = 4;
+/// Most bytes held for one side of a link until its peer binds.
+pub const EARLY_MAX_BYTES: usize = 4096;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of the relay's own cookie secret.
@@ -37,12 +42,46 @@ pub struct ReplyBuf {
     pub reply: [u8; MAX_BIND_ACK_LEN],
     /// The peer-bound notification: `notify[..n.len]` of [`Action::Reply`]'s `notify`.
     pub notify: [u8; MAX_BIND_ACK_LEN],
+    /// Datagrams the other side sent before this side was bound, delivered to the Bind's
+    /// sender after its ack: the first `early` of [`ReplyBuf::early_datagrams`].
+    pub early: [u8; EARLY_MAX_BYTES],
+    /// Their lengths, in order.
+    pub early_lens: [u16; EARLY_MAX_DATAGRAMS],
 }
 
 impl Default for ReplyBuf {
     fn default() -> Self {
-        ReplyBuf { reply: [0; MAX_BIND_ACK_LEN], notify: [0; MAX_BIND_ACK_LEN] }
+        ReplyBuf {
+            reply: [0; MAX_BIND_ACK_LEN],
+            notify: [0; MAX_BIND_ACK_LEN],
+            early: [0; EARLY_MAX_BYTES],
+            early_lens: [0; EARLY_MAX_DATAGRAMS],
+        }
     }
+}
+
+impl ReplyBuf {
+    /// The first `n` early datagrams of an [`Action::Reply`] (`n` = its `early`).
+    pub fn early_datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        self.early_lens[..n.min(EARLY_MAX_DATAGRAMS)].iter().map(move |l| {
+            let d = &self.early[at..at + usize::from(*l)];
+            at += usize::from(*l);
+            d
+        })
+    }
+}
+
+/// The peer datagram a BindData carried, to forward to the other side: bytes
+/// `start..start + len` of the datagram handed to [`Relay::process`], unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded {
+    /// The other side's bound address.
+    pub to: SocketAddr,
+    /// Offset of the peer datagram in the BindData.
+    pub start: usize,
+    /// Its length.
+    pub len: usize,
 }
 
 /// A second datagram produced by a Bind: the unsolicited BindAck to the side that was
@@ -63,7 +102,9 @@ pub enum Action {
         /// The other side's bound address.
         to: SocketAddr,
     },
-    /// Send `ReplyBuf::reply[..len]` to `to`, and the notification too if there is one.
+    /// Send `ReplyBuf::reply[..len]` to `to`, then the `early` datagrams of
+    /// [`ReplyBuf::early_datagrams`] to `to`, the notification if there is one, and the
+    /// BindData's peer datagram if it is forwarded (in that order).
     Reply {
         /// The Bind's source address.
         to: SocketAddr,
@@ -71,6 +112,10 @@ pub enum Action {
         len: usize,
         /// The peer-bound notification, if this Bind made the link usable.
         notify: Option<Notify>,
+        /// A BindData's peer datagram, forwarded to the other side.
+        forward: Option<Embedded>,
+        /// How many datagrams the other side sent early are delivered to `to` (0 mostly).
+        early: usize,
     },
     /// Send nothing; the reason is counted in [`RelayStats`].
     Drop(DropReason),
@@ -114,6 +159,16 @@ struct Binding {
     rx: u64,
     tx: u64,
     limiter: FlowLimiter,
+    /// Datagrams this side sent in BindData before its peer was bound, held for the peer.
+    early: Option<Box<Early>>,
+}
+
+/// Peer datagrams held for the other side of a link until it binds.
+struct Early {
+    since: Instant,
+    data: Vec<u8>,
+    lens: [u16; EARLY_MAX_DATAGRAMS],
+    count: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +251,8 @@ pub struct Relay {
     shared: Option<Arc<SharedLimits>>,
     stats: RelayStats,
     next_sweep: Instant,
+    /// Bytes held in all bindings' early data.
+    early_bytes: usize,
 }
 
 impl std::fmt::Debug for Relay {
@@ -234,6 +291,7 @@ impl Relay {
             shared: None,
             stats: RelayStats::default(),
             next_sweep,
+            early_bytes: 0,
         }
     }
 
@@ -291,8 +349,10 @@ impl Relay {
     /// Decide what to do with one datagram that arrived from `from`. Allocation-free except
     /// when a Bind creates a new table entry.
     ///
-    /// Peer datagrams (`0x20..=0x25`) are forwarded or dropped; Binds (`0x30`) are answered
-    /// (into `reply`) or dropped; anything else is dropped. A driver that also serves STUN
+    /// Peer datagrams (`0x20..=0x25`) are forwarded or dropped; Binds (`0x30`) and
+    /// BindData (`0x33`) are answered (into `reply`) or dropped; anything else is dropped.
+    /// A BindData whose peer datagram must be held (the other side is not bound yet)
+    /// allocates too. A driver that also serves STUN
     /// on the same socket classifies first ([`crate::proto::classify`]) and hands STUN
     /// elsewhere.
     pub fn process(
@@ -307,7 +367,9 @@ impl Relay {
         let action = match datagram.first() {
             None => Action::Drop(DropReason::Malformed),
             Some(0x20..=0x25) => self.forward(now, from, datagram),
-            Some(&b) if b == RelayKind::Bind as u8 => self.bind(now, from, datagram, reply),
+            Some(&b) if b == RelayKind::Bind as u8 || b == RelayKind::BindData as u8 => {
+                self.bind(now, from, datagram, reply)
+            }
             Some(_) => Action::Drop(DropReason::UnexpectedKind),
         };
         if let Action::Drop(reason) = action {
@@ -413,7 +475,12 @@ impl Relay {
     }
 
     fn bind(&mut self, now: Instant, from: SocketAddr, data: &[u8], buf: &mut ReplyBuf) -> Action {
-        let Ok(req) = BindRequest::decode(data) else {
+        let decoded = if data[0] == RelayKind::BindData as u8 {
+            BindRequest::decode_with_data(data).map(|(r, range)| (r, Some(range)))
+        } else {
+            BindRequest::decode(data).map(|r| (r, None))
+        };
+        let Ok((req, embedded)) = decoded else {
             return Action::Drop(DropReason::Malformed);
         };
         let unix = self.clock.unix_secs_at(now);
@@ -474,6 +541,7 @@ impl Relay {
                 rx: 0,
                 tx: 0,
                 limiter: FlowLimiter::new(now, cfg.link_quota, cfg.quota_burst),
+                early: None,
             }
         });
         let was_live = b.state(now, unix, cfg) == State::Live;
@@ -537,7 +605,89 @@ impl Relay {
         } else {
             None
         };
-        Action::Reply { to: from, len, notify }
+        let early = if peer_live { self.deliver_early(now, key, peer_key, buf) } else { 0 };
+        let forward = match embedded {
+            Some(range) => self.carried(now, from, key, peer_key, peer_live, data, range),
+            None => None,
+        };
+        Action::Reply { to: from, len, notify, forward, early }
+    }
+
+    /// The peer datagram `data[range]` of an accepted BindData from `from` (side `key`):
+    /// forwarded when the other side is live and may be sent it, else held for it.
+    #[allow(clippy::too_many_arguments)]
+    fn carried(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        key: u64,
+        peer_key: u64,
+        peer_live: bool,
+        data: &[u8],
+        range: std::ops::Range<usize>,
+    ) -> Option<Embedded> {
+        let len = range.len();
+        let within_quota = self.bindings.get_mut(&key).is_some_and(|b| b.limiter.allow(now, len))
+            && self.sources.get_mut(&from).is_none_or(|s| s.limiter.allow(now, len));
+        if !within_quota {
+            self.stats.early_dropped += 1;
+            return None;
+        }
+        if peer_live {
+            let p = self.bindings.get_mut(&peer_key)?;
+            if !p.may_send(len) {
+                self.stats.early_dropped += 1;
+                return None;
+            }
+            p.tx = p.tx.saturating_add(len as u64);
+            self.stats.bind_data_forwarded += 1;
+            return Some(Embedded { to: p.addr, start: range.start, len });
+        }
+        // The other side has not bound yet: hold it for a moment (bounded per side and in all).
+        let over_cap = self.early_bytes + len > self.config.max_early_bytes;
+        let b = self.bindings.get_mut(&key)?;
+        let e = b.early.get_or_insert_with(|| {
+            Box::new(Early { since: now, data: Vec::new(), lens: [0; EARLY_MAX_DATAGRAMS], count: 0 })
+        });
+        if over_cap || e.count == EARLY_MAX_DATAGRAMS || e.data.len() + len > EARLY_MAX_BYTES {
+            self.stats.early_dropped += 1;
+            return None;
+        }
+        e.data.extend_from_slice(&data[range]);
+        e.lens[e.count] = len as u16;
+        e.count += 1;
+        self.early_bytes += len;
+        self.stats.early_held += 1;
+        None
+    }
+
+    /// Hand the datagrams the other side (`peer_key`) held for side `key` to `buf`, within
+    /// `key`'s anti-amplification budget; returns how many.
+    fn deliver_early(&mut self, now: Instant, key: u64, peer_key: u64, buf: &mut ReplyBuf) -> usize {
+        let Some(early) = self.bindings.get_mut(&peer_key).and_then(|p| p.early.take()) else { return 0 };
+        self.early_bytes = self.early_bytes.saturating_sub(early.data.len());
+        if now.saturating_duration_since(early.since) >= self.config.early_hold {
+            self.stats.early_dropped += early.count as u64;
+            return 0;
+        }
+        let Some(b) = self.bindings.get_mut(&key) else { return 0 };
+        let (mut at, mut out, mut n) = (0usize, 0usize, 0usize);
+        for &l in &early.lens[..early.count] {
+            let l = usize::from(l);
+            let d = &early.data[at..at + l];
+            at += l;
+            if !b.may_send(l) {
+                self.stats.early_dropped += 1;
+                continue;
+            }
+            b.tx = b.tx.saturating_add(l as u64);
+            buf.early[out..out + l].copy_from_slice(d);
+            buf.early_lens[n] = l as u16;
+            out += l;
+            n += 1;
+        }
+        self.stats.early_delivered += n as u64;
+        n
     }
 
     /// Tell the already-bound side of a link that its peer just bound.
@@ -578,7 +728,15 @@ impl Relay {
         let stats = &mut self.stats;
         let sources = &mut self.sources;
         let shared = self.shared.as_deref();
+        let early_bytes = &mut self.early_bytes;
         self.bindings.retain(|_, b| {
+            if let Some(e) = b.early.as_ref()
+                && (!b.active || now.saturating_duration_since(e.since) >= cfg.early_hold)
+            {
+                *early_bytes = early_bytes.saturating_sub(e.data.len());
+                stats.early_dropped += e.count as u64;
+                b.early = None;
+            }
             if b.active && b.state(now, unix, cfg) != State::Live {
                 b.active = false;
                 release_source(sources, shared, b.addr);

@@ -35,7 +35,10 @@ mod tests;
 
 pub use config::{Quota, RelayConfig};
 pub use endpoint::RelayEndpoint;
-pub use engine::{Action, BindingInfo, COOKIE_SECRET_LEN, ClockAnchor, Notify, Relay, ReplyBuf};
+pub use engine::{
+    Action, BindingInfo, COOKIE_SECRET_LEN, ClockAnchor, EARLY_MAX_BYTES, EARLY_MAX_DATAGRAMS, Embedded,
+    Notify, Relay, ReplyBuf,
+};
 pub use keys::{KeySchedule, MINT_LAG, RelayKey, SHARD_SECRET_LEN};
 pub use quota::SharedLimits;
 pub use stats::{DropReason, RelayStats};

@@ -134,6 +134,17 @@ pub struct RelayStats {
     pub active_bindings: u64,
     /// Gauge: (link, side) entries kept, live or replay floor.
     pub table_entries: u64,
+    /// Peer datagrams carried by an accepted BindData and forwarded at once (the other side
+    /// was bound). Not in `forwarded_*`: the BindData itself counts as answered.
+    pub bind_data_forwarded: u64,
+    /// Peer datagrams carried by a BindData while the other side was not bound yet, held
+    /// for it (`RelayConfig::early_hold`).
+    pub early_held: u64,
+    /// Held datagrams delivered when the other side bound.
+    pub early_delivered: u64,
+    /// Datagrams carried by a BindData that went nowhere: over a quota, the
+    /// anti-amplification budget or the hold's size, or held past `early_hold`.
+    pub early_dropped: u64,
     dropped: [u64; DropReason::COUNT],
 }
 
@@ -154,7 +165,7 @@ impl RelayStats {
     }
 
     /// Number of counters in [`RelayStats::counters`].
-    pub const COUNTERS: usize = 14;
+    pub const COUNTERS: usize = 18;
 
     /// Every counter except the drops, in field order: what a driver publishes (e.g. into
     /// atomics for another thread) and rebuilds with [`RelayStats::from_counters`].
@@ -174,6 +185,10 @@ impl RelayStats {
             self.stale_cookies,
             self.active_bindings,
             self.table_entries,
+            self.bind_data_forwarded,
+            self.early_held,
+            self.early_delivered,
+            self.early_dropped,
         ]
     }
 
@@ -194,6 +209,10 @@ impl RelayStats {
             stale_cookies,
             active_bindings,
             table_entries,
+            bind_data_forwarded,
+            early_held,
+            early_delivered,
+            early_dropped,
         ] = c;
         RelayStats {
             received_packets,
@@ -210,6 +229,10 @@ impl RelayStats {
             stale_cookies,
             active_bindings,
             table_entries,
+            bind_data_forwarded,
+            early_held,
+            early_delivered,
+            early_dropped,
             dropped,
         }
     }

@@ -54,6 +54,23 @@ impl Client {
         BindRequest::encode(self.link, self.side, &self.token, &self.key, self.counter, self.cookie)
     }
 
+    /// The next BindData carrying a peer datagram of `len` bytes, padded to `pad`.
+    fn next_bind_data(&mut self, pn: u64, len: usize, pad: usize) -> Vec<u8> {
+        self.counter += 1;
+        let d = self.data(pn, len);
+        BindRequest::encode_with_data(
+            self.link,
+            self.side,
+            &self.token,
+            &self.key,
+            self.counter,
+            self.cookie,
+            &d,
+            pad,
+        )
+        .expect("fits")
+    }
+
     /// A peer datagram of `len` bytes (header + opaque body + tag) from this side.
     fn data(&self, pn: u64, len: usize) -> Vec<u8> {
         let mut d =
@@ -124,12 +141,19 @@ impl Harness {
         let action = self.relay.process(now, from, data, &mut self.buf);
         match action {
             Action::Forward { to } => self.emit(to, data.len(), false),
-            Action::Reply { to, len, notify } => {
+            Action::Reply { to, len, notify, forward, early } => {
                 assert!(len <= data.len(), "reply larger than its request");
                 // The validated flag (byte 14, bit 1) is readable without the key.
                 self.emit(to, len, self.buf.reply[14] & 2 != 0);
+                let early: Vec<usize> = self.buf.early_datagrams(early).map(|d| d.len()).collect();
+                for l in early {
+                    self.emit(to, l, false);
+                }
                 if let Some(n) = notify {
                     self.emit(n.to, n.len, self.buf.notify[14] & 2 != 0);
+                }
+                if let Some(e) = forward {
+                    self.emit(e.to, e.len, false);
                 }
             }
             Action::Drop(_) => {}
@@ -152,7 +176,7 @@ impl Harness {
     fn bind(&mut self, now: Instant, c: &mut Client) -> Result<(BindAck, Notified), DropReason> {
         let bytes = c.next_bind();
         match self.send(now, c.addr, &bytes) {
-            Action::Reply { to, len, notify } => {
+            Action::Reply { to, len, notify, .. } => {
                 assert_eq!(to, c.addr);
                 let reply = self.buf.reply[..len].to_vec();
                 let ack = c.take_ack(&reply);
@@ -1006,4 +1030,146 @@ fn relay_shared_limits_hold_across_the_relays_of_one_data_plane() {
         r.handle_timeout(t0 + Duration::from_secs(HOUR + 10));
     }
     assert_eq!(shared.table_entries(), 0);
+}
+
+/// What a BindData caused: the ack to its sender, the early datagrams delivered to it, and
+/// the datagram forwarded to the other side.
+struct BindDataOutcome {
+    ack: BindAck,
+    early: Vec<Vec<u8>>,
+    forwarded: Option<(SocketAddr, Vec<u8>)>,
+    notified: Option<SocketAddr>,
+}
+
+impl Harness {
+    fn bind_data(
+        &mut self,
+        now: Instant,
+        c: &mut Client,
+        pn: u64,
+        len: usize,
+        pad: usize,
+    ) -> BindDataOutcome {
+        let bytes = c.next_bind_data(pn, len, pad);
+        self.bind_bytes(now, c, &bytes)
+    }
+
+    fn bind_bytes(&mut self, now: Instant, c: &mut Client, bytes: &[u8]) -> BindDataOutcome {
+        match self.send(now, c.addr, bytes) {
+            Action::Reply { to, len, notify, forward, early } => {
+                assert_eq!(to, c.addr);
+                let ack = c.take_ack(&self.buf.reply[..len]);
+                BindDataOutcome {
+                    ack,
+                    early: self.buf.early_datagrams(early).map(<[u8]>::to_vec).collect(),
+                    forwarded: forward.map(|e| (e.to, bytes[e.start..e.start + e.len].to_vec())),
+                    notified: notify.map(|n| n.to),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn relay_bind_data_binds_and_holds_the_first_datagram_until_the_peer_binds() {
+    let mut h = Harness::new(RelayConfig::default());
+    let t = h.at(1.0);
+    let mut a = h.client("198.51.100.1:4000", 7, Side::A);
+    let mut b = h.client("203.0.113.2:5000", 7, Side::B);
+    // A's first datagram carries its binding proof; B is not bound yet: held.
+    let o = h.bind_data(t, &mut a, 0, 120, MAX_PADDED_BIND);
+    assert!(!o.ack.peer_bound && o.forwarded.is_none() && o.early.is_empty());
+    assert_eq!(h.stats().early_held, 1);
+    assert!(h.relay.binding(LinkId(7), Side::A, t).is_some(), "the BindData bound A");
+    // B binds (a padded Bind, as links send first): its ack, then A's datagram, unchanged.
+    let bind = c_bind_padded(&mut b);
+    let o = h.bind_bytes(t + Duration::from_millis(20), &mut b, &bind);
+    assert!(o.ack.peer_bound);
+    assert_eq!(o.early, vec![a.data(0, 120)]);
+    assert_eq!(o.notified, Some(a.addr), "A learns its peer is bound");
+    assert_eq!(h.stats().early_delivered, 1);
+    // From now on a BindData's datagram is forwarded at once, both ways.
+    let o = h.bind_data(t, &mut b, 0, 80, MAX_PADDED_BIND);
+    assert_eq!(o.forwarded, Some((a.addr, b.data(0, 80))));
+    let o = h.bind_data(t, &mut a, 1, 80, MAX_PADDED_BIND);
+    assert_eq!(o.forwarded, Some((b.addr, a.data(1, 80))));
+    assert_eq!(h.stats().bind_data_forwarded, 2);
+    // A BindData whose counter is not above the last accepted one is a replay: no answer,
+    // nothing forwarded.
+    let mut old = b.clone();
+    old.counter -= 1;
+    let stale = old.next_bind_data(9, 80, 0);
+    assert_eq!(h.send(t, b.addr, &stale), Action::Drop(DropReason::Replay));
+    stats_balance(h.stats());
+    h.assert_amplification_bound();
+}
+
+/// A padded Bind (what a link sends first), advancing the client's counter.
+fn c_bind_padded(c: &mut Client) -> Vec<u8> {
+    let mut v = c.next_bind().to_vec();
+    v.resize(MAX_PADDED_BIND, 0);
+    v
+}
+
+#[test]
+fn relay_bind_data_hold_is_bounded_expires_and_never_amplifies() {
+    let mut h = Harness::new(RelayConfig::default());
+    let t = h.at(1.0);
+    let mut a = h.client("198.51.100.1:4000", 7, Side::A);
+    let mut b = h.client("203.0.113.2:5000", 7, Side::B);
+    // Five datagrams before B binds: four are held, the fifth is dropped.
+    for pn in 0..5 {
+        h.bind_data(t, &mut a, pn, 1000, 0);
+    }
+    assert_eq!((h.stats().early_held, h.stats().early_dropped), (4, 1));
+    // B binds with a bare 59-byte Bind: its budget (59 - 46 = 13 B) takes none of them.
+    let bare = b.next_bind();
+    let o = h.bind_bytes(t, &mut b, &bare);
+    assert!(o.ack.peer_bound && o.early.is_empty());
+    assert_eq!(h.stats().early_dropped, 5, "held datagrams the budget had no room for are dropped");
+    h.assert_amplification_bound();
+
+    // Held past `early_hold`: swept, not delivered.
+    let mut c = h.client("198.51.100.1:4001", 8, Side::A);
+    let mut d = h.client("203.0.113.2:5001", 8, Side::B);
+    h.bind_data(t, &mut c, 0, 100, MAX_PADDED_BIND);
+    let late = t + Duration::from_secs(3);
+    h.relay.handle_timeout(late);
+    assert_eq!(h.stats().early_dropped, 6);
+    let bind = c_bind_padded(&mut d);
+    assert!(h.bind_bytes(late, &mut d, &bind).early.is_empty());
+    stats_balance(h.stats());
+
+    // The global cap: with room for one datagram only, a second link's is dropped.
+    let mut h = Harness::new(RelayConfig { max_early_bytes: 150, ..RelayConfig::default() });
+    let mut a = h.client("198.51.100.1:4000", 7, Side::A);
+    let mut c = h.client("198.51.100.1:4001", 8, Side::A);
+    h.bind_data(t, &mut a, 0, 100, 0);
+    h.bind_data(t, &mut c, 0, 100, 0);
+    assert_eq!((h.stats().early_held, h.stats().early_dropped), (1, 1));
+}
+
+#[test]
+fn relay_bind_data_that_is_malformed_or_forged_creates_nothing() {
+    let mut h = Harness::new(RelayConfig::default());
+    let t = h.at(1.0);
+    let mut a = h.client("198.51.100.1:4000", 7, Side::A);
+    let good = a.next_bind_data(0, 100, 0);
+    // Truncations, a datagram of another link, non-zero padding, a flipped mac bit.
+    for cut in [0, 1, 58, 60, 61, 90, good.len() - 1] {
+        assert_eq!(h.send(t, a.addr, &good[..cut]), Action::Drop(DropReason::Malformed), "{cut}");
+    }
+    let mut other = good.clone();
+    other[62..66].copy_from_slice(&8u32.to_be_bytes());
+    assert_eq!(h.send(t, a.addr, &other), Action::Drop(DropReason::Malformed));
+    let mut pad = good.clone();
+    pad.push(1);
+    assert_eq!(h.send(t, a.addr, &pad), Action::Drop(DropReason::Malformed));
+    let mut forged = good.clone();
+    forged[50] ^= 1;
+    assert_eq!(h.send(t, a.addr, &forged), Action::Drop(DropReason::BadMac));
+    assert_eq!((h.stats().active_bindings, h.stats().early_held), (0, 0));
+    assert!(h.emitted_to.is_empty());
+    stats_balance(h.stats());
 }

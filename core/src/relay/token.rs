@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! token.mac = HMAC-SHA256(secret[key_id], "p2pm-relay-token" || link u32 || side u8
-//!                                         || key_id u8 || expiry u32)[..16]
+//!                                         || key_id u8 || expiry u32 [|| relay_id u8])[..16]
 //! bind_key  = HMAC-SHA256(secret[key_id], "p2pm-bind-key" || token (21 B) || link u32 || side u8)
 //! ```
 //! Both are keyed by the same secret with distinct labels (domain separation), so a token
-//! mac can never be mistaken for a bind key or the other way round.
+//! mac can never be mistaken for a bind key or the other way round. A shard with several
+//! relays gives each an id (0, 1, …): relay 0's tokens are exactly the single-relay ones,
+//! any other relay's mac ends with its id (and its secrets come from its own relay key,
+//! [`crate::relay::RelayKey::derive_for`]), so a token names its relay and another relay
+//! refuses it (`BadMac`).
 //!
 //! Rotation: [`TokenKeys`] holds the current secret and the previous one, each under its own
 //! key id. New tokens are minted with the current one; tokens minted with the previous one
@@ -71,6 +75,7 @@ impl KeyEntry {
 pub struct TokenKeys {
     current: KeyEntry,
     previous: Option<KeyEntry>,
+    relay_id: u8,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -78,6 +83,7 @@ impl fmt::Debug for TokenKeys {
         f.debug_struct("TokenKeys")
             .field("current_id", &self.current.id)
             .field("previous_id", &self.previous.as_ref().map(|k| k.id))
+            .field("relay_id", &self.relay_id)
             .finish_non_exhaustive()
     }
 }
@@ -85,7 +91,19 @@ impl fmt::Debug for TokenKeys {
 impl TokenKeys {
     /// A key set with one secret.
     pub fn new(key_id: u8, secret: [u8; SECRET_LEN]) -> TokenKeys {
-        TokenKeys { current: KeyEntry::new(key_id, &secret), previous: None }
+        TokenKeys { current: KeyEntry::new(key_id, &secret), previous: None, relay_id: 0 }
+    }
+
+    /// The same keys for the relay with this id (0: the shard's first relay, whose tokens
+    /// do not name it, as before shards had several).
+    pub fn for_relay(mut self, relay_id: u8) -> TokenKeys {
+        self.relay_id = relay_id;
+        self
+    }
+
+    /// The relay these keys mint and verify tokens for.
+    pub fn relay_id(&self) -> u8 {
+        self.relay_id
     }
 
     /// Make `secret` (under a new `key_id`) current; the current one becomes the previous
@@ -95,6 +113,7 @@ impl TokenKeys {
             return Err(TokenError::DuplicateKeyId(key_id));
         }
         let old = std::mem::replace(&mut self.current, KeyEntry::new(key_id, &secret));
+        // (the relay id stays: a rotation changes the secret, not the relay)
         self.previous = Some(old);
         Ok(())
     }
@@ -123,12 +142,15 @@ impl TokenKeys {
     }
 }
 
-fn token_mac(entry: &KeyEntry, link: LinkId, side: Side, expiry: u32) -> HmacSha256 {
+fn token_mac(entry: &KeyEntry, relay_id: u8, link: LinkId, side: Side, expiry: u32) -> HmacSha256 {
     let mut m = entry.mac.clone();
     m.update(TOKEN_LABEL);
     m.update(&link.0.to_be_bytes());
     m.update(&[side.to_byte(), entry.id]);
     m.update(&expiry.to_be_bytes());
+    if relay_id != 0 {
+        m.update(&[relay_id]);
+    }
     m
 }
 
@@ -147,7 +169,7 @@ fn bind_key(entry: &KeyEntry, token: &RelayToken, link: LinkId, side: Side) -> B
 /// Mint a token for `side` of `link`, valid until `expiry_unix_secs`, with the current
 /// secret (shard side). Returns the token and the bind key; the client gets both.
 pub fn mint(keys: &TokenKeys, link: LinkId, side: Side, expiry_unix_secs: u32) -> (RelayToken, BindKey) {
-    let full = token_mac(&keys.current, link, side, expiry_unix_secs).finalize().into_bytes();
+    let full = token_mac(&keys.current, keys.relay_id, link, side, expiry_unix_secs).finalize().into_bytes();
     let mut mac = [0u8; MAC_LEN];
     mac.copy_from_slice(&full[..MAC_LEN]);
     let token = RelayToken { key_id: keys.current.id, expiry_unix_secs, mac };
@@ -164,7 +186,7 @@ pub fn verify_token(
     token: &RelayToken,
 ) -> Result<BindKey, TokenError> {
     let entry = keys.entry(token.key_id).ok_or(TokenError::UnknownKey(token.key_id))?;
-    token_mac(entry, link, side, token.expiry_unix_secs)
+    token_mac(entry, keys.relay_id, link, side, token.expiry_unix_secs)
         .verify_truncated_left(&token.mac)
         .map_err(|_| TokenError::BadMac)?;
     Ok(bind_key(entry, token, link, side))
@@ -219,6 +241,25 @@ mod tests {
         let (t3, _) = mint(&other, LinkId(5), Side::A, 1000);
         assert_eq!(verify_token(&keys, LinkId(5), Side::A, &t3), Err(TokenError::BadMac));
         assert!(!format!("{keys:?}").contains("[3"));
+    }
+
+    #[test]
+    fn a_token_names_its_relay_and_another_relay_refuses_it() {
+        // Even with the same secret (a misconfigured relay holding another's key), the id in
+        // the mac keeps the relays apart; relay 0's tokens are the single-relay ones.
+        let zero = TokenKeys::new(1, [1; 32]);
+        let one = TokenKeys::new(1, [1; 32]).for_relay(1);
+        let two = TokenKeys::new(1, [1; 32]).for_relay(2);
+        let (t1, k1) = mint(&one, LinkId(5), Side::A, 1000);
+        assert_eq!(verify_token(&one, LinkId(5), Side::A, &t1), Ok(k1));
+        assert_eq!(verify_token(&two, LinkId(5), Side::A, &t1), Err(TokenError::BadMac));
+        assert_eq!(verify_token(&zero, LinkId(5), Side::A, &t1), Err(TokenError::BadMac));
+        let (t0, _) = mint(&zero, LinkId(5), Side::A, 1000);
+        assert_eq!(verify_token(&one, LinkId(5), Side::A, &t0), Err(TokenError::BadMac));
+        let mut rotated = one.clone();
+        rotated.rotate(2, [2; 32]).unwrap();
+        assert_eq!(rotated.relay_id(), 1);
+        assert!(verify_token(&rotated, LinkId(5), Side::A, &t1).is_ok(), "the previous key still verifies");
     }
 
     #[test]

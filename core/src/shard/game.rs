@@ -11,7 +11,7 @@
 //! the bus.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -20,12 +20,14 @@ use tracing::{debug, info};
 
 use super::bus::Bus;
 use super::intro::{IntroRefusals, IntroRelay, IntroSide, introduce, nat_hint};
+
+mod relays;
 use crate::link::Candidate;
-use crate::proto::peer::{LinkId, Side};
+use crate::proto::peer::LinkId;
 use crate::proto::shard::{
     ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
 };
-use crate::relay::KeySchedule;
+pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 
 /// Longest chat line delivered, in characters (longer lines are cut at a char boundary).
 pub const MAX_CHAT_CHARS: usize = 200;
@@ -119,10 +121,10 @@ impl Default for GameConfig {
 pub struct GameRules {
     /// `[game]` settings.
     pub cfg: GameConfig,
-    /// The relay clients fall back to (`None`: introductions carry no relay).
-    pub relay: Option<SocketAddr>,
-    /// Relay token keys, derived from the shard secret.
-    pub keys: KeySchedule,
+    /// The shard's relays by id, each with its token key schedule (derived from the shard
+    /// secret); empty: introductions carry no relay. With several, each pair gets the one
+    /// with the lowest RTT sum over its two players (`game::relays`).
+    pub relays: Vec<ShardRelay>,
     /// Heartbeat interval toward the Lobby.
     pub heartbeat: Duration,
 }
@@ -155,6 +157,13 @@ struct GamePlayer {
     /// Its connection was lost at this tick (`ClientAway`): not introduced to anyone, and
     /// removed after [`AWAY_GRACE`] unless it resumes.
     away: Option<u64>,
+    /// Its RTT to each relay by index (`RelayRtts`; `None`: not reported).
+    relay_rtts: Vec<Option<u16>>,
+    /// It reported relay RTTs since it joined (with several relays it is not introduced
+    /// before, or for `hold` ticks, so its pairs get the right relay at once).
+    rtt_reported: bool,
+    /// A new report arrived: weigh its pairs' relays again on the next tick.
+    reweigh: bool,
 }
 
 impl GamePlayer {
@@ -179,6 +188,8 @@ pub struct GameStats {
     /// Pairs kept from both sides' `KeepLinks` instead of introduced again (after a resume
     /// or a Game-server handover).
     pub links_kept: u64,
+    /// Pairs moved to another relay (a better RTT sum, or their relay became unreachable).
+    pub relay_moves: u64,
     /// Candidates withheld from a peer by scope (private / loopback across NATs).
     pub intro: IntroRefusals,
 }
@@ -229,6 +240,13 @@ pub struct Pair {
     pub token_expiry: u64,
     /// The tick it was introduced or kept.
     pub since_tick: u64,
+    /// The relay (index in `GameRules::relays`) the pair uses; `None` for a kept pair until
+    /// its tokens are refreshed.
+    pub relay: Option<u8>,
+    /// The relay both sides keep bound as a standby.
+    pub standby: Option<u8>,
+    /// The tick the pair last moved to another relay.
+    pub moved_tick: u64,
 }
 
 /// One Game server.
@@ -422,11 +440,16 @@ impl GameWorld {
         }
         self.next_link = self.next_link.wrapping_add(1);
         let expiry = (unix + u64::from(rules.cfg.relay_token_secs)) as u32;
-        let minting = rules.keys.minting_keys(unix);
+        let chosen = self.choose_relays(rules, k);
+        let minting = chosen.map(|(r, _)| rules.relays[usize::from(r)].keys.minting_keys(unix));
         let (Some(a), Some(b)) = (self.players.get(&k.0), self.players.get(&k.1)) else {
             return;
         };
-        let relay = rules.relay.map(|addr| IntroRelay { addr, keys: &minting, expiry_unix: expiry });
+        let relay = chosen.zip(minting.as_ref()).map(|((r, _), keys)| IntroRelay {
+            addr: rules.relays[usize::from(r)].addr,
+            keys,
+            expiry_unix: expiry,
+        });
         let i = introduce(
             &mut self.rng,
             link,
@@ -447,7 +470,21 @@ impl GameWorld {
             }
         }
         let since_tick = self.tick;
-        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: u64::from(expiry), since_tick });
+        let (relay, standby) = (chosen.map(|c| c.0), chosen.and_then(|c| c.1));
+        if let (Some(r), Some(_)) = (relay, standby) {
+            // The standby's tokens (the primary's went in the introduction).
+            self.send_pair_relays(bus, rules, k, link, (r, standby), unix, u64::from(expiry), false);
+        }
+        let pair = Pair {
+            link,
+            paths: [None, None],
+            token_expiry: u64::from(expiry),
+            since_tick,
+            relay,
+            standby,
+            moved_tick: since_tick,
+        };
+        self.pairs.insert(k, pair);
         self.by_link.insert(link, k);
     }
 
@@ -478,27 +515,40 @@ impl GameWorld {
                 g.peers += 1;
             }
         }
-        self.pairs.insert(k, Pair { link, paths: [None, None], token_expiry: 0, since_tick: self.tick });
+        let pair = Pair {
+            link,
+            paths: [None, None],
+            token_expiry: 0,
+            since_tick: self.tick,
+            relay: None,
+            standby: None,
+            moved_tick: self.tick,
+        };
+        self.pairs.insert(k, pair);
         self.by_link.insert(link, k);
         self.stats.links_kept += 1;
     }
 
     /// Send both sides of every pair whose relay tokens are within the last fifth of their
-    /// life a fresh token (`ShardMessage::RelayRefresh`), so relayed links outlive them.
+    /// life a fresh token (`ShardMessage::RelayRefresh`, and `RelayStandby` for the standby),
+    /// so relayed links outlive them. A kept pair gets its relays chosen here.
     pub fn refresh_tokens(&mut self, bus: &mut Bus, rules: &GameRules, unix: u64) {
-        let Some(addr) = rules.relay else { return };
+        if rules.relays.is_empty() {
+            return;
+        }
         let life = u64::from(rules.cfg.relay_token_secs);
-        let minting = rules.keys.minting_keys(unix);
-        for (k, pair) in self.pairs.iter_mut() {
-            if unix + life / 5 < pair.token_expiry {
-                continue;
-            }
-            pair.token_expiry = unix + life;
-            let refresh = IntroRelay { addr, keys: &minting, expiry_unix: pair.token_expiry as u32 };
-            for (p, side) in [(k.0, Side::A), (k.1, Side::B)] {
-                let Some(g) = self.players.get(&p) else { continue };
-                let relay = refresh.params(pair.link, side);
-                Self::to_client(bus, g.client, ShardMessage::RelayRefresh { link: pair.link, relay });
+        let due: Vec<_> = self
+            .pairs
+            .iter()
+            .filter(|(_, pair)| unix + life / 5 >= pair.token_expiry)
+            .map(|(k, pair)| (*k, pair.link, pair.relay.zip(Some(pair.standby))))
+            .collect();
+        for (k, link, relays) in due {
+            let Some(chosen) = relays.or_else(|| self.choose_relays(rules, k)) else { continue };
+            self.send_pair_relays(bus, rules, k, link, chosen, unix, unix + life, true);
+            if let Some(pair) = self.pairs.get_mut(&k) {
+                pair.token_expiry = unix + life;
+                (pair.relay, pair.standby) = (Some(chosen.0), chosen.1);
             }
         }
     }
@@ -535,10 +585,12 @@ impl GameWorld {
                     let old = std::mem::replace(&mut g.client, client);
                     (g.candidates, g.nat, g.party, g.ip) = (candidates, nat, party, ip);
                     (g.reported, g.joined_tick, g.away) = (false, self.tick, None);
+                    g.rtt_reported = false;
                     let (zone, x, y) = (self.zone, g.x, g.y);
                     self.by_client.remove(&old);
                     self.by_client.insert(client, player);
                     Self::to_client(bus, client, ShardMessage::EnteredZone { zone, x, y });
+                    Self::send_relays(bus, rules, client);
                     return;
                 }
                 if self.players.contains_key(&player) {
@@ -565,9 +617,13 @@ impl GameWorld {
                         reported: false,
                         joined_tick: self.tick,
                         away: None,
+                        relay_rtts: Vec::new(),
+                        rtt_reported: false,
+                        reweigh: false,
                     },
                 );
                 Self::to_client(bus, client, ShardMessage::EnteredZone { zone: self.zone, x, y });
+                Self::send_relays(bus, rules, client);
             }
             InternalMessage::ClientLeft { client } => {
                 if let Some(p) = self.by_client.get(&client).copied() {
@@ -633,6 +689,7 @@ impl GameWorld {
                             self.keep(bus, rules, p, q, link);
                         }
                     }
+                    ClientMessage::RelayRtts { rtts } => self.relay_rtts(rules, p, &rtts),
                     ClientMessage::PathReport { link, path, .. } => {
                         if let Some(k) = self.by_link.get(&link).copied()
                             && (k.0 == p || k.1 == p)
@@ -739,8 +796,14 @@ impl GameWorld {
         // A player that just joined is not introduced until it said which links it still has
         // (or for a second): a pair both still have is kept, not introduced twice.
         let hold = u64::from(rules.cfg.tick_hz.max(1));
-        let waiting =
-            |g: &GamePlayer| g.away.is_some() || (!g.reported && tick.saturating_sub(g.joined_tick) < hold);
+        // With several relays, also until it reported its relay RTTs (or for that second):
+        // its pairs then get their best relay at once instead of moving to it.
+        let rtts_due = rules.relays.len() > 1;
+        let waiting = |g: &GamePlayer| {
+            g.away.is_some()
+                || ((!g.reported || (rtts_due && !g.rtt_reported))
+                    && tick.saturating_sub(g.joined_tick) < hold)
+        };
         candidates.retain(|(_, p, q)| !waiting(&self.players[p]) && !waiting(&self.players[q]));
         for (_, p, q) in candidates {
             let cap = rules.cfg.max_peers;
@@ -764,6 +827,7 @@ impl GameWorld {
                 self.intro(bus, rules, (p, q), unix);
             }
         }
+        self.reweigh_pairs(bus, rules, unix);
         if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1))) {
             self.refresh_tokens(bus, rules, unix);
         }
@@ -825,8 +889,13 @@ mod tests {
     fn rules() -> GameRules {
         GameRules {
             cfg: GameConfig::default(),
-            relay: Some("127.0.0.1:3478".parse().unwrap()),
-            keys: KeySchedule::new(crate::relay::RelayKey::derive(&[7; 32]), Duration::ZERO),
+            relays: vec![ShardRelay {
+                addr: "127.0.0.1:3478".parse().unwrap(),
+                keys: crate::relay::KeySchedule::new(
+                    crate::relay::RelayKey::derive(&[7; 32]),
+                    Duration::ZERO,
+                ),
+            }],
             heartbeat: Duration::from_millis(250),
         }
     }

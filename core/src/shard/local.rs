@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::agent::{AgentRouter, Outgoing};
 use super::bus::Bus;
-use super::game::{GameConfig, GameRules, GameWorld};
+use super::game::{GameConfig, GameRules, GameWorld, ShardRelay};
 use super::lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore};
 use super::party::PartyRules;
 use super::resume::ResumeKey;
@@ -30,10 +30,9 @@ pub struct LocalShardConfig {
     pub zones: u32,
     /// The STUN server told to clients in `Welcome`.
     pub stun: SocketAddr,
-    /// The relay put in introductions (`None`: direct paths only).
-    pub relay: Option<SocketAddr>,
-    /// Relay token keys (the relay must hold the same schedule).
-    pub keys: KeySchedule,
+    /// The relays put in introductions, by id (empty: direct paths only); each relay must
+    /// hold its schedule. [`LocalShardConfig::new`] makes the one given there relay 0.
+    pub relays: Vec<ShardRelay>,
     /// Game → Lobby and Agent → Lobby heartbeat interval.
     pub heartbeat: Duration,
     /// Silence after which the Lobby declares a Game server dead and moves its players.
@@ -58,8 +57,7 @@ impl LocalShardConfig {
             game: GameConfig::default(),
             zones: 1,
             stun,
-            relay,
-            keys,
+            relays: relay.map(|addr| ShardRelay { addr, keys }).into_iter().collect(),
             heartbeat: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(1),
             max_messages_per_sec: 200,
@@ -100,12 +98,7 @@ impl LocalShard {
                 GameWorld::new(g, g / spz, seed)
             })
             .collect();
-        let rules = GameRules {
-            cfg: cfg.game.clone(),
-            relay: cfg.relay,
-            keys: cfg.keys.clone(),
-            heartbeat: cfg.heartbeat,
-        };
+        let rules = GameRules { cfg: cfg.game.clone(), relays: cfg.relays.clone(), heartbeat: cfg.heartbeat };
         let agent = AgentRouter::new(cfg.max_messages_per_sec, cfg.heartbeat);
         let mut shard = LocalShard {
             rules,

@@ -364,10 +364,17 @@ fn world() -> Recorded {
                 rec.to_relay.push((from, bytes.clone()));
                 match relay.process(now, from, &bytes, &mut buf) {
                     Action::Forward { to } => wire.push((now + latency, relay_addr(), to, bytes)),
-                    Action::Reply { to, len, notify } => {
+                    Action::Reply { to, len, notify, forward, early } => {
                         wire.push((now + latency, relay_addr(), to, buf.reply[..len].to_vec()));
+                        for d in buf.early_datagrams(early) {
+                            wire.push((now + latency, relay_addr(), to, d.to_vec()));
+                        }
                         if let Some(n) = notify {
                             wire.push((now + latency, relay_addr(), n.to, buf.notify[..n.len].to_vec()));
+                        }
+                        if let Some(e) = forward {
+                            let d = bytes[e.start..e.start + e.len].to_vec();
+                            wire.push((now + latency, relay_addr(), e.to, d));
                         }
                     }
                     Action::Drop(_) => {}
@@ -528,9 +535,24 @@ fn seeds_relay_datagram() -> Vec<Vec<u8>> {
     let confirm = BindRequest::encode(LINK, Side::A, &pa.token, &pa.bind_key, 6, BindCookie([9; 8]));
     let mut data = PeerHeader { kind: PeerKind::Data, link: LINK, side: Side::A, pn: 3 }.encode().to_vec();
     data.resize(data.len() + 40 + TAG_LEN, 0xa5);
-    for (sel, b) in
-        [(0, bind_a.to_vec()), (1, bind_b.to_vec()), (0x50, padded), (0, confirm.to_vec()), (0, data)]
-    {
+    // zero-round-trip: BindData (0x33) of each side, padded and not
+    let mut data_b = PeerHeader { kind: PeerKind::Data, link: LINK, side: Side::B, pn: 1 }.encode().to_vec();
+    data_b.resize(data_b.len() + 60 + TAG_LEN, 0x5a);
+    let bind_data = |side, p: &p2pmodel_core::link::RelayParams, counter, d: &[u8], pad| {
+        BindRequest::encode_with_data(LINK, side, &p.token, &p.bind_key, counter, BindCookie::NONE, d, pad)
+            .expect("fits")
+    };
+    let bd_a = bind_data(Side::A, &pa, 7, &data, MAX_PADDED_BIND);
+    let bd_b = bind_data(Side::B, &pb, 7, &data_b, 0);
+    for (sel, b) in [
+        (0, bind_a.to_vec()),
+        (1, bind_b.to_vec()),
+        (0x50, padded),
+        (0, confirm.to_vec()),
+        (0, data.clone()),
+        (0, bd_a.clone()),
+        (1, bd_b.clone()),
+    ] {
         items.push((sel, b));
     }
     let mut seeds = stream_seeds(&items);
@@ -539,6 +561,12 @@ fn seeds_relay_datagram() -> Vec<Vec<u8>> {
     frame(&mut s, 1, &bind_b);
     frame(&mut s, 0x70, &items.last().expect("data").1);
     frame(&mut s, 0xf3, &bind_a);
+    seeds.push(s);
+    // A's first datagram held until B binds, then delivered; B's forwarded at once.
+    let mut s = Vec::new();
+    frame(&mut s, 0, &bd_a);
+    frame(&mut s, 0x11, &bd_b);
+    frame(&mut s, 0x10, &data);
     seeds.push(s);
     seeds
 }
@@ -559,15 +587,22 @@ pub fn relay_datagram(data: &[u8]) {
         }
         let from = srcs[usize::from(sel & 3)];
         match relay.process(now, from, bytes, &mut buf) {
-            Action::Reply { len, notify, .. } => {
+            Action::Reply { len, notify, forward, early, .. } => {
                 assert!(len <= buf.reply.len(), "reply length within its buffer");
                 // Our own client must accept what the relay answers a valid bind with.
-                if BindRequest::decode(bytes).is_ok_and(|r| r.side == Side::A && r.link == LINK) {
+                let ours = |r: BindRequest| r.side == Side::A && r.link == LINK;
+                if BindRequest::decode(bytes).is_ok_and(ours)
+                    || BindRequest::decode_with_data(bytes).is_ok_and(|(r, _)| ours(r))
+                {
                     let _ = BindAck::decode_verified(&buf.reply[..len], &pa.bind_key);
                 }
                 if let Some(n) = notify {
                     assert!(n.len <= buf.notify.len(), "notify length within its buffer");
                 }
+                if let Some(e) = forward {
+                    assert!(e.start + e.len <= bytes.len(), "a BindData's datagram lies inside it");
+                }
+                assert!(buf.early_datagrams(early).count() == early, "early datagrams within the buffer");
             }
             Action::Forward { .. } | Action::Drop(_) => {}
         }
@@ -728,6 +763,8 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::PathReport { link: LINK, path: PathState::Relayed, rtt_ms: None },
         ClientMessage::JoinParty { party: "red".into() },
         ClientMessage::ToPeer { peer: PlayerId(9), reliable: true, data: vec![1, 2, 3, 4] },
+        ClientMessage::RelayRtts { rtts: vec![(0, 40), (1, 90), (2, u16::MAX)] },
+        ClientMessage::RelayRtts { rtts: vec![(255, 0), (1, 1), (1, 2), (7, 65534)] },
     ]
 }
 
@@ -750,6 +787,8 @@ fn shard_messages() -> Vec<ShardMessage> {
         },
         ShardMessage::FromPeer { peer: PlayerId(9), reliable: false, data: vec![9; 16] },
         ShardMessage::RelayRefresh { link: LINK, relay: relay_params(Side::A) },
+        ShardMessage::RelayStandby { link: LINK, relay: relay_params(Side::A) },
+        ShardMessage::Relays { relays: vec![stun_cfg().primary, sa("198.51.100.77:3478")] },
         ShardMessage::Correction { x: 1.0, y: 2.0 },
         ShardMessage::PeerOutro { link: LINK },
         ShardMessage::Refused { reason: "zone full".into() },
@@ -839,6 +878,13 @@ pub fn shard_roles(data: &[u8]) {
     );
     let addr = stun_cfg().primary;
     let mut cfg = p2pmodel_core::shard::LocalShardConfig::new(addr, Some(addr), keys, 1);
+    // Three relays, so the relay choice (RelayRtts, moves) runs too.
+    for id in 1..3u8 {
+        cfg.relays.push(p2pmodel_core::shard::game::ShardRelay {
+            addr: SocketAddr::new(addr.ip(), 3478 + u16::from(id) * 10),
+            keys: p2pmodel_core::relay::KeySchedule::for_relay(&[3; 32], id, Duration::ZERO),
+        });
+    }
     cfg.resume = p2pmodel_core::shard::resume::ResumeKey([5; 32]);
     cfg.game.npcs = 0;
     let mut shard = p2pmodel_core::shard::LocalShard::new(t0, cfg, clock(t0));

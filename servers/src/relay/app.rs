@@ -37,7 +37,8 @@ impl RelayRuntime {
     /// the relay never holds the shard secret.
     pub fn start(config: impl Into<RelayRoleConfig>) -> Result<RelayRuntime, ServerError> {
         let config: RelayRoleConfig = config.into();
-        let schedule = KeySchedule::new(config.key.clone(), config.relay.token_key_rotation);
+        let schedule = KeySchedule::new(config.key.clone(), config.relay.token_key_rotation)
+            .with_relay_id(config.relay.id);
         let unix = unix_now();
         let mut opts = RelayServerOptions::new(
             config.relay.listen_addrs(),

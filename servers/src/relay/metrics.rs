@@ -162,6 +162,34 @@ pub fn render(s: &StatsSnapshot, p50_ns: Option<u64>, p99_ns: Option<u64>) -> St
         "Binds with a stale or foreign cookie.",
         s.stale_cookies,
     );
+    metric(
+        &mut o,
+        "p2pmodel_relay_bind_data_forwarded_total",
+        c,
+        "Peer datagrams carried by a BindData and forwarded at once (zero-round-trip relay).",
+        s.bind_data_forwarded,
+    );
+    metric(
+        &mut o,
+        "p2pmodel_relay_early_held_total",
+        c,
+        "BindData datagrams held until the other side bound.",
+        s.early_held,
+    );
+    metric(
+        &mut o,
+        "p2pmodel_relay_early_delivered_total",
+        c,
+        "Held datagrams delivered when the other side bound.",
+        s.early_delivered,
+    );
+    metric(
+        &mut o,
+        "p2pmodel_relay_early_dropped_total",
+        c,
+        "BindData datagrams that went nowhere (quota, budget, hold full or expired).",
+        s.early_dropped,
+    );
     metric(&mut o, "p2pmodel_relay_stun_answered_total", c, "STUN requests answered.", s.plane.stun_answered);
     metric(&mut o, "p2pmodel_relay_active_bindings", "gauge", "Live bindings.", s.active_bindings);
     metric(

@@ -739,12 +739,23 @@ impl DataPlane {
                             self.plane.batch_overflow += 1;
                         }
                     }
-                    Action::Reply { to, len, notify } => {
+                    Action::Reply { to, len, notify, forward, early } => {
                         if !self.send.push_copy(&self.reply.reply[..len], to) {
                             self.plane.batch_overflow += 1;
                         }
+                        for d in self.reply.early_datagrams(early) {
+                            if !self.send.push_copy(d, to) {
+                                self.plane.batch_overflow += 1;
+                            }
+                        }
                         if let Some(n) = notify
                             && !self.send.push_copy(&self.reply.notify[..n.len], n.to)
+                        {
+                            self.plane.batch_overflow += 1;
+                        }
+                        // A BindData's peer datagram leaves straight from the receive buffer.
+                        if let Some(e) = forward
+                            && !self.send.push_forward_range(&self.recv, i, off + e.start, e.len, e.to)
                         {
                             self.plane.batch_overflow += 1;
                         }
@@ -819,10 +830,16 @@ impl DataPlane {
             };
             match self.relay.process(now, h.from, &h.bytes, &mut self.reply) {
                 Action::Forward { to } => send(&h.bytes, to, &mut self.plane),
-                Action::Reply { to, len, notify } => {
+                Action::Reply { to, len, notify, forward, early } => {
                     send(&self.reply.reply[..len], to, &mut self.plane);
+                    for d in self.reply.early_datagrams(early) {
+                        send(d, to, &mut self.plane);
+                    }
                     if let Some(n) = notify {
                         send(&self.reply.notify[..n.len], n.to, &mut self.plane);
+                    }
+                    if let Some(e) = forward {
+                        send(&h.bytes[e.start..e.start + e.len], e.to, &mut self.plane);
                     }
                 }
                 Action::Drop(_) => {}

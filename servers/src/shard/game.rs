@@ -5,7 +5,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
 use p2pmodel_core::proto::shard::{InternalMessage, Role};
-pub use p2pmodel_core::shard::game::{GameRules, GameStats, GameWorld, MAX_CHAT_CHARS, MAX_PEER_DATA, Pair};
+pub use p2pmodel_core::shard::game::{
+    GameRules, GameStats, GameWorld, MAX_CHAT_CHARS, MAX_PEER_DATA, Pair, ShardRelay,
+};
 
 use super::bus::ShardBus;
 

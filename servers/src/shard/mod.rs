@@ -48,7 +48,7 @@ use crate::config::ShardConfig;
 use crate::relay::{KeySchedule, RelayKey};
 use agent::{AgentPlugin, AgentState};
 use bus::ShardBus;
-use game::{GamePlugin, GameRules, GameServers};
+use game::{GamePlugin, GameRules, GameServers, ShardRelay};
 use keys::TokenMinter;
 use lobby::{Lobby, LobbyPlugin, LobbySettings, LobbyState};
 use login::{AccountCheck, FileAccounts, LoginServer, LoginService, OnlineNames, OpenAccounts};
@@ -119,10 +119,29 @@ pub fn minter(config: &ShardConfig, agent: SocketAddr) -> TokenMinter {
     )
 }
 
-/// The relay token key schedule the Game servers mint with: from the relay key derived
-/// from the shard secret (relays hold only that key).
+/// The relay token key schedule the Game servers mint relay 0's tokens with: from the relay
+/// key derived from the shard secret (relays hold only that key).
 pub fn relay_schedule(config: &ShardConfig) -> KeySchedule {
     KeySchedule::new(RelayKey::derive(&config.shard.secret), config.relay.token_key_rotation)
+}
+
+/// The shard's relays as the Game servers use them: `[shard] relays` by id, each with its
+/// own key schedule; without that list, the one relay at `relay` (this shard's own).
+pub fn shard_relays(config: &ShardConfig, relay: Option<SocketAddr>) -> Vec<ShardRelay> {
+    let rotation = config.relay.token_key_rotation;
+    let addrs: Vec<SocketAddr> = if config.shard.relays.is_empty() {
+        relay.into_iter().collect()
+    } else {
+        config.shard.relays.clone()
+    };
+    addrs
+        .into_iter()
+        .enumerate()
+        .map(|(id, addr)| ShardRelay {
+            addr,
+            keys: KeySchedule::for_relay(&config.shard.secret, id as u8, rotation),
+        })
+        .collect()
 }
 
 /// Add every shard role (Agent, Lobby, Game servers, login service) to `app`, which must
@@ -243,15 +262,15 @@ pub fn add_lobby(app: &mut App, config: &ShardConfig, stun: SocketAddr) -> Resul
     Ok(())
 }
 
-/// Game servers `games` (`(number, zone)`); `relay` is put in introductions.
+/// Game servers `games` (`(number, zone)`); `relay` is put in introductions (unless
+/// `[shard] relays` lists the shard's relays).
 pub fn add_games(app: &mut App, config: &ShardConfig, games: &[(u32, u32)], relay: Option<SocketAddr>) {
     app.init_resource::<ShardBus>()
         .insert_resource(GameServers::new(
             games,
             GameRules {
                 cfg: config.game.clone(),
-                relay,
-                keys: relay_schedule(config),
+                relays: shard_relays(config, relay),
                 heartbeat: config.lobby.heartbeat,
             },
         ))
