@@ -40,9 +40,11 @@ impl ConditionerConfig {
         ConditionerConfig { delay, ..ConditionerConfig::default() }
     }
 
-    /// True when the settings change nothing (no delay, jitter, loss or duplication).
+    /// True when the settings change nothing (no delay, jitter, loss or duplication; a NaN
+    /// probability counts as zero).
     pub fn is_passthrough(&self) -> bool {
-        self.delay.is_zero() && self.jitter.is_zero() && !(self.loss > 0.0) && !(self.duplicate > 0.0)
+        let none = |p: f32| p.is_nan() || p <= 0.0;
+        self.delay.is_zero() && self.jitter.is_zero() && none(self.loss) && none(self.duplicate)
     }
 }
 

@@ -127,14 +127,14 @@ pub(crate) fn spawn(
     io: UdpMeshIo,
     client: &P2pClient,
     conditioner: Option<ConditionerConfig>,
-) -> Result<IoThread, (std::io::Error, UdpMeshIo)> {
+) -> Result<IoThread, Box<(std::io::Error, UdpMeshIo)>> {
     let (waker, thread_waker) = match waker_for(&io).and_then(|w| w.try_clone().map(|c| (w, c))) {
         Ok(w) => w,
-        Err(e) => return Err((e, io)),
+        Err(e) => return Err(Box::new((e, io))),
     };
     let from = match thread_waker.local_addr() {
         Ok(a) => a,
-        Err(e) => return Err((e, io)),
+        Err(e) => return Err(Box::new((e, io))),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let shared = client.shared();
@@ -172,7 +172,7 @@ pub(crate) fn spawn(
             let mut s = client.lock_shared();
             s.thread = None;
             s.stats.io_thread = false;
-            Err((e, io))
+            Err(Box::new((e, io)))
         }
     }
 }

@@ -305,7 +305,8 @@ fn open_mesh_socket(world: &mut World) {
                 let io: Box<dyn MeshIo> = Box::new(ThreadIo { client: client.clone(), local });
                 (io, MeshSocketState::Open { local, io_thread: true }, None)
             }
-            Err((e, udp)) => {
+            Err(failed) => {
+                let (e, udp) = *failed;
                 // No thread: drive the socket in the frames instead.
                 warn!("cannot start the mesh socket's I/O thread ({e}); driving it in the frames");
                 world.insert_resource(FrameDriven(frame_conditioner(&settings)));
