@@ -98,15 +98,16 @@ impl UdpMeshIo {
         UdpMeshStats { extra_sockets: self.extra.len() as u64, ..self.stats }
     }
 
-    /// Extra sockets are open (birthday punching): [`UdpMeshIo::recv_wait`] watches only the
-    /// main socket, so a waiting loop must come back soon to read them.
+    /// Extra sockets are open (birthday punching). Where [`UdpMeshIo::recv_wait`] watches only
+    /// the main socket (not Unix), a waiting loop must come back soon to read them.
     pub fn has_extra_sockets(&self) -> bool {
         !self.extra.is_empty()
     }
 
-    /// Wait up to `timeout` for a datagram on the main socket (the I/O thread's sleep); `None`
-    /// when none came. Other datagrams and the extra sockets are read with
-    /// [`MeshIo::recv`], which never waits.
+    /// Wait up to `timeout` for a datagram on any of the sockets (the I/O thread's sleep),
+    /// then read one; `None` when none came. On Unix the wait is `poll(2)` (precise to the
+    /// millisecond); elsewhere a read timeout on the main socket (the extra sockets are then
+    /// read only when the caller comes back).
     pub fn recv_wait(
         &mut self,
         buf: &mut [u8],
@@ -115,6 +116,35 @@ impl UdpMeshIo {
         if timeout.is_zero() {
             return None;
         }
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = |s: &UdpSocket| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fds: Vec<libc::pollfd> =
+                std::iter::once(fd(&self.main)).chain(self.extra.values().map(|(s, _)| fd(s))).collect();
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs that
+            // outlives the call, and the descriptors belong to sockets we own.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if ready <= 0 {
+                // Timed out, or interrupted (EINTR): the caller re-plans.
+                return None;
+            }
+            self.recv(buf)
+        }
+        #[cfg(not(unix))]
+        {
+            self.recv_wait_main(buf, timeout)
+        }
+    }
+
+    /// [`UdpMeshIo::recv_wait`] without `poll(2)`: a read timeout on the main socket.
+    #[cfg(not(unix))]
+    fn recv_wait_main(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Option<(usize, SocketAddr, SocketAddr)> {
         let blocking =
             self.main.set_nonblocking(false).and_then(|_| self.main.set_read_timeout(Some(timeout)));
         if blocking.is_err() {

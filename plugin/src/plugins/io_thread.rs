@@ -28,7 +28,9 @@ pub(crate) const RECV_BUF: usize = 2048;
 pub const SEND_COALESCE: Duration = Duration::from_millis(1);
 /// Longest sleep of the thread (it re-plans at least this often).
 const MAX_WAIT: Duration = Duration::from_secs(1);
-/// While extra sockets are open (birthday punching), how often they are read.
+/// While extra sockets are open (birthday punching), how often they are read where the wait
+/// watches only the main socket (not Unix).
+#[cfg(not(unix))]
 const EXTRA_POLL: Duration = Duration::from_millis(1);
 /// Most datagrams fed to the core under one lock.
 const MAX_BATCH: usize = 256;
@@ -200,10 +202,9 @@ impl Driver {
             }
             // Sleep until the deadline or a datagram (a wake is one too).
             let now = Instant::now();
-            let mut wait = deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now)).min(MAX_WAIT);
-            if self.io.has_extra_sockets() {
-                wait = wait.min(EXTRA_POLL);
-            }
+            let wait = deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now)).min(MAX_WAIT);
+            #[cfg(not(unix))]
+            let wait = if self.io.has_extra_sockets() { wait.min(EXTRA_POLL) } else { wait };
             if let Some((n, from, local)) = self.io.recv_wait(&mut buf, wait) {
                 self.keep(&mut batch, from, local, &buf[..n]);
             }
