@@ -491,7 +491,7 @@ fn a_conditioner_delay_on_one_game_adds_twice_the_delay_to_both_sides_rtt() {
 }
 
 #[test]
-fn a_mesh_port_that_is_taken_is_an_error_message_not_a_panic_and_the_shard_is_not_joined() {
+fn a_taken_mesh_port_is_an_error_message_not_a_panic_and_the_game_can_open_it_again() {
     let (mut shard, login) = shard();
     // Adding the plugin opens nothing: the port is still free after the app is built.
     let port = free_udp_port();
@@ -533,5 +533,17 @@ fn a_mesh_port_that_is_taken_is_an_error_message_not_a_panic_and_the_shard_is_no
         .filter(|e| matches!(e.0, ShardNotice::Disconnected(DisconnectReason::Local(_))))
         .count();
     assert_eq!(refusals, 2);
+    // The port is free again: the game opens the socket anew and joins.
     drop(ours);
+    app.world_mut().write_message(OpenMeshSocket(format!("127.0.0.1:{port}").parse().unwrap()));
+    run_until(&mut [&mut shard, &mut app], Duration::from_millis(50), |_| false);
+    assert_eq!(
+        *app.world().resource::<MeshSocketState>(),
+        MeshSocketState::Open { local: format!("127.0.0.1:{port}").parse().unwrap(), io_thread: true }
+    );
+    app.world_mut().write_message(ShardRequest::Connect);
+    let joined = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+        state(apps[1]) == ShardState::InGame
+    });
+    assert!(joined, "state {:?}", state(&app));
 }

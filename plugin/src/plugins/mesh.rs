@@ -13,7 +13,7 @@ use super::diagnostics::P2pDiagnosticsPlugin;
 use super::io::{ClosedMeshIo, MeshIo, MeshSocket, UdpMeshIo};
 use super::io_thread::{self, Conditioners, IoThread, RECV_BUF, ThreadIo};
 use super::message::{P2pDecodeError, decode_message};
-use super::sets::{Step, configure_sets};
+use super::sets::{P2pReceive, Step, configure_sets};
 use super::shard::{LocalPlayer, ShardEvent};
 use crate::client::ShardNotice;
 use crate::client::{self, Channel, ClientConfig, ClientCore, ClientEvent};
@@ -256,10 +256,12 @@ impl Plugin for P2pMeshPlugin {
             .add_message::<P2pReceived>()
             .add_message::<NatDiscovered>()
             .add_message::<P2pError>()
+            .add_message::<OpenMeshSocket>()
             .register_type::<PeerStats>()
             .add_message::<ShardEvent>()
             // The socket opens before any `Startup` system, so they all find `P2pClient`.
             .add_systems(PreStartup, open_mesh_socket)
+            .add_systems(PreUpdate, reopen_mesh_socket.in_set(P2pReceive).before(Step::ShardIn))
             .add_systems(
                 PreUpdate,
                 receive_datagrams.in_set(Step::MeshIn).run_if(resource_exists::<FrameDriven>),
@@ -278,11 +280,46 @@ impl Plugin for P2pMeshPlugin {
 /// reported ([`P2pError`], [`MeshSocketState::Failed`]); the app runs on without P2P.
 fn open_mesh_socket(world: &mut World) {
     let settings = world.resource::<MeshSettings>().0.clone();
-    let io: Result<Box<dyn MeshIo>, P2pError> = match world.remove_non_send::<MeshSocket>() {
+    let inserted = world.remove_non_send::<MeshSocket>();
+    open(world, &settings, settings.bind, inserted);
+}
+
+/// After the mesh socket failed to open: try again on `bind` (write with
+/// `MessageWriter<OpenMeshSocket>`; the next frame opens it, then send
+/// `ShardRequest::Connect`). Ignored while it is open or once the client logged in.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenMeshSocket(pub SocketAddr);
+
+/// [`OpenMeshSocket`] requests: a new socket and a fresh core in the same [`P2pClient`].
+fn reopen_mesh_socket(world: &mut World) {
+    let Some(bind) = world.resource_mut::<Messages<OpenMeshSocket>>().drain().last().map(|m| m.0) else {
+        return;
+    };
+    let failed = matches!(world.resource::<MeshSocketState>(), MeshSocketState::Failed(_));
+    let fresh = world.get_resource::<P2pClient>().is_none_or(|c| {
+        let core = c.lock();
+        core.phase() == client::Phase::Connecting && core.peers().next().is_none()
+    });
+    if !failed || !fresh {
+        warn!(%bind, "OpenMeshSocket while the mesh socket is open or a session runs: ignored");
+        return;
+    }
+    let settings = world.resource::<MeshSettings>().0.clone();
+    world.remove_non_send::<MeshSocket>();
+    world.remove_resource::<FrameDriven>();
+    // A thread that stopped has ended; dropping its handle joins it.
+    world.remove_resource::<IoThread>();
+    open(world, &settings, bind, None);
+}
+
+/// Open the socket on `bind` (or use `inserted`), create the core on it and start the I/O
+/// thread when it is a real socket; report a failure.
+fn open(world: &mut World, settings: &P2pMeshPlugin, bind: SocketAddr, inserted: Option<MeshSocket>) {
+    let io: Result<Box<dyn MeshIo>, P2pError> = match inserted {
         Some(socket) => Ok(socket.0),
-        None => UdpMeshIo::bind(settings.bind)
+        None => UdpMeshIo::bind(bind)
             .map(|io| Box::new(io) as Box<dyn MeshIo>)
-            .map_err(|e| P2pError::MeshSocket { bind: settings.bind, reason: e.to_string() }),
+            .map_err(|e| P2pError::MeshSocket { bind, reason: e.to_string() }),
     };
     let (io, failure) = match io {
         Ok(io) => (io, None),
@@ -294,8 +331,15 @@ fn open_mesh_socket(world: &mut World) {
     if let Some(stun) = settings.stun.filter(|_| failure.is_none()) {
         core.start_nat_discovery(now, stun);
     }
-    let client = P2pClient::new(core);
-    let local = host_addrs.first().copied().unwrap_or(settings.bind);
+    // Reopening keeps the resource (and any clone a game holds); only the core is new.
+    let client = match world.get_resource::<P2pClient>() {
+        Some(c) => {
+            c.lock_shared().core = core;
+            c.clone()
+        }
+        None => P2pClient::new(core),
+    };
+    let local = host_addrs.first().copied().unwrap_or(bind);
     let is_udp = (&*io as &dyn std::any::Any).is::<UdpMeshIo>();
     let (socket, state, failure) = if settings.io_thread && is_udp && failure.is_none() {
         let udp = *(io as Box<dyn std::any::Any>).downcast::<UdpMeshIo>().expect("checked above");
@@ -309,13 +353,13 @@ fn open_mesh_socket(world: &mut World) {
                 let (e, udp) = *failed;
                 // No thread: drive the socket in the frames instead.
                 warn!("cannot start the mesh socket's I/O thread ({e}); driving it in the frames");
-                world.insert_resource(FrameDriven(frame_conditioner(&settings)));
+                world.insert_resource(FrameDriven(frame_conditioner(settings)));
                 let io: Box<dyn MeshIo> = Box::new(udp);
                 (io, MeshSocketState::Open { local, io_thread: false }, None)
             }
         }
     } else {
-        world.insert_resource(FrameDriven(frame_conditioner(&settings)));
+        world.insert_resource(FrameDriven(frame_conditioner(settings)));
         let state = match &failure {
             None => MeshSocketState::Open { local, io_thread: false },
             Some(e) => MeshSocketState::Failed(e.to_string()),

@@ -44,8 +44,8 @@ pub use diagnostics::P2pDiagnosticsPlugin;
 pub use io::{MeshIo, MeshSocket, UdpMeshIo, UdpMeshStats};
 pub use io_thread::SEND_COALESCE;
 pub use mesh::{
-    LocalNat, MeshSocketState, NatDiscovered, P2pError, P2pMeshPlugin, P2pReceived, Peer, PeerConnected,
-    PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
+    LocalNat, MeshSocketState, NatDiscovered, OpenMeshSocket, P2pError, P2pMeshPlugin, P2pReceived, Peer,
+    PeerConnected, PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
 };
 pub use message::{P2pDecodeError, SendError, decode_message, encode_message};
 pub use sender::P2pSender;
