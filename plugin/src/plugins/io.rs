@@ -7,6 +7,8 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bevy::prelude::Resource;
+
 use crate::endpoint::{ClockAnchor, Transmit};
 
 /// What the mesh systems need from a socket and a clock. The real one is [`UdpMeshIo`]; the
@@ -37,6 +39,24 @@ pub trait MeshIo: Any {
 /// socket, this holds a stand-in whose `now()` is the network's clock and whose `send` hands
 /// the datagram to the thread.
 pub struct MeshSocket(pub Box<dyn MeshIo>);
+
+/// The mesh socket's state (a resource).
+#[derive(Resource, Debug, Clone, Default, PartialEq, Eq)]
+pub enum MeshSocketState {
+    /// Not opened yet (before the app's first update).
+    #[default]
+    Unopened,
+    /// Open at this address.
+    Open {
+        /// The address we advertise for it.
+        local: SocketAddr,
+        /// Serviced by its own I/O thread (`false`: in the frames).
+        io_thread: bool,
+    },
+    /// It could not be opened, or its I/O thread stopped: no P2P
+    /// ([`P2pError`](crate::plugins::P2pError) says why).
+    Failed(String),
+}
 
 /// Most extra sockets [`UdpMeshIo`] opens on request (birthday punching asks for 256).
 pub const MAX_EXTRA_SOCKETS: usize = 300;

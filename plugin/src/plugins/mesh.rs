@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::P2pClient;
 use super::diagnostics::P2pDiagnosticsPlugin;
-use super::io::{ClosedMeshIo, MeshIo, MeshSocket, UdpMeshIo};
+use super::io::{ClosedMeshIo, MeshIo, MeshSocket, MeshSocketState, UdpMeshIo};
 use super::io_thread::{self, Conditioners, IoThread, RECV_BUF, ThreadIo};
 use super::message::{P2pDecodeError, decode_message};
 use super::sets::{P2pReceive, Step, configure_sets};
@@ -215,23 +215,6 @@ pub enum P2pError {
     /// The mesh socket's I/O thread could not start or stopped.
     #[error("{0}")]
     IoThread(String),
-}
-
-/// The mesh socket's state (a resource).
-#[derive(Resource, Debug, Clone, Default, PartialEq, Eq)]
-pub enum MeshSocketState {
-    /// Not opened yet (before the app's first update).
-    #[default]
-    Unopened,
-    /// Open at this address.
-    Open {
-        /// The address we advertise for it.
-        local: SocketAddr,
-        /// Serviced by its own I/O thread (`false`: in the frames).
-        io_thread: bool,
-    },
-    /// It could not be opened, or its I/O thread stopped: no P2P ([`P2pError`] says why).
-    Failed(String),
 }
 
 /// The plugin's settings, for its startup system.

@@ -41,11 +41,11 @@ mod typed;
 
 pub use client::{ClientGuard, MeshIoStats, P2pClient};
 pub use diagnostics::P2pDiagnosticsPlugin;
-pub use io::{MeshIo, MeshSocket, UdpMeshIo, UdpMeshStats};
+pub use io::{MeshIo, MeshSocket, MeshSocketState, UdpMeshIo, UdpMeshStats};
 pub use io_thread::SEND_COALESCE;
 pub use mesh::{
-    LocalNat, MeshSocketState, NatDiscovered, OpenMeshSocket, P2pError, P2pMeshPlugin, P2pReceived, Peer,
-    PeerConnected, PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
+    LocalNat, NatDiscovered, OpenMeshSocket, P2pError, P2pMeshPlugin, P2pReceived, Peer, PeerConnected,
+    PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
 };
 pub use message::{P2pDecodeError, SendError, decode_message, encode_message};
 pub use sender::P2pSender;

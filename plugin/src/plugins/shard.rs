@@ -12,8 +12,7 @@ use bevy_renet::netcode::{ClientAuthentication, ConnectToken, NetcodeClientTrans
 use bevy_renet::renet::{ConnectionConfig, DefaultChannel};
 
 use super::client::P2pClient;
-use super::io::MeshSocket;
-use super::mesh::MeshSocketState;
+use super::io::{MeshSocket, MeshSocketState};
 use super::sets::{Step, configure_sets};
 use crate::client::login::{self, LoginKey, ShardAddress};
 use crate::client::{ClientCore, DisconnectReason, Phase, ShardNotice};

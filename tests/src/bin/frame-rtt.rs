@@ -316,7 +316,7 @@ fn rtt_row(login: ShardAddress, secs: u64, fps: f64, io_thread: bool, cond: Opti
         let (smoothed, min, link_p99, samples) = o.rtt_stats.unwrap_or_default();
         let per_s = |a: u64, b: u64| (a - b) as f64 / secs as f64;
         println!(
-            "| {}{extra} | {fps} | {who} | {med:.2} / {p99:.2} | {:.2} / {:.2} / {:.2} ({samples} samples) | {} | {:.0} / {:.0} |",
+            "| {}{extra} | {fps} | {who} | {med:.2} / {p99:.2} | {:.2} / {:.2} / {:.2} ({samples} samples) | {} | {:.0} / {:.0} / {:.0} µs |",
             mode_name(io_thread),
             smoothed.as_secs_f64() * 1000.0,
             min.unwrap_or_default().as_secs_f64() * 1000.0,
@@ -324,6 +324,7 @@ fn rtt_row(login: ShardAddress, secs: u64, fps: f64, io_thread: bool, cond: Opti
             o.frames,
             per_s(o.io.turns, b.turns),
             per_s(o.io.wakes, b.wakes),
+            o.io.longest_turn.as_secs_f64() * 1e6,
         );
     }
 }
@@ -380,7 +381,7 @@ fn main() {
         "socket RTT (UDP echo on loopback, another thread answering): median {sock_med:.3} ms, p99 {sock_p99:.3} ms\n"
     );
     println!(
-        "| driver | FPS | side | PeerStats::rtt median / p99 over frames (ms) | link: smoothed / min / p99 (ms) | frames | I/O thread turns/s / wakes from Bevy/s |"
+        "| driver | FPS | side | PeerStats::rtt median / p99 over frames (ms) | link: smoothed / min / p99 (ms) | frames | I/O thread turns/s / wakes from Bevy/s / longest turn under the lock |"
     );
     println!("|---|---|---|---|---|---|---|");
     for &io_thread in &modes {
