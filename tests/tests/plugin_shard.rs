@@ -430,7 +430,14 @@ fn at_5_fps_the_rtt_is_the_networks_and_a_frame_stall_of_1_5_s_causes_no_failove
     }
     let slow = Instant::now();
     let mut next_frame = Instant::now();
-    while slow.elapsed() < Duration::from_secs(3) {
+    let samples = |a: &App| {
+        let client = a.world().resource::<P2pClient>();
+        client.peers().next().and_then(|p| client.peer_rtt_stats(p.player)).map_or(0, |s| s.samples)
+    };
+    // At least 3 s, and until both have a few keepalive answers on the path (bounded).
+    while slow.elapsed() < Duration::from_secs(3)
+        || ([&ana, &bob].iter().any(|a| samples(a) < 4) && slow.elapsed() < Duration::from_secs(8))
+    {
         shard.update();
         if Instant::now() >= next_frame {
             ana.update();
@@ -442,7 +449,8 @@ fn at_5_fps_the_rtt_is_the_networks_and_a_frame_stall_of_1_5_s_causes_no_failove
     for a in [&mut ana, &mut bob] {
         let stats = peer_stats(a)[0];
         let (rtt, p99) = (stats.rtt.expect("an RTT"), stats.rtt_p99.expect("samples"));
-        assert!(rtt < Duration::from_millis(5) && p99 < Duration::from_millis(5), "at 5 FPS: {stats:?}");
+        // A tenth of a frame (the loopback's is ~0.1 ms; room for a busy machine).
+        assert!(rtt < Duration::from_millis(20) && p99 < Duration::from_millis(20), "at 5 FPS: {stats:?}");
         a.world_mut().resource_mut::<Quiet>().0 = false;
     }
     // Bob's frame stalls for 1.5 s (a loading screen) while Ana streams a message every
@@ -477,11 +485,11 @@ fn a_conditioner_delay_on_one_game_adds_twice_the_delay_to_both_sides_rtt() {
     assert!(ok, "direct through the conditioner");
     run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(2), |_| false);
     // On loopback the RTT is ~0.1 ms without it (the test above); each of Ana's datagrams
-    // waits 40 ms going out and coming in. (The link's RTT may include the peer's ack delay,
-    // ≤ 20 ms, and a frame of the test loop.)
+    // waits 40 ms going out and coming in (measured: 81–82 ms on both sides; the bound leaves
+    // room for the peer's ack delay, ≤ 20 ms, and a busy machine).
     for (who, a) in [("ana", &mut ana), ("bob", &mut bob)] {
         let rtt = peer_stats(a)[0].rtt.expect("an RTT");
-        assert!(rtt >= delay * 2 && rtt <= delay * 2 + Duration::from_millis(30), "{who}: rtt {rtt:?}");
+        assert!(rtt >= delay * 2 && rtt <= delay * 2 + Duration::from_millis(40), "{who}: rtt {rtt:?}");
     }
     let io = ana.world().resource::<P2pClient>().io_stats();
     let (out, inb) = (io.conditioned_out.unwrap(), io.conditioned_in.unwrap());
