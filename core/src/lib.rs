@@ -11,6 +11,7 @@
 //!   every state machine here offers.
 //! - [`codec`]: the serializer behind every serde wire format, with size limits and our own
 //!   error type.
+//! - [`conditioner`]: delay, jitter, loss and duplication for a real socket's datagrams.
 //! - [`proto`]: wire formats — the mesh socket's datagram header and the shard messages.
 //! - [`stun`]: RFC 8489 Binding client and server (sans-IO).
 //! - [`nat`]: NAT behaviour discovery (RFC 4787 / RFC 5780 terms).
@@ -26,6 +27,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod conditioner;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;

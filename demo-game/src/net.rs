@@ -87,7 +87,7 @@ impl Plugin for DemoNetPlugin {
         let bind: SocketAddr = if s.login.login.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }
             .parse()
             .expect("literal");
-        let mesh = P2pMeshPlugin { client, bind, stun: None };
+        let mesh = P2pMeshPlugin { client, bind, ..P2pMeshPlugin::default() };
         let shard = ShardClientPlugin {
             shard: s.login,
             credential: Vec::new(),

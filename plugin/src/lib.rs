@@ -14,7 +14,7 @@
 //!   [`prelude`] has what a game needs.
 //! - [`client`]: the game client's core (`ClientCore`, from the core crate) and the blocking
 //!   login request ([`client::login::request_token`]).
-//! - Re-exported from [`p2pmodel_core`]: [`endpoint`], [`codec`], [`proto`], [`stun`], [`nat`],
+//! - Re-exported from [`p2pmodel_core`]: [`endpoint`], [`codec`], [`conditioner`], [`proto`], [`stun`], [`nat`],
 //!   [`crypto`], [`config`], [`guard`], [`link`], [`mesh`], [`relay`].
 //! - `sim` (feature `sim`, on by default): the deterministic network simulator,
 //!   `p2pmodel_sim`, and `plugins::sim`, its Bevy driver.
@@ -22,7 +22,9 @@
 pub mod client;
 pub mod plugins;
 
-pub use p2pmodel_core::{codec, config, crypto, endpoint, guard, link, mesh, nat, proto, relay, stun};
+pub use p2pmodel_core::{
+    codec, conditioner, config, crypto, endpoint, guard, link, mesh, nat, proto, relay, stun,
+};
 #[cfg(feature = "sim")]
 pub use p2pmodel_sim as sim;
 
@@ -31,14 +33,15 @@ pub use p2pmodel_sim as sim;
 pub mod prelude {
     pub use crate::client::login::{LoginKey, ShardAddress};
     pub use crate::client::{Channel, ClientConfig, DisconnectReason, PeerPath as PathKind, ShardNotice};
+    pub use crate::conditioner::ConditionerConfig;
     pub use crate::nat::NatReport;
     pub use crate::plugins::diagnostics as p2p_diagnostics;
     pub use crate::plugins::{
-        FromPeer, LocalNat, LocalPlayer, MeshIo, MeshSocket, NatDiscovered, P2pAppExt, P2pChannel, P2pClient,
-        P2pDecodeError, P2pDiagnosticsPlugin, P2pMeshPlugin, P2pReceive, P2pReceived, P2pSend, P2pSender,
-        Peer, PeerConnected, PeerDisconnected, PeerIndex, PeerMessageRegistry, PeerPath, PeerPathChanged,
-        PeerSender, PeerStats, SendError, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState,
-        ShardTransport, TypedStats, UdpMeshIo,
+        FromPeer, LocalNat, LocalPlayer, MeshIo, MeshSocket, MeshSocketState, NatDiscovered, OpenMeshSocket,
+        P2pAppExt, P2pChannel, P2pClient, P2pDecodeError, P2pDiagnosticsPlugin, P2pError, P2pMeshPlugin,
+        P2pReceive, P2pReceived, P2pSend, P2pSender, Peer, PeerConnected, PeerDisconnected, PeerIndex,
+        PeerMessageRegistry, PeerPath, PeerPathChanged, PeerSender, PeerStats, SendError, ShardClientPlugin,
+        ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport, TypedStats, UdpMeshIo,
     };
     pub use crate::proto::shard::{NpcState, PlayerId};
 }

@@ -433,3 +433,73 @@ fn typed_messages_arrive_on_their_channels_sequenced_ones_never_older_than_the_n
     let stats = *st.world(b).resource::<TypedStats>();
     assert_eq!((stats.unknown_kind, stats.undecodable), (0, 0));
 }
+
+/// A pair like [`pair`] where Ana's mesh socket may be conditioned; returns the stepper
+/// and both apps (Ana streams `notes` reliable notes).
+fn conditioned_pair(conditioner: Option<ConditionerConfig>, notes: u32) -> (SimStepper<Net>, usize, usize) {
+    let mut net = Net::new(21);
+    let mut sa = net.site(NatKind::FullCone);
+    let mut sb = net.site(NatKind::PortRestricted);
+    let (ha, hb) = (net.next_host(&mut sa), net.next_host(&mut sb));
+    let shard = net.plugin_shard_with(|_| {});
+    let clock = net.clock();
+    let mut st = SimStepper::new(Rc::new(RefCell::new(net)), FRAME);
+    let mut mesh = P2pMeshPlugin::new("ana");
+    mesh.client.seed = 1;
+    mesh.conditioner = conditioner;
+    let a = st.client_app_with(mesh, ha, &shard, clock, Some(0));
+    let b = st.client_app("bo", hb, &shard, clock);
+    for (i, total) in [(a, notes), (b, 0)] {
+        let app = &mut st.apps[i];
+        app.init_resource::<Log>().insert_resource(Stream { total, sent: 0 });
+        app.add_systems(Update, (record, stream).chain());
+    }
+    (st, a, b)
+}
+
+#[test]
+fn a_conditioned_socket_in_the_simulator_adds_its_delay_and_loss_costs_no_reliable_message() {
+    // The same world twice: as is, then with 30 ms ± 5 ms each way, 10 % loss and 5 %
+    // duplication on Ana's socket (driven in the frames: the simulator is not a real socket).
+    let settle = |st: &mut SimStepper<Net>, a: usize, b: usize| {
+        let ok = st.run_until(2000, |st| {
+            log(st, b).notes.len() == 100
+                && [a, b].iter().all(|&x| log(st, x).paths.last() == Some(&Kind::Direct))
+        });
+        assert!(
+            ok,
+            "{} notes, paths {:?} / {:?}",
+            log(st, b).notes.len(),
+            log(st, a).paths,
+            log(st, b).paths
+        );
+        // Keepalives (every 10 s on the idle link) refresh the RTT.
+        st.run_frames(2500);
+        [a, b].map(|x| peer_entities(st, x)[0].2.rtt.expect("an RTT"))
+    };
+    let (mut plain, a, b) = conditioned_pair(None, 100);
+    let base = settle(&mut plain, a, b);
+    let cond = ConditionerConfig {
+        delay: Duration::from_millis(30),
+        jitter: Duration::from_millis(5),
+        loss: 0.1,
+        duplicate: 0.05,
+        seed: 4,
+    };
+    let (mut st, a, b) = conditioned_pair(Some(cond), 100);
+    let slow = settle(&mut st, a, b);
+    for (side, (s, p)) in slow.iter().zip(&base).enumerate() {
+        let added = s.saturating_sub(*p);
+        // 2 × 30 ms, ± the jitter and a 10 ms frame each way.
+        assert!(
+            added >= Duration::from_millis(40) && added <= Duration::from_millis(90),
+            "side {side}: {p:?} → {s:?}"
+        );
+    }
+    let seqs: Vec<u32> = log(&st, b).notes.iter().map(|(n, _)| n.seq).collect();
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "every note once, in order, despite loss and duplicates");
+    let io = st.world(a).resource::<P2pClient>().io_stats();
+    let (out, inb) = (io.conditioned_out.unwrap(), io.conditioned_in.unwrap());
+    assert!(!io.io_thread, "the simulator is driven in the frames");
+    assert!(out.dropped > 0 && inb.dropped > 0 && out.duplicated > 0, "{io:?}");
+}

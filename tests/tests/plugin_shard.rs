@@ -354,3 +354,204 @@ fn the_shard_connection_leaves_a_games_own_bevy_renet_client_alone_whatever_the_
     assert!(!games_own.is_connected(), "the game's client was not used for the shard");
     assert!(app.world().resource::<ShardLink>().bytes_in() > 0);
 }
+
+/// A game app on loopback with these mesh settings and a recorder of paths, sequence
+/// numbers and errors.
+fn game_with(mesh: P2pMeshPlugin, login: ShardAddress) -> App {
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins).add_plugins((mesh, ShardClientPlugin::new(login)));
+    app.init_resource::<Seq>()
+        .init_resource::<Track>()
+        .init_resource::<Quiet>()
+        .add_systems(Update, (seq_stream.run_if(|q: Res<Quiet>| !q.0), track).chain());
+    app.finish();
+    app.cleanup();
+    app
+}
+
+fn loopback_mesh(name: &str) -> P2pMeshPlugin {
+    let mut mesh = P2pMeshPlugin::new(name);
+    mesh.bind = "127.0.0.1:0".parse().unwrap();
+    mesh.client.nat_timeout = Duration::from_millis(500);
+    // An idle link pings every 250 ms (keepalives), so its RTT is measured often.
+    mesh.client.mesh.link.keepalive_interval = Duration::from_millis(250);
+    mesh
+}
+
+/// Stop streaming (the link goes idle and sends keepalives instead).
+#[derive(Resource, Default)]
+struct Quiet(bool);
+
+/// Path changes, P2P errors and shard events a game saw.
+#[derive(Resource, Default)]
+struct Track {
+    paths: Vec<(Instant, Kind)>,
+    errors: Vec<P2pError>,
+    events: Vec<ShardEvent>,
+}
+
+fn track(
+    mut t: ResMut<Track>,
+    mut paths: MessageReader<PeerPathChanged>,
+    mut errors: MessageReader<P2pError>,
+    mut events: MessageReader<ShardEvent>,
+) {
+    let now = Instant::now();
+    t.paths.extend(paths.read().map(|p| (now, p.path)));
+    t.errors.extend(errors.read().cloned());
+    t.events.extend(events.read().cloned());
+}
+
+fn peer_stats(app: &mut App) -> Vec<PeerStats> {
+    let w = app.world_mut();
+    w.query::<&PeerStats>().iter(w).copied().collect()
+}
+
+fn direct(app: &App) -> bool {
+    app.world().resource::<P2pClient>().peers().any(|p| p.path == Kind::Direct)
+}
+
+#[test]
+fn at_5_fps_the_rtt_is_the_networks_and_a_frame_stall_of_1_5_s_causes_no_failover() {
+    let (mut shard, login) = shard();
+    let (mut ana, mut bob) = (game_with(loopback_mesh("ana"), login), game_with(loopback_mesh("bob"), login));
+    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(10), |apps| {
+        apps[1..].iter().all(|a| direct(a))
+    });
+    assert!(ok, "direct");
+    for a in [&ana, &bob] {
+        assert!(a.world().resource::<P2pClient>().io_stats().io_thread, "a real socket gets a thread");
+    }
+    // Three seconds of idle 5 FPS games (the shard keeps its own pace): the keepalives are
+    // answered between frames, so the RTT stays the loopback's, not a frame's 200 ms (driven
+    // in the frames: ~110 ms smoothed, p99 ~200 ms).
+    for a in [&mut ana, &mut bob] {
+        a.world_mut().resource_mut::<Quiet>().0 = true;
+    }
+    let slow = Instant::now();
+    let mut next_frame = Instant::now();
+    let samples = |a: &App| {
+        let client = a.world().resource::<P2pClient>();
+        client.peers().next().and_then(|p| client.peer_rtt_stats(p.player)).map_or(0, |s| s.samples)
+    };
+    // At least 3 s, and until both have a few keepalive answers on the path (bounded).
+    while slow.elapsed() < Duration::from_secs(3)
+        || ([&ana, &bob].iter().any(|a| samples(a) < 4) && slow.elapsed() < Duration::from_secs(8))
+    {
+        shard.update();
+        if Instant::now() >= next_frame {
+            ana.update();
+            bob.update();
+            next_frame += Duration::from_millis(200);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for a in [&mut ana, &mut bob] {
+        let stats = peer_stats(a)[0];
+        let (rtt, p99) = (stats.rtt.expect("an RTT"), stats.rtt_p99.expect("samples"));
+        // A tenth of a frame (the loopback's is ~0.1 ms; room for a busy machine).
+        assert!(rtt < Duration::from_millis(20) && p99 < Duration::from_millis(20), "at 5 FPS: {stats:?}");
+        a.world_mut().resource_mut::<Quiet>().0 = false;
+    }
+    // Bob's frame stalls for 1.5 s (a loading screen) while Ana streams a message every
+    // frame: Ana's direct path stays answered, nobody fails over, nothing is lost. (Driven in
+    // the frames, Ana's link goes relayed after 150 ms and back to direct after the stall.)
+    let stall = Instant::now();
+    let got_before = bob.world().resource::<Seq>().got.len();
+    run_until(&mut [&mut shard, &mut ana], Duration::from_millis(1500), |_| false);
+    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(1), |_| false);
+    for (who, a) in [("ana", &ana), ("bob", &bob)] {
+        let changes: Vec<_> =
+            a.world().resource::<Track>().paths.iter().filter(|(t, _)| *t >= stall).collect();
+        assert!(changes.is_empty(), "{who} changed paths during the stall: {changes:?}");
+        assert!(direct(a), "{who} still direct");
+    }
+    let got = &bob.world().resource::<Seq>().got;
+    assert!(got.len() - got_before > 50, "{} messages during and after the stall", got.len() - got_before);
+    let tail = &got[got_before..];
+    assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missing");
+}
+
+#[test]
+fn a_conditioner_delay_on_one_game_adds_twice_the_delay_to_both_sides_rtt() {
+    let (mut shard, login) = shard();
+    let delay = Duration::from_millis(40);
+    let mut slow = loopback_mesh("ana");
+    slow.conditioner = Some(ConditionerConfig::delay(delay));
+    let (mut ana, mut bob) = (game_with(slow, login), game_with(loopback_mesh("bob"), login));
+    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(15), |apps| {
+        apps[1..].iter().all(|a| direct(a))
+    });
+    assert!(ok, "direct through the conditioner");
+    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(2), |_| false);
+    // On loopback the RTT is ~0.1 ms without it (the test above); each of Ana's datagrams
+    // waits 40 ms going out and coming in (measured: 81–82 ms on both sides; the bound leaves
+    // room for the peer's ack delay, ≤ 20 ms, and a busy machine).
+    for (who, a) in [("ana", &mut ana), ("bob", &mut bob)] {
+        let rtt = peer_stats(a)[0].rtt.expect("an RTT");
+        assert!(rtt >= delay * 2 && rtt <= delay * 2 + Duration::from_millis(40), "{who}: rtt {rtt:?}");
+    }
+    let io = ana.world().resource::<P2pClient>().io_stats();
+    let (out, inb) = (io.conditioned_out.unwrap(), io.conditioned_in.unwrap());
+    assert!(out.released > 50 && inb.released > 50, "{io:?}");
+    assert_eq!((out.dropped, inb.dropped), (0, 0));
+    assert_eq!(bob.world().resource::<P2pClient>().io_stats().conditioned_out, None, "bob has none");
+}
+
+#[test]
+fn a_taken_mesh_port_is_an_error_message_not_a_panic_and_the_game_can_open_it_again() {
+    let (mut shard, login) = shard();
+    // Adding the plugin opens nothing: the port is still free after the app is built.
+    let port = free_udp_port();
+    let mut mesh = loopback_mesh("early");
+    mesh.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut app = game_with(mesh, login);
+    let ours = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("the plugin did not bind it when built");
+    assert_eq!(*app.world().resource::<MeshSocketState>(), MeshSocketState::Unopened);
+    // The first update opens it: taken by us, so it fails — a message, no panic.
+    let ended = run_until(&mut [&mut shard, &mut app], Duration::from_secs(3), |apps| {
+        apps[1].world().resource::<Track>().events.iter().any(|e| matches!(e.0, ShardNotice::Disconnected(_)))
+    });
+    assert!(ended, "the connection is refused");
+    let track = app.world().resource::<Track>();
+    assert!(
+        matches!(&track.errors[..], [P2pError::MeshSocket { bind, reason }] if bind.port() == port && !reason.is_empty()),
+        "{:?}",
+        track.errors
+    );
+    assert!(
+        track.events.iter().any(|e| matches!(
+            &e.0,
+            ShardNotice::Disconnected(DisconnectReason::Local(why)) if why.contains("mesh socket")
+        )),
+        "{:?}",
+        track.events
+    );
+    assert!(matches!(app.world().resource::<MeshSocketState>(), MeshSocketState::Failed(_)));
+    run_until(&mut [&mut shard, &mut app], Duration::from_millis(300), |_| false);
+    assert_eq!(state(&app), ShardState::Disconnected, "not joined");
+    // Asking again is refused the same way.
+    app.world_mut().write_message(ShardRequest::Connect);
+    run_until(&mut [&mut shard, &mut app], Duration::from_millis(100), |_| false);
+    let refusals = app
+        .world()
+        .resource::<Track>()
+        .events
+        .iter()
+        .filter(|e| matches!(e.0, ShardNotice::Disconnected(DisconnectReason::Local(_))))
+        .count();
+    assert_eq!(refusals, 2);
+    // The port is free again: the game opens the socket anew and joins.
+    drop(ours);
+    app.world_mut().write_message(OpenMeshSocket(format!("127.0.0.1:{port}").parse().unwrap()));
+    run_until(&mut [&mut shard, &mut app], Duration::from_millis(50), |_| false);
+    assert_eq!(
+        *app.world().resource::<MeshSocketState>(),
+        MeshSocketState::Open { local: format!("127.0.0.1:{port}").parse().unwrap(), io_thread: true }
+    );
+    app.world_mut().write_message(ShardRequest::Connect);
+    let joined = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+        state(apps[1]) == ShardState::InGame
+    });
+    assert!(joined, "state {:?}", state(&app));
+}

@@ -75,6 +75,7 @@ fn measure(
     mut diagnostics: Diagnostics,
 ) {
     let Some(client) = client else { return };
+    let client = client.lock();
     let (mut peers, mut direct, mut relayed) = (0u32, 0u32, 0u32);
     let (mut rtt_sum, mut rtt_n) = (0.0f64, 0u32);
     let (mut loss_sum, mut loss_n) = (0.0f64, 0u32);

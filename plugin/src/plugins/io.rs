@@ -1,16 +1,21 @@
 //! The mesh socket behind the plugin: a trait so the real UDP socket and the simulator are
 //! interchangeable, and the real one.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bevy::prelude::Resource;
 
 use crate::endpoint::{ClockAnchor, Transmit};
 
 /// What the mesh systems need from a socket and a clock. The real one is [`UdpMeshIo`]; the
-/// simulator's is [`SimMeshIo`](crate::plugins::sim::SimMeshIo).
-pub trait MeshIo: 'static {
+/// simulator's is [`SimMeshIo`](crate::plugins::sim::SimMeshIo). A [`UdpMeshIo`] gets its
+/// own I/O thread ([`P2pMeshPlugin::io_thread`](crate::plugins::P2pMeshPlugin::io_thread));
+/// any other implementation is driven in the frames (`PreUpdate` / `PostUpdate`).
+pub trait MeshIo: Any {
     /// The current time on this socket's clock (`Instant::now()`, or the simulator's).
     fn now(&self) -> Instant;
     /// The socket's host addresses (our LAN candidates).
@@ -29,9 +34,29 @@ pub trait MeshIo: 'static {
 }
 
 /// The mesh socket the plugin drives: a `NonSend` resource, because the simulator's socket
-/// shares the (single-threaded) simulator. Insert one before adding
-/// [`P2pMeshPlugin`](crate::plugins::P2pMeshPlugin) to replace the real UDP socket.
+/// shares the (single-threaded) simulator. Insert one before the app's first update to
+/// replace the UDP socket the plugin opens at startup. While the I/O thread owns the real
+/// socket, this holds a stand-in whose `now()` is the network's clock and whose `send` hands
+/// the datagram to the thread.
 pub struct MeshSocket(pub Box<dyn MeshIo>);
+
+/// The mesh socket's state (a resource).
+#[derive(Resource, Debug, Clone, Default, PartialEq, Eq)]
+pub enum MeshSocketState {
+    /// Not opened yet (before the app's first update).
+    #[default]
+    Unopened,
+    /// Open at this address.
+    Open {
+        /// The address we advertise for it.
+        local: SocketAddr,
+        /// Serviced by its own I/O thread (`false`: in the frames).
+        io_thread: bool,
+    },
+    /// It could not be opened, or its I/O thread stopped: no P2P
+    /// ([`P2pError`](crate::plugins::P2pError) says why).
+    Failed(String),
+}
 
 /// Most extra sockets [`UdpMeshIo`] opens on request (birthday punching asks for 256).
 pub const MAX_EXTRA_SOCKETS: usize = 300;
@@ -91,6 +116,88 @@ impl UdpMeshIo {
     /// Counters.
     pub fn stats(&self) -> UdpMeshStats {
         UdpMeshStats { extra_sockets: self.extra.len() as u64, ..self.stats }
+    }
+
+    /// Extra sockets are open (birthday punching). Where [`UdpMeshIo::recv_wait`] watches only
+    /// the main socket (not Unix), a waiting loop must come back soon to read them.
+    pub fn has_extra_sockets(&self) -> bool {
+        !self.extra.is_empty()
+    }
+
+    /// Wait up to `timeout` for a datagram on any of the sockets (the I/O thread's sleep),
+    /// then read one; `None` when none came. On Unix the wait is `poll(2)` (precise to the
+    /// millisecond); elsewhere a read timeout on the main socket (the extra sockets are then
+    /// read only when the caller comes back).
+    pub fn recv_wait(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Option<(usize, SocketAddr, SocketAddr)> {
+        if timeout.is_zero() {
+            return None;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = |s: &UdpSocket| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fds: Vec<libc::pollfd> =
+                std::iter::once(fd(&self.main)).chain(self.extra.values().map(|(s, _)| fd(s))).collect();
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs that
+            // outlives the call, and the descriptors belong to sockets we own.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if ready <= 0 {
+                // Timed out, or interrupted (EINTR): the caller re-plans.
+                return None;
+            }
+            self.recv(buf)
+        }
+        #[cfg(not(unix))]
+        {
+            self.recv_wait_main(buf, timeout)
+        }
+    }
+
+    /// [`UdpMeshIo::recv_wait`] without `poll(2)`: a read timeout on the main socket.
+    #[cfg(not(unix))]
+    fn recv_wait_main(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Option<(usize, SocketAddr, SocketAddr)> {
+        let blocking =
+            self.main.set_nonblocking(false).and_then(|_| self.main.set_read_timeout(Some(timeout)));
+        if blocking.is_err() {
+            // Cannot block on this socket: sleep a little instead of spinning.
+            std::thread::sleep(timeout.min(Duration::from_millis(1)));
+            return None;
+        }
+        let got = self.main.recv_from(buf);
+        let _ = self.main.set_nonblocking(true);
+        match got {
+            Ok((n, from)) => {
+                self.stats.received += 1;
+                Some((n, from, self.local))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
+            Err(_) => {
+                self.stats.recv_errors += 1;
+                None
+            }
+        }
+    }
+
+    /// The address the main socket is bound to (`0.0.0.0:port` when bound to every
+    /// interface), unlike [`UdpMeshIo::local_addr`], which names a LAN address.
+    pub fn bound_addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
     }
 
     fn socket_for(&mut self, src: Option<SocketAddr>) -> Option<&UdpSocket> {
@@ -188,6 +295,25 @@ impl MeshIo for UdpMeshIo {
     }
 }
 
+/// The stand-in socket after the mesh socket could not be opened: nothing arrives, sends are
+/// dropped. The plugin reports the failure (`P2pError`) and the shard plugin refuses to
+/// connect.
+#[derive(Debug)]
+pub(crate) struct ClosedMeshIo;
+
+impl MeshIo for ClosedMeshIo {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
+    fn recv(&mut self, _buf: &mut [u8]) -> Option<(usize, SocketAddr, SocketAddr)> {
+        None
+    }
+    fn send(&mut self, _t: &Transmit) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +353,29 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(back, Some((b"back".to_vec(), free)));
+    }
+
+    #[test]
+    fn recv_wait_returns_a_datagram_as_soon_as_it_arrives_and_nothing_after_the_timeout() {
+        let mut a = UdpMeshIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 64];
+        let t = Instant::now();
+        assert!(a.recv_wait(&mut buf, Duration::from_millis(30)).is_none());
+        assert!(t.elapsed() >= Duration::from_millis(25), "waited: {:?}", t.elapsed());
+        let to = a.local_addr();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            b.send_to(b"wake", to).unwrap();
+        });
+        let t = Instant::now();
+        let got =
+            a.recv_wait(&mut buf, Duration::from_secs(5)).map(|(n, _, local)| (buf[..n].to_vec(), local));
+        assert_eq!(got, Some((b"wake".to_vec(), a.local_addr())));
+        assert!(t.elapsed() < Duration::from_secs(1), "woke on arrival: {:?}", t.elapsed());
+        sender.join().unwrap();
+        // Still non-blocking for `recv` afterwards.
+        assert!(a.recv(&mut buf).is_none());
     }
 
     #[test]

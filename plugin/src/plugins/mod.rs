@@ -1,6 +1,7 @@
 //! The Bevy plugins: thin drivers around the sans-IO [`ClientCore`](crate::client::ClientCore).
 //!
-//! - [`P2pMeshPlugin`]: the mesh socket ([`MeshIo`]), the [`P2pClient`] resource, one entity
+//! - [`P2pMeshPlugin`]: the mesh socket ([`MeshIo`], on its own I/O thread when it is a real
+//!   socket), the [`P2pClient`] resource, one entity
 //!   per introduced peer ([`Peer`], [`PeerPath`], [`PeerStats`]), Bevy messages
 //!   ([`PeerConnected`], [`PeerPathChanged`], [`PeerDisconnected`], [`P2pReceived`],
 //!   [`NatDiscovered`]) and sending with [`P2pSender`]; typed messages a game registers
@@ -14,16 +15,21 @@
 //! Every frame, like bevy_renet:
 //!
 //! ```text
-//! PreUpdate  / P2pReceive : shard messages → core, mesh datagrams → core, timeouts,
+//! PreUpdate  / P2pReceive : shard messages → core, [mesh datagrams → core, timeouts],
 //!                           core events → Bevy messages, peer entities, ShardState
 //! Update                  : game code reads messages/components, writes with P2pSender
-//! PostUpdate / P2pSend    : ShardRequests → core, core transmits → socket,
+//! PostUpdate / P2pSend    : ShardRequests → core, [core transmits → socket],
 //!                           core shard messages → renet
 //! ```
+//!
+//! The bracketed steps run in the frames only for a socket driven there (the simulator,
+//! `io_thread: false`); a real socket's I/O thread does them as datagrams arrive and timers
+//! fall due, whatever the frame rate.
 
 mod client;
 pub mod diagnostics;
 mod io;
+mod io_thread;
 mod mesh;
 mod message;
 pub mod reflect;
@@ -34,12 +40,13 @@ mod shard;
 pub mod sim;
 mod typed;
 
-pub use client::P2pClient;
+pub use client::{ClientGuard, MeshIoStats, P2pClient};
 pub use diagnostics::P2pDiagnosticsPlugin;
-pub use io::{MeshIo, MeshSocket, UdpMeshIo, UdpMeshStats};
+pub use io::{MeshIo, MeshSocket, MeshSocketState, UdpMeshIo, UdpMeshStats};
+pub use io_thread::SEND_COALESCE;
 pub use mesh::{
-    LocalNat, NatDiscovered, P2pMeshPlugin, P2pReceived, Peer, PeerConnected, PeerDisconnected, PeerIndex,
-    PeerPath, PeerPathChanged, PeerStats,
+    LocalNat, NatDiscovered, OpenMeshSocket, P2pError, P2pMeshPlugin, P2pReceived, Peer, PeerConnected,
+    PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
 };
 pub use message::{P2pDecodeError, SendError, decode_message, encode_message};
 pub use sender::P2pSender;

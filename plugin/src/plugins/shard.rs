@@ -12,10 +12,10 @@ use bevy_renet::netcode::{ClientAuthentication, ConnectToken, NetcodeClientTrans
 use bevy_renet::renet::{ConnectionConfig, DefaultChannel};
 
 use super::client::P2pClient;
-use super::io::MeshSocket;
+use super::io::{MeshSocket, MeshSocketState};
 use super::sets::{Step, configure_sets};
 use crate::client::login::{self, LoginKey, ShardAddress};
-use crate::client::{DisconnectReason, Phase, ShardNotice};
+use crate::client::{ClientCore, DisconnectReason, Phase, ShardNotice};
 use crate::proto::shard::{ClientMessage, PlayerId, ShardMessage, decode, encode};
 
 /// Connects to a shard and drives the shard side of the [`P2pClient`]. Needs
@@ -368,7 +368,7 @@ fn unix_now() -> std::time::Duration {
 /// running — and a reconnection is scheduled; before any login the attempt just failed.
 fn lost(
     link: &mut ShardLink,
-    client: &mut P2pClient,
+    client: &mut ClientCore,
     now: std::time::Instant,
     reason: DisconnectReason,
     custom: Option<Box<dyn ShardTransport>>,
@@ -424,11 +424,13 @@ fn login_reason(e: login::LoginError) -> DisconnectReason {
 /// Shard transport → core; connection state changes; reconnection.
 fn shard_in(
     mut link: ResMut<ShardLink>,
-    mut client: ResMut<P2pClient>,
+    client: ResMut<P2pClient>,
     settings: Res<ShardSettings>,
     socket: NonSend<MeshSocket>,
     mut events: MessageWriter<ShardEvent>,
 ) {
+    // The clock is read under the lock (as the I/O thread does): `now` never goes back.
+    let mut client = client.lock();
     let now = socket.0.now();
     let link = &mut *link;
     match &mut link.mode {
@@ -554,7 +556,7 @@ fn start_netcode(token: ConnectToken) -> Result<NetcodeClientTransport, Disconne
 #[expect(clippy::too_many_arguments, reason = "a Bevy system: one parameter per resource")]
 fn shard_after(
     link: Res<ShardLink>,
-    mut client: ResMut<P2pClient>,
+    client: ResMut<P2pClient>,
     settings: Res<ShardSettings>,
     socket: NonSend<MeshSocket>,
     state: Res<State<ShardState>>,
@@ -563,6 +565,7 @@ fn shard_after(
     mut events: MessageReader<ShardEvent>,
     mut zone_asked: Local<bool>,
 ) {
+    let mut client = client.lock();
     for ev in events.read() {
         match ev {
             // The shard answers every Login with Welcome; ask for the zone once.
@@ -592,14 +595,32 @@ fn shard_after(
 /// [`ShardRequest`]s → core and connection.
 fn handle_requests(
     mut link: ResMut<ShardLink>,
-    mut client: ResMut<P2pClient>,
+    client: ResMut<P2pClient>,
     mut settings: ResMut<ShardSettings>,
     socket: NonSend<MeshSocket>,
+    mesh: Option<Res<MeshSocketState>>,
     mut requests: MessageReader<ShardRequest>,
     mut events: MessageWriter<ShardEvent>,
 ) {
+    let mut client = client.lock();
     let now = socket.0.now();
+    // Without a mesh socket there is no P2P: refuse to connect, with the reason.
+    let unusable = match mesh.as_deref() {
+        Some(MeshSocketState::Failed(why)) => Some(format!("P2P is unavailable: {why}")),
+        _ => None,
+    };
     for req in requests.read() {
+        if let Some(why) = &unusable
+            && matches!(
+                req,
+                ShardRequest::Connect | ShardRequest::ConnectTo { .. } | ShardRequest::ConnectWithToken(_)
+            )
+            && matches!(link.mode, Mode::Idle)
+        {
+            warn!("{why}: not connecting to the shard");
+            events.write(ShardEvent(ShardNotice::Disconnected(DisconnectReason::Local(why.clone()))));
+            continue;
+        }
         match req {
             ShardRequest::ConnectTo { shard, name, credential } => {
                 if !matches!(link.mode, Mode::Idle) {
@@ -701,7 +722,8 @@ fn handle_requests(
 }
 
 /// Core → shard transport. Without a connection the messages are dropped and counted.
-fn shard_out(mut link: ResMut<ShardLink>, mut client: ResMut<P2pClient>) {
+fn shard_out(mut link: ResMut<ShardLink>, client: ResMut<P2pClient>) {
+    let mut client = client.lock();
     let link = &mut *link;
     while let Some((msg, reliable)) = client.poll_shard_message() {
         if !link.connected {
