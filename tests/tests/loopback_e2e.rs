@@ -95,9 +95,11 @@ fn a_link_with_no_direct_path_falls_back_to_the_real_relay_and_delivers_in_order
     assert_eq!(b.mesh.link(link).unwrap().path(), Path::Relayed { relay: relay_addr });
     let first = first_at.unwrap() - now;
     assert!(first < Duration::from_secs(1), "first message after {first:?} over loopback");
+    // renet may put two messages in one packet, and the relay publishes its counters every
+    // few milliseconds: most of the stream, not one packet per message.
     let snap = relay.snapshot();
     assert!(
-        snap.forwarded_packets >= 200,
+        snap.forwarded_packets >= 150,
         "the relay forwarded the stream: {} packets",
         snap.forwarded_packets
     );
