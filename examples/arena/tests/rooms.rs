@@ -44,8 +44,10 @@ fn two_rooms_mesh_only_their_own_players_and_deliver_every_shot_in_order() {
     for (room, app) in &apps {
         let b = app.world().resource::<Scoreboard>();
         let me = app.world().resource::<LocalPlayer>().player;
-        let mates: Vec<PlayerId> =
+        // Player ids follow the order logins reach the shard, not the order of the apps.
+        let mut mates: Vec<PlayerId> =
             ids.iter().filter(|(r, p)| r == room && Some(*p) != me).map(|(_, p)| *p).collect();
+        mates.sort();
         let heard: Vec<PlayerId> = b.peers.keys().copied().collect();
         assert_eq!(heard, mates, "{room}: heard exactly its room-mates");
         for (peer, s) in &b.peers {
