@@ -37,11 +37,12 @@ pub mod prelude {
     pub use crate::nat::NatReport;
     pub use crate::plugins::diagnostics as p2p_diagnostics;
     pub use crate::plugins::{
-        FromPeer, LocalNat, LocalPlayer, MeshIo, MeshSocket, MeshSocketState, NatDiscovered, OpenMeshSocket,
-        P2pAppExt, P2pChannel, P2pClient, P2pDecodeError, P2pDiagnosticsPlugin, P2pError, P2pMeshPlugin,
-        P2pReceive, P2pReceived, P2pSend, P2pSender, Peer, PeerConnected, PeerDisconnected, PeerIndex,
-        PeerMessageRegistry, PeerPath, PeerPathChanged, PeerSender, PeerStats, SendError, ShardClientPlugin,
-        ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport, TypedStats, UdpMeshIo,
+        FromPeer, FromServer, LocalNat, LocalPlayer, MeshIo, MeshSocket, MeshSocketState, NatDiscovered,
+        OpenMeshSocket, P2pAppExt, P2pChannel, P2pClient, P2pDecodeError, P2pDiagnosticsPlugin, P2pError,
+        P2pMeshPlugin, P2pReceive, P2pReceived, P2pSend, P2pSender, Peer, PeerConnected, PeerDisconnected,
+        PeerIndex, PeerMessageRegistry, PeerPath, PeerPathChanged, PeerSender, PeerStats, SendError,
+        ServerChannel, ServerSender, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState,
+        ShardTransport, TypedStats, UdpMeshIo,
     };
     pub use crate::proto::shard::{NpcState, PlayerId};
 }

@@ -434,6 +434,7 @@ struct RawGame {
     npc_area: Option<f64>,
     npc_hz: Option<i64>,
     interest: Option<String>,
+    movement: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -970,6 +971,19 @@ fn game_section(cx: &Ctx, g: RawGame, max_life: u64) -> Result<GameSection, Conf
                 ));
             }
         },
+        movement: match g.movement.as_deref() {
+            None | Some("client") => p2pmodel_core::shard::Movement::Client,
+            Some("server") => p2pmodel_core::shard::Movement::Server,
+            Some(other) => {
+                return Err(cx.invalid(
+                    "game.movement",
+                    format!(
+                        "is {other:?}: \"client\" (clients report moves, speed-checked) or \"server\" \
+                         (only the game's server logic moves players)"
+                    ),
+                ));
+            }
+        },
     };
     if game.relay_token_secs as u64 > max_life {
         return Err(cx.invalid(
@@ -1139,6 +1153,9 @@ mod tests {
         assert_eq!(c.game.interest, p2pmodel_core::shard::Interest::Groups);
         assert_eq!(c.lobby.parties, p2pmodel_core::shard::PartyRules { open: true, max_members: 8 });
         assert_eq!(err_key(&format!("{m}[game]\ninterest = \"rooms\"\n")), "game.interest");
+        let c = ShardConfig::parse(&format!("{m}[game]\nmovement = \"server\"\n")).unwrap();
+        assert_eq!(c.game.movement, p2pmodel_core::shard::Movement::Server);
+        assert_eq!(err_key(&format!("{m}[game]\nmovement = \"both\"\n")), "game.movement");
         assert_eq!(err_key(&format!("{m}[lobby]\nmax_party_size = 1\n")), "lobby.max_party_size");
     }
 

@@ -27,7 +27,9 @@ use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
 use crate::mesh::{Mesh, MeshEvent, MeshStats};
 use crate::nat::NatReport;
 use crate::proto::peer::LinkId;
-use crate::proto::shard::{ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage};
+use crate::proto::shard::{
+    ClientMessage, MAX_GAME_DATA, NatSummary, NpcState, PathState, PlayerId, ShardMessage,
+};
 
 pub mod relay_rtt;
 
@@ -284,6 +286,13 @@ pub enum ClientEvent {
         /// The peer.
         player: PlayerId,
     },
+    /// A message from the game's own logic on our Game server ([`ShardMessage::FromGame`]).
+    FromGame {
+        /// Sent reliable-ordered (`true`) or unreliable.
+        reliable: bool,
+        /// The game's bytes.
+        data: Bytes,
+    },
     /// An application message from a peer.
     Message {
         /// The sender.
@@ -309,6 +318,9 @@ pub enum SendError {
     /// The shard is unreachable and the peer has no P2P link (P2P off).
     #[error("the shard is unreachable and this peer has no P2P link")]
     Offline,
+    /// A message for the Game server before we entered a zone (or after we left it).
+    #[error("not in a zone: there is no Game server to send to")]
+    NotInGame,
 }
 
 /// Traffic totals of the client, for metrics.
@@ -516,6 +528,22 @@ impl ClientCore {
         Ok(false)
     }
 
+    /// Send the game's own bytes to its logic on our Game server ([`ClientMessage::ToGame`]),
+    /// reliable-ordered or unreliable. At most [`MAX_GAME_DATA`] bytes; only in a zone.
+    pub fn send_to_game(&mut self, reliable: bool, data: &[u8]) -> Result<(), SendError> {
+        if data.len() > MAX_GAME_DATA {
+            return Err(SendError::TooLarge(data.len()));
+        }
+        match self.phase {
+            Phase::InGame => {}
+            Phase::Reconnecting => return Err(SendError::Offline),
+            _ => return Err(SendError::NotInGame),
+        }
+        self.totals.server_app_bytes_sent += data.len() as u64;
+        self.outgoing.push_back((ClientMessage::ToGame { reliable, data: data.to_vec() }, reliable));
+        Ok(())
+    }
+
     /// Send to every introduced peer. Returns how many went over the mesh.
     pub fn broadcast(&mut self, channel: Channel, data: Bytes) -> Result<usize, SendError> {
         let players: Vec<PlayerId> = self.peers.keys().copied().collect();
@@ -632,6 +660,10 @@ impl ClientCore {
             ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Shard(ShardNotice::Npcs(npcs))),
             ShardMessage::PartyInvite { party, from, name } => {
                 self.events.push_back(ClientEvent::Shard(ShardNotice::PartyInvite { party, from, name }))
+            }
+            ShardMessage::FromGame { reliable, data } => {
+                self.totals.server_app_bytes_received += data.len() as u64;
+                self.events.push_back(ClientEvent::FromGame { reliable, data: Bytes::from(data) });
             }
             ShardMessage::FromPeer { peer, reliable, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };

@@ -158,7 +158,22 @@ pub enum ClientMessage {
         /// `(relay index, round-trip ms)`.
         rtts: Vec<(u8, u16)>,
     },
+    /// A message for the game's own logic on our Game server (the game's registered types,
+    /// framed by the game API: `kind u8 | value`). The role only carries it; at most
+    /// [`MAX_GAME_DATA`] bytes, larger ones are dropped and counted.
+    ToGame {
+        /// Sent on the reliable-ordered channel (`true`) or unreliable.
+        reliable: bool,
+        /// Opaque to the shard roles.
+        data: Vec<u8>,
+    },
 }
+
+/// Largest [`ClientMessage::ToGame`] payload a Game server accepts (bytes).
+pub const MAX_GAME_DATA: usize = 1200;
+/// Largest [`ShardMessage::FromGame`] payload a Game server sends (bytes): the server's own
+/// messages (a scoreboard, an inventory) may be larger than a player's.
+pub const MAX_GAME_DATA_TO_CLIENT: usize = 16 * 1024;
 
 /// Most relays a shard lists ([`ShardMessage::Relays`]) and a client reports on.
 pub const MAX_RELAYS: usize = 16;
@@ -284,6 +299,14 @@ pub enum ShardMessage {
         link: LinkId,
         /// Relay address, token and bind key for our side.
         relay: crate::proto::intro::RelayParams,
+    },
+    /// A message from the game's own logic on our Game server (see
+    /// [`ClientMessage::ToGame`]); at most [`MAX_GAME_DATA_TO_CLIENT`] bytes.
+    FromGame {
+        /// Sent on the reliable-ordered channel (`true`) or unreliable.
+        reliable: bool,
+        /// Opaque to the shard roles.
+        data: Vec<u8>,
     },
 }
 

@@ -223,6 +223,7 @@ impl AgentRouter {
                         ShardMessage::Correction { .. }
                             | ShardMessage::Npcs { .. }
                             | ShardMessage::FromPeer { reliable: false, .. }
+                            | ShardMessage::FromGame { reliable: false, .. }
                     );
                     if let Ok(bytes) = encode(&msg) {
                         out.push(Outgoing { client, reliable, bytes });

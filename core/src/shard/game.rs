@@ -25,7 +25,8 @@ mod relays;
 use crate::link::Candidate;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{
-    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage,
+    ClientMessage, InternalMessage, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, NpcState, PathState,
+    PlayerId, Role, ShardMessage,
 };
 pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 
@@ -81,7 +82,51 @@ pub struct GameConfig {
     pub npc_hz: u32,
     /// `interest` (default `"distance"`): who is meshed with whom.
     pub interest: Interest,
+    /// `movement` (default `"client"`): who moves players (and so decides who is near whom).
+    pub movement: Movement,
 }
+
+/// Who sets a player's position on a Game server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Movement {
+    /// Clients report it (`ClientMessage::Move`, 2D) and the server refuses moves faster than
+    /// `max_speed` with a `Correction`; the game's server logic may also set it.
+    #[default]
+    Client,
+    /// Only the game's server logic sets it ([`GameWorld::set_position`], 2D or 3D):
+    /// `Move` is ignored (counted), for games that simulate movement on the server.
+    Server,
+}
+
+/// What a Game server tells the game's own server logic (see [`GameWorld::enable_game_events`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GameEvent {
+    /// A player entered this Game server (first placement; a resume is not a new player).
+    Joined {
+        /// The player.
+        player: PlayerId,
+        /// Its name.
+        name: String,
+    },
+    /// A player left this Game server (it left, or did not come back within [`AWAY_GRACE`]).
+    Left {
+        /// The player.
+        player: PlayerId,
+    },
+    /// A [`ClientMessage::ToGame`] from a player of this server.
+    Message {
+        /// The sender.
+        player: PlayerId,
+        /// Sent reliable-ordered or unreliable.
+        reliable: bool,
+        /// The game's bytes (at most [`MAX_GAME_DATA`]).
+        data: Vec<u8>,
+    },
+}
+
+/// Events a Game server holds for the game's logic between two drains; beyond it, messages
+/// are dropped and counted (joins and leaves are always kept).
+pub const MAX_GAME_EVENTS: usize = 65_536;
 
 /// Who a Game server meshes: the per-client cap (`max_peers`) holds in both modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +157,7 @@ impl Default for GameConfig {
             npc_area: 40.0,
             npc_hz: 5,
             interest: Interest::Distance,
+            movement: Movement::Client,
         }
     }
 }
@@ -135,6 +181,8 @@ struct GamePlayer {
     name: String,
     x: f32,
     y: f32,
+    /// Height, set only by the game's logic ([`GameWorld::set_position`]); 0 otherwise.
+    z: f32,
     last_move_tick: u64,
     candidates: Vec<Candidate>,
     nat: Option<NatSummary>,
@@ -192,6 +240,14 @@ pub struct GameStats {
     pub relay_moves: u64,
     /// Candidates withheld from a peer by scope (private / loopback across NATs).
     pub intro: IntroRefusals,
+    /// `ToGame` messages handed to the game's logic.
+    pub game_messages: u64,
+    /// `ToGame` messages dropped: too large, no game logic listening, or its queue full.
+    pub game_dropped: u64,
+    /// `FromGame` messages the game's logic sent to players.
+    pub game_sent: u64,
+    /// `Move`s ignored because the game's logic moves players (`game.movement = "server"`).
+    pub moves_ignored: u64,
 }
 
 /// A server-simulated character: walks to a random point of the NPC area, then another.
@@ -271,6 +327,8 @@ pub struct GameWorld {
     /// Counters (chat, routed peer messages, corrections).
     pub stats: GameStats,
     logged: GameStats,
+    /// For the game's own logic (only when [`GameWorld::enable_game_events`] was called).
+    events: Option<VecDeque<GameEvent>>,
 }
 
 impl GameWorld {
@@ -294,7 +352,80 @@ impl GameWorld {
             wander: Wander(0x5eed_0000_0000_0000 ^ u64::from(zone)),
             stats: GameStats::default(),
             logged: GameStats::default(),
+            events: None,
         }
+    }
+
+    /// Keep [`GameEvent`]s for the game's own server logic, to take with
+    /// [`GameWorld::drain_game_events`] (without it `ToGame` messages are dropped and counted).
+    pub fn enable_game_events(&mut self) {
+        self.events.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The events since the last call, in order.
+    pub fn drain_game_events(&mut self) -> Vec<GameEvent> {
+        self.events.as_mut().map(|e| e.drain(..).collect()).unwrap_or_default()
+    }
+
+    fn game_event(&mut self, e: GameEvent) {
+        match (&mut self.events, &e) {
+            (Some(q), GameEvent::Message { .. }) if q.len() >= MAX_GAME_EVENTS => {
+                self.stats.game_dropped += 1
+            }
+            (Some(q), GameEvent::Message { .. }) => {
+                self.stats.game_messages += 1;
+                q.push_back(e);
+            }
+            (Some(q), _) => q.push_back(e),
+            (None, GameEvent::Message { .. }) => self.stats.game_dropped += 1,
+            (None, _) => {}
+        }
+    }
+
+    /// Send the game's bytes to `player` ([`ShardMessage::FromGame`]); `false` when it is
+    /// not on this server, away, or `data` is over [`MAX_GAME_DATA_TO_CLIENT`].
+    pub fn send_to_player(&mut self, bus: &mut Bus, player: PlayerId, reliable: bool, data: Vec<u8>) -> bool {
+        let Some(g) = self.players.get(&player).filter(|g| g.away.is_none()) else { return false };
+        if data.len() > MAX_GAME_DATA_TO_CLIENT {
+            return false;
+        }
+        self.stats.game_sent += 1;
+        Self::to_client(bus, g.client, ShardMessage::FromGame { reliable, data });
+        true
+    }
+
+    /// Place `player` at `pos` (x, y, z): the game's logic moves players (any
+    /// `game.movement`); interest is measured in 3D. `false` when it is not on this server or
+    /// a coordinate is not finite.
+    pub fn set_position(&mut self, player: PlayerId, pos: [f32; 3]) -> bool {
+        let tick = self.tick;
+        match self.players.get_mut(&player) {
+            Some(g) if pos.iter().all(|c| c.is_finite()) => {
+                (g.x, g.y, g.z, g.last_move_tick) = (pos[0], pos[1], pos[2], tick);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A player's position (x, y, z), if it is on this server.
+    pub fn position(&self, player: PlayerId) -> Option<[f32; 3]> {
+        self.players.get(&player).map(|g| [g.x, g.y, g.z])
+    }
+
+    /// A player's name and group (party or room), if it is on this server.
+    pub fn player_info(&self, player: PlayerId) -> Option<(&str, Option<&str>)> {
+        self.players.get(&player).map(|g| (g.name.as_str(), g.party.as_deref()))
+    }
+
+    /// The players on this server (connected or away), in id order.
+    pub fn player_ids(&self) -> impl Iterator<Item = PlayerId> + '_ {
+        self.players.keys().copied()
+    }
+
+    /// Whether `player` is on this server and connected (not away).
+    pub fn is_connected(&self, player: PlayerId) -> bool {
+        self.players.get(&player).is_some_and(|g| g.away.is_none())
     }
 
     /// The NPCs' current state.
@@ -417,6 +548,7 @@ impl GameWorld {
         }
         if let Some(g) = self.players.remove(&p) {
             self.by_client.remove(&g.client);
+            self.game_event(GameEvent::Left { player: p });
         }
     }
 
@@ -597,6 +729,7 @@ impl GameWorld {
                     self.remove_player(bus, player);
                 }
                 self.by_client.insert(client, player);
+                self.game_event(GameEvent::Joined { player, name: name.clone() });
                 self.players.insert(
                     player,
                     GamePlayer {
@@ -604,6 +737,7 @@ impl GameWorld {
                         name,
                         x,
                         y,
+                        z: 0.0,
                         last_move_tick: self.tick,
                         candidates,
                         nat,
@@ -640,6 +774,13 @@ impl GameWorld {
             InternalMessage::FromClient { client, msg } => {
                 let Some(p) = self.by_client.get(&client).copied() else { return };
                 match msg {
+                    ClientMessage::ToGame { reliable, data } if data.len() <= MAX_GAME_DATA => {
+                        self.game_event(GameEvent::Message { player: p, reliable, data })
+                    }
+                    ClientMessage::ToGame { .. } => self.stats.game_dropped += 1,
+                    ClientMessage::Move { .. } if rules.cfg.movement == Movement::Server => {
+                        self.stats.moves_ignored += 1
+                    }
                     ClientMessage::Move { x, y, .. } => {
                         let tick = self.tick;
                         let Some(g) = self.players.get_mut(&p) else { return };
@@ -728,7 +869,11 @@ impl GameWorld {
         for (p, g) in &self.players {
             grid.entry(((g.x / cell).floor() as i32, (g.y / cell).floor() as i32)).or_default().push(*p);
         }
-        let dist = |a: &GamePlayer, b: &GamePlayer| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+        // In 3D (z is 0 unless the game's logic sets it); the grid is on x, y, which finds
+        // every pair within range since the 3D distance is at least the 2D one.
+        let dist = |a: &GamePlayer, b: &GamePlayer| {
+            ((a.x - b.x).powi(2) + (a.y - b.y).powi(2) + (a.z - b.z).powi(2)).sqrt()
+        };
         let same_party = |a: &GamePlayer, b: &GamePlayer| a.party.is_some() && a.party == b.party;
         let groups = rules.cfg.interest == Interest::Groups;
         // Un-introduce pairs that drifted beyond the hysteresis band.

@@ -29,7 +29,7 @@ pub mod resume;
 
 pub use agent::{AgentRouter, Session};
 pub use bus::{Bus, BusObserver};
-pub use game::{GameConfig, GameRules, GameStats, GameWorld, Interest, Pair};
+pub use game::{GameConfig, GameEvent, GameRules, GameStats, GameWorld, Interest, Movement, Pair};
 pub use intro::{IntroRefusals, IntroSide, Introduction, introduce};
 pub use lobby::RECONNECT_MAX;
 pub use lobby::{CharacterStore, Lobby, LobbySettings, MemoryStore, StoredCharacter};

@@ -177,6 +177,16 @@ pub struct PeerDisconnected {
     pub player: PlayerId,
 }
 
+/// A message from the game's own logic on our Game server, as bytes (typed ones are read
+/// with `MessageReader<FromServer<T>>`, see [`P2pAppExt::add_server_message`](super::P2pAppExt::add_server_message)).
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct ServerReceived {
+    /// Sent reliable-ordered (`true`) or unreliable.
+    pub reliable: bool,
+    /// The bytes.
+    pub data: Bytes,
+}
+
 /// An application message from a peer.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 pub struct P2pReceived {
@@ -242,6 +252,7 @@ impl Plugin for P2pMeshPlugin {
             .add_message::<PeerPathChanged>()
             .add_message::<PeerDisconnected>()
             .add_message::<P2pReceived>()
+            .add_message::<ServerReceived>()
             .add_message::<NatDiscovered>()
             .add_message::<P2pError>()
             .add_message::<OpenMeshSocket>()
@@ -444,6 +455,7 @@ struct Out<'w> {
     path: MessageWriter<'w, PeerPathChanged>,
     disconnected: MessageWriter<'w, PeerDisconnected>,
     received: MessageWriter<'w, P2pReceived>,
+    server: MessageWriter<'w, ServerReceived>,
     nat: MessageWriter<'w, NatDiscovered>,
     shard: MessageWriter<'w, ShardEvent>,
 }
@@ -495,6 +507,9 @@ fn publish_events(
             ClientEvent::Message { player, channel, data, p2p } => {
                 let entity = index.get(player).unwrap_or(Entity::PLACEHOLDER);
                 out.received.write(P2pReceived { player, entity, channel, data, p2p });
+            }
+            ClientEvent::FromGame { reliable, data } => {
+                out.server.write(ServerReceived { reliable, data });
             }
             ClientEvent::Nat(report) => {
                 local_nat.0 = Some((*report).clone());

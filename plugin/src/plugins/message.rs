@@ -21,6 +21,9 @@ pub enum SendError {
     /// The shard is unreachable and this peer has no P2P link (P2P off): nothing can carry it.
     #[error("the shard is unreachable and this peer has no P2P link")]
     Offline,
+    /// A message for the Game server before the player entered a zone.
+    #[error("not in a zone: there is no Game server to send to")]
+    NotInGame,
     /// The value could not be encoded (a serde shape the encoding does not support).
     #[error("cannot encode the message: {0}")]
     Encode(String),
@@ -32,6 +35,7 @@ impl From<client::SendError> for SendError {
             client::SendError::UnknownPeer(p) => SendError::UnknownPeer(p),
             client::SendError::TooLarge(n) => SendError::TooLarge(n),
             client::SendError::Offline => SendError::Offline,
+            client::SendError::NotInGame => SendError::NotInGame,
         }
     }
 }

@@ -34,6 +34,7 @@ mod mesh;
 mod message;
 pub mod reflect;
 mod sender;
+mod server_typed;
 mod sets;
 mod shard;
 #[cfg(feature = "sim")]
@@ -46,10 +47,13 @@ pub use io::{MeshIo, MeshSocket, MeshSocketState, UdpMeshIo, UdpMeshStats};
 pub use io_thread::SEND_COALESCE;
 pub use mesh::{
     LocalNat, NatDiscovered, OpenMeshSocket, P2pError, P2pMeshPlugin, P2pReceived, Peer, PeerConnected,
-    PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats,
+    PeerDisconnected, PeerIndex, PeerPath, PeerPathChanged, PeerStats, ServerReceived,
 };
 pub use message::{P2pDecodeError, SendError, decode_message, encode_message};
 pub use sender::P2pSender;
+pub use server_typed::{
+    FromServer, MAX_SERVER_TYPES, ServerChannel, ServerMessageRegistry, ServerSender, ServerTypedStats,
+};
 pub use sets::{P2pReceive, P2pSend};
 pub use shard::{
     LocalPlayer, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState, ShardTransport,

@@ -128,9 +128,24 @@ pub trait P2pAppExt {
     /// # Panics
     /// At app build, when `T` is registered twice or more than [`MAX_PEER_TYPES`] types are.
     fn add_peer_message<T: PeerMessage>(&mut self, channel: P2pChannel) -> &mut Self;
+
+    /// Register `T` as a message between this game and its own logic on the Game server,
+    /// sent on `channel`: read with `MessageReader<FromServer<T>>`, send with
+    /// [`super::ServerSender`]. The server registers the same types in the same order
+    /// (`add_game_message` of the shard's game API).
+    ///
+    /// # Panics
+    /// At app build, when `T` is registered twice or more than
+    /// [`super::MAX_SERVER_TYPES`] types are.
+    fn add_server_message<T: PeerMessage>(&mut self, channel: super::ServerChannel) -> &mut Self;
 }
 
 impl P2pAppExt for App {
+    fn add_server_message<T: PeerMessage>(&mut self, channel: super::ServerChannel) -> &mut Self {
+        super::server_typed::register::<T>(self, channel);
+        self
+    }
+
     fn add_peer_message<T: PeerMessage>(&mut self, channel: P2pChannel) -> &mut Self {
         // Whatever the order of `add_plugins`: the messages these systems read exist.
         self.add_message::<P2pReceived>().add_message::<PeerConnected>();

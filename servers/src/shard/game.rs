@@ -60,6 +60,11 @@ impl GameServers {
     }
 }
 
+/// The Game servers' own tick in `FixedUpdate` (the game's logic runs after it, see
+/// [`super::game_api::GameSet`]).
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GameTickSet;
+
 /// The Game role: a fixed-tick system over every [`GameWorld`] in [`GameServers`].
 pub struct GamePlugin {
     /// Simulation rate.
@@ -69,7 +74,7 @@ pub struct GamePlugin {
 impl Plugin for GamePlugin {
     fn build(&self, app: &mut App) {
         app.insert_resource(Time::<Fixed>::from_hz(self.tick_hz as f64))
-            .add_systems(FixedUpdate, game_tick)
+            .add_systems(FixedUpdate, game_tick.in_set(GameTickSet))
             .add_systems(Update, game_heartbeat);
     }
 }

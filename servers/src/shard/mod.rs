@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod bus;
 pub mod game;
+pub mod game_api;
 /// What a player says of its reachability, checked (moved to the core with the roles).
 pub use p2pmodel_core::shard::intro;
 pub mod keys;
