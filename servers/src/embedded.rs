@@ -54,6 +54,15 @@ pub fn local_config(name: &str, sections: &str) -> Result<ShardConfig, String> {
 
 /// Start the relay and the shard of `cfg` on a thread; returns once they listen.
 pub fn start(cfg: ShardConfig) -> Result<EmbeddedShard, String> {
+    start_with(cfg, |_| {})
+}
+
+/// [`start`], with the game's own server logic: `setup` adds the game's plugins, message
+/// types and systems to the shard's App (see [`crate::shard::game_api`]) before it runs.
+pub fn start_with(
+    cfg: ShardConfig,
+    setup: impl FnOnce(&mut bevy::app::App) + Send + 'static,
+) -> Result<EmbeddedShard, String> {
     let (tx, rx) = mpsc::channel::<Result<EmbeddedShard, String>>();
     std::thread::Builder::new()
         .name("embedded-shard".into())
@@ -74,6 +83,7 @@ pub fn start(cfg: ShardConfig) -> Result<EmbeddedShard, String> {
                 }
             };
             app.insert_resource(relay);
+            setup(&mut app);
             let info = app.world().resource::<ShardInfo>();
             let Some(login) = info.shard_address() else {
                 let _ = tx.send(Err("embedded shard has no login service".into()));

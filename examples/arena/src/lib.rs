@@ -7,12 +7,18 @@
 //! - [`Avatar`] (3D position, yaw, health) at 20 Hz on `UnreliableSequenced`: newest wins;
 //! - [`Shot`] (who hit whom, numbered) on `ReliableOrdered`: every one, in order.
 //!
-//! [`ArenaPlugin`] is the game: it registers its two message types, joins its room once
-//! logged in, flies its avatar on a circle, shoots at room-mates and keeps a [`Scoreboard`]
-//! of what it received. The binary (`src/main.rs`) runs it headless against an embedded
-//! shard ([`embedded_shard`]) or a remote one, with bots; `tests/rooms.rs` runs two rooms.
+//! The score is the server's: each shooter also claims its hit from the **referee**, the
+//! game's own logic on the Game server ([`ArenaServerPlugin`], the shard's game API). It
+//! accepts a claim only on a room-mate, keeps the room's tally and sends it to the room
+//! ([`HitClaim`] → [`RoomScore`], or [`ClaimRefused`]).
+//!
+//! [`ArenaPlugin`] is the game: it registers its message types, joins its room once logged
+//! in, flies its avatar on a circle, shoots at room-mates and keeps a [`Scoreboard`] of what
+//! it received. The binary (`src/main.rs`) runs it headless against an embedded shard
+//! ([`embedded_shard`], with the referee) or a remote one, with bots; `tests/rooms.rs` runs
+//! two rooms.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bevy::prelude::*;
@@ -48,14 +54,98 @@ pub struct Shot {
     pub damage: u8,
 }
 
+/// To the referee: our shot hit `target` (reliable). Refused unless `target` is in our room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HitClaim {
+    /// Who was hit.
+    pub target: PlayerId,
+}
+
+/// From the referee to everyone in a room, after every accepted claim: hits per player.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomScore {
+    /// `(player, hits it scored)`, by player id.
+    pub hits: Vec<(PlayerId, u32)>,
+}
+
+/// From the referee to a shooter whose claim it refused (not a room-mate, or itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRefused {
+    /// The claimed target.
+    pub target: PlayerId,
+}
+
+/// The referee: the arena's own logic on the Game server (added to the shard's App, e.g. by
+/// [`embedded_shard`] or a game's shard binary with `run_all_with`). Registers the same
+/// message types in the same order as [`ArenaPlugin`].
+pub struct ArenaServerPlugin;
+
+impl Plugin for ArenaServerPlugin {
+    fn build(&self, app: &mut App) {
+        use p2pmodel_servers::shard::game_api::{GameAppExt, GameChannel, GameSet};
+        app.add_game_message::<HitClaim>(GameChannel::Reliable)
+            .add_game_message::<RoomScore>(GameChannel::Reliable)
+            .add_game_message::<ClaimRefused>(GameChannel::Reliable)
+            .init_resource::<Referee>()
+            .add_systems(FixedUpdate, referee.in_set(GameSet::Logic));
+    }
+}
+
+/// Hits scored per player (the referee's tally; a player who leaves is forgotten).
+#[derive(Resource, Debug, Default)]
+pub struct Referee {
+    /// Accepted claims per shooter.
+    pub hits: HashMap<PlayerId, u32>,
+    /// Claims refused.
+    pub refused: u64,
+}
+
+fn referee(
+    mut claims: MessageReader<p2pmodel_servers::shard::game_api::FromPlayer<HitClaim>>,
+    mut left: MessageReader<p2pmodel_servers::shard::game_api::PlayerLeft>,
+    mut referee: ResMut<Referee>,
+    mut tx: p2pmodel_servers::shard::game_api::PlayerSender,
+) {
+    for l in left.read() {
+        referee.hits.remove(&l.player);
+    }
+    let mut rooms: BTreeSet<(u32, String)> = BTreeSet::new();
+    for c in claims.read() {
+        let Some(world) = tx.games().get(c.game) else { continue };
+        let room = |p: PlayerId| world.player_info(p).and_then(|(_, g)| g.map(str::to_string));
+        let shooter = room(c.player);
+        if c.player != c.message.target && shooter.is_some() && shooter == room(c.message.target) {
+            *referee.hits.entry(c.player).or_default() += 1;
+            rooms.extend(shooter.map(|r| (c.game, r)));
+        } else {
+            referee.refused += 1;
+            let _ = tx.send(c.player, &ClaimRefused { target: c.message.target });
+        }
+    }
+    for (game, room) in rooms {
+        let Some(world) = tx.games().get(game) else { continue };
+        let hits: Vec<(PlayerId, u32)> = world
+            .player_ids()
+            .filter(|p| world.player_info(*p).is_some_and(|(_, g)| g == Some(room.as_str())))
+            .map(|p| (p, referee.hits.get(&p).copied().unwrap_or(0)))
+            .collect();
+        let _ = tx.send_where(game, &RoomScore { hits }, |_, g| g == Some(room.as_str()));
+    }
+}
+
 /// The shard settings an arena needs (the `sections` of
 /// `p2pmodel_servers::embedded::local_config`, or of a `shard.toml`).
 pub const SHARD_SECTIONS: &str = "[lobby]\nzones = 1\nopen_parties = true\nmax_party_size = 8\n\
     [game]\nservers_per_zone = 1\ninterest = \"groups\"\nnpcs = 0\nmax_peers = 8\n";
 
-/// Start an arena shard inside this process (loopback, free ports).
+/// Start an arena shard inside this process (loopback, free ports), with the referee.
 pub fn embedded_shard() -> Result<p2pmodel_servers::embedded::EmbeddedShard, String> {
-    p2pmodel_servers::embedded::start(p2pmodel_servers::embedded::local_config("arena", SHARD_SECTIONS)?)
+    p2pmodel_servers::embedded::start_with(
+        p2pmodel_servers::embedded::local_config("arena", SHARD_SECTIONS)?,
+        |app| {
+            app.add_plugins(ArenaServerPlugin);
+        },
+    )
 }
 
 /// What this player does in the arena.
@@ -81,6 +171,10 @@ pub struct Scoreboard {
     pub peers: BTreeMap<PlayerId, PeerScore>,
     /// Health left.
     pub health: i32,
+    /// The referee's newest tally of our room (hits per player).
+    pub room_score: BTreeMap<PlayerId, u32>,
+    /// Our claims the referee refused.
+    pub refused: Vec<PlayerId>,
 }
 
 /// What one room-mate sent us.
@@ -105,10 +199,14 @@ impl Plugin for ArenaPlugin {
     fn build(&self, app: &mut App) {
         app.add_peer_message::<Avatar>(P2pChannel::UnreliableSequenced)
             .add_peer_message::<Shot>(P2pChannel::ReliableOrdered)
+            // The referee's messages, in the order `ArenaServerPlugin` registers them.
+            .add_server_message::<HitClaim>(ServerChannel::Reliable)
+            .add_server_message::<RoomScore>(ServerChannel::Reliable)
+            .add_server_message::<ClaimRefused>(ServerChannel::Reliable)
             .insert_resource(self.0.clone())
             .insert_resource(Scoreboard { health: 100, ..Default::default() })
             .insert_resource(Time::<Fixed>::from_hz(AVATAR_HZ))
-            .add_systems(Update, (join_room, score))
+            .add_systems(Update, (join_room, score, referee_says))
             .add_systems(FixedUpdate, (fly, shoot));
     }
 }
@@ -148,6 +246,7 @@ fn shoot(
     peers: Query<(&Peer, &PeerPath)>,
     mut board: ResMut<Scoreboard>,
     mut tx: PeerSender,
+    mut referee: ServerSender,
 ) {
     if settings.shoot_every == 0
         || board.shots_fired >= settings.max_shots
@@ -167,6 +266,22 @@ fn shoot(
     // Every room-mate learns of every hit (it keeps its own tally of the match).
     if tx.broadcast(&shot).is_ok() {
         board.shots_fired += 1;
+        // The score is the referee's: claim the hit (lost only if the shard is away).
+        let _ = referee.send(&HitClaim { target });
+    }
+}
+
+/// What the referee says: the room's tally, refused claims.
+fn referee_says(
+    mut scores: MessageReader<FromServer<RoomScore>>,
+    mut refused: MessageReader<FromServer<ClaimRefused>>,
+    mut board: ResMut<Scoreboard>,
+) {
+    for s in scores.read() {
+        board.room_score = s.message.hits.iter().copied().collect();
+    }
+    for r in refused.read() {
+        board.refused.push(r.message.target);
     }
 }
 

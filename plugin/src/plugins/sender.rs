@@ -15,7 +15,7 @@ use crate::proto::shard::PlayerId;
 /// direct), through the Game server otherwise, so nothing is lost while a link connects.
 #[derive(SystemParam)]
 pub struct P2pSender<'w> {
-    client: ResMut<'w, P2pClient>,
+    client: Res<'w, P2pClient>,
 }
 
 impl P2pSender<'_> {

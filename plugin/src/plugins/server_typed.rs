@@ -103,7 +103,7 @@ pub(super) fn register<T: PeerMessage>(app: &mut App, channel: ServerChannel) {
 /// sends every type.
 #[derive(SystemParam)]
 pub struct ServerSender<'w> {
-    client: ResMut<'w, P2pClient>,
+    client: Res<'w, P2pClient>,
     registry: Res<'w, ServerMessageRegistry>,
 }
 

@@ -195,7 +195,7 @@ fn is_newer(seq: u16, newest: u16) -> bool {
 /// parameter sends every type, so one system may send several.
 #[derive(SystemParam)]
 pub struct PeerSender<'w> {
-    client: ResMut<'w, P2pClient>,
+    client: Res<'w, P2pClient>,
     registry: Res<'w, PeerMessageRegistry>,
     sequences: ResMut<'w, Sequences>,
 }

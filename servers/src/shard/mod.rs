@@ -297,6 +297,15 @@ pub fn shard_app(
 /// `p2pmodel shard all`: the relay plus every shard role in one process; prints what
 /// listens where and runs until SIGINT/SIGTERM.
 pub fn run_all(config: &ShardConfig) -> Result<AppExit, Box<dyn std::error::Error>> {
+    run_all_with(config, &|_| {})
+}
+
+/// [`run_all`] with the game's own server logic: `setup` adds the game's plugins, message
+/// types and systems (see [`game_api`]); what a game's own shard binary calls.
+pub fn run_all_with(
+    config: &ShardConfig,
+    setup: &dyn Fn(&mut App),
+) -> Result<AppExit, Box<dyn std::error::Error>> {
     let mut app = App::new();
     app.add_plugins(bevy::log::LogPlugin::default());
     let runtime = crate::relay::RelayRuntime::start(config)?;
@@ -324,6 +333,7 @@ pub fn run_all(config: &ShardConfig) -> Result<AppExit, Box<dyn std::error::Erro
     );
     crate::relay::app::install_signal_handlers();
     app.insert_resource(runtime).add_plugins(crate::relay::RelayControlPlugin);
+    setup(&mut app);
     Ok(app.run())
 }
 
@@ -341,6 +351,15 @@ pub enum SplitRole {
 /// Run one role in its own process, linked to the others over [`remote`] internal links.
 /// The relay runs separately (`p2pmodel shard relay`); clients are told its public address.
 pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dyn std::error::Error>> {
+    run_role_with(config, role, &|_| {})
+}
+
+/// [`run_role`] with the game's own server logic, added to Game-server processes only.
+pub fn run_role_with(
+    config: &ShardConfig,
+    role: SplitRole,
+    setup: &dyn Fn(&mut App),
+) -> Result<AppExit, Box<dyn std::error::Error>> {
     use p2pmodel_core::proto::shard::Role;
     use remote::{RemoteBus, RemoteBusPlugin};
     let mut app = App::new();
@@ -374,6 +393,7 @@ pub fn run_role(config: &ShardConfig, role: SplitRole) -> Result<AppExit, Box<dy
                 );
             }
             add_games(&mut app, config, &games, Some(relay));
+            setup(&mut app);
             let roles = games.iter().map(|(g, _)| Role::Game(*g)).collect();
             app.insert_resource(RemoteBus::connect(roles, lobby, secret, hb, timeout)?);
             println!(
