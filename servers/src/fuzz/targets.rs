@@ -154,6 +154,12 @@ pub fn all() -> Vec<Target> {
             run: client_netcode_packet,
         },
         Target {
+            name: "game_messages",
+            about: "the game API both ways: ToGame payloads into a Game server (GameWorld) and the servers' typed dispatch (FromPlayer), and FromGame / peer bytes into the plugin's typed receivers (FromServer, FromPeer, sequenced)",
+            seeds: seeds_game_messages,
+            run: game_messages,
+        },
+        Target {
             name: "intro_params",
             about: "hostile introductions: fuzz-derived LinkParams (up to thousands of candidates, extreme port_delta) into Mesh::add_link + timeouts",
             seeds: seeds_intro_params,
@@ -765,6 +771,8 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::ToPeer { peer: PlayerId(9), reliable: true, data: vec![1, 2, 3, 4] },
         ClientMessage::RelayRtts { rtts: vec![(0, 40), (1, 90), (2, u16::MAX)] },
         ClientMessage::RelayRtts { rtts: vec![(255, 0), (1, 1), (1, 2), (7, 65534)] },
+        ClientMessage::ToGame { reliable: true, data: vec![0, 3, 1, 2, 3] },
+        ClientMessage::ToGame { reliable: false, data: vec![200] },
     ]
 }
 
@@ -792,6 +800,7 @@ fn shard_messages() -> Vec<ShardMessage> {
         ShardMessage::Correction { x: 1.0, y: 2.0 },
         ShardMessage::PeerOutro { link: LINK },
         ShardMessage::Refused { reason: "zone full".into() },
+        ShardMessage::FromGame { reliable: true, data: vec![1, 2, 7, 7] },
     ]
 }
 
@@ -918,6 +927,148 @@ pub fn shard_roles(data: &[u8]) {
         }
     }
     while shard.poll_outgoing().is_some() {}
+}
+
+// ---------------------------------------------------------------------------------------
+// game_messages
+
+/// Shapes a game might register: a struct with a vector and a string, an enum, a number.
+mod game_types {
+    use p2pmodel_core::proto::shard::PlayerId;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub struct Command {
+        pub target: PlayerId,
+        pub path: Vec<[f32; 3]>,
+        pub note: String,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub enum Event {
+        Hit { by: PlayerId, damage: u8 },
+        Chat(String),
+        Left,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+    pub struct State(pub u32, pub f32);
+}
+
+fn seeds_game_messages() -> Vec<Vec<u8>> {
+    use game_types::*;
+    let enc = |kind: u8, v: &dyn Fn() -> Vec<u8>| [vec![kind], v()].concat();
+    let cmd = || {
+        p2pmodel_core::codec::encode(
+            &Command { target: PlayerId(2), path: vec![[1.0, 2.0, 3.0]], note: "go".into() },
+            4096,
+        )
+        .expect("small")
+    };
+    let ev = || p2pmodel_core::codec::encode(&Event::Hit { by: PlayerId(1), damage: 9 }, 64).expect("small");
+    let st = || p2pmodel_core::codec::encode(&State(7, 0.5), 64).expect("small");
+    let typed = |kind: u8, seq: Option<u16>, body: Vec<u8>| {
+        let mut v = vec![bevy_p2pmodel::plugins::TYPED_TAG, kind];
+        v.extend(seq.map(u16::to_be_bytes).unwrap_or_default());
+        [v, body].concat()
+    };
+    // sel low nibble: 0/1 ToGame from player 1/2, 2 FromGame to the client, 3 peer bytes to
+    // the client; 0x_4: run both apps.
+    stream_seeds(&[
+        (0, enc(0, &cmd)),
+        (1, enc(1, &ev)),
+        (0, enc(2, &st)),
+        (1, vec![9, 9]),
+        (4, Vec::new()),
+        (2, enc(1, &ev)),
+        (2, enc(0, &cmd)),
+        (3, typed(0, Some(5), st())),
+        (3, typed(0, Some(4), st())),
+        (3, typed(1, None, ev())),
+        (4, Vec::new()),
+    ])
+}
+
+/// Bytes a player sends to its Game server (`ToGame`) through [`GameWorld`] into the
+/// servers' typed dispatch, and bytes the client gets (`FromGame`, peer frames) into the
+/// plugin's typed receivers; every App built afresh. Nothing may panic.
+pub fn game_messages(data: &[u8]) {
+    use bevy::prelude::{App, Entity, FixedUpdate};
+    use bevy_p2pmodel::plugins::{P2pAppExt, P2pChannel, P2pReceived, ServerChannel, ServerReceived};
+    use game_types::{Command, Event, State};
+    use p2pmodel_core::shard::{GameConfig, GameRules};
+
+    use crate::shard::bus::ShardBus;
+    use crate::shard::game::GameServers;
+    use crate::shard::game_api::{GameAppExt, GameChannel};
+
+    let mut server = App::new();
+    let rules =
+        GameRules { cfg: GameConfig::default(), relays: Vec::new(), heartbeat: Duration::from_secs(1) };
+    server
+        .init_resource::<ShardBus>()
+        .insert_resource(GameServers::new(&[(1, 0)], rules.clone()))
+        .add_game_message::<Command>(GameChannel::Reliable)
+        .add_game_message::<Event>(GameChannel::Unreliable)
+        .add_game_message::<State>(GameChannel::Reliable);
+    let mut bus = p2pmodel_core::shard::Bus::default();
+    {
+        let mut games = server.world_mut().resource_mut::<GameServers>();
+        let w = &mut games.worlds[0];
+        w.enable_game_events();
+        for (client, player) in [(1u64, 1u64), (2, 2)] {
+            let join = InternalMessage::Join {
+                client,
+                player: PlayerId(player),
+                name: format!("p{player}"),
+                zone: 0,
+                x: 0.0,
+                y: 0.0,
+                candidates: Vec::new(),
+                nat: None,
+                party: None,
+                ip: None,
+            };
+            w.handle(&mut bus, &rules, join);
+        }
+    }
+    let mut client = App::new();
+    client
+        .add_peer_message::<State>(P2pChannel::UnreliableSequenced)
+        .add_peer_message::<Event>(P2pChannel::ReliableOrdered)
+        .add_server_message::<Command>(ServerChannel::Reliable)
+        .add_server_message::<Event>(ServerChannel::Unreliable)
+        .add_server_message::<State>(ServerChannel::Reliable);
+    for (sel, body) in frames(data).take(256) {
+        match sel & 0x0f {
+            0 | 1 => {
+                let msg = ClientMessage::ToGame { reliable: sel & 0x10 != 0, data: body.to_vec() };
+                let m = InternalMessage::FromClient { client: u64::from(sel & 1) + 1, msg };
+                let mut games = server.world_mut().resource_mut::<GameServers>();
+                games.worlds[0].handle(&mut bus, &rules, m);
+            }
+            2 => {
+                let data = bytes::Bytes::copy_from_slice(body);
+                client.world_mut().write_message(ServerReceived { reliable: true, data });
+            }
+            3 => {
+                let data = bytes::Bytes::copy_from_slice(body);
+                client.world_mut().write_message(P2pReceived {
+                    player: PlayerId(u64::from(sel >> 4)),
+                    entity: Entity::PLACEHOLDER,
+                    channel: p2pmodel_core::client::Channel::Unreliable,
+                    data,
+                    p2p: true,
+                });
+            }
+            _ => {
+                server.world_mut().run_schedule(FixedUpdate);
+                client.update();
+            }
+        }
+    }
+    server.world_mut().run_schedule(FixedUpdate);
+    client.update();
 }
 
 fn seeds_shard_server_message() -> Vec<Vec<u8>> {
