@@ -306,3 +306,26 @@ fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
         "nothing through the server"
     );
 }
+
+#[test]
+fn game_messages_go_to_the_game_server_only_in_a_zone_and_its_answers_become_events() {
+    let (mut c, t0) = core(false);
+    c.connected();
+    c.handle_shard_message(
+        t0,
+        ShardMessage::Welcome { player: PlayerId(1), stun: "203.0.113.1:3478".parse().unwrap() },
+    );
+    assert_eq!(c.send_to_game(true, b"buy"), Err(SendError::NotInGame), "in the lobby: no Game server");
+    c.handle_shard_message(t0, ShardMessage::EnteredZone { zone: 0, x: 0.0, y: 0.0 });
+    drain(&mut c);
+    assert_eq!(c.send_to_game(true, b"buy"), Ok(()));
+    assert_eq!(c.send_to_game(false, &[0; MAX_GAME_DATA + 1]), Err(SendError::TooLarge(MAX_GAME_DATA + 1)));
+    let sent: Vec<_> = std::iter::from_fn(|| c.poll_shard_message()).collect();
+    assert_eq!(sent, [(ClientMessage::ToGame { reliable: true, data: b"buy".to_vec() }, true)]);
+    c.handle_shard_message(t0, ShardMessage::FromGame { reliable: false, data: vec![3, 4] });
+    let evs: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        evs.contains(&ClientEvent::FromGame { reliable: false, data: Bytes::from_static(&[3, 4]) }),
+        "{evs:?}"
+    );
+}

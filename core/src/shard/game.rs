@@ -1400,6 +1400,54 @@ mod tests {
     }
 
     #[test]
+    fn the_games_logic_gets_joins_messages_and_leaves_and_moves_players_in_3d() {
+        let mut r = rules();
+        r.cfg.movement = Movement::Server;
+        let mut bus = Bus::default();
+        let mut w = GameWorld::new(1, 0, [1; 32]);
+        // Without game logic listening, a ToGame is dropped and counted, nothing is queued.
+        join(&mut w, &mut bus, &r, 1, 0.0);
+        let to_game = |data: Vec<u8>| ClientMessage::ToGame { reliable: true, data };
+        w.handle(&mut bus, &r, InternalMessage::FromClient { client: 1, msg: to_game(vec![1]) });
+        assert_eq!((w.stats.game_dropped, w.drain_game_events()), (1, vec![]));
+        w.enable_game_events();
+        join(&mut w, &mut bus, &r, 2, 0.0);
+        w.handle(&mut bus, &r, InternalMessage::FromClient { client: 2, msg: to_game(vec![7, 8]) });
+        w.handle(
+            &mut bus,
+            &r,
+            InternalMessage::FromClient { client: 2, msg: to_game(vec![0; MAX_GAME_DATA + 1]) },
+        );
+        assert_eq!(
+            w.drain_game_events(),
+            [
+                GameEvent::Joined { player: PlayerId(2), name: "p2".into() },
+                GameEvent::Message { player: PlayerId(2), reliable: true, data: vec![7, 8] },
+            ]
+        );
+        assert_eq!((w.stats.game_messages, w.stats.game_dropped), (1, 2));
+        // Interest in 3D: the same x, y but 100 apart in height are not introduced; the game
+        // moves one up (client moves are ignored in "server" movement) and they are.
+        assert!(w.set_position(PlayerId(2), [0.0, 0.0, 100.0]));
+        assert!(!w.set_position(PlayerId(2), [0.0, f32::NAN, 0.0]), "not finite: refused");
+        w.step(&mut bus, &r, UNIX);
+        assert!(w.pairs().next().is_none(), "100 apart vertically: out of range");
+        mv(&mut w, &mut bus, &r, 1, 0.0);
+        assert_eq!(w.stats.moves_ignored, 1);
+        assert!(w.set_position(PlayerId(1), [0.0, 0.0, 70.0]));
+        w.step(&mut bus, &r, UNIX);
+        assert_eq!(w.pairs().count(), 1, "30 apart: introduced");
+        assert_eq!(w.position(PlayerId(1)), Some([0.0, 0.0, 70.0]));
+        // Its answer goes to that player's client only; a player who left is told nothing.
+        to_clients(&mut bus);
+        assert!(w.send_to_player(&mut bus, PlayerId(2), false, vec![5]));
+        assert_eq!(to_clients(&mut bus), [(2, ShardMessage::FromGame { reliable: false, data: vec![5] })]);
+        w.handle(&mut bus, &r, InternalMessage::ClientLeft { client: 2 });
+        assert_eq!(w.drain_game_events(), [GameEvent::Left { player: PlayerId(2) }]);
+        assert!(!w.send_to_player(&mut bus, PlayerId(2), true, vec![5]));
+    }
+
+    #[test]
     fn in_groups_mode_only_party_members_are_meshed_whatever_the_distance() {
         let mut r = rules();
         r.cfg.interest = Interest::Groups;
