@@ -209,7 +209,7 @@ impl Client {
             ShardMessage::RelayStandby { link, relay } => {
                 let _ = self.mesh.update_standby(Instant::now(), link, relay);
             }
-            ShardMessage::Relays { .. } => {}
+            ShardMessage::Relays { .. } | ShardMessage::FromGame { .. } => {}
             ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
             ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
             ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),

@@ -517,6 +517,14 @@ mod tests {
     }
 
     #[test]
+    fn game_messages_are_laid_out_as_protocol_md_says() {
+        let to = encode(&ClientMessage::ToGame { reliable: true, data: vec![2, 9, 9] }).unwrap();
+        assert_eq!(to, [0x0D, 1, 3, 2, 9, 9]);
+        let from = encode(&ShardMessage::FromGame { reliable: false, data: vec![0] }).unwrap();
+        assert_eq!(from, [0x0F, 0, 1, 0]);
+    }
+
+    #[test]
     fn the_limit_is_max_message_encoded_bytes_whatever_the_content() {
         // ToPeer = variant, peer, bool, 3-byte length, data: 6 bytes + data.
         let to_peer =
