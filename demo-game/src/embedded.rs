@@ -1,5 +1,6 @@
 //! The embedded local shard the window plays on: `p2pmodel_servers::embedded` with the
-//! demo's settings (one zone, one Game server, default movement and interest rules).
+//! demo's settings (one zone, one Game server, default movement and interest rules) and the
+//! demo world's server logic (NPCs, chat: `p2pmodel_mmo_world`).
 
 use p2pmodel_servers::config::ShardConfig;
 pub use p2pmodel_servers::embedded::EmbeddedShard;
@@ -15,9 +16,12 @@ pub fn config() -> Result<ShardConfig, String> {
     )
 }
 
-/// Start the relay and the shard on a thread; returns once they listen.
+/// Start the relay and the shard (with the world's NPCs and chat) on a thread; returns once
+/// they listen.
 pub fn start() -> Result<EmbeddedShard, String> {
-    p2pmodel_servers::embedded::start(config()?)
+    p2pmodel_servers::embedded::start_with(config()?, |app| {
+        app.add_plugins(p2pmodel_mmo_world::MmoWorldPlugin::default());
+    })
 }
 
 #[cfg(test)]

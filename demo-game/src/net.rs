@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy_p2pmodel::client::login::ShardAddress;
 use bevy_p2pmodel::client::{Channel, ClientConfig, PeerPath as Route, ShardNotice};
+use bevy_p2pmodel::plugins::FromServer;
 use bevy_p2pmodel::plugins::{
     P2pMeshPlugin, P2pReceived, P2pSender, PeerConnected, PeerDisconnected, PeerPathChanged,
     ShardClientPlugin, ShardEvent, ShardRequest,
 };
-use bevy_p2pmodel::proto::shard::{NpcState, PlayerId};
+use bevy_p2pmodel::proto::shard::PlayerId;
+use p2pmodel_mmo_world::{ChatLine as WorldChat, MmoClientPlugin, Npc, Npcs};
 
 use crate::counter::SeqCounter;
 use crate::wire::{PeerMsg, PlayerState};
@@ -94,7 +96,7 @@ impl Plugin for DemoNetPlugin {
             auto_connect: true,
             auto_zone: Some(s.zone),
         };
-        app.add_plugins((mesh, shard))
+        app.add_plugins((mesh, shard, MmoClientPlugin))
             .insert_resource(s.clone())
             .insert_resource(RunClock::new(s.exit_after).with_pause(s.pause))
             .init_resource::<Me>()
@@ -109,6 +111,7 @@ impl Plugin for DemoNetPlugin {
                 (
                     advance_clock,
                     on_shard_events,
+                    on_world_messages,
                     on_peer_events,
                     on_peer_messages,
                     watchdog,
@@ -211,7 +214,7 @@ impl ChatLog {
 
 /// NPCs the shard last told us about.
 #[derive(Resource, Debug, Default)]
-pub struct NpcView(pub Vec<NpcState>);
+pub struct NpcView(pub Vec<Npc>);
 
 /// Why the run failed (set once; the app then exits with an error).
 #[derive(Resource, Debug, Default)]
@@ -326,11 +329,25 @@ pub fn fail(failure: &mut NetFailure, exit: &mut MessageWriter<AppExit>, why: St
     }
 }
 
+/// What the world's server logic says: chat lines in range, the NPCs near us.
+fn on_world_messages(
+    mut lines: MessageReader<FromServer<WorldChat>>,
+    mut seen: MessageReader<FromServer<Npcs>>,
+    mut chat: ResMut<ChatLog>,
+    mut npcs: ResMut<NpcView>,
+) {
+    for l in lines.read() {
+        chat.push(l.message.name.clone(), l.message.text.clone());
+    }
+    if let Some(n) = seen.read().last() {
+        npcs.0 = n.message.npcs.clone();
+    }
+}
+
 fn on_shard_events(
     mut events: MessageReader<ShardEvent>,
     mut me: ResMut<Me>,
     mut chat: ResMut<ChatLog>,
-    mut npcs: ResMut<NpcView>,
     mut failure: ResMut<NetFailure>,
     mut exit: MessageWriter<AppExit>,
     settings: Res<NetSettings>,
@@ -348,8 +365,6 @@ fn on_shard_events(
                 me.entered_at = Some(me.pos);
                 chat.push("*", format!("entered zone {zone} at ({x:.0}, {y:.0})"));
             }
-            ShardNotice::Chat { name, text, .. } => chat.push(name.clone(), text.clone()),
-            ShardNotice::Npcs(list) => npcs.0 = list.clone(),
             ShardNotice::Correction { x, y } => {
                 warn!(name = %settings.name, x, y, "position corrected by the shard");
                 me.pos = Vec2::new(*x, *y);

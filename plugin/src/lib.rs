@@ -44,5 +44,5 @@ pub mod prelude {
         ServerChannel, ServerSender, ShardClientPlugin, ShardEvent, ShardLink, ShardRequest, ShardState,
         ShardTransport, TypedStats, UdpMeshIo,
     };
-    pub use crate::proto::shard::{NpcState, PlayerId};
+    pub use crate::proto::shard::PlayerId;
 }

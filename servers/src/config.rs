@@ -430,9 +430,6 @@ struct RawGame {
     max_intros_per_min: Option<i64>,
     relay_token_secs: Option<i64>,
     capacity: Option<i64>,
-    npcs: Option<i64>,
-    npc_area: Option<f64>,
-    npc_hz: Option<i64>,
     interest: Option<String>,
     movement: Option<String>,
 }
@@ -956,9 +953,6 @@ fn game_section(cx: &Ctx, g: RawGame, max_life: u64) -> Result<GameSection, Conf
         max_intros_per_min: cx.int(g.max_intros_per_min, "game.max_intros_per_min", 1, 10_000, 120)? as usize,
         capacity: cx.int(g.capacity, "game.capacity", 1, 100_000, 200)? as usize,
         relay_token_secs: cx.int(g.relay_token_secs, "game.relay_token_secs", 60, day, 3600)? as u32,
-        npcs: cx.int(g.npcs, "game.npcs", 0, 10_000, 6)? as u32,
-        npc_area: cx.float(g.npc_area, "game.npc_area", 1.0, 1e6, 40.0)?,
-        npc_hz: cx.int(g.npc_hz, "game.npc_hz", 1, i64::from(tick_hz), 5.min(i64::from(tick_hz)))? as u32,
         interest: match g.interest.as_deref() {
             None | Some("distance") => p2pmodel_core::shard::Interest::Distance,
             Some("groups") => p2pmodel_core::shard::Interest::Groups,
@@ -1140,9 +1134,9 @@ mod tests {
         assert_eq!(err_key(&format!("{m}[lobby]\ninternal = \"lobby\"\n")), "lobby.internal");
         assert_eq!(err_key(&format!("{m}[game]\nmax_speed = -1.0\n")), "game.max_speed");
         assert_eq!(err_key(&format!("{m}[game]\nhysteresis = 500.0\n")), "game.hysteresis");
-        assert_eq!(err_key(&format!("{m}[game]\nnpc_hz = 30\n")), "game.npc_hz", "above tick_hz");
-        let c = ShardConfig::parse(&format!("{m}[game]\ntick_hz = 2\nnpcs = 0\n")).unwrap();
-        assert_eq!((c.game.npcs, c.game.npc_hz, c.game.npc_area), (0, 2, 40.0));
+        // NPCs are the demo world's (p2pmodel-mmo-world), not the shard's: an old key is named.
+        let e = ShardConfig::parse(&format!("{m}[game]\nnpcs = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("npcs"), "{e}");
         let e = ShardConfig::parse(&format!("{m}[game]\ntick = 5\n")).unwrap_err().to_string();
         assert!(e.contains("tick"), "{e}");
         // Rooms: party members only, anyone joins a room while it has room.

@@ -327,7 +327,6 @@ impl SimShard {
         tweak: impl FnOnce(&mut LocalShardConfig),
     ) -> SimShard {
         let mut cfg = LocalShardConfig::new(punch.addr, Some(punch.addr), punch.schedule.clone(), seed);
-        cfg.game.npcs = 0;
         tweak(&mut cfg);
         let now = sim.now();
         let shard = SimShard(Arc::new(Mutex::new(Inner {

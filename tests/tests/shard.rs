@@ -13,7 +13,7 @@ use p2pmodel_core::link::{CHANNEL_RELIABLE, Candidate, CandidateKind, LinkEvent,
 use p2pmodel_core::mesh::{Mesh, MeshEvent};
 use p2pmodel_core::proto::peer::LinkId;
 use p2pmodel_core::proto::shard::{
-    ClientMessage, NatSummary, NpcState, PathState, PlayerId, ShardMessage, decode, encode,
+    ClientMessage, NatSummary, PathState, PlayerId, ShardMessage, decode, encode,
 };
 use p2pmodel_servers::config::ShardConfig;
 use p2pmodel_servers::relay::RelayRuntime;
@@ -70,10 +70,6 @@ struct Client {
     pos: (f32, f32),
     /// Player ids of introduced peers, by name.
     peer_ids: HashMap<String, PlayerId>,
-    /// Chat lines heard: (speaker name, text).
-    chat: Vec<(String, String)>,
-    /// Every `Npcs` update received.
-    npcs: Vec<Vec<NpcState>>,
     /// Server-routed peer messages: (sender, reliable, data).
     from_peer: Vec<(PlayerId, bool, Vec<u8>)>,
     /// Party invitations received: (party, from).
@@ -114,8 +110,6 @@ impl Client {
             p2p_received: Vec::new(),
             pos: (0.0, 0.0),
             peer_ids: HashMap::new(),
-            chat: Vec::new(),
-            npcs: Vec::new(),
             from_peer: Vec::new(),
             invites: Vec::new(),
             intro_params: HashMap::new(),
@@ -210,8 +204,6 @@ impl Client {
                 let _ = self.mesh.update_standby(Instant::now(), link, relay);
             }
             ShardMessage::Relays { .. } | ShardMessage::FromGame { .. } => {}
-            ShardMessage::Chat { name, text, .. } => self.chat.push((name, text)),
-            ShardMessage::Npcs { npcs } => self.npcs.push(npcs),
             ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),
             ShardMessage::PartyInvite { party, from, .. } => self.invites.push((party, from)),
         }
@@ -626,8 +618,15 @@ fn invite(
     );
 }
 
-fn heard(c: &Client, speaker: &str, text: &str) -> bool {
-    c.chat.iter().any(|(n, t)| n == speaker && t == text)
+/// `c` got `text` from `speaker` through the Game server (`ToPeer` → `FromPeer`).
+fn heard(c: &Client, speaker: &Client, text: &str) -> bool {
+    c.from_peer.iter().any(|(p, _, d)| Some(*p) == speaker.player && d == text.as_bytes())
+}
+
+/// `from` sends `text` to `to` through its Game server (reliable).
+fn say(from: &mut Client, to: &Client, text: &str) {
+    let peer = to.player.expect("logged in");
+    from.send(&ClientMessage::ToPeer { peer, reliable: true, data: text.as_bytes().to_vec() });
 }
 
 /// The Game server `name` plays on, as the Lobby placed it.
@@ -636,7 +635,7 @@ fn game_of(shard: &Shard, name: &str) -> Option<u32> {
 }
 
 #[test]
-fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_game_server() {
+fn shard_channels_do_not_see_each_other_and_parties_share_a_game_server() {
     let store = std::env::temp_dir().join(format!("p2pm-shard-chat-{}.json", std::process::id()));
     // One player per Game server: the zone's two servers are two channels.
     let cfg = config_with("chat", &store, "capacity = 1\n");
@@ -654,15 +653,11 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
     let (ga, gb) = (game_of(&shard, "ana").unwrap(), game_of(&shard, "bob").unwrap());
     assert_ne!(ga, gb, "capacity 1: bob is on the zone's other channel");
 
-    // Same spot, different channels: no introduction, no chat.
-    ana.send(&ClientMessage::Chat { text: format!("  hello {}  ", "x".repeat(250)) });
-    assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| !cs[0].chat.is_empty()));
-    let (speaker, text) = &ana.chat[0];
-    assert_eq!((speaker.as_str(), text.chars().count()), ("ana", 200), "trimmed and cut to 200 chars");
-    assert!(text.starts_with("hello x"));
+    // Same spot, different channels: no introduction, and nothing routed between them.
+    say(&mut ana, &bob, "hello");
     run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_millis(300), |_, _| false);
     assert!(
-        bob.chat.is_empty() && bob.introduced.is_empty() && ana.introduced.is_empty(),
+        bob.from_peer.is_empty() && bob.introduced.is_empty() && ana.introduced.is_empty(),
         "channels are apart"
     );
 
@@ -677,11 +672,10 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
         cs[0].link_to("cid").is_some() && cs[2].link_to("ana").is_some()
     }));
     assert_eq!(game_of(&shard, "cid"), Some(ga), "placed with its party, over capacity");
-    cid.send(&ClientMessage::Chat { text: "hi party".into() });
+    say(&mut cid, &ana, "hi party");
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
-        cs[0], "cid", "hi party"
+        cs[0], cs[2], "hi party"
     )));
-    assert!(heard(&cid, "cid", "hi party") && !heard(&bob, "cid", "hi party"));
 
     // bob, already playing on the other channel, joins the party: moved to the party's server.
     invite(&mut shard, &mut ana, &mut bob, &mut cid, 1, wait);
@@ -695,9 +689,9 @@ fn shard_channels_do_not_see_each_other_chat_stays_in_range_and_parties_share_a_
         bob.introduced
     );
     assert_eq!(game_of(&shard, "bob"), Some(ga));
-    bob.send(&ClientMessage::Chat { text: "moved".into() });
+    say(&mut bob, &ana, "moved");
     assert!(run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], wait, |_, cs| heard(
-        cs[0], "bob", "moved"
+        cs[0], cs[1], "moved"
     )));
     drop(shard);
     let _ = std::fs::remove_file(&store);
@@ -763,7 +757,7 @@ fn shard_cleans_a_hostile_mesh_info_before_any_peer_gets_it() {
 }
 
 #[test]
-fn shard_routes_peer_messages_only_between_introduced_players_and_sends_nearby_npcs() {
+fn shard_routes_peer_messages_only_between_introduced_players() {
     let store = std::env::temp_dir().join(format!("p2pm-shard-npc-{}.json", std::process::id()));
     // cid's character is far away: never introduced to ana and bob, and far from the NPCs.
     std::fs::write(&store, r#"{"cid":{"player":40,"zone":0,"x":500.0,"y":0.0}}"#).unwrap();
@@ -801,21 +795,6 @@ fn shard_routes_peer_messages_only_between_introduced_players_and_sends_nearby_n
     assert!(ana.from_peer.is_empty() && cid.from_peer.is_empty());
     assert_eq!(shard.games().worlds.iter().map(|w| w.stats.peer_routed).sum::<u64>(), 2);
 
-    // NPCs (6 within 40 units of the origin, sent at 5 Hz): ana and bob at the origin see
-    // them move; cid at x = 500 gets none.
-    for c in [&mut ana, &mut bob, &mut cid] {
-        c.npcs.clear();
-    }
-    let started = Instant::now();
-    run_until(&mut shard, &mut [&mut ana, &mut bob, &mut cid], Duration::from_secs(2), |_, _| false);
-    let secs = started.elapsed().as_secs_f32();
-    let rate = ana.npcs.len() as f32 / secs;
-    assert!((3.5..=6.5).contains(&rate), "{} updates in {secs:.2} s", ana.npcs.len());
-    assert!(ana.npcs.iter().all(|n| n.len() == 6), "all six are within ana's radius");
-    let (first, last) = (ana.npcs.first().unwrap(), ana.npcs.last().unwrap());
-    assert!(first.iter().zip(last).any(|(a, b)| a.id == b.id && (a.x, a.y) != (b.x, b.y)), "NPCs wander");
-    assert!(!bob.npcs.is_empty());
-    assert!(cid.npcs.is_empty(), "no NPC near cid: {:?}", cid.npcs.first());
     drop(shard);
     let _ = std::fs::remove_file(&store);
 }

@@ -27,9 +27,7 @@ use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
 use crate::mesh::{Mesh, MeshEvent, MeshStats};
 use crate::nat::NatReport;
 use crate::proto::peer::LinkId;
-use crate::proto::shard::{
-    ClientMessage, MAX_GAME_DATA, NatSummary, NpcState, PathState, PlayerId, ShardMessage,
-};
+use crate::proto::shard::{ClientMessage, MAX_GAME_DATA, NatSummary, PathState, PlayerId, ShardMessage};
 
 pub mod relay_rtt;
 
@@ -212,17 +210,6 @@ pub enum ShardNotice {
         /// World y.
         y: f32,
     },
-    /// A chat line from a player in range (ours come back too).
-    Chat {
-        /// The speaker.
-        from: PlayerId,
-        /// The speaker's name.
-        name: String,
-        /// Text.
-        text: String,
-    },
-    /// NPCs within our interest range.
-    Npcs(Vec<NpcState>),
     /// The Game server corrected our position.
     Correction {
         /// World x.
@@ -483,11 +470,6 @@ impl ClientCore {
         self.outgoing.push_back((ClientMessage::Move { tick: self.move_tick, x, y }, false));
     }
 
-    /// Say something to the players in range.
-    pub fn chat(&mut self, text: impl Into<String>) {
-        self.push(ClientMessage::Chat { text: text.into() });
-    }
-
     /// Join a party (empty name: leave it). A new name creates a party we own; an existing
     /// one needs a pending invitation from its owner ([`ShardNotice::PartyInvite`]), else the
     /// shard answers [`ShardNotice::Refused`].
@@ -654,10 +636,6 @@ impl ClientCore {
                 self.relay_rtts.set_relays(now, &relays);
             }
             ShardMessage::Relays { .. } => {}
-            ShardMessage::Chat { from, name, text } => {
-                self.events.push_back(ClientEvent::Shard(ShardNotice::Chat { from, name, text }))
-            }
-            ShardMessage::Npcs { npcs } => self.events.push_back(ClientEvent::Shard(ShardNotice::Npcs(npcs))),
             ShardMessage::PartyInvite { party, from, name } => {
                 self.events.push_back(ClientEvent::Shard(ShardNotice::PartyInvite { party, from, name }))
             }

@@ -40,17 +40,6 @@ pub struct NatSummary {
     pub public: Option<SocketAddr>,
 }
 
-/// One server-simulated character's state.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct NpcState {
-    /// Stable id within the Game server.
-    pub id: u32,
-    /// World x.
-    pub x: f32,
-    /// World y.
-    pub y: f32,
-}
-
 /// The path a link uses, as a client reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PathState {
@@ -92,11 +81,6 @@ pub enum ClientMessage {
         x: f32,
         /// World y.
         y: f32,
-    },
-    /// A chat line for everyone in range.
-    Chat {
-        /// Text (at most 200 characters are kept).
-        text: String,
     },
     /// Path status of one of our links (session tracking).
     PathReport {
@@ -235,21 +219,6 @@ pub enum ShardMessage {
         link: LinkId,
         /// Relay address, token and bind key for our side.
         relay: crate::proto::intro::RelayParams,
-    },
-    /// A chat line from a player in range (our own lines come back too).
-    Chat {
-        /// The speaker.
-        from: PlayerId,
-        /// The speaker's name.
-        name: String,
-        /// Text (at most 200 characters).
-        text: String,
-    },
-    /// Server-simulated characters near us (the state P2P does not carry), a few times a
-    /// second; an NPC missing from the list has left our interest range.
-    Npcs {
-        /// NPCs within our interest range.
-        npcs: Vec<NpcState>,
     },
     /// An application message a peer sent through the Game server ([`ClientMessage::ToPeer`]).
     FromPeer {
@@ -519,9 +488,9 @@ mod tests {
     #[test]
     fn game_messages_are_laid_out_as_protocol_md_says() {
         let to = encode(&ClientMessage::ToGame { reliable: true, data: vec![2, 9, 9] }).unwrap();
-        assert_eq!(to, [0x0D, 1, 3, 2, 9, 9]);
+        assert_eq!(to, [0x0C, 1, 3, 2, 9, 9]);
         let from = encode(&ShardMessage::FromGame { reliable: false, data: vec![0] }).unwrap();
-        assert_eq!(from, [0x0F, 0, 1, 0]);
+        assert_eq!(from, [0x0D, 0, 1, 0]);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct Session {
 pub struct Outgoing {
     /// The client (netcode id).
     pub client: u64,
-    /// Reliable-ordered (`true`) or unreliable (`false`): corrections, NPC snapshots and
+    /// Reliable-ordered (`true`) or unreliable (`false`): corrections and
     /// unreliable peer messages are superseded by the next one, so they are not re-sent.
     pub reliable: bool,
     /// The encoded [`ShardMessage`].
@@ -221,7 +221,6 @@ impl AgentRouter {
                     let reliable = !matches!(
                         msg,
                         ShardMessage::Correction { .. }
-                            | ShardMessage::Npcs { .. }
                             | ShardMessage::FromPeer { reliable: false, .. }
                             | ShardMessage::FromGame { reliable: false, .. }
                     );
@@ -276,7 +275,7 @@ mod tests {
         a.connect(t0, &mut bus, 1, "ana".into(), None);
         assert!(matches!(&lobby_msgs(&mut bus)[..], [InternalMessage::ClientJoined { client: 1, .. }]));
         // Lobby phase: everything to the Lobby.
-        a.from_client(t0, &mut bus, 1, &enc(&ClientMessage::Chat { text: "hi".into() }));
+        a.from_client(t0, &mut bus, 1, &enc(&ClientMessage::JoinParty { party: "p".into() }));
         assert_eq!(lobby_msgs(&mut bus).len(), 1);
         // Routed to Game 4: game messages go there, zone changes still to the Lobby.
         bus.send(Role::Agent, &InternalMessage::Route { client: 1, game: Some(4) });
@@ -293,7 +292,7 @@ mod tests {
         }
         assert_eq!(a.rate_limited, 4, "3 + 1 + 1 + garbage used 4 of 10 tokens; 6 more passed");
         // Unknown clients are ignored; answers carry the channel.
-        a.from_client(t0, &mut bus, 99, &enc(&ClientMessage::Chat { text: "x".into() }));
+        a.from_client(t0, &mut bus, 99, &enc(&ClientMessage::JoinParty { party: "x".into() }));
         bus.send(
             Role::Agent,
             &InternalMessage::ToClient { client: 1, msg: ShardMessage::Correction { x: 0.0, y: 0.0 } },

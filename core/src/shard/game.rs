@@ -2,8 +2,10 @@
 //! interest management on a grid with hysteresis, and **mesh membership** — players in
 //! range are introduced (`PeerIntro`), drifted-apart pairs un-introduced (`PeerOutro`), and
 //! every pair's path (direct / relayed / lost) is tracked from the clients' `PathReport`s.
-//! Besides, the server state P2P does not carry: chat within the interest radius, messages
-//! routed between introduced peers that have no P2P path (`ToPeer` → `FromPeer`), and NPCs.
+//! Besides, messages routed between introduced peers that have no P2P path (`ToPeer` →
+//! `FromPeer`). Everything else a world has (rules, NPCs, chat, scores) is the game's own
+//! logic: it gets [`GameEvent`]s and answers through [`GameWorld::send_to_player`] and
+//! [`GameWorld::set_position`] (the servers' `game_api` wraps this for Bevy).
 //!
 //! One [`GameWorld`] per Game server, sans-IO: its driver calls [`GameWorld::handle`] for each
 //! message on the [`Bus`], [`GameWorld::step`] at `tick_hz` with the Unix time, and sends a
@@ -25,13 +27,11 @@ mod relays;
 use crate::link::Candidate;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{
-    ClientMessage, InternalMessage, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, NpcState, PathState,
-    PlayerId, Role, ShardMessage,
+    ClientMessage, InternalMessage, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, PathState, PlayerId,
+    Role, ShardMessage,
 };
 pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 
-/// Longest chat line delivered, in characters (longer lines are cut at a char boundary).
-pub const MAX_CHAT_CHARS: usize = 200;
 /// Largest `ToPeer` payload the Game server routes (bytes); larger ones are dropped.
 pub const MAX_PEER_DATA: usize = 1200;
 /// Links a `KeepLinks` may list (more than `max_peers` ever allows; the rest are ignored).
@@ -43,8 +43,6 @@ pub const AWAY_GRACE: Duration = Duration::from_secs(30);
 /// Players per `Positions` message: at most 17 encoded bytes each, so a message stays well
 /// under `MAX_MESSAGE` (64 KiB) whatever `game.capacity` is.
 const POSITIONS_PER_MESSAGE: usize = 2048;
-/// NPC walking speed (units per second) before the `game.max_speed` cap.
-const NPC_SPEED: f32 = 2.0;
 
 /// `[game]` of a shard's config: the authoritative world's rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,14 +70,6 @@ pub struct GameConfig {
     /// players on the next one of the zone (the zone's servers are channels: players on
     /// different servers do not see each other, so the Lobby fills them in order).
     pub capacity: usize,
-    /// `npcs` (default 6): server-simulated NPCs per Game server, wandering around the spawn
-    /// point (the state P2P does not carry).
-    pub npcs: u32,
-    /// `npc_area` (default 40.0): NPCs stay within this distance of the spawn point (0, 0).
-    pub npc_area: f32,
-    /// `npc_hz` (default 5; at most `tick_hz`): how often each player is sent the NPCs within
-    /// its interest radius (every `tick_hz / npc_hz` ticks).
-    pub npc_hz: u32,
     /// `interest` (default `"distance"`): who is meshed with whom.
     pub interest: Interest,
     /// `movement` (default `"client"`): who moves players (and so decides who is near whom).
@@ -153,9 +143,6 @@ impl Default for GameConfig {
             max_intros_per_min: 120,
             relay_token_secs: 3600,
             capacity: 200,
-            npcs: 6,
-            npc_area: 40.0,
-            npc_hz: 5,
             interest: Interest::Distance,
             movement: Movement::Client,
         }
@@ -194,8 +181,6 @@ struct GamePlayer {
     intro_ticks: VecDeque<u64>,
     /// At its introduction cap (counted once per time it reaches the cap).
     capped: bool,
-    /// The last `Npcs` sent to this player listed some (an empty one is owed when they leave).
-    saw_npcs: bool,
     /// The links it still has, from its `KeepLinks` (kept when the peer reports the same).
     claims: Vec<(LinkId, PlayerId)>,
     /// It sent `KeepLinks` since it joined (until then, or `hold` ticks, it is not
@@ -223,8 +208,6 @@ impl GamePlayer {
 /// What a Game server counted; logged once a minute when something changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GameStats {
-    /// Chat lines delivered (each to everyone in range).
-    pub chat_lines: u64,
     /// `ToPeer` messages routed to an introduced peer.
     pub peer_routed: u64,
     /// `ToPeer` messages dropped: too large, or for a player not introduced to the sender.
@@ -248,41 +231,6 @@ pub struct GameStats {
     pub game_sent: u64,
     /// `Move`s ignored because the game's logic moves players (`game.movement = "server"`).
     pub moves_ignored: u64,
-}
-
-/// A server-simulated character: walks to a random point of the NPC area, then another.
-#[derive(Debug, Clone)]
-struct Npc {
-    state: NpcState,
-    target: (f32, f32),
-    speed: f32,
-}
-
-/// splitmix64: a tiny deterministic generator, so a zone's NPCs wander the same way on
-/// every run and every channel.
-#[derive(Debug, Clone)]
-struct Wander(u64);
-
-impl Wander {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// A uniform point of the disc of radius `r` around the origin.
-    fn in_disc(&mut self, r: f32) -> (f32, f32) {
-        let a = self.unit() * std::f32::consts::TAU;
-        let d = r * self.unit().sqrt();
-        (d * a.cos(), d * a.sin())
-    }
 }
 
 /// An introduced pair.
@@ -322,9 +270,7 @@ pub struct GameWorld {
     /// Link keys come from here (seeded from OS entropy by the servers, from the run's seed
     /// in the simulator).
     rng: StdRng,
-    npcs: Vec<Npc>,
-    wander: Wander,
-    /// Counters (chat, routed peer messages, corrections).
+    /// Counters (routed peer and game messages, corrections, introductions).
     pub stats: GameStats,
     logged: GameStats,
     /// For the game's own logic (only when [`GameWorld::enable_game_events`] was called).
@@ -348,8 +294,6 @@ impl GameWorld {
             tick: 0,
             last_heartbeat: None,
             rng: StdRng::from_seed(seed),
-            npcs: Vec::new(),
-            wander: Wander(0x5eed_0000_0000_0000 ^ u64::from(zone)),
             stats: GameStats::default(),
             logged: GameStats::default(),
             events: None,
@@ -426,76 +370,6 @@ impl GameWorld {
     /// Whether `player` is on this server and connected (not away).
     pub fn is_connected(&self, player: PlayerId) -> bool {
         self.players.get(&player).is_some_and(|g| g.away.is_none())
-    }
-
-    /// The NPCs' current state.
-    pub fn npcs(&self) -> Vec<NpcState> {
-        self.npcs.iter().map(|n| n.state).collect()
-    }
-
-    /// Spawn `game.npcs` NPCs in the NPC area (first tick), then walk each one step.
-    fn step_npcs(&mut self, rules: &GameRules) {
-        let cfg = &rules.cfg;
-        let area = cfg.npc_area;
-        while self.npcs.len() < cfg.npcs as usize {
-            let (x, y) = self.wander.in_disc(area);
-            let target = self.wander.in_disc(area);
-            let speed = NPC_SPEED.min(cfg.max_speed) * (0.5 + 0.5 * self.wander.unit());
-            let id = self.npcs.len() as u32;
-            self.npcs.push(Npc { state: NpcState { id, x, y }, target, speed });
-        }
-        let dt = 1.0 / cfg.tick_hz.max(1) as f32;
-        for n in &mut self.npcs {
-            let (dx, dy) = (n.target.0 - n.state.x, n.target.1 - n.state.y);
-            let d = (dx * dx + dy * dy).sqrt();
-            let step = n.speed * dt;
-            if d <= step {
-                (n.state.x, n.state.y) = n.target;
-                n.target = self.wander.in_disc(area);
-            } else {
-                n.state.x += dx / d * step;
-                n.state.y += dy / d * step;
-            }
-        }
-    }
-
-    /// Send every player the NPCs within its interest radius (and one empty list after the
-    /// last one left its range).
-    fn send_npcs(&mut self, bus: &mut Bus, rules: &GameRules) {
-        let r2 = rules.cfg.interest_radius.powi(2);
-        for g in self.players.values_mut() {
-            let npcs: Vec<NpcState> = self
-                .npcs
-                .iter()
-                .filter(|n| (n.state.x - g.x).powi(2) + (n.state.y - g.y).powi(2) <= r2)
-                .map(|n| n.state)
-                .collect();
-            if npcs.is_empty() && !g.saw_npcs {
-                continue;
-            }
-            g.saw_npcs = !npcs.is_empty();
-            Self::to_client(bus, g.client, ShardMessage::Npcs { npcs });
-        }
-    }
-
-    /// A chat line from `from`: cut to [`MAX_CHAT_CHARS`] characters (control characters
-    /// removed, whitespace trimmed), delivered to every player within the interest radius,
-    /// the speaker included. Empty lines are ignored.
-    fn chat(&mut self, bus: &mut Bus, rules: &GameRules, from: PlayerId, text: &str) {
-        let Some(speaker) = self.players.get(&from) else { return };
-        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(MAX_CHAT_CHARS).collect();
-        let text = text.trim_end();
-        if text.is_empty() {
-            return;
-        }
-        let r2 = rules.cfg.interest_radius.powi(2);
-        for g in self.players.values() {
-            if (g.x - speaker.x).powi(2) + (g.y - speaker.y).powi(2) <= r2 {
-                let msg = ShardMessage::Chat { from, name: speaker.name.clone(), text: text.to_string() };
-                Self::to_client(bus, g.client, msg);
-            }
-        }
-        self.stats.chat_lines += 1;
     }
 
     /// Route an application message from `from` to `peer` through the server, only between
@@ -746,7 +620,6 @@ impl GameWorld {
                         peers: 0,
                         intro_ticks: VecDeque::new(),
                         capped: false,
-                        saw_npcs: false,
                         claims: Vec::new(),
                         reported: false,
                         joined_tick: self.tick,
@@ -801,7 +674,6 @@ impl GameWorld {
                             g.nat = Some(nat);
                         }
                     }
-                    ClientMessage::Chat { text } => self.chat(bus, rules, p, &text),
                     ClientMessage::ToPeer { peer, reliable, data } => {
                         self.route_to_peer(bus, p, peer, reliable, data)
                     }
@@ -847,7 +719,7 @@ impl GameWorld {
     }
 
     /// One fixed tick at Unix second `unix`: interest management and mesh membership, token
-    /// refresh, positions to the Lobby, NPCs.
+    /// refresh, positions to the Lobby.
     pub fn step(&mut self, bus: &mut Bus, rules: &GameRules, unix: u64) {
         self.tick += 1;
         // Players whose connection was lost and who did not resume in time leave now.
@@ -985,10 +857,6 @@ impl GameWorld {
                     &InternalMessage::Positions { game: self.id, players: players.to_vec() },
                 );
             }
-        }
-        self.step_npcs(rules);
-        if self.tick.is_multiple_of(u64::from((rules.cfg.tick_hz / rules.cfg.npc_hz.max(1)).max(1))) {
-            self.send_npcs(bus, rules);
         }
         if self.tick.is_multiple_of(u64::from(rules.cfg.tick_hz.max(1)) * 60) && self.stats != self.logged {
             self.logged = self.stats;
@@ -1216,8 +1084,8 @@ mod tests {
     }
 
     #[test]
-    fn game_chat_is_cut_and_local_peer_messages_need_an_introduction_and_npcs_wander_in_bounds() {
-        let r = rules(); // radius 50, 20 Hz, 6 NPCs in 40 units at 5 Hz
+    fn local_peer_messages_need_an_introduction_and_a_size_within_the_limit() {
+        let r = rules(); // radius 50
         let mut bus = Bus::default();
         let mut w = GameWorld::new(1, 0, [1; 32]);
         join(&mut w, &mut bus, &r, 1, 0.0);
@@ -1225,19 +1093,6 @@ mod tests {
         join(&mut w, &mut bus, &r, 3, 200.0);
         w.step(&mut bus, &r, UNIX);
         to_clients(&mut bus);
-        // 300 two-byte characters: cut to 200 characters at a char boundary.
-        let say = |w: &mut GameWorld, bus: &mut Bus, text: String| {
-            w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg: ClientMessage::Chat { text } });
-        };
-        say(&mut w, &mut bus, "é".repeat(300));
-        let got = to_clients(&mut bus);
-        let mut heard: Vec<u64> = got.iter().map(|(c, _)| *c).collect();
-        heard.sort();
-        assert_eq!(heard, [1, 2], "speaker and the player in range, not the far one");
-        let ShardMessage::Chat { from, text, .. } = &got[0].1 else { panic!("{got:?}") };
-        assert_eq!((*from, text.chars().count(), text.len()), (PlayerId(1), 200, 400));
-        say(&mut w, &mut bus, " \n\t ".into());
-        assert!(to_clients(&mut bus).is_empty(), "blank lines are ignored");
         // ToPeer: routed to an introduced peer only, at most 1200 bytes.
         let send = |w: &mut GameWorld, bus: &mut Bus, peer: u64, len: usize| {
             let msg = ClientMessage::ToPeer { peer: PlayerId(peer), reliable: true, data: vec![7; len] };
@@ -1252,42 +1107,9 @@ mod tests {
             matches!(&got[..], [(2, ShardMessage::FromPeer { peer: PlayerId(1), reliable: true, data })] if data.len() == 1200),
             "{got:?}"
         );
-        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped, w.stats.chat_lines), (1, 3, 1));
-        // NPCs: deterministic per zone, inside the area, at most max_speed.
-        let mut twin = GameWorld::new(7, 0, [7; 32]);
-        let mut other_zone = GameWorld::new(8, 1, [8; 32]);
-        twin.step(&mut bus, &r, UNIX); // w has run one tick already
-        let mut last = w.npcs();
-        assert_eq!(last.len(), 6);
-        for _ in 0..400 {
-            w.step(&mut bus, &r, UNIX);
-            twin.step(&mut bus, &r, UNIX);
-            other_zone.step(&mut bus, &r, UNIX);
-            let now = w.npcs();
-            for (a, b) in last.iter().zip(&now) {
-                let moved = ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
-                assert!(moved <= r.cfg.max_speed / r.cfg.tick_hz as f32 + 1e-4, "{a:?} -> {b:?}");
-                assert!((b.x.powi(2) + b.y.powi(2)).sqrt() <= r.cfg.npc_area + 1e-3, "{b:?}");
-            }
-            last = now;
-        }
-        assert_eq!(w.npcs(), twin.npcs(), "same zone, same walk");
-        assert_ne!(w.npcs(), other_zone.npcs(), "each zone its own walk");
-        // Every 4th tick each player gets the NPCs in its radius; the far player gets none.
-        let npc_msgs: Vec<(u64, usize)> = to_clients(&mut bus)
-            .into_iter()
-            .filter_map(|(c, m)| match m {
-                ShardMessage::Npcs { npcs } => Some((c, npcs.len())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(npc_msgs.iter().filter(|(c, _)| *c == 1).count(), 100, "5 Hz over 20 s");
-        assert!(npc_msgs.iter().all(|(c, n)| *c != 3 && *n > 0));
-        // Sizes documented in docs/PROTOCOL.md §6.
+        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped), (1, 3));
+        // Size documented in docs/PROTOCOL.md §6.
         let size = |m: &ShardMessage| crate::proto::shard::encode(m).unwrap().len();
-        assert_eq!(size(&ShardMessage::Npcs { npcs: w.npcs() }), 56);
-        let text = "x".repeat(200);
-        assert_eq!(size(&ShardMessage::Chat { from: PlayerId(1), name: "ana".into(), text }), 207);
         let data = vec![0; MAX_PEER_DATA];
         assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
     }

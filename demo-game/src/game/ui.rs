@@ -11,7 +11,7 @@ use bevy_p2pmodel::client::PeerPath as Route;
 use bevy_p2pmodel::plugins::diagnostics::{
     BYTES_IN_PER_S, BYTES_OUT_PER_S, SERVER_BYTES_IN_PER_S, SERVER_BYTES_OUT_PER_S,
 };
-use bevy_p2pmodel::plugins::{LocalNat, P2pClient, ShardRequest};
+use bevy_p2pmodel::plugins::{LocalNat, P2pClient, ServerSender};
 
 use super::world::path_color;
 use crate::net::{ChatLog, MAX_SPEED, Me, NetSettings, NetSystems, Remotes};
@@ -121,7 +121,8 @@ pub fn steer_with_keys(
 fn chat_keys(
     mut keys: MessageReader<KeyboardInput>,
     mut input: ResMut<ChatInput>,
-    mut requests: MessageWriter<ShardRequest>,
+    mut world: ServerSender,
+    mut log: ResMut<ChatLog>,
 ) {
     for k in keys.read() {
         if k.state != ButtonState::Pressed {
@@ -133,7 +134,10 @@ fn chat_keys(
             (Some(line), Key::Enter) => {
                 let text = line.trim().to_string();
                 if !text.is_empty() {
-                    requests.write(ShardRequest::Chat(text));
+                    // To the world's server logic, which sends it to everyone in range.
+                    if let Err(e) = world.send(&p2pmodel_mmo_world::Say { text }) {
+                        log.push("*", format!("chat not sent: {e}"));
+                    }
                 }
                 input.0 = None;
             }

@@ -136,7 +136,7 @@ fn referee(
 /// The shard settings an arena needs (the `sections` of
 /// `p2pmodel_servers::embedded::local_config`, or of a `shard.toml`).
 pub const SHARD_SECTIONS: &str = "[lobby]\nzones = 1\nopen_parties = true\nmax_party_size = 8\n\
-    [game]\nservers_per_zone = 1\ninterest = \"groups\"\nnpcs = 0\nmax_peers = 8\n";
+    [game]\nservers_per_zone = 1\ninterest = \"groups\"\nmax_peers = 8\n";
 
 /// Start an arena shard inside this process (loopback, free ports), with the referee.
 pub fn embedded_shard() -> Result<p2pmodel_servers::embedded::EmbeddedShard, String> {

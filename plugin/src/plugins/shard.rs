@@ -115,8 +115,6 @@ pub enum ShardRequest {
         /// World y.
         y: f32,
     },
-    /// Say something to the players in range.
-    Chat(String),
     /// Join a party (empty: leave it); party members are meshed regardless of distance. A
     /// new name creates a party we own; an existing one needs its owner's invitation
     /// ([`ShardEvent::PartyInvite`]), else [`ShardEvent::Refused`].
@@ -714,7 +712,6 @@ fn handle_requests(
                     client.move_to(*x, *y);
                 }
             }
-            ShardRequest::Chat(text) => client.chat(text.clone()),
             ShardRequest::JoinParty(party) => client.join_party(party.clone()),
             ShardRequest::InviteToParty(player) => client.invite_to_party(*player),
         }

@@ -25,8 +25,7 @@ use p2pmodel_core::nat::{NatDiscovery, NatDiscoveryConfig};
 use p2pmodel_core::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
 use p2pmodel_core::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
 use p2pmodel_core::proto::shard::{
-    ClientMessage, InternalMessage, NatSummary, NpcState, PathState, PlayerId, Role, ShardMessage, decode,
-    encode,
+    ClientMessage, InternalMessage, NatSummary, PathState, PlayerId, Role, ShardMessage, decode, encode,
 };
 use p2pmodel_core::relay::{Action, Relay, RelayConfig, ReplyBuf, TokenKeys, mint};
 use p2pmodel_core::stun::{
@@ -764,7 +763,6 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::MeshInfo { candidates: candidates(), nat: nat() },
         ClientMessage::EnterZone { zone: 3 },
         ClientMessage::Move { tick: 77, x: 1.5, y: -2.25 },
-        ClientMessage::Chat { text: "hello world".into() },
         ClientMessage::PathReport { link: LINK, path: PathState::Direct, rtt_ms: Some(23.5) },
         ClientMessage::PathReport { link: LINK, path: PathState::Relayed, rtt_ms: None },
         ClientMessage::JoinParty { party: "red".into() },
@@ -789,10 +787,6 @@ fn shard_messages() -> Vec<ShardMessage> {
         ShardMessage::Welcome { player: PlayerId(4), stun: stun_cfg().primary },
         ShardMessage::EnteredZone { zone: 3, x: 10.0, y: 20.0 },
         peer_intro(NatHint { dependent_mapping: true, port_delta: Some(2) }, candidates()),
-        ShardMessage::Chat { from: PlayerId(9), name: "bob".into(), text: "hi".into() },
-        ShardMessage::Npcs {
-            npcs: vec![NpcState { id: 1, x: 0.5, y: 0.25 }, NpcState { id: 2, x: -1.0, y: 3.0 }],
-        },
         ShardMessage::FromPeer { peer: PlayerId(9), reliable: false, data: vec![9; 16] },
         ShardMessage::RelayRefresh { link: LINK, relay: relay_params(Side::A) },
         ShardMessage::RelayStandby { link: LINK, relay: relay_params(Side::A) },
@@ -895,7 +889,6 @@ pub fn shard_roles(data: &[u8]) {
         });
     }
     cfg.resume = p2pmodel_core::shard::resume::ResumeKey([5; 32]);
-    cfg.game.npcs = 0;
     let mut shard = p2pmodel_core::shard::LocalShard::new(t0, cfg, clock(t0));
     let ip = Some(addr.ip());
     for (client, name) in [(1, "ana"), (2, "bob")] {
@@ -1252,7 +1245,7 @@ fn seeds_agent_renet_payload() -> Vec<Vec<u8>> {
         client.send_message(ch, m.clone());
     }
     // sliced messages on every channel
-    let big = encode(&ClientMessage::Chat { text: "x".repeat(4000) }).expect("encodes");
+    let big = encode(&ClientMessage::Login { name: "x".repeat(4000) }).expect("encodes");
     client.send_message(DefaultChannel::ReliableOrdered, big.clone());
     client.send_message(DefaultChannel::Unreliable, big[..2500].to_vec());
     client.send_message(DefaultChannel::ReliableUnordered, big[..3000].to_vec());

@@ -5,9 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bevy::prelude::*;
 use p2pmodel_core::proto::shard::{InternalMessage, Role};
-pub use p2pmodel_core::shard::game::{
-    GameRules, GameStats, GameWorld, MAX_CHAT_CHARS, MAX_PEER_DATA, Pair, ShardRelay,
-};
+pub use p2pmodel_core::shard::game::{GameRules, GameStats, GameWorld, MAX_PEER_DATA, Pair, ShardRelay};
 
 use super::bus::ShardBus;
 
