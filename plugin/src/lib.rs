@@ -16,8 +16,54 @@
 //!   login request ([`client::login::request_token`]).
 //! - Re-exported from [`p2pmodel_core`]: [`endpoint`], [`codec`], [`conditioner`], [`proto`], [`stun`], [`nat`],
 //!   [`crypto`], [`config`], [`guard`], [`link`], [`mesh`], [`relay`].
-//! - `sim` (feature `sim`, on by default): the deterministic network simulator,
-//!   `p2pmodel_sim`, and `plugins::sim`, its Bevy driver.
+//! - `sim` (feature `sim`, off by default: tests and examples enable it): the deterministic
+//!   network simulator, `p2pmodel_sim`, and `plugins::sim`, its Bevy driver.
+//!
+//! ## Quick start
+//!
+//! Two plugins connect a game to a shard and to its peers; the game registers its own message
+//! types (peer to peer, and to its logic on the shard's Game server) and sends them:
+//!
+//! ```no_run
+//! use bevy::prelude::*;
+//! use bevy_p2pmodel::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Our state, 20 times a second to every peer: newest wins.
+//! #[derive(Serialize, Deserialize)]
+//! struct Pose {
+//!     pos: [f32; 3],
+//! }
+//!
+//! /// A command for the game's own logic on the Game server.
+//! #[derive(Serialize, Deserialize)]
+//! struct Buy {
+//!     item: u32,
+//! }
+//!
+//! fn main() {
+//!     // KEY@HOST:PORT, as `p2pmodel shard all` prints it.
+//!     let shard: ShardAddress = std::env::args().nth(1).unwrap_or_default().parse().expect("KEY@HOST:PORT");
+//!     App::new()
+//!         .add_plugins(MinimalPlugins)
+//!         .add_plugins((P2pMeshPlugin::new("ana"), ShardClientPlugin::new(shard)))
+//!         .add_peer_message::<Pose>(P2pChannel::UnreliableSequenced)
+//!         .add_server_message::<Buy>(ServerChannel::Reliable)
+//!         .add_systems(Update, (send_pose, report))
+//!         .run();
+//! }
+//!
+//! fn send_pose(mut peers: PeerSender) {
+//!     let _ = peers.broadcast(&Pose { pos: [0.0, 1.0, 2.0] });
+//! }
+//!
+//! fn report(mut poses: MessageReader<FromPeer<Pose>>, mut server: ServerSender) {
+//!     for p in poses.read() {
+//!         println!("{:?} is at {:?}", p.player, p.message.pos);
+//!         let _ = server.send(&Buy { item: 1 }); // an error until we are in a zone
+//!     }
+//! }
+//! ```
 
 pub mod client;
 pub mod plugins;
