@@ -42,6 +42,7 @@ def summarize(events):
             s["player"] = e.get("client")
         elif k == "path":
             s["paths"].append((e.get("path"), e.get("since_intro_ms")))
+            s["remote"] = e.get("remote")
             if e.get("path") == "direct" and s["direct_ms"] is None:
                 s["direct_ms"] = e.get("since_intro_ms")
             if e.get("path") == "lost":
@@ -64,13 +65,17 @@ def main():
     ap.add_argument("--expect", required=True, choices=["direct", "relayed", "direct-or-relayed"])
     ap.add_argument("--max-first-ms", type=float)
     ap.add_argument("--max-direct-ms", type=float)
-    ap.add_argument("--expect-lost", action="store_true", help="at least one side reports a lost path")
+    ap.add_argument("--expect-lost", action="store_true",
+                    help="at least one side noticed its direct path die: a lost path, or a fail-over "
+                         "from direct to the relay (with a second relay bound, the relay path outlives "
+                         "the direct one)")
     ap.add_argument("--no-lost", action="store_true", help="no side may report a lost path")
     ap.add_argument("--min-received", type=int, default=1)
     ap.add_argument("--reconnected", action="store_true",
                     help="each side went reconnecting and back in_game (the shard restarted)")
     ap.add_argument("--same-link", action="store_true",
                     help="the peers were introduced once: the link outlived whatever happened")
+    ap.add_argument("--relay", help="IP:PORT the final relayed path must go through (the pair's relay)")
     args = ap.parse_args()
 
     sides = [summarize(load(args.a)), summarize(load(args.b))]
@@ -102,6 +107,10 @@ def main():
             problems.append(f"{name} ended {final}, expected relayed")
         if args.expect == "direct-or-relayed" and final not in ("direct", "relayed"):
             problems.append(f"{name} ended {final}")
+        if args.relay:
+            figs[-1] += f" via={s.get('remote')}"
+            if final == "relayed" and s.get("remote") != args.relay:
+                problems.append(f"{name} relayed through {s.get('remote')}, expected {args.relay}")
         if args.max_first_ms is not None and (s["first_ms"] is None or s["first_ms"] > args.max_first_ms):
             problems.append(f"{name} first message {s['first_ms']}ms > {args.max_first_ms}ms")
         if args.max_direct_ms is not None and (s["direct_ms"] is None or s["direct_ms"] > args.max_direct_ms):
@@ -121,8 +130,14 @@ def main():
             figs[-1] += " shard=" + ">".join(st_seq)
         if s["exit"] is not True:
             problems.append(f"{name} exit ok={s['exit']}")
-    if args.expect_lost and not any(s["lost"] for s in sides):
-        problems.append("no side detected the dead session (no lost path event)")
+    def failed_over(s):
+        names = [p for p, _ in s["paths"]]
+        return any(a == "direct" and b == "relayed" for a, b in zip(names, names[1:]))
+    if args.expect_lost and not any(s["lost"] or failed_over(s) for s in sides):
+        problems.append("no side detected the dead direct path (no lost path, no fail-over to the relay)")
+    if args.expect_lost:
+        figs[-1] += " detected=" + ",".join(
+            n for n, s in zip("AB", sides) if s["lost"] or failed_over(s))
     line = "; ".join(figs)
     if problems:
         print("fail " + line + " | " + "; ".join(problems))

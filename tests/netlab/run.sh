@@ -20,6 +20,10 @@ P=p2pm-nl-                                # prefix of every namespace we create
 SRV1=198.18.0.10 SRV2=198.18.0.11         # server namespace: two public IPs (RFC 5780)
 PUB=198.18.200.2 PUB2=198.18.200.3        # public host, no NAT (two IPs: it runs a STUN server too)
 RELAY_PORT=3478 RELAY_ALT=3479            # p2pmodel shard relay (STUN on both + alternate_ip)
+# A second relay of the shard, 40 ms each way further from everyone (its own delay line):
+# relay 0 in `[shard] relays`, the server's relay is relay 1. Pairs must pick the lower RTT
+# sum (relay 1) although relay 0 is listed first (issue #15).
+FAR_RELAY=198.18.240.2 FAR_DELAY_MS=40
 TURN_PORT=3488 TURN_ALT=3489              # coturn turnserver (RFC 5780 on both IPs)
 LAN=10.0.0                                # EVERY site uses 10.0.0.0/24 (overlapping ranges)
 DEFAULT_UDP_TIMEOUT=30 DEFAULT_UDP_STREAM_TIMEOUT=120
@@ -65,9 +69,11 @@ cleanup_lab() {
 if [ "$(id -u)" != 0 ]; then echo "netlab: must run as root (sudo $0)" >&2; exit 2; fi
 # One lab per machine: namespaces share the p2pm-nl- prefix, and a run starts by removing a
 # crashed run's leftovers, so a second run waits here instead of tearing the first one down.
+# --clean does not wait: a kept lab's processes (NETLAB_KEEP=1) inherited the lock, and
+# cleaning kills them.
+if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
 exec 9>/run/lock/p2pm-netlab.lock
 if ! flock -n 9; then echo "netlab: another run holds the lab; waiting"; flock 9; fi
-if [ "${1:-}" = "--clean" ]; then cleanup_lab; exit 0; fi
 for tool in ip nft conntrack turnserver turnutils_natdiscovery python3 ethtool; do
   command -v "$tool" >/dev/null || {
     echo "netlab: missing $tool (apt-get install -y nftables iproute2 conntrack coturn python3 ethtool)" >&2
@@ -133,6 +139,18 @@ build_core() {
   ip -n "${P}pub" addr add "$PUB/24" dev eth0
   ip -n "${P}pub" addr add "$PUB2/24" dev eth0
   ip -n "${P}pub" route add default via 198.18.200.1
+  # the far relay's host, behind its own delay line
+  mkns rfar; mkns rfar-dly
+  veth inet rfar rfar-dly up0
+  veth rfar-dly dn0 rfar eth0
+  ip -n "${P}rfar-dly" link set up0 promisc on
+  ip -n "${P}rfar-dly" link set dn0 promisc on
+  nsx inet ethtool -K rfar tx off >/dev/null 2>&1
+  nsx rfar ethtool -K eth0 tx off >/dev/null 2>&1
+  nsx rfar-dly python3 "$HERE/delayline.py" up0 dn0 "$FAR_DELAY_MS" 0 240 >"$WORK/rfar-dly.log" 2>&1 &
+  ip -n "${P}inet" addr add 198.18.240.1/24 dev rfar
+  ip -n "${P}rfar" addr add "$FAR_RELAY/24" dev eth0
+  ip -n "${P}rfar" route add default via 198.18.240.1
 }
 
 # nftables ruleset of a NAT router for one preset. WAN is "wan", LAN is "lan".
@@ -230,15 +248,19 @@ build_site() { # name preset clients timeout [delay-ms/loss-%]
 
 # ---------------------------------------------------------------- servers
 start_servers() {
+  local secret
+  secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   cat >"$WORK/shard.toml" <<EOF
 [shard]
 name = "netlab"
-secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+secret = "$secret"
 bind = "$SRV1"
 public_addresses = ["$SRV1"]
 metrics = ""
+relays = ["$FAR_RELAY:$RELAY_PORT", "$SRV1:$RELAY_PORT"]
 
 [relay]
+id = 1
 port = $RELAY_PORT
 alternate_port = $RELAY_ALT
 alternate_ip = "$SRV2"
@@ -246,6 +268,24 @@ socket_buffer_bytes = 262144
 stats_log_interval_secs = 0
 EOF
   nsx srv "$BIN" shard relay --config "$WORK/shard.toml" >"$WORK/relay.log" 2>&1 &
+  # relay 0, far away: its own config (the same shard secret; a real one would hold only
+  # its key, `p2pmodel relay-key --id 0`)
+  cat >"$WORK/relay-far.toml" <<EOF
+[shard]
+name = "netlab"
+secret = "$secret"
+bind = "$FAR_RELAY"
+public_addresses = ["$FAR_RELAY"]
+metrics = ""
+relays = ["$FAR_RELAY:$RELAY_PORT", "$SRV1:$RELAY_PORT"]
+
+[relay]
+id = 0
+port = $RELAY_PORT
+alternate_port = $RELAY_ALT
+stats_log_interval_secs = 0
+EOF
+  nsx rfar "$BIN" shard relay --config "$WORK/relay-far.toml" >"$WORK/relay-far.log" 2>&1 &
   nsx srv turnserver -n --no-cli --no-tls --no-dtls -z --log-file "$WORK/turnserver.log" --simple-log \
     -L "$SRV1" -L "$SRV2" --listening-port "$TURN_PORT" --alt-listening-port "$TURN_ALT" \
     --pidfile "$WORK/turnserver.pid" --no-software-attribute >/dev/null 2>&1 &
@@ -256,7 +296,8 @@ EOF
   for t in $(seq 1 50); do
     if nsx pub python3 "$HERE/stunprobe.py" "$PUB" 0 "$SRV1" "$RELAY_PORT" 0.3 >/dev/null &&
        nsx pub python3 "$HERE/stunprobe.py" "$PUB" 0 "$SRV2" "$TURN_PORT" 0.3 >/dev/null &&
-       nsx srv python3 "$HERE/stunprobe.py" "$SRV1" 0 "$PUB" "$RELAY_PORT" 0.3 >/dev/null; then
+       nsx srv python3 "$HERE/stunprobe.py" "$SRV1" 0 "$PUB" "$RELAY_PORT" 0.3 >/dev/null &&
+       nsx pub python3 "$HERE/stunprobe.py" "$PUB" 0 "$FAR_RELAY" "$RELAY_PORT" 0.5 >/dev/null; then
       return 0
     fi
     sleep 0.2
@@ -563,7 +604,8 @@ run_scenarios() {
   fi
   pair "TC-01 full-cone <-> full-cone" 1 fc-c1 fc2-c1 "$s" "--expect direct --max-direct-ms 3000" & jobs+=($!)
   pair "TC-02 restricted <-> port-restr." 2 rc-c1 prc-c1 "$s" "--expect direct --max-direct-ms 3000" & jobs+=($!)
-  pair "TC-03 symmetric <-> symmetric" 3 sym-c1 sym2-c1 "$s" "--expect relayed" & jobs+=($!)
+  # Two relays (issue #15): the pair lands on relay 1, the one with the lower RTT sum.
+  pair "TC-03 symmetric <-> symmetric" 3 sym-c1 sym2-c1 "$s" "--expect relayed --relay $SRV1:$RELAY_PORT" & jobs+=($!)
   pair "TC-04 full-cone <-> udp-firewall" 4 fc-c1 fw-c1 "$s" "--expect relayed" & jobs+=($!)
   # TC-05: NATs that forget idle UDP mappings after 12 s; the bots stop sending for 30 s.
   pair "TC-05 keepalive on: survives" 5 t05a-c1 t05b-c1 50 "--expect direct --no-lost" \
@@ -581,7 +623,7 @@ run_scenarios() {
   pair "80 ms / 1 % loss each way path" 13 far-c1 prc-c2 "$s" "--expect direct" & jobs+=($!)
   # Two symmetric sites, each behind 40 ms each way: relayed, relay RTT ~160 ms. The first
   # message rides the first relayed datagram (zero-round-trip relay, issue #15): ~half that.
-  pair "zero-RTT relay, 160 ms relay RTT" 18 sfa-c1 sfb-c1 "$s" "--expect relayed" & jobs+=($!)
+  pair "zero-RTT relay, 160 ms relay RTT" 18 sfa-c1 sfb-c1 "$s" "--expect relayed --relay $SRV1:$RELAY_PORT" & jobs+=($!)
   wait "${jobs[@]}"
 }
 
@@ -611,7 +653,25 @@ check_delayline() {
     result fail "delay line far (set 40ms/1% each way)" "clean: $clean; far: $far (want +78..90 ms, loss <= 8 %)"
   fi
 }
-SCENARIOS=(check_dmz check_delayline run_scenarios run_outages)
+# The two relays as the symmetric sites measure them (STUN round trips): the RTT sum of the
+# sym <-> sym2 pair through each; TC-03 checks that the pair took the lower one.
+check_two_relays() {
+  local near far n1 n2 f1 f2
+  near="$(nsx sym-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 50 10)"
+  far="$(nsx sym-c1 python3 "$HERE/rttprobe.py" "$FAR_RELAY" "$RELAY_PORT" 50 10)"
+  n1="$(echo "$near" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  f1="$(echo "$far" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  near="$(nsx sym2-c1 python3 "$HERE/rttprobe.py" "$SRV1" "$RELAY_PORT" 50 10)"
+  far="$(nsx sym2-c1 python3 "$HERE/rttprobe.py" "$FAR_RELAY" "$RELAY_PORT" 50 10)"
+  n2="$(echo "$near" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  f2="$(echo "$far" | sed -n 's/.*rtt_p50_ms=\([0-9.]*\).*/\1/p')"
+  if python3 -c "import sys; n1,f1,n2,f2=map(float,sys.argv[1:]); sys.exit(0 if (f1+f2)-(n1+n2) >= 150 else 1)" "${n1:-nan}" "${f1:-nan}" "${n2:-nan}" "${f2:-nan}" 2>/dev/null; then
+    result ok "two relays: RTT sums (sym, sym2)" "relay 0 (far) ${f1}+${f2} ms; relay 1 (near) ${n1}+${n2} ms: the pair belongs on relay 1"
+  else
+    result fail "two relays: RTT sums (sym, sym2)" "relay 0 (far) ${f1:-?}+${f2:-?} ms; relay 1 (near) ${n1:-?}+${n2:-?} ms (want the far sum >= 150 ms more)"
+  fi
+}
+SCENARIOS=(check_dmz check_delayline check_two_relays run_scenarios run_outages)
 
 # ---------------------------------------------------------------- main
 build_all() {
