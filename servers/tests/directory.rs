@@ -231,8 +231,8 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     assert!(
         talking,
         "states {:?}, got {:?}\n{}",
-        [&a1, &a2, &b1, &b2, &c1].map(|a| state(a)),
-        [&a1, &a2, &b1, &b2].map(|a| got(a)),
+        [&a1, &a2, &b1, &b2, &c1].map(state),
+        [&a1, &a2, &b1, &b2].map(got),
         shards.logs()
     );
     // The heartbeats report the population.
@@ -249,14 +249,14 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(pops, [2, 2, 1]);
-    let ids_before = [&a1, &a2, &b1, &b2].map(|a| me(a));
+    let ids_before = [&a1, &a2, &b1, &b2].map(me);
 
     // Kill us-1 (SIGKILL: no goodbye). It drops out of the list within the expiry (+ slack).
     let killed = Instant::now();
     let (_, child, _) = shards.0.iter_mut().find(|(n, _, _)| n == "us-1").unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    let before_kill = [&a1, &a2, &b1, &b2].map(|a| got(a));
+    let before_kill = [&a1, &a2, &b1, &b2].map(got);
     let gone = run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(10), |_| {
         list(&dir).iter().all(|e| e.name != "us-1")
     });
