@@ -14,7 +14,8 @@ usage: deploy/check.py [--k8s 1.33] [--bin PATH_TO_p2pmodel] [--dir deploy/k8s]
    listed below) with the keys it uses, the config's secret/key/store paths are mounted
    (the store writable), host ports match the config's ports, `--lobby` names a Service
    port, the Fleet declares the `players` Counter the SDK updates, the allocation selects
-   the Fleet's labels and names Game servers that exist.
+   the Fleet's labels and names Game servers that exist, the directory's `--keys` is mounted
+   from its Secret and shard.toml's `[directory] address` names the directory Service's port.
 3. With --bin: the ConfigMap's shard.toml loads with the real loader (`p2pmodel secret
    --show-public`, with a generated secret in place of the mounted one).
 
@@ -35,7 +36,8 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Secrets the operator creates with kubectl (never committed): name -> keys.
-OPERATOR_SECRETS = {"p2pmodel-eu-1-secret": {"shard.secret"}, "p2pmodel-eu-1-relay-key": {"relay.key"}}
+OPERATOR_SECRETS = {"p2pmodel-eu-1-secret": {"shard.secret"}, "p2pmodel-eu-1-relay-key": {"relay.key"},
+                    "p2pmodel-directory-keys": {"keys.toml"}}
 AGONES_SCHEMAS = os.path.join(HERE, "schemas", "agones-1.61")
 AGONES_KINDS = {("agones.dev/v1", "Fleet"): "fleet-v1", ("agones.dev/v1", "GameServer"): "gameserver-v1",
                 ("autoscaling.agones.dev/v1", "FleetAutoscaler"): "fleetautoscaler-v1",
@@ -186,6 +188,16 @@ def consistency(docs):
                     m = mounts.get(store)
                     check(f"{kn(d)} store", m is not None and not m.get("readOnly") and
                           "persistentVolumeClaim" in vols.get(m["name"], {}), f"{store} on a writable PVC")
+            keys = arg_after(args, "--keys")
+            if args[:1] == ["directory"]:
+                m = mounts.get(os.path.dirname(keys or ""))
+                vol = vols.get(m["name"]) if m else None
+                ok = keys is not None and vol is not None and "secret" in vol and os.path.basename(keys) in \
+                    OPERATOR_SECRETS.get(vol["secret"]["secretName"], set())
+                check(f"{kn(d)} {c['name']} --keys", ok, f"{keys} mounted from a Secret with that key")
+                bind = arg_after(args, "--bind") or "0.0.0.0:7200"
+                ports = {p.get("containerPort") for p in c.get("ports", [])}
+                check(f"{kn(d)} {c['name']} --bind", int(bind.rpartition(":")[2]) in ports, f"{bind} is a container port")
             lobby = arg_after(args, "--lobby")
             if lobby:
                 host, _, port = lobby.rpartition(":")
@@ -200,6 +212,14 @@ def consistency(docs):
                 check(f"{kn(d)} {c['name']} host ports", want is not None and want == have, f"UDP {sorted(have)} = config {sorted(want or [])}")
                 check(f"{kn(d)} {c['name']} DNS", spec.get("dnsPolicy") == "ClusterFirstWithHostNet" or not lobby,
                       "ClusterFirstWithHostNet so --lobby resolves")
+
+    directory = shard.get("directory", {}).get("address")
+    if directory:
+        host, _, port = directory.rpartition(":")
+        svc = services.get(host.split(".")[0])
+        ok = svc is not None and any(str(p["port"]) == port for p in svc["spec"]["ports"]) and \
+            (host.count(".") == 0 or host.split(".")[1] == svc["metadata"]["namespace"])
+        check("shard.toml [directory] address", ok, f"{directory} is a Service port")
 
     zones = shard["lobby"].get("zones", 1) * shard.get("game", {}).get("servers_per_zone", 1)
     fleets = {f["metadata"]["name"]: f for f in by_kind.get("Fleet", [])}

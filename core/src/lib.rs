@@ -16,6 +16,8 @@
 //! - [`stun`]: RFC 8489 Binding client and server (sans-IO).
 //! - [`nat`]: NAT behaviour discovery (RFC 4787 / RFC 5780 terms).
 //! - [`crypto`]: per-link AEAD with replay protection.
+//! - [`directory`]: the world list (shards register with an authenticated heartbeat, clients
+//!   list them and pick one), sans-IO.
 //! - [`config`]: every timing constant of the link, with its reason.
 //! - [`guard`]: panic containment where a dependency processes network input.
 //! - [`link`]: one peer pair: relay-first, probing, direct path, keepalive, failover.
@@ -30,6 +32,7 @@ pub mod codec;
 pub mod conditioner;
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod endpoint;
 pub mod guard;
 pub mod link;

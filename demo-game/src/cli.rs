@@ -37,6 +37,16 @@ pub struct Cli {
     /// --show-public`), instead of starting an embedded local shard.
     #[arg(long, value_name = "KEY@HOST:PORT", value_parser = parse_shard)]
     pub server: Option<ShardAddress>,
+    /// Ask the directory at HOST:PORT (`p2pmodel directory`) which shards exist and join one:
+    /// --shard NAME, else the least loaded (the list is printed; bots print `shard_chosen`).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "server")]
+    pub directory: Option<String>,
+    /// With --directory: list only this region's shards.
+    #[arg(long, value_name = "REGION", requires = "directory")]
+    pub region: Option<String>,
+    /// With --directory: join this shard instead of the least loaded.
+    #[arg(long, value_name = "NAME", requires = "directory")]
+    pub shard: Option<String>,
     /// Player name (default "player", or "bot"; with --bots N each bot gets "-1".."-N"
     /// appended). On a remote shard the default gets a random suffix.
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
@@ -108,6 +118,17 @@ pub enum ShardChoice {
     Remote(ShardAddress),
 }
 
+/// `--directory` and its filters: resolved into a [`ShardChoice::Remote`] at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryChoice {
+    /// The directory, `HOST:PORT`.
+    pub addr: String,
+    /// Region filter (empty: all).
+    pub region: String,
+    /// A shard by name (else the least loaded).
+    pub shard: Option<String>,
+}
+
 /// Windowed or not.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
@@ -134,6 +155,8 @@ pub enum Mode {
 pub struct Settings {
     /// Which shard.
     pub shard: ShardChoice,
+    /// `--directory`: choose the shard from a directory at start (then `shard` is replaced).
+    pub directory: Option<DirectoryChoice>,
     /// Windowed or headless.
     pub mode: Mode,
     /// The player's (or first bot's base) name.
@@ -157,7 +180,21 @@ pub struct Settings {
 impl Cli {
     /// Check the flags together; the error names the problem and the fix.
     pub fn settings(self) -> Result<Settings, String> {
-        let shard = self.server.map_or(ShardChoice::Embedded, ShardChoice::Remote);
+        let directory = self.directory.map(|addr| DirectoryChoice {
+            addr,
+            region: self.region.unwrap_or_default(),
+            shard: self.shard,
+        });
+        // Not the embedded shard: the directory names a remote one (the key is a placeholder
+        // until the list is read).
+        let shard = match (self.server, &directory) {
+            (Some(s), _) => ShardChoice::Remote(s),
+            (None, Some(_)) => ShardChoice::Remote(ShardAddress::new(
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                bevy_p2pmodel::client::login::LoginKey([0; 32]),
+            )),
+            (None, None) => ShardChoice::Embedded,
+        };
         if self.headless && !self.bot {
             return Err("--headless needs --bot: without a window nobody steers the player".into());
         }
@@ -192,6 +229,7 @@ impl Cli {
         };
         Ok(Settings {
             shard,
+            directory,
             mode,
             name,
             spawn: self.spawn,
@@ -327,6 +365,21 @@ mod tests {
         let s = parse(&["--server", &format!("{KEY}@127.0.0.1:7001")]).unwrap();
         assert!(s.name.starts_with("player-"), "{}", s.name);
         assert_eq!(s.mode, Mode::Window { bots: 0, auto: false, screenshot: None });
+    }
+
+    #[test]
+    fn a_directory_replaces_the_server_and_takes_a_region_and_a_shard() {
+        let s = parse(&["--directory", "dir.example.com:7200", "--region", "eu", "--shard", "eu-2"]).unwrap();
+        let d = s.directory.unwrap();
+        assert_eq!(
+            (d.addr.as_str(), d.region.as_str(), d.shard.as_deref()),
+            ("dir.example.com:7200", "eu", Some("eu-2"))
+        );
+        assert!(matches!(s.shard, ShardChoice::Remote(_)) && s.name.starts_with("player-"));
+        let both =
+            parse(&["--directory", "d:7200", "--server", &format!("{KEY}@127.0.0.1:7001")]).unwrap_err();
+        assert!(both.contains("--server"), "{both}");
+        assert!(parse(&["--region", "eu"]).unwrap_err().contains("--directory"));
     }
 
     #[test]

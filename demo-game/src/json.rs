@@ -27,6 +27,21 @@ impl JsonLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// `--directory`: the shard chosen from the directory's list (before logging in).
+    ShardChosen {
+        /// Its name.
+        name: String,
+        /// Its region.
+        region: String,
+        /// Its login address (`KEY@HOST:PORT`).
+        login: String,
+        /// Players on it at its last heartbeat.
+        population: u32,
+        /// Players it takes.
+        capacity: u32,
+        /// How many shards the directory listed.
+        listed: u32,
+    },
     /// The shard connection changed state: `connecting`, `lobby`, `in_game`,
     /// `reconnecting` (lost after a login: links keep running) or `disconnected`.
     Shard {

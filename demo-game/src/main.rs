@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: flags and their checks.
 //! - [`embedded`]: the local shard started in this process when no `--server` is given.
+//! - [`directory`]: `--directory`: list the shards and choose one.
 //! - [`net`]: the plugin plus what every demo client sends and counts.
 //! - [`wire`]: the messages demo clients send each other.
 //! - [`counter`]: reliable gap and duplicate counting.
@@ -12,6 +13,7 @@
 mod bot;
 mod cli;
 mod counter;
+mod directory;
 mod embedded;
 mod game;
 mod json;
@@ -53,9 +55,24 @@ fn main() -> ExitCode {
     if matches!(settings.mode, Mode::Window { .. }) {
         install_display_panic_hook();
     }
-    let login = match settings.shard {
-        ShardChoice::Remote(addr) => addr,
-        ShardChoice::Embedded => match embedded::start() {
+    let login = match (&settings.directory, settings.shard) {
+        (Some(d), _) => match directory::choose(&d.addr, &d.region, d.shard.as_deref()) {
+            Ok(c) => {
+                match settings.mode {
+                    Mode::Headless { json: true, .. } => {
+                        println!("{}", json::JsonLine { event: directory::event(&c), bot: None }.to_line())
+                    }
+                    _ => println!("shards listed by {}:\n{}", d.addr, directory::render(&c)),
+                }
+                c.login
+            }
+            Err(e) => {
+                eprintln!("p2pmodel-demo: --directory {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        (None, ShardChoice::Remote(addr)) => addr,
+        (None, ShardChoice::Embedded) => match embedded::start() {
             Ok(shard) => shard.login,
             Err(e) => {
                 eprintln!("p2pmodel-demo: {e}");

@@ -7,6 +7,7 @@
 //! [agent]          # the DMZ gateway: client port, login port, token lifetime, rate limit
 //! [lobby]          # character store, zones, failure detection
 //! [game]           # tick rate, servers per zone, movement and interest management
+//! [directory]      # optional: heartbeat to a directory (world list) so clients find the shard
 //! ```
 //!
 //! `assets/shard.toml` is the documented example. Every key has a default except
@@ -81,6 +82,27 @@ pub struct ShardConfig {
     pub lobby: LobbySection,
     /// `[game]`.
     pub game: GameSection,
+    /// `[directory]` (optional): register with a directory.
+    pub directory: Option<DirectorySection>,
+}
+
+/// `[directory]`: the shard registers itself with a directory (world list) by heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectorySection {
+    /// `address` (required): the directory, `HOST:PORT` (TCP, resolved at each connection).
+    pub address: String,
+    /// `region` (required): the region clients see (letters, digits, `-`, `_`, `.`).
+    pub region: String,
+    /// `key` / `key_file` (default: derived from the shard secret, printed by
+    /// `p2pmodel directory-key`): authenticates the heartbeats.
+    pub key: Option<p2pmodel_core::directory::DirectoryKey>,
+    /// `heartbeat_ms` (default 1000, 100..=10000): how often the shard reports itself.
+    pub heartbeat: Duration,
+    /// `capacity` (default `agent.max_clients`): the players the shard advertises it takes.
+    pub capacity: u32,
+    /// `advertise` (default: the login service's public address): the `HOST:PORT` clients log
+    /// in at, when it is a DNS name or differs from `shard.public_addresses`.
+    pub advertise: Option<String>,
 }
 
 /// `[agent]`: the DMZ gateway, the only endpoint clients reach.
@@ -385,6 +407,19 @@ struct RawFile {
     lobby: RawLobby,
     #[serde(default)]
     game: RawGame,
+    directory: Option<RawDirectory>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    address: Option<String>,
+    region: Option<String>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    heartbeat_ms: Option<i64>,
+    capacity: Option<i64>,
+    advertise: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -632,7 +667,11 @@ impl ShardConfig {
         let agent = agent_section(&cx, raw.agent, shard.bind, base)?;
         let lobby = lobby_section(&cx, raw.lobby, base)?;
         let game = game_section(&cx, raw.game, max_life)?;
-        Ok((secret, relay_key, ShardConfig { shard, relay, agent, lobby, game }))
+        let directory = match raw.directory {
+            Some(d) => Some(directory_section(&cx, d, &agent, base)?),
+            None => None,
+        };
+        Ok((secret, relay_key, ShardConfig { shard, relay, agent, lobby, game, directory }))
     }
 }
 
@@ -938,6 +977,72 @@ fn lobby_section(cx: &Ctx, l: RawLobby, base: Option<&Path>) -> Result<LobbySect
     Ok(lobby)
 }
 
+/// The `[directory]` section (a key file relative to `base`).
+fn directory_section(
+    cx: &Ctx,
+    d: RawDirectory,
+    agent: &AgentSection,
+    base: Option<&Path>,
+) -> Result<DirectorySection, ConfigError> {
+    let host_port = |s: &str| {
+        s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+    };
+    let address = d.address.ok_or_else(|| {
+        cx.invalid(
+            "directory.address",
+            "is missing (HOST:PORT of the directory, e.g. \"directory.example.com:7200\")",
+        )
+    })?;
+    if !host_port(&address) {
+        return Err(cx.invalid("directory.address", format!("is {address:?}, not HOST:PORT")));
+    }
+    let region = d.region.ok_or_else(|| cx.invalid("directory.region", "is missing (e.g. \"eu\")"))?;
+    if !p2pmodel_core::directory::valid_label(&region) {
+        return Err(cx.invalid(
+            "directory.region",
+            format!("is {region:?}; use 1-32 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    if agent.login.is_none() {
+        return Err(cx.invalid("directory.address", "is set but agent.login_port = 0: clients found in the directory log in through the login service"));
+    }
+    let key = hex32(
+        cx,
+        d.key,
+        d.key_file,
+        base,
+        "directory.key",
+        "directory.key_file",
+        "remove it to derive one from the shard secret",
+    )?
+    .map(p2pmodel_core::directory::DirectoryKey);
+    let advertise = match d.advertise {
+        Some(a) if host_port(&a) && a.len() <= 90 => Some(a),
+        Some(a) => {
+            return Err(cx.invalid(
+                "directory.advertise",
+                format!("is {a:?}, not HOST:PORT (the login service as clients reach it)"),
+            ));
+        }
+        None => None,
+    };
+    Ok(DirectorySection {
+        address,
+        region,
+        key,
+        heartbeat: Duration::from_millis(cx.int(
+            d.heartbeat_ms,
+            "directory.heartbeat_ms",
+            100,
+            10_000,
+            1000,
+        )?),
+        capacity: cx.int(d.capacity, "directory.capacity", 0, u32::MAX as i64, agent.max_clients as i64)?
+            as u32,
+        advertise,
+    })
+}
+
 /// The `[game]` section; relay tokens must not outlive `max_life` (the relay's limit).
 fn game_section(cx: &Ctx, g: RawGame, max_life: u64) -> Result<GameSection, ConfigError> {
     let day = 86_400;
@@ -1223,5 +1328,50 @@ mod tests {
         let many: Vec<String> = (0..17).map(|i| format!("\"198.51.100.{i}:3478\"")).collect();
         let many = format!("{}relays = [{}]\n", minimal(), many.join(", "));
         assert_eq!(err_key(&many), "shard.relays");
+    }
+
+    #[test]
+    fn config_directory_section_is_optional_validated_and_defaults_from_the_agent() {
+        assert_eq!(ShardConfig::parse(&minimal()).unwrap().directory, None);
+        let m = format!(
+            "{}[agent]\nmax_clients = 500\n[directory]\naddress = \"dir.example.com:7200\"\nregion = \"eu\"\n",
+            minimal()
+        );
+        let d = ShardConfig::parse(&m).unwrap().directory.unwrap();
+        assert_eq!(
+            (d.address.as_str(), d.region.as_str(), d.capacity, d.key, d.advertise),
+            ("dir.example.com:7200", "eu", 500, None, None)
+        );
+        assert_eq!(d.heartbeat, Duration::from_secs(1));
+        let full = format!(
+            "{m}heartbeat_ms = 200\ncapacity = 80\nadvertise = \"play.example.com:7001\"\nkey = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let d = ShardConfig::parse(&full).unwrap().directory.unwrap();
+        assert_eq!(
+            (d.heartbeat, d.capacity, d.advertise.as_deref()),
+            (Duration::from_millis(200), 80, Some("play.example.com:7001"))
+        );
+        assert_eq!(d.key, Some(p2pmodel_core::directory::DirectoryKey([0xab; 32])));
+        let dir = |body: &str| format!("{}[directory]\n{body}", minimal());
+        assert_eq!(err_key(&dir("region = \"eu\"\n")), "directory.address");
+        assert_eq!(err_key(&dir("address = \"nohost\"\nregion = \"eu\"\n")), "directory.address");
+        assert_eq!(err_key(&dir("address = \"d:7200\"\n")), "directory.region");
+        assert_eq!(err_key(&dir("address = \"d:7200\"\nregion = \"e u\"\n")), "directory.region");
+        assert_eq!(
+            err_key(&dir("address = \"d:7200\"\nregion = \"eu\"\nheartbeat_ms = 50\n")),
+            "directory.heartbeat_ms"
+        );
+        assert_eq!(err_key(&dir("address = \"d:7200\"\nregion = \"eu\"\nkey = \"00\"\n")), "directory.key");
+        assert_eq!(
+            err_key(&dir("address = \"d:7200\"\nregion = \"eu\"\nadvertise = \"x\"\n")),
+            "directory.advertise"
+        );
+        let no_login = format!(
+            "{}[agent]\nlogin_port = 0\n[directory]\naddress = \"d:7200\"\nregion = \"eu\"\n",
+            minimal()
+        );
+        assert_eq!(err_key(&no_login), "directory.address");
+        assert!(ShardConfig::parse(&dir("address = \"d:7200\"\nregion = \"eu\"\ntypo = 1\n")).is_err());
     }
 }

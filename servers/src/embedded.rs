@@ -84,6 +84,10 @@ pub fn start_with(
             };
             app.insert_resource(relay);
             setup(&mut app);
+            if let Err(e) = crate::directory::heartbeat::attach(&mut app, &cfg) {
+                let _ = tx.send(Err(format!("embedded shard: {e}")));
+                return;
+            }
             let info = app.world().resource::<ShardInfo>();
             let Some(login) = info.shard_address() else {
                 let _ = tx.send(Err("embedded shard has no login service".into()));

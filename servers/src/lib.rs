@@ -1,6 +1,7 @@
 //! Headless shard servers and operator tools for P2PModel.
 //!
 //! - [`config`]: `shard.toml`, validated, with errors that name the key.
+//! - [`directory`]: `p2pmodel directory` (the world list) and the shards' heartbeat to it.
 //! - [`relay`]: the Punch/Relay role (`p2pmodel shard relay`): data plane and control plane.
 //! - [`shard`]: the Agent, Lobby and Game roles (`p2pmodel shard all`), login and tokens.
 //! - [`bench`](mod@bench): `p2pmodel bench relay` — our relay against coturn and a raw forwarder.
@@ -14,6 +15,7 @@
 pub mod agones;
 pub mod bench;
 pub mod config;
+pub mod directory;
 pub mod embedded;
 pub mod fuzz;
 pub mod netcheck;

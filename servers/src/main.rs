@@ -62,6 +62,16 @@ enum Command {
     /// private (prefer `secret_file`); publish the key with the login address, as
     /// `KEY@HOST:PORT` (what game clients pass to `--server`).
     Secret(SecretArgs),
+    /// The directory (world list): shards register with an authenticated heartbeat
+    /// (`[directory]` in their shard.toml), game clients list them and pick one (TCP).
+    Directory(p2pmodel_servers::directory::DirectoryArgs),
+    /// Print the shard's directory key as a line for the directory's keys file
+    /// (`name = "<64 hex>"`): derived from the shard secret, or `directory.key`.
+    DirectoryKey {
+        /// The shard configuration (with the shard secret).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Fuzz every decoder and network entry point for a while; prints execs and crashes.
     #[command(long_about = p2pmodel_servers::fuzz::LONG_ABOUT)]
     Fuzz(p2pmodel_servers::fuzz::FuzzArgs),
@@ -311,6 +321,21 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Secret(args) => secret(&args),
+        Command::Directory(args) => match p2pmodel_servers::directory::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("p2pmodel: directory: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::DirectoryKey { config } => match load(&config) {
+            Ok(c) => {
+                let key = p2pmodel_servers::directory::heartbeat::directory_key(&c);
+                println!("\"{}\" = \"{}\"", c.shard.name, key.to_hex());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Command::Bench { what: BenchWhat::Shard(args) } => {
             match p2pmodel_servers::bench::run_shard_bench(&args) {
                 Ok(()) => ExitCode::SUCCESS,

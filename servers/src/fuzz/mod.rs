@@ -15,6 +15,7 @@
 //! client) are built fresh for every exec and fed several datagrams framed inside the input
 //! (see [`targets::frames`]), so a saved input alone reproduces its crash.
 
+pub mod directory;
 pub mod targets;
 
 use std::alloc::{GlobalAlloc, Layout, System};

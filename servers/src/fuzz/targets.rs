@@ -164,6 +164,12 @@ pub fn all() -> Vec<Target> {
             seeds: seeds_intro_params,
             run: intro_params,
         },
+        Target {
+            name: "directory_request",
+            about: "frames into the directory (Directory::handle: decode, HMAC check, replay and clock checks, expiry, lists, rate limits) from several sources as time passes",
+            seeds: super::directory::seeds,
+            run: super::directory::directory_request,
+        },
     ]
 }
 

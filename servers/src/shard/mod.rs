@@ -312,6 +312,7 @@ pub fn run_all_with(
     let relay_public = public_addr(config, runtime.server.primary_addr());
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
     add_shard(&mut app, config, Some(relay_public), None)?;
+    let directory = crate::directory::heartbeat::attach(&mut app, config)?;
     let info = app.world().resource::<ShardInfo>();
     println!("shard {} running:", config.shard.name);
     println!("  agent  (netcode, clients)  udp {}", info.agent);
@@ -331,6 +332,12 @@ pub fn run_all_with(
         "  lobby  in-process, {} zone(s); game servers: {} per zone at {} Hz",
         config.lobby.zones, config.game.servers_per_zone, config.game.tick_hz
     );
+    if let (true, Some(d)) = (directory, &config.directory) {
+        println!(
+            "  directory                  tcp {} (region {}, every {:?})",
+            d.address, d.region, d.heartbeat
+        );
+    }
     crate::relay::app::install_signal_handlers();
     app.insert_resource(runtime).add_plugins(crate::relay::RelayControlPlugin);
     setup(&mut app);
@@ -371,6 +378,7 @@ pub fn run_role_with(
     match role {
         SplitRole::Agent => {
             add_agent(&mut app, config, None)?;
+            crate::directory::heartbeat::attach(&mut app, config)?;
             app.insert_resource(RemoteBus::connect(vec![Role::Agent], lobby, secret, hb, timeout)?);
             let info = app.world().resource::<ShardInfo>();
             println!(
