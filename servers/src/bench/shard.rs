@@ -585,11 +585,12 @@ impl Generator {
             let mut peers = std::mem::take(&mut c.peers);
             peers.clear();
             peers.extend(c.core.peers().map(|p| p.player));
-            let light = c.light;
-            if !light && !(self.p2p && self.mesh != MeshLoad::Full) {
+            // Light clients and `--mesh idle|none` owe no state.
+            let owes = !(c.light || (self.p2p && self.mesh != MeshLoad::Full));
+            if owes {
                 self.counters.state_due += peers.len() as u64;
             }
-            if !(late || light || (self.p2p && self.mesh != MeshLoad::Full)) {
+            if owes && !late {
                 let state = self.state_message(i);
                 let c = &mut self.clients[i];
                 for &peer in &peers {

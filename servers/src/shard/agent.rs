@@ -395,6 +395,7 @@ impl AgentIo {
         }
         if dropped > 0 {
             shared.inbox_dropped.fetch_add(dropped, Ordering::Relaxed);
+            metrics::registry().agent_inbox_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -654,6 +655,7 @@ impl AgentTransport {
         let Ok(mut q) = q.lock() else { return };
         if q.len() >= OUTBOX_CAP && matches!(c, Command::Send { .. }) {
             self.shared.outbox_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::registry().agent_outbox_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         q.push(c);
