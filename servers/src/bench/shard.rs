@@ -1128,18 +1128,30 @@ struct Sample {
     game: [u64; 4],
     relay: crate::relay::StatsSnapshot,
     shard_ns: Option<u64>,
+    /// The frame thread and the Agent's I/O threads (parts of `shard_ns`).
+    frame_ns: Option<u64>,
+    agent_io_ns: Option<u64>,
     loadgen_ns: Option<u64>,
     machine: Option<(u64, u64, u64)>,
     counters: Counters,
 }
 
 impl Sample {
-    fn take(g: &Generators, shard: &ShardUnderTest, shard_cpu: &CpuProbe, gen_cpu: &CpuProbe) -> Sample {
+    fn take(g: &Generators, shard: &ShardUnderTest, probes: &[CpuProbe; 4]) -> Sample {
         let reg = metrics::registry();
         let (agent, game, relay) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
-        let (shard_ns, loadgen_ns, machine) =
-            (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
-        Sample { agent, game, relay, shard_ns, loadgen_ns, machine, counters: g.counters() }
+        let [shard_cpu, frame, io, gen_cpu] = probes;
+        Sample {
+            agent,
+            game,
+            relay,
+            shard_ns: shard_cpu.read_ns(),
+            frame_ns: frame.read_ns(),
+            agent_io_ns: io.read_ns(),
+            loadgen_ns: gen_cpu.read_ns(),
+            machine: super::cpu::machine_jiffies(),
+            counters: g.counters(),
+        }
     }
 }
 
@@ -1184,9 +1196,14 @@ fn measure(
         CpuProbe::threads_named("relay-"),
         CpuProbe::threads_named("p2pm-login"),
     ]);
-    let gen_cpu = CpuProbe::threads_named("p2pm-bench-gen");
+    let probes = [
+        shard_cpu,
+        CpuProbe::threads_named("p2pm-shard"),
+        CpuProbe::threads_named("p2pm-agent-io"),
+        CpuProbe::threads_named("p2pm-bench-gen"),
+    ];
     metrics::reset_histograms();
-    let s0 = Sample::take(&gens, shard, &shard_cpu, &gen_cpu);
+    let s0 = Sample::take(&gens, shard, &probes);
     let drops0 = udp_rcvbuf_errors();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.seconds);
@@ -1210,7 +1227,7 @@ fn measure(
         last = (now, a, r);
     }
     let window = start.elapsed().as_secs_f64();
-    let s1 = Sample::take(&gens, shard, &shard_cpu, &gen_cpu);
+    let s1 = Sample::take(&gens, shard, &probes);
     rss_peak = rss_peak.max(rss_mib());
     let clients = gens.clients();
     let threads = gens.threads.len() as u32;
@@ -1289,6 +1306,8 @@ fn phase_result(
             0.0
         },
         shard_cpu: cpu(s0.shard_ns, s1.shard_ns),
+        frame_cpu: cpu(s0.frame_ns, s1.frame_ns),
+        agent_io_cpu: cpu(s0.agent_io_ns, s1.agent_io_ns),
         loadgen_cpu: cpu(s0.loadgen_ns, s1.loadgen_ns),
         machine_busy: s0.machine.zip(s1.machine).map(|(a, b)| {
             let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
@@ -1379,9 +1398,11 @@ fn print_phase(r: &PhaseResult, json: bool) {
         }
     );
     println!(
-        "  cpu: shard {:.2} CPUs ({:.0} µs per client-second), load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB | UDP rcvbuf drops {}",
+        "  cpu: shard {:.2} CPUs ({:.0} µs per client-second; frame {:.2}, agent I/O {:.2}), load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB | UDP rcvbuf drops {}",
         r.shard_cpu,
         r.cpu_us_per_client_s(),
+        r.frame_cpu,
+        r.agent_io_cpu,
         r.loadgen_cpu,
         r.machine_busy.map_or("n/a".into(), |b| format!("{:.0}%", b * 100.0)),
         r.rss_peak_mib,

@@ -70,6 +70,10 @@ pub struct PhaseResult {
     pub state_delivered_ratio: f64,
     /// CPU of the shard's threads (shard app, relay, login) in the window, in CPUs.
     pub shard_cpu: f64,
+    /// Of it, the frame thread (`p2pm-shard`: Agent routing, Lobby, Game tick).
+    pub frame_cpu: f64,
+    /// Of it, the Agent's I/O threads (`p2pm-agent-io-*`; 0 with `--agent-io-threads 0`).
+    pub agent_io_cpu: f64,
     /// CPU of the load generator's threads in the window, in CPUs.
     pub loadgen_cpu: f64,
     /// Machine-wide busy share in the window.

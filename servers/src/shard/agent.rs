@@ -59,6 +59,9 @@ pub const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// decrypted and handed on as they arrive, and messages from the roles are sent as soon as
 /// the Bevy frame hands them over, in between.
 pub const SWEEP_INTERVAL: Duration = Duration::from_micros(16_667);
+/// Datagrams an I/O thread reads from one socket before it turns to the next socket, its
+/// queue of outgoing messages and its sweep.
+const RECV_BUDGET: usize = 256;
 /// Client messages waiting for the Bevy frame at most (all clients); more are dropped and
 /// counted ([`AgentTransport::inbox_dropped`]). Connections, disconnections and a client's
 /// last words are never dropped (there are at most as many as clients).
@@ -180,13 +183,14 @@ pub struct AgentIo {
 }
 
 impl AgentIo {
-    /// Receive every datagram waiting on this worker's sockets: decrypt, feed renet, hand the
-    /// messages on. True when something was read.
-    fn receive(&mut self) -> bool {
+    /// Receive what waits on this worker's sockets, at most `budget` datagrams per socket
+    /// (so a busy socket cannot starve the others or the sweep): decrypt, feed renet, hand
+    /// the messages on. True when something was read.
+    fn receive(&mut self, budget: usize) -> bool {
         let mut got = false;
         for k in 0..self.ports.len() {
             let NetcodePort { index, socket, server } = &mut self.ports[k];
-            loop {
+            for _ in 0..budget {
                 let (len, addr) = match socket.recv_from(&mut self.buf) {
                     Ok(r) => r,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -429,7 +433,7 @@ impl AgentIo {
                 break;
             }
             let mut busy = self.commands();
-            busy |= self.receive();
+            busy |= self.receive(RECV_BUDGET);
             let now = Instant::now();
             let due = now.duration_since(last_sweep) >= SWEEP_INTERVAL;
             if due {
@@ -689,7 +693,7 @@ impl AgentTransport {
         let dt = self.last_inline_sweep.map_or(Duration::ZERO, |t| now.duration_since(t));
         self.last_inline_sweep = Some(now);
         if let Some(io) = self.inline.as_mut() {
-            io.receive();
+            io.receive(usize::MAX);
             io.sweep(dt);
             io.flush();
         }
