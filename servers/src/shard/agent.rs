@@ -14,6 +14,25 @@
 //! connect token, **least-loaded first** ([`AgentLoad`]: connected clients plus tokens minted
 //! in the last 10 s per socket); a netcode client connects to the first address and moves on
 //! to the next one only if that one times out.
+//!
+//! ## Off the frame (issue #16)
+//! ```text
+//! agent.io_threads I/O threads (p2pm-agent-io-N), each owning some sockets (round-robin),
+//! their NetcodeServers and one RenetServer for their clients:
+//! loop {
+//!     commands from the frame (messages for clients, kicks)  ← outbox (Mutex<Vec>), eventfd wake
+//!     recv ≤ 256 datagrams per socket → netcode decrypt → renet → messages → batch
+//!     every 50 ms: sweep (netcode keepalives/timeouts, renet update, closed connections)
+//!     send: every client after a sweep, else the clients with new messages (encrypt, sendto)
+//!     batch → inbox (bounded: per client its budget, 131,072 in all; drops counted)
+//!     nothing to do → poll(sockets + eventfd, ≤ 20 ms)
+//! }
+//! the frame (Update): take the inbox in order — Connected (name, per-IP cap) / Message
+//! (AgentRouter::from_client) / Disconnected (its last words first, then the router's
+//! disconnect) — then route the roles' answers to the outbox and wake the threads.
+//! ```
+//! The Game tick shares the frame only with routing; a stalled frame does not stop
+//! keepalives. `io_threads = 0` runs the same [`AgentIo`] in the frame (PreUpdate/PostUpdate).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
