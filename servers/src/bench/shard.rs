@@ -139,9 +139,9 @@ pub struct ShardBenchArgs {
     /// cluster's mesh stays in one thread's memory; peers on two threads use loopback.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub gen_threads: u32,
-    /// Clients that run the full client (peer state at the tick rate, links with `--mesh
-    /// full`); the others (the last ones, whole clusters first) are light in both phases:
-    /// Moves and the shard connection only. Default: all.
+    /// Clients that run the full client (peer state at the tick rate to their full peers,
+    /// links with `--mesh full`); the others (the last N − K, numbered cluster by cluster)
+    /// are light in both phases: Moves and the shard connection only. Default: all.
     #[arg(long)]
     pub full: Option<u32>,
     /// The shard's `agent.io_threads` (0: the Agent's netcode I/O in the frame, as before #16).
@@ -356,6 +356,9 @@ struct Generator {
     rng: rand::rngs::StdRng,
     start: Instant,
     world: f32,
+    /// Players `1..=full_players` run the full client (`--full`); state goes only to them,
+    /// and only their links are counted (a light peer runs no mesh).
+    full_players: u64,
 }
 
 fn unix() -> Duration {
@@ -584,7 +587,8 @@ impl Generator {
             c.core.move_to(c.pos.0, c.pos.1);
             let mut peers = std::mem::take(&mut c.peers);
             peers.clear();
-            peers.extend(c.core.peers().map(|p| p.player));
+            let full = self.full_players;
+            peers.extend(c.core.peers().map(|p| p.player).filter(|p| p.0 <= full));
             // Light clients and `--mesh idle|none` owe no state.
             let owes = !(c.light || (self.p2p && self.mesh != MeshLoad::Full));
             if owes {
@@ -719,8 +723,8 @@ impl Generator {
 
     fn link_paths(&self, now: Instant) -> (u64, u64, u64) {
         let (mut d, mut r, mut f) = (0, 0, 0);
-        for c in &self.clients {
-            for p in c.core.peers() {
+        for c in self.clients.iter().filter(|c| !c.light) {
+            for p in c.core.peers().filter(|p| p.player.0 <= self.full_players) {
                 if now.duration_since(p.introduced_at) < Duration::from_secs(3) {
                     continue;
                 }
@@ -954,6 +958,7 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
             rng: rand::rngs::StdRng::seed_from_u64(args.seed ^ u64::from(n) ^ ((t as u64 + 1) << 32)),
             start: Instant::now(),
             world,
+            full_players: u64::from(args.full.unwrap_or(n).min(n)),
         };
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(GenStats::default());

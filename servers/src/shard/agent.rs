@@ -53,6 +53,7 @@ use super::keys::name_from_user_data;
 pub use super::load::AgentLoad;
 use super::login::OnlineNames;
 use super::metrics::{self, ClientDropReason, ClientDrops};
+use crate::relay::batch::RecvBatch;
 use p2pmodel_core::guard::catch_panic;
 
 /// SO_RCVBUF / SO_SNDBUF of the Agent's sockets: at 2,000 clients the Agent takes
@@ -86,6 +87,8 @@ const ACK_SLACK: Duration = Duration::from_millis(5);
 /// Datagrams an I/O thread reads from one socket before it turns to the next socket, its
 /// queue of outgoing messages and its sweep.
 const RECV_BUDGET: usize = 256;
+/// Datagrams one `recvmmsg` takes at most.
+const RECV_BATCH: usize = 32;
 /// Client messages waiting for the Bevy frame at most (all clients); more are dropped and
 /// counted ([`AgentTransport::inbox_dropped`]). Connections, disconnections and a client's
 /// last words are never dropped (there are at most as many as clients).
@@ -199,7 +202,7 @@ struct Cx {
 pub struct AgentIo {
     ports: Vec<NetcodePort>,
     cx: Cx,
-    buf: Vec<u8>,
+    recv: RecvBatch,
     last_ack: HashMap<u64, Instant>,
     /// Clients with messages queued since their last send.
     dirty: Vec<u64>,
@@ -214,33 +217,42 @@ impl AgentIo {
         let mut got = false;
         for k in 0..self.ports.len() {
             let NetcodePort { index, socket, server } = &mut self.ports[k];
-            for _ in 0..budget {
-                let (len, addr) = match socket.recv_from(&mut self.buf) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+            let mut taken = 0;
+            while taken < budget {
+                // recvmmsg: up to a batch per system call.
+                let n = match self.recv.recv(socket.as_raw_fd(), true) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        taken += 1;
+                        continue;
+                    }
                     Err(e) => {
                         warn!("agent socket {index}: receive failed: {e}");
                         break;
                     }
                 };
+                taken += n;
                 got = true;
-                metrics::agent_in(len);
-                // netcode decodes a datagram's header before authenticating it: a panic in
-                // there (renetcode 2.0.0 had two, patched in vendor/renetcode) drops the
-                // datagram, is counted and logged, and the Agent goes on.
-                let (srv, buf) = (&mut *server, &mut self.buf[..len]);
-                let r = match catch_panic(move || srv.process_packet(addr, buf)) {
-                    Ok(r) => r,
-                    Err(panic) => {
-                        self.cx.shared.netcode_panics.fetch_add(1, Ordering::Relaxed);
-                        metrics::agent_netcode_panic();
-                        warn!(%addr, %panic, "netcode panicked on a datagram; dropped");
-                        continue;
-                    }
-                };
-                handle(r, k, socket, &mut self.cx);
+                for i in 0..n {
+                    let Some(addr) = self.recv.get(i).1.filter(|_| !self.recv.truncated(i)) else { continue };
+                    let buf = self.recv.get_mut(i);
+                    metrics::agent_in(buf.len());
+                    // netcode decodes a datagram's header before authenticating it: a panic in
+                    // there (renetcode 2.0.0 had two, patched in vendor/renetcode) drops the
+                    // datagram, is counted and logged, and the Agent goes on.
+                    let srv = &mut *server;
+                    let r = match catch_panic(move || srv.process_packet(addr, buf)) {
+                        Ok(r) => r,
+                        Err(panic) => {
+                            self.cx.shared.netcode_panics.fetch_add(1, Ordering::Relaxed);
+                            metrics::agent_netcode_panic();
+                            warn!(%addr, %panic, "netcode panicked on a datagram; dropped");
+                            continue;
+                        }
+                    };
+                    handle(r, k, socket, &mut self.cx);
+                }
             }
         }
         got
@@ -506,8 +518,9 @@ pub struct AgentOptions {
 #[derive(Resource)]
 pub struct AgentTransport {
     shared: Arc<AgentShared>,
-    /// `io_threads = 0`: the one worker, run by the frame's systems.
-    inline: Option<AgentIo>,
+    /// `io_threads = 0`: the one worker, run by the frame's systems (in a `Mutex` only to be
+    /// `Sync`; reached through `get_mut`).
+    inline: Option<Mutex<AgentIo>>,
     threads: Vec<JoinHandle<()>>,
     /// Client → worker (from `Connected`, for routing outgoing messages).
     worker_of: HashMap<u64, usize>,
@@ -558,7 +571,7 @@ impl AgentTransport {
                     refuse: Vec::new(),
                     batch: Vec::new(),
                 },
-                buf: vec![0; 1500],
+                recv: RecvBatch::new(RECV_BATCH),
                 last_ack: HashMap::new(),
                 dirty: Vec::new(),
                 spare: Vec::new(),
@@ -588,7 +601,7 @@ impl AgentTransport {
             last_inline_sweep: None,
         };
         if options.io_threads == 0 {
-            t.inline = ios.pop();
+            t.inline = ios.pop().map(Mutex::new);
             return Ok(t);
         }
         for io in ios {
@@ -711,12 +724,17 @@ impl AgentTransport {
         }
     }
 
+    /// The in-frame worker (`io_threads = 0`).
+    fn inline_io(&mut self) -> Option<&mut AgentIo> {
+        self.inline.as_mut().and_then(|m| m.get_mut().ok())
+    }
+
     /// `io_threads = 0`: receive and sweep, in the frame.
     fn inline_receive(&mut self) {
         let now = Instant::now();
         let dt = self.last_inline_sweep.map_or(Duration::ZERO, |t| now.duration_since(t));
         self.last_inline_sweep = Some(now);
-        if let Some(io) = self.inline.as_mut() {
+        if let Some(io) = self.inline_io() {
             io.receive(usize::MAX);
             io.sweep(dt);
             io.flush();
@@ -725,7 +743,7 @@ impl AgentTransport {
 
     /// `io_threads = 0`: send, in the frame.
     fn inline_send(&mut self) {
-        if let Some(io) = self.inline.as_mut() {
+        if let Some(io) = self.inline_io() {
             io.commands();
             io.send(true);
             io.flush();
@@ -734,7 +752,7 @@ impl AgentTransport {
 
     /// Tell every client we are going and stop the I/O threads (at exit; also on drop).
     pub fn shutdown(&mut self) {
-        if let Some(io) = self.inline.as_mut() {
+        if let Some(io) = self.inline_io() {
             io.commands();
             io.send(true);
             io.disconnect_all();
@@ -1038,7 +1056,7 @@ mod tests {
     fn a_panic_inside_renet_drops_only_that_client_and_is_counted() {
         let mut t = transport(0);
         let dt = Duration::from_millis(16);
-        let io = t.inline.as_mut().unwrap();
+        let io = t.inline_io().unwrap();
         io.cx.renet.add_connection(1);
         io.cx.renet.add_connection(2);
         // renet panics half-way through client 1's packet (injected: the patched renet does
@@ -1049,7 +1067,7 @@ mod tests {
         });
         io.sweep(dt);
         assert_eq!(t.dropped(ClientDropReason::RenetPanic), 1);
-        let io = t.inline.as_mut().unwrap();
+        let io = t.inline_io().unwrap();
         let renet = &mut io.cx.renet;
         assert!(!renet.clients_id().contains(&1) && renet.disconnect_reason(1).is_none(), "discarded");
         assert!(renet.is_connected(2));
@@ -1057,7 +1075,7 @@ mod tests {
         feed_renet(renet, &[0, 0, 9, 0, 0], 2, &mut io.cx.panicked);
         io.sweep(dt);
         assert_eq!(t.dropped(ClientDropReason::RenetChannelId), 1);
-        let io = t.inline.as_mut().unwrap();
+        let io = t.inline_io().unwrap();
         assert!(!io.cx.renet.has_connections());
         // Both went to the frame as disconnections, without last words from the panicked one.
         io.flush();
@@ -1070,7 +1088,7 @@ mod tests {
             "{events:?}"
         );
         // Nothing is counted twice on later sweeps.
-        t.inline.as_mut().unwrap().sweep(dt);
+        t.inline_io().unwrap().sweep(dt);
         assert_eq!(t.dropped(ClientDropReason::RenetPanic) + t.dropped(ClientDropReason::RenetChannelId), 2);
         assert!(metrics::registry().agent_drops.get(ClientDropReason::RenetPanic) >= 1);
         let mut text = String::new();
@@ -1081,7 +1099,7 @@ mod tests {
     #[test]
     fn messages_over_a_clients_budget_are_dropped_before_the_frame_but_never_its_last_words() {
         let mut t = transport(0);
-        let io = t.inline.as_mut().unwrap();
+        let io = t.inline_io().unwrap();
         for _ in 0..150 {
             io.cx.batch.push(Inbound::Message { client: 5, bytes: Bytes::from_static(b"m") });
         }
@@ -1099,7 +1117,7 @@ mod tests {
             matches!(events.last(), Some(Inbound::Disconnected { client: 5, last_words, .. }) if last_words.len() == 1)
         );
         // The next frame's share starts afresh.
-        let io = t.inline.as_mut().unwrap();
+        let io = t.inline_io().unwrap();
         io.cx.batch.push(Inbound::Message { client: 5, bytes: Bytes::from_static(b"m") });
         io.flush();
         assert_eq!(t.take_inbound().0.len(), 1);
