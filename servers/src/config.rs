@@ -137,6 +137,10 @@ pub struct AgentSection {
     /// `login_per_source_per_sec` (5), `login_per_source_burst` (10), `login_per_sec` (200),
     /// `login_burst` (400): the login service's rate limits.
     pub login_limits: crate::shard::login::LoginLimits,
+    /// `io_threads` (default 1, at most 32): threads that own the netcode sockets (decrypt,
+    /// renet, encrypt, syscalls), off the frame that runs the Game tick; the sockets are
+    /// split over them. 0 runs that work in the frame (the pre-#16 Agent).
+    pub io_threads: usize,
 }
 
 /// `agent.accounts`: the login's account check.
@@ -438,6 +442,7 @@ struct RawAgent {
     login_per_source_burst: Option<f64>,
     login_per_sec: Option<f64>,
     login_burst: Option<f64>,
+    io_threads: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -887,6 +892,7 @@ fn agent_section(
         accounts: accounts(cx, a.accounts.as_deref(), base)?,
         max_clients_per_ip: cx.int(a.max_clients_per_ip, "agent.max_clients_per_ip", 1, 32_768, 16)? as usize,
         login_limits: login_limits(cx, &a)?,
+        io_threads: cx.int(a.io_threads, "agent.io_threads", 0, 32, 1)? as usize,
     };
     Ok(agent)
 }
@@ -1143,6 +1149,7 @@ mod tests {
         assert_eq!(c.shard.metrics, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(c.agent.accounts, Accounts::Open);
         assert_eq!(c.agent.max_clients_per_ip, 16);
+        assert_eq!(c.agent.io_threads, 1);
     }
 
     #[test]
@@ -1156,6 +1163,7 @@ mod tests {
         let m = minimal();
         assert_eq!(err_key(&format!("{m}[agent]\naccounts = \"ldap\"\n")), "agent.accounts");
         assert_eq!(err_key(&format!("{m}[agent]\nmax_clients_per_ip = 0\n")), "agent.max_clients_per_ip");
+        assert_eq!(err_key(&format!("{m}[agent]\nio_threads = 33\n")), "agent.io_threads");
         assert_eq!(err_key(&format!("{m}[agent]\nlogin_per_sec = 0\n")), "agent.login_per_sec");
         let c = ShardConfig::parse(&format!("{m}[agent]\naccounts = \"file:/etc/acc.toml\"\n")).unwrap();
         assert_eq!(c.agent.accounts, Accounts::File("/etc/acc.toml".into()));

@@ -2,6 +2,7 @@
 //! loopback): the renet 2.0.1 slice crash, garbage after a valid header, an unknown channel
 //! id, and the other renet bugs patched in `vendor/renet`. Each sender is dropped alone and
 //! counted by reason; the shard does not panic and an honest player keeps playing.
+//! Also: a stalled frame does not time clients out while the Agent's I/O has its own thread.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -273,7 +274,7 @@ fn hostile_renet_payloads_drop_only_their_sender_and_an_honest_player_keeps_play
     assert_eq!(t.dropped(ClientDropReason::RenetDecode), 1, "garbage");
     assert_eq!(t.dropped(ClientDropReason::RenetChannelId), 1, "unknown channel");
     assert_eq!(t.dropped(ClientDropReason::RenetPanic), 0);
-    assert_eq!(t.netcode_panics, 0, "the patched renetcode refuses the spoofed headers");
+    assert_eq!(t.netcode_panics(), 0, "the patched renetcode refuses the spoofed headers");
     assert!(players[0].netcode.is_connected() && players[0].renet.is_connected());
 
     // The honest player keeps playing: its messages are still routed (a move too fast for the
@@ -354,4 +355,47 @@ fn the_workspace_renetcode_refuses_an_oversized_sequence_prefix() {
         short[0] = prefix;
         assert!(client.process_packet(&mut short).is_none());
     }
+}
+
+/// Clients of a shard whose frame stalls for `stall` (the Game tick or any system blocked):
+/// whether the player is still connected afterwards, and whether its chat then comes back.
+fn stall_the_frame(io_threads: usize, stall: Duration) -> (bool, bool) {
+    let store =
+        std::env::temp_dir().join(format!("p2pm-agent-stall-{io_threads}-{}.json", std::process::id()));
+    let mut cfg = config("stall", &store);
+    cfg.agent.client_timeout_secs = 1;
+    cfg.agent.io_threads = io_threads;
+    let mut shard = Shard::start(&cfg);
+    let mut players = vec![Player::connect("ana", request_token(&shard.login, "ana", b"").unwrap())];
+    let wait = Duration::from_secs(5);
+    assert!(run_until(&mut shard, &mut players, wait, |_, ps| ps[0].netcode.is_connected()), "connected");
+    players[0].join_zone();
+    assert!(run_until(&mut shard, &mut players, wait, |_, ps| ps[0].entered), "entered the zone");
+    // The frame does not run for longer than the netcode timeout; the player goes on.
+    let until = Instant::now() + stall;
+    while Instant::now() < until {
+        players[0].pump();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let connected = players[0].netcode.is_connected();
+    players[0].send(&ClientMessage::Chat { text: "after the stall".into() });
+    let chat = run_until(&mut shard, &mut players, Duration::from_secs(3), |_, ps| {
+        ps[0].chat.iter().any(|(n, t)| n == "ana" && t == "after the stall")
+    });
+    drop(shard);
+    let _ = std::fs::remove_file(&store);
+    (connected, chat)
+}
+
+/// The Agent's netcode I/O runs on its own thread (`agent.io_threads`, issue #16): a frame
+/// that stalls for twice the client timeout does not cost a client its connection (the I/O
+/// thread keeps answering its keepalives), and the messages it sent meanwhile reach the
+/// roles once the frame runs again. With the I/O in the frame (`io_threads = 0`), the same
+/// stall times the client out.
+#[test]
+fn a_stalled_frame_keeps_clients_connected_when_the_agent_io_has_its_own_thread() {
+    let stall = Duration::from_millis(2500);
+    assert_eq!(stall_the_frame(1, stall), (true, true), "own I/O thread: still connected, chat routed");
+    let (connected, chat) = stall_the_frame(0, stall);
+    assert!(!connected && !chat, "I/O in the frame: the stall timed the client out");
 }

@@ -34,7 +34,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +135,18 @@ pub struct ShardBenchArgs {
     /// Random seed (cluster layout and movement).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Load-generator threads (0: one per CPU). Clusters are dealt over them whole, so a
+    /// cluster's mesh stays in one thread's memory; peers on two threads use loopback.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub gen_threads: u32,
+    /// Clients that run the full client (peer state at the tick rate to their full peers,
+    /// links with `--mesh full`); the others (the last N − K, numbered cluster by cluster)
+    /// are light in both phases: Moves and the shard connection only. Default: all.
+    #[arg(long)]
+    pub full: Option<u32>,
+    /// The shard's `agent.io_threads` (0: the Agent's netcode I/O in the frame, as before #16).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=32))]
+    pub agent_io_threads: u32,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -176,7 +188,7 @@ fn free_udp_port() -> io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn bench_config(n: u32, store: &std::path::Path) -> Result<ShardConfig, String> {
+fn bench_config(n: u32, store: &std::path::Path, io_threads: u32) -> Result<ShardConfig, String> {
     let secret: [u8; 32] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let login = free_udp_port().map_err(|e| e.to_string())?;
@@ -187,7 +199,7 @@ fn bench_config(n: u32, store: &std::path::Path) -> Result<ShardConfig, String> 
          [relay.source_quota]\npackets_per_sec = 1000000\nbytes_per_sec = 1000000000\n\
          [agent]\nport = 0\nlogin_port = {login}\nmax_clients = {}\nmax_messages_per_sec = 2000\n\
          max_clients_per_ip = 32768\nlogin_per_source_per_sec = 100000\nlogin_per_source_burst = 100000\n\
-         login_per_sec = 100000\nlogin_burst = 100000\n\
+         login_per_sec = 100000\nlogin_burst = 100000\nio_threads = {io_threads}\n\
          [lobby]\nzones = 1\nstore = \"{}\"\n\
          [game]\nservers_per_zone = 1\ncapacity = {}\n",
         (n as usize + 64).min(32_768),
@@ -280,6 +292,7 @@ impl Drop for Poller {
 /// Longest time one loop turn spends on in-memory mesh datagrams, and on mesh timers.
 const WIRE_BUDGET: Duration = Duration::from_millis(10);
 
+#[derive(Clone, Copy)]
 struct Cluster {
     x: f32,
     y: f32,
@@ -310,6 +323,8 @@ struct Client {
     intros: u64,
     /// Reused buffer for the introduced peers of a tick.
     peers: Vec<PlayerId>,
+    /// Moves and the shard connection only (`--full`): no peer state, no links.
+    light: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -341,6 +356,9 @@ struct Generator {
     rng: rand::rngs::StdRng,
     start: Instant,
     world: f32,
+    /// Players `1..=full_players` run the full client (`--full`); state goes only to them,
+    /// and only their links are counted (a light peer runs no mesh).
+    full_players: u64,
 }
 
 fn unix() -> Duration {
@@ -354,6 +372,7 @@ impl Generator {
         cluster: usize,
         offset: (f32, f32),
         token: ConnectToken,
+        light: bool,
     ) -> io::Result<()> {
         let i = self.clients.len();
         let nc = NetcodeClient::new(unix(), ClientAuthentication::Secure { connect_token: token })
@@ -370,7 +389,7 @@ impl Generator {
         let phase = self.tick.mul_f64(self.rng.random::<f64>());
         let mut cfg = ClientConfig::new(name);
         // `--mesh none`: the shard's side of P2P on without links, i.e. a core that opens none.
-        cfg.p2p = self.p2p && self.mesh != MeshLoad::None;
+        cfg.p2p = self.p2p && self.mesh != MeshLoad::None && !light;
         // No NAT discovery on loopback: announce an open NAT and the host candidate at once.
         cfg.assume_nat = Some(NatSummary {
             class: "open".into(),
@@ -401,6 +420,7 @@ impl Generator {
             tick: 0,
             intros: 0,
             peers: Vec::new(),
+            light,
         });
         Ok(())
     }
@@ -567,9 +587,14 @@ impl Generator {
             c.core.move_to(c.pos.0, c.pos.1);
             let mut peers = std::mem::take(&mut c.peers);
             peers.clear();
-            peers.extend(c.core.peers().map(|p| p.player));
-            self.counters.state_due += peers.len() as u64;
-            if !(late || (self.p2p && self.mesh != MeshLoad::Full)) {
+            let full = self.full_players;
+            peers.extend(c.core.peers().map(|p| p.player).filter(|p| p.0 <= full));
+            // Light clients and `--mesh idle|none` owe no state.
+            let owes = !(c.light || (self.p2p && self.mesh != MeshLoad::Full));
+            if owes {
+                self.counters.state_due += peers.len() as u64;
+            }
+            if owes && !late {
                 let state = self.state_message(i);
                 let c = &mut self.clients[i];
                 for &peer in &peers {
@@ -698,8 +723,8 @@ impl Generator {
 
     fn link_paths(&self, now: Instant) -> (u64, u64, u64) {
         let (mut d, mut r, mut f) = (0, 0, 0);
-        for c in &self.clients {
-            for p in c.core.peers() {
+        for c in self.clients.iter().filter(|c| !c.light) {
+            for p in c.core.peers().filter(|p| p.player.0 <= self.full_players) {
                 if now.duration_since(p.introduced_at) < Duration::from_secs(3) {
                     continue;
                 }
@@ -761,6 +786,143 @@ fn merge(probes: &[CpuProbe]) -> CpuProbe {
 /// One simulated player: its name, its cluster and its offset from the cluster's centre.
 type Member = (String, usize, (f32, f32));
 
+/// A load-generator thread's counters, published for the main thread.
+#[derive(Default)]
+struct GenStats {
+    state_sent: AtomicU64,
+    state_recv: AtomicU64,
+    ticks: AtomicU64,
+    state_due: AtomicU64,
+    clients: AtomicU64,
+    connected: AtomicU64,
+    in_zone: AtomicU64,
+}
+
+impl GenStats {
+    fn publish(&self, g: &Generator) {
+        let c = g.counters;
+        self.state_sent.store(c.state_sent, Ordering::Relaxed);
+        self.state_recv.store(c.state_recv, Ordering::Relaxed);
+        self.ticks.store(c.ticks, Ordering::Relaxed);
+        self.state_due.store(c.state_due, Ordering::Relaxed);
+        self.clients.store(g.clients.len() as u64, Ordering::Relaxed);
+        self.connected.store(u64::from(g.connected()), Ordering::Relaxed);
+        self.in_zone.store(u64::from(g.in_zone()), Ordering::Relaxed);
+    }
+}
+
+/// What a load-generator thread reports when it stops (at the end of the window).
+#[derive(Default)]
+struct GenFinal {
+    links: (u64, u64, u64),
+    introductions: u64,
+    connected: u32,
+    in_zone: u32,
+    sockets: Vec<(String, u32)>,
+}
+
+/// The load-generator threads of a phase.
+struct Generators {
+    stats: Vec<Arc<GenStats>>,
+    feeds: Vec<mpsc::Sender<(Member, ConnectToken, bool)>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<GenFinal>>,
+}
+
+impl Generators {
+    fn sum(&self, f: impl Fn(&GenStats) -> &AtomicU64) -> u64 {
+        self.stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+    }
+
+    fn counters(&self) -> Counters {
+        Counters {
+            state_sent: self.sum(|s| &s.state_sent),
+            state_recv: self.sum(|s| &s.state_recv),
+            ticks: self.sum(|s| &s.ticks),
+            state_due: self.sum(|s| &s.state_due),
+        }
+    }
+
+    fn connected(&self) -> u64 {
+        self.sum(|s| &s.connected)
+    }
+
+    fn in_zone(&self) -> u64 {
+        self.sum(|s| &s.in_zone)
+    }
+
+    fn clients(&self) -> u64 {
+        self.sum(|s| &s.clients)
+    }
+
+    /// Stop every thread; their link paths, introductions and sockets, summed.
+    fn finish(mut self) -> GenFinal {
+        self.stop.store(true, Ordering::Relaxed);
+        self.feeds.clear();
+        let mut f = GenFinal::default();
+        let mut sockets = std::collections::BTreeMap::new();
+        for t in self.threads.drain(..) {
+            let Ok(r) = t.join() else { continue };
+            f.links = (f.links.0 + r.links.0, f.links.1 + r.links.1, f.links.2 + r.links.2);
+            f.introductions += r.introductions;
+            f.connected += r.connected;
+            f.in_zone += r.in_zone;
+            for (a, n) in r.sockets {
+                *sockets.entry(a).or_insert(0u32) += n;
+            }
+        }
+        f.sockets = sockets.into_iter().collect();
+        f
+    }
+}
+
+impl Drop for Generators {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One load-generator thread: add the clients it is fed, run them until told to stop.
+fn gen_thread(
+    mut g: Generator,
+    feed: mpsc::Receiver<(Member, ConnectToken, bool)>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<GenStats>,
+    links: bool,
+) -> GenFinal {
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(((name, k, off), token, light)) = feed.try_recv() {
+            if let Err(e) = g.add_client(name, k, off, token, light) {
+                tracing::warn!("bench client socket: {e}");
+            }
+        }
+        g.run(Instant::now() + Duration::from_millis(20), |_, _| {});
+        stats.publish(&g);
+    }
+    let now = Instant::now();
+    let mut sockets = std::collections::BTreeMap::new();
+    for c in g.clients.iter().filter(|c| c.nc.is_connected()) {
+        *sockets.entry(c.nc.server_addr().to_string()).or_insert(0u32) += 1;
+    }
+    GenFinal {
+        links: if links { g.link_paths(now) } else { (0, 0, 0) },
+        introductions: g.clients.iter().map(|c| c.intros).sum(),
+        connected: g.connected(),
+        in_zone: g.in_zone(),
+        sockets: sockets.into_iter().collect(),
+    }
+}
+
+/// Load-generator threads (`--gen-threads`, 0: one per CPU), at most one per cluster.
+fn gen_threads(args: &ShardBenchArgs, clusters: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = if args.gen_threads == 0 { cpus } else { args.gen_threads as usize };
+    t.clamp(1, clusters.max(1))
+}
+
 /// Run one phase: a fresh shard, `n` clients, ramp, warm-up, measurement window.
 pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult, String> {
     check_phase(args, n)?;
@@ -768,44 +930,64 @@ pub fn run_phase(args: &ShardBenchArgs, n: u32, p2p: bool) -> Result<PhaseResult
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ u64::from(n));
     let (clusters, members, world) = lay_out(args, n, &mut rng);
     let store = write_store(&clusters, &members, n, p2p)?;
-    let cfg = bench_config(n, &store)?;
+    let cfg = bench_config(n, &store, args.agent_io_threads)?;
     let shard = start_shard(&cfg, store)?;
     let tick = Duration::from_secs_f64(1.0 / f64::from(cfg.game.tick_hz));
-    let mut g = Generator {
-        clients: Vec::with_capacity(n as usize),
-        clusters,
-        poller: Poller::new().map_err(|e| e.to_string())?,
-        timers: BinaryHeap::new(),
-        wire: VecDeque::new(),
-        by_mesh_addr: HashMap::new(),
-        dirty: Vec::new(),
-        is_dirty: Vec::new(),
-        p2p,
-        mesh: args.mesh,
-        memory_wire: args.wire == Wire::Memory,
-        tick,
-        max_step: cfg.game.max_speed * 0.9 * tick.as_secs_f32(),
-        state_bytes: args.state_bytes as usize,
-        counters: Counters::default(),
-        buf: vec![0; 2048],
-        rng,
-        start: Instant::now(),
-        world,
-    };
+    let threads = gen_threads(args, clusters.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut gens =
+        Generators { stats: Vec::new(), feeds: Vec::new(), stop: stop.clone(), threads: Vec::new() };
+    for t in 0..threads {
+        let g = Generator {
+            clients: Vec::new(),
+            clusters: clusters.clone(),
+            poller: Poller::new().map_err(|e| e.to_string())?,
+            timers: BinaryHeap::new(),
+            wire: VecDeque::new(),
+            by_mesh_addr: HashMap::new(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            p2p,
+            mesh: args.mesh,
+            memory_wire: args.wire == Wire::Memory,
+            tick,
+            max_step: cfg.game.max_speed * 0.9 * tick.as_secs_f32(),
+            state_bytes: args.state_bytes as usize,
+            counters: Counters::default(),
+            buf: vec![0; 2048],
+            rng: rand::rngs::StdRng::seed_from_u64(args.seed ^ u64::from(n) ^ ((t as u64 + 1) << 32)),
+            start: Instant::now(),
+            world,
+            full_players: u64::from(args.full.unwrap_or(n).min(n)),
+        };
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(GenStats::default());
+        let (stop, st) = (stop.clone(), stats.clone());
+        let links = p2p && args.mesh != MeshLoad::None;
+        let h = std::thread::Builder::new()
+            .name(format!("p2pm-bench-gen-{t}"))
+            .spawn(move || gen_thread(g, rx, stop, st, links))
+            .map_err(|e| e.to_string())?;
+        gens.stats.push(stats);
+        gens.feeds.push(tx);
+        gens.threads.push(h);
+    }
     let mode = if p2p { "on " } else { "off" };
-    ramp_up(&mut g, args, n, &members, shard.login, mode)?;
+    ramp_up(&gens, args, n, &members, shard.login, mode)?;
     // Warm-up.
     let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup);
-    g.run(warm_until, |g, _| {
+    while Instant::now() < warm_until {
+        std::thread::sleep(
+            Duration::from_millis(250).min(warm_until.saturating_duration_since(Instant::now())),
+        );
         eprint!(
             "\r  p2p {mode} N={n:<5} warm-up: connected {:>5}  in zone {:>5}                 ",
-            g.connected(),
-            g.in_zone()
+            gens.connected(),
+            gens.in_zone()
         );
-    });
-    let r = measure(&mut g, &shard, args, n, p2p);
+    }
+    let r = measure(gens, &shard, args, n, p2p, tick);
     eprintln!("\r  p2p {mode} N={n:<5} done{:<90}", "");
-    drop(g);
     drop(shard);
     Ok(r)
 }
@@ -874,10 +1056,10 @@ fn write_store(
     Ok(store)
 }
 
-/// Log every member in (on a helper thread) and add the clients at `--ramp` per second,
-/// until all are in the zone or the ramp's deadline passes.
+/// Log every member in (on a helper thread) and hand the clients to their threads (by
+/// cluster) at `--ramp` per second, until all are in the zone or the ramp's deadline passes.
 fn ramp_up(
-    g: &mut Generator,
+    gens: &Generators,
     args: &ShardBenchArgs,
     n: u32,
     members: &[Member],
@@ -897,17 +1079,24 @@ fn ramp_up(
             }
         })
         .map_err(|e| e.to_string())?;
+    let full = args.full.unwrap_or(n).min(n) as usize;
     let ramp_start = Instant::now();
     let deadline = ramp_start + Duration::from_secs_f64(30.0 + f64::from(n) / f64::from(args.ramp) * 3.0);
     let mut err = None;
-    while g.in_zone() < n && Instant::now() < deadline {
+    let mut fed = 0usize;
+    while gens.in_zone() < u64::from(n) && Instant::now() < deadline {
         let allowed =
             ((ramp_start.elapsed().as_secs_f64() * f64::from(args.ramp)) as usize + 1).min(n as usize);
-        while g.clients.len() < allowed {
+        while fed < allowed {
             match rx.try_recv() {
                 Ok(Ok(token)) => {
-                    let (name, k, off) = members[g.clients.len()].clone();
-                    g.add_client(name, k, off, token).map_err(|e| format!("client socket: {e}"))?;
+                    let m = members[fed].clone();
+                    let t = m.1 % gens.feeds.len();
+                    let light = fed >= full;
+                    gens.feeds[t]
+                        .send((m, token, light))
+                        .map_err(|_| "load-generator thread died".to_string())?;
+                    fed += 1;
                 }
                 Ok(Err(e)) => {
                     err = Some(format!("login failed: {e}"));
@@ -919,13 +1108,12 @@ fn ramp_up(
         if err.is_some() {
             break;
         }
-        let until = Instant::now() + Duration::from_millis(50);
-        g.run(until, |_, _| {});
+        std::thread::sleep(Duration::from_millis(50));
         eprint!(
             "\r  p2p {mode} N={n:<5} ramp: logged in {:>5}  connected {:>5}  in zone {:>5}   ",
-            g.clients.len(),
-            g.connected(),
-            g.in_zone()
+            fed,
+            gens.connected(),
+            gens.in_zone()
         );
     }
     let _ = login_thread.join();
@@ -933,8 +1121,8 @@ fn ramp_up(
         eprintln!();
         return Err(e);
     }
-    if g.in_zone() < n {
-        tracing::warn!(in_zone = g.in_zone(), n, "not every client entered the zone before the deadline");
+    if gens.in_zone() < u64::from(n) {
+        tracing::warn!(in_zone = gens.in_zone(), n, "not every client entered the zone before the deadline");
     }
     Ok(())
 }
@@ -945,45 +1133,90 @@ struct Sample {
     game: [u64; 4],
     relay: crate::relay::StatsSnapshot,
     shard_ns: Option<u64>,
+    /// The frame thread and the Agent's I/O threads (parts of `shard_ns`).
+    frame_ns: Option<u64>,
+    agent_io_ns: Option<u64>,
     loadgen_ns: Option<u64>,
     machine: Option<(u64, u64, u64)>,
     counters: Counters,
 }
 
 impl Sample {
-    fn take(g: &Generator, shard: &ShardUnderTest, shard_cpu: &CpuProbe, gen_cpu: &CpuProbe) -> Sample {
+    fn take(g: &Generators, shard: &ShardUnderTest, probes: &[CpuProbe; 4]) -> Sample {
         let reg = metrics::registry();
         let (agent, game, relay) = (reg.agent.read(), reg.game.read(), shard.relay.server.snapshot());
-        let (shard_ns, loadgen_ns, machine) =
-            (shard_cpu.read_ns(), gen_cpu.read_ns(), super::cpu::machine_jiffies());
-        Sample { agent, game, relay, shard_ns, loadgen_ns, machine, counters: g.counters }
+        let [shard_cpu, frame, io, gen_cpu] = probes;
+        Sample {
+            agent,
+            game,
+            relay,
+            shard_ns: shard_cpu.read_ns(),
+            frame_ns: frame.read_ns(),
+            agent_io_ns: io.read_ns(),
+            loadgen_ns: gen_cpu.read_ns(),
+            machine: super::cpu::machine_jiffies(),
+            counters: g.counters(),
+        }
     }
+}
+
+/// The relay's drops by reason (core and data plane) between two snapshots, non-zero ones.
+fn relay_drops(a: &crate::relay::StatsSnapshot, b: &crate::relay::StatsSnapshot) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = b
+        .core
+        .drops()
+        .zip(a.core.drops())
+        .map(|((r, x), (_, y))| (r.label().to_string(), x.saturating_sub(y)))
+        .collect();
+    let (p, q) = (&b.plane, &a.plane);
+    for (name, x, y) in [
+        ("stun_unanswered", p.stun_unanswered, q.stun_unanswered),
+        ("not_relay_port", p.not_relay_port, q.not_relay_port),
+        ("bad_source", p.bad_source, q.bad_source),
+        ("send_errors", p.send_errors, q.send_errors),
+        ("batch_overflow", p.batch_overflow, q.batch_overflow),
+        ("truncated", p.truncated, q.truncated),
+        ("handoff_dropped", p.handoff_dropped, q.handoff_dropped),
+    ] {
+        v.push((name.to_string(), x.saturating_sub(y)));
+    }
+    v.retain(|(_, n)| *n > 0);
+    v
 }
 
 /// The measurement window: run `--seconds`, showing progress, and compute the figures.
 fn measure(
-    g: &mut Generator,
+    gens: Generators,
     shard: &ShardUnderTest,
     args: &ShardBenchArgs,
     n: u32,
     p2p: bool,
+    tick: Duration,
 ) -> PhaseResult {
     let mode = if p2p { "on " } else { "off" };
     let reg = metrics::registry();
     let shard_cpu = merge(&[
         CpuProbe::threads_named("p2pm-shard"),
+        CpuProbe::threads_named("p2pm-agent-io"),
         CpuProbe::threads_named("relay-"),
         CpuProbe::threads_named("p2pm-login"),
     ]);
-    let gen_cpu = CpuProbe::this_thread();
+    let probes = [
+        shard_cpu,
+        CpuProbe::threads_named("p2pm-shard"),
+        CpuProbe::threads_named("p2pm-agent-io"),
+        CpuProbe::threads_named("p2pm-bench-gen"),
+    ];
     metrics::reset_histograms();
-    let s0 = Sample::take(g, shard, &shard_cpu, &gen_cpu);
+    let s0 = Sample::take(&gens, shard, &probes);
     let drops0 = udp_rcvbuf_errors();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.seconds);
     let mut rss_peak = rss_mib();
     let mut last = (start, reg.agent.read()[1], s0.relay.forwarded_bytes);
-    g.run(until, |g, now| {
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())));
+        let now = Instant::now();
         rss_peak = rss_peak.max(rss_mib());
         let (a, r) = (reg.agent.read()[1], shard.relay.server.snapshot().forwarded_bytes);
         let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
@@ -992,33 +1225,37 @@ fn measure(
             "\r  p2p {mode} N={n:<5} {:>4.1}/{:.0} s  connected {:>5}  egress {:>8.1} kB/s  tick p99 {:>6} ms   ",
             now.duration_since(start).as_secs_f64(),
             args.seconds,
-            g.connected(),
+            gens.connected(),
             ((a - last.1) + (r - last.2)) as f64 / dt / 1e3,
             tick99.map_or("-".into(), |t| format!("{t:.2}")),
         );
         last = (now, a, r);
-    });
+    }
     let window = start.elapsed().as_secs_f64();
-    let s1 = Sample::take(g, shard, &shard_cpu, &gen_cpu);
+    let s1 = Sample::take(&gens, shard, &probes);
     rss_peak = rss_peak.max(rss_mib());
-    let now = Instant::now();
-    let links = if p2p && args.mesh != MeshLoad::None { g.link_paths(now) } else { (0, 0, 0) };
-    let mut r = phase_result(g, n, p2p, window, &s0, &s1, links);
+    let clients = gens.clients();
+    let threads = gens.threads.len() as u32;
+    let fin = gens.finish();
+    let mut r = phase_result(n, p2p, window, &s0, &s1, clients, tick, fin);
+    r.gen_threads = threads;
     r.rss_peak_mib = rss_peak;
     r.udp_rcvbuf_drops = udp_rcvbuf_errors().saturating_sub(drops0);
     r
 }
 
-/// The figures of a window of `window` seconds between two samples; `links` are the link ends
-/// (direct, relayed, failed) at its end.
+/// The figures of a window of `window` seconds between two samples; `fin`: the load
+/// generator's link ends (direct, relayed, failed) and counts at its end.
+#[allow(clippy::too_many_arguments)]
 fn phase_result(
-    g: &Generator,
     n: u32,
     p2p: bool,
     window: f64,
     s0: &Sample,
     s1: &Sample,
-    links: (u64, u64, u64),
+    clients: u64,
+    tick: Duration,
+    fin: GenFinal,
 ) -> PhaseResult {
     let reg = metrics::registry();
     let (c0, c1) = (s0.counters, s1.counters);
@@ -1029,13 +1266,14 @@ fn phase_result(
     };
     let q = |h: &std::sync::Mutex<metrics::Histogram>, p: f64| h.lock().ok().and_then(|h| h.quantile_ms(p));
     let (tick_max, ticks) = reg.tick.lock().map(|h| (h.max_ms(), h.count())).unwrap_or((0.0, 0));
-    let expected_ticks = g.clients.len() as f64 * window / g.tick.as_secs_f64();
+    let expected_ticks = clients as f64 * window / tick.as_secs_f64();
+    let due = c1.state_due.saturating_sub(c0.state_due);
     let mut r = PhaseResult {
         clients: n,
         p2p,
-        connected: g.connected(),
-        in_zone: g.in_zone(),
-        introductions: g.clients.iter().map(|c| c.intros).sum(),
+        connected: fin.connected,
+        in_zone: fin.in_zone,
+        introductions: fin.introductions,
         window_s: window,
         agent_in_bps: per_s(s0.agent[0], s1.agent[0]),
         agent_out_bps: per_s(s0.agent[1], s1.agent[1]),
@@ -1051,13 +1289,19 @@ fn phase_result(
         route_in_p99_ms: q(&reg.route_to_game, 0.99),
         route_out_p50_ms: q(&reg.route_to_agent, 0.5),
         route_out_p99_ms: q(&reg.route_to_agent, 0.99),
-        links_direct: links.0,
-        links_relayed: links.1,
-        links_failed: links.2,
+        links_direct: fin.links.0,
+        links_relayed: fin.links.1,
+        links_failed: fin.links.2,
+        state_due_per_s: per_s(c0.state_due, c1.state_due),
         state_sent_per_s: per_s(c0.state_sent, c1.state_sent),
         state_recv_per_s: per_s(c0.state_recv, c1.state_recv),
-        state_ratio: if c1.state_due > c0.state_due {
-            (c1.state_sent - c0.state_sent) as f64 / (c1.state_due - c0.state_due) as f64
+        state_ratio: if due > 0 {
+            c1.state_sent.saturating_sub(c0.state_sent) as f64 / due as f64
+        } else {
+            0.0
+        },
+        state_delivered_ratio: if due > 0 {
+            c1.state_recv.saturating_sub(c0.state_recv) as f64 / due as f64
         } else {
             0.0
         },
@@ -1067,18 +1311,15 @@ fn phase_result(
             0.0
         },
         shard_cpu: cpu(s0.shard_ns, s1.shard_ns),
+        frame_cpu: cpu(s0.frame_ns, s1.frame_ns),
+        agent_io_cpu: cpu(s0.agent_io_ns, s1.agent_io_ns),
         loadgen_cpu: cpu(s0.loadgen_ns, s1.loadgen_ns),
         machine_busy: s0.machine.zip(s1.machine).map(|(a, b)| {
             let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
             busy as f64 / (busy + idle + steal).max(1) as f64
         }),
-        agent_sockets: {
-            let mut m = std::collections::BTreeMap::new();
-            for c in g.clients.iter().filter(|c| c.nc.is_connected()) {
-                *m.entry(c.nc.server_addr().to_string()).or_insert(0u32) += 1;
-            }
-            m.into_iter().collect()
-        },
+        agent_sockets: fin.sockets,
+        relay_drops: relay_drops(&s0.relay, &s1.relay),
         ..PhaseResult::default()
     };
     r.egress_bps = r.agent_out_bps + r.relay_out_bps;
@@ -1144,15 +1385,29 @@ fn print_phase(r: &PhaseResult, json: bool) {
         );
     }
     println!(
-        "  peer state: sent {:.0}/s ({:.1}% of due) received {:.0}/s | load generator ran {:.1}% of client ticks",
+        "  peer state: due {:.0}/s, sent {:.0}/s ({:.1}% of due), delivered {:.0}/s ({:.1}% of due) | load generator ({} threads) ran {:.1}% of client ticks",
+        r.state_due_per_s,
         r.state_sent_per_s,
         r.state_ratio * 100.0,
         r.state_recv_per_s,
+        r.state_delivered_ratio * 100.0,
+        r.gen_threads,
         r.generator_tick_ratio * 100.0
     );
     println!(
-        "  cpu: shard {:.2} CPUs, load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB | UDP rcvbuf drops {}",
+        "  relay drops: {}",
+        if r.relay_drops.is_empty() {
+            "none".to_string()
+        } else {
+            r.relay_drops.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        }
+    );
+    println!(
+        "  cpu: shard {:.2} CPUs ({:.0} µs per client-second; frame {:.2}, agent I/O {:.2}), load generator {:.2} CPUs, machine busy {} | peak RSS (shard + load generator) {:.0} MiB | UDP rcvbuf drops {}",
         r.shard_cpu,
+        r.cpu_us_per_client_s(),
+        r.frame_cpu,
+        r.agent_io_cpu,
         r.loadgen_cpu,
         r.machine_busy.map_or("n/a".into(), |b| format!("{:.0}%", b * 100.0)),
         r.rss_peak_mib,
@@ -1175,9 +1430,10 @@ fn summary(n: u32, row: &Row) -> String {
         _ => None,
     };
     format!(
-        "summary: clients={n} offload={} tick_p99_ms={} route_p99_ms={} direct={} relayed={} failed={}",
+        "summary: clients={n} offload={} tick_p99_ms={} tick_hz={} route_p99_ms={} direct={} relayed={} failed={}",
         opt(offload, 3),
         opt(main.and_then(|r| r.tick_p99_ms), 2),
+        opt(main.map(|r| r.tick_hz()), 1),
         opt(main.and_then(|r| r.route_p99_ms()), 2),
         opt(on.map(|r| r.direct()), 3),
         opt(on.map(|r| r.relayed()), 3),
@@ -1198,10 +1454,17 @@ pub fn run_count(args: &ShardBenchArgs, n: u32) -> Result<Row, String> {
     }
     if let (Some(off), Some(on)) = (&off, &on) {
         println!(
-            "  offload: server egress with P2P on / off = {:.0} / {:.0} B/s = {}",
+            "  offload: server egress with P2P on / off = {:.0} / {:.0} B/s = {} | peer state delivered/due: off {:.1}%, on {:.1}%{}",
             on.egress_bps,
             off.egress_bps,
-            opt((off.egress_bps > 0.0).then(|| on.egress_bps / off.egress_bps), 3)
+            opt((off.egress_bps > 0.0).then(|| on.egress_bps / off.egress_bps), 3),
+            off.state_delivered_ratio * 100.0,
+            on.state_delivered_ratio * 100.0,
+            if off.state_delivered_ratio.min(on.state_delivered_ratio) >= 0.99 {
+                " (equal work)"
+            } else {
+                " (UNEQUAL work: a phase delivered < 99 % of its due messages)"
+            }
         );
     }
     Ok((off, on))
@@ -1242,8 +1505,18 @@ pub fn run_shard_bench(args: &ShardBenchArgs) -> Result<(), String> {
     }
     if rows.len() > 1 {
         println!(
-            "{:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>8} {:>8}",
-            "N", "egr/cl off", "egr/cl on", "offload", "tick99 off", "tick99 on", "cpu sh on", "cpu lg on"
+            "{:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} {:>9}",
+            "N",
+            "egr/cl off",
+            "egr/cl on",
+            "offload",
+            "tick99 off",
+            "tick99 on",
+            "Hz off",
+            "Hz on",
+            "cpu sh on",
+            "cpu lg on",
+            "µs/cl·s on"
         );
         for (n, (off, on)) in &rows {
             let pc = |r: &Option<PhaseResult>| r.as_ref().map(|r| r.egress_bps / f64::from(*n));
@@ -1253,14 +1526,17 @@ pub fn run_shard_bench(args: &ShardBenchArgs) -> Result<(), String> {
                 _ => None,
             };
             println!(
-                "{n:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>8} {:>8}",
+                "{n:>6} | {:>9} {:>9} | {:>8} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} {:>9}",
                 opt(pc(off), 0),
                 opt(pc(on), 0),
                 opt(off_on, 3),
                 opt(t(off), 2),
                 opt(t(on), 2),
+                opt(off.as_ref().map(|r| r.tick_hz()), 1),
+                opt(on.as_ref().map(|r| r.tick_hz()), 1),
                 opt(on.as_ref().map(|r| r.shard_cpu), 2),
-                opt(on.as_ref().map(|r| r.loadgen_cpu), 2)
+                opt(on.as_ref().map(|r| r.loadgen_cpu), 2),
+                opt(on.as_ref().map(|r| r.cpu_us_per_client_s()), 0)
             );
         }
         // The last line stays the summary of the largest run.

@@ -23,14 +23,14 @@ fn chart(
     title: &str,
     y_label: &str,
     lines: &[Series<'_>],
-    limit: Option<f64>,
+    limit: Option<(f64, &str)>,
 ) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let pts = lines.iter().flat_map(|l| l.2.iter());
     let x_max = pts.clone().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let y_max = pts.map(|p| p.1).chain(limit).fold(1e-9, f64::max) * 1.15;
+    let y_max = pts.map(|p| p.1).chain(limit.map(|l| l.0)).fold(1e-9, f64::max) * 1.15;
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
@@ -47,10 +47,10 @@ fn chart(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         c.draw_series(data.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(|e| err(&e))?;
     }
-    if let Some(l) = limit {
+    if let Some((l, label)) = limit {
         c.draw_series(LineSeries::new(vec![(0.0, l), (x_max, l)], RGBColor(150, 150, 150).stroke_width(1)))
             .map_err(|e| err(&e))?
-            .label(format!("goal {l} ms"))
+            .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(150, 150, 150)));
     }
     c.configure_series_labels()
@@ -63,7 +63,8 @@ fn chart(
     Ok(())
 }
 
-/// Write `shard-egress-per-client.svg` and `shard-tick-p99.svg` into `dir`.
+/// Write `shard-egress-per-client.svg`, `shard-tick-p99.svg`, `shard-tick-hz.svg` and
+/// `shard-cpu-per-client.svg` into `dir`.
 pub fn write_plots(dir: &Path, rows: &[(u32, Row)]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (red, blue) = (RGBColor(200, 40, 40), RGBColor(30, 90, 200));
@@ -84,6 +85,22 @@ pub fn write_plots(dir: &Path, rows: &[(u32, Row)]) -> Result<(), String> {
         "Game tick time p99",
         "ms",
         &[("P2P off", red, series(rows, false, tick)), ("P2P on", blue, series(rows, true, tick))],
-        Some(50.0),
+        Some((50.0, "goal 50 ms")),
+    )?;
+    let hz = |_: u32, r: &PhaseResult| Some(r.tick_hz());
+    chart(
+        &dir.join("shard-tick-hz.svg"),
+        "Game ticks achieved per second",
+        "Hz",
+        &[("P2P off", red, series(rows, false, hz)), ("P2P on", blue, series(rows, true, hz))],
+        Some((20.0, "goal 20 Hz")),
+    )?;
+    let cpu = |_: u32, r: &PhaseResult| Some(r.cpu_us_per_client_s()).filter(|v| v.is_finite());
+    chart(
+        &dir.join("shard-cpu-per-client.svg"),
+        "Shard CPU per client (frame + Agent I/O + relay + login)",
+        "µs of CPU per client-second",
+        &[("P2P off", red, series(rows, false, cpu)), ("P2P on", blue, series(rows, true, cpu))],
+        None,
     )
 }

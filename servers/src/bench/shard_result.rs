@@ -54,6 +54,8 @@ pub struct PhaseResult {
     pub links_relayed: u64,
     /// … with no path.
     pub links_failed: u64,
+    /// Peer state messages due per second (introduced peers × ticks of the full clients).
+    pub state_due_per_s: f64,
     /// Peer state messages sent / received per second (all clients).
     pub state_sent_per_s: f64,
     /// See `state_sent_per_s`.
@@ -63,8 +65,15 @@ pub struct PhaseResult {
     /// Peer state messages sent / due in the window (< 1: mesh state skipped on late ticks,
     /// the load generator short of CPU).
     pub state_ratio: f64,
+    /// Peer state messages received / due in the window: what the phase delivered of the
+    /// work it was given (equal work in both phases is ≥ 0.99 in both).
+    pub state_delivered_ratio: f64,
     /// CPU of the shard's threads (shard app, relay, login) in the window, in CPUs.
     pub shard_cpu: f64,
+    /// Of it, the frame thread (`p2pm-shard`: Agent routing, Lobby, Game tick).
+    pub frame_cpu: f64,
+    /// Of it, the Agent's I/O threads (`p2pm-agent-io-*`; 0 with `--agent-io-threads 0`).
+    pub agent_io_cpu: f64,
     /// CPU of the load generator's threads in the window, in CPUs.
     pub loadgen_cpu: f64,
     /// Machine-wide busy share in the window.
@@ -76,6 +85,10 @@ pub struct PhaseResult {
     /// UDP datagrams the kernel dropped for a full receive buffer in the window
     /// (`RcvbufErrors`, machine-wide: this process and anything else on the box).
     pub udp_rcvbuf_drops: u64,
+    /// The relay's drops in the window by reason (non-zero ones).
+    pub relay_drops: Vec<(String, u64)>,
+    /// Load-generator threads.
+    pub gen_threads: u32,
 }
 
 impl PhaseResult {
@@ -94,6 +107,14 @@ impl PhaseResult {
     /// Share without a path.
     pub fn failed(&self) -> f64 {
         self.share(self.links_failed)
+    }
+    /// Game ticks per second achieved in the window.
+    pub fn tick_hz(&self) -> f64 {
+        self.ticks as f64 / self.window_s.max(1e-9)
+    }
+    /// Shard CPU per client, µs of CPU per second.
+    pub fn cpu_us_per_client_s(&self) -> f64 {
+        self.shard_cpu / f64::from(self.clients.max(1)) * 1e6
     }
     /// The larger of the two routing p99s.
     pub fn route_p99_ms(&self) -> Option<f64> {

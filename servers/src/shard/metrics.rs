@@ -22,7 +22,9 @@
 //! One family is **always on** (security, not benchmarking): clients the Agent dropped, by
 //! [`ClientDropReason`] — `p2pmodel_agent_dropped_clients_total{reason=…}`, appended to the
 //! relay's `/metrics` in a process that runs an Agent ([`render_prometheus`]), with
-//! `p2pmodel_agent_netcode_panics_total` (datagrams netcode panicked on; caught).
+//! `p2pmodel_agent_netcode_panics_total` (datagrams netcode panicked on; caught) and
+//! `p2pmodel_agent_queue_dropped_messages_total{queue=…}` (messages dropped between the
+//! Agent's I/O threads and the frame).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -254,6 +256,13 @@ pub fn render_prometheus(out: &mut String) {
         "# HELP {name} Datagrams dropped because netcode panicked decoding them.\n# TYPE {name} counter\n{name} {}\n",
         r.agent_netcode_panics.load(Ordering::Relaxed)
     ));
+    let name = "p2pmodel_agent_queue_dropped_messages_total";
+    out.push_str(&format!(
+        "# HELP {name} Messages dropped between the Agent's I/O threads and the frame (a full queue).\n# TYPE {name} counter\n\
+         {name}{{queue=\"from_clients\"}} {}\n{name}{{queue=\"to_clients\"}} {}\n",
+        r.agent_inbox_dropped.load(Ordering::Relaxed),
+        r.agent_outbox_dropped.load(Ordering::Relaxed)
+    ));
 }
 
 /// Everything recorded (see the module docs).
@@ -265,6 +274,12 @@ pub struct Registry {
     pub agent_running: AtomicBool,
     /// Datagrams netcode panicked on at the Agent (always on).
     pub agent_netcode_panics: AtomicU64,
+    /// Client messages the Agent's I/O threads dropped because the frame did not take them
+    /// in time (its inbox was full; always on).
+    pub agent_inbox_dropped: AtomicU64,
+    /// Messages for clients dropped because the Agent's I/O threads did not take them in
+    /// time (always on).
+    pub agent_outbox_dropped: AtomicU64,
     /// The Agent's netcode sockets.
     pub agent: Traffic,
     /// Game servers, on the internal bus.

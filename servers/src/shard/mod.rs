@@ -42,8 +42,6 @@ use std::time::Duration;
 
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
-use bevy_renet::renet::ConnectionConfig;
-use bevy_renet::{RenetServer, RenetServerPlugin};
 
 use crate::config::ShardConfig;
 use crate::relay::{KeySchedule, RelayKey};
@@ -221,8 +219,7 @@ pub fn add_agent(
     };
     let login = login_server.as_ref().map(|l| public_addr(config, l.local_addr()));
     app.init_resource::<ShardBus>()
-        .add_plugins((RenetServerPlugin, agent::AgentTransportPlugin))
-        .insert_resource(RenetServer::new(ConnectionConfig::default()))
+        .add_plugins(agent::AgentTransportPlugin)
         .insert_resource(transport)
         .insert_resource(AgentState::new(online, config.agent.max_messages_per_sec, config.lobby.heartbeat))
         .insert_resource(ShardInfo {
