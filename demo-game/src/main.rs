@@ -55,9 +55,11 @@ fn main() -> ExitCode {
     if matches!(settings.mode, Mode::Window { .. }) {
         install_display_panic_hook();
     }
+    let mut shards = None;
     let login = match (&settings.directory, settings.shard) {
         (Some(d), _) => match directory::choose(&d.addr, &d.region, d.shard.as_deref()) {
             Ok(c) => {
+                shards = Some(format!("shards at {}:\n{}", d.addr, directory::render(&c)));
                 match settings.mode {
                     Mode::Headless { json: true, .. } => {
                         println!("{}", json::JsonLine { event: directory::event(&c), bot: None }.to_line())
@@ -82,7 +84,9 @@ fn main() -> ExitCode {
     };
     match settings.mode.clone() {
         Mode::Headless { bots, json } => run_headless(&settings, login, bots, json),
-        Mode::Window { bots, auto, screenshot } => run_window(&settings, login, bots, auto, screenshot),
+        Mode::Window { bots, auto, screenshot } => {
+            run_window(&settings, login, bots, auto, screenshot, shards)
+        }
     }
 }
 
@@ -158,6 +162,7 @@ fn run_window(
     bots: usize,
     auto: bool,
     screenshot: Option<std::path::PathBuf>,
+    shards: Option<String>,
 ) -> ExitCode {
     let board = MeshBoard::default();
     if bots > 0 {
@@ -178,7 +183,7 @@ fn run_window(
             return ExitCode::from(EXIT_FAILED);
         }
     }
-    let options = game::GameOptions { auto, screenshot, board };
+    let options = game::GameOptions { auto, screenshot, board, shards };
     match game::run(net_settings(s, login, s.name.clone()), options) {
         game::GameEnd::Ok => ExitCode::SUCCESS,
         game::GameEnd::Failed(why) => {

@@ -55,7 +55,7 @@ fn shard_toml(dir: &Path, name: &str, region: &str, secret: &[u8; 32], directory
          [relay]\nport = 0\nalternate_port = 0\nstats_log_interval_secs = 0\n\
          [agent]\nport = 0\nlogin_port = {}\nclient_timeout_secs = 3\nmax_clients_per_ip = 64\n\
          login_per_source_per_sec = 100\nlogin_per_source_burst = 100\n\
-         [lobby]\nzones = 1\n[game]\nservers_per_zone = 1\nnpcs = 0\n\
+         [lobby]\nzones = 1\n[game]\nservers_per_zone = 1\n\
          [directory]\naddress = \"{directory}\"\nregion = \"{region}\"\nheartbeat_ms = 200\ncapacity = 50\n",
         free_udp_port()
     );

@@ -61,6 +61,9 @@ pub struct GameOptions {
     pub screenshot: Option<PathBuf>,
     /// The in-process mesh board (background bots post their links there).
     pub board: MeshBoard,
+    /// `--directory`: the server list the directory gave, the chosen shard marked (shown in
+    /// a panel of the window).
+    pub shards: Option<String>,
 }
 
 /// How the window's run ended.
@@ -101,6 +104,7 @@ pub fn run(settings: NetSettings, options: GameOptions) -> GameEnd {
     })
     .insert_resource(ClearColor(world::BACKGROUND))
     .add_plugins(DemoNetPlugin { settings, board: Some(options.board.clone()) })
+    .insert_resource(ui::ServerList(options.shards.clone()))
     .add_plugins((world::WorldPlugin, ui::UiPlugin));
     if options.auto {
         app.add_plugins(BotWalkPlugin);

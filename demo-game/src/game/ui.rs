@@ -35,6 +35,11 @@ impl Plugin for UiPlugin {
     }
 }
 
+/// The shards a directory listed (`--directory`), as text with the chosen one marked: a
+/// panel under the FPS counter shows it.
+#[derive(Resource, Default)]
+pub struct ServerList(pub Option<String>);
+
 /// The chat line being typed (`None`: closed).
 #[derive(Resource, Default)]
 pub struct ChatInput(pub Option<String>);
@@ -67,7 +72,16 @@ fn panel(
     )
 }
 
-fn setup(mut commands: Commands) {
+fn setup(mut commands: Commands, shards: Option<Res<ServerList>>) {
+    if let Some(list) = shards.as_ref().and_then(|s| s.0.clone()) {
+        commands.spawn(panel(Some(40.0), None, Some(8.0), None, 420.0)).with_children(|p| {
+            p.spawn((
+                Text::new(format!("{list}(another shard: --shard NAME)")),
+                TextFont::from_font_size(13.0),
+                TextColor(TEXT),
+            ));
+        });
+    }
     commands.spawn(panel(Some(8.0), None, None, Some(8.0), 330.0)).with_children(|p| {
         p.spawn((NetPanel, Text::new("network"), TextFont::from_font_size(14.0), TextColor(TEXT)));
     });
