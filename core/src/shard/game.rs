@@ -939,7 +939,9 @@ mod tests {
         w.handle(bus, r, InternalMessage::FromClient { client, msg: ClientMessage::KeepLinks { links } });
     }
 
-    fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
+    /// What the roles sent to clients since the last call, `(client, message)` (also the
+    /// relay tests').
+    pub(super) fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
         bus.drain(Role::Agent)
             .into_iter()
             .filter_map(|m| match m {

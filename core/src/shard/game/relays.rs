@@ -212,8 +212,9 @@ impl GameWorld {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::to_clients;
     use super::*;
-    use crate::proto::shard::{ClientMessage, InternalMessage, Role};
+    use crate::proto::shard::{ClientMessage, InternalMessage};
     use crate::relay::verify_token;
     use crate::shard::game::GameConfig;
 
@@ -227,16 +228,6 @@ mod tests {
             })
             .collect();
         GameRules { cfg: GameConfig::default(), relays, heartbeat: Duration::from_millis(250) }
-    }
-
-    fn to_clients(bus: &mut Bus) -> Vec<(u64, ShardMessage)> {
-        bus.drain(Role::Agent)
-            .into_iter()
-            .filter_map(|m| match m {
-                InternalMessage::ToClient { client, msg } => Some((client, msg)),
-                _ => None,
-            })
-            .collect()
     }
 
     fn from(w: &mut GameWorld, bus: &mut Bus, r: &GameRules, client: u64, msg: ClientMessage) {
