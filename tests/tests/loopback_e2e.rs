@@ -155,8 +155,10 @@ fn loopback_pairs_deliver_through_the_relay_first_then_go_direct_in_order() {
     // Probing goes on every 50 ms while relayed, so the next round finds the open path.
     assert!(took < Duration::from_millis(500), "direct {took:?} after the path opened");
 
-    // Stream a while on the direct path, then stop and let everything arrive.
-    drive(&mut pairs, Instant::now() + Duration::from_millis(300), |_| false);
+    // Stream on the direct path until each sender has sent 150 messages (bounded: a loaded
+    // machine sends fewer per second), then stop and let everything arrive.
+    let streamed = |ps: &[LoopPair]| ps.iter().all(|p| p.a.links[&p.link].sent >= 150);
+    drive(&mut pairs, Instant::now() + Duration::from_secs(5), streamed);
     for p in pairs.iter_mut() {
         p.a_every = None;
     }
