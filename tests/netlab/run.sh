@@ -572,7 +572,7 @@ act_kill_role() {
 # The site's network drops entirely (shard connection and paths) for $2 seconds.
 act_blackout() {
   nsx "$1-nat" nft add table ip p2pm_black
-  nsx "$1-nat" nft add chain ip p2pm_black fwd '{ type filter hook forward priority -20; policy drop; }'
+  nsx "$1-nat" nft add chain ip p2pm_black blackout '{ type filter hook forward priority -20; policy drop; }'
   sleep "$2"
   nsx "$1-nat" nft delete table ip p2pm_black
 }
