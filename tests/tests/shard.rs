@@ -204,7 +204,7 @@ impl Client {
                 let _ = self.mesh.update_standby(Instant::now(), link, relay);
             }
             ShardMessage::Relays { .. } | ShardMessage::FromGame { .. } => {}
-            ShardMessage::FromPeer { peer, reliable, data } => self.from_peer.push((peer, reliable, data)),
+            ShardMessage::FromPeer { peer, reliable, data, .. } => self.from_peer.push((peer, reliable, data)),
             ShardMessage::PartyInvite { party, from, .. } => self.invites.push((party, from)),
         }
     }
@@ -626,7 +626,7 @@ fn heard(c: &Client, speaker: &Client, text: &str) -> bool {
 /// `from` sends `text` to `to` through its Game server (reliable).
 fn say(from: &mut Client, to: &Client, text: &str) {
     let peer = to.player.expect("logged in");
-    from.send(&ClientMessage::ToPeer { peer, reliable: true, data: text.as_bytes().to_vec() });
+    from.send(&ClientMessage::ToPeer { peer, reliable: true, seq: None, data: text.as_bytes().to_vec() });
 }
 
 /// The Game server `name` plays on, as the Lobby placed it.
@@ -774,7 +774,7 @@ fn shard_routes_peer_messages_only_between_introduced_players() {
     let bob_id = ana.peer_ids["bob"];
     let (ana_id, cid_id) = (ana.player.unwrap(), cid.player.unwrap());
     let to_peer = |c: &mut Client, peer: PlayerId, reliable: bool, data: Vec<u8>| {
-        c.send(&ClientMessage::ToPeer { peer, reliable, data });
+        c.send(&ClientMessage::ToPeer { peer, reliable, seq: None, data });
     };
     to_peer(&mut ana, bob_id, true, b"reliable via server".to_vec());
     to_peer(&mut ana, bob_id, false, vec![1; 1200]);

@@ -27,9 +27,12 @@ use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
 use crate::mesh::{Mesh, MeshEvent, MeshStats};
 use crate::nat::NatReport;
 use crate::proto::peer::LinkId;
-use crate::proto::shard::{ClientMessage, MAX_GAME_DATA, NatSummary, PathState, PlayerId, ShardMessage};
+use crate::proto::shard::{ClientMessage, LinkSeq, MAX_GAME_DATA, NatSummary, PathState, PlayerId, ShardMessage};
 
+mod merge;
 pub mod relay_rtt;
+
+use merge::RouteMerge;
 
 /// Largest application message [`ClientCore::send`] accepts (the server route's limit; the
 /// mesh fragments larger reliable messages, but both routes must take the same sizes).
@@ -319,6 +322,12 @@ pub struct ClientTotals {
     pub server_app_bytes_sent: u64,
     /// Application bytes received through the Game server.
     pub server_app_bytes_received: u64,
+    /// Reliable messages that came by both routes (link and Game server): the second copy
+    /// was dropped.
+    pub reliable_duplicates: u64,
+    /// Reliable messages given up on: a server copy waited [`merge::HOLD_TIME`] for the link
+    /// to bring the ones before it, or the link broke first.
+    pub reliable_gaps: u64,
 }
 
 /// The client's sans-IO networking core. See the module docs.
@@ -339,6 +348,8 @@ pub struct ClientCore {
     events: VecDeque<ClientEvent>,
     move_tick: u32,
     totals: ClientTotals,
+    /// Each peer's reliable stream over its two routes.
+    merges: HashMap<PlayerId, RouteMerge>,
     /// The newest resume ticket the shard gave us.
     ticket: Option<Vec<u8>>,
     /// Since when each peer waits to be kept (`PeerKept`) or introduced again after an
@@ -381,6 +392,7 @@ impl ClientCore {
             events: VecDeque::new(),
             move_tick: 0,
             totals: ClientTotals::default(),
+            merges: HashMap::new(),
             ticket: None,
             unconfirmed: BTreeMap::new(),
             last_now: None,
@@ -490,10 +502,15 @@ impl ClientCore {
         }
         let peer = self.peers.get_mut(&player).ok_or(SendError::UnknownPeer(player))?;
         let len = data.len() as u64;
+        let reliable = channel == Channel::Reliable;
+        let merge = self.merges.entry(player).or_default();
         // Without the shard there is no server route: the link queues until it has a path.
         let offline = self.phase == Phase::Reconnecting;
         let mesh_ok = matches!(peer.path, PeerPath::Relayed | PeerPath::Direct) || offline;
         if mesh_ok && self.mesh.send(peer.link, channel.mesh_channel(), data.clone()).unwrap_or(false) {
+            if reliable {
+                merge.sent_on_link();
+            }
             peer.sent.p2p_messages += 1;
             peer.sent.p2p_bytes += len;
             return Ok(true);
@@ -501,12 +518,23 @@ impl ClientCore {
         if offline {
             return Err(SendError::Offline);
         }
+        // A reliable message also waits in the link (it leaves when the link has a path):
+        // if the server copy dies with the shard, the link still brings it, and the peer
+        // delivers whichever copy comes first, once, in order (`merge`).
+        let seq = if reliable
+            && !mesh_ok
+            && peer.path != PeerPath::Server
+            && self.mesh.send(peer.link, CHANNEL_RELIABLE, data.clone()).unwrap_or(false)
+        {
+            merge.sent_on_link().map(|seq| LinkSeq { link: peer.link, seq })
+        } else {
+            None
+        };
         peer.sent.server_messages += 1;
         peer.sent.server_bytes += len;
         self.totals.server_app_bytes_sent += len;
-        let reliable = channel == Channel::Reliable;
-        self.outgoing
-            .push_back((ClientMessage::ToPeer { peer: player, reliable, data: data.to_vec() }, reliable));
+        let msg = ClientMessage::ToPeer { peer: player, reliable, seq, data: data.to_vec() };
+        self.outgoing.push_back((msg, reliable));
         Ok(false)
     }
 
@@ -570,6 +598,7 @@ impl ClientCore {
                     PeerPath::Server
                 };
                 self.by_link.insert(link, peer);
+                self.merges.insert(peer, RouteMerge::default());
                 self.peers.insert(
                     peer,
                     PeerInfo {
@@ -643,18 +672,23 @@ impl ClientCore {
                 self.totals.server_app_bytes_received += data.len() as u64;
                 self.events.push_back(ClientEvent::FromGame { reliable, data: Bytes::from(data) });
             }
-            ShardMessage::FromPeer { peer, reliable, data } => {
+            ShardMessage::FromPeer { peer, reliable, seq, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };
                 info.received.server_messages += 1;
                 info.received.server_bytes += data.len() as u64;
                 self.totals.server_app_bytes_received += data.len() as u64;
                 let channel = if reliable { Channel::Reliable } else { Channel::Unreliable };
-                self.events.push_back(ClientEvent::Message {
-                    player: peer,
-                    channel,
-                    data: Bytes::from(data),
-                    p2p: false,
-                });
+                let data = Bytes::from(data);
+                match seq.filter(|s| reliable && s.link == info.link) {
+                    Some(s) => {
+                        let alive = self.mesh.link(info.link).is_some_and(|l| l.broken().is_none());
+                        let mut out = Vec::new();
+                        let merge = self.merges.entry(peer).or_default();
+                        merge.from_server(now, s.seq, data, alive, &mut out);
+                        self.deliver_reliable(peer, out, false);
+                    }
+                    None => self.events.push_back(ClientEvent::Message { player: peer, channel, data, p2p: false }),
+                }
             }
         }
     }
@@ -735,7 +769,11 @@ impl ClientCore {
 
     /// Traffic totals.
     pub fn totals(&self) -> ClientTotals {
-        ClientTotals { mesh: self.mesh.stats(), ..self.totals }
+        let (reliable_duplicates, reliable_gaps) =
+            self.merges.values().fold((self.totals.reliable_duplicates, self.totals.reliable_gaps), |(d, g), m| {
+                (d + m.duplicates, g + m.gaps)
+            });
+        ClientTotals { mesh: self.mesh.stats(), reliable_duplicates, reliable_gaps, ..self.totals }
     }
 
     fn push(&mut self, msg: ClientMessage) {
@@ -815,9 +853,44 @@ impl ClientCore {
 
     fn remove_peer(&mut self, player: PlayerId) {
         if let Some(p) = self.peers.remove(&player) {
+            if let Some(mut m) = self.merges.remove(&player) {
+                // What the server brought ahead of a gap is still the peer's: it goes out.
+                let mut out = Vec::new();
+                m.flush(&mut out);
+                self.deliver_reliable(player, out, false);
+                self.totals.reliable_duplicates += m.duplicates;
+                self.totals.reliable_gaps += m.gaps;
+            }
             self.by_link.remove(&p.link);
             let _ = self.mesh.remove_link(p.link);
             self.events.push_back(ClientEvent::PeerRemoved { player });
+        }
+    }
+
+    /// Reliable messages `merge` released, in order, to the game.
+    fn deliver_reliable(&mut self, player: PlayerId, out: Vec<Bytes>, p2p: bool) {
+        for data in out {
+            self.events.push_back(ClientEvent::Message { player, channel: Channel::Reliable, data, p2p });
+        }
+    }
+
+    /// Server copies that waited too long for their link, or whose link broke, go out.
+    fn release_held(&mut self, now: Instant) {
+        let due: Vec<PlayerId> = self
+            .merges
+            .iter()
+            .filter(|(p, m)| {
+                let link = self.peers.get(p).and_then(|i| self.mesh.link(i.link));
+                m.deadline().is_some_and(|d| d <= now || link.is_none_or(|l| l.broken().is_some()))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for player in due {
+            let mut out = Vec::new();
+            if let Some(m) = self.merges.get_mut(&player) {
+                m.flush(&mut out);
+            }
+            self.deliver_reliable(player, out, false);
         }
     }
 
@@ -875,18 +948,20 @@ impl ClientCore {
         }
         let peer = touched.and_then(|l| self.by_link.get(&l)).and_then(|p| self.peers.get_mut(p));
         if let Some(peer) = peer {
-            for channel in [Channel::Reliable, Channel::Unreliable] {
-                while let Some(data) = self.mesh.receive(peer.link, channel.mesh_channel()) {
-                    peer.received.p2p_messages += 1;
-                    peer.received.p2p_bytes += data.len() as u64;
-                    self.events.push_back(ClientEvent::Message {
-                        player: peer.player,
-                        channel,
-                        data,
-                        p2p: true,
-                    });
-                }
+            let merge = self.merges.entry(peer.player).or_default();
+            let mut reliable = Vec::new();
+            while let Some(data) = self.mesh.receive(peer.link, CHANNEL_RELIABLE) {
+                peer.received.p2p_messages += 1;
+                peer.received.p2p_bytes += data.len() as u64;
+                merge.from_link(data, &mut reliable);
             }
+            let player = peer.player;
+            while let Some(data) = self.mesh.receive(peer.link, CHANNEL_UNRELIABLE) {
+                peer.received.p2p_messages += 1;
+                peer.received.p2p_bytes += data.len() as u64;
+                self.events.push_back(ClientEvent::Message { player, channel: Channel::Unreliable, data, p2p: true });
+            }
+            self.deliver_reliable(player, reliable, true);
         }
     }
 }
@@ -923,6 +998,7 @@ impl Endpoint for ClientCore {
             self.mesh.handle_timeout(now);
         }
         self.expire_unconfirmed(now);
+        self.release_held(now);
         if self.relay_rtts.poll_timeout().is_some_and(|t| t <= now) {
             self.relay_rtts.handle_timeout(now);
         }
@@ -940,7 +1016,8 @@ impl Endpoint for ClientCore {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let keep = self.unconfirmed.values().min().map(|t| *t + self.cfg.keep_grace);
-        [self.mesh.poll_timeout(), self.nat_deadline, keep, self.relay_rtts.poll_timeout()]
+        let held = self.merges.values().filter_map(RouteMerge::deadline).min();
+        [self.mesh.poll_timeout(), self.nat_deadline, keep, self.relay_rtts.poll_timeout(), held]
             .into_iter()
             .flatten()
             .min()

@@ -74,7 +74,7 @@ fn with_p2p_off_messages_go_through_the_server_and_no_link_opens() {
     assert_eq!(c.send(PlayerId(2), Channel::Unreliable, Bytes::from_static(b"pos")), Ok(false));
     assert_eq!(
         drain(&mut c),
-        vec![ClientMessage::ToPeer { peer: PlayerId(2), reliable: false, data: b"pos".to_vec() }]
+        vec![ClientMessage::ToPeer { peer: PlayerId(2), reliable: false, seq: None, data: b"pos".to_vec() }]
     );
     assert_eq!(
         c.send(PlayerId(3), Channel::Reliable, Bytes::new()),
@@ -85,11 +85,11 @@ fn with_p2p_off_messages_go_through_the_server_and_no_link_opens() {
     // Server-routed messages from a peer arrive as events; from strangers they are dropped.
     c.handle_shard_message(
         t0,
-        ShardMessage::FromPeer { peer: PlayerId(2), reliable: true, data: b"hi".to_vec() },
+        ShardMessage::FromPeer { peer: PlayerId(2), reliable: true, seq: None, data: b"hi".to_vec() },
     );
     c.handle_shard_message(
         t0,
-        ShardMessage::FromPeer { peer: PlayerId(8), reliable: true, data: b"x".to_vec() },
+        ShardMessage::FromPeer { peer: PlayerId(8), reliable: true, seq: None, data: b"x".to_vec() },
     );
     let evs: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
     let msgs: Vec<_> = evs.iter().filter(|e| matches!(e, ClientEvent::Message { .. })).collect();
@@ -242,55 +242,84 @@ fn an_assumed_nat_skips_discovery_and_announces_the_host_candidates_at_once() {
     assert_eq!(c.peer(PlayerId(2)).unwrap().path, PeerPath::Connecting);
 }
 
-#[test]
-fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
-    use crate::link::{Candidate, CandidateKind};
-    let t0 = Instant::now();
-    let clock = ClockAnchor { at: t0, unix_micros: 1_790_000_000_000_000 };
-    let (ha, hb): (SocketAddr, SocketAddr) =
-        ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:4000".parse().unwrap());
-    let open = NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
-    let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
-    let client = |name: &str, player: u64, host: SocketAddr, peer: u64, side: Side, remote: SocketAddr| {
-        let mut cfg = ClientConfig::new(name);
-        cfg.seed = 0;
-        cfg.assume_nat = Some(open.clone());
-        let mut c = ClientCore::new(t0, cfg, clock, &[host]);
-        c.connected();
-        c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(player), stun });
-        let ShardMessage::PeerIntro { name, mut params, .. } = intro(peer, 5) else { unreachable!() };
-        params.side = side;
-        params.remote = vec![Candidate::new(CandidateKind::Host, remote)];
-        c.handle_shard_message(t0, ShardMessage::PeerIntro { peer: PlayerId(peer), name, params });
-        c
-    };
-    let mut a = client("ana", 1, ha, 2, Side::A, hb);
-    let mut b = client("bo", 2, hb, 1, Side::B, ha);
-    // Shuttle datagrams both ways for `ms` of virtual time, 5 ms a step.
-    let mut now = t0;
-    let mut run = |a: &mut ClientCore, b: &mut ClientCore, ms: u64| {
+/// Two clients introduced to each other on open hosts (link 5), nothing exchanged yet.
+struct Pair {
+    a: ClientCore,
+    b: ClientCore,
+    ha: SocketAddr,
+    hb: SocketAddr,
+    now: Instant,
+}
+
+impl Pair {
+    fn new() -> Self {
+        use crate::link::{Candidate, CandidateKind};
+        let t0 = Instant::now();
+        let clock = ClockAnchor { at: t0, unix_micros: 1_790_000_000_000_000 };
+        let (ha, hb): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:4000".parse().unwrap());
+        let open =
+            NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
+        let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        let client = |name: &str, player: u64, host: SocketAddr, peer: u64, side: Side, remote: SocketAddr| {
+            let mut cfg = ClientConfig::new(name);
+            cfg.seed = 0;
+            cfg.assume_nat = Some(open.clone());
+            let mut c = ClientCore::new(t0, cfg, clock, &[host]);
+            c.connected();
+            c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(player), stun });
+            let ShardMessage::PeerIntro { name, mut params, .. } = intro(peer, 5) else { unreachable!() };
+            params.side = side;
+            params.remote = vec![Candidate::new(CandidateKind::Host, remote)];
+            c.handle_shard_message(t0, ShardMessage::PeerIntro { peer: PlayerId(peer), name, params });
+            c
+        };
+        let a = client("ana", 1, ha, 2, Side::A, hb);
+        let b = client("bo", 2, hb, 1, Side::B, ha);
+        Pair { a, b, ha, hb, now: t0 }
+    }
+
+    /// Shuttle datagrams both ways for `ms` of virtual time, 5 ms a step.
+    fn run(&mut self, ms: u64) {
+        let Pair { a, b, ha, hb, now } = self;
         for _ in 0..ms / 5 {
             while let Some(t) = a.poll_transmit() {
-                b.handle_datagram(now, hb, ha, &t.payload);
+                b.handle_datagram(*now, *hb, *ha, &t.payload);
             }
             while let Some(t) = b.poll_transmit() {
-                a.handle_datagram(now, ha, hb, &t.payload);
+                a.handle_datagram(*now, *ha, *hb, &t.payload);
             }
-            now += Duration::from_millis(5);
+            *now += Duration::from_millis(5);
             for c in [&mut *a, &mut *b] {
-                if c.poll_timeout().is_some_and(|t| t <= now) {
-                    c.handle_timeout(now);
+                if c.poll_timeout().is_some_and(|t| t <= *now) {
+                    c.handle_timeout(*now);
                 }
             }
         }
-    };
-    run(&mut a, &mut b, 500);
-    assert_eq!(a.peer(PlayerId(2)).unwrap().path, PeerPath::Direct);
-    assert_eq!(b.peer(PlayerId(1)).unwrap().path, PeerPath::Direct);
-    while b.poll_event().is_some() {}
-    assert_eq!(a.send(PlayerId(2), Channel::Unreliable, Bytes::from_static(b"pos")), Ok(true));
-    assert_eq!(a.send(PlayerId(2), Channel::Reliable, Bytes::from_static(b"hit")), Ok(true));
-    run(&mut a, &mut b, 500);
+    }
+}
+
+/// The application messages `c` received from `from`: (bytes, over the mesh).
+fn received(c: &mut ClientCore, from: u64) -> Vec<(Bytes, bool)> {
+    std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Message { player, data, p2p, .. } if player == PlayerId(from) => Some((data, p2p)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
+    let mut pair = Pair::new();
+    pair.run(500);
+    assert_eq!(pair.a.peer(PlayerId(2)).unwrap().path, PeerPath::Direct);
+    assert_eq!(pair.b.peer(PlayerId(1)).unwrap().path, PeerPath::Direct);
+    while pair.b.poll_event().is_some() {}
+    assert_eq!(pair.a.send(PlayerId(2), Channel::Unreliable, Bytes::from_static(b"pos")), Ok(true));
+    assert_eq!(pair.a.send(PlayerId(2), Channel::Reliable, Bytes::from_static(b"hit")), Ok(true));
+    pair.run(500);
+    let Pair { a, b, .. } = &mut pair;
     let got: Vec<(Channel, Bytes)> = std::iter::from_fn(|| b.poll_event())
         .filter_map(|e| match e {
             ClientEvent::Message { player: PlayerId(1), channel, data, p2p: true } => Some((channel, data)),
@@ -302,9 +331,83 @@ fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
     assert!(got.contains(&(Channel::Reliable, Bytes::from_static(b"hit"))));
     assert_eq!(b.peer(PlayerId(1)).unwrap().received.p2p_messages, 2);
     assert!(
-        drain(&mut a).iter().all(|m| !matches!(m, ClientMessage::ToPeer { .. })),
+        drain(a).iter().all(|m| !matches!(m, ClientMessage::ToPeer { .. })),
         "nothing through the server"
     );
+}
+
+/// The Game server's part of the server route: `ToPeer` from player 1 as `FromPeer`.
+fn from_peer_1(m: &ClientMessage) -> Option<ShardMessage> {
+    match m {
+        ClientMessage::ToPeer { reliable, seq, data, .. } => {
+            Some(ShardMessage::FromPeer { peer: PlayerId(1), reliable: *reliable, seq: *seq, data: data.clone() })
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn reliable_messages_sent_while_the_link_connects_arrive_once_in_order_though_the_shard_lost_some() {
+    let mut pair = Pair::new();
+    // The link has no path yet: six reliable messages go through the Game server, and
+    // each also waits in the link, numbered in its reliable stream.
+    for i in 0..6u8 {
+        assert_eq!(pair.a.send(PlayerId(2), Channel::Reliable, Bytes::from(vec![i])), Ok(false));
+    }
+    let routed: Vec<ShardMessage> = drain(&mut pair.a).iter().filter_map(from_peer_1).collect();
+    let seqs: Vec<Option<u32>> = routed
+        .iter()
+        .map(|m| match m {
+            ShardMessage::FromPeer { seq, .. } => seq.map(|s| s.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 5].map(Some));
+    // The shard delivers 0, 1 and 4, then dies with 2, 3 and 5 inside it.
+    let t = pair.now;
+    for i in [0, 1, 4] {
+        pair.b.handle_shard_message(t, routed[i].clone());
+    }
+    let early = received(&mut pair.b, 1);
+    assert_eq!(early, [(Bytes::from(vec![0]), false), (Bytes::from(vec![1]), false)], "4 waits for 2 and 3");
+    // The link comes up and brings its copies: every message once, in order.
+    pair.run(500);
+    assert_eq!(pair.b.peer(PlayerId(1)).unwrap().path, PeerPath::Direct);
+    let late: Vec<u8> = received(&mut pair.b, 1).iter().map(|(d, _)| d[0]).collect();
+    assert_eq!(late, [2, 3, 4, 5]);
+    let totals = pair.b.totals();
+    assert_eq!((totals.reliable_duplicates, totals.reliable_gaps), (3, 0), "link copies of 0, 1, 4");
+    // Server copies that come after the link's are dropped too.
+    pair.b.handle_shard_message(t, routed[5].clone());
+    assert!(received(&mut pair.b, 1).is_empty());
+    // From now on the link carries the stream on its own.
+    assert_eq!(pair.a.send(PlayerId(2), Channel::Reliable, Bytes::from(vec![6])), Ok(true));
+    pair.run(100);
+    assert_eq!(received(&mut pair.b, 1), [(Bytes::from(vec![6]), true)]);
+}
+
+#[test]
+fn a_held_server_copy_goes_out_when_its_link_cannot_fill_the_gap() {
+    let mut pair = Pair::new();
+    for i in 0..3u8 {
+        pair.a.send(PlayerId(2), Channel::Reliable, Bytes::from(vec![i])).unwrap();
+    }
+    let routed: Vec<ShardMessage> = drain(&mut pair.a).iter().filter_map(from_peer_1).collect();
+    let t = pair.now;
+    pair.b.handle_shard_message(t, routed[0].clone());
+    pair.b.handle_shard_message(t, routed[2].clone());
+    assert_eq!(received(&mut pair.b, 1).len(), 1);
+    // No datagram ever crosses: after HOLD_TIME the held copy is delivered, the gap counted.
+    let deadline = pair.b.poll_timeout().unwrap();
+    assert!(deadline <= t + merge::HOLD_TIME);
+    let mut now = t;
+    while now < t + merge::HOLD_TIME {
+        now = pair.b.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+        pair.b.handle_timeout(now);
+    }
+    let got: Vec<u8> = received(&mut pair.b, 1).iter().map(|(d, _)| d[0]).collect();
+    assert_eq!(got, [2]);
+    assert_eq!(pair.b.totals().reliable_gaps, 1);
 }
 
 #[test]

@@ -26,6 +26,18 @@ const _: () = assert!(MAX_DECODED >= 16 * MAX_MESSAGE);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PlayerId(pub u64);
 
+/// Where a reliable message sent through the Game server also sits in the pair's link: the
+/// link and the message's index among the reliable messages queued on it (from 0). The
+/// receiver delivers each index once, in order, from the link or the server route — so a
+/// message lost with a dying shard still arrives by the link, and none arrives twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkSeq {
+    /// The pair's link.
+    pub link: LinkId,
+    /// Index in that link's reliable stream.
+    pub seq: u32,
+}
+
 /// Our NAT, as the client's discovery classified it (reported to the shard for introductions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatSummary {
@@ -107,6 +119,9 @@ pub enum ClientMessage {
         peer: PlayerId,
         /// Reliable-ordered (`true`) or unreliable.
         reliable: bool,
+        /// A reliable message also queued on the pair's link: its index there, so the peer
+        /// delivers it once and in order whichever route brings it first (see [`LinkSeq`]).
+        seq: Option<LinkSeq>,
         /// Opaque application bytes (at most 1,200).
         data: Vec<u8>,
     },
@@ -226,6 +241,8 @@ pub enum ShardMessage {
         peer: PlayerId,
         /// Sent reliable-ordered (`true`) or unreliable.
         reliable: bool,
+        /// The sender's [`LinkSeq`], kept only when it names the pair's current link.
+        seq: Option<LinkSeq>,
         /// Opaque application bytes.
         data: Vec<u8>,
     },
@@ -495,16 +512,20 @@ mod tests {
 
     #[test]
     fn the_limit_is_max_message_encoded_bytes_whatever_the_content() {
-        // ToPeer = variant, peer, bool, 3-byte length, data: 6 bytes + data.
-        let to_peer =
-            |n: usize| ClientMessage::ToPeer { peer: PlayerId(1), reliable: true, data: vec![7; n] };
-        let at = encode(&to_peer(MAX_MESSAGE - 6)).unwrap();
+        // ToPeer = variant, peer, bool, no seq, 3-byte length, data: 7 bytes + data.
+        let to_peer = |n: usize| ClientMessage::ToPeer {
+            peer: PlayerId(1),
+            reliable: true,
+            seq: None,
+            data: vec![7; n],
+        };
+        let at = encode(&to_peer(MAX_MESSAGE - 7)).unwrap();
         assert_eq!(at.len(), MAX_MESSAGE);
-        assert_eq!(decode::<ClientMessage>(&at).unwrap(), to_peer(MAX_MESSAGE - 6));
+        assert_eq!(decode::<ClientMessage>(&at).unwrap(), to_peer(MAX_MESSAGE - 7));
         assert!(
-            matches!(encode(&to_peer(MAX_MESSAGE - 5)), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
+            matches!(encode(&to_peer(MAX_MESSAGE - 6)), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)
         );
-        let over = crate::codec::encode(&to_peer(MAX_MESSAGE - 5), usize::MAX).unwrap();
+        let over = crate::codec::encode(&to_peer(MAX_MESSAGE - 6), usize::MAX).unwrap();
         assert_eq!(over.len(), MAX_MESSAGE + 1);
         assert!(
             matches!(decode::<ClientMessage>(&over), Err(MessageError::TooLarge(n)) if n == MAX_MESSAGE + 1)

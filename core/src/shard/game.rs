@@ -27,7 +27,7 @@ mod relays;
 use crate::link::Candidate;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{
-    ClientMessage, InternalMessage, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, PathState, PlayerId,
+    ClientMessage, InternalMessage, LinkSeq, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, PathState, PlayerId,
     Role, ShardMessage,
 };
 pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
@@ -380,13 +380,18 @@ impl GameWorld {
         from: PlayerId,
         peer: PlayerId,
         reliable: bool,
+        seq: Option<LinkSeq>,
         data: Vec<u8>,
     ) {
         let key = if from < peer { (from, peer) } else { (peer, from) };
-        match self.players.get(&peer) {
-            Some(g) if data.len() <= MAX_PEER_DATA && self.pairs.contains_key(&key) => {
+        match (self.players.get(&peer), self.pairs.get(&key)) {
+            (Some(g), Some(pair)) if data.len() <= MAX_PEER_DATA => {
                 self.stats.peer_routed += 1;
-                Self::to_client(bus, g.client, ShardMessage::FromPeer { peer: from, reliable, data });
+                // An index into another link than the pair's (an older introduction) means
+                // nothing to the receiver: it goes without.
+                let seq = seq.filter(|s| reliable && s.link == pair.link);
+                let msg = ShardMessage::FromPeer { peer: from, reliable, seq, data };
+                Self::to_client(bus, g.client, msg);
             }
             _ => {
                 self.stats.peer_dropped += 1;
@@ -674,8 +679,8 @@ impl GameWorld {
                             g.nat = Some(nat);
                         }
                     }
-                    ClientMessage::ToPeer { peer, reliable, data } => {
-                        self.route_to_peer(bus, p, peer, reliable, data)
+                    ClientMessage::ToPeer { peer, reliable, seq, data } => {
+                        self.route_to_peer(bus, p, peer, reliable, seq, data)
                     }
                     ClientMessage::KeepLinks { mut links } => {
                         links.truncate(MAX_KEEP_LINKS);
@@ -1096,24 +1101,33 @@ mod tests {
         w.step(&mut bus, &r, UNIX);
         to_clients(&mut bus);
         // ToPeer: routed to an introduced peer only, at most 1200 bytes.
-        let send = |w: &mut GameWorld, bus: &mut Bus, peer: u64, len: usize| {
-            let msg = ClientMessage::ToPeer { peer: PlayerId(peer), reliable: true, data: vec![7; len] };
+        let link = w.pairs().next().map(|(_, pair)| pair.link).unwrap();
+        let send = |w: &mut GameWorld, bus: &mut Bus, peer: u64, seq: Option<LinkSeq>, len: usize| {
+            let msg = ClientMessage::ToPeer { peer: PlayerId(peer), reliable: true, seq, data: vec![7; len] };
             w.handle(bus, &r, InternalMessage::FromClient { client: 1, msg });
         };
-        send(&mut w, &mut bus, 2, 1200);
-        send(&mut w, &mut bus, 2, 1201);
-        send(&mut w, &mut bus, 3, 10);
-        send(&mut w, &mut bus, 99, 10);
+        let ours = LinkSeq { link, seq: 4 };
+        let stale = LinkSeq { link: LinkId(link.0.wrapping_add(1)), seq: 9 };
+        send(&mut w, &mut bus, 2, Some(ours), 1200);
+        send(&mut w, &mut bus, 2, Some(stale), 1);
+        send(&mut w, &mut bus, 2, None, 1201);
+        send(&mut w, &mut bus, 3, None, 10);
+        send(&mut w, &mut bus, 99, None, 10);
         let got = to_clients(&mut bus);
         assert!(
-            matches!(&got[..], [(2, ShardMessage::FromPeer { peer: PlayerId(1), reliable: true, data })] if data.len() == 1200),
-            "{got:?}"
+            matches!(&got[..], [
+                (2, ShardMessage::FromPeer { peer: PlayerId(1), reliable: true, seq: Some(s), data }),
+                (2, ShardMessage::FromPeer { seq: None, .. }),
+            ] if data.len() == 1200 && *s == ours),
+            "the pair's index passes, another link's is stripped: {got:?}"
         );
-        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped), (1, 3));
+        assert_eq!((w.stats.peer_routed, w.stats.peer_dropped), (2, 3));
         // Size documented in docs/PROTOCOL.md §6.
         let size = |m: &ShardMessage| crate::proto::shard::encode(m).unwrap().len();
         let data = vec![0; MAX_PEER_DATA];
-        assert_eq!(size(&ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, data }), 1214);
+        let seq = Some(LinkSeq { link: LinkId(u32::MAX), seq: u32::MAX });
+        let biggest = ShardMessage::FromPeer { peer: PlayerId(u64::MAX), reliable: true, seq, data };
+        assert_eq!(size(&biggest), 1225);
     }
 
     #[test]
