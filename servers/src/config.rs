@@ -240,9 +240,10 @@ pub struct RelaySection {
     /// socket on the relay port and its own relay state, steered by link id in the kernel
     /// (Linux; elsewhere 1). `p2pmodel shard relay --threads N` overrides it.
     pub threads: usize,
-    /// `gso` (default false): send runs of same-size forwarded datagrams to one destination
+    /// `gso` (default true): send runs of same-size forwarded datagrams to one destination
     /// as one `UDP_SEGMENT` message (Linux ≥ 4.18). Cuts the relay's CPU per datagram for
-    /// bursty flows (docs/BENCHMARKS.md); no effect on the wire.
+    /// bursty flows (docs/BENCHMARKS.md); no effect on the wire. A kernel or route that
+    /// refuses it is noticed at the first refusal and that thread sends datagram by datagram.
     pub gso: bool,
     /// `token_key_rotation_secs` (default 86 400; 0 = never): the token key epoch length.
     /// Must be at least `max_token_lifetime_secs` so a token outlives at most one rotation.
@@ -801,7 +802,7 @@ fn relay_section(cx: &Ctx, r: &RawRelay, bind: IpAddr) -> Result<(RelaySection, 
         socket_buffer_bytes,
         batch,
         threads,
-        gso: r.gso.unwrap_or(false),
+        gso: r.gso.unwrap_or(crate::relay::GSO_SEND_DEFAULT),
         token_key_rotation: Duration::from_secs(rotation),
         stats_log_interval,
         core,
@@ -1129,9 +1130,9 @@ mod tests {
         assert_eq!(c.relay.threads, 0, "one data-plane thread per CPU");
         let c = ShardConfig::parse(&format!("{}[relay]\nthreads = 4\n", minimal())).unwrap();
         assert_eq!(c.relay.threads, 4);
+        assert!(c.relay.gso, "GSO on by default");
+        let c = ShardConfig::parse(&format!("{}[relay]\ngso = false\n", minimal())).unwrap();
         assert!(!c.relay.gso);
-        let c = ShardConfig::parse(&format!("{}[relay]\ngso = true\n", minimal())).unwrap();
-        assert!(c.relay.gso);
         let e = ShardConfig::parse(&format!("{}[relay]\ngso = 1\n", minimal())).unwrap_err().to_string();
         assert!(e.contains("gso"), "{e}");
         assert!(!format!("{:?}", c.shard).contains("0123456789abcdef"));

@@ -262,6 +262,41 @@ fn a_whole_shard_outage_keeps_the_pair_playing_and_the_sessions_resume_with_thei
 }
 
 #[test]
+fn a_shard_that_dies_with_reliable_messages_inside_loses_none_of_them_the_links_bring_them() {
+    // A relayed pair: its link needs a while to get a path, so the first messages go through
+    // the Game server — and the whole shard crashes while they are on their way.
+    let mut w = ShardWorld::new(212, |_| {});
+    let (mut sa, mut sb) = (w.world.site(NatKind::SymmetricRandom), w.world.site(NatKind::SymmetricRandom));
+    let a = w.player(&mut sa, "ana", 0);
+    let b = w.player(&mut sb, "bo", 0);
+    assert!(w.until_introduced(a, b, 10 * SEC));
+    w.stream(&[a, b]);
+    w.run(Duration::from_millis(60));
+    w.shard.crash();
+    w.run(10 * SEC);
+    w.shard.restart();
+    w.run(10 * SEC);
+    let (ia, ib) = (w.id(a), w.id(b));
+    let mut server_copies_lost = 0;
+    for (from, to, id_from, id_to) in [(a, b, ia, ib), (b, a, ib, ia)] {
+        let sent = w.p(from).core.peer(id_to).unwrap().sent.server_messages;
+        let arrived = w.p(to).core.peer(id_from).unwrap().received.server_messages;
+        assert!(sent > 0, "the stream started on the server route");
+        server_copies_lost += sent - arrived;
+    }
+    assert!(server_copies_lost > 0, "the crash took messages with it");
+    // Every message once, in order of sending, though some copies died with the shard.
+    check_streams(&w, a, b);
+    for (from, to) in [(a, b), (b, a)] {
+        let seqs: Vec<u32> = w.p(to).received[&w.id(from)].iter().map(|g| g.seq).collect();
+        assert!(seqs.windows(2).all(|x| x[1] == x[0] + 1), "in order: {:?}", &seqs[..seqs.len().min(12)]);
+        let totals = w.p(to).core.totals();
+        assert_eq!(totals.reliable_gaps, 0);
+    }
+    check_path(&w, a, b, PeerPath::Relayed);
+}
+
+#[test]
 fn a_relay_restart_is_survived_by_the_relayed_pair_which_binds_again() {
     let mut w = ShardWorld::new(211, |_| {});
     let (mut sa, mut sb) = (w.world.site(NatKind::SymmetricRandom), w.world.site(NatKind::SymmetricRandom));

@@ -1139,8 +1139,35 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
         ratio(ours_ns, raw_ns),
         ratio(Some(ours_r.p99_us), Some(raw_r.p99_us)),
     );
+    // The data plane as shipped (`relay.gso = true`): the `+gso` run, against coturn, the
+    // plain raw forwarder (the reference) and raw with the same offload.
+    let shipped_at = offload_at
+        .iter()
+        .find(|(o, _)| crate::relay::GSO_SEND_DEFAULT && names[*o].ends_with(Offload { gso_send: true, gro: false }.suffix()))
+        .copied();
+    let mut shipped_fields = String::new();
+    if let Some((o, r)) = shipped_at {
+        let (so, sr) = (res[o], res[r]);
+        println!(
+            "goals as shipped ({}, relay.gso = true): pkt/s ours/coturn={} (≥ 1.5) ours/raw={:.2} ours/{}={:.2} (≥ 0.9); cpu_ns_per_pkt ours/raw={} ours/{}={} (≤ 1.1); added p99 ours/raw={} (≤ 1.2)",
+            names[o],
+            ratio(Some(so.pps), coturn_pps),
+            so.pps / raw_r.pps,
+            names[r],
+            so.pps / sr.pps,
+            ratio(so.cpu_ns_per_pkt(), raw_ns),
+            names[r],
+            ratio(so.cpu_ns_per_pkt(), sr.cpu_ns_per_pkt()),
+            ratio(Some(so.p99_us), Some(raw_r.p99_us)),
+        );
+        shipped_fields = format!(
+            " shipped={:.0} shipped/coturn={}",
+            so.pps,
+            coturn_pps.map_or("n/a".to_string(), |c| format!("{:.2}", so.pps / c))
+        );
+    }
     println!(
-        "summary: ours={:.0} coturn={} raw={:.0} ours/coturn={} ours/raw={:.2} p99_us={:.1} threads={n}",
+        "summary: ours={:.0} coturn={} raw={:.0} ours/coturn={} ours/raw={:.2} p99_us={:.1} threads={n}{shipped_fields}",
         ours_r.pps,
         coturn_pps.map_or("skipped".to_string(), |c| format!("{c:.0}")),
         raw_r.pps,

@@ -295,9 +295,14 @@ pub struct SendBatch {
     hdrs: Box<[libc::mmsghdr]>,
     ctrl: Box<[Ctrl]>,
     msg_segs: Box<[usize]>,
+    /// The first datagram (index in `iovs`) of each message.
+    msg_first: Box<[usize]>,
     scratch: Box<[[u8; SCRATCH_LEN]]>,
     len: usize,
     scratch_used: usize,
+    /// Test hook: write a malformed `UDP_SEGMENT` header, so the kernel refuses it (EINVAL).
+    #[cfg(test)]
+    break_gso: bool,
 }
 
 // SAFETY: as for RecvBatch; pointers are rebuilt from owned buffers at every flush.
@@ -312,6 +317,9 @@ pub struct Flushed {
     pub errors: usize,
     /// System messages used (fewer than `sent` when runs were coalesced with GSO).
     pub messages: usize,
+    /// The kernel refused a `UDP_SEGMENT` message (no checksum offload on the route, an old
+    /// kernel): its datagrams went one by one, and the batch stopped coalescing.
+    pub gso_refused: bool,
 }
 
 impl SendBatch {
@@ -331,9 +339,12 @@ impl SendBatch {
             hdrs: (0..n).map(|_| unsafe { zeroed::<libc::mmsghdr>() }).collect(),
             ctrl: vec![[0u64; 4]; n].into_boxed_slice(),
             msg_segs: vec![0; n].into_boxed_slice(),
+            msg_first: vec![0; n].into_boxed_slice(),
             scratch: vec![[0u8; SCRATCH_LEN]; n].into_boxed_slice(),
             len: 0,
             scratch_used: 0,
+            #[cfg(test)]
+            break_gso: false,
         }
     }
 
@@ -345,9 +356,15 @@ impl SendBatch {
     }
 
     /// Coalesce runs of same-size datagrams to one destination into `UDP_SEGMENT` sends
-    /// (Linux ≥ 4.18).
+    /// (Linux ≥ 4.18). Turned off for good the first time the kernel refuses one
+    /// ([`Flushed::gso_refused`]; nothing is lost: that run is sent datagram by datagram).
     pub fn set_gso(&mut self, on: bool) {
         self.gso = on;
+    }
+
+    /// Whether runs are coalesced with `UDP_SEGMENT` (asked for, and not refused).
+    pub fn gso(&self) -> bool {
+        self.gso
     }
 
     /// Whether another datagram fits.
@@ -472,6 +489,10 @@ impl SendBatch {
                 unsafe {
                     let ch = c.as_mut_ptr() as *mut libc::cmsghdr;
                     (*ch).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    #[cfg(test)]
+                    if self.break_gso {
+                        (*ch).cmsg_len = libc::CMSG_LEN(size_of::<u32>() as u32) as _;
+                    }
                     (*ch).cmsg_level = libc::SOL_UDP;
                     (*ch).cmsg_type = UDP_SEGMENT;
                     (libc::CMSG_DATA(ch) as *mut u16).write_unaligned(size as u16);
@@ -483,6 +504,7 @@ impl SendBatch {
                 h.msg_controllen = 0;
             }
             self.msg_segs[msgs] = m;
+            self.msg_first[msgs] = k;
             msgs += 1;
             k += m;
         }
@@ -494,6 +516,37 @@ impl SendBatch {
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if self.msg_segs[at] > 1 && gso_refusal(&e) {
+                    // The route or the kernel does not take UDP_SEGMENT (EIO: no checksum
+                    // offload; EINVAL/EOPNOTSUPP: too old): this run goes datagram by
+                    // datagram, and the batch stops coalescing (as quinn does).
+                    self.gso = false;
+                    out.gso_refused = true;
+                    let (k, m) = (self.msg_first[at], self.msg_segs[at]);
+                    for j in k..k + m {
+                        let iov = self.iovs[j];
+                        // SAFETY: the iovec and the address were set up above for this flush.
+                        let r = unsafe {
+                            libc::sendto(
+                                fd,
+                                iov.iov_base,
+                                iov.iov_len,
+                                0,
+                                (&self.addrs[k] as *const libc::sockaddr_storage).cast(),
+                                self.addr_lens[k],
+                            )
+                        };
+                        if r < 0 {
+                            out.errors += 1;
+                        } else {
+                            out.sent += 1;
+                            out.messages += 1;
+                        }
+                    }
+                    out.messages -= 1;
+                    at += 1;
                     continue;
                 }
                 // The first message failed (e.g. unreachable destination): skip it.
@@ -508,6 +561,12 @@ impl SendBatch {
         self.scratch_used = 0;
         out
     }
+}
+
+/// An error that means "this socket cannot send `UDP_SEGMENT` messages", not "this
+/// destination failed".
+fn gso_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
 }
 
 /// Wait until one of `fds` is readable or `timeout_ms` passes; returns a bitmask of the
@@ -541,7 +600,10 @@ mod tests {
         for i in 0..5u8 {
             assert!(send.push_copy(&[i; 10], b.local_addr().unwrap()));
         }
-        assert_eq!(send.flush(a.as_raw_fd(), &empty), Flushed { sent: 5, errors: 0, messages: 5 });
+        assert_eq!(
+            send.flush(a.as_raw_fd(), &empty),
+            Flushed { sent: 5, errors: 0, messages: 5, gso_refused: false }
+        );
         let mut recv = RecvBatch::new(8);
         let mut got = 0;
         while got < 5 {
@@ -559,6 +621,28 @@ mod tests {
             assert!(send.push_forward(&recv, i, a.local_addr().unwrap()));
         }
         assert_eq!(send.flush(b.as_raw_fd(), &recv).sent, recv.len());
+    }
+
+    #[test]
+    fn a_gso_message_the_kernel_refuses_goes_datagram_by_datagram_and_coalescing_stops() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to_b = b.local_addr().unwrap();
+        let mut send = SendBatch::new(16, false);
+        send.set_gso(true);
+        send.break_gso = true; // the kernel answers EINVAL, as one without UDP_SEGMENT would
+        let empty = RecvBatch::new(1);
+        for i in 0..6u8 {
+            assert!(send.push_copy(&[i; 100], to_b));
+        }
+        let f = send.flush(a.as_raw_fd(), &empty);
+        assert_eq!(f, Flushed { sent: 6, errors: 0, messages: 6, gso_refused: true });
+        assert!(!send.gso(), "no more coalescing on this batch");
+        let mut buf = [0u8; 256];
+        for i in 0..6u8 {
+            let (len, _) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..len], &[i; 100][..], "every datagram, in order");
+        }
     }
 
     #[test]

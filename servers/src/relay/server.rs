@@ -99,7 +99,8 @@ pub struct RelayServerOptions {
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<SocketAddr>,
     /// Send runs of same-size forwarded datagrams to one destination as one `UDP_SEGMENT`
-    /// message (GSO; `relay.gso`). Off by default; measured by `bench relay --gso`.
+    /// message (GSO; `relay.gso`). On by default (turned off per thread at the kernel's first
+    /// refusal, nothing lost); measured by `bench relay --gso`.
     pub gso_send: bool,
     /// Receive bursts from one source coalesced (`UDP_GRO`) and relay each datagram in them.
     /// Experimental (`bench relay --gso all`), off by default: GRO coalesces by address, not
@@ -108,12 +109,15 @@ pub struct RelayServerOptions {
     pub gro_recv: bool,
 }
 
+/// Whether the data plane sends with UDP GSO unless told otherwise (`relay.gso`).
+pub const GSO_SEND_DEFAULT: bool = true;
+
 /// Makes one [`StunHook`] per data-plane thread.
 pub type StunHookFactory = Box<dyn Fn() -> StunHook + Send>;
 
 impl RelayServerOptions {
     /// Options with defaults: 4 MiB socket buffers, batches of 64, one thread per CPU, the
-    /// full STUN server, no metrics endpoint.
+    /// full STUN server, no metrics endpoint, GSO on.
     pub fn new(listen: Vec<SocketAddr>, core: RelayConfig, keys: TokenKeys) -> RelayServerOptions {
         RelayServerOptions {
             listen,
@@ -124,7 +128,7 @@ impl RelayServerOptions {
             keys,
             stun: None,
             metrics: None,
-            gso_send: false,
+            gso_send: GSO_SEND_DEFAULT,
             gro_recv: false,
         }
     }
@@ -767,6 +771,9 @@ impl DataPlane {
         if !self.send.is_empty() {
             let f = self.send.flush(fd, &self.recv);
             self.plane.send_errors += f.errors as u64;
+            if f.gso_refused {
+                tracing::warn!(thread = self.index, "the kernel refused UDP GSO: this thread sends datagram by datagram");
+            }
         }
         if forwarded > 0 {
             let ns = t0.elapsed().as_nanos() as u64;
