@@ -204,7 +204,9 @@ impl Client {
                 let _ = self.mesh.update_standby(Instant::now(), link, relay);
             }
             ShardMessage::Relays { .. } | ShardMessage::FromGame { .. } => {}
-            ShardMessage::FromPeer { peer, reliable, data, .. } => self.from_peer.push((peer, reliable, data)),
+            ShardMessage::FromPeer { peer, reliable, data, .. } => {
+                self.from_peer.push((peer, reliable, data))
+            }
             ShardMessage::PartyInvite { party, from, .. } => self.invites.push((party, from)),
         }
     }

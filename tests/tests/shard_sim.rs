@@ -12,7 +12,7 @@ use p2pmodel_core::client::{ClientEvent, PeerPath, ShardNotice};
 use p2pmodel_core::proto::shard::PathState;
 use p2pmodel_sim::HostId;
 use p2pmodel_tests::NatKind;
-use p2pmodel_tests::shard_world::ShardWorld;
+use p2pmodel_tests::shard_world::{Player, ShardWorld};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -263,15 +263,18 @@ fn a_whole_shard_outage_keeps_the_pair_playing_and_the_sessions_resume_with_thei
 
 #[test]
 fn a_shard_that_dies_with_reliable_messages_inside_loses_none_of_them_the_links_bring_them() {
-    // A relayed pair: its link needs a while to get a path, so the first messages go through
-    // the Game server — and the whole shard crashes while they are on their way.
-    let mut w = ShardWorld::new(212, |_| {});
-    let (mut sa, mut sb) = (w.world.site(NatKind::SymmetricRandom), w.world.site(NatKind::SymmetricRandom));
+    // No relay: the link needs a few round trips of punching before it has a path, so the
+    // first messages go through the Game server — and the whole shard crashes while they
+    // are on their way.
+    let mut w = ShardWorld::new(212, |c| c.relays.clear());
+    let (mut sa, mut sb) = (w.world.site(NatKind::PortRestricted), w.world.site(NatKind::FullCone));
     let a = w.player(&mut sa, "ana", 0);
     let b = w.player(&mut sb, "bo", 0);
     assert!(w.until_introduced(a, b, 10 * SEC));
     w.stream(&[a, b]);
-    w.run(Duration::from_millis(60));
+    // Crash the moment both have sent their first message.
+    let deadline = w.world.sim.now() + SEC;
+    w.world.sim.run_until(deadline, |sim| [a, b].iter().all(|h| !sim.node::<Player>(*h).sent.is_empty()));
     w.shard.crash();
     w.run(10 * SEC);
     w.shard.restart();
@@ -293,7 +296,7 @@ fn a_shard_that_dies_with_reliable_messages_inside_loses_none_of_them_the_links_
         let totals = w.p(to).core.totals();
         assert_eq!(totals.reliable_gaps, 0);
     }
-    check_path(&w, a, b, PeerPath::Relayed);
+    check_path(&w, a, b, PeerPath::Direct);
 }
 
 #[test]

@@ -54,7 +54,7 @@ impl RouteMerge {
 
     /// A reliable message the link delivered: appended to `out` unless the server route
     /// brought it already (then with whatever held copies follow it).
-    pub fn from_link(&mut self, data: Bytes, out: &mut Vec<Bytes>) {
+    pub fn on_link(&mut self, data: Bytes, out: &mut Vec<Bytes>) {
         let i = self.link_received;
         self.link_received = self.link_received.saturating_add(1);
         if i < self.next {
@@ -69,7 +69,14 @@ impl RouteMerge {
 
     /// A server copy with index `seq`. `link_alive`: the link may still deliver (it exists and
     /// is not broken); if not, nothing will fill a gap, so the copy is delivered at once.
-    pub fn from_server(&mut self, now: Instant, seq: u32, data: Bytes, link_alive: bool, out: &mut Vec<Bytes>) {
+    pub fn on_server(
+        &mut self,
+        now: Instant,
+        seq: u32,
+        data: Bytes,
+        link_alive: bool,
+        out: &mut Vec<Bytes>,
+    ) {
         if seq < self.next || self.held.contains_key(&seq) {
             self.duplicates += 1;
             return;
@@ -145,20 +152,20 @@ mod tests {
         let mut m = RouteMerge::default();
         let mut out = Vec::new();
         // Server copies 0, 1 arrive; 2 and 3 died with the shard; 4 waits for the gap.
-        m.from_server(now, 0, b(0), true, &mut out);
-        m.from_server(now, 1, b(1), true, &mut out);
-        m.from_server(now, 4, b(4), true, &mut out);
+        m.on_server(now, 0, b(0), true, &mut out);
+        m.on_server(now, 1, b(1), true, &mut out);
+        m.on_server(now, 4, b(4), true, &mut out);
         assert_eq!(ids(&out), [0, 1]);
         assert_eq!(m.deadline(), Some(now + HOLD_TIME));
         // The link comes up and delivers its whole stream 0..6.
         for i in 0..6 {
-            m.from_link(b(i), &mut out);
+            m.on_link(b(i), &mut out);
         }
         assert_eq!(ids(&out), [0, 1, 2, 3, 4, 5]);
         assert_eq!((m.duplicates, m.gaps), (3, 0), "link 0, 1 and the held 4's link copy");
         assert_eq!(m.deadline(), None);
         // A late server copy of anything delivered is dropped.
-        m.from_server(now, 3, b(3), true, &mut out);
+        m.on_server(now, 3, b(3), true, &mut out);
         assert_eq!(ids(&out).len(), 6);
     }
 
@@ -167,13 +174,13 @@ mod tests {
         let now = Instant::now();
         let mut m = RouteMerge::default();
         let mut out = Vec::new();
-        m.from_link(b(0), &mut out);
-        m.from_link(b(1), &mut out);
-        m.from_server(now, 0, b(0), true, &mut out);
-        m.from_server(now, 2, b(2), true, &mut out);
-        m.from_link(b(2), &mut out);
-        m.from_link(b(3), &mut out);
-        m.from_server(now, 3, b(3), true, &mut out);
+        m.on_link(b(0), &mut out);
+        m.on_link(b(1), &mut out);
+        m.on_server(now, 0, b(0), true, &mut out);
+        m.on_server(now, 2, b(2), true, &mut out);
+        m.on_link(b(2), &mut out);
+        m.on_link(b(3), &mut out);
+        m.on_server(now, 3, b(3), true, &mut out);
         assert_eq!(ids(&out), [0, 1, 2, 3]);
         assert_eq!(m.duplicates, 3);
     }
@@ -183,13 +190,13 @@ mod tests {
         let now = Instant::now();
         let mut m = RouteMerge::default();
         let mut out = Vec::new();
-        m.from_server(now, 0, b(0), true, &mut out);
-        m.from_server(now, 2, b(2), false, &mut out);
+        m.on_server(now, 0, b(0), true, &mut out);
+        m.on_server(now, 2, b(2), false, &mut out);
         assert_eq!(ids(&out), [0, 2]);
         assert_eq!(m.gaps, 1);
         // Held then flushed at the deadline: in order, the link's late copies are stale.
-        m.from_server(now, 5, b(5), true, &mut out);
-        m.from_server(now, 4, b(4), true, &mut out);
+        m.on_server(now, 5, b(5), true, &mut out);
+        m.on_server(now, 4, b(4), true, &mut out);
         assert_eq!(ids(&out), [0, 2]);
         m.flush(&mut out);
         assert_eq!(ids(&out), [0, 2, 4, 5]);
@@ -197,7 +204,7 @@ mod tests {
         let mut m = RouteMerge::default();
         let mut out = Vec::new();
         for i in 1..=(HOLD_MAX as u32 + 1) {
-            m.from_server(now, i, b(i), true, &mut out);
+            m.on_server(now, i, b(i), true, &mut out);
         }
         assert_eq!(out.len(), HOLD_MAX + 1);
         assert_eq!(m.held.len(), 0);

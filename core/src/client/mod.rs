@@ -27,7 +27,9 @@ use crate::link::{CHANNEL_RELIABLE, CHANNEL_UNRELIABLE, LinkEvent, Path};
 use crate::mesh::{Mesh, MeshEvent, MeshStats};
 use crate::nat::NatReport;
 use crate::proto::peer::LinkId;
-use crate::proto::shard::{ClientMessage, LinkSeq, MAX_GAME_DATA, NatSummary, PathState, PlayerId, ShardMessage};
+use crate::proto::shard::{
+    ClientMessage, LinkSeq, MAX_GAME_DATA, NatSummary, PathState, PlayerId, ShardMessage,
+};
 
 mod merge;
 pub mod relay_rtt;
@@ -684,10 +686,15 @@ impl ClientCore {
                         let alive = self.mesh.link(info.link).is_some_and(|l| l.broken().is_none());
                         let mut out = Vec::new();
                         let merge = self.merges.entry(peer).or_default();
-                        merge.from_server(now, s.seq, data, alive, &mut out);
+                        merge.on_server(now, s.seq, data, alive, &mut out);
                         self.deliver_reliable(peer, out, false);
                     }
-                    None => self.events.push_back(ClientEvent::Message { player: peer, channel, data, p2p: false }),
+                    None => self.events.push_back(ClientEvent::Message {
+                        player: peer,
+                        channel,
+                        data,
+                        p2p: false,
+                    }),
                 }
             }
         }
@@ -769,8 +776,10 @@ impl ClientCore {
 
     /// Traffic totals.
     pub fn totals(&self) -> ClientTotals {
-        let (reliable_duplicates, reliable_gaps) =
-            self.merges.values().fold((self.totals.reliable_duplicates, self.totals.reliable_gaps), |(d, g), m| {
+        let (reliable_duplicates, reliable_gaps) = self
+            .merges
+            .values()
+            .fold((self.totals.reliable_duplicates, self.totals.reliable_gaps), |(d, g), m| {
                 (d + m.duplicates, g + m.gaps)
             });
         ClientTotals { mesh: self.mesh.stats(), reliable_duplicates, reliable_gaps, ..self.totals }
@@ -953,13 +962,18 @@ impl ClientCore {
             while let Some(data) = self.mesh.receive(peer.link, CHANNEL_RELIABLE) {
                 peer.received.p2p_messages += 1;
                 peer.received.p2p_bytes += data.len() as u64;
-                merge.from_link(data, &mut reliable);
+                merge.on_link(data, &mut reliable);
             }
             let player = peer.player;
             while let Some(data) = self.mesh.receive(peer.link, CHANNEL_UNRELIABLE) {
                 peer.received.p2p_messages += 1;
                 peer.received.p2p_bytes += data.len() as u64;
-                self.events.push_back(ClientEvent::Message { player, channel: Channel::Unreliable, data, p2p: true });
+                self.events.push_back(ClientEvent::Message {
+                    player,
+                    channel: Channel::Unreliable,
+                    data,
+                    p2p: true,
+                });
             }
             self.deliver_reliable(player, reliable, true);
         }

@@ -261,19 +261,20 @@ impl Pair {
         let open =
             NatSummary { class: "open".into(), dependent_mapping: false, port_delta: None, public: None };
         let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
-        let client = |name: &str, player: u64, host: SocketAddr, peer: u64, side: Side, remote: SocketAddr| {
-            let mut cfg = ClientConfig::new(name);
-            cfg.seed = 0;
-            cfg.assume_nat = Some(open.clone());
-            let mut c = ClientCore::new(t0, cfg, clock, &[host]);
-            c.connected();
-            c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(player), stun });
-            let ShardMessage::PeerIntro { name, mut params, .. } = intro(peer, 5) else { unreachable!() };
-            params.side = side;
-            params.remote = vec![Candidate::new(CandidateKind::Host, remote)];
-            c.handle_shard_message(t0, ShardMessage::PeerIntro { peer: PlayerId(peer), name, params });
-            c
-        };
+        let client =
+            |name: &str, player: u64, host: SocketAddr, peer: u64, side: Side, remote: SocketAddr| {
+                let mut cfg = ClientConfig::new(name);
+                cfg.seed = 0;
+                cfg.assume_nat = Some(open.clone());
+                let mut c = ClientCore::new(t0, cfg, clock, &[host]);
+                c.connected();
+                c.handle_shard_message(t0, ShardMessage::Welcome { player: PlayerId(player), stun });
+                let ShardMessage::PeerIntro { name, mut params, .. } = intro(peer, 5) else { unreachable!() };
+                params.side = side;
+                params.remote = vec![Candidate::new(CandidateKind::Host, remote)];
+                c.handle_shard_message(t0, ShardMessage::PeerIntro { peer: PlayerId(peer), name, params });
+                c
+            };
         let a = client("ana", 1, ha, 2, Side::A, hb);
         let b = client("bo", 2, hb, 1, Side::B, ha);
         Pair { a, b, ha, hb, now: t0 }
@@ -339,9 +340,12 @@ fn mesh_messages_from_a_peer_arrive_once_each_as_p2p_events() {
 /// The Game server's part of the server route: `ToPeer` from player 1 as `FromPeer`.
 fn from_peer_1(m: &ClientMessage) -> Option<ShardMessage> {
     match m {
-        ClientMessage::ToPeer { reliable, seq, data, .. } => {
-            Some(ShardMessage::FromPeer { peer: PlayerId(1), reliable: *reliable, seq: *seq, data: data.clone() })
-        }
+        ClientMessage::ToPeer { reliable, seq, data, .. } => Some(ShardMessage::FromPeer {
+            peer: PlayerId(1),
+            reliable: *reliable,
+            seq: *seq,
+            data: data.clone(),
+        }),
         _ => None,
     }
 }

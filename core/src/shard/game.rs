@@ -27,8 +27,8 @@ mod relays;
 use crate::link::Candidate;
 use crate::proto::peer::LinkId;
 use crate::proto::shard::{
-    ClientMessage, InternalMessage, LinkSeq, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, PathState, PlayerId,
-    Role, ShardMessage,
+    ClientMessage, InternalMessage, LinkSeq, MAX_GAME_DATA, MAX_GAME_DATA_TO_CLIENT, NatSummary, PathState,
+    PlayerId, Role, ShardMessage,
 };
 pub use relays::{MOVE_EVERY, MOVE_MARGIN_MS, ShardRelay, UNKNOWN_RTT_MS};
 

@@ -1143,7 +1143,10 @@ pub fn run_relay_bench(args: &RelayBenchArgs) -> Result<(), String> {
     // plain raw forwarder (the reference) and raw with the same offload.
     let shipped_at = offload_at
         .iter()
-        .find(|(o, _)| crate::relay::GSO_SEND_DEFAULT && names[*o].ends_with(Offload { gso_send: true, gro: false }.suffix()))
+        .find(|(o, _)| {
+            crate::relay::GSO_SEND_DEFAULT
+                && names[*o].ends_with(Offload { gso_send: true, gro: false }.suffix())
+        })
         .copied();
     let mut shipped_fields = String::new();
     if let Some((o, r)) = shipped_at {

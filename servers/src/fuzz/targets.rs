@@ -25,7 +25,8 @@ use p2pmodel_core::nat::{NatDiscovery, NatDiscoveryConfig};
 use p2pmodel_core::proto::peer::{LinkId, PeerHeader, PeerKind, Side, TAG_LEN};
 use p2pmodel_core::proto::relay::{BindAck, BindCookie, BindKey, BindRequest, MAX_PADDED_BIND, RelayToken};
 use p2pmodel_core::proto::shard::{
-    ClientMessage, InternalMessage, LinkSeq, NatSummary, PathState, PlayerId, Role, ShardMessage, decode, encode,
+    ClientMessage, InternalMessage, LinkSeq, NatSummary, PathState, PlayerId, Role, ShardMessage, decode,
+    encode,
 };
 use p2pmodel_core::relay::{Action, Relay, RelayConfig, ReplyBuf, TokenKeys, mint};
 use p2pmodel_core::stun::{
@@ -772,7 +773,12 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::PathReport { link: LINK, path: PathState::Direct, rtt_ms: Some(23.5) },
         ClientMessage::PathReport { link: LINK, path: PathState::Relayed, rtt_ms: None },
         ClientMessage::JoinParty { party: "red".into() },
-        ClientMessage::ToPeer { peer: PlayerId(9), reliable: true, seq: Some(LinkSeq { link: LINK, seq: 7 }), data: vec![1, 2, 3, 4] },
+        ClientMessage::ToPeer {
+            peer: PlayerId(9),
+            reliable: true,
+            seq: Some(LinkSeq { link: LINK, seq: 7 }),
+            data: vec![1, 2, 3, 4],
+        },
         ClientMessage::RelayRtts { rtts: vec![(0, 40), (1, 90), (2, u16::MAX)] },
         ClientMessage::RelayRtts { rtts: vec![(255, 0), (1, 1), (1, 2), (7, 65534)] },
         ClientMessage::ToGame { reliable: true, data: vec![0, 3, 1, 2, 3] },
@@ -795,8 +801,18 @@ fn shard_messages() -> Vec<ShardMessage> {
         peer_intro(NatHint { dependent_mapping: true, port_delta: Some(2) }, candidates()),
         ShardMessage::FromPeer { peer: PlayerId(9), reliable: false, seq: None, data: vec![9; 16] },
         // Reliable server copies numbered in the link's stream: 0 goes out, 2 waits for 1.
-        ShardMessage::FromPeer { peer: PlayerId(9), reliable: true, seq: Some(LinkSeq { link: LINK, seq: 0 }), data: vec![1] },
-        ShardMessage::FromPeer { peer: PlayerId(9), reliable: true, seq: Some(LinkSeq { link: LINK, seq: 2 }), data: vec![3] },
+        ShardMessage::FromPeer {
+            peer: PlayerId(9),
+            reliable: true,
+            seq: Some(LinkSeq { link: LINK, seq: 0 }),
+            data: vec![1],
+        },
+        ShardMessage::FromPeer {
+            peer: PlayerId(9),
+            reliable: true,
+            seq: Some(LinkSeq { link: LINK, seq: 2 }),
+            data: vec![3],
+        },
         ShardMessage::RelayRefresh { link: LINK, relay: relay_params(Side::A) },
         ShardMessage::RelayStandby { link: LINK, relay: relay_params(Side::A) },
         ShardMessage::Relays { relays: vec![stun_cfg().primary, sa("198.51.100.77:3478")] },

@@ -25,5 +25,8 @@ pub mod stun;
 
 pub use app::{RelayControlPlugin, RelayRuntime, relay_app, run_relay};
 pub use keys::{KeySchedule, RelayKey};
-pub use server::{GSO_SEND_DEFAULT, PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot, StunHookFactory};
+pub use server::{
+    GSO_SEND_DEFAULT, PlaneStats, RelayServer, RelayServerOptions, ServerError, StatsSnapshot,
+    StunHookFactory,
+};
 pub use stun::StunHook;

@@ -772,7 +772,10 @@ impl DataPlane {
             let f = self.send.flush(fd, &self.recv);
             self.plane.send_errors += f.errors as u64;
             if f.gso_refused {
-                tracing::warn!(thread = self.index, "the kernel refused UDP GSO: this thread sends datagram by datagram");
+                tracing::warn!(
+                    thread = self.index,
+                    "the kernel refused UDP GSO: this thread sends datagram by datagram"
+                );
             }
         }
         if forwarded > 0 {
