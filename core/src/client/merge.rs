@@ -69,14 +69,7 @@ impl RouteMerge {
 
     /// A server copy with index `seq`. `link_alive`: the link may still deliver (it exists and
     /// is not broken); if not, nothing will fill a gap, so the copy is delivered at once.
-    pub fn on_server(
-        &mut self,
-        now: Instant,
-        seq: u32,
-        data: Bytes,
-        link_alive: bool,
-        out: &mut Vec<Bytes>,
-    ) {
+    pub fn on_server(&mut self, now: Instant, seq: u32, data: Bytes, link_alive: bool, out: &mut Vec<Bytes>) {
         if seq < self.next || self.held.contains_key(&seq) {
             self.duplicates += 1;
             return;

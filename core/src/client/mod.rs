@@ -676,8 +676,6 @@ impl ClientCore {
             }
             ShardMessage::FromPeer { peer, reliable, seq, data } => {
                 let Some(info) = self.peers.get_mut(&peer) else { return };
-                info.received.server_messages += 1;
-                info.received.server_bytes += data.len() as u64;
                 self.totals.server_app_bytes_received += data.len() as u64;
                 let channel = if reliable { Channel::Reliable } else { Channel::Unreliable };
                 let data = Bytes::from(data);
@@ -689,12 +687,16 @@ impl ClientCore {
                         merge.on_server(now, s.seq, data, alive, &mut out);
                         self.deliver_reliable(peer, out, false);
                     }
-                    None => self.events.push_back(ClientEvent::Message {
-                        player: peer,
-                        channel,
-                        data,
-                        p2p: false,
-                    }),
+                    None => {
+                        info.received.server_messages += 1;
+                        info.received.server_bytes += data.len() as u64;
+                        self.events.push_back(ClientEvent::Message {
+                            player: peer,
+                            channel,
+                            data,
+                            p2p: false,
+                        })
+                    }
                 }
             }
         }
@@ -876,8 +878,13 @@ impl ClientCore {
         }
     }
 
-    /// Reliable messages `merge` released, in order, to the game.
+    /// Reliable messages `merge` released, in order, to the game (server-route ones counted
+    /// here; the link's where they are drained).
     fn deliver_reliable(&mut self, player: PlayerId, out: Vec<Bytes>, p2p: bool) {
+        if !p2p && let Some(info) = self.peers.get_mut(&player) {
+            info.received.server_messages += out.len() as u64;
+            info.received.server_bytes += out.iter().map(|d| d.len() as u64).sum::<u64>();
+        }
         for data in out {
             self.events.push_back(ClientEvent::Message { player, channel: Channel::Reliable, data, p2p });
         }
@@ -960,10 +967,11 @@ impl ClientCore {
             let merge = self.merges.entry(peer.player).or_default();
             let mut reliable = Vec::new();
             while let Some(data) = self.mesh.receive(peer.link, CHANNEL_RELIABLE) {
-                peer.received.p2p_messages += 1;
-                peer.received.p2p_bytes += data.len() as u64;
                 merge.on_link(data, &mut reliable);
             }
+            // Counted as delivered: a copy the server route brought first is not.
+            peer.received.p2p_messages += reliable.len() as u64;
+            peer.received.p2p_bytes += reliable.iter().map(|d| d.len() as u64).sum::<u64>();
             let player = peer.player;
             while let Some(data) = self.mesh.receive(peer.link, CHANNEL_UNRELIABLE) {
                 peer.received.p2p_messages += 1;
