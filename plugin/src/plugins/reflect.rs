@@ -1,5 +1,7 @@
 //! Reflection of the core's types the plugin's public components carry (the core has no Bevy),
-//! so inspectors show `Peer`, `PeerPath` and `LocalPlayer` whole.
+//! so inspectors show `Peer`, `PeerPath` and `PeerStats` whole. (`LocalPlayer`, a resource
+//! holding an `Option<PlayerId>`, is not reflected yet: a remote wrapper cannot sit inside an
+//! `Option` field.)
 
 use bevy::reflect::reflect_remote;
 
