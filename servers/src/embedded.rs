@@ -27,6 +27,27 @@ pub struct EmbeddedShard {
     pub agent: SocketAddr,
 }
 
+/// Update every app in turn — a game's players in its tests, next to an embedded shard —
+/// until `done` holds or `limit` passes (a bound on waiting for real sockets, not a timing
+/// assertion). Returns whether `done` held.
+pub fn update_until(
+    apps: &mut [&mut bevy::app::App],
+    limit: Duration,
+    mut done: impl FnMut(&[&mut bevy::app::App]) -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        for a in apps.iter_mut() {
+            a.update();
+        }
+        if done(apps) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
 /// A UDP port free on 127.0.0.1 right now.
 pub fn free_udp_port() -> std::io::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())

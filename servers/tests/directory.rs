@@ -18,6 +18,7 @@ use bevy_p2pmodel::client::login::{request_token, resolve_shard_address};
 use bevy_p2pmodel::prelude::*;
 use p2pmodel_core::directory::{Directory, DirectoryKey, DirectorySettings};
 use p2pmodel_servers::directory::{DirectoryServer, ServiceLimits};
+use p2pmodel_servers::embedded::update_until;
 use renet::{ConnectionConfig, RenetClient};
 use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
 
@@ -120,21 +121,6 @@ fn got(app: &App) -> usize {
     app.world().resource::<Talk>().got
 }
 
-/// Update the players until `done` or `limit`.
-fn run_until(apps: &mut [&mut App], limit: Duration, mut done: impl FnMut(&[&mut App]) -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        for a in apps.iter_mut() {
-            a.update();
-        }
-        if done(apps) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
-}
-
 fn list(dir: &str) -> Vec<ShardEntry> {
     list_shards(dir, "", Duration::from_secs(2)).unwrap()
 }
@@ -225,7 +211,7 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     let mut b2 = player("bob", address["eu-2"]);
     let mut c1 = player("cyd", address["us-1"]);
     let talking =
-        run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(30), |apps| {
+        update_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(30), |apps| {
             apps.iter().all(|a| state(a) == ShardState::InGame) && apps[..4].iter().all(|a| got(a) >= 3)
         });
     assert!(
@@ -257,9 +243,10 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     child.kill().unwrap();
     child.wait().unwrap();
     let before_kill = [&a1, &a2, &b1, &b2].map(got);
-    let gone = run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(10), |_| {
-        list(&dir).iter().all(|e| e.name != "us-1")
-    });
+    let gone =
+        update_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(10), |_| {
+            list(&dir).iter().all(|e| e.name != "us-1")
+        });
     let dropped_after = killed.elapsed();
     assert!(gone && dropped_after < EXPIRE + Duration::from_secs(2), "dropped after {dropped_after:?}");
     assert_eq!(list(&dir).iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["eu-1", "eu-2"]);
@@ -267,7 +254,7 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     // Its player loses the session (netcode timeout) and is not moved anywhere by itself: the
     // plugin tries to resume on its own shard (Reconnecting) or gives up (Disconnected).
     let lost =
-        run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(15), |apps| {
+        update_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(15), |apps| {
             matches!(state(apps[4]), ShardState::Reconnecting | ShardState::Disconnected)
         });
     assert!(lost, "cyd is {:?}", state(&c1));
@@ -275,7 +262,7 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     c1.update();
     // The other shards' players kept their sessions (same ids, never left the game) and
     // still exchange.
-    run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(10), |apps| {
+    update_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c1], Duration::from_secs(10), |apps| {
         apps[..4].iter().zip(before_kill).all(|(a, n)| got(a) >= n + 10)
     });
     for (i, a) in [&a1, &a2, &b1, &b2].into_iter().enumerate() {
@@ -295,7 +282,7 @@ fn three_shards_one_directory_a_dead_shard_drops_out_and_the_others_are_untouche
     assert_eq!(pick.name, "eu-1");
     let mut c2 = player("cyd", resolve_shard_address(&pick.login).unwrap());
     let rejoined =
-        run_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c2], Duration::from_secs(15), |apps| {
+        update_until(&mut [&mut a1, &mut a2, &mut b1, &mut b2, &mut c2], Duration::from_secs(15), |apps| {
             state(apps[4]) == ShardState::InGame
         });
     assert!(rejoined, "cyd on {}: {:?}", pick.name, state(&c2));

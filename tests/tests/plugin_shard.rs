@@ -10,6 +10,7 @@ use bevy::prelude::*;
 use bevy_p2pmodel::prelude::*;
 use p2pmodel_core::client::PeerPath as Kind;
 use p2pmodel_servers::config::ShardConfig;
+use p2pmodel_servers::embedded::update_until;
 use p2pmodel_tests::shard_harness::{TEST_SECRET, free_udp_port, game_app, start_shard};
 
 fn shard() -> (App, ShardAddress) {
@@ -65,21 +66,6 @@ fn watch(
     seen.events.extend(events.read().cloned());
 }
 
-/// Update every app until `done` or `limit` (a bound on waiting for sockets, not logic).
-fn run_until(apps: &mut [&mut App], limit: Duration, mut done: impl FnMut(&[&mut App]) -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        for a in apps.iter_mut() {
-            a.update();
-        }
-        if done(apps) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 fn state(app: &App) -> ShardState {
     *app.world().resource::<State<ShardState>>().get()
 }
@@ -89,7 +75,7 @@ fn two_games_log_in_over_renet_meet_and_talk_over_the_mesh() {
     let (mut shard, login) = shard();
     let mut ana = game("ana", login);
     let mut bob = game("bob", login);
-    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(8), |apps| {
+    let ok = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(8), |apps| {
         apps[1..].iter().all(|a| {
             let seen = a.world().resource::<Seen>();
             state(a) == ShardState::InGame && seen.got.iter().any(|(_, p2p)| *p2p)
@@ -122,7 +108,7 @@ fn two_games_log_in_over_renet_meet_and_talk_over_the_mesh() {
 
     // Leaving: our side is disconnected at once, the other side loses its peer.
     ana.world_mut().write_message(ShardRequest::Disconnect);
-    let gone = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(5), |apps| {
+    let gone = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(5), |apps| {
         state(apps[1]) == ShardState::Disconnected && apps[2].world().resource::<PeerIndex>().0.is_empty()
     });
     assert!(gone, "ana {:?}, bob's peers {:?}", state(&ana), bob.world().resource::<PeerIndex>().0);
@@ -133,7 +119,7 @@ fn a_login_nobody_answers_ends_disconnected_with_a_reason() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let mut app = game("lonely", ShardAddress::new(dead, LoginKey([1; 32])));
     let mut saw_connecting = false;
-    let ended = run_until(&mut [&mut app], Duration::from_secs(6), |apps| {
+    let ended = update_until(&mut [&mut app], Duration::from_secs(6), |apps| {
         saw_connecting |= state(apps[0]) == ShardState::Connecting;
         apps[0]
             .world()
@@ -153,7 +139,7 @@ fn a_wrong_login_key_ends_disconnected_saying_the_key_does_not_match() {
     let wrong = ShardAddress::new(login.login, LoginKey([3; 32]));
     let mut app = game("ana", wrong);
     let start = Instant::now();
-    let ended = run_until(&mut [&mut shard, &mut app], Duration::from_secs(6), |apps| {
+    let ended = update_until(&mut [&mut shard, &mut app], Duration::from_secs(6), |apps| {
         apps[1]
             .world()
             .resource::<Seen>()
@@ -223,23 +209,23 @@ fn killing_the_shard_keeps_the_games_talking_and_they_resume_when_it_restarts() 
     };
     let (mut ana, mut bob) = (game_app("ana", login, setup), game_app("bob", login, setup));
     let direct = |a: &App| a.world().resource::<P2pClient>().peers().any(|p| p.path == Kind::Direct);
-    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(10), |apps| {
+    let ok = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(10), |apps| {
         apps[1..].iter().all(|a| direct(a))
     });
     assert!(ok, "direct before the outage");
     // Messages sent through the Game server before the link had a path must be out of the
     // shard before it dies: a message inside a crashing process is lost (docs/SHARD.md §7).
-    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_millis(500), |_| false);
+    update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_millis(500), |_| false);
     let ids: Vec<_> = [&ana, &bob].iter().map(|a| a.world().resource::<LocalPlayer>().player).collect();
     // kill -9: the process's sockets vanish, nothing is said to the clients.
     drop(shard);
     let killed = Instant::now();
     let got_before = bob.world().resource::<Seq>().got.len();
-    let ok = run_until(&mut [&mut ana, &mut bob], Duration::from_secs(8), |apps| {
+    let ok = update_until(&mut [&mut ana, &mut bob], Duration::from_secs(8), |apps| {
         apps.iter().all(|a| state(a) == ShardState::Reconnecting)
     });
     assert!(ok, "both notice the loss (netcode timeout 2 s) and go Reconnecting");
-    run_until(&mut [&mut ana, &mut bob], Duration::from_secs(3), |_| false);
+    update_until(&mut [&mut ana, &mut bob], Duration::from_secs(3), |_| false);
     let during = bob.world().resource::<Seq>().got.len() - got_before;
     assert!(during > 100, "{during} messages while the shard was down");
     for a in [&ana, &bob] {
@@ -248,7 +234,7 @@ fn killing_the_shard_keeps_the_games_talking_and_they_resume_when_it_restarts() 
     // The shard comes back on the same ports with the same store.
     let (mut shard, _) = start_shard(&cfg);
     let back = Instant::now();
-    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(15), |apps| {
+    let ok = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(15), |apps| {
         apps[1..].iter().all(|a| state(a) == ShardState::InGame)
     });
     let resumed = back.elapsed();
@@ -257,7 +243,7 @@ fn killing_the_shard_keeps_the_games_talking_and_they_resume_when_it_restarts() 
     let now_ids: Vec<_> = [&ana, &bob].iter().map(|a| a.world().resource::<LocalPlayer>().player).collect();
     assert_eq!(now_ids, ids, "same player ids");
     // A few more frames, then nothing was lost or repeated.
-    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(1), |_| false);
+    update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(1), |_| false);
     for a in [&ana, &bob] {
         // (The first few may arrive out of order: sent through the Game server while the
         // link was connecting, then over the link. Each route is ordered; none loses.)
@@ -293,14 +279,14 @@ fn a_game_connects_when_it_decides_under_the_name_it_chose_and_a_refusal_is_type
     app.init_resource::<Seen>().add_systems(Update, watch);
     app.finish();
     app.cleanup();
-    let idle = run_until(&mut [&mut shard, &mut app], Duration::from_millis(500), |apps| {
+    let idle = update_until(&mut [&mut shard, &mut app], Duration::from_millis(500), |apps| {
         state(apps[1]) != ShardState::Disconnected
     });
     assert!(!idle, "no connection before the game asks");
     // The login screen: a name the shard refuses (too long), then a good one.
     let long = "x".repeat(40);
     app.world_mut().write_message(ShardRequest::ConnectTo { shard: login, name: long, credential: vec![] });
-    let refused = run_until(&mut [&mut shard, &mut app], Duration::from_secs(5), |apps| {
+    let refused = update_until(&mut [&mut shard, &mut app], Duration::from_secs(5), |apps| {
         apps[1]
             .world()
             .resource::<Seen>()
@@ -324,7 +310,7 @@ fn a_game_connects_when_it_decides_under_the_name_it_chose_and_a_refusal_is_type
         name: "cyd".into(),
         credential: vec![],
     });
-    let in_game = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+    let in_game = update_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
         state(apps[1]) == ShardState::InGame
     });
     assert!(in_game, "state {:?}", state(&app));
@@ -346,7 +332,7 @@ fn the_shard_connection_leaves_a_games_own_bevy_renet_client_alone_whatever_the_
         .insert_resource(bevy_renet::RenetClient::new(bevy_renet::renet::ConnectionConfig::default()));
     app.finish();
     app.cleanup();
-    let in_game = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+    let in_game = update_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
         state(apps[1]) == ShardState::InGame
     });
     assert!(in_game, "state {:?}", state(&app));
@@ -415,7 +401,7 @@ fn direct(app: &App) -> bool {
 fn at_5_fps_the_rtt_is_the_networks_and_a_frame_stall_of_1_5_s_causes_no_failover() {
     let (mut shard, login) = shard();
     let (mut ana, mut bob) = (game_with(loopback_mesh("ana"), login), game_with(loopback_mesh("bob"), login));
-    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(10), |apps| {
+    let ok = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(10), |apps| {
         apps[1..].iter().all(|a| direct(a))
     });
     assert!(ok, "direct");
@@ -458,8 +444,8 @@ fn at_5_fps_the_rtt_is_the_networks_and_a_frame_stall_of_1_5_s_causes_no_failove
     // the frames, Ana's link goes relayed after 150 ms and back to direct after the stall.)
     let stall = Instant::now();
     let got_before = bob.world().resource::<Seq>().got.len();
-    run_until(&mut [&mut shard, &mut ana], Duration::from_millis(1500), |_| false);
-    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(1), |_| false);
+    update_until(&mut [&mut shard, &mut ana], Duration::from_millis(1500), |_| false);
+    update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(1), |_| false);
     for (who, a) in [("ana", &ana), ("bob", &bob)] {
         let changes: Vec<_> =
             a.world().resource::<Track>().paths.iter().filter(|(t, _)| *t >= stall).collect();
@@ -479,11 +465,11 @@ fn a_conditioner_delay_on_one_game_adds_twice_the_delay_to_both_sides_rtt() {
     let mut slow = loopback_mesh("ana");
     slow.conditioner = Some(ConditionerConfig::delay(delay));
     let (mut ana, mut bob) = (game_with(slow, login), game_with(loopback_mesh("bob"), login));
-    let ok = run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(15), |apps| {
+    let ok = update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(15), |apps| {
         apps[1..].iter().all(|a| direct(a))
     });
     assert!(ok, "direct through the conditioner");
-    run_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(2), |_| false);
+    update_until(&mut [&mut shard, &mut ana, &mut bob], Duration::from_secs(2), |_| false);
     // On loopback the RTT is ~0.1 ms without it (the test above); each of Ana's datagrams
     // waits 40 ms going out and coming in (measured: 81–82 ms on both sides; the bound leaves
     // room for the peer's ack delay, ≤ 20 ms, and a busy machine).
@@ -509,7 +495,7 @@ fn a_taken_mesh_port_is_an_error_message_not_a_panic_and_the_game_can_open_it_ag
     let ours = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("the plugin did not bind it when built");
     assert_eq!(*app.world().resource::<MeshSocketState>(), MeshSocketState::Unopened);
     // The first update opens it: taken by us, so it fails — a message, no panic.
-    let ended = run_until(&mut [&mut shard, &mut app], Duration::from_secs(3), |apps| {
+    let ended = update_until(&mut [&mut shard, &mut app], Duration::from_secs(3), |apps| {
         apps[1].world().resource::<Track>().events.iter().any(|e| matches!(e.0, ShardNotice::Disconnected(_)))
     });
     assert!(ended, "the connection is refused");
@@ -528,11 +514,11 @@ fn a_taken_mesh_port_is_an_error_message_not_a_panic_and_the_game_can_open_it_ag
         track.events
     );
     assert!(matches!(app.world().resource::<MeshSocketState>(), MeshSocketState::Failed(_)));
-    run_until(&mut [&mut shard, &mut app], Duration::from_millis(300), |_| false);
+    update_until(&mut [&mut shard, &mut app], Duration::from_millis(300), |_| false);
     assert_eq!(state(&app), ShardState::Disconnected, "not joined");
     // Asking again is refused the same way.
     app.world_mut().write_message(ShardRequest::Connect);
-    run_until(&mut [&mut shard, &mut app], Duration::from_millis(100), |_| false);
+    update_until(&mut [&mut shard, &mut app], Duration::from_millis(100), |_| false);
     let refusals = app
         .world()
         .resource::<Track>()
@@ -544,13 +530,13 @@ fn a_taken_mesh_port_is_an_error_message_not_a_panic_and_the_game_can_open_it_ag
     // The port is free again: the game opens the socket anew and joins.
     drop(ours);
     app.world_mut().write_message(OpenMeshSocket(format!("127.0.0.1:{port}").parse().unwrap()));
-    run_until(&mut [&mut shard, &mut app], Duration::from_millis(50), |_| false);
+    update_until(&mut [&mut shard, &mut app], Duration::from_millis(50), |_| false);
     assert_eq!(
         *app.world().resource::<MeshSocketState>(),
         MeshSocketState::Open { local: format!("127.0.0.1:{port}").parse().unwrap(), io_thread: true }
     );
     app.world_mut().write_message(ShardRequest::Connect);
-    let joined = run_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
+    let joined = update_until(&mut [&mut shard, &mut app], Duration::from_secs(8), |apps| {
         state(apps[1]) == ShardState::InGame
     });
     assert!(joined, "state {:?}", state(&app));

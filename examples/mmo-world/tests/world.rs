@@ -8,6 +8,7 @@ use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy_p2pmodel::prelude::*;
 use p2pmodel_mmo_world::{ChatLine, MmoClientPlugin, MmoWorldSettings, Npcs, Say, embedded_shard};
+use p2pmodel_servers::embedded::update_until;
 
 #[derive(Resource, Default)]
 struct Heard {
@@ -40,18 +41,8 @@ fn player(name: &str, shard: ShardAddress) -> App {
 }
 
 /// Update every app until `done` or 15 s (a bound on real sockets, not a timing assertion).
-fn run(apps: &mut [App], mut done: impl FnMut(&[App]) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        for a in apps.iter_mut() {
-            a.update();
-        }
-        if done(apps) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
+fn run(apps: &mut [App], done: impl FnMut(&[&mut App]) -> bool) -> bool {
+    update_until(&mut apps.iter_mut().collect::<Vec<_>>(), Duration::from_secs(15), done)
 }
 
 fn heard(app: &App) -> &Heard {
@@ -108,7 +99,7 @@ fn chat_reaches_players_in_range_only_and_npcs_are_sent_to_players_near_them() {
         .unwrap()
         .expect("in game");
     assert!(
-        run(&mut apps, |a| !heard(&a[0]).chat.is_empty() && !heard(&a[1]).chat.is_empty()),
+        run(&mut apps, |a| !heard(a[0]).chat.is_empty() && !heard(a[1]).chat.is_empty()),
         "chat delivered"
     );
     let line = &heard(&apps[1]).chat[0];
