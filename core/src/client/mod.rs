@@ -896,8 +896,11 @@ impl ClientCore {
             .merges
             .iter()
             .filter(|(p, m)| {
-                let link = self.peers.get(p).and_then(|i| self.mesh.link(i.link));
-                m.deadline().is_some_and(|d| d <= now || link.is_none_or(|l| l.broken().is_some()))
+                // Only peers holding copies (rare) look at their link.
+                m.deadline().is_some_and(|d| {
+                    let link = self.peers.get(p).and_then(|i| self.mesh.link(i.link));
+                    d <= now || link.is_none_or(|l| l.broken().is_some())
+                })
             })
             .map(|(p, _)| *p)
             .collect();
