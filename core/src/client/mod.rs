@@ -180,7 +180,8 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// Application bytes/messages we sent to this peer, and by which route.
     pub sent: RouteCounters,
-    /// Application bytes/messages we received from this peer, and by which route.
+    /// Application bytes/messages we received from this peer and delivered, by the route
+    /// that brought them first (a reliable message's second copy is not counted).
     pub received: RouteCounters,
 }
 
